@@ -1,0 +1,10 @@
+"""flashseq: fused recurrent kernels for PyTorch.
+
+``flashseq.ops.fused_rnn`` is the functional entry point; the modules in ``flashseq.nn``
+(``LSTM``, ``GRU``, ``RNN``, ``sLSTM``) are drop-in twins of torch's.
+"""
+from . import cells, ops
+
+__version__ = "0.1.0"
+
+__all__ = ["cells", "ops", "__version__"]

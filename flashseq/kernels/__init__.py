@@ -1,0 +1,1 @@
+"""Kernel families: each has reference.py, its back ends and plan.py."""

@@ -1,0 +1,94 @@
+"""The back ends of ``fused_rnn`` and how ``backend="auto"`` chooses among them.
+
+A back end is a module with three functions:
+
+``unavailable_reason(device) -> str | None``
+    why it cannot run at all on ``device`` (missing compiler, extension, GPU), None if it can;
+``unsupported_reason(problem) -> str | None``
+    why it cannot serve this particular call (dtype, sizes, ...), None if it can;
+``fused_rnn(wx, r, b, states, *, cell, lengths) -> (h, last_states)``
+    the computation, differentiable; ``states`` is always given and ``lengths`` is None or an
+    int64 tensor on ``wx``'s device (the entry point normalises both).
+
+Modules are imported lazily so that importing flashseq never imports Triton or builds anything.
+"""
+from __future__ import annotations
+
+import importlib
+import warnings
+
+import torch
+
+from .problem import Problem
+
+BACKEND_MODULES = {
+    "reference": "flashseq.kernels.fused_rnn.reference_backend",
+    "cpu": "flashseq.kernels.fused_rnn.cpu",
+    "triton": "flashseq.kernels.fused_rnn.triton",
+    "cuda": "flashseq.kernels.fused_rnn.cuda",
+}
+BACKEND_NAMES = ("auto", *BACKEND_MODULES)
+
+# Preference of backend="auto", fastest first; "reference" always serves.
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+_warned: set = set()
+
+
+def load(name: str):
+    return importlib.import_module(BACKEND_MODULES[name])
+
+
+def unavailable_reason(name: str, device: torch.device) -> str | None:
+    try:
+        module = load(name)
+    except ImportError as err:  # e.g. triton not installed
+        return f"cannot import {BACKEND_MODULES[name]}: {err}"
+    return module.unavailable_reason(torch.device(device))
+
+
+def available_backends(device=None) -> list[str]:
+    """Names of the back ends that can run on ``device`` (default: the current CUDA device if
+    there is one, else the CPU), in ``"auto"``'s order of preference."""
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    names = AUTO_ORDER.get(device.type, ("reference",))
+    extra = [n for n in BACKEND_MODULES if n not in names]
+    return [n for n in (*names, *extra) if unavailable_reason(n, device) is None]
+
+
+def _warn_once(message: str):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def choose(backend: str, problem: Problem):
+    """The module that runs ``problem``: the named one, or ``"auto"``'s first that can.
+
+    A named back end that cannot run raises ``NotImplementedError`` saying why. ``"auto"`` skips
+    a faster back end that cannot serve the call and says so once per reason (a warning).
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {list(BACKEND_NAMES)}; got {type(backend).__name__}")
+    if backend not in BACKEND_NAMES:
+        raise ValueError(f"backend={backend!r} is not known; allowed: {list(BACKEND_NAMES)}")
+    if backend != "auto":
+        reason = unavailable_reason(backend, problem.device) or load(backend).unsupported_reason(problem)
+        if reason:
+            raise NotImplementedError(f"fused_rnn backend {backend!r} cannot run this call: {reason}")
+        return load(backend)
+    skipped = []
+    for name in AUTO_ORDER.get(problem.device.type, ("reference",)):
+        reason = unavailable_reason(name, problem.device) or load(name).unsupported_reason(problem)
+        if reason is None:
+            if skipped:
+                _warn_once(f"flashseq.ops.fused_rnn: falling back to backend {name!r} "
+                           f"({'; '.join(skipped)})")
+            return load(name)
+        skipped.append(f"{name}: {reason}")
+    raise RuntimeError("no fused_rnn backend can run this call: " + "; ".join(skipped))

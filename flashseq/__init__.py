@@ -3,8 +3,9 @@
 ``flashseq.ops.fused_rnn`` is the functional entry point; the modules in ``flashseq.nn``
 (``LSTM``, ``GRU``, ``RNN``, ``sLSTM``) are drop-in twins of torch's.
 """
-from . import cells, ops
+from . import cells, nn, ops
+from .nn import GRU, LSTM, RNN, convert, sLSTM
 
 __version__ = "0.1.0"
 
-__all__ = ["cells", "ops", "__version__"]
+__all__ = ["cells", "ops", "nn", "LSTM", "GRU", "RNN", "sLSTM", "convert", "__version__"]

@@ -1,0 +1,9 @@
+"""Modules: torch-compatible LSTM/GRU/RNN twins, head-wise LSTM, sLSTM and ``convert``."""
+from .convert import convert
+from .errors import RNNInputError
+from .gru import GRU
+from .lstm import LSTM
+from .rnn import RNN
+from .slstm import sLSTM
+
+__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError"]

@@ -1,0 +1,65 @@
+"""flashseq.LSTM: torch.nn.LSTM's twin, plus a head-wise (block-diagonal) variant."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from . import stepped
+from .rnn_base import FusedRNNBase
+
+
+class LSTM(FusedRNNBase):
+    """Drop-in replacement for ``torch.nn.LSTM`` whose recurrence runs in ``fused_rnn``.
+
+    Args (positional order as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True,
+    batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None;
+    keyword-only:
+
+        backend: fused_rnn back end, "auto" | "reference" | "cpu" | "triton" | "cuda".
+            Default: "auto".
+        num_heads: NH, a divisor of hidden_size. Default: 1, exactly torch.nn.LSTM (parameters,
+            state_dict and results). With NH > 1 the recurrence is block-diagonal: hidden unit
+            block n (DH = hidden_size / NH units) only sees block n of h_prev, and
+            ``weight_hh_l{k}`` has shape [4, NH, DH, DH] in fused_rnn's ``r`` layout (gate g of
+            head n gets ``h_prev[:, n] @ weight_hh[g, n]``), gates in torch's order i, f, g, o.
+            The other parameters keep torch's names and shapes, so such a state_dict is NOT
+            loadable into torch.nn.LSTM (torch has no head-wise LSTM). Needs proj_size=0.
+
+    Parameters are initialised U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as torch's.
+    ``proj_size > 0`` has no fused cell (the projected h feeds back): it runs a per-step PyTorch
+    loop and warns once per module.
+
+    Shapes of forward's inputs and outputs: see ``FusedRNNBase.forward`` (torch's).
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend="auto", num_heads=1):
+        super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, proj_size, device, dtype, backend=backend, num_heads=num_heads)
+
+    def _state_sizes(self):
+        return [self.proj_size or self.hidden_size, self.hidden_size]
+
+    def _hx_names(self):
+        return ["hx[0] (h0)", "hx[1] (c0)"]
+
+    def _split_hx(self, hx):
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"LSTM: hx must be a tuple (h0, c0) of two tensors; got {type(hx).__name__}"
+                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+        return list(hx)
+
+    def _join_hx(self, states):
+        return tuple(states)
+
+    def _run_direction(self, x, layer, direction, init, lengths):
+        if not self.proj_size:
+            return super()._run_direction(x, layer, direction, init, lengths)
+        self._warn_not_fused("LSTM with proj_size > 0")
+        w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(layer, direction)
+        wx = F.linear(x, w_ih, b_ih)  # [B, T, 4H]
+        B = wx.shape[0]
+        h0, c0 = init if init is not None else (wx.new_zeros(B, self.proj_size),
+                                                 wx.new_zeros(B, self.hidden_size))
+        out, (h, c) = stepped.projected_lstm(wx, w_hh, b_hh, w_hr, h0, c0, lengths)
+        return out, [h, c]

@@ -1,0 +1,41 @@
+"""flashseq.RNN: torch.nn.RNN's twin (Elman network, tanh or relu)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from . import stepped
+from .rnn_base import FusedRNNBase
+
+NONLINEARITIES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
+
+
+class RNN(FusedRNNBase):
+    """Drop-in replacement for ``torch.nn.RNN``.
+
+    Args (positional order as torch.nn.RNN, nonlinearity fourth): input_size, hidden_size,
+    num_layers=1, nonlinearity="tanh", bias=True, batch_first=False, dropout=0.0,
+    bidirectional=False, device=None, dtype=None; keyword-only ``backend`` (Default: "auto").
+
+    ``nonlinearity="tanh"`` runs fused_rnn's "elman" cell. ``"relu"`` has no fused cell: it runs
+    a per-step PyTorch loop (same results) and warns once per module.
+    Forward: see ``FusedRNNBase.forward``.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
+                 backend="auto"):
+        if nonlinearity not in NONLINEARITIES:
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(NONLINEARITIES[nonlinearity], input_size, hidden_size, num_layers, bias,
+                         batch_first, dropout, bidirectional, 0, device, dtype, backend=backend)
+
+    def _run_direction(self, x, layer, direction, init, lengths):
+        if self.nonlinearity == "tanh":
+            return super()._run_direction(x, layer, direction, init, lengths)
+        self._warn_not_fused("RNN with nonlinearity='relu'")
+        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(layer, direction)
+        wx = F.linear(x, w_ih, b_ih)  # [B, T, H]
+        h0 = init[0] if init is not None else wx.new_zeros(wx.shape[0], self.hidden_size)
+        out, h = stepped.relu_rnn(wx, w_hh, b_hh, h0, lengths)
+        return out, [h]

@@ -1,0 +1,302 @@
+"""What flashseq.LSTM, GRU and RNN share: torch's parameters, argument checks and forward plumbing.
+
+The parameters are created under torch.nn.RNNBase's names, shapes and order (``weight_ih_l{k}``,
+``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``weight_hr_l{k}``, each direction's
+followed by ``_reverse`` for the second one), so a state_dict loads either way with strict=True.
+
+Forward of one layer and direction:
+
+1. ``wx = x @ weight_ih.T + bias_ih`` for all time steps at once (one GEMM);
+2. the recurrence through ``flashseq.ops.fused_rnn`` with ``r[g, 0] = weight_hh[g*H:(g+1)*H].T``
+   and ``b = bias_hh`` viewed [G, 1, H] (views of the Parameters, so autograd reaches them);
+3. the reverse direction runs the same kernel on each row's valid steps reversed by an index
+   gather, and its output is gathered back.
+
+Internally every sequence is batch-major [B, T, F]; ragged batches (PackedSequence) are padded
+once and described by ``lengths``, which fused_rnn honours, so no Python loop runs over rows.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from flashseq.kernels.fused_rnn import fused_rnn
+
+from . import checks, sequences
+from .errors import RNNInputError
+
+# mode -> (fused_rnn cell or None when no fused cell exists, gate count)
+MODES = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN_TANH": ("elman", 1), "RNN_RELU": (None, 1)}
+
+
+def _describe(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return f"{type(t).__name__}"
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+class FusedRNNBase(nn.Module):
+    """Base of the torch-compatible modules; see the module docstring. Not used directly."""
+
+    def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 backend="auto", num_heads=1):
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {sorted(MODES)}; got {mode!r}")
+        self.mode = mode
+        self.input_size = checks.check_int("input_size", input_size, 1)
+        self.hidden_size = checks.check_int("hidden_size", hidden_size, 1)
+        self.num_layers = checks.check_int("num_layers", num_layers, 1)
+        self.bias = checks.check_bool("bias", bias)
+        self.batch_first = checks.check_bool("batch_first", batch_first)
+        self.dropout = checks.check_dropout(dropout)
+        self.bidirectional = checks.check_bool("bidirectional", bidirectional)
+        self.proj_size = checks.check_int("proj_size", proj_size, 0)
+        if self.proj_size >= self.hidden_size:
+            raise ValueError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), or 0 "
+                             f"for no projection; got proj_size={self.proj_size}")
+        self.backend = checks.check_backend(backend)
+        self.num_heads = checks.check_heads(self.hidden_size, num_heads)
+        if self.num_heads > 1 and self.proj_size:
+            raise ValueError(f"proj_size > 0 needs num_heads=1; got proj_size={self.proj_size}, "
+                             f"num_heads={self.num_heads}")
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout is applied to the output of every layer but the last, so "
+                          f"dropout={self.dropout} with num_layers=1 has no effect", stacklevel=3)
+        self._warned_not_fused = False
+
+        cell, gates = MODES[mode]
+        H, NH = self.hidden_size, self.num_heads
+        out_size = self.proj_size or H
+        factory = {"device": device, "dtype": dtype}
+        self._flat_weights_names: list[str] = []
+        self._all_weights: list[list[str]] = []
+        for layer in range(self.num_layers):
+            for direction in range(self.num_directions):
+                suffix = "_reverse" if direction else ""
+                layer_in = self.input_size if layer == 0 else out_size * self.num_directions
+                hh_shape = (gates * H, out_size) if NH == 1 else (gates, NH, H // NH, H // NH)
+                params = {f"weight_ih_l{layer}{suffix}": (gates * H, layer_in),
+                          f"weight_hh_l{layer}{suffix}": hh_shape}
+                if self.bias:
+                    params[f"bias_ih_l{layer}{suffix}"] = (gates * H,)
+                    params[f"bias_hh_l{layer}{suffix}"] = (gates * H,)
+                if self.proj_size:
+                    params[f"weight_hr_l{layer}{suffix}"] = (self.proj_size, H)
+                for name, shape in params.items():
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(params)
+                self._all_weights.append(list(params))
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ torch.nn.RNNBase surface
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def cell(self) -> str | None:
+        """The fused_rnn cell this module runs, or None when it runs the stepped fallback."""
+        return MODES[self.mode][0]
+
+    @property
+    def all_weights(self) -> list[list[nn.Parameter]]:
+        return [[getattr(self, name) for name in names] for names in self._all_weights]
+
+    @property
+    def _flat_weights(self) -> list[nn.Parameter]:
+        return [getattr(self, name) for name in self._flat_weights_names]
+
+    def reset_parameters(self) -> None:
+        """Every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as torch.nn.RNNBase."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def flatten_parameters(self) -> None:
+        """Accepted for compatibility and does nothing: the kernels read the Parameters as they
+        are (there is no cuDNN weight buffer to compact)."""
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        if self.proj_size:
+            parts.append(f"proj_size={self.proj_size}")
+        if self.num_layers != 1:
+            parts.append(f"num_layers={self.num_layers}")
+        if self.bias is not True:
+            parts.append(f"bias={self.bias}")
+        if self.batch_first:
+            parts.append(f"batch_first={self.batch_first}")
+        if self.dropout != 0:
+            parts.append(f"dropout={self.dropout}")
+        if self.bidirectional:
+            parts.append(f"bidirectional={self.bidirectional}")
+        if self.num_heads != 1:
+            parts.append(f"num_heads={self.num_heads}")
+        if self.backend != "auto":
+            parts.append(f"backend={self.backend!r}")
+        return ", ".join(parts)
+
+    # ------------------------------------------------------------------ states (hx) layout
+    def _state_sizes(self) -> list[int]:
+        """Feature size of each state tensor of hx, in order (LSTM: h then c)."""
+        return [self.proj_size or self.hidden_size]
+
+    def _split_hx(self, hx) -> list:
+        """hx as the list of its state tensors (GRU/RNN: one tensor)."""
+        return [hx]
+
+    def _join_hx(self, states: list):
+        return states[0]
+
+    def _hx_names(self) -> list[str]:
+        return ["hx"]
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input, hx=None):
+        """Run the recurrence; same inputs and outputs as the torch twin.
+
+        Args:
+            input: [T, B, input_size] ([B, T, input_size] with batch_first), unbatched
+                [T, input_size], or a PackedSequence (sorted or not).
+            hx: initial states, [num_layers * num_directions, B, size] each ([.., size] without
+                the B axis for unbatched input); LSTM takes a tuple (h0, c0), h0 of size
+                proj_size or hidden_size, c0 of size hidden_size. Default: None, zeros.
+
+        Returns:
+            output: [T, B, D * out] ([B, T, ...] with batch_first; a PackedSequence for packed
+                input), out = proj_size or hidden_size, D = 2 if bidirectional else 1.
+            final states: same layout as hx (LSTM: a tuple (h_n, c_n)).
+        """
+        packed = isinstance(input, PackedSequence)
+        weight = self.weight_ih_l0
+        if packed:
+            self._check_input(input.data, 2, "PackedSequence.data [N, input_size]", weight)
+            x, lengths, mask = sequences.packed_to_padded(input.data, input.batch_sizes)
+            batched = True
+        else:
+            self._check_input(input, None, "input [T, B, input_size] or [T, input_size]", weight)
+            batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            x = input if batched else input.unsqueeze(batch_dim)
+            x = x if self.batch_first else x.transpose(0, 1)  # [B, T, F]
+            lengths = None
+        B, T = x.shape[:2]
+        if T == 0:
+            raise RNNInputError(f"input must have at least one time step; got {_describe(input)}")
+        states = None
+        if hx is not None:
+            states = self._check_hx(hx, B, batched, x)
+            if packed and input.sorted_indices is not None:
+                states = [s.index_select(1, input.sorted_indices) for s in states]
+
+        out, finals = self._run_layers(x, states, lengths)
+
+        if packed:
+            if input.unsorted_indices is not None:
+                finals = [s.index_select(1, input.unsorted_indices) for s in finals]
+            return sequences.repack(sequences.padded_to_packed(out, mask), input), self._join_hx(finals)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(batch_dim)
+            finals = [s.squeeze(1) for s in finals]
+        return out.contiguous(), self._join_hx(finals)
+
+    def _check_input(self, x, ndim, doc, weight):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor or a PackedSequence; "
+                            f"got {type(x).__name__}")
+        if (ndim is not None and x.dim() != ndim) or (ndim is None and x.dim() not in (2, 3)):
+            raise RNNInputError(f"{type(self).__name__}: {doc} expected; got {_describe(x)}")
+        if x.shape[-1] != self.input_size:
+            raise RNNInputError(f"{type(self).__name__}: input.size(-1) must equal input_size="
+                                f"{self.input_size}; got {_describe(x)}")
+        if x.dtype != weight.dtype:
+            raise RNNInputError(f"{type(self).__name__}: input dtype must match the parameters' dtype "
+                                f"{weight.dtype} (convert the input or the module with .to()); "
+                                f"got {_describe(x)}")
+        if x.device != weight.device:
+            raise RNNInputError(f"{type(self).__name__}: input must be on the parameters' device "
+                                f"{weight.device}; got {_describe(x)}")
+
+    def _check_hx(self, hx, B, batched, x) -> list:
+        states = self._split_hx(hx)
+        LD = self.num_layers * self.num_directions
+        for i, (name, size) in enumerate(zip(self._hx_names(), self._state_sizes())):
+            s = states[i]
+            if not isinstance(s, torch.Tensor):
+                raise TypeError(f"{type(self).__name__}: {name} must be a torch.Tensor; "
+                                f"got {type(s).__name__}")
+            expected = (LD, B, size) if batched else (LD, size)
+            doc = "[num_layers * num_directions, B, size]" if batched else \
+                "[num_layers * num_directions, size] (unbatched input)"
+            if tuple(s.shape) != expected:
+                raise RNNInputError(f"{type(self).__name__}: {name} must have shape {doc} = "
+                                    f"{expected}; got {_describe(s)}")
+            if s.dtype != x.dtype or s.device != x.device:
+                raise RNNInputError(f"{type(self).__name__}: {name} must have the input's dtype "
+                                    f"{x.dtype} and device {x.device}; got {_describe(s)}")
+            states[i] = s if batched else s.unsqueeze(1)
+        return states
+
+    def _layer_weights(self, layer: int, direction: int):
+        suffix = "_reverse" if direction else ""
+        get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr")
+
+    def _run_layers(self, x, states, lengths):
+        """x [B, T, F]; states: list of S tensors [L*D, B, size] or None; lengths [B] or None.
+        Returns output [B, T, D*out] and the list of S final-state tensors [L*D, B, size]."""
+        B, T = x.shape[:2]
+        if B == 0:  # torch returns empty results for an empty batch; fused_rnn needs B >= 1
+            out = x.new_zeros(0, T, self.num_directions * (self.proj_size or self.hidden_size))
+            LD = self.num_layers * self.num_directions
+            return out, states or [x.new_zeros(LD, 0, size) for size in self._state_sizes()]
+        if lengths is not None:
+            lengths = lengths.to(x.device)
+        reverse_index = sequences.reversal_index(lengths, B, T, x.device) if self.bidirectional else None
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                init = None if states is None else [s[k] for s in states]
+                layer_in = sequences.reverse_time(x, reverse_index) if direction else x
+                out, last = self._run_direction(layer_in, layer, direction, init, lengths)
+                outs.append(sequences.reverse_time(out, reverse_index) if direction else out)
+                finals.append(last)
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+            if self.training and self.dropout > 0 and layer + 1 < self.num_layers:
+                x = F.dropout(x, self.dropout, training=True)
+        return x, [torch.stack(per_state) for per_state in zip(*finals)]
+
+    def _run_direction(self, x, layer, direction, init, lengths):
+        """One layer and direction over x [B, T, F] (already reversed for direction 1).
+        init: list of S tensors [B, size] or None. Returns out [B, T, out], list of S [B, size]."""
+        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(layer, direction)
+        wx = F.linear(x, w_ih, b_ih)  # [B, T, G*H]: one GEMM for every step
+        B, T = wx.shape[:2]
+        G, NH, H = MODES[self.mode][1], self.num_heads, self.hidden_size
+        DH = H // NH
+        if NH == 1:
+            r = w_hh.view(G, H, H).transpose(1, 2).unsqueeze(1)  # [G, 1, H, H], r[g,0] = W_g^T
+        else:
+            r = w_hh  # already [G, NH, DH, DH]
+        b = b_hh.view(G, NH, DH) if b_hh is not None else wx.new_zeros(G, NH, DH)
+        states = None if init is None else torch.stack([s.view(B, NH, DH) for s in init])
+        h, last = fused_rnn(wx.view(B, T, G, NH, DH), r, b, states, cell=self.cell,
+                            lengths=lengths, backend=self.backend)
+        return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]
+
+    def _warn_not_fused(self, what: str):
+        if not self._warned_not_fused:
+            self._warned_not_fused = True
+            warnings.warn(f"{type(self).__name__}: {what} has no fused kernel; running a per-step "
+                          "PyTorch loop instead (correct, slower)", RuntimeWarning, stacklevel=4)

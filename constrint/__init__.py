@@ -1,0 +1,10 @@
+"""constrint: a small integer constraint solver for tiling problems.
+
+Variables with ranges or value sets, expressions with + - * and ceiling division, linear,
+product and divisibility constraints, an optional objective; bound propagation plus depth-first
+branch and bound. `constrint.cpsat` translates a Model to OR-Tools CP-SAT for cross-checking.
+"""
+from .expr import cdiv, divides
+from .model import Model, Solution
+
+__all__ = ["Model", "Solution", "cdiv", "divides"]

@@ -1,0 +1,131 @@
+"""Variable domains for the search: an interval per variable plus an optional sorted value tuple,
+with a trail so backtracking undoes changes instead of copying the store at every node.
+"""
+from bisect import bisect_left, bisect_right
+
+
+class DomainStore:
+    """Current domains of all (model and auxiliary) variables.
+
+    lo[i], hi[i]: inclusive bounds; vals[i]: None (every integer in [lo, hi]) or a sorted tuple of
+    the remaining values, whose first and last entries are always lo[i] and hi[i].
+    Every setter returns False when the domain becomes empty (the store is then left as it was
+    for that variable) and records the old state on the trail otherwise.
+    """
+    __slots__ = ("lo", "hi", "vals", "trail", "changed")
+
+    def __init__(self, lo, hi, vals):
+        self.lo = list(lo)
+        self.hi = list(hi)
+        self.vals = list(vals)
+        self.trail = []
+        self.changed = []  # variables changed since the propagation queue last read this list
+
+    def mark(self):
+        """A point to undo back to."""
+        return len(self.trail)
+
+    def undo(self, mark):
+        """Restore every domain changed since `mark`."""
+        trail, lo, hi, vals = self.trail, self.lo, self.hi, self.vals
+        while len(trail) > mark:
+            i, old_lo, old_hi, old_vals = trail.pop()
+            lo[i] = old_lo
+            hi[i] = old_hi
+            vals[i] = old_vals
+        self.changed.clear()
+
+    def _record(self, i):
+        self.trail.append((i, self.lo[i], self.hi[i], self.vals[i]))
+        self.changed.append(i)
+
+    def set_lo(self, i, value):
+        """Raise the lower bound of variable i to `value` (snapped up to the next allowed value)."""
+        if value <= self.lo[i]:
+            return True
+        if value > self.hi[i]:
+            return False
+        vs = self.vals[i]
+        self._record(i)
+        if vs is not None:
+            vs = vs[bisect_left(vs, value):]
+            self.vals[i] = vs
+            value = vs[0]
+        self.lo[i] = value
+        return True
+
+    def set_hi(self, i, value):
+        """Lower the upper bound of variable i to `value` (snapped down to the previous allowed value)."""
+        if value >= self.hi[i]:
+            return True
+        if value < self.lo[i]:
+            return False
+        vs = self.vals[i]
+        self._record(i)
+        if vs is not None:
+            vs = vs[:bisect_right(vs, value)]
+            self.vals[i] = vs
+            value = vs[-1]
+        self.hi[i] = value
+        return True
+
+    def fix(self, i, value):
+        """Set variable i to `value`; False if `value` is not in its domain."""
+        lo, hi = self.lo[i], self.hi[i]
+        if value < lo or value > hi:
+            return False
+        vs = self.vals[i]
+        if vs is not None:
+            k = bisect_left(vs, value)
+            if vs[k] != value:
+                return False
+        if lo == hi:
+            return True
+        self._record(i)
+        self.lo[i] = self.hi[i] = value
+        if vs is not None:
+            self.vals[i] = (value,)
+        return True
+
+    def keep(self, i, allowed):
+        """Restrict variable i to the sorted tuple `allowed` (a subset of its current values)."""
+        if not allowed:
+            return False
+        vs = self.vals[i]
+        if vs is not None and len(allowed) == len(vs):
+            return True
+        if vs is None and len(allowed) == self.hi[i] - self.lo[i] + 1:
+            return True
+        self._record(i)
+        self.vals[i] = allowed
+        self.lo[i] = allowed[0]
+        self.hi[i] = allowed[-1]
+        return True
+
+    def remove(self, i, value):
+        """Remove one value from variable i's domain."""
+        lo, hi = self.lo[i], self.hi[i]
+        if value < lo or value > hi:
+            return True
+        if value == lo:
+            return self.set_lo(i, value + 1)
+        if value == hi:
+            return self.set_hi(i, value - 1)
+        vs = self.vals[i]
+        if vs is None:
+            if hi - lo > 4096:
+                return True  # a hole in a huge range is not worth materialising
+            vs = tuple(range(lo, hi + 1))
+        k = bisect_left(vs, value)
+        if k == len(vs) or vs[k] != value:
+            return True
+        return self.keep(i, vs[:k] + vs[k + 1:])
+
+    def values_of(self, i):
+        """Current values of variable i as a tuple (only for small domains)."""
+        vs = self.vals[i]
+        return vs if vs is not None else tuple(range(self.lo[i], self.hi[i] + 1))
+
+    def size(self, i):
+        vs = self.vals[i]
+        return len(vs) if vs is not None else self.hi[i] - self.lo[i] + 1

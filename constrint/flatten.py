@@ -1,0 +1,232 @@
+"""Flatten a Model's expression trees, once per solve, into the search's internal form.
+
+Every expression becomes a polynomial {monomial: coef} over "atoms" (model variables first, then
+auxiliary variables); each monomial of degree >= 2 becomes one auxiliary variable defined by a
+product propagator (shared between all its occurrences), each ceiling division an auxiliary
+variable defined by a CeilDiv propagator, and each comparison one linear propagator over atoms.
+"""
+from . import propagators as P
+from .expr import CDiv, Compare, Const, Product, Sum, Var
+
+# Past this many monomials a product is not expanded further: the longer factor becomes one
+# auxiliary variable instead, so (a + b + c) * (d + e + f) * ... cannot blow up.
+_MAX_EXPANSION = 64
+
+
+class Flat:
+    """The flattened model: domains, propagators and the variables' roles.
+
+    lo, hi, vals: initial domains of all atoms (model variables are atoms 0..n_model-1).
+    props: propagators; defs: (kind, out, operands) for each auxiliary definition.
+    objective: None or (atom, offset, sign): the model's objective equals sign * (atom + offset)
+    and the search minimises the atom. infeasible: a constraint was false on constants alone.
+    """
+
+    def __init__(self, model):
+        self.n_model = len(model.variables)
+        self.lo, self.hi, self.vals = [], [], []
+        for v in model.variables:
+            self._new_atom(v.lo, v.hi, v.values)
+        self.props = []
+        self.defs = []
+        self.infeasible = False
+        self._products = {}
+        self._cdivs = {}
+        self._consts = {}
+        self._poly_cache = {}
+        self._linear_aux = {}
+        for constraint in model.constraints:
+            self._add_constraint(constraint)
+        self.objective = None
+        self.objective_const = None
+        if model.objective is not None:
+            expr, sense = model.objective
+            self._set_objective(expr, 1 if sense == "min" else -1)
+
+    # ---- atoms --------------------------------------------------------------------------
+    def _new_atom(self, lo, hi, vals=None):
+        self.lo.append(lo)
+        self.hi.append(hi)
+        self.vals.append(vals)
+        return len(self.lo) - 1
+
+    def _const_atom(self, value):
+        atom = self._consts.get(value)
+        if atom is None:
+            atom = self._consts[value] = self._new_atom(value, value)
+        return atom
+
+    def _product_atom(self, mono):
+        atom = self._products.get(mono)
+        if atom is not None:
+            return atom
+        lo = hi = 1
+        for i in mono:
+            lo, hi = P._mul_interval(lo, hi, self.lo[i], self.hi[i])
+        atom = self._products[mono] = self._new_atom(lo, hi)
+        positive = all(self.lo[i] > 0 for i in mono)
+        self.props.append((P.ProductPositive if positive else P.Product)(atom, mono))
+        self.defs.append(("product", atom, mono))
+        return atom
+
+    def _atom_of(self, poly):
+        """One atom equal to the polynomial (an existing one where possible)."""
+        if not poly:
+            return self._const_atom(0)
+        if len(poly) == 1:
+            (mono, coef), = poly.items()
+            if mono == ():
+                return self._const_atom(coef)
+            if coef == 1:
+                return mono[0] if len(mono) == 1 else self._product_atom(mono)
+        terms, const = self._linear(poly)
+        key = (tuple(sorted(terms.items())), const)
+        atom = self._linear_aux.get(key)
+        if atom is not None:
+            return atom
+        lo = hi = const
+        for i, a in terms.items():
+            lo += a * self.lo[i] if a > 0 else a * self.hi[i]
+            hi += a * self.hi[i] if a > 0 else a * self.lo[i]
+        atom = self._linear_aux[key] = self._new_atom(lo, hi)
+        idx = list(terms) + [atom]
+        coefs = list(terms.values()) + [-1]
+        self.props.append(P.LinearEq(idx, coefs, -const))
+        self.defs.append(("linear", atom, tuple(terms.items())))
+        return atom
+
+    def _cdiv_atom(self, node):
+        num = self._atom_of(self._poly(node.num))
+        den = self._atom_of(self._poly(node.den))
+        if self.lo[den] <= 0:
+            raise ValueError(f"cdiv divisor {node.den} may be {self.lo[den]} (its domain admits "
+                             "values <= 0); divisors must be positive")
+        key = (num, den)
+        atom = self._cdivs.get(key)
+        if atom is not None:
+            return atom
+        n_lo, n_hi, d_lo, d_hi = self.lo[num], self.hi[num], self.lo[den], self.hi[den]
+        lo = P._ceil_div(n_lo, d_hi if n_lo >= 0 else d_lo)
+        hi = P._ceil_div(n_hi, d_lo if n_hi >= 0 else d_hi)
+        atom = self._cdivs[key] = self._new_atom(lo, hi)
+        self.props.append(P.CeilDiv(atom, num, den))
+        self.defs.append(("cdiv", atom, (num, den)))
+        return atom
+
+    # ---- polynomials ----------------------------------------------------------------------
+    def _poly(self, expr):
+        """{monomial (sorted tuple of atoms): coef} equal to expr."""
+        key = id(expr)
+        cached = self._poly_cache.get(key)
+        if cached is not None:
+            return cached[1]
+        if isinstance(expr, Const):
+            out = {(): expr.value} if expr.value else {}
+        elif isinstance(expr, Var):
+            out = {(expr.index,): 1}
+        elif isinstance(expr, Sum):
+            out = {(): expr.const} if expr.const else {}
+            for coef, sub in expr.items:
+                for mono, c in self._poly(sub).items():
+                    out[mono] = out.get(mono, 0) + coef * c
+            out = {m: c for m, c in out.items() if c}
+        elif isinstance(expr, Product):
+            out = {(): 1}
+            for factor in expr.factors:
+                out = self._multiply(out, self._poly(factor))
+        elif isinstance(expr, CDiv):
+            out = {(self._cdiv_atom(expr),): 1}
+        else:
+            raise TypeError(f"not a constrint expression: {expr!r}")
+        self._poly_cache[key] = (expr, out)  # keep expr alive so its id stays unique
+        return out
+
+    def _multiply(self, p, q):
+        if len(p) * len(q) > _MAX_EXPANSION:
+            if len(p) >= len(q) and len(p) > 1:
+                p = {(self._atom_of(p),): 1}
+            elif len(q) > 1:
+                q = {(self._atom_of(q),): 1}
+        out = {}
+        for m1, c1 in p.items():
+            for m2, c2 in q.items():
+                mono = tuple(sorted(m1 + m2))
+                out[mono] = out.get(mono, 0) + c1 * c2
+        return {m: c for m, c in out.items() if c}
+
+    def _linear(self, poly):
+        """({atom: coef}, const) with each monomial of degree >= 2 replaced by its product atom."""
+        terms = {}
+        const = 0
+        for mono, coef in poly.items():
+            if not mono:
+                const += coef
+                continue
+            atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
+            terms[atom] = terms.get(atom, 0) + coef
+        return {a: c for a, c in terms.items() if c}, const
+
+    # ---- constraints and objective ----------------------------------------------------------
+    def _add_constraint(self, constraint):
+        if isinstance(constraint, Compare):
+            diff = dict(self._poly(constraint.lhs))
+            for mono, c in self._poly(constraint.rhs).items():
+                diff[mono] = diff.get(mono, 0) - c
+            terms, const = self._linear({m: c for m, c in diff.items() if c})
+            op = constraint.op
+            rhs = -const  # constraint: sum(terms) op rhs
+            if op in (">=", ">"):
+                terms = {a: -c for a, c in terms.items()}
+                rhs = -rhs
+            if op in ("<", ">"):
+                rhs -= 1
+            if not terms:
+                ok = {"==": 0 == rhs, "!=": 0 != rhs}.get(op, 0 <= rhs)
+                self.infeasible |= not ok
+                return
+            cls = {"==": P.LinearEq, "!=": P.LinearNe}.get(op, P.LinearLe)
+            self.props.append(cls(list(terms), list(terms.values()), rhs))
+        else:
+            divisor = self._atom_of(self._poly(constraint.divisor))
+            dividend = self._atom_of(self._poly(constraint.dividend))
+            if self.lo[divisor] <= 0:
+                raise ValueError(f"divides divisor {constraint.divisor} may be {self.lo[divisor]} "
+                                 "(its domain admits values <= 0); divisors must be positive")
+            self.props.append(P.Divides(divisor, dividend))
+
+    def _set_objective(self, expr, sign):
+        poly = {m: sign * c for m, c in self._poly(expr).items()}
+        terms, const = self._linear(poly)
+        if not terms:
+            self.objective_const = sign * const
+            return
+        if len(terms) == 1 and next(iter(terms.values())) == 1:
+            atom = next(iter(terms))
+        else:
+            atom = self._atom_of({(a,): c for a, c in terms.items()})
+        self.objective = (atom, const, sign)
+
+    def value_preference(self):
+        """Per atom: +1 if the objective tends to grow with it (try low values first), -1 if it
+        tends to shrink (try high values first), 0 if unknown. A heuristic for value order only."""
+        weight = [0] * len(self.lo)
+        if self.objective is None:
+            return weight
+        weight[self.objective[0]] = 1
+        for kind, out, operands in reversed(self.defs):
+            s = weight[out]
+            if not s:
+                continue
+            if kind == "linear":
+                for atom, coef in operands:
+                    weight[atom] += s if coef > 0 else -s
+            elif kind == "product":
+                if all(self.lo[i] > 0 for i in operands):
+                    for atom in operands:
+                        weight[atom] += s
+            else:
+                num, den = operands
+                weight[num] += s
+                if self.lo[num] >= 0:
+                    weight[den] -= s
+        return [(w > 0) - (w < 0) for w in weight]

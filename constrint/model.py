@@ -1,0 +1,246 @@
+"""The public facade: Model (variables, constraints, objective, solve, solutions) and Solution."""
+import math
+import time
+
+from .expr import CDiv, Compare, Divides, Expr, Var, as_expr, as_int, walk
+from .flatten import Flat
+from .search import Search, TimeUp
+
+STATUSES = ("optimal", "feasible", "infeasible", "unknown")
+
+
+class Solution:
+    """Result of Model.solve().
+
+    status: "optimal" (proven best, or any solution without an objective), "feasible" (the time
+    limit stopped the search with an incumbent), "infeasible" (proven: no solution), or "unknown"
+    (the time limit passed before any solution was found).
+    objective: the objective's value (None without an objective or without a solution).
+    sol[x] / sol["x"]: the value of a variable (LookupError without a solution).
+    """
+    __slots__ = ("status", "objective", "_values", "stats")
+
+    def __init__(self, status, values=None, objective=None, stats=None):
+        self.status = status
+        self._values = values
+        self.objective = objective
+        self.stats = stats or {}
+
+    def __getitem__(self, var):
+        if self._values is None:
+            raise LookupError(f"no solution (status {self.status!r}): no value for {var}")
+        name = var.name if isinstance(var, Var) else var
+        if not isinstance(name, str):
+            raise TypeError(f"index a Solution with a variable or its name, got {type(var).__name__}")
+        try:
+            return self._values[name]
+        except KeyError:
+            raise KeyError(f"no variable named {name!r} in this model") from None
+
+    @property
+    def values(self):
+        """{name: int} of every model variable (LookupError without a solution)."""
+        if self._values is None:
+            raise LookupError(f"no solution (status {self.status!r})")
+        return dict(self._values)
+
+    def __bool__(self):
+        return self._values is not None
+
+    def __repr__(self):
+        return f"Solution(status={self.status!r}, objective={self.objective!r}, values={self._values!r})"
+
+
+class Model:
+    """Integer variables, constraints over them and an optional objective."""
+
+    def __init__(self):
+        self.variables = []
+        self.constraints = []
+        self.objective = None  # None or (expression, "min" | "max")
+        self._names = {}
+
+    def int_var(self, name, lo=None, hi=None, *, values=None):
+        """A variable with the inclusive range [lo, hi] or the explicit domain `values`."""
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"variable name must be a non-empty str, got {name!r}")
+        if name in self._names:
+            raise ValueError(f"a variable named {name!r} already exists in this model")
+        if values is not None:
+            if lo is not None or hi is not None:
+                raise ValueError(f"variable {name!r}: give either lo and hi or values, not both")
+            try:
+                items = list(values)
+            except TypeError:
+                raise TypeError(f"variable {name!r}: values must be an iterable of ints, "
+                                f"got {type(values).__name__}") from None
+            dom = tuple(sorted({as_int(v, f"variable {name!r} value") for v in items}))
+            if not dom:
+                raise ValueError(f"variable {name!r}: empty domain (values is empty)")
+            lo_v, hi_v = dom[0], dom[-1]
+            if len(dom) == hi_v - lo_v + 1:
+                dom = None  # a contiguous set is a range
+        else:
+            if lo is None or hi is None:
+                raise TypeError(f"variable {name!r}: give both bounds lo and hi (inclusive) or values=[...]")
+            lo_v = as_int(lo, f"variable {name!r} lower bound lo")
+            hi_v = as_int(hi, f"variable {name!r} upper bound hi")
+            if lo_v > hi_v:
+                raise ValueError(f"variable {name!r}: empty domain, lo={lo_v} > hi={hi_v}")
+            dom = None
+        var = Var(self, name, len(self.variables), lo_v, hi_v, dom)
+        self.variables.append(var)
+        self._names[name] = var
+        return var
+
+    def add(self, constraint):
+        """Add a comparison (`a <= b`, `a == b`, `a != b`, ...) or a ci.divides(a, b) constraint."""
+        if isinstance(constraint, bool):
+            raise TypeError("Model.add got a plain bool: a comparison between ints (no variable) "
+                            "was already evaluated by Python; compare constrint expressions")
+        if not isinstance(constraint, (Compare, Divides)):
+            raise TypeError("Model.add takes a comparison of constrint expressions or "
+                            f"ci.divides(...), got {type(constraint).__name__}")
+        for expr in constraint.expressions():
+            self._check_expression(expr, "constraint")
+        if isinstance(constraint, Divides):
+            self._check_divisor(constraint.divisor, "divides")
+        self.constraints.append(constraint)
+        return constraint
+
+    def minimize(self, expr):
+        """Minimise `expr` (replaces any previous objective)."""
+        self._set_objective(expr, "min")
+
+    def maximize(self, expr):
+        """Maximise `expr` (replaces any previous objective)."""
+        self._set_objective(expr, "max")
+
+    def _set_objective(self, expr, sense):
+        expr = as_expr(expr, "objective")
+        self._check_expression(expr, "objective")
+        self.objective = (expr, sense)
+
+    def _check_expression(self, expr, where):
+        for node in walk(expr):
+            if isinstance(node, Var) and node.model is not self:
+                raise ValueError(f"{where} uses variable {node.name!r} of another Model")
+            if isinstance(node, CDiv):
+                self._check_divisor(node.den, "cdiv")
+
+    def _check_divisor(self, expr, what):
+        low = _lower_bound(expr)
+        if low <= 0:
+            raise ValueError(f"{what} divisor {expr} must be positive, but its variables' domains "
+                             f"admit {low}; restrict them to positive values")
+
+    def solve(self, time_limit=None):
+        """Solve to optimality (or to the first solution without an objective).
+
+        time_limit: seconds (> 0) or None for no limit; on expiry the best solution so far is
+        returned with status "feasible" ("unknown" when there is none yet).
+        """
+        deadline = _deadline(time_limit)
+        start = time.perf_counter()
+        flat = Flat(self)
+        search = Search(flat, deadline)
+        names = [v.name for v in self.variables]
+        best = None
+        best_obj = None
+        timed_out = False
+        try:
+            for _ in search.dfs():
+                best = dict(zip(names, search.values()))
+                if flat.objective is None:
+                    best_obj = flat.objective_const
+                    break
+                best_obj = search.objective_value()
+                search.cutoff = search.st.lo[flat.objective[0]] - 1
+        except TimeUp:
+            timed_out = True
+        stats = {"nodes": search.nodes, "seconds": time.perf_counter() - start}
+        if best is None:
+            return Solution("unknown" if timed_out else "infeasible", stats=stats)
+        return Solution("feasible" if timed_out else "optimal", best, best_obj, stats)
+
+    def solutions(self, limit=None):
+        """Iterator over every feasible point once, as {name: int}; the objective is ignored.
+
+        limit: at most this many points (None = all).
+        """
+        if limit is not None:
+            limit = as_int(limit, "solutions limit")
+            if limit < 0:
+                raise ValueError(f"solutions limit must be >= 0 or None, got {limit}")
+        return self._iter_solutions(limit)
+
+    def _iter_solutions(self, limit):
+        if limit == 0:
+            return
+        objective, self.objective = self.objective, None
+        try:
+            flat = Flat(self)
+        finally:
+            self.objective = objective
+        search = Search(flat)
+        names = [v.name for v in self.variables]
+        count = 0
+        for _ in search.dfs():
+            yield dict(zip(names, search.values()))
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+    def __str__(self):
+        lines = []
+        for v in self.variables:
+            dom = f"{{{', '.join(map(str, v.values))}}}" if v.values is not None else f"[{v.lo}, {v.hi}]"
+            lines.append(f"{v.name} in {dom}")
+        lines.extend(str(c) for c in self.constraints)
+        if self.objective is not None:
+            lines.append(f"{'minimize' if self.objective[1] == 'min' else 'maximize'} {self.objective[0]}")
+        return "\n".join(lines)
+
+
+def _deadline(time_limit):
+    if time_limit is None:
+        return None
+    if isinstance(time_limit, bool) or not isinstance(time_limit, (int, float)):
+        raise TypeError(f"time_limit must be a number of seconds or None, got {type(time_limit).__name__}")
+    if not time_limit > 0 or math.isnan(time_limit):
+        raise ValueError(f"time_limit must be > 0 seconds (or None for no limit), got {time_limit}")
+    return time.perf_counter() + time_limit
+
+
+def _lower_bound(expr):
+    """A lower bound of `expr` over its variables' declared domains (interval arithmetic)."""
+    return _interval(expr)[0]
+
+
+def _interval(expr):
+    from .expr import Const, Product, Sum
+    if isinstance(expr, Const):
+        return expr.value, expr.value
+    if isinstance(expr, Var):
+        return expr.lo, expr.hi
+    if isinstance(expr, Sum):
+        lo = hi = expr.const
+        for coef, sub in expr.items:
+            a, b = _interval(sub)
+            lo += min(coef * a, coef * b)
+            hi += max(coef * a, coef * b)
+        return lo, hi
+    if isinstance(expr, Product):
+        lo = hi = 1
+        for sub in expr.factors:
+            a, b = _interval(sub)
+            c = (lo * a, lo * b, hi * a, hi * b)
+            lo, hi = min(c), max(c)
+        return lo, hi
+    if isinstance(expr, CDiv):
+        n_lo, n_hi = _interval(expr.num)
+        d_lo, d_hi = _interval(expr.den)
+        d_lo = max(d_lo, 1)
+        d_hi = max(d_hi, 1)
+        return (-(-n_lo // (d_hi if n_lo >= 0 else d_lo)), -(-n_hi // (d_lo if n_hi >= 0 else d_hi)))
+    raise TypeError(f"not a constrint expression: {expr!r}")

@@ -1,0 +1,274 @@
+"""Propagators, one class per constraint kind. Each holds variable indices into a DomainStore,
+lists them in `watch`, and `propagate(st)` narrows domains, returning False when it proves the
+current node infeasible. Propagation is sound (never removes a value of a feasible point) and
+complete on fixed variables (a violated constraint with all its variables fixed always fails).
+"""
+from functools import lru_cache
+
+
+def _ceil_div(a, b):
+    """ceil(a / b) for any signs (b != 0)."""
+    return -((-a) // b)
+
+
+class LinearLe:
+    """sum(coefs[k] * x[idx[k]]) <= rhs."""
+    __slots__ = ("idx", "coefs", "rhs", "watch")
+
+    def __init__(self, idx, coefs, rhs):
+        self.idx = tuple(idx)
+        self.coefs = tuple(coefs)
+        self.rhs = rhs
+        self.watch = self.idx
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        terms = tuple(zip(self.idx, self.coefs))
+        least = 0
+        for i, a in terms:
+            least += a * lo[i] if a > 0 else a * hi[i]
+        slack = self.rhs - least
+        if slack < 0:
+            return False
+        for i, a in terms:
+            if a > 0:
+                if (hi[i] - lo[i]) * a > slack and not st.set_hi(i, lo[i] + slack // a):
+                    return False
+            elif (lo[i] - hi[i]) * a > slack and not st.set_lo(i, hi[i] - slack // -a):
+                return False
+        return True
+
+
+class LinearEq:
+    """sum(coefs[k] * x[idx[k]]) == rhs, bounds in both directions in one pass."""
+    __slots__ = ("idx", "coefs", "rhs", "watch")
+
+    def __init__(self, idx, coefs, rhs):
+        self.idx = tuple(idx)
+        self.coefs = tuple(coefs)
+        self.rhs = rhs
+        self.watch = self.idx
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        terms = tuple(zip(self.idx, self.coefs))
+        least = most = 0
+        for i, a in terms:
+            if a > 0:
+                least += a * lo[i]
+                most += a * hi[i]
+            else:
+                least += a * hi[i]
+                most += a * lo[i]
+        rhs = self.rhs
+        up = rhs - least      # room above the least sum
+        down = most - rhs     # room below the largest sum
+        if up < 0 or down < 0:
+            return False
+        for i, a in terms:
+            # each narrowing only shrinks `up`/`down` for later terms, so reading lo/hi afresh
+            # stays sound; a second pass is left to the queue.
+            if a > 0:
+                if (hi[i] - lo[i]) * a > up and not st.set_hi(i, lo[i] + up // a):
+                    return False
+                if (hi[i] - lo[i]) * a > down and not st.set_lo(i, hi[i] - down // a):
+                    return False
+            else:
+                b = -a
+                if (hi[i] - lo[i]) * b > up and not st.set_lo(i, hi[i] - up // b):
+                    return False
+                if (hi[i] - lo[i]) * b > down and not st.set_hi(i, lo[i] + down // b):
+                    return False
+        return True
+
+
+class LinearNe:
+    """sum(coefs[k] * x[idx[k]]) != rhs: acts once at most one variable is unfixed."""
+    __slots__ = ("idx", "coefs", "rhs", "watch")
+
+    def __init__(self, idx, coefs, rhs):
+        self.idx = tuple(idx)
+        self.coefs = tuple(coefs)
+        self.rhs = rhs
+        self.watch = self.idx
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        free = None
+        total = 0
+        for i, a in zip(self.idx, self.coefs):
+            if lo[i] == hi[i]:
+                total += a * lo[i]
+            elif free is None:
+                free = (i, a)
+            else:
+                return True
+        if free is None:
+            return total != self.rhs
+        i, a = free
+        rest = self.rhs - total
+        if rest % a:
+            return True
+        return st.remove(i, rest // a)
+
+
+class ProductPositive:
+    """out == x1 * ... * xk where every factor's domain is positive (the tiling models' case)."""
+    __slots__ = ("out", "factors", "watch")
+
+    def __init__(self, out, factors):
+        self.out = out
+        self.factors = tuple(factors)
+        self.watch = (out,) + self.factors
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        factors = self.factors
+        plo = phi = 1
+        for i in factors:
+            plo *= lo[i]
+            phi *= hi[i]
+        out = self.out
+        if not (st.set_lo(out, plo) and st.set_hi(out, phi)):
+            return False
+        olo, ohi = lo[out], hi[out]
+        if olo == plo and ohi == phi:
+            return True
+        for i in factors:
+            # the other factors' product lies in [plo / lo[i], phi / hi[i]]
+            rest_lo = plo // lo[i]
+            rest_hi = phi // hi[i]
+            if not (st.set_lo(i, _ceil_div(olo, rest_hi)) and st.set_hi(i, ohi // rest_lo)):
+                return False
+            plo = rest_lo * lo[i]
+            phi = rest_hi * hi[i]
+        return True
+
+
+def _mul_interval(a_lo, a_hi, b_lo, b_hi):
+    c = (a_lo * b_lo, a_lo * b_hi, a_hi * b_lo, a_hi * b_hi)
+    return min(c), max(c)
+
+
+class Product:
+    """out == x1 * ... * xk for factors of any sign (interval arithmetic)."""
+    __slots__ = ("out", "factors", "watch")
+
+    def __init__(self, out, factors):
+        self.out = out
+        self.factors = tuple(factors)
+        self.watch = (out,) + self.factors
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        factors = self.factors
+        plo = phi = 1
+        for i in factors:
+            plo, phi = _mul_interval(plo, phi, lo[i], hi[i])
+        out = self.out
+        if not (st.set_lo(out, plo) and st.set_hi(out, phi)):
+            return False
+        for k, i in enumerate(factors):
+            rlo = rhi = 1
+            for j, f in enumerate(factors):
+                if j != k:
+                    rlo, rhi = _mul_interval(rlo, rhi, lo[f], hi[f])
+            if rlo <= 0 <= rhi:
+                continue  # the rest may be zero: x_i is unconstrained by out
+            olo, ohi = lo[out], hi[out]
+            q_lo = min(_ceil_div(olo, rlo), _ceil_div(olo, rhi), _ceil_div(ohi, rlo), _ceil_div(ohi, rhi))
+            q_hi = max(olo // rlo, olo // rhi, ohi // rlo, ohi // rhi)
+            if not (st.set_lo(i, q_lo) and st.set_hi(i, q_hi)):
+                return False
+        return True
+
+
+class CeilDiv:
+    """out == ceil(num / den) with den > 0 (checked when the model is flattened)."""
+    __slots__ = ("out", "num", "den", "watch")
+
+    def __init__(self, out, num, den):
+        self.out = out
+        self.num = num
+        self.den = den
+        self.watch = (out, num, den)
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        out, num, den = self.out, self.num, self.den
+        n_lo, n_hi, d_lo, d_hi = lo[num], hi[num], lo[den], hi[den]
+        # ceil(n/d) rises with n, and with d it falls for n >= 0 and rises for n < 0
+        z_lo = _ceil_div(n_lo, d_hi if n_lo >= 0 else d_lo)
+        z_hi = _ceil_div(n_hi, d_lo if n_hi >= 0 else d_hi)
+        if not (st.set_lo(out, z_lo) and st.set_hi(out, z_hi)):
+            return False
+        z_lo, z_hi = lo[out], hi[out]
+        # out = ceil(n/d)  <=>  (out - 1) * d + 1 <= n <= out * d
+        if not st.set_lo(num, min((z_lo - 1) * d_lo, (z_lo - 1) * d_hi) + 1):
+            return False
+        if not st.set_hi(num, max(z_hi * d_lo, z_hi * d_hi)):
+            return False
+        n_lo, n_hi = lo[num], hi[num]
+        if z_lo > 0:  # d >= n / out
+            if not st.set_lo(den, min(_ceil_div(n_lo, z_lo), _ceil_div(n_lo, z_hi))):
+                return False
+        if z_lo > 1:  # d <= (n - 1) / (out - 1)
+            if not st.set_hi(den, max((n_hi - 1) // (z_lo - 1), (n_hi - 1) // (z_hi - 1))):
+                return False
+        return True
+
+
+# trial division up to sqrt(2^40) = 2^20 steps (~0.1 s, once per value thanks to the cache)
+_DIVISOR_TABLE_LIMIT = 1 << 40
+
+
+@lru_cache(maxsize=4096)
+def divisors(n):
+    """Sorted tuple of the positive divisors of |n| (n != 0)."""
+    n = abs(n)
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d * d != n:
+                large.append(n // d)
+        d += 1
+    return tuple(small + large[::-1])
+
+
+class Divides:
+    """dividend % divisor == 0 with divisor > 0 (checked when the model is flattened)."""
+    __slots__ = ("divisor", "dividend", "watch")
+
+    def __init__(self, divisor, dividend):
+        self.divisor = divisor
+        self.dividend = dividend
+        self.watch = (divisor, dividend)
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        a, b = self.divisor, self.dividend
+        if lo[b] == hi[b]:
+            n = lo[b]
+            if n == 0:
+                return True
+            if st.vals[a] is not None:
+                allowed = tuple(v for v in st.vals[a] if n % v == 0)
+            elif hi[a] - lo[a] < 64:
+                allowed = tuple(v for v in range(lo[a], hi[a] + 1) if n % v == 0)
+            elif abs(n) <= _DIVISOR_TABLE_LIMIT:
+                allowed = tuple(v for v in divisors(n) if lo[a] <= v <= hi[a])
+            else:
+                return True  # too large to factor by trial division; checked once `a` is fixed
+            return st.keep(a, allowed)
+        if lo[a] == hi[a]:
+            d = lo[a]
+            if st.vals[b] is not None:
+                return st.keep(b, tuple(v for v in st.vals[b] if v % d == 0))
+            return st.set_lo(b, _ceil_div(lo[b], d) * d) and st.set_hi(b, hi[b] // d * d)
+        if lo[b] > 0 and not st.set_hi(a, hi[b]):  # a nonzero multiple is at least the divisor
+            return False
+        if hi[b] < 0 and not st.set_hi(a, -lo[b]):
+            return False
+        return True

@@ -1,0 +1,162 @@
+"""Propagation to a fixed point plus depth-first branch and bound over the model variables.
+
+Only model variables are branched on: every auxiliary variable is a function of them, and the
+propagators fix it (and check its constraints) once its operands are fixed.
+"""
+import time
+from collections import deque
+
+from .domain import DomainStore
+
+# Ranges up to this size are branched value by value; larger ones are bisected.
+_ENUMERATE_RANGE = 8
+# How many nodes between two looks at the clock.
+_CLOCK_EVERY = 64
+
+
+class TimeUp(Exception):
+    """The time limit passed during the search."""
+
+
+class Search:
+    """One search over a Flat model. `solutions()` enumerates, `minimize()` runs branch and bound."""
+
+    def __init__(self, flat, deadline=None):
+        self.flat = flat
+        self.st = DomainStore(flat.lo, flat.hi, flat.vals)
+        self.props = flat.props
+        watchers = [[] for _ in flat.lo]
+        for k, prop in enumerate(self.props):
+            for i in set(prop.watch):
+                watchers[i].append(k)
+        self.watchers = [tuple(w) for w in watchers]
+        self.in_queue = [False] * len(self.props)
+        self.queue = deque()
+        self.decision = tuple(range(flat.n_model))
+        self.prefer = flat.value_preference()
+        self.objective_atom = flat.objective[0] if flat.objective else None
+        self.cutoff = None  # objective atom must stay <= cutoff (set by branch and bound)
+        self.deadline = deadline
+        self.nodes = 0
+
+    # ---- propagation ----------------------------------------------------------------------
+    def _enqueue_changed(self):
+        st = self.st
+        in_queue, queue, watchers = self.in_queue, self.queue, self.watchers
+        for i in st.changed:
+            for k in watchers[i]:
+                if not in_queue[k]:
+                    in_queue[k] = True
+                    queue.append(k)
+        st.changed.clear()
+
+    def propagate(self):
+        """Run the queued propagators to a fixed point; False if a domain became empty."""
+        st = self.st
+        props, queue, in_queue = self.props, self.queue, self.in_queue
+        changed = st.changed
+        if changed:
+            self._enqueue_changed()
+        while queue:
+            k = queue.popleft()
+            in_queue[k] = False
+            if not props[k].propagate(st):
+                for q in queue:
+                    in_queue[q] = False
+                queue.clear()
+                changed.clear()
+                return False
+            if changed:
+                self._enqueue_changed()
+        return True
+
+    def root(self):
+        """Propagate every constraint once from the initial domains."""
+        if self.flat.infeasible:
+            return False
+        for k in range(len(self.props)):
+            self.in_queue[k] = True
+            self.queue.append(k)
+        return self.propagate()
+
+    # ---- branching ------------------------------------------------------------------------
+    def _choose(self):
+        """The unfixed model variable with the smallest domain, or None when all are fixed."""
+        st = self.st
+        lo, hi, vals = st.lo, st.hi, st.vals
+        best, best_size = None, None
+        for i in self.decision:
+            a, b = lo[i], hi[i]
+            if a == b:
+                continue
+            vs = vals[i]
+            size = len(vs) if vs is not None else b - a + 1
+            if best_size is None or size < best_size:
+                best, best_size = i, size
+                if size == 2:
+                    break
+        return best
+
+    def _alternatives(self, i):
+        """Disjoint branches covering variable i's domain: ('=', v), ('<=', v) or ('>=', v)."""
+        st = self.st
+        high_first = self.prefer[i] < 0
+        vs = st.vals[i]
+        if vs is None and st.hi[i] - st.lo[i] < _ENUMERATE_RANGE:
+            vs = range(st.lo[i], st.hi[i] + 1)
+        if vs is not None:
+            return [(0, v) for v in (reversed(vs) if high_first else vs)]
+        mid = (st.lo[i] + st.hi[i]) // 2
+        low, high = (1, mid), (2, mid + 1)
+        return [high, low] if high_first else [low, high]
+
+    def _apply(self, i, alt):
+        kind, v = alt
+        st = self.st
+        if kind == 0:
+            ok = st.fix(i, v)
+        elif kind == 1:
+            ok = st.set_hi(i, v)
+        else:
+            ok = st.set_lo(i, v)
+        if ok and self.cutoff is not None:
+            ok = st.set_hi(self.objective_atom, self.cutoff)
+        return ok and self.propagate()
+
+    def dfs(self):
+        """Yield once at every solution (the store then holds it); the caller may tighten
+        `self.cutoff` between yields. Raises TimeUp past the deadline."""
+        st = self.st
+        if not self.root():
+            return
+        stack = []
+        deadline = self.deadline
+        while True:
+            self.nodes += 1
+            if deadline is not None and self.nodes % _CLOCK_EVERY == 0 and time.perf_counter() > deadline:
+                raise TimeUp
+            i = self._choose()
+            if i is None:
+                yield
+            else:
+                stack.append([st.mark(), i, self._alternatives(i), 0])
+            while stack:
+                frame = stack[-1]
+                mark, i, alts, pos = frame
+                if pos == len(alts):
+                    stack.pop()
+                    continue
+                frame[3] = pos + 1
+                st.undo(mark)
+                if self._apply(i, alts[pos]):
+                    break
+            else:
+                return
+
+    def values(self):
+        """The model variables' values at a solution."""
+        return self.st.lo[:self.flat.n_model]
+
+    def objective_value(self):
+        atom, offset, sign = self.flat.objective
+        return sign * (self.st.lo[atom] + offset)

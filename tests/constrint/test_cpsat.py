@@ -1,0 +1,53 @@
+"""constrint against OR-Tools CP-SAT on random models (same status, same optimum), with every
+returned point re-checked by plain evaluation."""
+import random
+
+import pytest
+
+import constrint as ci
+from tests.constrint.random_models import is_feasible, random_model
+
+pytest.importorskip("ortools")
+from constrint import cpsat  # noqa: E402  (needs ortools)
+
+N_MODELS = 240
+
+
+@pytest.mark.parametrize("chunk", range(4), ids=lambda c: f"models{c * 60}-{c * 60 + 59}")
+def test_same_status_and_optimum_as_cpsat(chunk):
+    statuses = {"optimal": 0, "infeasible": 0}
+    for seed in range(1000 + chunk * 60, 1000 + chunk * 60 + 60):
+        model = random_model(random.Random(seed), tiny=False)
+        ours = model.solve()
+        ref = cpsat.solve(model)
+        assert ref.status in ("optimal", "infeasible"), f"seed {seed}: CP-SAT {ref.status}"
+        assert ours.status == ref.status, f"seed {seed}\n{model}\nours {ours}\ncp-sat {ref}"
+        statuses[ours.status] += 1
+        if ours.status == "infeasible":
+            continue
+        assert is_feasible(model, ours.values), f"seed {seed}\n{model}\n{ours}"
+        assert is_feasible(model, ref.values), f"seed {seed}: CP-SAT point infeasible\n{model}\n{ref}"
+        assert ours.objective == ref.objective, f"seed {seed}\n{model}\nours {ours}\ncp-sat {ref}"
+        if model.objective is not None:
+            assert ours.objective == model.objective[0].evaluate(ours.values)
+    assert statuses["optimal"] >= 20 and statuses["infeasible"] >= 3, statuses
+
+
+def test_to_cpsat_returns_model_and_variables():
+    m = ci.Model()
+    x = m.int_var("x", 1, 8)
+    y = m.int_var("y", values=[2, 4, 8])
+    m.add(ci.divides(y, x * 3))
+    m.maximize(ci.cdiv(x, y))
+    cp, variables = cpsat.to_cpsat(m)
+    assert set(variables) == {"x", "y"}
+    assert cp.validate() == ""
+    ref = cpsat.solve(m)
+    assert ref.status == "optimal" and ref.objective == m.solve().objective == 4
+
+
+def test_cpsat_rejects_bad_input():
+    with pytest.raises(TypeError, match="constrint.Model"):
+        cpsat.to_cpsat("not a model")
+    with pytest.raises(ValueError, match="time_limit"):
+        cpsat.solve(ci.Model(), time_limit=0)

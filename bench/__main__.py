@@ -1,0 +1,104 @@
+"""``python -m bench [suite] [--json out.json] [--md out.md] [--png out.png]`` and
+``python -m bench compare old.json new.json [--threshold 0.1]``.
+
+With no suite, lists the suites. Exit status: 0 done, 1 a kernel failed its correctness check
+(or, for compare, a regression), 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from . import compare, report
+from .progress import make_progress
+from .runner import failures
+from .suites import SUITES, CorrectnessError, load
+
+
+def _list_suites() -> int:
+    print("suites (run one with: python -m bench SUITE):")
+    for name in SUITES:
+        try:
+            description = load(name).DESCRIPTION
+        except ImportError as err:
+            description = f"(not importable here: {err})"
+        print(f"  {name:<10} {description}")
+    print("compare two results: python -m bench compare old.json new.json")
+    return 0
+
+
+def _default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def run_suite(args) -> int:
+    module = load(args.suite)
+    device = torch.device(args.device or _default_device())
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print(f"bench: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
+        return 2
+    progress = make_progress(not args.no_progress, args.suite)
+    try:
+        rows = module.run(device, args.quick, progress)
+    except CorrectnessError as err:
+        print(f"bench: suite {args.suite!r} refused to time: {err}", file=sys.stderr)
+        return 1
+    result = report.make_result(args.suite, module.DESCRIPTION, device, rows)
+    print(report.markdown(result))
+    if args.json:
+        report.write_json(result, args.json)
+    if args.md:
+        report.write_markdown(result, args.md)
+    if args.png:
+        from .plot import write_png
+        write_png(result, args.png)
+    failed = failures(rows)
+    if failed:
+        names = sorted({r["provider"] for r in failed})
+        print(f"bench: {len(failed)} row(s) failed (providers {names}); see the status column",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        parser = argparse.ArgumentParser(prog="python -m bench compare",
+                                         description="Compare two result files; exit 1 on a "
+                                                     "regression beyond the noise threshold.")
+        parser.add_argument("old", help="baseline result JSON")
+        parser.add_argument("new", help="new result JSON")
+        parser.add_argument("--threshold", type=float, default=compare.DEFAULT_THRESHOLD,
+                            help="relative slow-down always counted as noise (default: 0.10)")
+        args = parser.parse_args(argv[1:])
+        try:
+            return compare.main(args.old, args.new, args.threshold)
+        except (OSError, ValueError) as err:
+            print(f"bench compare: {err}", file=sys.stderr)
+            return 2
+    parser = argparse.ArgumentParser(prog="python -m bench",
+                                     description="Run a benchmark suite and print a table.")
+    parser.add_argument("suite", nargs="?", choices=list(SUITES),
+                        help="the suite to run; none lists them")
+    parser.add_argument("--json", help="write the result (machine, versions, rows) as JSON here")
+    parser.add_argument("--md", help="write the Markdown report here")
+    parser.add_argument("--png", help="write a bar chart here (needs matplotlib; skipped without)")
+    parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when present, else cpu)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and short timings: checks the suite runs, numbers mean little")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--list-names", action="store_true", help="print the suite names, one a line")
+    args = parser.parse_args(argv)
+    if args.list_names:
+        print("\n".join(SUITES))
+        return 0
+    if args.suite is None:
+        return _list_suites()
+    return run_suite(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

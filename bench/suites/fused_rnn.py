@@ -1,0 +1,132 @@
+"""Suite "fused_rnn": flashseq.ops.fused_rnn back ends against torch.nn.LSTM and FlashRNN.
+
+CPU (issue 3): B in {1, 16}, T in {64, 512}, H in {128, 512} (input size I = H), float32,
+forward and forward+backward; flashseq "cpu" (and flashseq.LSTM when it exists) against
+torch.nn.LSTM, ratio = time / torch.nn.LSTM's time (target <= 1.05).
+CUDA (Triton issue): B=16, T=1024, H=768 as NH x DH for DH in {16, ..., 768}, bfloat16;
+flashseq "triton"/"cuda", torch.nn.LSTM (cuDNN, NH=1 only), FlashRNN cuda_fused/triton_fused.
+Every provider gets the same x and weights and includes the input projection GEMM.
+"""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from bench import peers, runner, smoke
+from bench.rnn_workloads import (MODES, LSTMWorkload, flashseq_module_call, fused_rnn_call,
+                                 make_tensors, torch_lstm_call)
+from bench.suites import CorrectnessError
+from flashseq.kernels.fused_rnn import backends
+
+DESCRIPTION = ("LSTM over a whole sequence: flashseq.ops.fused_rnn back ends (projection GEMM "
+               "included) vs torch.nn.LSTM on the same x and weights; on CUDA also head-wise "
+               "H=768 as NH x DH vs FlashRNN.")
+
+CPU_GRID = {"B": (1, 16), "T": (64, 512), "H": (128, 512)}
+CPU_QUICK_GRID = {"B": (2,), "T": (8,), "H": (16,)}
+GPU_B, GPU_T, GPU_H = 16, 1024, 768
+GPU_HEAD_DIMS = (16, 32, 64, 128, 256, 384, 768)
+GPU_QUICK = {"T": 64, "head_dims": (64, 768)}
+BASELINE = "torch.nn.LSTM"
+
+
+def backend_status(name: str, device, dtype, **shape) -> str | None:
+    """None if backend ``name`` runs on ``device`` and passes the smoke check, else the row
+    status ("skipped: ..." when it cannot run, "failed: ..." when it is wrong)."""
+    reason = backends.unavailable_reason(name, torch.device(device))
+    if reason:
+        return f"skipped: {reason}"
+    try:
+        wrong = smoke.check_fused_rnn(name, device, dtype, **shape)
+    except NotImplementedError as err:
+        return f"skipped: {err}"
+    except Exception as err:  # a crash in our kernel is a failure, reported in the table
+        return f"failed: smoke check raised {type(err).__name__}: {str(err)[:200]}"
+    return f"failed: smoke check: {wrong}" if wrong else None
+
+
+def module_status(backend: str, device, dtype) -> str | None:
+    import flashseq
+
+    if not hasattr(flashseq, "LSTM"):
+        return "skipped: flashseq.LSTM is not part of this build yet"
+    reason = backends.unavailable_reason(backend, torch.device(device))
+    if reason:
+        return f"skipped: {reason}"
+    try:
+        wrong = smoke.check_lstm_module(backend, device, dtype)
+    except NotImplementedError as err:
+        return f"skipped: {err}"
+    except Exception as err:
+        return f"failed: smoke check raised {type(err).__name__}: {str(err)[:200]}"
+    return f"failed: smoke check: {wrong}" if wrong else None
+
+
+def _fused(name):
+    return lambda data: fused_rnn_call(*data, name)
+
+
+def cpu_providers(device, dtype, quick: bool) -> list[runner.Provider]:
+    names = ["cpu", "reference"] if quick else ["cpu"]
+    out = [runner.Provider(f"flashseq:{n}", _fused(n), status=backend_status(n, device, dtype, NH=1))
+           for n in names]
+    out.append(runner.Provider("flashseq.LSTM:cpu", lambda data: flashseq_module_call(*data, "cpu"),
+                               status=module_status("cpu", device, dtype)))
+    out.append(runner.Provider(BASELINE, lambda data: torch_lstm_call(*data), peer=True))
+    return out
+
+
+def _run_cpu(device, quick, progress) -> list[dict]:
+    dtype = torch.float32
+    grid = CPU_QUICK_GRID if quick else CPU_GRID
+    providers = cpu_providers(device, dtype, quick)
+    cases = [LSTMWorkload(B=B, T=T, I=H, H=H, NH=1, mode=mode, dtype=dtype, device=device)
+             for B, T, H, mode in itertools.product(grid["B"], grid["T"], grid["H"], MODES)]
+    rows = []
+    for w in progress(cases):
+        rows += runner.time_case(w.case, (w, make_tensors(w)), providers, device=device,
+                                 min_run_time=0.05 if quick else 1.0, extra={"mode": w.mode})
+    return runner.add_ratios(rows, BASELINE)
+
+
+def gpu_providers(device, dtype) -> list[runner.Provider]:
+    out = [runner.Provider(f"flashseq:{n}", _fused(n), status=backend_status(n, device, dtype))
+           for n in ("triton", "cuda")]
+    flashrnn_reason = peers.flashrnn_reason(device)
+    for fb in peers.FLASHRNN_BACKENDS:
+        out.append(runner.Provider(f"flashrnn:{fb}",
+                                   lambda data, fb=fb: peers.flashrnn_call(*data, fb), peer=True,
+                                   status=f"skipped: {flashrnn_reason}" if flashrnn_reason else None))
+    return out
+
+
+def _run_gpu(device, quick, progress) -> list[dict]:
+    dtype = torch.bfloat16
+    T = GPU_QUICK["T"] if quick else GPU_T
+    head_dims = GPU_QUICK["head_dims"] if quick else GPU_HEAD_DIMS
+    providers = gpu_providers(device, dtype)
+    cudnn = runner.Provider(BASELINE, lambda data: torch_lstm_call(*data), peer=True)
+    cases = [LSTMWorkload(B=GPU_B, T=T, I=GPU_H, H=GPU_H, NH=GPU_H // DH, mode=mode, dtype=dtype,
+                          device=device)
+             for DH, mode in itertools.product(head_dims, MODES)]
+    rows = []
+    for w in progress(cases):
+        # cuDNN has no head-wise recurrence: it is only a peer at NH = 1
+        case_providers = providers + [cudnn] if w.NH == 1 else providers
+        rows += runner.time_case(w.case, (w, make_tensors(w)), case_providers, device=device,
+                                 min_run_time=0.05 if quick else 0.5,
+                                 extra={"mode": w.mode, "NH": w.NH, "DH": w.DH})
+    runner.add_ratios(rows, BASELINE)
+    return runner.add_ratios(rows, "flashrnn:cuda_fused", column="ratio_flashrnn")
+
+
+def run(device, quick: bool, progress) -> list[dict]:
+    """Rows for every (case, provider); see the module docstring for the workloads."""
+    wrong = smoke.check_lstm_mapping()
+    if wrong:
+        raise CorrectnessError(f"the benchmark's LSTM set-up is not torch.nn.LSTM: {wrong}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _run_gpu(device, quick, progress)
+    return _run_cpu(device, quick, progress)

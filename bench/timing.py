@@ -1,0 +1,95 @@
+"""Timing one callable: warm-up, then many runs; median, min and inter-quartile range in ms.
+
+CPU: ``torch.utils.benchmark.Timer.blocked_autorange`` at torch's current thread count (its
+default of one thread would make every CPU comparison a single-core one).
+CUDA: ``triton.testing.do_bench`` (which flushes L2 between runs) when triton imports, else CUDA
+events around each call.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+# Enough runs that the IQR means something even for calls of a second or more.
+MIN_RUNS = 5
+
+
+def summarize(times_ms: list[float]) -> dict:
+    """median_ms, min_ms, iqr_ms (75th - 25th percentile) and runs of a list of times in ms."""
+    if not times_ms:
+        raise ValueError("times_ms must hold at least one time; got an empty list")
+    ordered = sorted(float(t) for t in times_ms)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return {
+        "median_ms": statistics.median(ordered),
+        "min_ms": ordered[0],
+        "iqr_ms": q3 - q1,
+        "runs": len(ordered),
+    }
+
+
+def _measure_cpu(fn: Callable[[], object], min_run_time: float) -> dict:
+    from torch.utils.benchmark import Timer
+
+    start = time.perf_counter()
+    fn()  # warm-up: first-call allocations, lazy builds, caches
+    estimate = time.perf_counter() - start
+    # A slow call gets a longer budget so that at least MIN_RUNS of it are timed.
+    budget = max(min_run_time, MIN_RUNS * estimate * 1.2)
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    measurement = timer.blocked_autorange(min_run_time=budget)
+    times = list(measurement.times)
+    while len(times) < MIN_RUNS:  # a run slowed down by a busy machine can eat the budget
+        times.append(timer.timeit(measurement.number_per_run).times[0])
+    return summarize([t * 1e3 for t in times])
+
+
+def _measure_cuda(fn: Callable[[], object], min_run_time: float) -> dict:
+    rep_ms = max(1.0, min_run_time * 1e3)
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        times = do_bench(fn, warmup=max(1, int(rep_ms / 4)), rep=int(rep_ms), return_mode="all")
+        return summarize(list(times))
+    fn()
+    torch.cuda.synchronize()
+    times, deadline = [], time.perf_counter() + min_run_time
+    while len(times) < MIN_RUNS or time.perf_counter() < deadline:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return summarize(times)
+
+
+def measure(fn: Callable[[], object], *, device, min_run_time: float = 0.5) -> dict:
+    """Time ``fn()`` (no arguments; its result is ignored) on ``device``.
+
+    Args:
+        fn: the work to time; it must leave its inputs as it found them so runs are alike.
+        device: torch.device or str; "cuda" timings are GPU times of the launched work.
+        min_run_time: seconds of timed runs at least (after warm-up). Default: 0.5.
+
+    Returns:
+        dict with median_ms, min_ms, iqr_ms (floats, milliseconds per call) and runs (int).
+    """
+    if not callable(fn):
+        raise TypeError(f"fn must be callable with no arguments; got {type(fn).__name__}")
+    if not min_run_time > 0:
+        raise ValueError(f"min_run_time must be > 0 seconds; got {min_run_time!r}")
+    device = torch.device(device)
+    if device.type == "cuda":
+        return _measure_cuda(fn, min_run_time)
+    if device.type == "cpu":
+        return _measure_cpu(fn, min_run_time)
+    raise ValueError(f"device must be a cpu or cuda device; got {device}")

@@ -1,0 +1,220 @@
+"""Backward Triton kernels of ``fused_rnn``, over reversed time (layouts: ``fused_rnn`` docstring).
+
+Both kernels produce d wx ([B, T, G, NH, DH] fp32), d rh when it differs from d wx (GRU's n gate)
+and d states0; d r and d b are then one reduction over the stored h_{t-1} and d rh (see
+``triton_function``). Per step, in registers: the carried gradients of the S states, the cell's
+backward from the stored rh_t and states s_{t-1} (``triton_fwd`` saves them), and
+d h_{t-1} += sum_g d rh_g @ r_g^T with tl.dot (d rh rounded to the input dtype, fp32 accumulation).
+
+``fused_rnn_bwd_kernel`` is persistent (r^T of the head on chip for all T steps, grid
+(cdiv(B, BB), NH)); ``fused_rnn_bwd_kernel_step`` is its one-launch-per-step twin for heads split
+into column tiles, exchanging the carried gradients through a 2-slot buffer in global memory.
+"""
+import triton
+import triton.language as tl
+
+from .triton_fwd import _load_rows, _store_gates, _store_states
+
+
+@triton.jit
+def _load_states(P, o_state, o_col, m_rc, state_size, S: tl.constexpr, b_zero):
+    # the S fp32 blocks [BB, BH] of one [S, B, NH, DH] slot starting at P; missing ones are 0
+    b_s0 = _load_rows(P, o_state, o_col, m_rc)
+    b_s1 = b_zero
+    b_s2 = b_zero
+    b_s3 = b_zero
+    if S > 1:
+        b_s1 = _load_rows(P + state_size, o_state, o_col, m_rc)
+    if S > 2:
+        b_s2 = _load_rows(P + 2 * state_size, o_state, o_col, m_rc)
+    if S > 3:
+        b_s3 = _load_rows(P + 3 * state_size, o_state, o_col, m_rc)
+    return b_s0, b_s1, b_s2, b_s3
+
+
+@triton.jit
+def _load_gates(P, o_row, o_col, m_rc, gate_stride, G: tl.constexpr, b_zero):
+    # the G fp32 blocks of one step of a [B, T, G, NH, DH] tensor; o_row points at gate 0
+    b_g0 = _load_rows(P, o_row, o_col, m_rc)
+    b_g1 = b_zero
+    b_g2 = b_zero
+    b_g3 = b_zero
+    if G > 1:
+        b_g1 = _load_rows(P + gate_stride, o_row, o_col, m_rc)
+    if G > 2:
+        b_g2 = _load_rows(P + 2 * gate_stride, o_row, o_col, m_rc)
+    if G > 3:
+        b_g3 = _load_rows(P + 3 * gate_stride, o_row, o_col, m_rc)
+    return b_g0, b_g1, b_g2, b_g3
+
+
+@triton.jit
+def _cell_bwd_step(CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_col, m_rc, o_state, hd, state_size, T,
+                   G: tl.constexpr, S: tl.constexpr, ds0, ds1, ds2, ds3, b_zero):
+    # The cell's backward at step t for one [BB, BH] block: returns d wx, d rh per gate and the
+    # gradients of the states before the step (d h_prev without the h_prev @ r path).
+    o_wx = (o_b * T + t) * G * hd + o_state - o_b * hd  # [BB] gate-0 rows of step t
+    wx0, wx1, wx2, wx3 = _load_gates(WX, o_wx, o_col, m_rc, hd, G, b_zero)
+    rh0, rh1, rh2, rh3 = _load_gates(RH_ST, o_wx, o_col, m_rc, hd, G, b_zero)
+    sp0, sp1, sp2, sp3 = _load_states(S_ST + t * S * state_size, o_state, o_col, m_rc,
+                                      state_size, S, b_zero)
+    o_h = (o_b * T + t) * hd + o_state - o_b * hd
+    d0 = ds0 + _load_rows(DHO, o_h, o_col, m_rc)
+    return CELL(wx0, wx1, wx2, wx3, rh0, rh1, rh2, rh3, sp0, sp1, sp2, sp3, d0, ds1, ds2, ds3)
+
+
+@triton.jit(do_not_specialize=["B", "T"])
+def fused_rnn_bwd_kernel(
+    WX, R, RH_ST, S_ST, DHO, DSLAST, LEN, DWX, DRH, DS0,
+    B, T, NH, DH,
+    CELL: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+    BB: tl.constexpr, DHP: tl.constexpr,
+    HAS_LEN: tl.constexpr, RH_DIFF: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (cdiv(B, BB), NH). Inputs WX, R as in the forward, RH_ST [B,T,G,NH,DH] and S_ST
+    [T+1,S,B,NH,DH] fp32 from the forward, DHO [B,T,NH,DH] and DSLAST [S,B,NH,DH] fp32 (the
+    gradients of h and last_states). Outputs DWX (and DRH if RH_DIFF) [B,T,G,NH,DH] fp32, zero
+    at steps past a row's length, and DS0 [S,B,NH,DH] fp32."""
+    i_b = tl.program_id(0)
+    i_n = tl.program_id(1).to(tl.int64)
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
+    o_d = tl.arange(0, DHP).to(tl.int64)  # [DHP]
+    m_b = o_b < B
+    m_d = o_d < DH
+    m_bd = m_b[:, None] & m_d[None, :]  # [BB, DHP]
+    hd = NH * DH
+    state_size = B.to(tl.int64) * hd
+    o_state = o_b * hd + i_n * DH  # [BB]
+
+    # r_g^T of the head on chip: element (j, k) is r[g, n, k, j]
+    p_rt = R + i_n * DH * DH + o_d[None, :] * DH + o_d[:, None]
+    m_r = m_d[:, None] & m_d[None, :]
+    r_gate = NH * DH * DH
+    b_rt0 = tl.load(p_rt, mask=m_r, other=0.0)  # [DHP, DHP]
+    b_rt1 = b_rt0
+    b_rt2 = b_rt0
+    b_rt3 = b_rt0
+    if G > 1:
+        b_rt1 = tl.load(p_rt + r_gate, mask=m_r, other=0.0)
+    if G > 2:
+        b_rt2 = tl.load(p_rt + 2 * r_gate, mask=m_r, other=0.0)
+    if G > 3:
+        b_rt3 = tl.load(p_rt + 3 * r_gate, mask=m_r, other=0.0)
+
+    b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
+    ds0, ds1, ds2, ds3 = _load_states(DSLAST, o_state, o_d, m_bd, state_size, S, b_zero)
+    if HAS_LEN:
+        b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
+    for i_t in range(T):
+        t = T - 1 - i_t
+        dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3 = _cell_bwd_step(
+            CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_d, m_bd, o_state, hd, state_size, T, G, S,
+            ds0, ds1, ds2, ds3, b_zero)
+        if HAS_LEN:
+            # past a row's length the step is the identity and its output a constant 0
+            m_valid = (t < b_len)[:, None]  # [BB, 1]
+            dwx0 = tl.where(m_valid, dwx0, 0.0)
+            dwx1 = tl.where(m_valid, dwx1, 0.0)
+            dwx2 = tl.where(m_valid, dwx2, 0.0)
+            dwx3 = tl.where(m_valid, dwx3, 0.0)
+            drh0 = tl.where(m_valid, drh0, 0.0)
+            drh1 = tl.where(m_valid, drh1, 0.0)
+            drh2 = tl.where(m_valid, drh2, 0.0)
+            drh3 = tl.where(m_valid, drh3, 0.0)
+            dp0 = tl.where(m_valid, dp0, ds0)
+            dp1 = tl.where(m_valid, dp1, ds1)
+            dp2 = tl.where(m_valid, dp2, ds2)
+            dp3 = tl.where(m_valid, dp3, ds3)
+        # keep padded lanes exactly 0 before they meet the 0-padded rows of r^T
+        drh0 = tl.where(m_bd, drh0, 0.0)
+        drh1 = tl.where(m_bd, drh1, 0.0)
+        drh2 = tl.where(m_bd, drh2, 0.0)
+        drh3 = tl.where(m_bd, drh3, 0.0)
+        dp0 = dp0 + tl.dot(drh0.to(R.dtype.element_ty), b_rt0, input_precision=PREC)
+        if G > 1:
+            dp0 = dp0 + tl.dot(drh1.to(R.dtype.element_ty), b_rt1, input_precision=PREC)
+        if G > 2:
+            dp0 = dp0 + tl.dot(drh2.to(R.dtype.element_ty), b_rt2, input_precision=PREC)
+        if G > 3:
+            dp0 = dp0 + tl.dot(drh3.to(R.dtype.element_ty), b_rt3, input_precision=PREC)
+        o_wx = (o_b * T + t) * G * hd + i_n * DH
+        _store_gates(DWX, o_wx, o_d, m_bd, hd, G, dwx0, dwx1, dwx2, dwx3)
+        if RH_DIFF:
+            _store_gates(DRH, o_wx, o_d, m_bd, hd, G, drh0, drh1, drh2, drh3)
+        ds0 = dp0
+        ds1 = dp1
+        ds2 = dp2
+        ds3 = dp3
+    _store_states(DS0, o_state, o_d, m_bd, state_size, S, ds0, ds1, ds2, ds3)
+
+
+@triton.jit(do_not_specialize=["t", "slot_in", "slot_out", "B", "T"])
+def fused_rnn_bwd_kernel_step(
+    WX, R, RH_ST, S_ST, DHO, LEN, DWX, DRH, DS_BUF, DS0,
+    t, slot_in, slot_out, B, T, NH, DH,
+    CELL: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    HAS_LEN: tl.constexpr, RH_DIFF: tl.constexpr, PREC: tl.constexpr,
+    FIRST: tl.constexpr, FINAL: tl.constexpr,
+):
+    """Step t of the backward. Grid (cdiv(B, BB), NH, cdiv(DH, BH)). DS_BUF [2,S,B,NH,DH] fp32
+    holds the carried state gradients (slot_in read, slot_out written) without the
+    d rh_{t+1} @ r^T term, which this launch adds first (unless FIRST, i.e. t = T-1) by a loop
+    over BK-chunks of d rh_{t+1} (DRH; the caller passes DWX there unless RH_DIFF). FINAL
+    (t = -1) only adds that term and writes DS0. Other layouts as fused_rnn_bwd_kernel."""
+    i_b = tl.program_id(0)
+    i_n = tl.program_id(1).to(tl.int64)
+    i_j = tl.program_id(2)
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
+    o_j = (i_j * BH + tl.arange(0, BH)).to(tl.int64)  # [BH] this program's units
+    m_b = o_b < B
+    m_j = o_j < DH
+    m_bj = m_b[:, None] & m_j[None, :]  # [BB, BH]
+    hd = NH * DH
+    state_size = B.to(tl.int64) * hd
+    o_state = o_b * hd + i_n * DH  # [BB]
+    b_zero = tl.zeros([BB, BH], dtype=tl.float32)
+    ds0, ds1, ds2, ds3 = _load_states(DS_BUF + slot_in.to(tl.int64) * S * state_size, o_state,
+                                      o_j, m_bj, state_size, S, b_zero)
+    if not FIRST:
+        # d h_t[:, j] += sum_g sum_c d rh_{t+1, g}[:, c] * r[g, n, j, c]
+        o_next = (o_b * T + t + 1) * G * hd + i_n * DH  # [BB] gate-0 rows of step t+1
+        p_rt = R + i_n * DH * DH + o_j[None, :] * DH
+        r_gate = NH * DH * DH
+        for c0 in range(0, DH, BK):
+            o_c = c0 + tl.arange(0, BK).to(tl.int64)  # [BK]
+            m_c = o_c < DH
+            m_bc = m_b[:, None] & m_c[None, :]
+            m_cj = m_c[:, None] & m_j[None, :]
+            for g in tl.static_range(G):
+                b_drh = tl.load(DRH + o_next[:, None] + g * hd + o_c[None, :], mask=m_bc,
+                                other=0.0).to(R.dtype.element_ty)  # [BB, BK]
+                b_rt = tl.load(p_rt + g * r_gate + o_c[:, None], mask=m_cj, other=0.0)  # [BK, BH]
+                ds0 = ds0 + tl.dot(b_drh, b_rt, input_precision=PREC)
+    if FINAL:
+        _store_states(DS0, o_state, o_j, m_bj, state_size, S, ds0, ds1, ds2, ds3)
+    else:
+        dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3 = _cell_bwd_step(
+            CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_j, m_bj, o_state, hd, state_size, T, G, S,
+            ds0, ds1, ds2, ds3, b_zero)
+        if HAS_LEN:
+            b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
+            m_valid = (t < b_len)[:, None]  # [BB, 1]
+            dwx0 = tl.where(m_valid, dwx0, 0.0)
+            dwx1 = tl.where(m_valid, dwx1, 0.0)
+            dwx2 = tl.where(m_valid, dwx2, 0.0)
+            dwx3 = tl.where(m_valid, dwx3, 0.0)
+            drh0 = tl.where(m_valid, drh0, 0.0)
+            drh1 = tl.where(m_valid, drh1, 0.0)
+            drh2 = tl.where(m_valid, drh2, 0.0)
+            drh3 = tl.where(m_valid, drh3, 0.0)
+            dp0 = tl.where(m_valid, dp0, ds0)
+            dp1 = tl.where(m_valid, dp1, ds1)
+            dp2 = tl.where(m_valid, dp2, ds2)
+            dp3 = tl.where(m_valid, dp3, ds3)
+        o_wx = (o_b * T + t) * G * hd + i_n * DH
+        _store_gates(DWX, o_wx, o_j, m_bj, hd, G, dwx0, dwx1, dwx2, dwx3)
+        if RH_DIFF:
+            _store_gates(DRH, o_wx, o_j, m_bj, hd, G, drh0, drh1, drh2, drh3)
+        _store_states(DS_BUF + slot_out.to(tl.int64) * S * state_size, o_state, o_j, m_bj,
+                      state_size, S, dp0, dp1, dp2, dp3)

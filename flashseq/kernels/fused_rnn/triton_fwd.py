@@ -1,0 +1,260 @@
+"""Forward Triton kernels of ``fused_rnn`` (layouts: see the ``fused_rnn`` docstring).
+
+``fused_rnn_fwd_kernel``: persistent. One program per (batch tile, head) runs all T steps and
+keeps the head's recurrent weights r[:, n] ([G, DHP, DHP]) and its states in registers; per step
+it loads wx[:, t], does G products [BB, DHP] x [DHP, DHP] with tl.dot (fp32 accumulation),
+applies the cell's pointwise function and stores h_t.
+
+``fused_rnn_fwd_kernel_step``: one launch per time step, for heads whose weights do not fit one
+program. Programs split the head into column tiles of BH units, loop over the previous h in
+chunks of BK (weights streamed from global memory / L2) and exchange h_t through the state
+buffer in global memory; the launch boundary is the per-step barrier, which also makes this
+path safe under TRITON_INTERPRET=1 (where programs run one after another).
+
+What the backward needs is stored, not recomputed (``SAVE``): rh_t = h_{t-1} @ r + b per gate
+([B, T, G, NH, DH] fp32) and the states before/after every step ([T+1, S, B, NH, DH] fp32).
+Recomputing rh would put a second sequence of dependent GEMMs on the backward's critical path;
+storing costs (G + S) * 4 bytes per (b, t, unit), which the launcher accounts for.
+
+Internally the head is padded to DHP = next power of two >= 16 (tl.dot's minimum) with masks;
+padded lanes hold finite values (zero weights, zero inputs) so they never leak NaN into dots.
+All offsets are int64. States and accumulation are fp32 whatever the input dtype.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _load_rows(P, o_row, o_col, m_rc):
+    # [BB, BH] fp32 block of a row-major tensor whose rows are given by o_row (int64 offsets)
+    return tl.load(P + o_row[:, None] + o_col[None, :], mask=m_rc, other=0.0).to(tl.float32)
+
+
+@triton.jit(do_not_specialize=["B", "T"])
+def fused_rnn_fwd_kernel(
+    WX, R, BIAS, S0, LEN, H, SLAST, RH_ST, S_ST,
+    B, T, NH, DH,
+    CELL: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+    BB: tl.constexpr, DHP: tl.constexpr,
+    HAS_LEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
+):
+    """Grid (cdiv(B, BB), NH). WX [B,T,G,NH,DH], R [G,NH,DH,DH], BIAS [G,NH,DH], S0 [S,B,NH,DH],
+    LEN [B] int64, outputs H [B,T,NH,DH], SLAST [S,B,NH,DH], and if SAVE RH_ST [B,T,G,NH,DH]
+    fp32 and S_ST [T+1,S,B,NH,DH] fp32."""
+    i_b = tl.program_id(0)
+    i_n = tl.program_id(1).to(tl.int64)
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
+    o_d = tl.arange(0, DHP).to(tl.int64)  # [DHP]
+    m_b = o_b < B
+    m_d = o_d < DH
+    m_bd = m_b[:, None] & m_d[None, :]  # [BB, DHP]
+    hd = NH * DH  # elements per (b, t, g) row of wx
+    o_state = o_b * hd + i_n * DH  # [BB] row offsets into [B, NH, DH]
+    state_size = B.to(tl.int64) * hd  # one state of [S, B, NH, DH]
+
+    # the head's recurrent weights, on chip for all T steps
+    p_r = R + i_n * DH * DH + o_d[:, None] * DH + o_d[None, :]
+    m_r = m_d[:, None] & m_d[None, :]
+    r_gate = NH * DH * DH
+    b_r0 = tl.load(p_r, mask=m_r, other=0.0)  # [DHP, DHP]
+    b_r1 = b_r0
+    b_r2 = b_r0
+    b_r3 = b_r0
+    if G > 1:
+        b_r1 = tl.load(p_r + r_gate, mask=m_r, other=0.0)
+    if G > 2:
+        b_r2 = tl.load(p_r + 2 * r_gate, mask=m_r, other=0.0)
+    if G > 3:
+        b_r3 = tl.load(p_r + 3 * r_gate, mask=m_r, other=0.0)
+    p_bias = BIAS + i_n * DH + o_d
+    b_bias0 = tl.load(p_bias, mask=m_d, other=0.0).to(tl.float32)  # [DHP]
+    b_bias1 = b_bias0
+    b_bias2 = b_bias0
+    b_bias3 = b_bias0
+    if G > 1:
+        b_bias1 = tl.load(p_bias + hd, mask=m_d, other=0.0).to(tl.float32)
+    if G > 2:
+        b_bias2 = tl.load(p_bias + 2 * hd, mask=m_d, other=0.0).to(tl.float32)
+    if G > 3:
+        b_bias3 = tl.load(p_bias + 3 * hd, mask=m_d, other=0.0).to(tl.float32)
+
+    b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
+    b_s0 = _load_rows(S0, o_state, o_d, m_bd)  # [BB, DHP]
+    b_s1 = b_zero
+    b_s2 = b_zero
+    b_s3 = b_zero
+    if S > 1:
+        b_s1 = _load_rows(S0 + state_size, o_state, o_d, m_bd)
+    if S > 2:
+        b_s2 = _load_rows(S0 + 2 * state_size, o_state, o_d, m_bd)
+    if S > 3:
+        b_s3 = _load_rows(S0 + 3 * state_size, o_state, o_d, m_bd)
+    if SAVE:
+        _store_states(S_ST, o_state, o_d, m_bd, state_size, S, b_s0, b_s1, b_s2, b_s3)
+    if HAS_LEN:
+        b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
+
+    for t in range(T):
+        # padded lanes of h stay 0 so that 0-weight rows never meet a NaN
+        b_h = tl.where(m_d[None, :], b_s0, 0.0).to(R.dtype.element_ty)  # [BB, DHP]
+        o_wx = (o_b * T + t) * G * hd + i_n * DH  # [BB] row offsets of gate 0 at step t
+        b_rh0 = tl.dot(b_h, b_r0, input_precision=PREC) + b_bias0[None, :]  # [BB, DHP]
+        b_wx0 = _load_rows(WX, o_wx, o_d, m_bd)
+        b_rh1 = b_zero
+        b_rh2 = b_zero
+        b_rh3 = b_zero
+        b_wx1 = b_zero
+        b_wx2 = b_zero
+        b_wx3 = b_zero
+        if G > 1:
+            b_rh1 = tl.dot(b_h, b_r1, input_precision=PREC) + b_bias1[None, :]
+            b_wx1 = _load_rows(WX, o_wx + hd, o_d, m_bd)
+        if G > 2:
+            b_rh2 = tl.dot(b_h, b_r2, input_precision=PREC) + b_bias2[None, :]
+            b_wx2 = _load_rows(WX, o_wx + 2 * hd, o_d, m_bd)
+        if G > 3:
+            b_rh3 = tl.dot(b_h, b_r3, input_precision=PREC) + b_bias3[None, :]
+            b_wx3 = _load_rows(WX, o_wx + 3 * hd, o_d, m_bd)
+        n0, n1, n2, n3 = CELL(b_wx0, b_wx1, b_wx2, b_wx3, b_rh0, b_rh1, b_rh2, b_rh3,
+                              b_s0, b_s1, b_s2, b_s3)
+        b_out = n0
+        if HAS_LEN:
+            # rows past their length keep their states and output 0
+            m_valid = (t < b_len)[:, None]  # [BB, 1]
+            n0 = tl.where(m_valid, n0, b_s0)
+            n1 = tl.where(m_valid, n1, b_s1)
+            n2 = tl.where(m_valid, n2, b_s2)
+            n3 = tl.where(m_valid, n3, b_s3)
+            b_out = tl.where(m_valid, b_out, 0.0)
+        o_h = (o_b * T + t) * hd + i_n * DH  # [BB]
+        tl.store(H + o_h[:, None] + o_d[None, :], b_out.to(H.dtype.element_ty), mask=m_bd)
+        if SAVE:
+            _store_gates(RH_ST, o_wx, o_d, m_bd, hd, G, b_rh0, b_rh1, b_rh2, b_rh3)
+            _store_states(S_ST + (t + 1) * S * state_size, o_state, o_d, m_bd, state_size, S, n0, n1, n2, n3)
+        b_s0 = n0
+        b_s1 = n1
+        b_s2 = n2
+        b_s3 = n3
+    _store_states(SLAST, o_state, o_d, m_bd, state_size, S, b_s0, b_s1, b_s2, b_s3)
+
+
+@triton.jit
+def _store_states(P, o_state, o_col, m_rc, state_size, S: tl.constexpr, s0, s1, s2, s3):
+    # the S states of one [S, B, NH, DH] slot starting at P, converted to its dtype
+    p = P + o_state[:, None] + o_col[None, :]
+    tl.store(p, s0.to(P.dtype.element_ty), mask=m_rc)
+    if S > 1:
+        tl.store(p + state_size, s1.to(P.dtype.element_ty), mask=m_rc)
+    if S > 2:
+        tl.store(p + 2 * state_size, s2.to(P.dtype.element_ty), mask=m_rc)
+    if S > 3:
+        tl.store(p + 3 * state_size, s3.to(P.dtype.element_ty), mask=m_rc)
+
+
+@triton.jit
+def _store_gates(P, o_row, o_col, m_rc, gate_stride, G: tl.constexpr, g0, g1, g2, g3):
+    # the G gate blocks of one step of a [B, T, G, NH, DH] tensor; o_row points at gate 0
+    p = P + o_row[:, None] + o_col[None, :]
+    tl.store(p, g0.to(P.dtype.element_ty), mask=m_rc)
+    if G > 1:
+        tl.store(p + gate_stride, g1.to(P.dtype.element_ty), mask=m_rc)
+    if G > 2:
+        tl.store(p + 2 * gate_stride, g2.to(P.dtype.element_ty), mask=m_rc)
+    if G > 3:
+        tl.store(p + 3 * gate_stride, g3.to(P.dtype.element_ty), mask=m_rc)
+
+
+@triton.jit(do_not_specialize=["t", "slot_in", "slot_out", "B", "T"])
+def fused_rnn_fwd_kernel_step(
+    WX, R, BIAS, LEN, H, RH_ST, S_ST,
+    t, slot_in, slot_out, B, T, NH, DH,
+    CELL: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
+    HAS_LEN: tl.constexpr, SAVE: tl.constexpr, PREC: tl.constexpr,
+):
+    """Step t. Grid (cdiv(B, BB), NH, cdiv(DH, BH)). Reads the states before the step from
+    S_ST[slot_in] and writes the new ones to S_ST[slot_out] (S_ST [SLOTS,S,B,NH,DH] fp32);
+    writes H[:, t] and, if SAVE, RH_ST[:, t] (fp32). Other layouts as fused_rnn_fwd_kernel."""
+    i_b = tl.program_id(0)
+    i_n = tl.program_id(1).to(tl.int64)
+    i_j = tl.program_id(2)
+    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
+    o_j = (i_j * BH + tl.arange(0, BH)).to(tl.int64)  # [BH] this program's units
+    m_b = o_b < B
+    m_j = o_j < DH
+    m_bj = m_b[:, None] & m_j[None, :]  # [BB, BH]
+    hd = NH * DH
+    state_size = B.to(tl.int64) * hd
+    o_state = o_b * hd + i_n * DH  # [BB]
+    p_in = S_ST + slot_in.to(tl.int64) * S * state_size
+
+    b_zero = tl.zeros([BB, BH], dtype=tl.float32)
+    b_acc0 = b_zero
+    b_acc1 = b_zero
+    b_acc2 = b_zero
+    b_acc3 = b_zero
+    r_gate = NH * DH * DH
+    p_r = R + i_n * DH * DH
+    for k0 in range(0, DH, BK):
+        o_k = k0 + tl.arange(0, BK).to(tl.int64)  # [BK]
+        m_k = o_k < DH
+        m_kj = m_k[:, None] & m_j[None, :]
+        b_h = tl.load(p_in + o_state[:, None] + o_k[None, :], mask=m_b[:, None] & m_k[None, :],
+                      other=0.0).to(R.dtype.element_ty)  # [BB, BK]
+        b_acc0 = b_acc0 + tl.dot(b_h, tl.load(p_r + o_k[:, None] * DH + o_j[None, :], mask=m_kj,
+                                               other=0.0), input_precision=PREC)
+        if G > 1:
+            b_acc1 = b_acc1 + tl.dot(b_h, tl.load(p_r + r_gate + o_k[:, None] * DH + o_j[None, :],
+                                                   mask=m_kj, other=0.0), input_precision=PREC)
+        if G > 2:
+            b_acc2 = b_acc2 + tl.dot(b_h, tl.load(p_r + 2 * r_gate + o_k[:, None] * DH + o_j[None, :],
+                                                   mask=m_kj, other=0.0), input_precision=PREC)
+        if G > 3:
+            b_acc3 = b_acc3 + tl.dot(b_h, tl.load(p_r + 3 * r_gate + o_k[:, None] * DH + o_j[None, :],
+                                                   mask=m_kj, other=0.0), input_precision=PREC)
+    p_bias = BIAS + i_n * DH + o_j
+    o_wx = (o_b * T + t) * G * hd + i_n * DH  # [BB]
+    b_rh0 = b_acc0 + tl.load(p_bias, mask=m_j, other=0.0).to(tl.float32)[None, :]
+    b_wx0 = _load_rows(WX, o_wx, o_j, m_bj)
+    b_rh1 = b_zero
+    b_rh2 = b_zero
+    b_rh3 = b_zero
+    b_wx1 = b_zero
+    b_wx2 = b_zero
+    b_wx3 = b_zero
+    if G > 1:
+        b_rh1 = b_acc1 + tl.load(p_bias + hd, mask=m_j, other=0.0).to(tl.float32)[None, :]
+        b_wx1 = _load_rows(WX, o_wx + hd, o_j, m_bj)
+    if G > 2:
+        b_rh2 = b_acc2 + tl.load(p_bias + 2 * hd, mask=m_j, other=0.0).to(tl.float32)[None, :]
+        b_wx2 = _load_rows(WX, o_wx + 2 * hd, o_j, m_bj)
+    if G > 3:
+        b_rh3 = b_acc3 + tl.load(p_bias + 3 * hd, mask=m_j, other=0.0).to(tl.float32)[None, :]
+        b_wx3 = _load_rows(WX, o_wx + 3 * hd, o_j, m_bj)
+
+    b_s0 = _load_rows(p_in, o_state, o_j, m_bj)  # [BB, BH]
+    b_s1 = b_zero
+    b_s2 = b_zero
+    b_s3 = b_zero
+    if S > 1:
+        b_s1 = _load_rows(p_in + state_size, o_state, o_j, m_bj)
+    if S > 2:
+        b_s2 = _load_rows(p_in + 2 * state_size, o_state, o_j, m_bj)
+    if S > 3:
+        b_s3 = _load_rows(p_in + 3 * state_size, o_state, o_j, m_bj)
+    n0, n1, n2, n3 = CELL(b_wx0, b_wx1, b_wx2, b_wx3, b_rh0, b_rh1, b_rh2, b_rh3,
+                          b_s0, b_s1, b_s2, b_s3)
+    b_out = n0
+    if HAS_LEN:
+        b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
+        m_valid = (t < b_len)[:, None]  # [BB, 1]
+        n0 = tl.where(m_valid, n0, b_s0)
+        n1 = tl.where(m_valid, n1, b_s1)
+        n2 = tl.where(m_valid, n2, b_s2)
+        n3 = tl.where(m_valid, n3, b_s3)
+        b_out = tl.where(m_valid, b_out, 0.0)
+    o_h = (o_b * T + t) * hd + i_n * DH
+    tl.store(H + o_h[:, None] + o_j[None, :], b_out.to(H.dtype.element_ty), mask=m_bj)
+    if SAVE:
+        _store_gates(RH_ST, o_wx, o_j, m_bj, hd, G, b_rh0, b_rh1, b_rh2, b_rh3)
+    _store_states(S_ST + slot_out.to(tl.int64) * S * state_size, o_state, o_j, m_bj, state_size, S, n0, n1, n2, n3)

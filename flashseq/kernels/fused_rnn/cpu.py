@@ -1,15 +1,111 @@
-"""``backend="cpu"``: the compiled C++ loop of csrc/cpu/ (being written)."""
+"""``backend="cpu"``: the compiled C++ loop of csrc/cpu/ (float32 and float64, any NH and DH).
+
+The whole time loop runs in C++: per step one GEMM ``h_prev @ r`` (ATen/MKL) and one fused
+pointwise pass from the cell's header in csrc/cells/. The backward is hand-written (reversed
+time, one GEMM per step for d(h_prev), then d(r) and d(b) over all steps at once).
+
+What the forward keeps for the backward (only when a gradient is needed):
+``saved_gates [T, NH, B, K, DH]``, K values per unit chosen by the cell header (LSTM and GRU
+their gate activations, GRU also rh_n, sLSTM its four pre-activations, Elman nothing), and
+``saved_states [T, S-1, NH, B, DH]``, the states other than h after every step (LSTM c, sLSTM
+c, n, m). h after every step is the output itself, so it is not stored twice.
+
+The C++ functions are wrapped as the ``torch.library`` custom ops ``flashseq::fused_rnn_cpu_fwd``
+and ``flashseq::fused_rnn_cpu_bwd`` with fake implementations, called by one autograd Function,
+so ``torch.compile`` traces through ``fused_rnn(..., backend="cpu")``.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from flashseq import _jit
+
+SERVED_DTYPES = (torch.float32, torch.float64)
 
 
 def unavailable_reason(device):
+    """Why the compiled loop cannot run on ``device`` (not a CPU, or no extension), else None."""
     if device.type != "cpu":
         return f"the compiled CPU loop runs on CPU tensors only, not {device.type}"
-    return "the compiled CPU extension is not built yet"
+    return _jit.extension_error()
 
 
 def unsupported_reason(problem):
+    """Why this call is not served (float16/bfloat16), else None."""
+    if problem.dtype not in SERVED_DTYPES:
+        return f"dtype {problem.dtype} is not served (float32 and float64 only)"
     return None
 
 
+def _layout(cell: str):
+    """(G, S, K): gates, states and values saved per unit and step, as the C++ loop has them."""
+    return tuple(_jit.extension().cell_layout(cell))
+
+
+@torch.library.custom_op("flashseq::fused_rnn_cpu_fwd", mutates_args=())
+def fused_rnn_cpu_fwd(wx: Tensor, r: Tensor, b: Tensor, states: Tensor, lengths: Optional[Tensor],
+                      cell: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward loop. Layouts as ``fused_rnn``; returns (h [B, T, NH, DH], last_states
+    [S, B, NH, DH], saved_gates [T, NH, B, K, DH], saved_states [T, S-1, NH, B, DH]), the saved
+    tensors with T replaced by 0 unless ``save``."""
+    return tuple(_jit.extension().fused_rnn_forward(wx, r, b, states, lengths, cell, save))
+
+
+@fused_rnn_cpu_fwd.register_fake
+def _fused_rnn_cpu_fwd_fake(wx, r, b, states, lengths, cell, save):
+    B, T, _, NH, DH = wx.shape
+    _, S, K = _layout(cell)
+    steps = T if save else 0
+    return (wx.new_empty(B, T, NH, DH), wx.new_empty(S, B, NH, DH),
+            wx.new_empty(steps, NH, B, K, DH), wx.new_empty(steps, S - 1, NH, B, DH))
+
+
+@torch.library.custom_op("flashseq::fused_rnn_cpu_bwd", mutates_args=())
+def fused_rnn_cpu_bwd(dh: Optional[Tensor], d_last: Optional[Tensor], h: Tensor, states: Tensor,
+                      r: Tensor, saved_gates: Tensor, saved_states: Tensor,
+                      lengths: Optional[Tensor], cell: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Backward loop: upstream dh [B, T, NH, DH] and d_last [S, B, NH, DH] (None = zero) and
+    what the forward saved -> (d_wx [B, T, G, NH, DH], d_r [G, NH, DH, DH], d_b [G, NH, DH],
+    d_states [S, B, NH, DH])."""
+    return tuple(_jit.extension().fused_rnn_backward(
+        dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell))
+
+
+@fused_rnn_cpu_bwd.register_fake
+def _fused_rnn_cpu_bwd_fake(dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell):
+    B, T, NH, DH = h.shape
+    G, S, _ = _layout(cell)
+    return (h.new_empty(B, T, G, NH, DH), r.new_empty(G, NH, DH, DH), r.new_empty(G, NH, DH),
+            states.new_empty(S, B, NH, DH))
+
+
+class FusedRnnCpuFunction(torch.autograd.Function):
+    """Autograd of the compiled loop: forward saves h, the initial states, r and the saved
+    per-step tensors; backward runs the C++ backward once."""
+
+    @staticmethod
+    def forward(ctx, wx, r, b, states, lengths, cell, save):
+        h, last_states, saved_gates, saved_states = fused_rnn_cpu_fwd(
+            wx, r, b, states, lengths, cell, save)
+        if save:
+            ctx.save_for_backward(h, states, r, saved_gates, saved_states, lengths)
+        ctx.cell = cell
+        ctx.set_materialize_grads(False)  # a missing upstream gradient stays None: no zeros
+        return h, last_states
+
+    @staticmethod
+    def backward(ctx, dh, d_last):
+        h, states, r, saved_gates, saved_states, lengths = ctx.saved_tensors
+        d_wx, d_r, d_b, d_states = fused_rnn_cpu_bwd(
+            dh, d_last, h, states, r, saved_gates, saved_states, lengths, ctx.cell)
+        # gradients in argument order: wx, r, b, states, lengths, cell, save
+        return d_wx, d_r, d_b, d_states, None, None, None
+
+
 def fused_rnn(wx, r, b, states, *, cell, lengths):
-    raise NotImplementedError(unavailable_reason(wx.device))
+    """``fused_rnn`` on the compiled CPU loop; arguments and results as
+    ``flashseq.ops.fused_rnn`` (layouts in its docstring), ``states`` always given."""
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (wx, r, b, states))
+    return FusedRnnCpuFunction.apply(wx.contiguous(), r.contiguous(), b.contiguous(),
+                                     states.contiguous(), lengths, cell.name, save)

@@ -1,0 +1,23 @@
+// Python bindings of the compiled CPU loop (module flashseq._C, or the JIT-built twin of
+// flashseq/_jit.py). The torch.library custom ops, their shape functions and autograd live in
+// flashseq/kernels/fused_rnn/cpu.py and call these functions.
+#include <torch/extension.h>
+
+#include "fused_rnn_cpu.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "flashseq compiled CPU kernels";
+  m.def("fused_rnn_forward", &flashseq::cpu::fused_rnn_forward,
+        "fused_rnn forward: (wx, r, b, states, lengths, cell, save) -> "
+        "(h, last_states, saved_gates, saved_states)",
+        py::arg("wx"), py::arg("r"), py::arg("b"), py::arg("states"), py::arg("lengths"),
+        py::arg("cell"), py::arg("save"));
+  m.def("fused_rnn_backward", &flashseq::cpu::fused_rnn_backward,
+        "fused_rnn backward: (dh, d_last_states, h, states, r, saved_gates, saved_states, "
+        "lengths, cell) -> (d_wx, d_r, d_b, d_states)",
+        py::arg("dh"), py::arg("d_last_states"), py::arg("h"), py::arg("states"), py::arg("r"),
+        py::arg("saved_gates"), py::arg("saved_states"), py::arg("lengths"), py::arg("cell"));
+  m.def("cell_layout", &flashseq::cpu::cell_layout,
+        "(num_gates, num_states, num_saved) of a cell as the compiled loop stores it",
+        py::arg("cell"));
+}

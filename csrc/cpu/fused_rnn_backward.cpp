@@ -1,0 +1,164 @@
+// Backward of the compiled CPU loop, in reversed time. Per step: the cell header's pointwise
+// backward gives d(wx) (written in place) and d(rh) (kept for all steps), then one GEMM
+// d(h_prev) += d(rh) @ W^T. After the loop d(r) is ONE GEMM of the stored h_{t-1} against the
+// stored d(rh) over all (batch, step) rows, and d(b) one reduction. Layouts: fused_rnn_cpu.h,
+// plus
+//   Wt      [NH, G*DH, DH]     Wt[n][g*DH + e][d] = r[g][n][d][e]
+//   drh     [NH, B, T, G*DH]   d(rh) of every step; zero where a row is past its length
+//   h_prev  [NH, B, T, DH]     the h each step started from (initial h, then the output h)
+#include <ATen/Parallel.h>
+
+#include "fused_rnn_cpu.h"
+
+namespace flashseq {
+namespace cpu {
+namespace {
+
+template <typename Cell, typename scalar_t>
+void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h,
+                   const at::Tensor& states, const at::Tensor& Wt, const at::Tensor& saved_gates,
+                   const at::Tensor& saved_states, const int64_t* len, at::Tensor& dwx,
+                   at::Tensor& drh) {
+  constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
+  const int64_t B = h.size(0), T = h.size(1), NH = h.size(2), DH = h.size(3);
+  const int64_t GDH = G * DH, rows = NH * B, state_stride = NH * B * DH;
+  const scalar_t* h_p = h.data_ptr<scalar_t>();                 // [B, T, NH, DH]
+  const scalar_t* states_p = states.data_ptr<scalar_t>();       // [S, B, NH, DH]
+  const scalar_t* gates_p = saved_gates.data_ptr<scalar_t>();   // [T, NH, B, K, DH]
+  const scalar_t* sstates_p = saved_states.data_ptr<scalar_t>();  // [T, S-1, NH, B, DH]
+  scalar_t* dcarry_p = dcarry.data_ptr<scalar_t>();             // [S, NH, B, DH]
+  scalar_t* dwx_p = dwx.data_ptr<scalar_t>();                   // [B, T, G, NH, DH]
+  scalar_t* drh_p = drh.data_ptr<scalar_t>();                   // [NH, B, T, G*DH]
+  at::Tensor dh_carry = dcarry.select(0, 0);                    // [NH, B, DH]
+  const int64_t grain = pointwise_grain(GDH);
+
+  for (int64_t t = T - 1; t >= 0; --t) {
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / B, bi = row % B;
+        const bool valid = len == nullptr || t < len[bi];
+        scalar_t* dwx_row = dwx_p + ((bi * T + t) * G * NH + n) * DH;  // + g*NH*DH + e
+        scalar_t* drh_row = drh_p + ((n * B + bi) * T + t) * GDH;      // + g*DH + e
+        if (!valid) {  // the step passed the states through: their gradients pass through too
+          for (int g = 0; g < G; ++g) {
+            for (int64_t e = 0; e < DH; ++e) {
+              dwx_row[g * NH * DH + e] = scalar_t(0);
+              drh_row[g * DH + e] = scalar_t(0);
+            }
+          }
+          continue;
+        }
+        const scalar_t* h_next_row = h_p + ((bi * T + t) * NH + n) * DH;
+        const scalar_t* dh_row = dh_p ? dh_p + ((bi * T + t) * NH + n) * DH : nullptr;
+        // States the step started from: the initial ones at t = 0, else those after step t-1.
+        const scalar_t* prev_rows[S];
+        int64_t prev_stride = 0;  // between consecutive states in prev_rows' source
+        if (t == 0) {
+          prev_rows[0] = states_p + (bi * NH + n) * DH;
+          prev_stride = B * NH * DH;
+          for (int s = 1; s < S; ++s) prev_rows[s] = prev_rows[0] + s * prev_stride;
+        } else {
+          prev_rows[0] = h_p + ((bi * T + t - 1) * NH + n) * DH;
+          for (int s = 1; s < S; ++s)
+            prev_rows[s] = sstates_p + (((t - 1) * (S - 1) + (s - 1)) * rows + row) * DH;
+        }
+        const scalar_t* gates_row = gates_p + (t * rows + row) * K * DH;
+        scalar_t* dcarry_row = dcarry_p + row * DH;
+        for (int64_t e = 0; e < DH; ++e) {
+          scalar_t saved[K > 0 ? K : 1], prev[S], dnext[S], dwx_v[G], drh_v[G], dprev[S];
+          for (int k = 0; k < K; ++k) saved[k] = gates_row[k * DH + e];
+          for (int s = 0; s < S; ++s) {
+            prev[s] = prev_rows[s][e];
+            dnext[s] = dcarry_row[s * state_stride + e];
+          }
+          if (dh_row) dnext[0] += dh_row[e];
+          Cell::backward(saved, prev, h_next_row[e], dnext, dwx_v, drh_v, dprev);
+          for (int g = 0; g < G; ++g) {
+            dwx_row[g * NH * DH + e] = dwx_v[g];
+            drh_row[g * DH + e] = drh_v[g];
+          }
+          for (int s = 0; s < S; ++s) dcarry_row[s * state_stride + e] = dprev[s];
+        }
+      }
+    });
+    // d(h_prev) += d(rh_t) @ W^T; rows past their length have d(rh_t) = 0 and keep their dh.
+    const at::Tensor drh_t = drh.select(2, t);  // [NH, B, G*DH], row stride T*G*DH
+    if (NH == 1) {
+      dh_carry.select(0, 0).addmm_(drh_t.select(0, 0), Wt.select(0, 0));
+    } else {
+      dh_carry.baddbmm_(drh_t, Wt);
+    }
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
+    const c10::optional<at::Tensor>& dh_in, const c10::optional<at::Tensor>& d_last_in,
+    const at::Tensor& h_in, const at::Tensor& states_in, const at::Tensor& r,
+    const at::Tensor& saved_gates_in, const at::Tensor& saved_states_in,
+    const c10::optional<at::Tensor>& lengths, const std::string& cell) {
+  TORCH_CHECK(h_in.dim() == 4, "fused_rnn_cpu_backward: h must be [B, T, NH, DH]; got ", h_in.sizes());
+  const int64_t B = h_in.size(0), T = h_in.size(1), NH = h_in.size(2), DH = h_in.size(3);
+  const auto [G, S, K] = cell_layout(cell);
+  const auto dtype = h_in.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble,
+              "fused_rnn_cpu_backward: h must be float32 or float64; got ", dtype);
+  check_common(r, states_in, G, S, B, NH, DH, dtype, lengths);
+  TORCH_CHECK(saved_gates_in.sizes() == at::IntArrayRef({T, NH, B, K, DH}),
+              "fused_rnn_cpu_backward: saved_gates must be [T, NH, B, K, DH]; got ",
+              saved_gates_in.sizes(), " (was the forward run with save=True?)");
+  TORCH_CHECK(saved_states_in.sizes() == at::IntArrayRef({T, S - 1, NH, B, DH}),
+              "fused_rnn_cpu_backward: saved_states must be [T, S-1, NH, B, DH]; got ",
+              saved_states_in.sizes());
+  at::Tensor dh;
+  if (dh_in.has_value()) {
+    TORCH_CHECK(dh_in->sizes() == h_in.sizes() && dh_in->scalar_type() == dtype,
+                "fused_rnn_cpu_backward: dh must match h ", h_in.sizes(), "; got ", dh_in->sizes());
+    dh = dh_in->contiguous();
+  }
+  at::Tensor dcarry;  // [S, NH, B, DH]: gradients of the running states
+  if (d_last_in.has_value()) {
+    TORCH_CHECK(d_last_in->sizes() == states_in.sizes() && d_last_in->scalar_type() == dtype,
+                "fused_rnn_cpu_backward: d_last_states must match states ", states_in.sizes(),
+                "; got ", d_last_in->sizes());
+    dcarry = d_last_in->permute({0, 2, 1, 3}).clone(at::MemoryFormat::Contiguous);
+  } else {
+    dcarry = at::zeros({S, NH, B, DH}, h_in.options());
+  }
+  const at::Tensor h = h_in.contiguous(), states = states_in.contiguous();
+  const at::Tensor saved_gates = saved_gates_in.contiguous();
+  const at::Tensor saved_states = saved_states_in.contiguous();
+  const at::Tensor Wt = r.permute({1, 0, 3, 2}).reshape({NH, G * DH, DH}).contiguous();
+  at::Tensor dwx = at::empty({B, T, G, NH, DH}, h.options());
+  at::Tensor drh = at::empty({NH, B, T, G * DH}, h.options());
+  at::Tensor len_c;
+  if (lengths.has_value()) len_c = lengths->contiguous();
+  const int64_t* len = lengths.has_value() ? len_c.data_ptr<int64_t>() : nullptr;
+
+  AT_DISPATCH_FLOATING_TYPES(dtype, "fused_rnn_cpu_backward", [&] {
+    const scalar_t* dh_p = dh.defined() ? dh.data_ptr<scalar_t>() : nullptr;
+    dispatch_cell(cell, [&](auto c) {
+      backward_loop<decltype(c), scalar_t>(dh_p, dcarry, h, states, Wt, saved_gates,
+                                           saved_states, len, dwx, drh);
+      return 0;
+    });
+  });
+
+  // d(r) and d(b) over all steps at once: one GEMM per head of h_{t-1}^T [DH, B*T] with
+  // d(rh) [B*T, G*DH].
+  at::Tensor h_prev = at::empty({NH, B, T, DH}, h.options());
+  h_prev.select(2, 0).copy_(states.select(0, 0).permute({1, 0, 2}));
+  if (T > 1) h_prev.narrow(2, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 0, 1, 3}));
+  const at::Tensor h_prev_rows = h_prev.view({NH, B * T, DH});
+  const at::Tensor drh_rows = drh.view({NH, B * T, G * DH});
+  const at::Tensor dW = NH == 1 ? at::mm(h_prev_rows.select(0, 0).t(), drh_rows.select(0, 0)).unsqueeze(0)
+                                : at::bmm(h_prev_rows.transpose(1, 2), drh_rows);  // [NH, DH, G*DH]
+  at::Tensor dr = dW.view({NH, DH, G, DH}).permute({2, 0, 1, 3}).contiguous();
+  at::Tensor db = drh_rows.sum(1).view({NH, G, DH}).permute({1, 0, 2}).contiguous();
+  at::Tensor dstates = dcarry.permute({0, 2, 1, 3}).contiguous();
+  return {dwx, dr, db, dstates};
+}
+
+}  // namespace cpu
+}  // namespace flashseq

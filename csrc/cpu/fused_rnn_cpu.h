@@ -1,0 +1,68 @@
+// The compiled CPU loop of fused_rnn: declarations shared by the forward, backward and bindings.
+//
+// Layouts of the arguments are those of flashseq.ops.fused_rnn (its docstring). Internally the
+// loop keeps the per-head recurrent operands contiguous so each step's product is one GEMM:
+//   W      [NH, DH, G*DH]   W[n][d][g*DH + e] = r[g][n][d][e]
+//   carry  [S, NH, B, DH]   the running states (and, in the backward, their gradients)
+//   rh     [NH, B, G*DH]    h_prev @ W of the current step
+// Saved for the backward (only when it will run):
+//   saved_gates   [T, NH, B, kNumSaved, DH]  what the cell header asks to keep per step
+//   saved_states  [T, S-1, NH, B, DH]        the non-h states after every step (c, n, m);
+//                                            h after every step is the output h itself.
+#pragma once
+
+#include <string>
+#include <tuple>
+
+#include <ATen/ATen.h>
+
+#include "cells/elman.h"
+#include "cells/gru.h"
+#include "cells/lstm.h"
+#include "cells/slstm.h"
+
+namespace flashseq {
+namespace cpu {
+
+// Calls fn(CellType{}) for the cell called `name`; TORCH_CHECK fails for an unknown name.
+template <typename Fn>
+auto dispatch_cell(const std::string& name, Fn&& fn) {
+  if (name == "lstm") return fn(cells::LstmCell{});
+  if (name == "gru") return fn(cells::GruCell{});
+  if (name == "slstm") return fn(cells::SlstmCell{});
+  TORCH_CHECK(name == "elman", "fused_rnn_cpu: cell must be one of lstm, gru, slstm, elman; got ",
+              name);
+  return fn(cells::ElmanCell{});
+}
+
+// Rows (head, batch) handed to one thread at a time in the pointwise loops: enough gate values
+// per task that the threading overhead (a few microseconds) stays small against the work.
+inline int64_t pointwise_grain(int64_t values_per_row) {
+  constexpr int64_t kValuesPerTask = 8192;
+  return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, values_per_row));
+}
+
+// Returns (h [B,T,NH,DH], last_states [S,B,NH,DH], saved_gates, saved_states); the saved tensors
+// are empty unless `save`.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
+    const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b, const at::Tensor& states,
+    const c10::optional<at::Tensor>& lengths, const std::string& cell, bool save);
+
+// Returns (d_wx, d_r, d_b, d_states). dh [B,T,NH,DH] and d_last [S,B,NH,DH] may be absent
+// (no gradient reached them).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
+    const c10::optional<at::Tensor>& dh, const c10::optional<at::Tensor>& d_last,
+    const at::Tensor& h, const at::Tensor& states, const at::Tensor& r,
+    const at::Tensor& saved_gates, const at::Tensor& saved_states,
+    const c10::optional<at::Tensor>& lengths, const std::string& cell);
+
+// (kNumGates, kNumStates, kNumSaved) of a cell, for the shape functions in Python.
+std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell);
+
+// Shared argument checks; each message names the tensor.
+void check_common(const at::Tensor& r, const at::Tensor& states, int64_t G, int64_t S, int64_t B,
+                  int64_t NH, int64_t DH, at::ScalarType dtype,
+                  const c10::optional<at::Tensor>& lengths);
+
+}  // namespace cpu
+}  // namespace flashseq

@@ -1,0 +1,150 @@
+// Forward of the compiled CPU loop: per step one GEMM h_prev @ W, then one fused pointwise pass
+// over (head, batch, unit) applying the cell header. Layouts: fused_rnn_cpu.h.
+#include <ATen/Parallel.h>
+
+#include "fused_rnn_cpu.h"
+
+namespace flashseq {
+namespace cpu {
+
+void check_common(const at::Tensor& r, const at::Tensor& states, int64_t G, int64_t S, int64_t B,
+                  int64_t NH, int64_t DH, at::ScalarType dtype,
+                  const c10::optional<at::Tensor>& lengths) {
+  TORCH_CHECK(r.sizes() == at::IntArrayRef({G, NH, DH, DH}), "fused_rnn_cpu: r must be [G, NH, DH, DH] = [",
+              G, ", ", NH, ", ", DH, ", ", DH, "]; got ", r.sizes());
+  TORCH_CHECK(states.sizes() == at::IntArrayRef({S, B, NH, DH}),
+              "fused_rnn_cpu: states must be [S, B, NH, DH] = [", S, ", ", B, ", ", NH, ", ", DH,
+              "]; got ", states.sizes());
+  TORCH_CHECK(r.scalar_type() == dtype && states.scalar_type() == dtype,
+              "fused_rnn_cpu: r and states must have wx's dtype ", dtype, "; got r ",
+              r.scalar_type(), ", states ", states.scalar_type());
+  TORCH_CHECK(r.device().is_cpu() && states.device().is_cpu(),
+              "fused_rnn_cpu: r and states must be CPU tensors");
+  if (lengths.has_value()) {
+    TORCH_CHECK(lengths->scalar_type() == at::kLong && lengths->dim() == 1 &&
+                    lengths->size(0) == B && lengths->device().is_cpu(),
+                "fused_rnn_cpu: lengths must be an int64 CPU tensor [B] = [", B, "]; got ",
+                lengths->scalar_type(), " ", lengths->sizes());
+  }
+}
+
+std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
+  return dispatch_cell(cell, [](auto c) {
+    using Cell = decltype(c);
+    return std::tuple<int64_t, int64_t, int64_t>(Cell::kNumGates, Cell::kNumStates,
+                                                 Cell::kNumSaved);
+  });
+}
+
+namespace {
+
+template <typename Cell, typename scalar_t>
+void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& bias,
+                  at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,
+                  at::Tensor& saved_gates, at::Tensor& saved_states, bool save) {
+  constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
+  const int64_t B = wx.size(0), T = wx.size(1), NH = wx.size(3), DH = wx.size(4);
+  const int64_t GDH = G * DH, rows = NH * B, state_stride = NH * B * DH;
+  const scalar_t* wx_p = wx.data_ptr<scalar_t>();      // [B, T, G, NH, DH]
+  const scalar_t* bias_p = bias.data_ptr<scalar_t>();  // [NH, G*DH]
+  const scalar_t* rh_p = rh.data_ptr<scalar_t>();      // [NH, B, G*DH]
+  scalar_t* carry_p = carry.data_ptr<scalar_t>();      // [S, NH, B, DH]
+  scalar_t* h_p = h.data_ptr<scalar_t>();              // [B, T, NH, DH]
+  scalar_t* gates_p = save ? saved_gates.data_ptr<scalar_t>() : nullptr;  // [T, NH, B, K, DH]
+  scalar_t* sstates_p = save ? saved_states.data_ptr<scalar_t>() : nullptr;  // [T, S-1, NH, B, DH]
+  const at::Tensor h_carry = carry.select(0, 0);  // [NH, B, DH], the GEMM's left operand
+  at::Tensor rh_head0 = rh.select(0, 0);            // [B, G*DH], the GEMM's output when NH == 1
+  const int64_t grain = pointwise_grain(GDH);
+
+  for (int64_t t = 0; t < T; ++t) {
+    if (NH == 1) {
+      at::mm_out(rh_head0, h_carry.select(0, 0), W.select(0, 0));
+    } else {
+      at::bmm_out(rh, h_carry, W);
+    }
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) {
+        const int64_t n = row / B, bi = row % B;
+        const bool valid = len == nullptr || t < len[bi];
+        scalar_t* h_out = h_p + ((bi * T + t) * NH + n) * DH;
+        scalar_t* carry_row = carry_p + row * DH;
+        if (!valid) {  // states stay; output 0; the saved states repeat the previous ones
+          for (int64_t e = 0; e < DH; ++e) h_out[e] = scalar_t(0);
+          if (save) {
+            for (int s = 1; s < S; ++s) {
+              scalar_t* dst = sstates_p + ((t * (S - 1) + (s - 1)) * rows + row) * DH;
+              for (int64_t e = 0; e < DH; ++e) dst[e] = carry_row[s * state_stride + e];
+            }
+          }
+          continue;
+        }
+        const scalar_t* wx_row = wx_p + ((bi * T + t) * G * NH + n) * DH;  // + g*NH*DH + e
+        const scalar_t* rh_row = rh_p + row * GDH;                         // + g*DH + e
+        const scalar_t* bias_row = bias_p + n * GDH;
+        scalar_t* gates_row = save ? gates_p + (t * rows + row) * K * DH : nullptr;
+        for (int64_t e = 0; e < DH; ++e) {
+          scalar_t wx_v[G], rh_v[G], prev[S], next[S], saved[K > 0 ? K : 1];
+          for (int g = 0; g < G; ++g) {
+            wx_v[g] = wx_row[g * NH * DH + e];
+            rh_v[g] = rh_row[g * DH + e] + bias_row[g * DH + e];
+          }
+          for (int s = 0; s < S; ++s) prev[s] = carry_row[s * state_stride + e];
+          Cell::forward(wx_v, rh_v, prev, next, saved);
+          for (int s = 0; s < S; ++s) carry_row[s * state_stride + e] = next[s];
+          h_out[e] = next[0];
+          if (save) {
+            for (int k = 0; k < K; ++k) gates_row[k * DH + e] = saved[k];
+            for (int s = 1; s < S; ++s)
+              sstates_p[((t * (S - 1) + (s - 1)) * rows + row) * DH + e] = next[s];
+          }
+        }
+      }
+    });
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
+    const at::Tensor& wx_in, const at::Tensor& r, const at::Tensor& b, const at::Tensor& states,
+    const c10::optional<at::Tensor>& lengths, const std::string& cell, bool save) {
+  TORCH_CHECK(wx_in.dim() == 5, "fused_rnn_cpu: wx must be [B, T, G, NH, DH]; got ", wx_in.sizes());
+  TORCH_CHECK(wx_in.device().is_cpu(), "fused_rnn_cpu: wx must be a CPU tensor");
+  TORCH_CHECK(wx_in.scalar_type() == at::kFloat || wx_in.scalar_type() == at::kDouble,
+              "fused_rnn_cpu: wx must be float32 or float64; got ", wx_in.scalar_type());
+  const int64_t B = wx_in.size(0), T = wx_in.size(1), G = wx_in.size(2), NH = wx_in.size(3),
+                DH = wx_in.size(4);
+  const auto [G_cell, S, K] = cell_layout(cell);
+  TORCH_CHECK(G == G_cell, "fused_rnn_cpu: wx's gate axis must be ", G_cell, " for cell ", cell,
+              "; got ", wx_in.sizes());
+  check_common(r, states, G, S, B, NH, DH, wx_in.scalar_type(), lengths);
+  TORCH_CHECK(b.sizes() == at::IntArrayRef({G, NH, DH}) && b.scalar_type() == wx_in.scalar_type(),
+              "fused_rnn_cpu: b must be [G, NH, DH] = [", G, ", ", NH, ", ", DH, "] of wx's dtype; got ",
+              b.sizes(), " ", b.scalar_type());
+
+  const at::Tensor wx = wx_in.contiguous();
+  const at::Tensor W = r.permute({1, 2, 0, 3}).reshape({NH, DH, G * DH}).contiguous();
+  const at::Tensor bias = b.permute({1, 0, 2}).reshape({NH, G * DH}).contiguous();
+  // clone: the loop updates carry in place and must never write into the caller's states.
+  at::Tensor carry = states.permute({0, 2, 1, 3}).clone(at::MemoryFormat::Contiguous);
+  at::Tensor rh = at::empty({NH, B, G * DH}, wx.options());
+  at::Tensor h = at::empty({B, T, NH, DH}, wx.options());
+  at::Tensor saved_gates = at::empty({save ? T : 0, NH, B, K, DH}, wx.options());
+  at::Tensor saved_states = at::empty({save ? T : 0, S - 1, NH, B, DH}, wx.options());
+  at::Tensor len_c;
+  if (lengths.has_value()) len_c = lengths->contiguous();
+  const int64_t* len = lengths.has_value() ? len_c.data_ptr<int64_t>() : nullptr;
+
+  AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "fused_rnn_cpu_forward", [&] {
+    dispatch_cell(cell, [&](auto c) {
+      forward_loop<decltype(c), scalar_t>(wx, W, bias, carry, rh, len, h, saved_gates,
+                                          saved_states, save);
+      return 0;
+    });
+  });
+  at::Tensor last_states = carry.permute({0, 2, 1, 3}).contiguous();  // [S, B, NH, DH]
+  return {h, last_states, saved_gates, saved_states};
+}
+
+}  // namespace cpu
+}  // namespace flashseq

@@ -7,11 +7,13 @@ With no suite, lists the suites. Exit status: 0 done, 1 a kernel failed its corr
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import torch
 
 from . import compare, report
+from .peers import PEER_MODULES, import_reason
 from .progress import make_progress
 from .runner import failures
 from .suites import SUITES, CorrectnessError, load
@@ -34,7 +36,11 @@ def _default_device() -> str:
 
 
 def run_suite(args) -> int:
-    module = load(args.suite)
+    try:
+        module = load(args.suite)
+    except ImportError as err:
+        print(f"bench: suite {args.suite!r} is registered but does not import: {err}", file=sys.stderr)
+        return 1
     device = torch.device(args.device or _default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"bench: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
@@ -91,9 +97,16 @@ def main(argv=None) -> int:
                         help="tiny sizes and short timings: checks the suite runs, numbers mean little")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-names", action="store_true", help="print the suite names, one a line")
+    parser.add_argument("--machine", action="store_true",
+                        help="print the machine, versions and importable peers as JSON")
     args = parser.parse_args(argv)
     if args.list_names:
         print("\n".join(SUITES))
+        return 0
+    if args.machine:
+        info = report.machine_info(args.device or _default_device())
+        info["peers"] = {m: import_reason(m) or "importable" for m in PEER_MODULES}
+        print(json.dumps(info, indent=2))
         return 0
     if args.suite is None:
         return _list_suites()

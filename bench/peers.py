@@ -13,6 +13,8 @@ import torch
 from .rnn_workloads import LSTMTensors, LSTMWorkload, recurrence_call
 
 FLASHRNN_BACKENDS = ("cuda_fused", "triton_fused")
+# Every peer package a suite may use (import names), for the machine record.
+PEER_MODULES = ("flashrnn", "fla")
 
 
 def import_reason(module: str) -> str | None:

@@ -75,7 +75,8 @@ def machine_info(device) -> dict:
         "triton": _package_version("triton"),
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        "flashseq_commit": _git("rev-parse", "HEAD"),
+        # FLASHSEQ_COMMIT: for a copy of the tree without .git (e.g. on a GPU machine)
+        "flashseq_commit": _git("rev-parse", "HEAD") or os.environ.get("FLASHSEQ_COMMIT"),
         "tree_dirty": None if status is None else bool(status),
         "triton_interpret": os.environ.get("TRITON_INTERPRET") == "1",
     }

@@ -17,10 +17,14 @@ except ImportError:
 else:
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if sources:
+        # The C++ standard is left to torch (C++17 on older releases, C++20 on newer ones); the
+        # cell headers are plain C++17. Same flags as the first-use build in flashseq/_jit.py.
         ext_modules.append(CppExtension(
             "flashseq._C", sources,
             include_dirs=[os.path.abspath("csrc")],
-            extra_compile_args=["-O3", "-std=c++17"],
+            depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h"))
+                           + glob.glob(os.path.join("csrc", "cells", "*.h"))),
+            extra_compile_args=["-O3"],
         ))
         cmdclass["build_ext"] = BuildExtension
 

@@ -176,7 +176,10 @@ class _Consts:
     sms: int
     clock_ps: int
     mma_ps: int         # one m16n8k16 (4096 FLOP) on one SM sub-partition
-    hbm_ps_per_kb: int  # one SM's share of the memory bandwidth, ps per 1024 bytes
+    smem_ps: int        # ps per byte through shared memory
+    l2_ps: int          # ps per byte from/to L2, per SM
+    dsmem_ps: int       # ps per byte to another CTA's shared memory
+    hbm_ps: int         # ps per byte of one SM's share of the memory bandwidth
 
 
 def _consts(cell, batch, heads, head_dim, dtype, gpu, backend) -> _Consts:
@@ -185,8 +188,17 @@ def _consts(cell, batch, heads, head_dim, dtype, gpu, backend) -> _Consts:
         G=cell.num_gates, S=cell.num_states, B=batch, NH=heads,
         DHP=padded_head_dim(head_dim, backend), eb=ELEMENT_BYTES[dtype], sms=gpu.sm_count,
         clock_ps=max(1, round(1e12 / gpu.boost_clock_hz)),
-        mma_ps=max(1, round(4096 / (peak_per_sm_ps / 4))),
-        hbm_ps_per_kb=max(1, round(1024 * gpu.sm_count * 1e12 / gpu.memory_bandwidth)))
+        mma_ps=max(1, round(4096 / (peak_per_sm_ps / 4))), **byte_costs(gpu))
+
+
+def byte_costs(gpu: GPUSpec) -> dict:
+    """Picoseconds per byte of each kind of traffic, rounded to whole ps (at least 1) so that
+    traffic enters the model as linear terms."""
+    clock_ps = 1e12 / gpu.boost_clock_hz
+    return dict(smem_ps=max(1, round(clock_ps / SMEM_BYTES_PER_CLOCK)),
+                l2_ps=max(1, round(clock_ps / L2_BYTES_PER_CLOCK_PER_SM)),
+                dsmem_ps=max(1, round(clock_ps / DSMEM_BYTES_PER_CLOCK)),
+                hbm_ps=max(1, round(gpu.sm_count * 1e12 / gpu.memory_bandwidth)))
 
 
 def resources(v, c: _Consts, backend: str, cdiv):
@@ -219,7 +231,7 @@ def resources(v, c: _Consts, backend: str, cdiv):
         chain_ps = (DHP // 16) * MMA_LATENCY_CLOCKS * c.clock_ps
         h_bytes = BB * DHP * eb
         reduce_ps = 0
-        xchg_ps = split * cdiv(h_bytes * c.clock_ps, L2_BYTES_PER_CLOCK_PER_SM)
+        xchg_ps = split * h_bytes * c.l2_ps
         sync_ps = 2 * CTA_BARRIER_PS + split * GRID_BARRIER_PS
     else:
         # weight rows as the mma A operand spread over all W warps; h^T (the B operand) is read
@@ -232,15 +244,15 @@ def resources(v, c: _Consts, backend: str, cdiv):
         BK = cdiv(DHP, WK)
         chain_ps = cdiv(DHP, 16 * WK) * MMA_LATENCY_CLOCKS * c.clock_ps
         h_bytes = WM * BB * DHP * eb
-        reduce_ps = cdiv((WK - 1) * G * BB * BH * 4 * c.clock_ps, SMEM_BYTES_PER_CLOCK)
-        xchg_ps = (clus * cdiv(P * BB * BH * eb * c.clock_ps, DSMEM_BYTES_PER_CLOCK)
-                   + (split - clus) * cdiv(BB * DHP * eb * c.clock_ps, L2_BYTES_PER_CLOCK_PER_SM))
+        reduce_ps = (WK - 1) * G * BB * BH * 4 * c.smem_ps
+        # each CTA of a cluster writes its [BB, BH] slice of h_t to all P CTAs: BB*DHP elements
+        xchg_ps = (clus * BB * DHP * eb * c.dsmem_ps + (split - clus) * BB * DHP * eb * c.l2_ps)
         sync_ps = (2 * CTA_BARRIER_PS + clus * CLUSTER_BARRIER_PS
                    + (split - clus) * GRID_BARRIER_PS)
     regs = REGISTER_GRANULE * cdiv(w_regs + acc_regs + h_regs + other_regs, REGISTER_GRANULE)
     mma_ps = cdiv(W, 4) * cdiv(G * BB * BH * DHP, 2048 * W) * c.mma_ps
-    smem_ps = cdiv(h_bytes * c.clock_ps, SMEM_BYTES_PER_CLOCK)
-    hbm_ps = cdiv((G + 1) * BB * BH * eb * c.hbm_ps_per_kb, 1024)
+    smem_ps = h_bytes * c.smem_ps
+    hbm_ps = (G + 1) * BB * BH * eb * c.hbm_ps
     pointwise_ps = cdiv(W, 4) * cdiv(G * BB * BH, threads) * POINTWISE_INSTRUCTIONS * c.clock_ps
     latency_ps = cdiv(HBM_LATENCY_PS, stages)
     program_ps = (mma_ps + chain_ps + smem_ps + reduce_ps + xchg_ps + hbm_ps + pointwise_ps
@@ -334,9 +346,9 @@ def stepwise_resources(v, c: _Consts, cdiv):
     k_tiles = cdiv(DHP, BK)
     mma_ps = cdiv(W, 4) * cdiv(G * BB * BH * DHP, 2048 * W) * c.mma_ps
     # every k tile waits for its loads unless the pipeline (stages > 1) hides them
-    load_ps = cdiv((BB * DHP + G * DHP * BH) * eb * c.clock_ps, L2_BYTES_PER_CLOCK_PER_SM)
+    load_ps = (BB * DHP + G * DHP * BH) * eb * c.l2_ps
     latency_ps = k_tiles * cdiv(HBM_LATENCY_PS // 2, stages)
-    hbm_ps = cdiv((G + 1) * BB * BH * eb * c.hbm_ps_per_kb, 1024)
+    hbm_ps = (G + 1) * BB * BH * eb * c.hbm_ps
     program_ps = mma_ps + load_ps + latency_ps + hbm_ps
     return dict(regs=regs, threads=threads, smem=smem, grid=grid,
                 time_ps=STEP_LAUNCH_PS + cdiv(grid, c.sms) * program_ps)

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from flashseq.hardware import GPUSpec
 from flashseq.kernels.fused_rnn.plan import (BASE_REGISTERS, ELEMENT_BYTES, HBM_LATENCY_PS,
-                                             REGISTER_GRANULE, _cdiv_int, _next_pow2, check_dtype,
+                                             REGISTER_GRANULE, _cdiv_int, byte_costs, _next_pow2, check_dtype,
                                              check_gpu, check_positive)
 
 OPS = ("gla", "delta", "mlstm")
@@ -82,7 +82,7 @@ class _Consts:
     sms: int
     clock_ps: int
     mma_ps: int
-    hbm_ps_per_kb: int
+    hbm_ps: int         # ps per byte of one SM's share of the memory bandwidth
 
 
 def _consts(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu):
@@ -91,7 +91,7 @@ def _consts(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu):
                    VP=max(16, _next_pow2(v_dim)), eb=ELEMENT_BYTES[dtype], sms=gpu.sm_count,
                    clock_ps=max(1, round(1e12 / gpu.boost_clock_hz)),
                    mma_ps=max(1, round(4096 / (peak_per_sm_ps / 4))),
-                   hbm_ps_per_kb=max(1, round(1024 * gpu.sm_count * 1e12 / gpu.memory_bandwidth)))
+                   hbm_ps=byte_costs(gpu)["hbm_ps"])
 
 
 def resources(v, c: _Consts, cdiv):
@@ -127,7 +127,7 @@ def resources(v, c: _Consts, cdiv):
         return cdiv(W, 4) * cdiv(m_n_k, 2048 * W) * c.mma_ps
 
     def hbm(nbytes):
-        return cdiv(nbytes * c.hbm_ps_per_kb, 1024)
+        return nbytes * c.hbm_ps
 
     latency = cdiv(HBM_LATENCY_PS, stages)
     chunk_h = (mma(BT * BK * BV * (1 + delta)) + hbm(BT * (BK * (1 + delta + gla) + BV) * eb)

@@ -46,7 +46,8 @@ class DomainStore:
         if value > self.hi[i]:
             return False
         vs = self.vals[i]
-        self._record(i)
+        self.trail.append((i, self.lo[i], self.hi[i], vs))
+        self.changed.append(i)
         if vs is not None:
             vs = vs[bisect_left(vs, value):]
             self.vals[i] = vs
@@ -61,7 +62,8 @@ class DomainStore:
         if value < self.lo[i]:
             return False
         vs = self.vals[i]
-        self._record(i)
+        self.trail.append((i, self.lo[i], self.hi[i], vs))
+        self.changed.append(i)
         if vs is not None:
             vs = vs[:bisect_right(vs, value)]
             self.vals[i] = vs

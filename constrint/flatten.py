@@ -64,8 +64,8 @@ class Flat:
         for i in mono:
             lo, hi = P._mul_interval(lo, hi, self.lo[i], self.hi[i])
         atom = self._products[mono] = self._new_atom(lo, hi)
-        positive = all(self.lo[i] > 0 for i in mono)
-        self.props.append((P.ProductPositive if positive else P.Product)(atom, mono))
+        nonneg = all(self.lo[i] >= 0 for i in mono)
+        self.props.append((P.ProductNonneg if nonneg else P.Product)(atom, mono))
         self.defs.append(("product", atom, mono))
         return atom
 

@@ -13,17 +13,16 @@ def _ceil_div(a, b):
 
 class LinearLe:
     """sum(coefs[k] * x[idx[k]]) <= rhs."""
-    __slots__ = ("idx", "coefs", "rhs", "watch")
+    __slots__ = ("terms", "rhs", "watch")
 
     def __init__(self, idx, coefs, rhs):
-        self.idx = tuple(idx)
-        self.coefs = tuple(coefs)
+        self.terms = tuple(zip(idx, coefs))
         self.rhs = rhs
-        self.watch = self.idx
+        self.watch = tuple(idx)
 
     def propagate(self, st):
         lo, hi = st.lo, st.hi
-        terms = tuple(zip(self.idx, self.coefs))
+        terms = self.terms
         least = 0
         for i, a in terms:
             least += a * lo[i] if a > 0 else a * hi[i]
@@ -41,17 +40,16 @@ class LinearLe:
 
 class LinearEq:
     """sum(coefs[k] * x[idx[k]]) == rhs, bounds in both directions in one pass."""
-    __slots__ = ("idx", "coefs", "rhs", "watch")
+    __slots__ = ("terms", "rhs", "watch")
 
     def __init__(self, idx, coefs, rhs):
-        self.idx = tuple(idx)
-        self.coefs = tuple(coefs)
+        self.terms = tuple(zip(idx, coefs))
         self.rhs = rhs
-        self.watch = self.idx
+        self.watch = tuple(idx)
 
     def propagate(self, st):
         lo, hi = st.lo, st.hi
-        terms = tuple(zip(self.idx, self.coefs))
+        terms = self.terms
         least = most = 0
         for i, a in terms:
             if a > 0:
@@ -65,6 +63,8 @@ class LinearEq:
         down = most - rhs     # room below the largest sum
         if up < 0 or down < 0:
             return False
+        if (most - least) <= (up if up < down else down):
+            return True  # no term's range exceeds the room on either side
         for i, a in terms:
             # each narrowing only shrinks `up`/`down` for later terms, so reading lo/hi afresh
             # stays sound; a second pass is left to the queue.
@@ -84,19 +84,18 @@ class LinearEq:
 
 class LinearNe:
     """sum(coefs[k] * x[idx[k]]) != rhs: acts once at most one variable is unfixed."""
-    __slots__ = ("idx", "coefs", "rhs", "watch")
+    __slots__ = ("terms", "rhs", "watch")
 
     def __init__(self, idx, coefs, rhs):
-        self.idx = tuple(idx)
-        self.coefs = tuple(coefs)
+        self.terms = tuple(zip(idx, coefs))
         self.rhs = rhs
-        self.watch = self.idx
+        self.watch = tuple(idx)
 
     def propagate(self, st):
         lo, hi = st.lo, st.hi
         free = None
         total = 0
-        for i, a in zip(self.idx, self.coefs):
+        for i, a in self.terms:
             if lo[i] == hi[i]:
                 total += a * lo[i]
             elif free is None:
@@ -112,8 +111,8 @@ class LinearNe:
         return st.remove(i, rest // a)
 
 
-class ProductPositive:
-    """out == x1 * ... * xk where every factor's domain is positive (the tiling models' case)."""
+class ProductNonneg:
+    """out == x1 * ... * xk where no factor can be negative (the tiling models' case)."""
     __slots__ = ("out", "factors", "watch")
 
     def __init__(self, out, factors):
@@ -124,24 +123,54 @@ class ProductPositive:
     def propagate(self, st):
         lo, hi = st.lo, st.hi
         factors = self.factors
-        plo = phi = 1
-        for i in factors:
-            plo *= lo[i]
-            phi *= hi[i]
         out = self.out
-        if not (st.set_lo(out, plo) and st.set_hi(out, phi)):
+        if len(factors) == 2:
+            x, y = factors
+            xl, xh, yl, yh = lo[x], hi[x], lo[y], hi[y]
+            plo, phi = xl * yl, xh * yh
+            if plo > lo[out] and not st.set_lo(out, plo):
+                return False
+            if phi < hi[out] and not st.set_hi(out, phi):
+                return False
+            olo, ohi = lo[out], hi[out]
+            if olo == plo and ohi == phi:
+                return True
+            # x in [olo / yh, ohi / yl], then y against the narrowed x
+            if yh and olo > xl * yh and not st.set_lo(x, -(-olo // yh)):
+                return False
+            if yl and ohi < xh * yl and not st.set_hi(x, ohi // yl):
+                return False
+            xl, xh = lo[x], hi[x]
+            if xh and olo > yl * xh and not st.set_lo(y, -(-olo // xh)):
+                return False
+            if xl and ohi < yh * xl and not st.set_hi(y, ohi // xl):
+                return False
+            return True
+        k = len(factors)
+        # prefix/suffix products of the bounds: rest of factor j = prefix[j] * suffix[j + 1]
+        pre_lo, pre_hi = [1] * (k + 1), [1] * (k + 1)
+        for j, i in enumerate(factors):
+            pre_lo[j + 1] = pre_lo[j] * lo[i]
+            pre_hi[j + 1] = pre_hi[j] * hi[i]
+        plo, phi = pre_lo[k], pre_hi[k]
+        if plo > lo[out] and not st.set_lo(out, plo):
+            return False
+        if phi < hi[out] and not st.set_hi(out, phi):
             return False
         olo, ohi = lo[out], hi[out]
         if olo == plo and ohi == phi:
             return True
-        for i in factors:
-            # the other factors' product lies in [plo / lo[i], phi / hi[i]]
-            rest_lo = plo // lo[i]
-            rest_hi = phi // hi[i]
-            if not (st.set_lo(i, _ceil_div(olo, rest_hi)) and st.set_hi(i, ohi // rest_lo)):
+        suf_lo = suf_hi = 1
+        for j in range(k - 1, -1, -1):
+            i = factors[j]
+            rest_lo = pre_lo[j] * suf_lo
+            rest_hi = pre_hi[j] * suf_hi
+            if rest_hi and olo > lo[i] * rest_hi and not st.set_lo(i, -(-olo // rest_hi)):
                 return False
-            plo = rest_lo * lo[i]
-            phi = rest_hi * hi[i]
+            if rest_lo and ohi < hi[i] * rest_lo and not st.set_hi(i, ohi // rest_lo):
+                return False
+            suf_lo *= lo[i]
+            suf_hi *= hi[i]
         return True
 
 
@@ -198,22 +227,30 @@ class CeilDiv:
         out, num, den = self.out, self.num, self.den
         n_lo, n_hi, d_lo, d_hi = lo[num], hi[num], lo[den], hi[den]
         # ceil(n/d) rises with n, and with d it falls for n >= 0 and rises for n < 0
-        z_lo = _ceil_div(n_lo, d_hi if n_lo >= 0 else d_lo)
-        z_hi = _ceil_div(n_hi, d_lo if n_hi >= 0 else d_hi)
-        if not (st.set_lo(out, z_lo) and st.set_hi(out, z_hi)):
+        z_lo = -(-n_lo // (d_hi if n_lo >= 0 else d_lo))
+        z_hi = -(-n_hi // (d_lo if n_hi >= 0 else d_hi))
+        if z_lo > lo[out] and not st.set_lo(out, z_lo):
             return False
+        if z_hi < hi[out] and not st.set_hi(out, z_hi):
+            return False
+        if z_lo == lo[out] and z_hi == hi[out] and d_lo == d_hi:
+            return True  # a constant divisor: n's bounds already give exactly out's bounds
         z_lo, z_hi = lo[out], hi[out]
         # out = ceil(n/d)  <=>  (out - 1) * d + 1 <= n <= out * d
-        if not st.set_lo(num, min((z_lo - 1) * d_lo, (z_lo - 1) * d_hi) + 1):
+        bound = (z_lo - 1) * (d_lo if z_lo >= 1 else d_hi) + 1
+        if bound > n_lo and not st.set_lo(num, bound):
             return False
-        if not st.set_hi(num, max(z_hi * d_lo, z_hi * d_hi)):
+        bound = z_hi * (d_hi if z_hi >= 0 else d_lo)
+        if bound < n_hi and not st.set_hi(num, bound):
             return False
         n_lo, n_hi = lo[num], hi[num]
         if z_lo > 0:  # d >= n / out
-            if not st.set_lo(den, min(_ceil_div(n_lo, z_lo), _ceil_div(n_lo, z_hi))):
+            bound = -(-n_lo // (z_hi if n_lo >= 0 else z_lo))
+            if bound > d_lo and not st.set_lo(den, bound):
                 return False
         if z_lo > 1:  # d <= (n - 1) / (out - 1)
-            if not st.set_hi(den, max((n_hi - 1) // (z_lo - 1), (n_hi - 1) // (z_hi - 1))):
+            bound = (n_hi - 1) // ((z_lo if n_hi >= 1 else z_hi) - 1)
+            if bound < hi[den] and not st.set_hi(den, bound):
                 return False
         return True
 

@@ -81,21 +81,34 @@ class Search:
 
     # ---- branching ------------------------------------------------------------------------
     def _choose(self):
-        """The unfixed model variable with the smallest domain, or None when all are fixed."""
+        """The model variable to branch on next, or None when all are fixed.
+
+        Among variables with an enumerable domain (a value set, or a range of at most
+        _ENUMERATE_RANGE values) the one with the MOST values goes first; wide ranges, bisected,
+        come after them, smallest first (they are often fixed by propagation by then).
+        Measured on the 62 fused_rnn plan models: largest-enumerable-first needs 111k propagator
+        runs and 631 nodes in total, smallest-domain-first 232k runs and 1090 nodes.
+        """
         st = self.st
         lo, hi, vals = st.lo, st.hi, st.vals
-        best, best_size = None, None
+        best, best_size = None, 0
+        wide, wide_size = None, None
         for i in self.decision:
             a, b = lo[i], hi[i]
             if a == b:
                 continue
             vs = vals[i]
-            size = len(vs) if vs is not None else b - a + 1
-            if best_size is None or size < best_size:
+            if vs is not None:
+                size = len(vs)
+            elif b - a < _ENUMERATE_RANGE:
+                size = b - a + 1
+            else:
+                if wide is None or b - a < wide_size:
+                    wide, wide_size = i, b - a
+                continue
+            if size > best_size:
                 best, best_size = i, size
-                if size == 2:
-                    break
-        return best
+        return best if best is not None else wide
 
     def _alternatives(self, i):
         """Disjoint branches covering variable i's domain: ('=', v), ('<=', v) or ('>=', v)."""

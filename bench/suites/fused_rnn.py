@@ -37,6 +37,9 @@ def backend_status(name: str, device, dtype, **shape) -> str | None:
     reason = backends.unavailable_reason(name, torch.device(device))
     if reason:
         return f"skipped: {reason}"
+    if name == "triton" and torch.device(device).type == "cpu":
+        # only possible under TRITON_INTERPRET=1: the kernels' tests cover it, a time would not
+        return "skipped: Triton on CPU runs in the interpreter (TRITON_INTERPRET=1); not timed"
     try:
         wrong = smoke.check_fused_rnn(name, device, dtype, **shape)
     except NotImplementedError as err:

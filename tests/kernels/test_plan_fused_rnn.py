@@ -148,12 +148,16 @@ def _brute_force_optimum(model):
     return best
 
 
-@pytest.mark.parametrize("backend,dh", [("triton", 32), ("triton", 128), ("cuda", 64)])
-def test_solver_returns_the_models_optimum(backend, dh):
+@pytest.mark.parametrize("backend,dh,feasible", [("triton", 32, True), ("triton", 64, True),
+                                                 ("triton", 128, False), ("cuda", 64, True)])
+def test_solver_returns_the_models_optimum(backend, dh, feasible):
     model, _ = build_model("slstm", 8, 4, dh, torch.bfloat16, "l4", backend=backend)
     sol = model.solve()
-    assert sol.status == "optimal"
-    assert sol.objective == _brute_force_optimum(model)
+    best = _brute_force_optimum(model)
+    if feasible:
+        assert sol.status == "optimal" and sol.objective == best
+    else:
+        assert sol.status == "infeasible" and best is None
 
 
 def test_plan_predictions_match_the_resource_formulas():

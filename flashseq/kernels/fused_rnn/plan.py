@@ -21,8 +21,9 @@ DHP / WK), num_stages (wx prefetch depth), and 0/1 flags ``split`` (P > 1) and `
 Constraints are the hardware limits, written once as functions of these variables and used both
 in the model and to re-check a plan by plain arithmetic (``resources``):
 
-- registers per thread: weights kept on chip + fp32 accumulators + the h operand + fp32 states
-  + the step's wx + ~24 for addresses, allocated in units of 8, <= 255 and x threads <= 64K;
+- registers per thread: weights kept on chip (Triton: twice, see ``resources``) + fp32
+  accumulators + the h operand + fp32 states + the step's wx + ~24 for addresses, allocated in
+  units of 8, <= 255 and x threads <= 64K;
 - shared memory: the h buffer (CUDA: double-buffered, plus split-K partial sums) + num_stages
   wx tiles, <= the per-block opt-in limit;
 - tensor-core fragments: Triton's tl.dot wants power-of-two tiles >= 16 (DH padded to DHP, the
@@ -46,8 +47,9 @@ The objective is the predicted time of one step in picoseconds, waves x (time of
   + latency      HBM latency (600 ns) divided by num_stages (prefetch hides the rest),
   + barriers     2 CTA barriers (~20 ns each), a cluster barrier (~150 ns) or a global-memory
                  barrier among a head's programs (~1 us).
-The constants are round figures, not measurements; the model ranks tilings, the autotuner then
-times the best few.
+Traffic enters as bytes x whole picoseconds per byte (rounded), so it stays linear. The
+constants are round figures, not measurements; the model ranks tilings, the autotuner then times
+the best few.
 """
 from __future__ import annotations
 
@@ -221,8 +223,11 @@ def resources(v, c: _Consts, backend: str, cdiv):
     other_regs = cdiv(S * BB * BH, threads) + cdiv(G * BB * BH * eb, 4 * threads) + BASE_REGISTERS
     if backend == "triton":
         # mma operands in registers: a warp holds the h rows of its M slice across all of DHP
-        # (replicated over the WN warps) and the weight columns of its N slice (over WM warps)
-        w_regs = cdiv(weights, 4 * 32 * WN)
+        # (replicated over the WN warps) and the weight columns of its N slice (over WM warps).
+        # The weights stay live in their load layout too (one element per register) and are
+        # converted to the dot layout at each use: with that second copy the model matches
+        # ptxas (bf16 LSTM, DH=64, BB=16 on sm_80/sm_90: ~500 B spilled at 4 warps, none at 8).
+        w_regs = cdiv(G * DHP * BH, threads) + cdiv(weights, 4 * 32 * WN)
         h_regs = cdiv(BB * DHP * eb, 4 * 32 * WM)
         # Triton stages each gate's weight slice through shared memory once, before the loop
         # (the buffer is reused afterwards), and converts h into the dot layout every step

@@ -169,6 +169,27 @@ def markdown_table(rows: list[dict], cols: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def ratio_summary(rows: list[dict]) -> list[str]:
+    """Per provider and ratio column: geometric mean, best and worst ratio with the worst case."""
+    lines = []
+    ratio_columns = [c for c in columns(rows) if c == "ratio" or c.startswith("ratio_")]
+    for col in ratio_columns:
+        by_provider: dict[str, list[tuple[float, str]]] = {}
+        for r in rows:
+            value = r.get(col)
+            if isinstance(value, (int, float)) and math.isfinite(value) and value > 0:
+                by_provider.setdefault(r["provider"], []).append((value, r["case"]))
+        for provider, pairs in by_provider.items():
+            values = [v for v, _ in pairs]
+            if all(v == 1.0 for v in values):
+                continue  # the baseline itself
+            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+            worst, worst_case = max(pairs)
+            lines.append(f"- {col} of {provider}: geometric mean {geo:.3g}, best {min(values):.3g}, "
+                         f"worst {worst:.3g} ({worst_case}), over {len(values)} case(s)")
+    return lines
+
+
 def markdown(result: dict) -> str:
     """The Markdown report: title, how it was made, then the table."""
     m = result["machine"]
@@ -188,6 +209,10 @@ def markdown(result: dict) -> str:
         "Times are milliseconds per call (median, min and inter-quartile range of the runs).",
         "",
     ]
+    summary = ratio_summary(result["rows"])
+    if summary:
+        head += ["Ratios are time / the baseline's time in the same case (below 1 is faster):",
+                 "", *summary, ""]
     return "\n".join(head) + markdown_table(result["rows"]) + "\n"
 
 

@@ -75,3 +75,9 @@ def test_markdown_table_columns_and_cells(result, tmp_path):
     table_lines = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table_lines) == 2 + len(ROWS)
     assert all(line.count(" | ") == header.count(" | ") for line in table_lines if "---" not in line)
+
+
+def test_markdown_summarises_ratios(result):
+    text = report.markdown(result)
+    assert "- ratio of flashseq:cpu: geometric mean 0.5, best 0.5, worst 0.5 (lstm B=1)" in text
+    assert "ratio of torch.nn.LSTM" not in text  # the baseline is not summarised

@@ -5,6 +5,7 @@ installed torch (CPU or CUDA) is used; without torch the extension is skipped an
 builds it on first use instead (see flashseq/_jit.py).
 """
 import glob
+import importlib.util
 import os
 
 from setuptools import setup
@@ -17,14 +18,17 @@ except ImportError:
 else:
     sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     if sources:
-        # The C++ standard is left to torch (C++17 on older releases, C++20 on newer ones); the
-        # cell headers are plain C++17. Same flags as the first-use build in flashseq/_jit.py.
+        # Same flags as the first-use build: flashseq/_jit.py (loaded by path, it imports only
+        # the standard library at the top) chooses them, AVX2 where the building CPU has it.
+        _spec = importlib.util.spec_from_file_location("flashseq_jit", os.path.join("flashseq", "_jit.py"))
+        _jit = importlib.util.module_from_spec(_spec)
+        _spec.loader.exec_module(_jit)
         ext_modules.append(CppExtension(
             "flashseq._C", sources,
             include_dirs=[os.path.abspath("csrc")],
             depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h"))
                            + glob.glob(os.path.join("csrc", "cells", "*.h"))),
-            extra_compile_args=["-O3"],
+            extra_compile_args=list(_jit.compile_flags()),
         ))
         cmdclass["build_ext"] = BuildExtension
 

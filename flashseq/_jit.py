@@ -14,11 +14,31 @@ import functools
 import hashlib
 import os
 import pathlib
+import platform
 import shutil
 
 CSRC_DIR = pathlib.Path(__file__).resolve().parent.parent / "csrc"
 CACHE_VERSION = 1  # bump when the layout of the cache folder changes
-CFLAGS = ("-O3",)  # the C++ standard is left to torch (C++17 or later)
+# SIMD build of the pointwise loops (csrc/cpu/vec_lanes.h): AVX2 + FMA vectors through ATen's
+# Vectorized, whose CPU_CAPABILITY macros select the AVX2 implementation.
+AVX2_FLAGS = ("-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2")
+
+
+def _host_has_avx2() -> bool:
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        flags = pathlib.Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx2" in flags and "fma" in flags
+
+
+def compile_flags() -> tuple[str, ...]:
+    """C++ flags of the extension (also used by setup.py). The C++ standard is left to torch
+    (C++17 or later). AVX2 only when the building machine has it: the extension is built where
+    it runs (JIT cache here, ``pip install --no-build-isolation`` for flashseq._C)."""
+    return ("-O3",) + (AVX2_FLAGS if _host_has_avx2() else ())
 
 
 def cache_dir() -> pathlib.Path:
@@ -38,7 +58,7 @@ def build_key() -> str:
     """Hex digest of (cache version, torch version, flags, sources) naming the build folder."""
     import torch
 
-    digest = hashlib.sha256(f"{CACHE_VERSION}|{torch.__version__}|{CFLAGS}".encode())
+    digest = hashlib.sha256(f"{CACHE_VERSION}|{torch.__version__}|{compile_flags()}".encode())
     for path in _sources()[1]:
         digest.update(path.relative_to(CSRC_DIR).as_posix().encode())
         digest.update(path.read_bytes())
@@ -60,7 +80,7 @@ def _jit_build():
     def load():
         return cpp_extension.load(
             name=f"flashseq_cpu_{key}", sources=[str(p) for p in cpp],
-            extra_include_paths=[str(CSRC_DIR)], extra_cflags=list(CFLAGS),
+            extra_include_paths=[str(CSRC_DIR)], extra_cflags=list(compile_flags()),
             build_directory=str(build_dir), verbose=False)
 
     with FileLock(str(build_dir.parent / f"{key}.lock")):

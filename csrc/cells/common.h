@@ -15,14 +15,50 @@
 namespace flashseq {
 namespace cells {
 
-// Explicit float/double overloads: under nvcc an unqualified exp(float) could promote to the
-// double routine, which is slow on the GPU. Half types convert to float before calling these.
-FLASHSEQ_HOST_DEVICE inline float exp_of(float x) { return expf(x); }
-FLASHSEQ_HOST_DEVICE inline double exp_of(double x) { return exp(x); }
-FLASHSEQ_HOST_DEVICE inline float tanh_of(float x) { return tanhf(x); }
-FLASHSEQ_HOST_DEVICE inline double tanh_of(double x) { return tanh(x); }
-FLASHSEQ_HOST_DEVICE inline float log1p_of(float x) { return log1pf(x); }
-FLASHSEQ_HOST_DEVICE inline double log1p_of(double x) { return log1p(x); }
+// The few math operations the cells use, per value type. float and double are here; the CPU
+// loop adds a specialisation for SIMD vectors (csrc/cpu/vec_lanes.h), a CUDA kernel may add one
+// for its half types. Explicit float routines: under nvcc an unqualified exp(float) could promote
+// to the slow double routine.
+template <typename T>
+struct MathOps;
+
+template <>
+struct MathOps<float> {
+  FLASHSEQ_HOST_DEVICE static float exp(float x) { return expf(x); }
+  FLASHSEQ_HOST_DEVICE static float tanh(float x) { return tanhf(x); }
+  FLASHSEQ_HOST_DEVICE static float log1p(float x) { return log1pf(x); }
+  FLASHSEQ_HOST_DEVICE static float abs(float x) { return fabsf(x); }
+  FLASHSEQ_HOST_DEVICE static float min(float a, float b) { return a < b ? a : b; }
+  FLASHSEQ_HOST_DEVICE static float select_ge(float a, float b, float x, float y) {
+    return a >= b ? x : y;
+  }
+};
+
+template <>
+struct MathOps<double> {
+  FLASHSEQ_HOST_DEVICE static double exp(double x) { return ::exp(x); }
+  FLASHSEQ_HOST_DEVICE static double tanh(double x) { return ::tanh(x); }
+  FLASHSEQ_HOST_DEVICE static double log1p(double x) { return ::log1p(x); }
+  FLASHSEQ_HOST_DEVICE static double abs(double x) { return fabs(x); }
+  FLASHSEQ_HOST_DEVICE static double min(double a, double b) { return a < b ? a : b; }
+  FLASHSEQ_HOST_DEVICE static double select_ge(double a, double b, double x, double y) {
+    return a >= b ? x : y;
+  }
+};
+
+template <typename T>
+FLASHSEQ_HOST_DEVICE inline T exp_of(T x) { return MathOps<T>::exp(x); }
+template <typename T>
+FLASHSEQ_HOST_DEVICE inline T tanh_of(T x) { return MathOps<T>::tanh(x); }
+template <typename T>
+FLASHSEQ_HOST_DEVICE inline T log1p_of(T x) { return MathOps<T>::log1p(x); }
+template <typename T>
+FLASHSEQ_HOST_DEVICE inline T abs_of(T x) { return MathOps<T>::abs(x); }
+template <typename T>
+FLASHSEQ_HOST_DEVICE inline T min_of(T a, T b) { return MathOps<T>::min(a, b); }
+// a >= b ? x : y, lane by lane for vector types (the cells' only branch: sLSTM's max).
+template <typename T>
+FLASHSEQ_HOST_DEVICE inline T select_ge(T a, T b, T x, T y) { return MathOps<T>::select_ge(a, b, x, y); }
 
 template <typename T>
 FLASHSEQ_HOST_DEVICE inline T sigmoid(T x) {
@@ -30,10 +66,10 @@ FLASHSEQ_HOST_DEVICE inline T sigmoid(T x) {
   return T(1) / (T(1) + exp_of(-x));
 }
 
-// log(sigmoid(x)) = -log(1 + exp(-x)), written so exp never overflows.
+// log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)): exp never overflows, and no branch.
 template <typename T>
 FLASHSEQ_HOST_DEVICE inline T log_sigmoid(T x) {
-  return x < T(0) ? x - log1p_of(exp_of(x)) : -log1p_of(exp_of(-x));
+  return min_of(x, T(0)) - log1p_of(exp_of(-abs_of(x)));
 }
 
 }  // namespace cells

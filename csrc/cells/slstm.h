@@ -28,7 +28,7 @@ struct SlstmCell {
                                                   T* next, T* saved) {
     const T it = wx[0] + rh[0], ft = wx[1] + rh[1], zt = wx[2] + rh[2], ot = wx[3] + rh[3];
     const T lf_m = log_sigmoid(ft) + prev[3];
-    const T m = lf_m >= it ? lf_m : it;
+    const T m = select_ge(lf_m, it, lf_m, it);  // ties take lf + m_prev
     const T i = exp_of(it - m);
     const T f = exp_of(lf_m - m);
     const T c = f * prev[1] + i * tanh_of(zt);
@@ -50,8 +50,7 @@ struct SlstmCell {
     const T it = saved[0], ft = saved[1], zt = saved[2], ot = saved[3];
     const T c_prev = prev[1], n_prev = prev[2];
     const T lf_m = log_sigmoid(ft) + prev[3];
-    const bool take_f = lf_m >= it;
-    const T m = take_f ? lf_m : it;
+    const T m = select_ge(lf_m, it, lf_m, it);
     const T i = exp_of(it - m);
     const T f = exp_of(lf_m - m);
     const T z = tanh_of(zt);
@@ -66,8 +65,8 @@ struct SlstmCell {
     const T d_iexp = (dc * z + dn) * i;
     const T d_fexp = (dc * c_prev + dn * n_prev) * f;
     const T dm = dnext[3] - d_iexp - d_fexp;
-    const T d_lf_m = d_fexp + (take_f ? dm : T(0));
-    dwx[0] = d_iexp + (take_f ? T(0) : dm);
+    const T d_lf_m = d_fexp + select_ge(lf_m, it, dm, T(0));
+    dwx[0] = d_iexp + select_ge(lf_m, it, T(0), dm);
     dwx[1] = d_lf_m * sigmoid(-ft);  // d logsigmoid(x)/dx = sigmoid(-x)
     dwx[2] = dc * i * (T(1) - z * z);
     dwx[3] = dh * c * inv_n * o * (T(1) - o);

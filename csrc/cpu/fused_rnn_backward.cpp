@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include "fused_rnn_cpu.h"
+#include "vec_lanes.h"
 
 namespace flashseq {
 namespace cpu {
@@ -20,6 +21,8 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
                    const at::Tensor& saved_states, const int64_t* len, at::Tensor& dwx,
                    at::Tensor& drh) {
   constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
+  using L = Lanes<scalar_t>;
+  using V = typename L::V;
   const int64_t B = h.size(0), T = h.size(1), NH = h.size(2), DH = h.size(3);
   const int64_t GDH = G * DH, rows = NH * B, state_stride = NH * B * DH;
   const scalar_t* h_p = h.data_ptr<scalar_t>();                 // [B, T, NH, DH]
@@ -64,20 +67,21 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
         }
         const scalar_t* gates_row = gates_p + (t * rows + row) * K * DH;
         scalar_t* dcarry_row = dcarry_p + row * DH;
-        for (int64_t e = 0; e < DH; ++e) {
-          scalar_t saved[K > 0 ? K : 1], prev[S], dnext[S], dwx_v[G], drh_v[G], dprev[S];
-          for (int k = 0; k < K; ++k) saved[k] = gates_row[k * DH + e];
+        for (int64_t e = 0; e < DH; e += L::kWidth) {
+          const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+          V saved[K > 0 ? K : 1], prev[S], dnext[S], dwx_v[G], drh_v[G], dprev[S];
+          for (int k = 0; k < K; ++k) saved[k] = L::load(gates_row + k * DH + e, cnt);
           for (int s = 0; s < S; ++s) {
-            prev[s] = prev_rows[s][e];
-            dnext[s] = dcarry_row[s * state_stride + e];
+            prev[s] = L::load(prev_rows[s] + e, cnt);
+            dnext[s] = L::load(dcarry_row + s * state_stride + e, cnt);
           }
-          if (dh_row) dnext[0] += dh_row[e];
-          Cell::backward(saved, prev, h_next_row[e], dnext, dwx_v, drh_v, dprev);
+          if (dh_row) dnext[0] = dnext[0] + L::load(dh_row + e, cnt);
+          Cell::backward(saved, prev, L::load(h_next_row + e, cnt), dnext, dwx_v, drh_v, dprev);
           for (int g = 0; g < G; ++g) {
-            dwx_row[g * NH * DH + e] = dwx_v[g];
-            drh_row[g * DH + e] = drh_v[g];
+            L::store(dwx_v[g], dwx_row + g * NH * DH + e, cnt);
+            L::store(drh_v[g], drh_row + g * DH + e, cnt);
           }
-          for (int s = 0; s < S; ++s) dcarry_row[s * state_stride + e] = dprev[s];
+          for (int s = 0; s < S; ++s) L::store(dprev[s], dcarry_row + s * state_stride + e, cnt);
         }
       }
     });

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include "fused_rnn_cpu.h"
+#include "vec_lanes.h"
 
 namespace flashseq {
 namespace cpu {
@@ -43,6 +44,8 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& b
                   at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,
                   at::Tensor& saved_gates, at::Tensor& saved_states, bool save) {
   constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
+  using L = Lanes<scalar_t>;
+  using V = typename L::V;
   const int64_t B = wx.size(0), T = wx.size(1), NH = wx.size(3), DH = wx.size(4);
   const int64_t GDH = G * DH, rows = NH * B, state_stride = NH * B * DH;
   const scalar_t* wx_p = wx.data_ptr<scalar_t>();      // [B, T, G, NH, DH]
@@ -82,20 +85,21 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& b
         const scalar_t* rh_row = rh_p + row * GDH;                         // + g*DH + e
         const scalar_t* bias_row = bias_p + n * GDH;
         scalar_t* gates_row = save ? gates_p + (t * rows + row) * K * DH : nullptr;
-        for (int64_t e = 0; e < DH; ++e) {
-          scalar_t wx_v[G], rh_v[G], prev[S], next[S], saved[K > 0 ? K : 1];
+        for (int64_t e = 0; e < DH; e += L::kWidth) {
+          const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+          V wx_v[G], rh_v[G], prev[S], next[S], saved[K > 0 ? K : 1];
           for (int g = 0; g < G; ++g) {
-            wx_v[g] = wx_row[g * NH * DH + e];
-            rh_v[g] = rh_row[g * DH + e] + bias_row[g * DH + e];
+            wx_v[g] = L::load(wx_row + g * NH * DH + e, cnt);
+            rh_v[g] = L::load(rh_row + g * DH + e, cnt) + L::load(bias_row + g * DH + e, cnt);
           }
-          for (int s = 0; s < S; ++s) prev[s] = carry_row[s * state_stride + e];
+          for (int s = 0; s < S; ++s) prev[s] = L::load(carry_row + s * state_stride + e, cnt);
           Cell::forward(wx_v, rh_v, prev, next, saved);
-          for (int s = 0; s < S; ++s) carry_row[s * state_stride + e] = next[s];
-          h_out[e] = next[0];
+          for (int s = 0; s < S; ++s) L::store(next[s], carry_row + s * state_stride + e, cnt);
+          L::store(next[0], h_out + e, cnt);
           if (save) {
-            for (int k = 0; k < K; ++k) gates_row[k * DH + e] = saved[k];
+            for (int k = 0; k < K; ++k) L::store(saved[k], gates_row + k * DH + e, cnt);
             for (int s = 1; s < S; ++s)
-              sstates_p[((t * (S - 1) + (s - 1)) * rows + row) * DH + e] = next[s];
+              L::store(next[s], sstates_p + ((t * (S - 1) + (s - 1)) * rows + row) * DH + e, cnt);
           }
         }
       }

@@ -102,7 +102,9 @@ def timed_call(module, case: ModuleCase, seed: int = 0):
         return fn
     leaves = [leaf, *module.parameters()]
     out = module(inp)[0]
-    dy = torch.randn_like(out.data if isinstance(out, PackedSequence) else out)
+    out = out.data if isinstance(out, PackedSequence) else out
+    g = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(out.shape, generator=g).to(device=out.device, dtype=out.dtype)
 
     def fn():
         y = module(inp)[0]

@@ -218,7 +218,7 @@ class FusedRNNBase(nn.Module):
         if x.shape[-1] != self.input_size:
             raise RNNInputError(f"{type(self).__name__}: input.size(-1) must equal input_size="
                                 f"{self.input_size}; got {_describe(x)}")
-        if x.dtype != weight.dtype:
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise RNNInputError(f"{type(self).__name__}: input dtype must match the parameters' dtype "
                                 f"{weight.dtype} (convert the input or the module with .to()); "
                                 f"got {_describe(x)}")
@@ -240,7 +240,8 @@ class FusedRNNBase(nn.Module):
             if tuple(s.shape) != expected:
                 raise RNNInputError(f"{type(self).__name__}: {name} must have shape {doc} = "
                                     f"{expected}; got {_describe(s)}")
-            if s.dtype != x.dtype or s.device != x.device:
+            autocast = torch.is_autocast_enabled(x.device.type)  # states follow wx's dtype then
+            if (s.dtype != x.dtype and not autocast) or s.device != x.device:
                 raise RNNInputError(f"{type(self).__name__}: {name} must have the input's dtype "
                                     f"{x.dtype} and device {x.device}; got {_describe(s)}")
             states[i] = s if batched else s.unsqueeze(1)
@@ -291,6 +292,10 @@ class FusedRNNBase(nn.Module):
             r = w_hh  # already [G, NH, DH, DH]
         b = b_hh.view(G, NH, DH) if b_hh is not None else wx.new_zeros(G, NH, DH)
         states = None if init is None else torch.stack([s.view(B, NH, DH) for s in init])
+        if r.dtype != wx.dtype:  # autocast ran the GEMM in lower precision: follow it
+            r, b = r.to(wx.dtype), b.to(wx.dtype)
+        if states is not None and states.dtype != wx.dtype:
+            states = states.to(wx.dtype)
         h, last = fused_rnn(wx.view(B, T, G, NH, DH), r, b, states, cell=self.cell,
                             lengths=lengths, backend=self.backend)
         return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]

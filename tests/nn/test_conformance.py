@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from tests.helpers import TOLERANCE
+import flashseq
+from tests.helpers import TOLERANCE, assert_close
 from tests.nn.twins import FALLBACK_WARNING, KINDS, NOT_FUSED_WARNING, compare, make_pair, random_hx
 
 pytestmark = [pytest.mark.filterwarnings(FALLBACK_WARNING), pytest.mark.filterwarnings(NOT_FUSED_WARNING)]
@@ -120,3 +121,31 @@ def test_unfused_configuration_warns_once(kind):
         ours(x)
         ours(x)
     assert sum("no fused kernel" in str(w.message) for w in record) == 1
+
+
+@pytest.mark.parametrize("backend", flashseq.ops.available_backends("cpu"))
+@pytest.mark.parametrize("kind", ["lstm", "gru", "rnn_tanh"])
+def test_every_available_backend(kind, backend, request):
+    """The fused path through each back end that runs here, named explicitly (not via "auto"),
+    on a bidirectional unsorted packed batch with hx."""
+    seed = seed_of(request.node.callspec.id)
+    ref, ours = make_pair(kind, I, H, torch.float32, seed, num_layers=2, bidirectional=True)
+    ours.backend = backend
+    lengths = torch.tensor([2, 5, 1, 4])
+    x = torch.randn(5, 4, I, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    pack = lambda t: pack_padded_sequence(t, lengths, enforce_sorted=False)  # noqa: E731
+    compare(ref, ours, x, random_hx(ref, 4, seed), TOLERANCE[torch.float32], seed, pack=pack)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_autocast_runs_the_recurrence_in_the_autocast_dtype(kind):
+    ref, ours = make_pair(kind, I, H, torch.float32, 3, num_layers=2)
+    x = torch.randn(T, B, I)
+    hx = random_hx(ref, B, 3)
+    hx32 = tuple(h.float() for h in hx) if isinstance(hx, tuple) else hx.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = ours(x, hx32)
+    assert out.dtype == torch.bfloat16
+    assert_close("output (bf16 autocast)", out, ref(x.double(), hx)[0], TOLERANCE[torch.bfloat16])
+    out.float().sum().backward()
+    assert ours.weight_hh_l0.grad.dtype == torch.float32

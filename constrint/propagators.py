@@ -146,13 +146,10 @@ class ProductNonneg:
             if xl and ohi < yh * xl and not st.set_hi(y, ohi // xl):
                 return False
             return True
-        k = len(factors)
-        # prefix/suffix products of the bounds: rest of factor j = prefix[j] * suffix[j + 1]
-        pre_lo, pre_hi = [1] * (k + 1), [1] * (k + 1)
-        for j, i in enumerate(factors):
-            pre_lo[j + 1] = pre_lo[j] * lo[i]
-            pre_hi[j + 1] = pre_hi[j] * hi[i]
-        plo, phi = pre_lo[k], pre_hi[k]
+        plo = phi = 1
+        for i in factors:
+            plo *= lo[i]
+            phi *= hi[i]
         if plo > lo[out] and not st.set_lo(out, plo):
             return False
         if phi < hi[out] and not st.set_hi(out, phi):
@@ -160,18 +157,26 @@ class ProductNonneg:
         olo, ohi = lo[out], hi[out]
         if olo == plo and ohi == phi:
             return True
-        suf_lo = suf_hi = 1
-        for j in range(k - 1, -1, -1):
-            i = factors[j]
-            rest_lo = pre_lo[j] * suf_lo
-            rest_hi = pre_hi[j] * suf_hi
-            if rest_hi and olo > lo[i] * rest_hi and not st.set_lo(i, -(-olo // rest_hi)):
+        for pos, i in enumerate(factors):
+            # bounds of the other factors' product, from the bounds at entry (still valid:
+            # narrowing earlier factors only makes these looser, never wrong)
+            xl, xh = lo[i], hi[i]
+            rest_lo = plo // xl if xl else _product_except(lo, factors, pos)
+            rest_hi = phi // xh if xh else 0
+            if rest_hi and olo > xl * rest_hi and not st.set_lo(i, -(-olo // rest_hi)):
                 return False
-            if rest_lo and ohi < hi[i] * rest_lo and not st.set_hi(i, ohi // rest_lo):
+            if rest_lo and ohi < xh * rest_lo and not st.set_hi(i, ohi // rest_lo):
                 return False
-            suf_lo *= lo[i]
-            suf_hi *= hi[i]
         return True
+
+
+def _product_except(bounds, factors, skip):
+    """Product of bounds[i] over the factors except the one at position `skip`."""
+    out = 1
+    for pos, i in enumerate(factors):
+        if pos != skip:
+            out *= bounds[i]
+    return out
 
 
 def _mul_interval(a_lo, a_hi, b_lo, b_hi):

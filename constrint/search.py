@@ -12,6 +12,11 @@ from .domain import DomainStore
 _ENUMERATE_RANGE = 8
 # How many nodes between two looks at the clock.
 _CLOCK_EVERY = 64
+# Levels of the tree (from the root) whose children are ordered by probing: each child is
+# propagated once and the children are tried in order of their objective lower bound. Measured
+# on 62 fused_rnn + 18 linear_scan plan models (propagator runs in total): no probing 336k,
+# top level 237k, top two 254k, every level 283k.
+PROBE_LEVELS = 1
 
 
 class TimeUp(Exception):
@@ -53,7 +58,7 @@ class Search:
     def propagate(self):
         """Run the queued propagators to a fixed point; False if a domain became empty."""
         st = self.st
-        props, queue, in_queue = self.props, self.queue, self.in_queue
+        props, queue, in_queue, watchers = self.props, self.queue, self.in_queue, self.watchers
         changed = st.changed
         if changed:
             self._enqueue_changed()
@@ -67,7 +72,12 @@ class Search:
                 changed.clear()
                 return False
             if changed:
-                self._enqueue_changed()
+                for i in changed:
+                    for q in watchers[i]:
+                        if not in_queue[q]:
+                            in_queue[q] = True
+                            queue.append(q)
+                changed.clear()
         return True
 
     def root(self):
@@ -136,6 +146,19 @@ class Search:
             ok = st.set_hi(self.objective_atom, self.cutoff)
         return ok and self.propagate()
 
+    def _probe(self, i, alts):
+        """The alternatives that survive propagation, best objective lower bound first."""
+        st = self.st
+        mark = st.mark()
+        scored = []
+        obj = self.objective_atom
+        for alt in alts:
+            if self._apply(i, alt):
+                scored.append((st.lo[obj], len(scored), alt))
+            st.undo(mark)
+        scored.sort()
+        return [alt for _, _, alt in scored]
+
     def dfs(self):
         """Yield once at every solution (the store then holds it); the caller may tighten
         `self.cutoff` between yields. Raises TimeUp past the deadline."""
@@ -152,7 +175,10 @@ class Search:
             if i is None:
                 yield
             else:
-                stack.append([st.mark(), i, self._alternatives(i), 0])
+                alts = self._alternatives(i)
+                if self.objective_atom is not None and len(stack) < PROBE_LEVELS:
+                    alts = self._probe(i, alts)
+                stack.append([st.mark(), i, alts, 0])
             while stack:
                 frame = stack[-1]
                 mark, i, alts, pos = frame

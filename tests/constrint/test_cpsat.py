@@ -51,3 +51,18 @@ def test_cpsat_rejects_bad_input():
         cpsat.to_cpsat("not a model")
     with pytest.raises(ValueError, match="time_limit"):
         cpsat.solve(ci.Model(), time_limit=0)
+
+
+@pytest.mark.parametrize("config", [dict(), dict(batch=64, hidden=256),
+                                    dict(batch=8, hidden=1024, gates=3), dict(hidden=512, heads=4)],
+                         ids=["B16-H768", "B64-H256", "B8-H1024-G3", "H512-NH4"])
+def test_flashrnn_sized_model_matches_cpsat(config):
+    from tests.constrint.tiling_models import flashrnn_like_model
+    model, _ = flashrnn_like_model(**config)
+    assert len(model.variables) >= 45
+    ours = model.solve()
+    ref = cpsat.solve(model)
+    assert ours.status == ref.status == "optimal"
+    assert ours.objective == ref.objective
+    assert is_feasible(model, ours.values)
+    assert model.objective[0].evaluate(ours.values) == ours.objective

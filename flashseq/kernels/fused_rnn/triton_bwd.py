@@ -7,8 +7,7 @@ backward from the stored rh_t and states s_{t-1} (``triton_fwd`` saves them), an
 d h_{t-1} += sum_g d rh_g @ r_g^T with tl.dot (d rh rounded to the input dtype, fp32 accumulation).
 
 ``fused_rnn_bwd_kernel`` is persistent (r^T of the head on chip for all T steps, grid
-(cdiv(B, BB), NH)); ``fused_rnn_bwd_kernel_step`` is its one-launch-per-step twin for heads split
-into column tiles, exchanging the carried gradients through a 2-slot buffer in global memory.
+(cdiv(B, BB), NH)); ``triton_split_bwd`` holds the twin for heads split over programs.
 """
 import triton
 import triton.language as tl
@@ -146,75 +145,3 @@ def fused_rnn_bwd_kernel(
         ds2 = dp2
         ds3 = dp3
     _store_states(DS0, o_state, o_d, m_bd, state_size, S, ds0, ds1, ds2, ds3)
-
-
-@triton.jit(do_not_specialize=["t", "slot_in", "slot_out", "B", "T"])
-def fused_rnn_bwd_kernel_step(
-    WX, R, RH_ST, S_ST, DHO, LEN, DWX, DRH, DS_BUF, DS0,
-    t, slot_in, slot_out, B, T, NH, DH,
-    CELL: tl.constexpr, G: tl.constexpr, S: tl.constexpr,
-    BB: tl.constexpr, BH: tl.constexpr, BK: tl.constexpr,
-    HAS_LEN: tl.constexpr, RH_DIFF: tl.constexpr, PREC: tl.constexpr,
-    FIRST: tl.constexpr, FINAL: tl.constexpr,
-):
-    """Step t of the backward. Grid (cdiv(B, BB), NH, cdiv(DH, BH)). DS_BUF [2,S,B,NH,DH] fp32
-    holds the carried state gradients (slot_in read, slot_out written) without the
-    d rh_{t+1} @ r^T term, which this launch adds first (unless FIRST, i.e. t = T-1) by a loop
-    over BK-chunks of d rh_{t+1} (DRH; the caller passes DWX there unless RH_DIFF). FINAL
-    (t = -1) only adds that term and writes DS0. Other layouts as fused_rnn_bwd_kernel."""
-    i_b = tl.program_id(0)
-    i_n = tl.program_id(1).to(tl.int64)
-    i_j = tl.program_id(2)
-    o_b = (i_b * BB + tl.arange(0, BB)).to(tl.int64)  # [BB]
-    o_j = (i_j * BH + tl.arange(0, BH)).to(tl.int64)  # [BH] this program's units
-    m_b = o_b < B
-    m_j = o_j < DH
-    m_bj = m_b[:, None] & m_j[None, :]  # [BB, BH]
-    hd = NH * DH
-    state_size = B.to(tl.int64) * hd
-    o_state = o_b * hd + i_n * DH  # [BB]
-    b_zero = tl.zeros([BB, BH], dtype=tl.float32)
-    ds0, ds1, ds2, ds3 = _load_states(DS_BUF + slot_in.to(tl.int64) * S * state_size, o_state,
-                                      o_j, m_bj, state_size, S, b_zero)
-    if not FIRST:
-        # d h_t[:, j] += sum_g sum_c d rh_{t+1, g}[:, c] * r[g, n, j, c]
-        o_next = (o_b * T + t + 1) * G * hd + i_n * DH  # [BB] gate-0 rows of step t+1
-        p_rt = R + i_n * DH * DH + o_j[None, :] * DH
-        r_gate = NH * DH * DH
-        for c0 in range(0, DH, BK):
-            o_c = c0 + tl.arange(0, BK).to(tl.int64)  # [BK]
-            m_c = o_c < DH
-            m_bc = m_b[:, None] & m_c[None, :]
-            m_cj = m_c[:, None] & m_j[None, :]
-            for g in tl.static_range(G):
-                b_drh = tl.load(DRH + o_next[:, None] + g * hd + o_c[None, :], mask=m_bc,
-                                other=0.0).to(R.dtype.element_ty)  # [BB, BK]
-                b_rt = tl.load(p_rt + g * r_gate + o_c[:, None], mask=m_cj, other=0.0)  # [BK, BH]
-                ds0 = ds0 + tl.dot(b_drh, b_rt, input_precision=PREC)
-    if FINAL:
-        _store_states(DS0, o_state, o_j, m_bj, state_size, S, ds0, ds1, ds2, ds3)
-    else:
-        dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3 = _cell_bwd_step(
-            CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_j, m_bj, o_state, hd, state_size, T, G, S,
-            ds0, ds1, ds2, ds3, b_zero)
-        if HAS_LEN:
-            b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
-            m_valid = (t < b_len)[:, None]  # [BB, 1]
-            dwx0 = tl.where(m_valid, dwx0, 0.0)
-            dwx1 = tl.where(m_valid, dwx1, 0.0)
-            dwx2 = tl.where(m_valid, dwx2, 0.0)
-            dwx3 = tl.where(m_valid, dwx3, 0.0)
-            drh0 = tl.where(m_valid, drh0, 0.0)
-            drh1 = tl.where(m_valid, drh1, 0.0)
-            drh2 = tl.where(m_valid, drh2, 0.0)
-            drh3 = tl.where(m_valid, drh3, 0.0)
-            dp0 = tl.where(m_valid, dp0, ds0)
-            dp1 = tl.where(m_valid, dp1, ds1)
-            dp2 = tl.where(m_valid, dp2, ds2)
-            dp3 = tl.where(m_valid, dp3, ds3)
-        o_wx = (o_b * T + t) * G * hd + i_n * DH
-        _store_gates(DWX, o_wx, o_j, m_bj, hd, G, dwx0, dwx1, dwx2, dwx3)
-        if RH_DIFF:
-            _store_gates(DRH, o_wx, o_j, m_bj, hd, G, drh0, drh1, drh2, drh3)
-        _store_states(DS_BUF + slot_out.to(tl.int64) * S * state_size, o_state, o_j, m_bj,
-                      state_size, S, dp0, dp1, dp2, dp3)

@@ -1,22 +1,38 @@
 """Launchers, torch.library custom ops and ``FusedRNNTritonFunction`` for the Triton back end.
 
-Layouts: see the ``fused_rnn`` docstring. The launchers pick the path with ``_choose_tiles``
-(``triton_tiles``); ``fused_rnn_triton`` is the differentiable entry the back end calls.
+Layouts: see the ``fused_rnn`` docstring. ``plan_tiles`` asks ``plan.plan_fused_rnn`` for the
+path ("fused": ``triton_fwd``/``triton_bwd``; "split"/"stepwise": ``triton_split``/
+``triton_split_bwd``) and tiles; ``fused_rnn_triton`` is the differentiable entry point.
 Both kernel calls are custom ops with fake (meta) implementations so torch.compile can trace
 through ``FusedRNNTritonFunction`` without running Triton.
 """
 from __future__ import annotations
 
+import functools
+import os
+import warnings
 from typing import Optional
 
 import torch
 
 from flashseq.cells import get_cell
 from flashseq.cells.triton import get_triton_cell
+from flashseq.hardware import GPUSpec, detect
 
-from .triton_bwd import fused_rnn_bwd_kernel, fused_rnn_bwd_kernel_step
-from .triton_fwd import fused_rnn_fwd_kernel, fused_rnn_fwd_kernel_step
-from .triton_tiles import TritonTiles, _choose_tiles
+from .plan import FusedRNNPlan, plan_fused_rnn
+
+from .triton_bwd import fused_rnn_bwd_kernel
+from .triton_fwd import fused_rnn_fwd_kernel
+from .triton_split import fused_rnn_fwd_kernel_split
+from .triton_split_bwd import fused_rnn_bwd_kernel_split
+
+_warned: set = set()
+
+
+def _warn_once(message: str):
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -28,13 +44,38 @@ def _precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
-def plan_tiles(cell, wx: torch.Tensor, max_onchip_bytes: Optional[int] = None) -> TritonTiles:
-    """The path and tiles the Triton kernels use for ``wx`` [B, T, G, NH, DH]."""
-    B, _, _, _, DH = wx.shape
-    return _choose_tiles(cell, B, DH, wx.dtype, wx.device, max_onchip_bytes)
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def fused_rnn_fwd(wx, r, b, states, lengths, cell, tiles: TritonTiles, save: bool):
+def gpu_spec(device: torch.device) -> GPUSpec:
+    """The GPU to plan for: the device's own spec, or the H100 entry on CPU (the interpreter
+    then runs the path and tiles an H100 would; a documented stand-in, not a measurement)."""
+    spec = detect(device) if device.type == "cuda" else None
+    return spec or GPUSpec.from_name("h100")
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(cell_name, batch, heads, head_dim, dtype, gpu, max_onchip_bytes):
+    return plan_fused_rnn(cell_name, batch, heads, head_dim, dtype, gpu, "triton", max_onchip_bytes)
+
+
+def plan_tiles(cell, wx: torch.Tensor, max_onchip_bytes: Optional[int] = None) -> FusedRNNPlan:
+    """The plan (path, tiles, warps, reason) the Triton kernels run for ``wx`` [B, T, G, NH, DH].
+    ``max_onchip_bytes`` caps the weight bytes one program keeps on chip (tests force the split
+    and stepwise paths with it). Default: None, the GPU's limits only."""
+    B, _, _, NH, DH = wx.shape
+    return _cached_plan(cell.name, B, NH, DH, wx.dtype, gpu_spec(wx.device), max_onchip_bytes)
+
+
+def _bwd_warps(plan: FusedRNNPlan) -> int:
+    # The plan models the forward only. The backward holds about twice the live fp32 blocks
+    # (gate inputs, states and their gradients); cuobjdump on sm_80/sm_90 cubins (bf16 sLSTM,
+    # DH 64, BB 16) shows 64-88 B spilled at 8 warps and none at 16: double, up to 16.
+    return min(16, 2 * plan.num_warps)
+
+
+def fused_rnn_fwd(wx, r, b, states, lengths, cell, plan: FusedRNNPlan, save: bool):
     """Persistent forward. wx [B,T,G,NH,DH], r [G,NH,DH,DH], b [G,NH,DH], states [S,B,NH,DH],
     lengths [B] int64 or None. Returns h [B,T,NH,DH], last [S,B,NH,DH] (wx's dtype) and, if
     ``save``, rh [B,T,G,NH,DH] and the state sequence [T+1,S,B,NH,DH] (fp32), else empty."""
@@ -44,40 +85,80 @@ def fused_rnn_fwd(wx, r, b, states, lengths, cell, tiles: TritonTiles, save: boo
     last = wx.new_empty(S, B, NH, DH)
     rh_st = wx.new_empty((B, T, G, NH, DH) if save else (0,), dtype=torch.float32)
     s_st = wx.new_empty((T + 1, S, B, NH, DH) if save else (0,), dtype=torch.float32)
-    grid = (_cdiv(B, tiles.BB), NH)
+    grid = (_cdiv(B, plan.BB), NH)
     fused_rnn_fwd_kernel[grid](
         wx, r, b, states, lengths if lengths is not None else wx, h, last, rh_st, s_st,
         B, T, NH, DH,
-        CELL=get_triton_cell(cell.name).fwd, G=G, S=S, BB=tiles.BB, DHP=tiles.DHP,
+        CELL=get_triton_cell(cell.name).fwd, G=G, S=S, BB=plan.BB, DHP=plan.padded_head_dim,
         HAS_LEN=lengths is not None, SAVE=save, PREC=_precision(wx.dtype),
-        num_warps=tiles.num_warps)
+        num_warps=plan.num_warps, num_stages=plan.num_stages)
     return h, last, rh_st, s_st
 
 
-def fused_rnn_fwd_step(wx, r, b, states, lengths, cell, tiles: TritonTiles, save: bool):
-    """Same arguments and results as ``fused_rnn_fwd``, one launch per step (heads too big for
-    one program). Without ``save`` the states ping-pong between two slots."""
+def _split_meta(cell, wx, plan: FusedRNNPlan, lengths):
+    B, T, G, NH, DH = wx.shape
+    DHP = plan.padded_head_dim
+    grid = (_cdiv(B, plan.BB), NH, _cdiv(DH, plan.BH))
+    meta = dict(G=G, S=cell.num_states, BB=plan.BB, BH=plan.BH, BK=min(plan.BK, DHP), DHP=DHP,
+                HAS_LEN=lengths is not None, PREC=_precision(wx.dtype))
+    return grid, meta
+
+
+def _co_resident(kernel, grid, args, meta, num_warps, num_stages, device) -> bool:
+    """Whether the whole grid of ``kernel`` fits on the GPU at once (the barrier of the split
+    path spins forever otherwise), from the compiled kernel's registers and shared memory."""
+    spec = gpu_spec(device)
+    compiled = kernel.warmup(*args, grid=grid, num_warps=num_warps, num_stages=num_stages, **meta)
+    compiled._init_handles()
+    threads = 32 * num_warps
+    regs = max(1, int(getattr(compiled, "n_regs", spec.max_registers_per_thread)))
+    shared = int(compiled.metadata.shared)
+    per_sm = min(spec.max_blocks_per_sm, spec.max_threads_per_sm // threads,
+                 spec.registers_per_sm // (8 * _cdiv(regs, 8) * threads),
+                 spec.shared_mem_per_sm // shared if shared else spec.max_blocks_per_sm)
+    programs = grid[0] * grid[1] * grid[2]
+    return programs <= per_sm * spec.sm_count
+
+
+def fused_rnn_fwd_split(wx, r, b, states, lengths, cell, plan: FusedRNNPlan, save: bool):
+    """Same arguments and results as ``fused_rnn_fwd`` for heads split over programs: one
+    launch with a per-step barrier (path "split" on a GPU), else one launch per step."""
     B, T, G, NH, DH = wx.shape
     S = cell.num_states
     h = wx.new_empty(B, T, NH, DH)
     rh_st = wx.new_empty((B, T, G, NH, DH) if save else (0,), dtype=torch.float32)
     s_buf = wx.new_empty((T + 1 if save else 2, S, B, NH, DH), dtype=torch.float32)
     s_buf[0] = states
-    grid = (_cdiv(B, tiles.BB), NH, _cdiv(DH, tiles.BH))
-    fn = get_triton_cell(cell.name).fwd
-    for t in range(T):
-        slot_in, slot_out = (t, t + 1) if save else (t % 2, (t + 1) % 2)
-        fused_rnn_fwd_kernel_step[grid](
-            wx, r, b, lengths if lengths is not None else wx, h, rh_st, s_buf,
-            t, slot_in, slot_out, B, T, NH, DH,
-            CELL=fn, G=G, S=S, BB=tiles.BB, BH=tiles.BH, BK=tiles.BK,
-            HAS_LEN=lengths is not None, SAVE=save, PREC=_precision(wx.dtype),
-            num_warps=tiles.num_warps)
+    grid, meta = _split_meta(cell, wx, plan, lengths)
+    meta.update(CELL=get_triton_cell(cell.name).fwd, SAVE=save)
+    cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=wx.device)
+    lens = lengths if lengths is not None else wx
+    common = (wx, r, b, lens, h, rh_st, s_buf, cnt)
+    launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    if _persistent(plan, fused_rnn_fwd_kernel_split, grid, (*common, 0, T, B, T, NH, DH),
+                   dict(meta, SYNC=True), launch, wx.device):
+        fused_rnn_fwd_kernel_split[grid](*common, 0, T, B, T, NH, DH, SYNC=True, **meta, **launch)
+    else:
+        for t in range(T):
+            fused_rnn_fwd_kernel_split[grid](*common, t, t + 1, B, T, NH, DH, SYNC=False, **meta,
+                                             **launch)
     last = s_buf[T if save else T % 2].to(wx.dtype, copy=True)  # must not alias s_buf (custom op rule)
     return h, last, rh_st, (s_buf if save else s_buf.new_empty(0))
 
 
-def fused_rnn_bwd(dh, dlast, wx, r, rh_st, s_st, lengths, cell, tiles: TritonTiles):
+def _persistent(plan, kernel, grid, args, meta, launch, device) -> bool:
+    """Run the split path as one launch with barriers? Only for path "split" on a GPU whose
+    grid is co-resident; otherwise per-step launches (warned once when the plan said split)."""
+    if plan.path != "split" or _interpreting() or device.type != "cuda":
+        return False
+    if _co_resident(kernel, grid, args, meta, launch["num_warps"], launch["num_stages"], device):
+        return True
+    _warn_once(f"fused_rnn (triton): the split plan's grid {grid} is not co-resident with the "
+               f"compiled kernel's resources; running one launch per step instead")
+    return False
+
+
+def fused_rnn_bwd(dh, dlast, wx, r, rh_st, s_st, lengths, cell, plan: FusedRNNPlan):
     """Persistent backward. dh [B,T,NH,DH], dlast [S,B,NH,DH] (any float dtype), the forward's
     inputs and saved rh_st / s_st. Returns d wx and d rh ([B,T,G,NH,DH] fp32; the same tensor
     unless the cell's d rh differs) and d states0 [S,B,NH,DH] fp32."""
@@ -87,41 +168,50 @@ def fused_rnn_bwd(dh, dlast, wx, r, rh_st, s_st, lengths, cell, tiles: TritonTil
     dwx = wx.new_empty(B, T, G, NH, DH, dtype=torch.float32)
     drh = torch.empty_like(dwx) if tcell.rh_grad_differs else dwx
     ds0 = wx.new_empty(S, B, NH, DH, dtype=torch.float32)
-    grid = (_cdiv(B, tiles.BB), NH)
+    grid = (_cdiv(B, plan.BB), NH)
     fused_rnn_bwd_kernel[grid](
         wx, r, rh_st, s_st, dh.contiguous(), dlast.float().contiguous(),
         lengths if lengths is not None else wx, dwx, drh, ds0,
         B, T, NH, DH,
-        CELL=tcell.bwd, G=G, S=S, BB=tiles.BB, DHP=tiles.DHP,
+        CELL=tcell.bwd, G=G, S=S, BB=plan.BB, DHP=plan.padded_head_dim,
         HAS_LEN=lengths is not None, RH_DIFF=tcell.rh_grad_differs, PREC=_precision(wx.dtype),
-        num_warps=tiles.num_warps)
+        num_warps=_bwd_warps(plan), num_stages=plan.num_stages)
     return dwx, drh, ds0
 
 
-def fused_rnn_bwd_step(dh, dlast, wx, r, rh_st, s_st, lengths, cell, tiles: TritonTiles):
-    """Same as ``fused_rnn_bwd``, one launch per step (plus one for d states0)."""
+def fused_rnn_bwd_split(dh, dlast, wx, r, rh_st, s_st, lengths, cell, plan: FusedRNNPlan):
+    """Same as ``fused_rnn_bwd`` for heads split over programs (launched as the forward)."""
     B, T, G, NH, DH = wx.shape
     S = cell.num_states
     tcell = get_triton_cell(cell.name)
     dwx = wx.new_empty(B, T, G, NH, DH, dtype=torch.float32)
     drh = torch.empty_like(dwx) if tcell.rh_grad_differs else dwx
     ds0 = wx.new_empty(S, B, NH, DH, dtype=torch.float32)
+    grid, meta = _split_meta(cell, wx, plan, lengths)
+    meta.update(CELL=tcell.bwd, RH_DIFF=tcell.rh_grad_differs)
+    cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=wx.device)
+    lens = lengths if lengths is not None else wx
+    head = (wx, r, rh_st, s_st, dh.contiguous(), lens, dwx, drh)
+    ds_in = dlast.float().contiguous()
+    launch = dict(num_warps=_bwd_warps(plan), num_stages=plan.num_stages)
+    args = (*head, ds_in, ds0, cnt, 0, T, B, T, NH, DH)
+    if _persistent(plan, fused_rnn_bwd_kernel_split, grid, args, dict(meta, SYNC=True, FINAL=True),
+                   launch, wx.device):
+        fused_rnn_bwd_kernel_split[grid](*args, SYNC=True, FINAL=True, **meta, **launch)
+        return dwx, drh, ds0
     ds_buf = wx.new_empty(2, S, B, NH, DH, dtype=torch.float32)
-    ds_buf[(T - 1) % 2] = dlast
-    dh = dh.contiguous()
-    grid = (_cdiv(B, tiles.BB), NH, _cdiv(DH, tiles.BH))
-    for t in range(T - 1, -2, -1):
-        fused_rnn_bwd_kernel_step[grid](
-            wx, r, rh_st, s_st, dh, lengths if lengths is not None else wx, dwx, drh, ds_buf, ds0,
-            t, t % 2, (t + 1) % 2, B, T, NH, DH,
-            CELL=tcell.bwd, G=G, S=S, BB=tiles.BB, BH=tiles.BH, BK=tiles.BK,
-            HAS_LEN=lengths is not None, RH_DIFF=tcell.rh_grad_differs,
-            PREC=_precision(wx.dtype), FIRST=t == T - 1, FINAL=t == -1,
-            num_warps=tiles.num_warps)
+    for t in range(T - 1, -1, -1):
+        ds_out = ds_buf[t % 2]
+        fused_rnn_bwd_kernel_split[grid](*head, ds_in, ds_out, cnt, t, t + 1, B, T, NH, DH,
+                                         SYNC=False, FINAL=False, **meta, **launch)
+        ds_in = ds_out
+    # d states0 needs d rh_0 of every program: one more launch after the last step's
+    fused_rnn_bwd_kernel_split[grid](*head, ds_in, ds0, cnt, 0, 0, B, T, NH, DH,
+                                     SYNC=False, FINAL=True, **meta, **launch)
     return dwx, drh, ds0
 
 
-def _tiles_for(cell, wx, max_onchip_bytes: int) -> TritonTiles:
+def _plan_for(cell, wx, max_onchip_bytes: int) -> FusedRNNPlan:
     return plan_tiles(cell, wx, None if max_onchip_bytes < 0 else max_onchip_bytes)
 
 
@@ -130,10 +220,10 @@ def _fwd_op(wx: torch.Tensor, r: torch.Tensor, b: torch.Tensor, states: torch.Te
             lengths: Optional[torch.Tensor], cell: str, save: bool, max_onchip_bytes: int
             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     cell_ = get_cell(cell)
-    tiles = _tiles_for(cell_, wx, max_onchip_bytes)
-    launch = fused_rnn_fwd if tiles.path == "fused" else fused_rnn_fwd_step
+    plan = _plan_for(cell_, wx, max_onchip_bytes)
+    launch = fused_rnn_fwd if plan.path == "fused" else fused_rnn_fwd_split
     return launch(wx.contiguous(), r.contiguous(), b.contiguous(), states.contiguous(), lengths,
-                  cell_, tiles, save)
+                  cell_, plan, save)
 
 
 @_fwd_op.register_fake
@@ -150,10 +240,10 @@ def _bwd_op(dh: torch.Tensor, dlast: torch.Tensor, wx: torch.Tensor, r: torch.Te
             rh_st: torch.Tensor, s_st: torch.Tensor, lengths: Optional[torch.Tensor], cell: str,
             max_onchip_bytes: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     cell_ = get_cell(cell)
-    tiles = _tiles_for(cell_, wx, max_onchip_bytes)
-    launch = fused_rnn_bwd if tiles.path == "fused" else fused_rnn_bwd_step
+    plan = _plan_for(cell_, wx, max_onchip_bytes)
+    launch = fused_rnn_bwd if plan.path == "fused" else fused_rnn_bwd_split
     wx, r = wx.contiguous(), r.contiguous()
-    dwx, drh, ds0 = launch(dh, dlast, wx, r, rh_st, s_st, lengths, cell_, tiles)
+    dwx, drh, ds0 = launch(dh, dlast, wx, r, rh_st, s_st, lengths, cell_, plan)
     # d r and d b: one reduction over all (b, t) of h_{t-1} (rounded to the dtype the forward's
     # tl.dot used) against d rh; rows past their length have d rh = 0.
     T = wx.shape[1]

@@ -476,7 +476,10 @@ def plan_fused_rnn(cell, batch, heads, head_dim, dtype, gpu, backend="triton",
             shared_memory_bytes=smem, onchip_weight_bytes=r["weights"],
             predicted_step_ns=r["time_ps"] / 1000, binding=_binding(ratios),
             reason=f"{how} (solver: {sol.status})")
-    why = _explain_no_onchip(cell, c, head_dim, dtype, gpu, backend, max_onchip_bytes)
+    if sol.status == "unknown":
+        why = f"the solver found no on-chip tiling within time_limit={time_limit} s"
+    else:
+        why = _explain_no_onchip(cell, c, head_dim, dtype, gpu, backend, max_onchip_bytes)
     model, v = build_stepwise_model(cell, batch, heads, head_dim, dtype, gpu, backend)
     sol = model.solve(time_limit=time_limit)
     if not sol:

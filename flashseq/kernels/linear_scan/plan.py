@@ -194,6 +194,8 @@ def plan_linear_scan(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu,
     c = _consts(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu)
     model, v = build_model(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu)
     sol = model.solve(time_limit=time_limit)
+    if sol.status == "unknown":
+        raise ValueError(f"the solver found no chunkwise tiling within time_limit={time_limit} s")
     if not sol:
         min_smem = (16 * 16 * 3) * c.eb
         raise ValueError(

@@ -13,6 +13,10 @@ from .expr import CDiv, Compare, Const, Product, Sum, Var
 _MAX_EXPANSION = 64
 
 
+def _linear_eq(idx, coefs, rhs):
+    return (P.LinearEq2 if len(idx) == 2 else P.LinearEq)(idx, coefs, rhs)
+
+
 class Flat:
     """The flattened model: domains, propagators and the variables' roles.
 
@@ -91,7 +95,7 @@ class Flat:
         atom = self._linear_aux[key] = self._new_atom(lo, hi)
         idx = list(terms) + [atom]
         coefs = list(terms.values()) + [-1]
-        self.props.append(P.LinearEq(idx, coefs, -const))
+        self.props.append(_linear_eq(idx, coefs, -const))
         self.defs.append(("linear", atom, tuple(terms.items())))
         return atom
 
@@ -184,7 +188,7 @@ class Flat:
                 ok = {"==": 0 == rhs, "!=": 0 != rhs}.get(op, 0 <= rhs)
                 self.infeasible |= not ok
                 return
-            cls = {"==": P.LinearEq, "!=": P.LinearNe}.get(op, P.LinearLe)
+            cls = {"==": _linear_eq, "!=": P.LinearNe}.get(op, P.LinearLe)
             self.props.append(cls(list(terms), list(terms.values()), rhs))
         else:
             divisor = self._atom_of(self._poly(constraint.divisor))

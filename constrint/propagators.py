@@ -82,6 +82,34 @@ class LinearEq:
         return True
 
 
+class LinearEq2:
+    """a * x + b * y == rhs: the common two-term case of LinearEq (e.g. aux == 8 * x + 3)."""
+    __slots__ = ("x", "a", "y", "b", "rhs", "watch")
+
+    def __init__(self, idx, coefs, rhs):
+        (self.x, self.y), (self.a, self.b) = idx, coefs
+        self.rhs = rhs
+        self.watch = (self.x, self.y)
+
+    def propagate(self, st):
+        lo, hi = st.lo, st.hi
+        x, y, a, b, rhs = self.x, self.y, self.a, self.b, self.rhs
+        # x = (rhs - b*y) / a over y's bounds, then y against the narrowed x; a third round,
+        # if needed, is left to the queue
+        for _ in range(2):
+            r1, r2 = rhs - b * lo[y], rhs - b * hi[y]
+            if a > 0:
+                new_lo, new_hi = -(-min(r1, r2) // a), max(r1, r2) // a
+            else:
+                new_lo, new_hi = -(-max(r1, r2) // a), min(r1, r2) // a
+            if new_lo > lo[x] and not st.set_lo(x, new_lo):
+                return False
+            if new_hi < hi[x] and not st.set_hi(x, new_hi):
+                return False
+            x, y, a, b = y, x, b, a
+        return True
+
+
 class LinearNe:
     """sum(coefs[k] * x[idx[k]]) != rhs: acts once at most one variable is unfixed."""
     __slots__ = ("terms", "rhs", "watch")

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "fused_rnn_cpu.h"
+#include "step_gemm.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashseq compiled CPU kernels";
@@ -17,6 +18,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "lengths, cell) -> (d_wx, d_r, d_b, d_states)",
         py::arg("dh"), py::arg("d_last_states"), py::arg("h"), py::arg("states"), py::arg("r"),
         py::arg("saved_gates"), py::arg("saved_states"), py::arg("lengths"), py::arg("cell"));
+  m.def("_set_step_gemm_max_batch",
+        [](int64_t b) {
+          const int64_t old = flashseq::cpu::step_gemm_max_batch();
+          flashseq::cpu::step_gemm_max_batch() = b;
+          return old;
+        },
+        "for benchmarks: use the built-in per-step GEMM up to this batch size (MKL above); "
+        "returns the previous value",
+        py::arg("max_batch"));
   m.def("cell_layout", &flashseq::cpu::cell_layout,
         "(num_gates, num_states, num_saved) of a cell as the compiled loop stores it",
         py::arg("cell"));

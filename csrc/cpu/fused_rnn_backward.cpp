@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include "fused_rnn_cpu.h"
+#include "step_gemm.h"
 #include "vec_lanes.h"
 
 namespace flashseq {
@@ -33,6 +34,10 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
   scalar_t* dwx_p = dwx.data_ptr<scalar_t>();                   // [B, T, G, NH, DH]
   scalar_t* drh_p = drh.data_ptr<scalar_t>();                   // [NH, B, T, G*DH]
   at::Tensor dh_carry = dcarry.select(0, 0);                    // [NH, B, DH]
+  at::Tensor dh_head0 = dh_carry.select(0, 0);                  // [B, DH]
+  const at::Tensor Wt_head0 = Wt.select(0, 0);
+  const scalar_t* Wt_p = Wt.data_ptr<scalar_t>();               // [NH, G*DH, DH]
+  const bool own_gemm = use_step_gemm(B);
   const int64_t grain = pointwise_grain(GDH);
 
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -86,9 +91,14 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
       }
     });
     // d(h_prev) += d(rh_t) @ W^T; rows past their length have d(rh_t) = 0 and keep their dh.
+    if (own_gemm) {
+      step_gemm<scalar_t>(NH, B, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_p, DH,
+                          GDH * DH, dcarry_p, DH, B * DH, /*accumulate=*/true);
+      continue;
+    }
     const at::Tensor drh_t = drh.select(2, t);  // [NH, B, G*DH], row stride T*G*DH
     if (NH == 1) {
-      dh_carry.select(0, 0).addmm_(drh_t.select(0, 0), Wt.select(0, 0));
+      dh_head0.addmm_(drh_t.select(0, 0), Wt_head0);
     } else {
       dh_carry.baddbmm_(drh_t, Wt);
     }

@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include "fused_rnn_cpu.h"
+#include "step_gemm.h"
 #include "vec_lanes.h"
 
 namespace flashseq {
@@ -27,6 +28,11 @@ void check_common(const at::Tensor& r, const at::Tensor& states, int64_t G, int6
                 "fused_rnn_cpu: lengths must be an int64 CPU tensor [B] = [", B, "]; got ",
                 lengths->scalar_type(), " ", lengths->sizes());
   }
+}
+
+int64_t& step_gemm_max_batch() {
+  static int64_t max_batch = 8;
+  return max_batch;
 }
 
 std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
@@ -57,11 +63,18 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& b
   scalar_t* sstates_p = save ? saved_states.data_ptr<scalar_t>() : nullptr;  // [T, S-1, NH, B, DH]
   const at::Tensor h_carry = carry.select(0, 0);  // [NH, B, DH], the GEMM's left operand
   at::Tensor rh_head0 = rh.select(0, 0);            // [B, G*DH], the GEMM's output when NH == 1
+  const at::Tensor h_head0 = h_carry.select(0, 0), W_head0 = W.select(0, 0);
+  const bool own_gemm = use_step_gemm(B);
+  const scalar_t* W_p = W.data_ptr<scalar_t>();       // [NH, DH, G*DH]
+  scalar_t* rh_out = rh.data_ptr<scalar_t>();
   const int64_t grain = pointwise_grain(GDH);
 
   for (int64_t t = 0; t < T; ++t) {
-    if (NH == 1) {
-      at::mm_out(rh_head0, h_carry.select(0, 0), W.select(0, 0));
+    if (own_gemm) {
+      step_gemm<scalar_t>(NH, B, GDH, DH, carry_p, DH, B * DH, W_p, GDH, DH * GDH, rh_out, GDH,
+                          B * GDH, /*accumulate=*/false);
+    } else if (NH == 1) {
+      at::mm_out(rh_head0, h_head0, W_head0);
     } else {
       at::bmm_out(rh, h_carry, W);
     }

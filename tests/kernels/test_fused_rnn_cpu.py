@@ -70,6 +70,24 @@ def test_odd_shapes(cell_name, shape):
                             with_lengths=B > 2, with_states=True, seed=5)
 
 
+@pytest.fixture(params=["own_gemm", "aten_gemm"])
+def step_gemm_path(request):
+    """Runs the test once with each per-step GEMM: the built-in one (used for small batches)
+    and ATen/MKL's (used above the threshold), whatever the batch size."""
+    ext = cpu_backend._jit.extension()
+    old = ext._set_step_gemm_max_batch(1 << 30 if request.param == "own_gemm" else 0)
+    yield request.param
+    ext._set_step_gemm_max_batch(old)
+
+
+@pytest.mark.parametrize("NH", [1, 3], ids=lambda n: f"NH{n}")
+@pytest.mark.parametrize("cell_name", CELL_NAMES)
+def test_both_step_gemm_paths(cell_name, NH, step_gemm_path):
+    # DH=37: 4*37 columns leave a ragged tail after the built-in GEMM's column tiles.
+    check_against_reference(CELLS[cell_name], torch.float32, B=5, T=4, NH=NH, DH=37,
+                            with_lengths=True, with_states=True, seed=21)
+
+
 @pytest.mark.parametrize("cell_name", CELL_NAMES)
 def test_gradcheck(cell_name):
     cell = CELLS[cell_name]

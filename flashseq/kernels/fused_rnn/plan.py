@@ -74,6 +74,10 @@ CLUSTER_BARRIER_PS = 150_000
 GRID_BARRIER_PS = 1_000_000
 STEP_LAUNCH_PS = 4_000_000          # stepwise: a kernel launch per step (launch + tail)
 BASE_REGISTERS = 24                 # addresses, loop counters, masks
+# The Triton kernels carry more (per-gate pointers, masks, bias vectors, int64 offsets): ptxas
+# reports 168/224/226 registers (no spills) for the fused LSTM kernel at DH=16/32/64 on sm_90
+# (bf16, BB=16, 4/4/8 warps), 58-112 more than the operands counted here.
+TRITON_EXTRA_REGISTERS = 64
 REGISTER_GRANULE = 8                # registers are allocated per thread in multiples of 8
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "tf32": 4, "float32": 4}
 
@@ -220,7 +224,8 @@ def resources(v, c: _Consts, backend: str, cdiv):
     grid = c.NH * P * cdiv(c.B, BB)
     weights = G * DHP * BH * eb
     acc_regs = cdiv(G * BB * BH, threads)                   # fp32 accumulators
-    other_regs = cdiv(S * BB * BH, threads) + cdiv(G * BB * BH * eb, 4 * threads) + BASE_REGISTERS
+    other_regs = (cdiv(S * BB * BH, threads) + cdiv(G * BB * BH * eb, 4 * threads) + BASE_REGISTERS
+                  + (TRITON_EXTRA_REGISTERS if backend == "triton" else 0))
     if backend == "triton":
         # mma operands in registers: a warp holds the h rows of its M slice across all of DHP
         # (replicated over the WN warps) and the weight columns of its N slice (over WM warps).
@@ -229,9 +234,11 @@ def resources(v, c: _Consts, backend: str, cdiv):
         # ptxas (bf16 LSTM, DH=64, BB=16 on sm_80/sm_90: ~500 B spilled at 4 warps, none at 8).
         w_regs = cdiv(G * DHP * BH, threads) + cdiv(weights, 4 * 32 * WN)
         h_regs = cdiv(BB * DHP * eb, 4 * 32 * WM)
-        # Triton stages each gate's weight slice through shared memory once, before the loop
-        # (the buffer is reused afterwards), and converts h into the dot layout every step
-        smem_terms = (DHP * BH * eb, BB * DHP * eb + stages * G * BB * BH * eb)
+        # Triton converts the G weight slices to the dot layout through shared memory (all live
+        # at once) next to a fp32 [BB, DHP] h staging buffer: this matches the compiled fused
+        # kernel exactly (3072/10240/36864 B at DH=16/32/64, LSTM bf16 BB=16, sm_90); the
+        # second term allows for wx prefetched num_stages steps ahead.
+        smem_terms = (G * DHP * BH * eb + BB * DHP * 4, BB * DHP * eb + stages * G * BB * BH * eb)
         BK = DHP
         chain_ps = (DHP // 16) * MMA_LATENCY_CLOCKS * c.clock_ps
         h_bytes = BB * DHP * eb
@@ -345,7 +352,8 @@ def stepwise_resources(v, c: _Consts, cdiv):
     grid = c.NH * cdiv(DHP, BH) * cdiv(c.B, BB)
     regs = REGISTER_GRANULE * cdiv(
         cdiv(G * BB * BH, threads) + cdiv(BB * BK * eb, 4 * 32 * WM)
-        + cdiv(G * BK * BH * eb, 4 * 32 * WN) + cdiv(c.S * BB * BH, threads) + BASE_REGISTERS,
+        + cdiv(G * BK * BH * eb, 4 * 32 * WN) + cdiv(c.S * BB * BH, threads) + BASE_REGISTERS
+        + TRITON_EXTRA_REGISTERS,
         REGISTER_GRANULE)
     smem = stages * (BB * BK + G * BK * BH) * eb
     k_tiles = cdiv(DHP, BK)

@@ -2,10 +2,11 @@
 # The one GPU entry point: runs every GPU check that exists and writes the results under
 # bench/results/<gpu-slug>/ (slug from nvidia-smi's GPU name, e.g. nvidia-h100-80gb-hbm3).
 #
-#   bash bench/gpu_session.sh [--quick] [--dry-run] [--out DIR]
+#   bash bench/gpu_session.sh [--quick] [--dry-run] [--out DIR] [--suites "A B"]
 #     --quick    tiny benchmark sizes: checks the pipeline end to end, the numbers mean little
 #     --dry-run  print the steps without running anything (works without a GPU)
 #     --out DIR  results folder instead of bench/results/<gpu-slug>
+#     --suites   only these benchmark suites (default: every one `python -m bench` lists)
 #
 # Steps: record the machine; install peer wheels, if any, offline; pytest -m gpu (slow ones
 # included); the compute-sanitizer cases (tests marked "sanitizer"; none yet = a no-op with a
@@ -24,13 +25,15 @@ cd "$(dirname "$0")/.." || exit 2
 quick=""
 dry=0
 out=""
+only_suites=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) quick="--quick" ;;
         --dry-run) dry=1 ;;
         --out) shift; out="${1:?--out needs a folder}" ;;
-        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-        *) echo "gpu_session: unknown argument '$1' (allowed: --quick --dry-run --out DIR)" >&2; exit 2 ;;
+        --suites) shift; only_suites="${1:?--suites needs suite names}" ;;
+        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        *) echo "gpu_session: unknown argument '$1' (allowed: --quick --dry-run --out DIR --suites LIST)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -119,7 +122,9 @@ else
 fi
 
 # 5. every benchmark suite, peers included
-if [ "$dry" = 1 ]; then
+if [ -n "$only_suites" ]; then
+    suites="$only_suites"
+elif [ "$dry" = 1 ]; then
     suites="$("$py" -m bench --list-names 2>/dev/null || echo '(suites: python -m bench --list-names)')"
 else
     suites="$("$py" -m bench --list-names)"
@@ -140,7 +145,7 @@ dirty="$(git status --porcelain --untracked-files=no 2>/dev/null | head -n 1)"
     echo "- commit: $commit${dirty:+ (dirty tree)}"
     echo "- GPU: $gpu_name, driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
     echo "- time (UTC): $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "- command: bash bench/gpu_session.sh $quick"
+    echo "- command: bash bench/gpu_session.sh $quick${only_suites:+ --suites \"$only_suites\"}"
     echo
     echo '```'
     cat "$logs/environment.log" 2>/dev/null

@@ -15,6 +15,10 @@ import torch
 
 # Enough runs that the IQR means something even for calls of a second or more.
 MIN_RUNS = 5
+# A call so slow (or a machine so busy) that MIN_RUNS would take longer than this gets fewer
+# runs, but never fewer than FEW_RUNS: a suite must finish in bounded time.
+MAX_RUN_TIME_S = 30.0
+FEW_RUNS = 3
 
 
 def summarize(times_ms: list[float]) -> dict:
@@ -41,11 +45,14 @@ def _measure_cpu(fn: Callable[[], object], min_run_time: float) -> dict:
     fn()  # warm-up: first-call allocations, lazy builds, caches
     estimate = time.perf_counter() - start
     # A slow call gets a longer budget so that at least MIN_RUNS of it are timed.
-    budget = max(min_run_time, MIN_RUNS * estimate * 1.2)
+    budget = min(max(min_run_time, MIN_RUNS * estimate * 1.2), max(min_run_time, MAX_RUN_TIME_S))
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    start = time.perf_counter()
     measurement = timer.blocked_autorange(min_run_time=budget)
     times = list(measurement.times)
-    while len(times) < MIN_RUNS:  # a run slowed down by a busy machine can eat the budget
+    # a run slowed down by a busy machine can eat the budget: top up to MIN_RUNS, time allowing
+    while len(times) < FEW_RUNS or (len(times) < MIN_RUNS
+                                    and time.perf_counter() - start < MAX_RUN_TIME_S):
         times.append(timer.timeit(measurement.number_per_run).times[0])
     return summarize([t * 1e3 for t in times])
 

@@ -144,3 +144,12 @@ def test_main_without_suite_lists_suites(capsys):
     assert "quick" in out and "fused_rnn" in out
     assert main(["--list-names"]) == 0
     assert capsys.readouterr().out.split() == list(SUITES)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["quick", "fused_rnn"])
+def test_suites_tiny_on_cuda(one_run_timing, name):
+    rows = load(name).run(torch.device("cuda"), True, make_progress(False, name))
+    _check_rows(rows)
+    assert not [r for r in rows if r["status"].startswith("failed")], rows
+    assert any(r["provider"].startswith("flashseq:") and r["status"] == "ok" for r in rows)

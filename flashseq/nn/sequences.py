@@ -11,8 +11,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 def packed_valid_mask(batch_sizes: torch.Tensor, device) -> torch.Tensor:
     """[T, B] bool: True where sorted row b has a step t (b < batch_sizes[t])."""
-    T, B = batch_sizes.numel(), int(batch_sizes[0])
-    rows = torch.arange(B)
+    rows = torch.arange(int(batch_sizes[0]))
     return (rows.unsqueeze(0) < batch_sizes.cpu().unsqueeze(1)).to(device)
 
 

@@ -6,7 +6,7 @@ product propagator (shared between all its occurrences), each ceiling division a
 variable defined by a CeilDiv propagator, and each comparison one linear propagator over atoms.
 """
 from . import propagators as P
-from .expr import CDiv, Compare, Const, Product, Sum, Var
+from .expr import CDiv, Compare, Const, Product, Sum, Var, walk
 
 # Past this many monomials a product is not expanded further: the longer factor becomes one
 # auxiliary variable instead, so (a + b + c) * (d + e + f) * ... cannot blow up.
@@ -21,6 +21,8 @@ class Flat:
     """The flattened model: domains, propagators and the variables' roles.
 
     lo, hi, vals: initial domains of all atoms (model variables are atoms 0..n_model-1).
+    defined: model variables fixed by an equality once the others are (`x == expr`); the search
+    branches on them last.
     props: propagators; defs: (kind, out, operands) for each auxiliary definition.
     objective: None or (atom, offset, sign): the model's objective equals sign * (atom + offset)
     and the search minimises the atom. infeasible: a constraint was false on constants alone.
@@ -41,6 +43,7 @@ class Flat:
         self._linear_aux = {}
         for constraint in model.constraints:
             self._add_constraint(constraint)
+        self.defined = _defined_variables(model)
         self.objective = None
         self.objective_const = None
         if model.objective is not None:
@@ -234,3 +237,37 @@ class Flat:
                 if self.lo[num] >= 0:
                     weight[den] -= s
         return [(w > 0) - (w < 0) for w in weight]
+
+
+def _defined_variables(model):
+    """Indices of model variables that some `x == expr` constraint defines from other variables.
+
+    Taken greedily in constraint order, skipping any definition that would make a cycle, so the
+    other (free) variables determine all of them: once the free ones are fixed, propagation fixes
+    these too, and branching on them first would only multiply failing alternatives.
+    """
+    uses = {}  # defined variable -> indices of the variables its expression reads
+    for c in model.constraints:
+        if not isinstance(c, Compare) or c.op != "==":
+            continue
+        for side, other in ((c.lhs, c.rhs), (c.rhs, c.lhs)):
+            if not isinstance(side, Var) or side.index in uses:
+                continue
+            reads = {n.index for n in walk(other) if isinstance(n, Var)}
+            if not _reaches(uses, reads, side.index):
+                uses[side.index] = reads
+                break
+    return frozenset(uses)
+
+
+def _reaches(uses, start, target):
+    """Whether `target` is among `start` or the variables their definitions read, transitively."""
+    stack, seen = list(start), set()
+    while stack:
+        i = stack.pop()
+        if i == target:
+            return True
+        if i not in seen:
+            seen.add(i)
+            stack.extend(uses.get(i, ()))
+    return False

@@ -73,3 +73,12 @@ def test_expression_str():
     assert str(ci.divides(y, 2 * x)) == "divides(y, 2 * x)"
     assert str(-x - (y + 1)) == "-x - y - 1"
     assert str(x != y) == "x != y"
+
+
+def test_constrint_imports_nothing_from_flashseq():
+    import subprocess
+    import sys
+    code = ("import sys, constrint, constrint.cpsat; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('flashseq', 'torch')]; "
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -2,7 +2,7 @@
 import math
 import time
 
-from .expr import CDiv, Compare, Divides, Expr, Var, as_expr, as_int, walk
+from .expr import CDiv, Compare, Const, Divides, Product, Sum, Var, as_expr, as_int, walk
 from .flatten import Flat
 from .search import Search, TimeUp
 
@@ -218,7 +218,7 @@ def _lower_bound(expr):
 
 
 def _interval(expr):
-    from .expr import Const, Product, Sum
+    """(lo, hi) of `expr` over its variables' declared domains (interval arithmetic)."""
     if isinstance(expr, Const):
         return expr.value, expr.value
     if isinstance(expr, Var):

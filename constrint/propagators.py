@@ -290,6 +290,8 @@ class CeilDiv:
 
 # trial division up to sqrt(2^40) = 2^20 steps (~0.1 s, once per value thanks to the cache)
 _DIVISOR_TABLE_LIMIT = 1 << 40
+# Divisor domains up to this many values are filtered against the dividend's range.
+_SMALL_DIVISOR_SET = 64
 
 
 @lru_cache(maxsize=4096)
@@ -341,4 +343,13 @@ class Divides:
             return False
         if hi[b] < 0 and not st.set_hi(a, -lo[b]):
             return False
-        return True
+        if st.vals[a] is None and hi[a] - lo[a] >= _SMALL_DIVISOR_SET:
+            return True
+        # few candidate divisors: keep those with a multiple in b's range, and move b's bounds
+        # to the nearest multiple of any of them
+        b_lo, b_hi = lo[b], hi[b]
+        allowed = tuple(d for d in st.values_of(a) if b_hi // d * d >= b_lo)
+        if not st.keep(a, allowed):
+            return False
+        return (st.set_lo(b, min(_ceil_div(b_lo, d) * d for d in allowed))
+                and st.set_hi(b, max(b_hi // d * d for d in allowed)))

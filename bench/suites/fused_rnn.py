@@ -6,8 +6,8 @@ torch.nn.LSTM, ratio = time / torch.nn.LSTM's time (target <= 1.05).
 CUDA (Triton issue): B=16, T=1024, H=768 as NH x DH for DH in {16, ..., 768}, bfloat16;
 flashseq "triton"/"cuda", torch.nn.LSTM (cuDNN, NH=1 only), FlashRNN cuda_fused/triton_fused.
 Every provider gets the same x and weights and includes the input projection GEMM.
-The full CPU run takes about 3 minutes on a quiet 2-core machine (each measurement >= 1 s and
->= 5 runs, capped near 30 s by bench.timing).
+The full CPU run is estimated at 3-5 minutes on a quiet 2-core machine (48 measurements, each
+>= 1 s and >= 5 runs, capped near 30 s by bench.timing); not yet timed on a quiet machine.
 """
 from __future__ import annotations
 

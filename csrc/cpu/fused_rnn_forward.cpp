@@ -31,7 +31,9 @@ void check_common(const at::Tensor& r, const at::Tensor& states, int64_t G, int6
 }
 
 int64_t& step_gemm_max_batch() {
-  static int64_t max_batch = 8;
+  // Measured (1 thread, forward + backward of LSTM H=512, shared CPU): the built-in GEMM is faster
+  // up to B=4, level at B=8, and half the speed of MKL at B=16.
+  static int64_t max_batch = 4;
   return max_batch;
 }
 

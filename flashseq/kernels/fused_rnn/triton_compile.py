@@ -41,7 +41,7 @@ def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "
 
     from .plan import plan_fused_rnn
     from .triton_bwd import fused_rnn_bwd_kernel
-    from .triton_function import _bwd_warps
+    from .triton_function import _bwd_warps, _fwd_warps, _split_bk
     from .triton_fwd import fused_rnn_fwd_kernel
     from .triton_split import fused_rnn_fwd_kernel_split
     from .triton_split_bwd import fused_rnn_bwd_kernel_split
@@ -63,11 +63,11 @@ def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "
     else:
         fwd, bwd = fused_rnn_fwd_kernel_split, fused_rnn_bwd_kernel_split
         scalars = ("t_begin", "t_end", "t_lo", "t_hi", "B", "T", "NH", "DH")
-        split = dict(common, BH=plan.BH, BK=min(plan.BK, DHP), SYNC=plan.path == "split")
+        split = dict(common, BH=plan.BH, BK=_split_bk(plan), SYNC=plan.path == "split")
         fwd_c = dict(split, CELL=tcell.fwd, SAVE=True)
         bwd_c = dict(split, CELL=tcell.bwd, RH_DIFF=tcell.rh_grad_differs,
                      FINAL=plan.path == "split")
-    specs = [(fwd, _signature(fwd, ptr, scalars, fwd_c), fwd_c, plan.num_warps, plan.num_stages),
+    specs = [(fwd, _signature(fwd, ptr, scalars, fwd_c), fwd_c, _fwd_warps(plan), plan.num_stages),
              (bwd, _signature(bwd, ptr, scalars, bwd_c), bwd_c, _bwd_warps(plan), plan.num_stages)]
     return specs, plan
 
@@ -113,7 +113,7 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
                                   options={"num_warps": num_warps, "num_stages": num_stages})
         report = {"kernel": kernel.__name__, "cell": cell_name, "head_dim": head_dim, "arch": arch,
                   "dtype": str(dtype).replace("torch.", ""), "gpu": plan.gpu, "path": plan.path,
-                  "BB": plan.BB, "DHP": plan.padded_head_dim, "BH": plan.BH, "BK": plan.BK,
+                  "BB": plan.BB, "DHP": plan.padded_head_dim, "BH": plan.BH, "BK": constexprs.get("BK", plan.BK),
                   "num_warps": num_warps, "num_stages": num_stages,
                   "plan_registers": plan.registers_per_thread,
                   "plan_shared": plan.shared_memory_bytes,

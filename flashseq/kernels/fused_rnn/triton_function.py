@@ -68,11 +68,21 @@ def plan_tiles(cell, wx: torch.Tensor, max_onchip_bytes: Optional[int] = None) -
     return _cached_plan(cell.name, B, NH, DH, wx.dtype, gpu_spec(wx.device), max_onchip_bytes)
 
 
+def _fwd_warps(plan: FusedRNNPlan) -> int:
+    # The plan's register model under-counts the fused kernels (cuobjdump on sm_80/sm_90 bf16
+    # cubins: GRU DH 64 at 4 warps spills 80-184 B, none at 8), so fused heads of 64+ units
+    # get at least 8 warps. Split/stepwise keep the plan's warps (more than BH/8 warps along
+    # the units only replicate the dot's fragments).
+    if plan.path == "fused" and plan.padded_head_dim >= 64:
+        return max(plan.num_warps, 8)
+    return plan.num_warps
+
+
 def _bwd_warps(plan: FusedRNNPlan) -> int:
     # The plan models the forward only. The backward holds about twice the live fp32 blocks
     # (gate inputs, states and their gradients); cuobjdump on sm_80/sm_90 cubins (bf16 sLSTM,
     # DH 64, BB 16) shows 64-88 B spilled at 8 warps and none at 16: double, up to 16.
-    return min(16, 2 * plan.num_warps)
+    return min(16, 2 * _fwd_warps(plan))
 
 
 def fused_rnn_fwd(wx, r, b, states, lengths, cell, plan: FusedRNNPlan, save: bool):
@@ -91,15 +101,23 @@ def fused_rnn_fwd(wx, r, b, states, lengths, cell, plan: FusedRNNPlan, save: boo
         B, T, NH, DH,
         CELL=get_triton_cell(cell.name).fwd, G=G, S=S, BB=plan.BB, DHP=plan.padded_head_dim,
         HAS_LEN=lengths is not None, SAVE=save, PREC=_precision(wx.dtype),
-        num_warps=plan.num_warps, num_stages=plan.num_stages)
+        num_warps=_fwd_warps(plan), num_stages=plan.num_stages)
     return h, last, rh_st, s_st
+
+
+def _split_bk(plan: FusedRNNPlan) -> int:
+    # The stepwise path streams weights in [BK, BH] chunks. Chunks over 64 rows spill (cuobjdump,
+    # bf16 LSTM/sLSTM DH 256, BK 256, BH 16: 24-368 B at 4 and 8 warps); 64 keeps the chunk's
+    # registers bounded at any DH. The split path keeps BK == DHP: its weights stay on chip.
+    DHP = plan.padded_head_dim
+    return min(plan.BK, DHP) if plan.path == "split" else min(plan.BK, DHP, 64)
 
 
 def _split_meta(cell, wx, plan: FusedRNNPlan, lengths):
     B, T, G, NH, DH = wx.shape
     DHP = plan.padded_head_dim
     grid = (_cdiv(B, plan.BB), NH, _cdiv(DH, plan.BH))
-    meta = dict(G=G, S=cell.num_states, BB=plan.BB, BH=plan.BH, BK=min(plan.BK, DHP), DHP=DHP,
+    meta = dict(G=G, S=cell.num_states, BB=plan.BB, BH=plan.BH, BK=_split_bk(plan), DHP=DHP,
                 HAS_LEN=lengths is not None, PREC=_precision(wx.dtype))
     return grid, meta
 
@@ -134,7 +152,7 @@ def fused_rnn_fwd_split(wx, r, b, states, lengths, cell, plan: FusedRNNPlan, sav
     cnt = torch.zeros(grid[0] * NH, dtype=torch.int32, device=wx.device)
     lens = lengths if lengths is not None else wx
     common = (wx, r, b, lens, h, rh_st, s_buf, cnt)
-    launch = dict(num_warps=plan.num_warps, num_stages=plan.num_stages)
+    launch = dict(num_warps=_fwd_warps(plan), num_stages=plan.num_stages)
     if _persistent(plan, fused_rnn_fwd_kernel_split, grid, (*common, 0, T, B, T, NH, DH),
                    dict(meta, SYNC=True), launch, wx.device):
         fused_rnn_fwd_kernel_split[grid](*common, 0, T, B, T, NH, DH, SYNC=True, **meta, **launch)

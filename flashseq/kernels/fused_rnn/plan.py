@@ -287,7 +287,8 @@ def _domains(c: _Consts, gpu: GPUSpec, backend: str):
         BB = [t for t in (8, 16, 32, 64) if t <= bb_max]
         BH = [d for d in range(8, c.DHP + 1, 8) if c.DHP % d == 0]
         WM = [1, 2, 4, 8, 16]
-        WN = [1, 2, 4, 8]                                      # WK: warps splitting the reduction
+        # WK (stored as WN): warps splitting the reduction, each a multiple of 16 of DHP
+        WN = [w for w in (1, 2, 4, 8) if c.DHP % (16 * w) == 0]
         cluster = [0, 1] if gpu.supports_clusters else [0]
     return dict(BB=BB, BH=BH, WM=WM, WN=WN, stages=[1, 2, 3], split=[0, 1], cluster=cluster)
 
@@ -326,8 +327,7 @@ def build_model(cell, batch, heads, head_dim, dtype, gpu, backend="triton", max_
         m.add(16 * WM <= BB)
         m.add(8 * WN <= BH)
     else:
-        m.add(ci.divides(16 * WM, c.G * BH))
-        m.add(ci.divides(16 * WN, c.DHP))
+        m.add(ci.divides(16 * WM, c.G * BH))          # (16 * WK divides DHP: WN's domain)
     # a global barrier among a head's programs needs every program of the grid resident at once
     glob = split - clus
     per_sm = r["waves"]

@@ -20,6 +20,8 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
     config.addinivalue_line("markers", "nvcc: needs the nvcc compiler (skipped without it)")
     config.addinivalue_line("markers", "slow: long-running; run with --runslow")
+    config.addinivalue_line("markers", "sanitizer: GPU test that bench/gpu_session.sh also runs under "
+                                       "compute-sanitizer (needs a CUDA device)")
 
 
 def pytest_addoption(parser):
@@ -28,7 +30,7 @@ def pytest_addoption(parser):
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if "gpu" in item.keywords and not HAS_CUDA:
+        if ("gpu" in item.keywords or "sanitizer" in item.keywords) and not HAS_CUDA:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device; none found"))
         if "nvcc" in item.keywords and not HAS_NVCC:
             item.add_marker(pytest.mark.skip(reason="needs nvcc on PATH; not found"))

@@ -32,7 +32,7 @@ def test_ci_runs_exactly_the_readme_commands():
              if line.strip() and not line.lstrip().startswith("#")]
     assert lines[0] == "set -euo pipefail"
     commands = [line for line in lines if not line.startswith(("set ", "cd "))]
-    assert commands == ["pip install torch==2.13.0", *_readme_setup_commands()]
+    assert commands == ['pip install torch==2.13.0 ninja "setuptools>=77"', *_readme_setup_commands()]
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

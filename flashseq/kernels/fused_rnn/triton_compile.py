@@ -33,9 +33,13 @@ def _signature(kernel, pointer_types: dict, scalar_names, constexprs: dict) -> d
 
 
 def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "h100",
-                 batch: int = 16, heads: int = 1, max_onchip_bytes: int | None = None):
+                 batch: int = 16, heads: int = 1, max_onchip_bytes: int | None = None,
+                 force_split: bool = False):
     """[(kernel, signature, constexprs, num_warps, num_stages)] of the forward and backward
-    kernels the plan picks for this cell / head size / dtype on ``gpu``, and the plan."""
+    kernels the plan picks for this cell / head size / dtype on ``gpu``, and the plan.
+    ``force_split``: the split path's kernels (per-step barrier) with 16-unit slices instead."""
+    import dataclasses
+
     from flashseq.cells import get_cell
     from flashseq.cells.triton import get_triton_cell
 
@@ -49,6 +53,8 @@ def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "
     cell = get_cell(cell_name)
     tcell = get_triton_cell(cell_name)
     plan = plan_fused_rnn(cell, batch, heads, head_dim, dtype, gpu, "triton", max_onchip_bytes)
+    if force_split:
+        plan = dataclasses.replace(plan, path="split", BH=16, BK=plan.padded_head_dim)
     dt = _TRITON_TYPES[dtype]
     DHP = plan.padded_head_dim
     common = dict(G=cell.num_gates, S=cell.num_states, BB=plan.BB, DHP=DHP, HAS_LEN=True,
@@ -90,7 +96,7 @@ def _resource_usage(cubin: bytes) -> dict:
 
 
 def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfloat16,
-                       max_onchip_bytes: int | None = None) -> list[dict]:
+                       max_onchip_bytes: int | None = None, force_split: bool = False) -> list[dict]:
     """Compile the planned forward and backward kernels for GPUTarget("cuda", arch, 32), as
     planned for an H100 (arch >= 90) or an A100 (arch 80), batch 16, one head.
 
@@ -105,7 +111,7 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
         raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a subprocess)")
     results = []
     specs, plan = kernel_specs(cell_name, head_dim, dtype, gpu="h100" if arch >= 90 else "a100",
-                               max_onchip_bytes=max_onchip_bytes)
+                               max_onchip_bytes=max_onchip_bytes, force_split=force_split)
     for kernel, sig, constexprs, num_warps, num_stages in specs:
         assert isinstance(kernel, JITFunction)
         src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
@@ -117,7 +123,10 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
                   "num_warps": num_warps, "num_stages": num_stages,
                   "plan_registers": plan.registers_per_thread,
                   "plan_shared": plan.shared_memory_bytes,
-                  "stage": "cubin", "shared": compiled.metadata.shared}
+                  "stage": "cubin", "shared": compiled.metadata.shared,
+                  # the split path's barrier: a gpu-scope release add, acquire reads
+                  "barrier": (".gpu.release" in compiled.asm["ptx"]
+                              and ".gpu.acquire" in compiled.asm["ptx"])}
         report.update(_resource_usage(compiled.asm["cubin"]))
         results.append(report)
     return results
@@ -129,11 +138,14 @@ def main(argv=None):
     parser.add_argument("--head-dim", type=int, action="append", required=True)
     parser.add_argument("--arch", type=int, action="append", required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--force-split", action="store_true",
+                        help="compile the split path's kernels (atomic per-step barrier)")
     args = parser.parse_args(argv)
     for cell in args.cell:
         for dh in args.head_dim:
             for arch in args.arch:
-                for rep in compile_for_target(cell, dh, arch, getattr(torch, args.dtype)):
+                for rep in compile_for_target(cell, dh, arch, getattr(torch, args.dtype),
+                                              force_split=args.force_split):
                     print(json.dumps(rep), flush=True)
 
 

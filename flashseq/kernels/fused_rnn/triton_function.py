@@ -126,13 +126,18 @@ def _co_resident(kernel, grid, args, meta, num_warps, num_stages, device) -> boo
     """Whether the whole grid of ``kernel`` fits on the GPU at once (the barrier of the split
     path spins forever otherwise), from the compiled kernel's registers and shared memory."""
     spec = gpu_spec(device)
-    compiled = kernel.warmup(*args, grid=grid, num_warps=num_warps, num_stages=num_stages, **meta)
-    compiled._init_handles()
+    try:
+        compiled = kernel.warmup(*args, grid=grid, num_warps=num_warps, num_stages=num_stages,
+                                 **meta)
+        compiled._init_handles()  # loads the binary: fills n_regs (Triton 3.6 and 3.7)
+        regs = int(compiled.n_regs)
+    except (AttributeError, TypeError) as err:  # another Triton's internals: do not guess
+        _warn_once(f"fused_rnn (triton): cannot read the split kernel's resources ({err})")
+        return False
     threads = 32 * num_warps
-    regs = max(1, int(getattr(compiled, "n_regs", spec.max_registers_per_thread)))
     shared = int(compiled.metadata.shared)
     per_sm = min(spec.max_blocks_per_sm, spec.max_threads_per_sm // threads,
-                 spec.registers_per_sm // (8 * _cdiv(regs, 8) * threads),
+                 spec.registers_per_sm // (8 * _cdiv(max(regs, 1), 8) * threads),
                  spec.shared_mem_per_sm // shared if shared else spec.max_blocks_per_sm)
     programs = grid[0] * grid[1] * grid[2]
     return programs <= per_sm * spec.sm_count

@@ -1,5 +1,8 @@
 """Variable domains for the search: an interval per variable plus an optional sorted value tuple,
 with a trail so backtracking undoes changes instead of copying the store at every node.
+
+Changes are announced as bound events in `changed`: 2*i when variable i's lower bound rose, 2*i+1
+when its upper bound fell, so a propagator can wake only on the bounds it reads.
 """
 from bisect import bisect_left, bisect_right
 
@@ -19,7 +22,7 @@ class DomainStore:
         self.hi = list(hi)
         self.vals = list(vals)
         self.trail = []
-        self.changed = []  # variables changed since the propagation queue last read this list
+        self.changed = []  # bound events (2i: lo rose, 2i+1: hi fell) not yet read by the queue
 
     def mark(self):
         """A point to undo back to."""
@@ -35,10 +38,6 @@ class DomainStore:
             vals[i] = old_vals
         self.changed.clear()
 
-    def _record(self, i):
-        self.trail.append((i, self.lo[i], self.hi[i], self.vals[i]))
-        self.changed.append(i)
-
     def set_lo(self, i, value):
         """Raise the lower bound of variable i to `value` (snapped up to the next allowed value)."""
         if value <= self.lo[i]:
@@ -47,7 +46,7 @@ class DomainStore:
             return False
         vs = self.vals[i]
         self.trail.append((i, self.lo[i], self.hi[i], vs))
-        self.changed.append(i)
+        self.changed.append(2 * i)
         if vs is not None:
             vs = vs[bisect_left(vs, value):]
             self.vals[i] = vs
@@ -63,7 +62,7 @@ class DomainStore:
             return False
         vs = self.vals[i]
         self.trail.append((i, self.lo[i], self.hi[i], vs))
-        self.changed.append(i)
+        self.changed.append(2 * i + 1)
         if vs is not None:
             vs = vs[:bisect_right(vs, value)]
             self.vals[i] = vs
@@ -83,7 +82,11 @@ class DomainStore:
                 return False
         if lo == hi:
             return True
-        self._record(i)
+        self.trail.append((i, lo, hi, vs))
+        if value > lo:
+            self.changed.append(2 * i)
+        if value < hi:
+            self.changed.append(2 * i + 1)
         self.lo[i] = self.hi[i] = value
         if vs is not None:
             self.vals[i] = (value,)
@@ -98,7 +101,16 @@ class DomainStore:
             return True
         if vs is None and len(allowed) == self.hi[i] - self.lo[i] + 1:
             return True
-        self._record(i)
+        lo, hi = self.lo[i], self.hi[i]
+        self.trail.append((i, lo, hi, vs))
+        if allowed[-1] < hi:
+            self.changed.append(2 * i + 1)
+            if allowed[0] > lo:
+                self.changed.append(2 * i)
+        else:
+            # a lower bound that rose, or only holes: value-set readers (Divides) watch both
+            # events of their variables, bound readers are merely woken once for nothing
+            self.changed.append(2 * i)
         self.vals[i] = allowed
         self.lo[i] = allowed[0]
         self.hi[i] = allowed[-1]

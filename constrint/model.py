@@ -16,6 +16,7 @@ class Solution:
     limit stopped the search with an incumbent), "infeasible" (proven: no solution), or "unknown"
     (the time limit passed before any solution was found).
     objective: the objective's value (None without an objective or without a solution).
+    stats: {"nodes": search nodes, "runs": propagator runs, "seconds": wall time of solve()}.
     sol[x] / sol["x"]: the value of a variable (LookupError without a solution).
     """
     __slots__ = ("status", "objective", "_values", "stats")
@@ -158,7 +159,7 @@ class Model:
                 search.cutoff = search.st.lo[flat.objective[0]] - 1
         except TimeUp:
             timed_out = True
-        stats = {"nodes": search.nodes, "seconds": time.perf_counter() - start}
+        stats = {"nodes": search.nodes, "runs": search.runs, "seconds": time.perf_counter() - start}
         if best is None:
             return Solution("unknown" if timed_out else "infeasible", stats=stats)
         return Solution("feasible" if timed_out else "optimal", best, best_obj, stats)

@@ -1,5 +1,7 @@
 """Propagators, one class per constraint kind. Each holds variable indices into a DomainStore,
-lists them in `watch`, and `propagate(st)` narrows domains, returning False when it proves the
+lists them in `watch` (and, where it reads only some bounds, the bound events that can make it
+narrow anything in `events`: 2*i for i's lower bound, 2*i+1 for its upper bound; without
+`events` it wakes on every change of a watched variable), and `propagate(st)` narrows domains, returning False when it proves the
 current node infeasible. Propagation is sound (never removes a value of a feasible point) and
 complete on fixed variables (a violated constraint with all its variables fixed always fails).
 """
@@ -13,12 +15,15 @@ def _ceil_div(a, b):
 
 class LinearLe:
     """sum(coefs[k] * x[idx[k]]) <= rhs."""
-    __slots__ = ("terms", "rhs", "watch")
+    __slots__ = ("terms", "rhs", "watch", "events")
 
     def __init__(self, idx, coefs, rhs):
         self.terms = tuple(zip(idx, coefs))
         self.rhs = rhs
         self.watch = tuple(idx)
+        # only the least sum matters: lower bounds of positive terms, upper bounds of negative
+        # ones (its own narrowing moves the other bounds, so it never wakes itself)
+        self.events = tuple(2 * i if a > 0 else 2 * i + 1 for i, a in self.terms)
 
     def propagate(self, st):
         lo, hi = st.lo, st.hi

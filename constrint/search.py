@@ -31,10 +31,13 @@ class Search:
         self.flat = flat
         self.st = DomainStore(flat.lo, flat.hi, flat.vals)
         self.props = flat.props
-        watchers = [[] for _ in flat.lo]
+        watchers = [[] for _ in range(2 * len(flat.lo))]  # per bound event (DomainStore)
         for k, prop in enumerate(self.props):
-            for i in set(prop.watch):
-                watchers[i].append(k)
+            events = getattr(prop, "events", None)
+            if events is None:
+                events = [e for i in prop.watch for e in (2 * i, 2 * i + 1)]
+            for e in sorted(set(events)):
+                watchers[e].append(k)
         self.watchers = [tuple(w) for w in watchers]
         self.in_queue = [False] * len(self.props)
         self.queue = deque()
@@ -45,6 +48,7 @@ class Search:
         self.cutoff = None  # objective atom must stay <= cutoff (set by branch and bound)
         self.deadline = deadline
         self.nodes = 0
+        self.runs = 0  # propagator runs, for measuring the search's work independent of load
 
     # ---- propagation ----------------------------------------------------------------------
     def _enqueue_changed(self):
@@ -64,14 +68,17 @@ class Search:
         changed = st.changed
         if changed:
             self._enqueue_changed()
+        runs = self.runs
         while queue:
             k = queue.popleft()
             in_queue[k] = False
+            runs += 1
             if not props[k].propagate(st):
                 for q in queue:
                     in_queue[q] = False
                 queue.clear()
                 changed.clear()
+                self.runs = runs
                 return False
             if changed:
                 for i in changed:
@@ -80,6 +87,7 @@ class Search:
                             in_queue[q] = True
                             queue.append(q)
                 changed.clear()
+        self.runs = runs
         return True
 
     def root(self):

@@ -190,7 +190,8 @@ def test_custom_ops_trace_under_torch_compile():
     from flashseq.kernels.fused_rnn.triton_function import fused_rnn_triton
 
     cell = get_cell("lstm")
-    wx, r, b, states = (x.float() for x in make_rnn_inputs(cell, 2, 3, 1, 16, seed=7, device=DEVICE))
+    inputs = make_rnn_inputs(cell, 2, 3, 1, 16, seed=7, device=DEVICE)
+    wx, r, b, states = (x.float() for x in inputs)
     lengths = torch.tensor([3, 1], device=DEVICE)
 
     def loss(wx, r, b, states):

@@ -50,7 +50,8 @@ def get_triton_cell(name: str) -> TritonCell:
     try:
         return TRITON_CELLS[name]
     except KeyError:
-        raise ValueError(f"cell={name!r} has no Triton functions; allowed: {sorted(TRITON_CELLS)}") from None
+        raise ValueError(f"cell={name!r} has no Triton functions; "
+                         f"allowed: {sorted(TRITON_CELLS)}") from None
 
 
 __all__ = ["TritonCell", "TRITON_CELLS", "get_triton_cell", "MAX_GATES", "MAX_STATES"]

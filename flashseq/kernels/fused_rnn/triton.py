@@ -25,7 +25,8 @@ def unavailable_reason(device):
         return None
     if device.type == "cpu" and _interpreting():
         return None
-    return f"triton runs on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1; got {device.type}"
+    return ("triton runs on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1; "
+            f"got {device.type}")
 
 
 def unsupported_reason(problem):

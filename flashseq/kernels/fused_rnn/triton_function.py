@@ -165,7 +165,8 @@ def fused_rnn_fwd_split(wx, r, b, states, lengths, cell, plan: FusedRNNPlan, sav
         for t in range(T):
             fused_rnn_fwd_kernel_split[grid](*common, t, t + 1, B, T, NH, DH, SYNC=False, **meta,
                                              **launch)
-    last = s_buf[T if save else T % 2].to(wx.dtype, copy=True)  # must not alias s_buf (custom op rule)
+    # a copy: a custom op's outputs must not alias each other (s_buf is returned too)
+    last = s_buf[T if save else T % 2].to(wx.dtype, copy=True)
     return h, last, rh_st, (s_buf if save else s_buf.new_empty(0))
 
 

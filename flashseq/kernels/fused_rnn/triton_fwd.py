@@ -130,7 +130,8 @@ def fused_rnn_fwd_kernel(
         tl.store(H + o_h[:, None] + o_d[None, :], b_out.to(H.dtype.element_ty), mask=m_bd)
         if SAVE:
             _store_gates(RH_ST, o_wx, o_d, m_bd, hd, G, b_rh0, b_rh1, b_rh2, b_rh3)
-            _store_states(S_ST + (t + 1) * S * state_size, o_state, o_d, m_bd, state_size, S, n0, n1, n2, n3)
+            _store_states(S_ST + (t + 1) * S * state_size, o_state, o_d, m_bd, state_size, S,
+                          n0, n1, n2, n3)
         b_s0 = n0
         b_s1 = n1
         b_s2 = n2

@@ -4,8 +4,20 @@ narrow anything in `events`: 2*i for i's lower bound, 2*i+1 for its upper bound;
 `events` it wakes on every change of a watched variable), and `propagate(st)` narrows domains, returning False when it proves the
 current node infeasible. Propagation is sound (never removes a value of a feasible point) and
 complete on fixed variables (a violated constraint with all its variables fixed always fails).
+
+A propagator with `idempotent = True` repeats its own narrowing until it is at its own fixed point,
+so the queue does not wake it for the changes it made itself (a third of all runs were such
+re-runs finding nothing); it returns AGAIN instead of True when it stopped after _MAX_PASSES.
 """
 from functools import lru_cache
+
+
+# Returned by an idempotent propagator that stopped short of its own fixed point (truthy: no
+# failure found); the queue then runs it again later.
+AGAIN = 2
+# Passes an idempotent propagator makes before handing back to the queue: bounds on wide ranges
+# can creep (2x - 2y == 1 shrinks them by one a pass), and other propagators may fail sooner.
+_MAX_PASSES = 8
 
 
 def _ceil_div(a, b):
@@ -16,6 +28,7 @@ def _ceil_div(a, b):
 class LinearLe:
     """sum(coefs[k] * x[idx[k]]) <= rhs."""
     __slots__ = ("terms", "rhs", "watch", "events")
+    idempotent = True  # narrowing moves only bounds the least sum does not read
 
     def __init__(self, idx, coefs, rhs):
         self.terms = tuple(zip(idx, coefs))
@@ -44,8 +57,9 @@ class LinearLe:
 
 
 class LinearEq:
-    """sum(coefs[k] * x[idx[k]]) == rhs, bounds in both directions in one pass."""
+    """sum(coefs[k] * x[idx[k]]) == rhs, bounds in both directions, repeated to its fixed point."""
     __slots__ = ("terms", "rhs", "watch")
+    idempotent = True
 
     def __init__(self, idx, coefs, rhs):
         self.terms = tuple(zip(idx, coefs))
@@ -53,43 +67,48 @@ class LinearEq:
         self.watch = tuple(idx)
 
     def propagate(self, st):
-        lo, hi = st.lo, st.hi
+        lo, hi, trail = st.lo, st.hi, st.trail
         terms = self.terms
-        least = most = 0
-        for i, a in terms:
-            if a > 0:
-                least += a * lo[i]
-                most += a * hi[i]
-            else:
-                least += a * hi[i]
-                most += a * lo[i]
         rhs = self.rhs
-        up = rhs - least      # room above the least sum
-        down = most - rhs     # room below the largest sum
-        if up < 0 or down < 0:
-            return False
-        if (most - least) <= (up if up < down else down):
-            return True  # no term's range exceeds the room on either side
-        for i, a in terms:
-            # each narrowing only shrinks `up`/`down` for later terms, so reading lo/hi afresh
-            # stays sound; a second pass is left to the queue.
-            if a > 0:
-                if (hi[i] - lo[i]) * a > up and not st.set_hi(i, lo[i] + up // a):
-                    return False
-                if (hi[i] - lo[i]) * a > down and not st.set_lo(i, hi[i] - down // a):
-                    return False
-            else:
-                b = -a
-                if (hi[i] - lo[i]) * b > up and not st.set_lo(i, hi[i] - up // b):
-                    return False
-                if (hi[i] - lo[i]) * b > down and not st.set_hi(i, lo[i] + down // b):
-                    return False
-        return True
+        for _ in range(_MAX_PASSES):
+            least = most = 0
+            for i, a in terms:
+                if a > 0:
+                    least += a * lo[i]
+                    most += a * hi[i]
+                else:
+                    least += a * hi[i]
+                    most += a * lo[i]
+            up = rhs - least      # room above the least sum
+            down = most - rhs     # room below the largest sum
+            if up < 0 or down < 0:
+                return False
+            if (most - least) <= (up if up < down else down):
+                return True  # no term's range exceeds the room on either side
+            mark = len(trail)
+            for i, a in terms:
+                # each narrowing only shrinks `up`/`down` for later terms, so reading lo/hi
+                # afresh stays sound
+                if a > 0:
+                    if (hi[i] - lo[i]) * a > up and not st.set_hi(i, lo[i] + up // a):
+                        return False
+                    if (hi[i] - lo[i]) * a > down and not st.set_lo(i, hi[i] - down // a):
+                        return False
+                else:
+                    b = -a
+                    if (hi[i] - lo[i]) * b > up and not st.set_lo(i, hi[i] - up // b):
+                        return False
+                    if (hi[i] - lo[i]) * b > down and not st.set_hi(i, lo[i] + down // b):
+                        return False
+            if len(trail) == mark:
+                return True
+        return AGAIN
 
 
 class LinearEq2:
     """a * x + b * y == rhs: the common two-term case of LinearEq (e.g. aux == 8 * x + 3)."""
     __slots__ = ("x", "a", "y", "b", "rhs", "watch")
+    idempotent = True
 
     def __init__(self, idx, coefs, rhs):
         (self.x, self.y), (self.a, self.b) = idx, coefs
@@ -99,25 +118,33 @@ class LinearEq2:
     def propagate(self, st):
         lo, hi = st.lo, st.hi
         x, y, a, b, rhs = self.x, self.y, self.a, self.b, self.rhs
-        # x = (rhs - b*y) / a over y's bounds, then y against the narrowed x; a third round,
-        # if needed, is left to the queue
-        for _ in range(2):
+        # x = (rhs - b*y) / a over y's bounds, then y against the narrowed x, and so on: once a
+        # step after the first narrows nothing, the next one would read unchanged bounds
+        for step in range(2 * _MAX_PASSES):
             r1, r2 = rhs - b * lo[y], rhs - b * hi[y]
             if a > 0:
                 new_lo, new_hi = -(-min(r1, r2) // a), max(r1, r2) // a
             else:
                 new_lo, new_hi = -(-max(r1, r2) // a), min(r1, r2) // a
-            if new_lo > lo[x] and not st.set_lo(x, new_lo):
-                return False
-            if new_hi < hi[x] and not st.set_hi(x, new_hi):
-                return False
+            narrowed = False
+            if new_lo > lo[x]:
+                if not st.set_lo(x, new_lo):
+                    return False
+                narrowed = True
+            if new_hi < hi[x]:
+                if not st.set_hi(x, new_hi):
+                    return False
+                narrowed = True
+            if step and not narrowed:
+                return True
             x, y, a, b = y, x, b, a
-        return True
+        return AGAIN
 
 
 class LinearNe:
     """sum(coefs[k] * x[idx[k]]) != rhs: acts once at most one variable is unfixed."""
     __slots__ = ("terms", "rhs", "watch")
+    idempotent = True  # removing the one forbidden value leaves nothing more to do
 
     def __init__(self, idx, coefs, rhs):
         self.terms = tuple(zip(idx, coefs))
@@ -147,6 +174,7 @@ class LinearNe:
 class ProductNonneg:
     """out == x1 * ... * xk where no factor can be negative (the tiling models' case)."""
     __slots__ = ("out", "factors", "watch")
+    idempotent = True
 
     def __init__(self, out, factors):
         self.out = out
@@ -154,11 +182,43 @@ class ProductNonneg:
         self.watch = (out,) + self.factors
 
     def propagate(self, st):
-        lo, hi = st.lo, st.hi
+        if len(self.factors) == 2:
+            return self._propagate2(st)
+        lo, hi, trail = st.lo, st.hi, st.trail
         factors = self.factors
         out = self.out
-        if len(factors) == 2:
-            x, y = factors
+        for _ in range(_MAX_PASSES):
+            plo = phi = 1
+            for i in factors:
+                plo *= lo[i]
+                phi *= hi[i]
+            if plo > lo[out] and not st.set_lo(out, plo):
+                return False
+            if phi < hi[out] and not st.set_hi(out, phi):
+                return False
+            olo, ohi = lo[out], hi[out]
+            if olo == plo and ohi == phi:
+                return True
+            mark = len(trail)
+            for pos, i in enumerate(factors):
+                # bounds of the other factors' product, from the bounds at entry (still valid:
+                # narrowing earlier factors only makes these looser, never wrong)
+                xl, xh = lo[i], hi[i]
+                rest_lo = plo // xl if xl else _product_except(lo, factors, pos)
+                rest_hi = phi // xh if xh else 0
+                if rest_hi and olo > xl * rest_hi and not st.set_lo(i, -(-olo // rest_hi)):
+                    return False
+                if rest_lo and ohi < xh * rest_lo and not st.set_hi(i, ohi // rest_lo):
+                    return False
+            if len(trail) == mark:
+                return True  # factors unchanged: out's bounds from them are as computed
+        return AGAIN
+
+    def _propagate2(self, st):
+        lo, hi, trail = st.lo, st.hi, st.trail
+        out = self.out
+        x, y = self.factors
+        for _ in range(_MAX_PASSES):
             xl, xh, yl, yh = lo[x], hi[x], lo[y], hi[y]
             plo, phi = xl * yl, xh * yh
             if plo > lo[out] and not st.set_lo(out, plo):
@@ -168,6 +228,7 @@ class ProductNonneg:
             olo, ohi = lo[out], hi[out]
             if olo == plo and ohi == phi:
                 return True
+            mark = len(trail)
             # x in [olo / yh, ohi / yl], then y against the narrowed x
             if yh and olo > xl * yh and not st.set_lo(x, -(-olo // yh)):
                 return False
@@ -178,29 +239,9 @@ class ProductNonneg:
                 return False
             if xl and ohi < yh * xl and not st.set_hi(y, ohi // xl):
                 return False
-            return True
-        plo = phi = 1
-        for i in factors:
-            plo *= lo[i]
-            phi *= hi[i]
-        if plo > lo[out] and not st.set_lo(out, plo):
-            return False
-        if phi < hi[out] and not st.set_hi(out, phi):
-            return False
-        olo, ohi = lo[out], hi[out]
-        if olo == plo and ohi == phi:
-            return True
-        for pos, i in enumerate(factors):
-            # bounds of the other factors' product, from the bounds at entry (still valid:
-            # narrowing earlier factors only makes these looser, never wrong)
-            xl, xh = lo[i], hi[i]
-            rest_lo = plo // xl if xl else _product_except(lo, factors, pos)
-            rest_hi = phi // xh if xh else 0
-            if rest_hi and olo > xl * rest_hi and not st.set_lo(i, -(-olo // rest_hi)):
-                return False
-            if rest_lo and ohi < xh * rest_lo and not st.set_hi(i, ohi // rest_lo):
-                return False
-        return True
+            if len(trail) == mark:
+                return True
+        return AGAIN
 
 
 def _product_except(bounds, factors, skip):
@@ -253,6 +294,7 @@ class Product:
 class CeilDiv:
     """out == ceil(num / den) with den > 0 (checked when the model is flattened)."""
     __slots__ = ("out", "num", "den", "watch")
+    idempotent = True
 
     def __init__(self, out, num, den):
         self.out = out
@@ -261,36 +303,40 @@ class CeilDiv:
         self.watch = (out, num, den)
 
     def propagate(self, st):
-        lo, hi = st.lo, st.hi
+        lo, hi, trail = st.lo, st.hi, st.trail
         out, num, den = self.out, self.num, self.den
-        n_lo, n_hi, d_lo, d_hi = lo[num], hi[num], lo[den], hi[den]
-        # ceil(n/d) rises with n, and with d it falls for n >= 0 and rises for n < 0
-        z_lo = -(-n_lo // (d_hi if n_lo >= 0 else d_lo))
-        z_hi = -(-n_hi // (d_lo if n_hi >= 0 else d_hi))
-        if z_lo > lo[out] and not st.set_lo(out, z_lo):
-            return False
-        if z_hi < hi[out] and not st.set_hi(out, z_hi):
-            return False
-        if z_lo == lo[out] and z_hi == hi[out] and d_lo == d_hi:
-            return True  # a constant divisor: n's bounds already give exactly out's bounds
-        z_lo, z_hi = lo[out], hi[out]
-        # out = ceil(n/d)  <=>  (out - 1) * d + 1 <= n <= out * d
-        bound = (z_lo - 1) * (d_lo if z_lo >= 1 else d_hi) + 1
-        if bound > n_lo and not st.set_lo(num, bound):
-            return False
-        bound = z_hi * (d_hi if z_hi >= 0 else d_lo)
-        if bound < n_hi and not st.set_hi(num, bound):
-            return False
-        n_lo, n_hi = lo[num], hi[num]
-        if z_lo > 0:  # d >= n / out
-            bound = -(-n_lo // (z_hi if n_lo >= 0 else z_lo))
-            if bound > d_lo and not st.set_lo(den, bound):
+        for _ in range(_MAX_PASSES):
+            n_lo, n_hi, d_lo, d_hi = lo[num], hi[num], lo[den], hi[den]
+            # ceil(n/d) rises with n, and with d it falls for n >= 0 and rises for n < 0
+            z_lo = -(-n_lo // (d_hi if n_lo >= 0 else d_lo))
+            z_hi = -(-n_hi // (d_lo if n_hi >= 0 else d_hi))
+            if z_lo > lo[out] and not st.set_lo(out, z_lo):
                 return False
-        if z_lo > 1:  # d <= (n - 1) / (out - 1)
-            bound = (n_hi - 1) // ((z_lo if n_hi >= 1 else z_hi) - 1)
-            if bound < hi[den] and not st.set_hi(den, bound):
+            if z_hi < hi[out] and not st.set_hi(out, z_hi):
                 return False
-        return True
+            if z_lo == lo[out] and z_hi == hi[out] and d_lo == d_hi:
+                return True  # a constant divisor: n's bounds already give exactly out's bounds
+            z_lo, z_hi = lo[out], hi[out]
+            mark = len(trail)
+            # out = ceil(n/d)  <=>  (out - 1) * d + 1 <= n <= out * d
+            bound = (z_lo - 1) * (d_lo if z_lo >= 1 else d_hi) + 1
+            if bound > n_lo and not st.set_lo(num, bound):
+                return False
+            bound = z_hi * (d_hi if z_hi >= 0 else d_lo)
+            if bound < n_hi and not st.set_hi(num, bound):
+                return False
+            n_lo, n_hi = lo[num], hi[num]
+            if z_lo > 0:  # d >= n / out
+                bound = -(-n_lo // (z_hi if n_lo >= 0 else z_lo))
+                if bound > d_lo and not st.set_lo(den, bound):
+                    return False
+            if z_lo > 1:  # d <= (n - 1) / (out - 1)
+                bound = (n_hi - 1) // ((z_lo if n_hi >= 1 else z_hi) - 1)
+                if bound < hi[den] and not st.set_hi(den, bound):
+                    return False
+            if len(trail) == mark:
+                return True  # num and den unchanged: out's bounds from them are as computed
+        return AGAIN
 
 
 # trial division up to sqrt(2^40) = 2^20 steps (~0.1 s, once per value thanks to the cache)

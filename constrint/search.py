@@ -39,6 +39,8 @@ class Search:
             for e in sorted(set(events)):
                 watchers[e].append(k)
         self.watchers = [tuple(w) for w in watchers]
+        self.funcs = [prop.propagate for prop in self.props]
+        self.idempotent = [getattr(prop, "idempotent", False) for prop in self.props]
         self.in_queue = [False] * len(self.props)
         self.queue = deque()
         free = tuple(i for i in range(flat.n_model) if i not in flat.defined)
@@ -69,11 +71,17 @@ class Search:
         if changed:
             self._enqueue_changed()
         runs = self.runs
+        funcs, idempotent = self.funcs, self.idempotent
         while queue:
             k = queue.popleft()
-            in_queue[k] = False
+            # an idempotent propagator leaves itself at its own fixed point, so its own changes
+            # must not wake it again: it stays marked as queued while they are dispatched
+            idem = idempotent[k]
+            in_queue[k] = idem
             runs += 1
-            if not props[k].propagate(st):
+            result = funcs[k](st)
+            if not result:
+                in_queue[k] = False
                 for q in queue:
                     in_queue[q] = False
                 queue.clear()
@@ -87,6 +95,11 @@ class Search:
                             in_queue[q] = True
                             queue.append(q)
                 changed.clear()
+            if idem:
+                if result is True:
+                    in_queue[k] = False
+                else:  # AGAIN: it stopped short of its fixed point
+                    queue.append(k)
         self.runs = runs
         return True
 

@@ -1,5 +1,6 @@
-"""``backend="triton"``: persistent Triton kernels (``triton_fwd``, ``triton_bwd``), with a
-per-step path for heads too large for one program (``triton_tiles`` decides).
+"""``backend="triton"``: persistent Triton kernels (``triton_fwd``, ``triton_bwd``) and, for heads
+too large for one program, split-head kernels (``triton_split``, ``triton_split_bwd``) run with
+a per-step barrier or one launch per step; ``plan.plan_fused_rnn`` decides (``triton_function``).
 
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests).
 Triton itself is imported only when a call runs, so ``import flashseq`` never imports it.

@@ -1,20 +1,15 @@
 """Forward Triton kernels of ``fused_rnn`` (layouts: see the ``fused_rnn`` docstring).
 
-``fused_rnn_fwd_kernel``: persistent. One program per (batch tile, head) runs all T steps and
-keeps the head's recurrent weights r[:, n] ([G, DHP, DHP]) and its states in registers; per step
-it loads wx[:, t], does G products [BB, DHP] x [DHP, DHP] with tl.dot (fp32 accumulation),
-applies the cell's pointwise function and stores h_t.
-
-``fused_rnn_fwd_kernel_step``: one launch per time step, for heads whose weights do not fit one
-program. Programs split the head into column tiles of BH units, loop over the previous h in
-chunks of BK (weights streamed from global memory / L2) and exchange h_t through the state
-buffer in global memory; the launch boundary is the per-step barrier, which also makes this
-path safe under TRITON_INTERPRET=1 (where programs run one after another).
+``fused_rnn_fwd_kernel`` (path "fused"): persistent. One program per (batch tile, head) runs
+all T steps and keeps the head's recurrent weights r[:, n] ([G, DHP, DHP]) on chip (loaded once;
+the compiler stages them in shared memory / registers) and its states in registers; per step it
+loads wx[:, t], does G products [BB, DHP] x [DHP, DHP] with tl.dot (fp32 accumulation), applies
+the cell's pointwise function and stores h_t. Heads split over programs: ``triton_split``.
 
 What the backward needs is stored, not recomputed (``SAVE``): rh_t = h_{t-1} @ r + b per gate
 ([B, T, G, NH, DH] fp32) and the states before/after every step ([T+1, S, B, NH, DH] fp32).
 Recomputing rh would put a second sequence of dependent GEMMs on the backward's critical path;
-storing costs (G + S) * 4 bytes per (b, t, unit), which the launcher accounts for.
+storing costs (G + S) * 4 bytes per (b, t, unit) while training (nothing extra in inference).
 
 Internally the head is padded to DHP = next power of two >= 16 (tl.dot's minimum) with masks;
 padded lanes hold finite values (zero weights, zero inputs) so they never leak NaN into dots.

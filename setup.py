@@ -29,6 +29,8 @@ else:
             depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h"))
                            + glob.glob(os.path.join("csrc", "cells", "*.h"))),
             extra_compile_args=list(_jit.compile_flags()),
+            # lets flashseq/_jit.py tell this build from a stale one after the sources change
+            define_macros=[("FLASHSEQ_SOURCE_KEY", _jit.build_key())],
         ))
         cmdclass["build_ext"] = BuildExtension
 

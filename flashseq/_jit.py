@@ -1,8 +1,8 @@
 """The compiled CPU extension: ``flashseq._C`` if it was built at install, else built on first use.
 
 ``pip install --no-build-isolation -e .`` builds ``flashseq._C`` from csrc/cpu/ (setup.py). When
-that module is missing or does not load (installed without torch at build time, or a different
-torch since), the same sources are compiled with ``torch.utils.cpp_extension.load`` into
+that module is missing, does not load (installed without torch at build time) or is stale (its
+``source_key`` is not this build key: sources edited or torch changed since), the same sources are compiled with ``torch.utils.cpp_extension.load`` into
 ``$FLASHSEQ_CACHE_DIR`` (default ``~/.cache/flashseq``), under ``cpu_ext/<key>`` where the key
 hashes the torch version, the compiler flags and every source file, so a changed source or torch
 never reuses a stale build. A file lock serialises concurrent builds; a cached build that fails
@@ -97,10 +97,14 @@ def _load():
     """(module, None) on success, (None, error message) otherwise; tried once per process."""
     try:
         from flashseq import _C  # built by setup.py
-
-        return _C, None
     except ImportError as err:
         install_error = err
+    else:
+        # Trust it when it was built from these sources with this torch, or when the sources are
+        # not shipped (nothing to compare with, nothing to rebuild from).
+        if not _sources()[0] or getattr(_C, "source_key", "") == build_key():
+            return _C, None
+        install_error = "it was built from other sources or another torch (stale)"
     try:
         return _jit_build(), None
     except Exception as err:  # any build failure makes the backend unavailable, never a crash

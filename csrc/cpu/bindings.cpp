@@ -6,8 +6,19 @@
 #include "fused_rnn_cpu.h"
 #include "step_gemm.h"
 
+// setup.py passes the build key of flashseq/_jit.py (torch version, flags, sources) so that an
+// install-time build left over after the sources changed is recognised as stale and not used.
+#define FLASHSEQ_STRINGIFY_(x) #x
+#define FLASHSEQ_STRINGIFY(x) FLASHSEQ_STRINGIFY_(x)
+#if defined(FLASHSEQ_SOURCE_KEY)
+constexpr const char* kSourceKey = FLASHSEQ_STRINGIFY(FLASHSEQ_SOURCE_KEY);
+#else
+constexpr const char* kSourceKey = "";
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashseq compiled CPU kernels";
+  m.attr("source_key") = kSourceKey;
   m.def("fused_rnn_forward", &flashseq::cpu::fused_rnn_forward,
         "fused_rnn forward: (wx, r, b, states, lengths, cell, save) -> "
         "(h, last_states, saved_gates, saved_states)",

@@ -32,7 +32,10 @@ class Search:
         self.st = DomainStore(flat.lo, flat.hi, flat.vals)
         self.props = flat.props
         watchers = [[] for _ in range(2 * len(flat.lo))]  # per bound event (DomainStore)
+        self.degree = [0] * len(flat.lo)  # propagators reading each variable (branching order)
         for k, prop in enumerate(self.props):
+            for i in set(prop.watch):
+                self.degree[i] += 1
             events = getattr(prop, "events", None)
             if events is None:
                 events = [e for i in prop.watch for e in (2 * i, 2 * i + 1)]
@@ -118,15 +121,20 @@ class Search:
 
         Free variables go before those an equality defines (Flat.defined). Within each group,
         among variables with an enumerable domain (a value set, or a range of at most
-        _ENUMERATE_RANGE values) the one with the MOST values goes first; wide ranges, bisected,
-        come after them, smallest first (they are often fixed by propagation by then).
+        _ENUMERATE_RANGE values) the one in the MOST constraints (propagators watching it) goes
+        first, and among those the one with the most values; wide ranges, bisected, come after
+        them, smallest first (they are often fixed by propagation by then).
         Measured on the 62 fused_rnn plan models: largest-enumerable-first needs 111k propagator
-        runs and 631 nodes in total, smallest-domain-first 232k runs and 1090 nodes.
+        runs and 631 nodes in total, smallest-domain-first 232k runs and 1090 nodes. Putting the
+        most-constrained variable first (a tiling size read by both a grid count and a per-block
+        cost, say) lets the objective's interval bound prune earlier: on 32 fused_rnn + 18
+        linear_scan plan models and 5 FlashRNN-sized ones, 126k -> 82k runs (scan 70k -> 34k).
         """
         st = self.st
         lo, hi, vals = st.lo, st.hi, st.vals
+        degree = self.degree
         for group in self.decision_groups:
-            best, best_size = None, 0
+            best, best_degree, best_size = None, -1, 0
             wide, wide_size = None, None
             for i in group:
                 a, b = lo[i], hi[i]
@@ -141,8 +149,9 @@ class Search:
                     if wide is None or b - a < wide_size:
                         wide, wide_size = i, b - a
                     continue
-                if size > best_size:
-                    best, best_size = i, size
+                d = degree[i]
+                if d > best_degree or (d == best_degree and size > best_size):
+                    best, best_degree, best_size = i, d, size
             if best is not None:
                 return best
             if wide is not None:

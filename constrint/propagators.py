@@ -70,36 +70,45 @@ class LinearEq:
         lo, hi, trail = st.lo, st.hi, st.trail
         terms = self.terms
         rhs = self.rhs
+        least = most = 0
+        for i, a in terms:
+            if a > 0:
+                least += a * lo[i]
+                most += a * hi[i]
+            else:
+                least += a * hi[i]
+                most += a * lo[i]
+        up = rhs - least      # room above the least sum
+        down = most - rhs     # room below the largest sum
+        if up < 0 or down < 0:
+            return False
         for _ in range(_MAX_PASSES):
-            least = most = 0
-            for i, a in terms:
-                if a > 0:
-                    least += a * lo[i]
-                    most += a * hi[i]
-                else:
-                    least += a * hi[i]
-                    most += a * lo[i]
-            up = rhs - least      # room above the least sum
-            down = most - rhs     # room below the largest sum
-            if up < 0 or down < 0:
-                return False
-            if (most - least) <= (up if up < down else down):
-                return True  # no term's range exceeds the room on either side
             mark = len(trail)
             for i, a in terms:
-                # each narrowing only shrinks `up`/`down` for later terms, so reading lo/hi
-                # afresh stays sound
+                # `up` and `down` follow every narrowing, so later terms see the room left (a
+                # room below zero makes the next narrowing empty a domain: infeasible)
+                l, h = lo[i], hi[i]
                 if a > 0:
-                    if (hi[i] - lo[i]) * a > up and not st.set_hi(i, lo[i] + up // a):
-                        return False
-                    if (hi[i] - lo[i]) * a > down and not st.set_lo(i, hi[i] - down // a):
-                        return False
+                    if (h - l) * a > up:
+                        if not st.set_hi(i, l + up // a):
+                            return False
+                        down -= a * (h - hi[i])
+                        h = hi[i]
+                    if (h - l) * a > down:
+                        if not st.set_lo(i, h - down // a):
+                            return False
+                        up -= a * (lo[i] - l)
                 else:
                     b = -a
-                    if (hi[i] - lo[i]) * b > up and not st.set_lo(i, hi[i] - up // b):
-                        return False
-                    if (hi[i] - lo[i]) * b > down and not st.set_hi(i, lo[i] + down // b):
-                        return False
+                    if (h - l) * b > up:
+                        if not st.set_lo(i, h - up // b):
+                            return False
+                        down -= b * (lo[i] - l)
+                        l = lo[i]
+                    if (h - l) * b > down:
+                        if not st.set_hi(i, l + down // b):
+                            return False
+                        up -= b * (h - hi[i])
             if len(trail) == mark:
                 return True
         return AGAIN

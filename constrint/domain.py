@@ -38,6 +38,22 @@ class DomainStore:
             vals[i] = old_vals
         self.changed.clear()
 
+    def domains_since(self, mark):
+        """[(i, lo, hi, vals)] now, of every variable changed since `mark` (for replay)."""
+        lo, hi, vals = self.lo, self.hi, self.vals
+        changed = {entry[0] for entry in self.trail[mark:]}
+        return [(i, lo[i], hi[i], vals[i]) for i in changed]
+
+    def replay(self, domains):
+        """Set the domains saved by domains_since (recorded on the trail, announcing no events:
+        they were a fixed point of the propagators when saved)."""
+        trail, lo, hi, vals = self.trail, self.lo, self.hi, self.vals
+        for i, new_lo, new_hi, new_vals in domains:
+            trail.append((i, lo[i], hi[i], vals[i]))
+            lo[i] = new_lo
+            hi[i] = new_hi
+            vals[i] = new_vals
+
     def set_lo(self, i, value):
         """Raise the lower bound of variable i to `value` (snapped up to the next allowed value)."""
         if value <= self.lo[i]:

@@ -51,6 +51,9 @@ class Search:
         self.prefer = flat.value_preference()
         self.objective_atom = flat.objective[0] if flat.objective else None
         self.cutoff = None  # objective atom must stay <= cutoff (set by branch and bound)
+        # (variable, alternative) -> domains its probe propagated to (DomainStore.domains_since);
+        # each is used once, when the search enters that branch
+        self.probed = {}
         self.deadline = deadline
         self.nodes = 0
         self.runs = 0  # propagator runs, for measuring the search's work independent of load
@@ -172,8 +175,17 @@ class Search:
         return [high, low] if high_first else [low, high]
 
     def _apply(self, i, alt):
-        kind, v = alt
         st = self.st
+        if self.probed:
+            domains = self.probed.pop((i, alt), None)
+            if domains is not None:
+                # the fixed point this branch reached when probed: set it again instead of
+                # propagating again; a cutoff tightened since then still propagates below
+                st.replay(domains)
+                if self.cutoff is not None and st.hi[self.objective_atom] > self.cutoff:
+                    return st.set_hi(self.objective_atom, self.cutoff) and self.propagate()
+                return True
+        kind, v = alt
         if kind == 0:
             ok = st.fix(i, v)
         elif kind == 1:
@@ -193,6 +205,7 @@ class Search:
         for alt in alts:
             if self._apply(i, alt):
                 scored.append((st.lo[obj], len(scored), alt))
+                self.probed[(i, alt)] = st.domains_since(mark)
             st.undo(mark)
         scored.sort()
         return [alt for _, _, alt in scored]

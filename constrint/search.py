@@ -32,16 +32,20 @@ class Search:
         self.st = DomainStore(flat.lo, flat.hi, flat.vals)
         self.props = flat.props
         watchers = [[] for _ in range(2 * len(flat.lo))]  # per bound event (DomainStore)
-        self.degree = [0] * len(flat.lo)  # propagators reading each variable (branching order)
+        degree = [0] * len(flat.lo)  # propagators reading each variable (branching order)
         for k, prop in enumerate(self.props):
-            for i in set(prop.watch):
-                self.degree[i] += 1
+            watch = set(prop.watch)
             events = getattr(prop, "events", None)
-            if events is None:
-                events = [e for i in prop.watch for e in (2 * i, 2 * i + 1)]
-            for e in sorted(set(events)):
-                watchers[e].append(k)
-        self.watchers = [tuple(w) for w in watchers]
+            for i in watch:
+                degree[i] += 1
+                if events is None:
+                    watchers[2 * i].append(k)
+                    watchers[2 * i + 1].append(k)
+            if events is not None:
+                for e in set(events):
+                    watchers[e].append(k)
+        self.degree = degree
+        self.watchers = watchers
         self.funcs = [prop.propagate for prop in self.props]
         self.idempotent = [getattr(prop, "idempotent", False) for prop in self.props]
         self.in_queue = [False] * len(self.props)

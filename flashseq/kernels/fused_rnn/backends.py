@@ -36,10 +36,15 @@ AUTO_ORDER = {
 }
 
 _warned: set = set()
+_loaded: dict = {}
 
 
 def load(name: str):
-    return importlib.import_module(BACKEND_MODULES[name])
+    # Cached so dispatch is plain dict lookups, which torch.compile traces without a graph break.
+    module = _loaded.get(name)
+    if module is None:
+        module = _loaded[name] = importlib.import_module(BACKEND_MODULES[name])
+    return module
 
 
 def unavailable_reason(name: str, device: torch.device) -> str | None:
@@ -68,7 +73,31 @@ def _warn_once(message: str):
 
 
 def choose(backend: str, problem: Problem):
-    """The module that runs ``problem``: the named one, or ``"auto"``'s first that can.
+    """The module that runs ``problem`` (see ``choose_name``)."""
+    sizes = (problem.batch, problem.steps, problem.heads, problem.head_dim)
+    if torch.compiler.is_compiling() and all(type(v) is int for v in sizes):
+        # Decided once at trace time from plain values: the availability checks (extension
+        # builds, imports) are not traceable, and their answer is a constant of the graph.
+        # Symbolic sizes (dynamic=True) take the eager path below, which breaks the graph.
+        name = _choose_name_constant(backend, problem.cell.name, *sizes, problem.dtype,
+                                     str(problem.device), problem.has_lengths, problem.needs_grad)
+        return _loaded[name]
+    return load(choose_name(backend, problem))
+
+
+@torch.compiler.assume_constant_result
+def _choose_name_constant(backend, cell_name, batch, steps, heads, head_dim, dtype, device,
+                          has_lengths, needs_grad) -> str:
+    from flashseq.cells import get_cell
+    problem = Problem(get_cell(cell_name), batch, steps, heads, head_dim, dtype,
+                      torch.device(device), has_lengths, needs_grad)
+    name = choose_name(backend, problem)
+    load(name)
+    return name
+
+
+def choose_name(backend: str, problem: Problem) -> str:
+    """The back end that runs ``problem``: the named one, or ``"auto"``'s first that can.
 
     A named back end that cannot run raises ``NotImplementedError`` saying why. ``"auto"`` skips
     a faster back end that cannot serve the call and says so once per reason (a warning).
@@ -81,7 +110,7 @@ def choose(backend: str, problem: Problem):
         reason = unavailable_reason(backend, problem.device) or load(backend).unsupported_reason(problem)
         if reason:
             raise NotImplementedError(f"fused_rnn backend {backend!r} cannot run this call: {reason}")
-        return load(backend)
+        return backend
     skipped = []
     for name in AUTO_ORDER.get(problem.device.type, ("reference",)):
         reason = unavailable_reason(name, problem.device) or load(name).unsupported_reason(problem)
@@ -89,6 +118,6 @@ def choose(backend: str, problem: Problem):
             if skipped:
                 _warn_once(f"flashseq.ops.fused_rnn: falling back to backend {name!r} "
                            f"({'; '.join(skipped)})")
-            return load(name)
+            return name
         skipped.append(f"{name}: {reason}")
     raise RuntimeError("no fused_rnn backend can run this call: " + "; ".join(skipped))

@@ -127,10 +127,10 @@ class Flat:
         cached = self._poly_cache.get(key)
         if cached is not None:
             return cached[1]
-        if isinstance(expr, Const):
-            out = {(): expr.value} if expr.value else {}
-        elif isinstance(expr, Var):
+        if isinstance(expr, Var):
             out = {(expr.index,): 1}
+        elif isinstance(expr, Const):
+            out = {(): expr.value} if expr.value else {}
         elif isinstance(expr, Sum):
             out = {(): expr.const} if expr.const else {}
             for coef, sub in expr.items:
@@ -138,8 +138,11 @@ class Flat:
                     out[mono] = out.get(mono, 0) + coef * c
             out = {m: c for m, c in out.items() if c}
         elif isinstance(expr, Product):
-            out = {(): 1}
-            for factor in expr.factors:
+            factors = expr.factors
+            out = self._poly(factors[0])
+            if len(out) > _MAX_EXPANSION:  # as 1 * first factor: too long, one atom
+                out = self._multiply({(): 1}, out)
+            for factor in factors[1:]:
                 out = self._multiply(out, self._poly(factor))
         elif isinstance(expr, CDiv):
             out = {(self._cdiv_atom(expr),): 1}
@@ -157,7 +160,7 @@ class Flat:
         out = {}
         for m1, c1 in p.items():
             for m2, c2 in q.items():
-                mono = tuple(sorted(m1 + m2))
+                mono = tuple(sorted(m1 + m2)) if m1 and m2 else m1 or m2
                 out[mono] = out.get(mono, 0) + c1 * c2
         return {m: c for m, c in out.items() if c}
 

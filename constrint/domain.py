@@ -31,8 +31,9 @@ class DomainStore:
     def undo(self, mark):
         """Restore every domain changed since `mark`."""
         trail, lo, hi, vals = self.trail, self.lo, self.hi, self.vals
-        while len(trail) > mark:
-            i, old_lo, old_hi, old_vals = trail.pop()
+        undone = trail[mark:]
+        del trail[mark:]
+        for i, old_lo, old_hi, old_vals in reversed(undone):  # newest first: the oldest wins
             lo[i] = old_lo
             hi[i] = old_hi
             vals[i] = old_vals
@@ -56,34 +57,40 @@ class DomainStore:
 
     def set_lo(self, i, value):
         """Raise the lower bound of variable i to `value` (snapped up to the next allowed value)."""
-        if value <= self.lo[i]:
+        lo = self.lo
+        old = lo[i]
+        if value <= old:
             return True
-        if value > self.hi[i]:
+        hi = self.hi[i]
+        if value > hi:
             return False
         vs = self.vals[i]
-        self.trail.append((i, self.lo[i], self.hi[i], vs))
+        self.trail.append((i, old, hi, vs))
         self.changed.append(2 * i)
         if vs is not None:
             vs = vs[bisect_left(vs, value):]
             self.vals[i] = vs
             value = vs[0]
-        self.lo[i] = value
+        lo[i] = value
         return True
 
     def set_hi(self, i, value):
         """Lower the upper bound of variable i to `value` (snapped down to the previous allowed value)."""
-        if value >= self.hi[i]:
+        hi = self.hi
+        old = hi[i]
+        if value >= old:
             return True
-        if value < self.lo[i]:
+        lo = self.lo[i]
+        if value < lo:
             return False
         vs = self.vals[i]
-        self.trail.append((i, self.lo[i], self.hi[i], vs))
+        self.trail.append((i, lo, old, vs))
         self.changed.append(2 * i + 1)
         if vs is not None:
             vs = vs[:bisect_right(vs, value)]
             self.vals[i] = vs
             value = vs[-1]
-        self.hi[i] = value
+        hi[i] = value
         return True
 
     def fix(self, i, value):

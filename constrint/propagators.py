@@ -130,11 +130,14 @@ class LinearEq2:
         # x = (rhs - b*y) / a over y's bounds, then y against the narrowed x, and so on: once a
         # step after the first narrows nothing, the next one would read unchanged bounds
         for step in range(2 * _MAX_PASSES):
-            r1, r2 = rhs - b * lo[y], rhs - b * hi[y]
-            if a > 0:
-                new_lo, new_hi = -(-min(r1, r2) // a), max(r1, r2) // a
+            if b > 0:  # a * x = rhs - b * y lies in [t_lo, t_hi]
+                t_lo, t_hi = rhs - b * hi[y], rhs - b * lo[y]
             else:
-                new_lo, new_hi = -(-max(r1, r2) // a), min(r1, r2) // a
+                t_lo, t_hi = rhs - b * lo[y], rhs - b * hi[y]
+            if a > 0:
+                new_lo, new_hi = -(-t_lo // a), t_hi // a
+            else:
+                new_lo, new_hi = -(-t_hi // a), t_lo // a
             narrowed = False
             if new_lo > lo[x]:
                 if not st.set_lo(x, new_lo):

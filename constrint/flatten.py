@@ -5,6 +5,8 @@ auxiliary variables); each monomial of degree >= 2 becomes one auxiliary variabl
 product propagator (shared between all its occurrences), each ceiling division an auxiliary
 variable defined by a CeilDiv propagator, and each comparison one linear propagator over atoms.
 """
+from math import gcd
+
 from . import propagators as P
 from .expr import CDiv, Compare, Const, Product, Sum, Var, walk
 
@@ -202,7 +204,20 @@ class Flat:
             if self.lo[divisor] <= 0:
                 raise ValueError(f"divides divisor {constraint.divisor} may be {self.lo[divisor]} "
                                  "(its domain admits values <= 0); divisors must be positive")
+            if self.lo[divisor] == self.hi[divisor]:
+                self._check_residue(self.lo[divisor], self._poly(constraint.dividend))
             self.props.append(P.Divides(divisor, dividend))
+
+    def _check_residue(self, divisor, dividend):
+        """A constant divisor d of sum(a_i * t_i) + c: g = gcd(d, a_i...) divides the sum's terms
+        and d, so it must divide c (2x + 2y + 5 is odd: no multiple of 6). Bounds reasoning
+        alone finds this only by enumerating."""
+        terms, const = self._linear(dividend)
+        g = divisor
+        for coef in terms.values():
+            g = gcd(g, coef)
+        if const % g:
+            self.infeasible = True
 
     def _set_objective(self, expr, sign):
         poly = {m: sign * c for m, c in self._poly(expr).items()}

@@ -130,7 +130,11 @@ class Flat:
         if cached is not None:
             return cached[1]
         if isinstance(expr, Var):
-            out = {(expr.index,): 1}
+            # a variable with one value is a constant: products and sums with it fold away
+            if expr.lo == expr.hi:
+                out = {(): expr.lo} if expr.lo else {}
+            else:
+                out = {(expr.index,): 1}
         elif isinstance(expr, Const):
             out = {(): expr.value} if expr.value else {}
         elif isinstance(expr, Sum):

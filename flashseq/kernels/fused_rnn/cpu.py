@@ -17,10 +17,6 @@ their gate activations, GRU also rh_n, sLSTM its four pre-activations, Elman not
 ``saved_states [T, S-1, NH, B, DH]``, the states other than h after every step (LSTM c, sLSTM
 c, n, m). h after every step is the output itself, so it is not stored twice.
 
-With ``lengths``, finished rows are not multiplied: ``ragged.run_ragged`` sorts the rows by
-length and runs a few time segments, each on the rows still active (the C++ loop itself keeps
-every row in its GEMM).
-
 The C++ functions are wrapped as the ``torch.library`` custom ops ``flashseq::fused_rnn_cpu_fwd``
 and ``flashseq::fused_rnn_cpu_bwd`` with fake implementations, called by one autograd Function,
 so ``torch.compile`` traces through ``fused_rnn(..., backend="cpu")``.
@@ -31,8 +27,6 @@ import torch
 from torch import Tensor
 
 from flashseq import _jit
-
-from .ragged import run_ragged
 
 SERVED_DTYPES = (torch.float32, torch.float64)
 
@@ -122,9 +116,4 @@ def fused_rnn(wx, r, b, states, *, cell, lengths):
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (wx, r, b, states))
     # Any strides are fine: the C++ side re-lays r, b and states out for its loop anyway, so a
     # .contiguous() here would only add a copy (r from a permuted nn.LSTM weight is 4 MB at H=512).
-    def run(wx, r, b, states, lengths):
-        return FusedRnnCpuFunction.apply(wx, r, b, states, lengths, cell.name, save)
-
-    if lengths is None or torch.compiler.is_compiling():  # segmenting reads the lengths' values
-        return run(wx, r, b, states, lengths)
-    return run_ragged(run, wx, r, b, states, lengths)
+    return FusedRnnCpuFunction.apply(wx, r, b, states, lengths, cell.name, save)

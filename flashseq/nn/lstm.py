@@ -1,7 +1,6 @@
 """flashseq.LSTM: torch.nn.LSTM's twin, plus a head-wise (block-diagonal) variant."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from . import stepped
 from .rnn_base import FusedRNNBase
@@ -52,12 +51,12 @@ class LSTM(FusedRNNBase):
     def _join_hx(self, states):
         return tuple(states)
 
-    def _run_direction(self, x, layer, direction, init, lengths):
+    def _run_direction(self, x, layer, direction, init, lengths, wx=None):
         if not self.proj_size:
-            return super()._run_direction(x, layer, direction, init, lengths)
+            return super()._run_direction(x, layer, direction, init, lengths, wx)
         self._warn_not_fused("LSTM with proj_size > 0")
-        w_ih, w_hh, b_ih, b_hh, w_hr = self._layer_weights(layer, direction)
-        wx = F.linear(x, w_ih, b_ih)  # [B, T, 4H]
+        _, w_hh, _, b_hh, w_hr = self._layer_weights(layer, direction)
+        wx = self._input_projection(x, wx, layer, direction)  # [B, T, 4H]
         B = wx.shape[0]
         h0, c0 = init if init is not None else (wx.new_zeros(B, self.proj_size),
                                                  wx.new_zeros(B, self.hidden_size))

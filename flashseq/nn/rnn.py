@@ -1,7 +1,6 @@
 """flashseq.RNN: torch.nn.RNN's twin (Elman network, tanh or relu)."""
 from __future__ import annotations
 
-import torch.nn.functional as F
 
 from . import stepped
 from .rnn_base import FusedRNNBase
@@ -30,12 +29,12 @@ class RNN(FusedRNNBase):
         super().__init__(NONLINEARITIES[nonlinearity], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype, backend=backend)
 
-    def _run_direction(self, x, layer, direction, init, lengths):
+    def _run_direction(self, x, layer, direction, init, lengths, wx=None):
         if self.nonlinearity == "tanh":
-            return super()._run_direction(x, layer, direction, init, lengths)
+            return super()._run_direction(x, layer, direction, init, lengths, wx)
         self._warn_not_fused("RNN with nonlinearity='relu'")
-        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(layer, direction)
-        wx = F.linear(x, w_ih, b_ih)  # [B, T, H]
+        _, w_hh, _, b_hh, _ = self._layer_weights(layer, direction)
+        wx = self._input_projection(x, wx, layer, direction)  # [B, T, H]
         h0 = init[0] if init is not None else wx.new_zeros(wx.shape[0], self.hidden_size)
         out, h = stepped.relu_rnn(wx, w_hh, b_hh, h0, lengths)
         return out, [h]

@@ -196,7 +196,8 @@ class FusedRNNBase(nn.Module):
             if packed and input.sorted_indices is not None:
                 states = [s.index_select(1, input.sorted_indices) for s in states]
 
-        out, finals = self._run_layers(x, states, lengths)
+        # Packed input: layer 0 projects only the N packed rows (not B*T padded positions).
+        out, finals = self._run_layers(x, states, lengths, (input.data, mask) if packed else None)
 
         if packed:
             if input.unsorted_indices is not None:
@@ -252,8 +253,9 @@ class FusedRNNBase(nn.Module):
         get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)  # noqa: E731
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr")
 
-    def _run_layers(self, x, states, lengths):
-        """x [B, T, F]; states: list of S tensors [L*D, B, size] or None; lengths [B] or None.
+    def _run_layers(self, x, states, lengths, packed_rows=None):
+        """x [B, T, F]; states: list of S tensors [L*D, B, size] or None; lengths [B] or None;
+        packed_rows: (PackedSequence.data [N, F], its [T, B] valid mask) or None.
         Returns output [B, T, D*out] and the list of S final-state tensors [L*D, B, size]."""
         B, T = x.shape[:2]
         if B == 0:  # torch returns empty results for an empty batch; fused_rnn needs B >= 1
@@ -269,8 +271,14 @@ class FusedRNNBase(nn.Module):
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 init = None if states is None else [s[k] for s in states]
-                layer_in = sequences.reverse_time(x, reverse_index) if direction else x
-                out, last = self._run_direction(layer_in, layer, direction, init, lengths)
+                wx = None
+                if layer == 0 and packed_rows is not None:
+                    wx = self._packed_projection(*packed_rows, layer, direction)
+                    wx = sequences.reverse_time(wx, reverse_index) if direction else wx
+                    layer_in = None
+                else:
+                    layer_in = sequences.reverse_time(x, reverse_index) if direction else x
+                out, last = self._run_direction(layer_in, layer, direction, init, lengths, wx)
                 outs.append(sequences.reverse_time(out, reverse_index) if direction else out)
                 finals.append(last)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
@@ -278,11 +286,28 @@ class FusedRNNBase(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         return x, [torch.stack(per_state) for per_state in zip(*finals)]
 
-    def _run_direction(self, x, layer, direction, init, lengths):
-        """One layer and direction over x [B, T, F] (already reversed for direction 1).
+    def _packed_projection(self, data, mask, layer, direction):
+        """x @ w_ih^T + b_ih on the packed rows data [N, F] only, scattered to [B, T, G*H] in
+        sorted row order; padded positions hold 0 (fused_rnn never reads them)."""
+        w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
+        wx_rows = F.linear(data, w_ih, b_ih)  # [N, G*H]
+        T, B = mask.shape
+        padded = wx_rows.new_zeros(T, B, wx_rows.shape[-1]).masked_scatter(mask.unsqueeze(-1), wx_rows)
+        return padded.transpose(0, 1)
+
+    def _input_projection(self, x, wx, layer, direction):
+        """wx [B, T, G*H] as given, or x @ w_ih^T + b_ih for every step in one GEMM."""
+        if wx is not None:
+            return wx
+        w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
+        return F.linear(x, w_ih, b_ih)
+
+    def _run_direction(self, x, layer, direction, init, lengths, wx=None):
+        """One layer and direction over x [B, T, F] (already reversed for direction 1), or over
+        its precomputed input projection wx [B, T, G*H] (then x is None).
         init: list of S tensors [B, size] or None. Returns out [B, T, out], list of S [B, size]."""
-        w_ih, w_hh, b_ih, b_hh, _ = self._layer_weights(layer, direction)
-        wx = F.linear(x, w_ih, b_ih)  # [B, T, G*H]: one GEMM for every step
+        _, w_hh, _, b_hh, _ = self._layer_weights(layer, direction)
+        wx = self._input_projection(x, wx, layer, direction)  # [B, T, G*H]
         B, T = wx.shape[:2]
         G, NH, H = MODES[self.mode][1], self.num_heads, self.hidden_size
         DH = H // NH

@@ -178,7 +178,7 @@ class FusedRNNBase(nn.Module):
         weight = self.weight_ih_l0
         if packed:
             self._check_input(input.data, 2, "PackedSequence.data [N, input_size]", weight)
-            x, lengths, mask = sequences.packed_to_padded(input.data, input.batch_sizes)
+            x, lengths, row_index = sequences.packed_to_padded(input.data, input.batch_sizes)
             batched = True
         else:
             self._check_input(input, None, "input [T, B, input_size] or [T, input_size]", weight)
@@ -197,12 +197,12 @@ class FusedRNNBase(nn.Module):
                 states = [s.index_select(1, input.sorted_indices) for s in states]
 
         # Packed input: layer 0 projects only the N packed rows (not B*T padded positions).
-        out, finals = self._run_layers(x, states, lengths, (input.data, mask) if packed else None)
+        out, finals = self._run_layers(x, states, lengths, (input.data, row_index) if packed else None)
 
         if packed:
             if input.unsorted_indices is not None:
                 finals = [s.index_select(1, input.unsorted_indices) for s in finals]
-            return sequences.repack(sequences.padded_to_packed(out, mask), input), self._join_hx(finals)
+            return sequences.repack(sequences.padded_to_packed(out, row_index), input), self._join_hx(finals)
         if not self.batch_first:
             out = out.transpose(0, 1)
         if not batched:
@@ -255,7 +255,7 @@ class FusedRNNBase(nn.Module):
 
     def _run_layers(self, x, states, lengths, packed_rows=None):
         """x [B, T, F]; states: list of S tensors [L*D, B, size] or None; lengths [B] or None;
-        packed_rows: (PackedSequence.data [N, F], its [T, B] valid mask) or None.
+        packed_rows: (PackedSequence.data [N, F], its row index from packed_to_padded) or None.
         Returns output [B, T, D*out] and the list of S final-state tensors [L*D, B, size]."""
         B, T = x.shape[:2]
         if B == 0:  # torch returns empty results for an empty batch; fused_rnn needs B >= 1
@@ -273,7 +273,7 @@ class FusedRNNBase(nn.Module):
                 init = None if states is None else [s[k] for s in states]
                 wx = None
                 if layer == 0 and packed_rows is not None:
-                    wx = self._packed_projection(*packed_rows, layer, direction)
+                    wx = self._packed_projection(*packed_rows, B, T, layer, direction)
                     wx = sequences.reverse_time(wx, reverse_index) if direction else wx
                     layer_in = None
                 else:
@@ -286,14 +286,12 @@ class FusedRNNBase(nn.Module):
                 x = F.dropout(x, self.dropout, training=True)
         return x, [torch.stack(per_state) for per_state in zip(*finals)]
 
-    def _packed_projection(self, data, mask, layer, direction):
+    def _packed_projection(self, data, row_index, batch, steps, layer, direction):
         """x @ w_ih^T + b_ih on the packed rows data [N, F] only, scattered to [B, T, G*H] in
         sorted row order; padded positions hold 0 (fused_rnn never reads them)."""
         w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
         wx_rows = F.linear(data, w_ih, b_ih)  # [N, G*H]
-        T, B = mask.shape
-        padded = wx_rows.new_zeros(T, B, wx_rows.shape[-1]).masked_scatter(mask.unsqueeze(-1), wx_rows)
-        return padded.transpose(0, 1)
+        return sequences.scatter_rows(wx_rows, row_index, batch, steps)
 
     def _input_projection(self, x, wx, layer, direction):
         """wx [B, T, G*H] as given, or x @ w_ih^T + b_ih for every step in one GEMM."""

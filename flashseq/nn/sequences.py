@@ -9,10 +9,20 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 
-def packed_valid_mask(batch_sizes: torch.Tensor, device) -> torch.Tensor:
-    """[T, B] bool: True where sorted row b has a step t (b < batch_sizes[t])."""
-    rows = torch.arange(int(batch_sizes[0]))
-    return (rows.unsqueeze(0) < batch_sizes.cpu().unsqueeze(1)).to(device)
+def packed_row_index(batch_sizes: torch.Tensor, device) -> torch.Tensor:
+    """[N] int64: where each row of PackedSequence.data sits in a batch-major [B * T] layout.
+
+    PackedSequence.data is step-major (every live row of step 0, then of step 1, ...); row i
+    of it is sorted row b at step t, and its flat batch-major position is b * T + t. Flat
+    indices keep the padded tensors contiguous [B, T, F] and make both moves plain
+    index_copy / index_select (no boolean masks, no transposed views to copy later).
+    """
+    sizes = batch_sizes.cpu().to(torch.int64)
+    T = sizes.numel()
+    step = torch.repeat_interleave(torch.arange(T), sizes)                # [N] t of each row
+    first = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)  # [N] first row of t
+    row = torch.arange(step.numel()) - first                               # [N] b of each row
+    return (row * T + step).to(device)
 
 
 def packed_to_padded(data: torch.Tensor, batch_sizes: torch.Tensor):
@@ -23,28 +33,34 @@ def packed_to_padded(data: torch.Tensor, batch_sizes: torch.Tensor):
         batch_sizes: [T] int64 on the CPU, rows alive at each step, non-increasing.
 
     Returns:
-        x: [B, T, F] padded with zeros, rows in the packed (sorted) order, B = batch_sizes[0].
+        x: [B, T, F] contiguous, padded with zeros, rows in the packed (sorted) order,
+            B = batch_sizes[0].
         lengths: [B] int64 on the CPU, each row's number of steps (non-increasing).
-        mask: [T, B] bool on data's device, the valid steps (reused by ``padded_to_packed``).
+        index: [N] int64 on data's device, from ``packed_row_index`` (reused to repack).
     """
-    mask = packed_valid_mask(batch_sizes, data.device)
-    T, B = mask.shape
-    padded = data.new_zeros(T, B, data.shape[-1]).masked_scatter(mask.unsqueeze(-1), data)
+    B, T = int(batch_sizes[0]), batch_sizes.numel()
+    index = packed_row_index(batch_sizes, data.device)
+    padded = data.new_zeros(B * T, data.shape[-1]).index_copy(0, index, data)
     lengths = (batch_sizes.cpu().unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)
-    return padded.transpose(0, 1), lengths, mask
+    return padded.view(B, T, -1), lengths, index
 
 
-def padded_to_packed(out: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def scatter_rows(rows: torch.Tensor, index: torch.Tensor, batch: int, steps: int) -> torch.Tensor:
+    """rows [N, F] in packed order -> [B, T, F] contiguous, zeros where no row is."""
+    return rows.new_zeros(batch * steps, rows.shape[-1]).index_copy(0, index, rows).view(batch, steps, -1)
+
+
+def padded_to_packed(out: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """The data of a PackedSequence from padded rows in sorted order.
 
     Args:
         out: [B, T, F] batch-major outputs, rows in the packed (sorted) order.
-        mask: [T, B] bool from ``packed_to_padded``.
+        index: [N] from ``packed_to_padded``.
 
     Returns:
-        [N, F], step-major, N = mask.sum(), the layout of PackedSequence.data.
+        [N, F], step-major, the layout of PackedSequence.data.
     """
-    return out.transpose(0, 1)[mask]
+    return out.reshape(-1, out.shape[-1]).index_select(0, index)
 
 
 def repack(data: torch.Tensor, like: PackedSequence) -> PackedSequence:

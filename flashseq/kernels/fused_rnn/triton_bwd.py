@@ -62,6 +62,27 @@ def _cell_bwd_step(CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_col, m_rc, o_state, hd,
     return CELL(wx0, wx1, wx2, wx3, rh0, rh1, rh2, rh3, sp0, sp1, sp2, sp3, d0, ds1, ds2, ds3)
 
 
+@triton.jit
+def _hold_past_length(m_valid, dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3,
+                      ds0, ds1, ds2, ds3):
+    """Backward of a step past a row's length (m_valid [BB, 1] False): the step is the identity
+    on the states and its output a constant 0, so d(wx) and d(rh) vanish and the state
+    gradients pass through unchanged."""
+    dwx0 = tl.where(m_valid, dwx0, 0.0)
+    dwx1 = tl.where(m_valid, dwx1, 0.0)
+    dwx2 = tl.where(m_valid, dwx2, 0.0)
+    dwx3 = tl.where(m_valid, dwx3, 0.0)
+    drh0 = tl.where(m_valid, drh0, 0.0)
+    drh1 = tl.where(m_valid, drh1, 0.0)
+    drh2 = tl.where(m_valid, drh2, 0.0)
+    drh3 = tl.where(m_valid, drh3, 0.0)
+    dp0 = tl.where(m_valid, dp0, ds0)
+    dp1 = tl.where(m_valid, dp1, ds1)
+    dp2 = tl.where(m_valid, dp2, ds2)
+    dp3 = tl.where(m_valid, dp3, ds3)
+    return dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3
+
+
 @triton.jit(do_not_specialize=["B", "T"])
 def fused_rnn_bwd_kernel(
     WX, R, RH_ST, S_ST, DHO, DSLAST, LEN, DWX, DRH, DS0,
@@ -110,20 +131,9 @@ def fused_rnn_bwd_kernel(
             CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_d, m_bd, o_state, hd, state_size, T, G, S,
             ds0, ds1, ds2, ds3, b_zero)
         if HAS_LEN:
-            # past a row's length the step is the identity and its output a constant 0
-            m_valid = (t < b_len)[:, None]  # [BB, 1]
-            dwx0 = tl.where(m_valid, dwx0, 0.0)
-            dwx1 = tl.where(m_valid, dwx1, 0.0)
-            dwx2 = tl.where(m_valid, dwx2, 0.0)
-            dwx3 = tl.where(m_valid, dwx3, 0.0)
-            drh0 = tl.where(m_valid, drh0, 0.0)
-            drh1 = tl.where(m_valid, drh1, 0.0)
-            drh2 = tl.where(m_valid, drh2, 0.0)
-            drh3 = tl.where(m_valid, drh3, 0.0)
-            dp0 = tl.where(m_valid, dp0, ds0)
-            dp1 = tl.where(m_valid, dp1, ds1)
-            dp2 = tl.where(m_valid, dp2, ds2)
-            dp3 = tl.where(m_valid, dp3, ds3)
+            dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3 = _hold_past_length(
+                (t < b_len)[:, None], dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3,
+                dp0, dp1, dp2, dp3, ds0, ds1, ds2, ds3)
         # keep padded lanes exactly 0 before they meet the 0-padded rows of r^T
         drh0 = tl.where(m_bd, drh0, 0.0)
         drh1 = tl.where(m_bd, drh1, 0.0)

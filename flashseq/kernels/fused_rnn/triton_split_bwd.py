@@ -10,7 +10,7 @@ step; weights r_g[j, :]^T on chip when BK == DHP), or once per step plus a final
 import triton
 import triton.language as tl
 
-from .triton_bwd import _cell_bwd_step, _load_states
+from .triton_bwd import _cell_bwd_step, _hold_past_length, _load_states
 from .triton_fwd import _store_gates, _store_states
 from .triton_split import group_barrier
 
@@ -114,19 +114,9 @@ def fused_rnn_bwd_kernel_split(
                 CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_j, m_bj, o_state, hd, state_size, T, G, S,
                 ds0, ds1, ds2, ds3, b_zero)
             if HAS_LEN:
-                m_valid = (t < b_len)[:, None]  # [BB, 1]
-                dwx0 = tl.where(m_valid, dwx0, 0.0)
-                dwx1 = tl.where(m_valid, dwx1, 0.0)
-                dwx2 = tl.where(m_valid, dwx2, 0.0)
-                dwx3 = tl.where(m_valid, dwx3, 0.0)
-                drh0 = tl.where(m_valid, drh0, 0.0)
-                drh1 = tl.where(m_valid, drh1, 0.0)
-                drh2 = tl.where(m_valid, drh2, 0.0)
-                drh3 = tl.where(m_valid, drh3, 0.0)
-                dp0 = tl.where(m_valid, dp0, ds0)
-                dp1 = tl.where(m_valid, dp1, ds1)
-                dp2 = tl.where(m_valid, dp2, ds2)
-                dp3 = tl.where(m_valid, dp3, ds3)
+                dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3, dp0, dp1, dp2, dp3 = _hold_past_length(
+                    (t < b_len)[:, None], dwx0, dwx1, dwx2, dwx3, drh0, drh1, drh2, drh3,
+                    dp0, dp1, dp2, dp3, ds0, ds1, ds2, ds3)
             o_wx = (o_b * T + t) * G * hd + i_n * DH
             _store_gates(DWX, o_wx, o_j, m_bj, hd, G, dwx0, dwx1, dwx2, dwx3)
             if RH_DIFF:

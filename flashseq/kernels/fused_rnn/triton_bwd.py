@@ -12,7 +12,7 @@ d h_{t-1} += sum_g d rh_g @ r_g^T with tl.dot (d rh rounded to the input dtype, 
 import triton
 import triton.language as tl
 
-from .triton_fwd import _load_rows, _store_gates, _store_states
+from .triton_fwd import _load_per_gate, _load_rows, _store_gates, _store_states
 
 
 @triton.jit
@@ -110,16 +110,7 @@ def fused_rnn_bwd_kernel(
     p_rt = R + i_n * DH * DH + o_d[None, :] * DH + o_d[:, None]
     m_r = m_d[:, None] & m_d[None, :]
     r_gate = NH * DH * DH
-    b_rt0 = tl.load(p_rt, mask=m_r, other=0.0)  # [DHP, DHP]
-    b_rt1 = b_rt0
-    b_rt2 = b_rt0
-    b_rt3 = b_rt0
-    if G > 1:
-        b_rt1 = tl.load(p_rt + r_gate, mask=m_r, other=0.0)
-    if G > 2:
-        b_rt2 = tl.load(p_rt + 2 * r_gate, mask=m_r, other=0.0)
-    if G > 3:
-        b_rt3 = tl.load(p_rt + 3 * r_gate, mask=m_r, other=0.0)
+    b_rt0, b_rt1, b_rt2, b_rt3 = _load_per_gate(p_rt, r_gate, m_r, G)  # [DHP, DHP] each
 
     b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
     ds0, ds1, ds2, ds3 = _load_states(DSLAST, o_state, o_d, m_bd, state_size, S, b_zero)

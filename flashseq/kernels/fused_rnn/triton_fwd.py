@@ -20,6 +20,23 @@ import triton.language as tl
 
 
 @triton.jit
+def _load_per_gate(P, gate_stride, mask, G: tl.constexpr):
+    """One tile per gate from P + g * gate_stride (g < G), masked to 0; gates the cell does not
+    have repeat gate 0 so every kernel can carry four (their values are never used)."""
+    b_0 = tl.load(P, mask=mask, other=0.0)
+    b_1 = b_0
+    b_2 = b_0
+    b_3 = b_0
+    if G > 1:
+        b_1 = tl.load(P + gate_stride, mask=mask, other=0.0)
+    if G > 2:
+        b_2 = tl.load(P + 2 * gate_stride, mask=mask, other=0.0)
+    if G > 3:
+        b_3 = tl.load(P + 3 * gate_stride, mask=mask, other=0.0)
+    return b_0, b_1, b_2, b_3
+
+
+@triton.jit
 def _load_rows(P, o_row, o_col, m_rc):
     # [BB, BH] fp32 block of a row-major tensor whose rows are given by o_row (int64 offsets)
     return tl.load(P + o_row[:, None] + o_col[None, :], mask=m_rc, other=0.0).to(tl.float32)
@@ -51,27 +68,13 @@ def fused_rnn_fwd_kernel(
     p_r = R + i_n * DH * DH + o_d[:, None] * DH + o_d[None, :]
     m_r = m_d[:, None] & m_d[None, :]
     r_gate = NH * DH * DH
-    b_r0 = tl.load(p_r, mask=m_r, other=0.0)  # [DHP, DHP]
-    b_r1 = b_r0
-    b_r2 = b_r0
-    b_r3 = b_r0
-    if G > 1:
-        b_r1 = tl.load(p_r + r_gate, mask=m_r, other=0.0)
-    if G > 2:
-        b_r2 = tl.load(p_r + 2 * r_gate, mask=m_r, other=0.0)
-    if G > 3:
-        b_r3 = tl.load(p_r + 3 * r_gate, mask=m_r, other=0.0)
+    b_r0, b_r1, b_r2, b_r3 = _load_per_gate(p_r, r_gate, m_r, G)  # [DHP, DHP] each
     p_bias = BIAS + i_n * DH + o_d
-    b_bias0 = tl.load(p_bias, mask=m_d, other=0.0).to(tl.float32)  # [DHP]
-    b_bias1 = b_bias0
-    b_bias2 = b_bias0
-    b_bias3 = b_bias0
-    if G > 1:
-        b_bias1 = tl.load(p_bias + hd, mask=m_d, other=0.0).to(tl.float32)
-    if G > 2:
-        b_bias2 = tl.load(p_bias + 2 * hd, mask=m_d, other=0.0).to(tl.float32)
-    if G > 3:
-        b_bias3 = tl.load(p_bias + 3 * hd, mask=m_d, other=0.0).to(tl.float32)
+    b_bias0, b_bias1, b_bias2, b_bias3 = _load_per_gate(p_bias, hd, m_d, G)  # [DHP] each
+    b_bias0 = b_bias0.to(tl.float32)
+    b_bias1 = b_bias1.to(tl.float32)
+    b_bias2 = b_bias2.to(tl.float32)
+    b_bias3 = b_bias3.to(tl.float32)
 
     b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
     b_s0 = _load_rows(S0, o_state, o_d, m_bd)  # [BB, DHP]

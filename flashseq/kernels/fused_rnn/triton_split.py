@@ -23,7 +23,7 @@ h loads use the ".cg" cache modifier: another SM wrote them, and L1 is not coher
 import triton
 import triton.language as tl
 
-from .triton_fwd import _load_rows, _store_gates, _store_states
+from .triton_fwd import _load_per_gate, _load_rows, _store_gates, _store_states
 
 
 @triton.jit
@@ -102,16 +102,11 @@ def fused_rnn_fwd_kernel_split(
         b_r0, b_r1, b_r2, b_r3 = _weight_cols(p_r, o_k, o_j, m_k[:, None] & m_j[None, :], DH,
                                               r_gate, G)  # [DHP, BH] each
     p_bias = BIAS + i_n * DH + o_j
-    b_bias0 = tl.load(p_bias, mask=m_j, other=0.0).to(tl.float32)  # [BH]
-    b_bias1 = b_bias0
-    b_bias2 = b_bias0
-    b_bias3 = b_bias0
-    if G > 1:
-        b_bias1 = tl.load(p_bias + hd, mask=m_j, other=0.0).to(tl.float32)
-    if G > 2:
-        b_bias2 = tl.load(p_bias + 2 * hd, mask=m_j, other=0.0).to(tl.float32)
-    if G > 3:
-        b_bias3 = tl.load(p_bias + 3 * hd, mask=m_j, other=0.0).to(tl.float32)
+    b_bias0, b_bias1, b_bias2, b_bias3 = _load_per_gate(p_bias, hd, m_j, G)  # [BH] each
+    b_bias0 = b_bias0.to(tl.float32)
+    b_bias1 = b_bias1.to(tl.float32)
+    b_bias2 = b_bias2.to(tl.float32)
+    b_bias3 = b_bias3.to(tl.float32)
 
     b_zero = tl.zeros([BB, BH], dtype=tl.float32)
     if SAVE:

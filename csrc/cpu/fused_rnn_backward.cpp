@@ -37,8 +37,8 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
   at::Tensor dh_head0 = dh_carry.select(0, 0);                  // [B, DH]
   const at::Tensor Wt_head0 = Wt.select(0, 0);
   const scalar_t* Wt_p = Wt.data_ptr<scalar_t>();               // [NH, G*DH, DH]
-  const bool own_gemm = use_step_gemm(B);
   const int64_t grain = pointwise_grain(GDH);
+  const std::vector<int64_t> live = live_rows(len, B, T);
 
   for (int64_t t = T - 1; t >= 0; --t) {
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
@@ -90,19 +90,48 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
         }
       }
     });
-    // d(h_prev) += d(rh_t) @ W^T; rows past their length have d(rh_t) = 0 and keep their dh.
-    if (own_gemm) {
-      step_gemm<scalar_t>(NH, B, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_p, DH,
+    // d(h_prev) += d(rh_t) @ W^T over the rows that may still run (live_rows); rows past their
+    // length have d(rh_t) = 0 and keep their dh, so skipping the finished ones changes nothing.
+    const int64_t M = live[t];
+    if (M == 0) continue;
+    if (use_step_gemm(M)) {
+      step_gemm<scalar_t>(NH, M, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_p, DH,
                           GDH * DH, dcarry_p, DH, B * DH, /*accumulate=*/true);
       continue;
     }
-    const at::Tensor drh_t = drh.select(2, t);  // [NH, B, G*DH], row stride T*G*DH
+    const at::Tensor drh_t = drh.select(2, t).narrow(1, 0, M);  // [NH, M, G*DH], row stride T*G*DH
     if (NH == 1) {
-      dh_head0.addmm_(drh_t.select(0, 0), Wt_head0);
+      dh_head0.narrow(0, 0, M).addmm_(drh_t.select(0, 0), Wt_head0);
     } else {
-      dh_carry.baddbmm_(drh_t, Wt);
+      dh_carry.narrow(1, 0, M).baddbmm_(drh_t, Wt);
     }
   }
+}
+
+// d(W) [NH, DH, G*DH] = sum over rows b and steps t of h_prev[n, b, t]^T d(rh)[n, b, t]. With
+// lengths only each row's first len[b] steps can be nonzero, so each row is its own product over
+// those steps: a ragged batch (lengths spread 1..T) then costs half the multiply-adds.
+at::Tensor recurrent_weight_grad(const at::Tensor& h_prev, const at::Tensor& drh, const int64_t* len) {
+  const int64_t NH = h_prev.size(0), B = h_prev.size(1), T = h_prev.size(2), DH = h_prev.size(3);
+  const int64_t GDH = drh.size(3);
+  if (len == nullptr) {
+    const at::Tensor h_rows = h_prev.view({NH, B * T, DH}), d_rows = drh.view({NH, B * T, GDH});
+    return NH == 1 ? at::mm(h_rows.select(0, 0).t(), d_rows.select(0, 0)).unsqueeze(0)
+                   : at::bmm(h_rows.transpose(1, 2), d_rows);
+  }
+  at::Tensor dW = at::zeros({NH, DH, GDH}, h_prev.options());
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t steps = std::min(len[b], T);
+    if (steps <= 0) continue;
+    const at::Tensor h_b = h_prev.select(1, b).narrow(1, 0, steps);  // [NH, steps, DH]
+    const at::Tensor d_b = drh.select(1, b).narrow(1, 0, steps);     // [NH, steps, G*DH]
+    if (NH == 1) {
+      dW.select(0, 0).addmm_(h_b.select(0, 0).t(), d_b.select(0, 0));
+    } else {
+      dW.baddbmm_(h_b.transpose(1, 2), d_b);
+    }
+  }
+  return dW;
 }
 
 }  // namespace
@@ -159,15 +188,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
     });
   });
 
-  // d(r) and d(b) over all steps at once: one GEMM per head of h_{t-1}^T [DH, B*T] with
-  // d(rh) [B*T, G*DH].
+  // d(r) and d(b) over all steps at once: per head h_{t-1}^T [DH, B*T] @ d(rh) [B*T, G*DH].
   at::Tensor h_prev = at::empty({NH, B, T, DH}, h.options());
   h_prev.select(2, 0).copy_(states.select(0, 0).permute({1, 0, 2}));
   if (T > 1) h_prev.narrow(2, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 0, 1, 3}));
-  const at::Tensor h_prev_rows = h_prev.view({NH, B * T, DH});
   const at::Tensor drh_rows = drh.view({NH, B * T, G * DH});
-  const at::Tensor dW = NH == 1 ? at::mm(h_prev_rows.select(0, 0).t(), drh_rows.select(0, 0)).unsqueeze(0)
-                                : at::bmm(h_prev_rows.transpose(1, 2), drh_rows);  // [NH, DH, G*DH]
+  const at::Tensor dW = recurrent_weight_grad(h_prev, drh, len);  // [NH, DH, G*DH]
   at::Tensor dr = dW.view({NH, DH, G, DH}).permute({2, 0, 1, 3}).contiguous();
   at::Tensor db = drh_rows.sum(1).view({NH, G, DH}).permute({1, 0, 2}).contiguous();
   at::Tensor dstates = dcarry.permute({0, 2, 1, 3}).contiguous();

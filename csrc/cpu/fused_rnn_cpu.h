@@ -13,6 +13,7 @@
 
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include <ATen/ATen.h>
 
@@ -41,6 +42,12 @@ inline int64_t pointwise_grain(int64_t values_per_row) {
   constexpr int64_t kValuesPerTask = 8192;
   return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, values_per_row));
 }
+
+// live[t] for every step t: rows 0 .. live[t]-1 of the batch include every row still running at
+// step t (1 + the last row with t < its length; B when `len` is null). The step GEMMs stop at
+// live[t]: with sorted lengths (a PackedSequence's order) no finished row is multiplied, with
+// unsorted ones the bound is still safe, only looser.
+std::vector<int64_t> live_rows(const int64_t* len, int64_t B, int64_t T);
 
 // Returns (h [B,T,NH,DH], last_states [S,B,NH,DH], saved_gates, saved_states); the saved tensors
 // are empty unless `save`.

@@ -37,6 +37,15 @@ int64_t& step_gemm_max_batch() {
   return max_batch;
 }
 
+std::vector<int64_t> live_rows(const int64_t* len, int64_t B, int64_t T) {
+  std::vector<int64_t> live(T, len == nullptr ? B : 0);
+  if (len == nullptr) return live;
+  for (int64_t b = 0; b < B; ++b) {
+    for (int64_t t = 0, end = std::min(len[b], T); t < end; ++t) live[t] = b + 1;
+  }
+  return live;
+}
+
 std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
   return dispatch_cell(cell, [](auto c) {
     using Cell = decltype(c);
@@ -66,19 +75,25 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& b
   const at::Tensor h_carry = carry.select(0, 0);  // [NH, B, DH], the GEMM's left operand
   at::Tensor rh_head0 = rh.select(0, 0);            // [B, G*DH], the GEMM's output when NH == 1
   const at::Tensor h_head0 = h_carry.select(0, 0), W_head0 = W.select(0, 0);
-  const bool own_gemm = use_step_gemm(B);
   const scalar_t* W_p = W.data_ptr<scalar_t>();       // [NH, DH, G*DH]
   scalar_t* rh_out = rh.data_ptr<scalar_t>();
   const int64_t grain = pointwise_grain(GDH);
+  const std::vector<int64_t> live = live_rows(len, B, T);
 
   for (int64_t t = 0; t < T; ++t) {
-    if (own_gemm) {
-      step_gemm<scalar_t>(NH, B, GDH, DH, carry_p, DH, B * DH, W_p, GDH, DH * GDH, rh_out, GDH,
+    // Only the first M rows can still be running; the rest keep their states and skip the GEMM.
+    const int64_t M = live[t];
+    if (M == 0) {
+    } else if (use_step_gemm(M)) {
+      step_gemm<scalar_t>(NH, M, GDH, DH, carry_p, DH, B * DH, W_p, GDH, DH * GDH, rh_out, GDH,
                           B * GDH, /*accumulate=*/false);
     } else if (NH == 1) {
-      at::mm_out(rh_head0, h_head0, W_head0);
-    } else {
+      at::Tensor rh_live = rh_head0.narrow(0, 0, M);  // a view: mm_out writes into rh
+      at::mm_out(rh_live, h_head0.narrow(0, 0, M), W_head0);
+    } else if (M == B) {
       at::bmm_out(rh, h_carry, W);
+    } else {
+      rh.narrow(1, 0, M).copy_(at::bmm(h_carry.narrow(1, 0, M), W));
     }
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {

@@ -74,12 +74,13 @@ def test_odd_shapes(cell_name, shape):
                             with_lengths=B > 2, with_states=True, seed=5)
 
 
-@pytest.fixture(params=["own_gemm", "aten_gemm"])
+@pytest.fixture(params=["own_gemm", "aten_gemm", "threshold"])
 def step_gemm_path(request):
-    """Runs the test once with each per-step GEMM: the built-in one (used for small batches)
-    and ATen/MKL's (used above the threshold), whatever the batch size."""
+    """Runs the test with each per-step GEMM: the built-in one (used for small batches), ATen/
+    MKL's (used above the threshold), whatever the batch size, and the default mix of both."""
     ext = cpu_backend._jit.extension()
-    old = ext._set_step_gemm_max_batch(1 << 30 if request.param == "own_gemm" else 0)
+    max_batch = {"own_gemm": 1 << 30, "aten_gemm": 0, "threshold": 4}[request.param]
+    old = ext._set_step_gemm_max_batch(max_batch)
     yield request.param
     ext._set_step_gemm_max_batch(old)
 
@@ -90,6 +91,26 @@ def test_both_step_gemm_paths(cell_name, NH, step_gemm_path):
     # DH=37: 4*37 columns leave a ragged tail after the built-in GEMM's column tiles.
     check_against_reference(CELLS[cell_name], torch.float32, B=5, T=4, NH=NH, DH=37,
                             with_lengths=True, with_states=True, seed=21)
+
+
+@pytest.mark.parametrize("NH", [1, 2], ids=lambda n: f"NH{n}")
+@pytest.mark.parametrize("cell_name", CELL_NAMES)
+def test_sorted_lengths_shrink_the_step_gemms(cell_name, NH, step_gemm_path):
+    # A PackedSequence's rows come sorted by length, so the loops multiply only the live prefix
+    # of rows at each step (9 rows down to 0, crossing the built-in/MKL threshold on the way).
+    cell, B, T, DH = CELLS[cell_name], 9, 11, 6
+    wx, r, b, states = make_rnn_inputs(cell, B, T, NH, DH, dtype=torch.float64, seed=3)
+    lengths = torch.tensor([11, 11, 9, 7, 6, 4, 3, 1, 0])
+    gen = torch.Generator().manual_seed(4)
+    grad_h = torch.randn(B, T, NH, DH, generator=gen, dtype=torch.float64)
+    grad_last = torch.randn(cell.num_states, B, NH, DH, generator=gen, dtype=torch.float64)
+    ref = run_and_grad(fused_rnn_reference, (wx, r, b, states), grad_h, grad_last, cell=cell,
+                       lengths=lengths)
+    fn = lambda *ts: flashseq.ops.fused_rnn(*ts, cell=cell_name, lengths=lengths, backend="cpu")
+    ours = run_and_grad(fn, (wx, r, b, states), grad_h, grad_last)
+    names = ("h", "last_states", "d_wx", "d_r", "d_b", "d_states")
+    for name, got, want in zip(names, [*ours[:2], *ours[2]], [*ref[:2], *ref[2]]):
+        assert_close(name, got, want, 1e-12)
 
 
 @pytest.mark.parametrize("cell_name", CELL_NAMES)

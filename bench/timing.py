@@ -100,3 +100,62 @@ def measure(fn: Callable[[], object], *, device, min_run_time: float = 0.5) -> d
     if device.type == "cpu":
         return _measure_cpu(fn, min_run_time)
     raise ValueError(f"device must be a cpu or cuda device; got {device}")
+
+
+def _timed_calls(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+    """Seconds that ``calls`` back-to-back calls of fn take (GPU work included on CUDA)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, device,
+                  min_run_time: float = 0.5) -> dict:
+    """The time of ``fn`` over the time of ``baseline``, timed in alternation.
+
+    Two cases timed minutes apart on a shared machine can drift by 20% against each other;
+    alternating fn and baseline (fn, baseline, fn, baseline, ...) exposes both to the same
+    load, so the ratio of each pair is steadier than a ratio of two separate medians.
+
+    Args:
+        fn, baseline: the work to compare (no arguments, results ignored).
+        device: torch.device or str; on CUDA each sample ends with a synchronize.
+        min_run_time: seconds of timed pairs at least (after one warm-up of each). At least
+            MIN_RUNS pairs are timed, fewer only (never below FEW_RUNS) when that would take
+            longer than MAX_RUN_TIME_S.
+
+    Returns:
+        dict with ratio (median over pairs of fn / baseline), ratio_iqr, pairs (int), and
+        fn_ms, baseline_ms (median milliseconds per call of each).
+    """
+    if not callable(fn) or not callable(baseline):
+        raise TypeError("fn and baseline must be callable with no arguments; got "
+                        f"{type(fn).__name__} and {type(baseline).__name__}")
+    if not min_run_time > 0:
+        raise ValueError(f"min_run_time must be > 0 seconds; got {min_run_time!r}")
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be a cpu or cuda device; got {device}")
+    pair_s = _timed_calls(fn, 1, device) + _timed_calls(baseline, 1, device)  # warm-up
+    calls = max(1, int(1e-3 / max(pair_s, 1e-9)))  # a sample of >= ~1 ms swamps the timer
+    ratios, fn_ms, base_ms = [], [], []
+    start = time.perf_counter()
+    while True:
+        elapsed = time.perf_counter() - start
+        if len(ratios) >= FEW_RUNS and elapsed >= MAX_RUN_TIME_S:
+            break
+        if len(ratios) >= MIN_RUNS and elapsed >= min_run_time:
+            break
+        a = _timed_calls(fn, calls, device)
+        b = _timed_calls(baseline, calls, device)
+        ratios.append(a / b)
+        fn_ms.append(a * 1e3 / calls)
+        base_ms.append(b * 1e3 / calls)
+    spread = summarize(ratios)
+    return {"ratio": spread["median_ms"], "ratio_iqr": spread["iqr_ms"], "pairs": len(ratios),
+            "fn_ms": statistics.median(fn_ms), "baseline_ms": statistics.median(base_ms)}

@@ -6,11 +6,18 @@ weight). Both modules hold the same weights and get the same x; flashseq's runs
 ``backend="auto"`` (the back end it chose is in the "backend" column).
 
 Variable lengths: for B = 16 the same batch is also given as a PackedSequence whose lengths
-spread evenly over 1..T in shuffled order (``enforce_sorted=False``). "packed_over_padded" is
-a packed row's time over the padded row of the same module, size and mode. flashseq aims at
-<= 1.1 (ragged batches go to fused_rnn as ``lengths``, no per-step loop over rows); torch's
-packed CPU path is known to be much slower than its padded one (pytorch issue 149194).
-"ratio" is a flashseq row's time over torch's at the same case (< 1: faster).
+spread evenly over 1..T in shuffled order (``enforce_sorted=False``). Two packed/padded ratios:
+
+- "ratio_packed": a packed row's median over the padded row's median of the same module, size
+  and mode (both providers). The two cases are timed minutes apart, so on a shared machine
+  this ratio carries the drift between them (+-20% seen on the 2-core dev box).
+- "ratio_packed_paired" (flashseq only): the same two calls timed in alternation
+  (``bench.timing.measure_ratio``), the median of the per-pair ratios: the number to hold
+  against the target. flashseq aims at <= 1.1 (ragged batches go to fused_rnn as ``lengths``,
+  no per-step loop over rows); torch's packed CPU path is known to be much slower than its
+  padded one (pytorch issue 149194).
+
+"ratio" is a row's time over torch's at the same case (< 1: faster).
 """
 from __future__ import annotations
 
@@ -20,7 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from bench import runner, smoke
+from bench import runner, smoke, timing
 from bench.suites import CorrectnessError
 
 DESCRIPTION = ("flashseq.LSTM/GRU modules vs torch.nn.LSTM/GRU, fwd and fwd+bwd, padded and "
@@ -152,19 +159,31 @@ def chosen_backend(device, dtype) -> str:
     return backends.choose("auto", problem).__name__.rsplit(".", 1)[-1].replace("_backend", "")
 
 
-def add_packed_over_padded(rows: list[dict]) -> list[dict]:
-    """Set "packed_over_padded" on packed rows: median / the same provider's padded median."""
+def add_packed_over_padded(rows: list[dict], paired: dict | None = None) -> list[dict]:
+    """Set "ratio_packed" on packed rows (median / the same provider's padded median) and
+    "ratio_packed_paired" from ``paired`` {(case, provider): ratio} where measured."""
     padded = {(r["case"], r["provider"]): r["median_ms"] for r in rows if " padded " in r["case"]}
+    paired = paired or {}
     for r in rows:
         ratio = None
         if " packed " in r["case"] and r.get("median_ms"):
             base = padded.get((r["case"].replace(" packed ", " padded "), r["provider"]))
             ratio = r["median_ms"] / base if base else None
         status = r.pop("status", None)  # keep "status" the last column
-        r["packed_over_padded"] = ratio
+        r["ratio_packed"] = ratio
+        r["ratio_packed_paired"] = paired.get((r["case"], r["provider"]))
         if status is not None:
             r["status"] = status
     return rows
+
+
+def paired_packed_ratio(module, case: ModuleCase, min_run_time: float) -> float:
+    """Packed over padded time of ``module`` at ``case`` (a packed case), the two calls timed
+    in alternation so that machine drift hits both alike."""
+    padded = ModuleCase(case.kind, case.B, case.T, case.H, "padded", case.mode, case.device,
+                        case.dtype)
+    return timing.measure_ratio(timed_call(module, case), timed_call(module, padded),
+                                device=case.device, min_run_time=min_run_time)["ratio"]
 
 
 def run(device, quick: bool, progress) -> list[dict]:
@@ -180,7 +199,7 @@ def run(device, quick: bool, progress) -> list[dict]:
              for kind, B, T, H, layout, mode in itertools.product(KINDS, grid["B"], grid["T"],
                                                                   grid["H"], LAYOUTS, MODES)
              if layout == "padded" or B >= PACKED_MIN_BATCH]
-    rows = []
+    rows, paired = [], {}
     for case in progress(cases):
         ref, ours = make_modules(case)
         providers = [
@@ -191,6 +210,9 @@ def run(device, quick: bool, progress) -> list[dict]:
         rows += runner.time_case(case.name, case, providers, device=device,
                                  min_run_time=0.05 if quick else 1.0,
                                  extra={"mode": case.mode, "layout": case.layout, "backend": backend})
+        if case.layout == "packed":
+            paired[(case.name, providers[0].name)] = paired_packed_ratio(
+                ours, case, min_run_time=0.05 if quick else 1.0)
     for r in rows:  # the backend column only describes flashseq's rows
         if not r["provider"].startswith("flashseq"):
             r["backend"] = None
@@ -198,4 +220,4 @@ def run(device, quick: bool, progress) -> list[dict]:
     for r in rows:  # each module against its own torch twin at the same case
         base = torch_rows[r["case"]].get("median_ms")
         r["ratio"] = r["median_ms"] / base if base and r.get("median_ms") else None
-    return add_packed_over_padded(rows)
+    return add_packed_over_padded(rows, paired)

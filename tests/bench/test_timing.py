@@ -4,7 +4,7 @@ import time
 import pytest
 import torch
 
-from bench.timing import MIN_RUNS, measure, summarize
+from bench.timing import MIN_RUNS, measure, measure_ratio, summarize
 
 
 def test_summarize_known_list():
@@ -47,6 +47,29 @@ def test_measure_bad_arguments(kwargs, error, match):
     fn = kwargs.pop("fn")
     with pytest.raises(error, match=match):
         measure(fn, **kwargs)
+
+
+def test_measure_ratio_alternates_and_compares():
+    order = []
+    slow = lambda: (order.append("fn"), time.sleep(0.006))  # noqa: E731
+    fast = lambda: (order.append("base"), time.sleep(0.002))  # noqa: E731
+    stats = measure_ratio(slow, fast, device="cpu", min_run_time=0.05)
+    assert stats["pairs"] >= MIN_RUNS
+    # sleep never returns early, and overshoots by a similar absolute amount on both sides
+    assert 1.2 < stats["ratio"] < 3.2
+    assert stats["fn_ms"] >= 6.0 and stats["baseline_ms"] >= 2.0
+    assert order[:4] == ["fn", "base", "fn", "base"]
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"fn": 3, "baseline": lambda: None, "device": "cpu"}, TypeError, "callable"),
+    ({"fn": lambda: None, "baseline": lambda: None, "device": "cpu", "min_run_time": -1},
+     ValueError, "min_run_time"),
+    ({"fn": lambda: None, "baseline": lambda: None, "device": "meta"}, ValueError, "device"),
+])
+def test_measure_ratio_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        measure_ratio(**kwargs)
 
 
 @pytest.mark.gpu

@@ -37,6 +37,15 @@ def test_packed_over_padded_ratio_pairs_rows_by_provider():
             for p, m in (("a", 2.0), ("b", 4.0))]
     rows += [{"case": "lstm B=16 T=64 H=128 packed float32 fwd", "provider": p, "median_ms": m,
               "status": "ok"} for p, m in (("a", 2.2), ("b", 40.0))]
-    out = modules.add_packed_over_padded(rows)
-    assert [r["packed_over_padded"] for r in out] == [None, None, pytest.approx(1.1), pytest.approx(10.0)]
+    packed_a = ("lstm B=16 T=64 H=128 packed float32 fwd", "a")
+    out = modules.add_packed_over_padded(rows, {packed_a: 0.9})
+    assert [r["ratio_packed"] for r in out] == [None, None, pytest.approx(1.1), pytest.approx(10.0)]
+    assert [r["ratio_packed_paired"] for r in out] == [None, None, 0.9, None]
     assert list(out[2])[-1] == "status"
+
+
+def test_paired_ratio_times_packed_against_padded():
+    case = modules.ModuleCase("gru", 4, 6, 8, "packed", "fwd+bwd", torch.device("cpu"))
+    _, ours = modules.make_modules(case)
+    ratio = modules.paired_packed_ratio(ours, case, min_run_time=0.01)
+    assert 0.05 < ratio < 20.0

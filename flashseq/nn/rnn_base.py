@@ -14,6 +14,8 @@ Forward of one layer and direction:
 
 Internally every sequence is batch-major [B, T, F]; ragged batches (PackedSequence) are padded
 once and described by ``lengths``, which fused_rnn honours, so no Python loop runs over rows.
+Each layer's input projection then runs on the N live rows only (gathered by flat row index),
+and the recurrence skips finished rows (the rows are in the packed, length-sorted order).
 """
 from __future__ import annotations
 
@@ -196,7 +198,7 @@ class FusedRNNBase(nn.Module):
             if packed and input.sorted_indices is not None:
                 states = [s.index_select(1, input.sorted_indices) for s in states]
 
-        # Packed input: layer 0 projects only the N packed rows (not B*T padded positions).
+        # Packed input: every layer projects only the N packed rows (not B*T padded positions).
         out, finals = self._run_layers(x, states, lengths, (input.data, row_index) if packed else None)
 
         if packed:
@@ -268,12 +270,15 @@ class FusedRNNBase(nn.Module):
         finals = []
         for layer in range(self.num_layers):
             outs = []
+            if packed_rows is not None:  # the N live rows of this layer's input, packed order
+                data, row_index = packed_rows
+                data = data if layer == 0 else sequences.padded_to_packed(x, row_index)
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 init = None if states is None else [s[k] for s in states]
                 wx = None
-                if layer == 0 and packed_rows is not None:
-                    wx = self._packed_projection(*packed_rows, B, T, layer, direction)
+                if packed_rows is not None:
+                    wx = self._packed_projection(data, row_index, B, T, layer, direction)
                     wx = sequences.reverse_time(wx, reverse_index) if direction else wx
                     layer_in = None
                 else:

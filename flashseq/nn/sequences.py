@@ -9,20 +9,26 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 
-def packed_row_index(batch_sizes: torch.Tensor, device) -> torch.Tensor:
+def _live_mask(batch_sizes: torch.Tensor) -> torch.Tensor:
+    """[B, T] bool on the CPU: whether sorted row b is still running at step t."""
+    sizes = batch_sizes.cpu()
+    return torch.arange(int(sizes[0])).unsqueeze(1) < sizes.unsqueeze(0)
+
+
+def packed_row_index(batch_sizes: torch.Tensor, device, live=None) -> torch.Tensor:
     """[N] int64: where each row of PackedSequence.data sits in a batch-major [B * T] layout.
 
     PackedSequence.data is step-major (every live row of step 0, then of step 1, ...); row i
     of it is sorted row b at step t, and its flat batch-major position is b * T + t. Flat
     indices keep the padded tensors contiguous [B, T, F] and make both moves plain
     index_copy / index_select (no boolean masks, no transposed views to copy later).
+    ``live``: ``_live_mask(batch_sizes)`` when the caller has it already.
     """
-    sizes = batch_sizes.cpu().to(torch.int64)
-    T = sizes.numel()
-    step = torch.repeat_interleave(torch.arange(T), sizes)                # [N] t of each row
-    first = torch.repeat_interleave(torch.cumsum(sizes, 0) - sizes, sizes)  # [N] first row of t
-    row = torch.arange(step.numel()) - first                               # [N] b of each row
-    return (row * T + step).to(device)
+    live = _live_mask(batch_sizes) if live is None else live
+    B, T = live.shape
+    # the [T, B] grid of flat positions read step-major, keeping the live (t, b) pairs
+    flat = torch.arange(B * T).view(B, T).t()
+    return flat.masked_select(live.t()).to(device)
 
 
 def packed_to_padded(data: torch.Tensor, batch_sizes: torch.Tensor):
@@ -38,11 +44,11 @@ def packed_to_padded(data: torch.Tensor, batch_sizes: torch.Tensor):
         lengths: [B] int64 on the CPU, each row's number of steps (non-increasing).
         index: [N] int64 on data's device, from ``packed_row_index`` (reused to repack).
     """
-    B, T = int(batch_sizes[0]), batch_sizes.numel()
-    index = packed_row_index(batch_sizes, data.device)
+    live = _live_mask(batch_sizes)
+    B, T = live.shape
+    index = packed_row_index(batch_sizes, data.device, live)
     padded = data.new_zeros(B * T, data.shape[-1]).index_copy(0, index, data)
-    lengths = (batch_sizes.cpu().unsqueeze(0) > torch.arange(B).unsqueeze(1)).sum(1)
-    return padded.view(B, T, -1), lengths, index
+    return padded.view(B, T, -1), live.sum(1), index
 
 
 def scatter_rows(rows: torch.Tensor, index: torch.Tensor, batch: int, steps: int) -> torch.Tensor:

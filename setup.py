@@ -8,9 +8,32 @@ import glob
 import importlib.util
 import os
 
-from setuptools import setup
+import shutil
 
-ext_modules, cmdclass = [], {}
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+# The C++/CUDA sources travel inside the package as flashseq/_csrc, so a wheel (not only an
+# editable install or a checkout) can build the CPU extension on first use (flashseq/_jit.py).
+SOURCE_SUFFIXES = (".h", ".cuh", ".cpp", ".cu")
+
+
+class BuildPyWithSources(build_py):
+    """build_py that also copies csrc/**/*.{h,cuh,cpp,cu} to <build>/flashseq/_csrc."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "flashseq", "_csrc")
+        shutil.rmtree(target, ignore_errors=True)
+        for root, _, files in os.walk("csrc"):
+            for name in sorted(files):
+                if name.endswith(SOURCE_SUFFIXES):
+                    dest = os.path.join(target, os.path.relpath(root, "csrc"), name)
+                    os.makedirs(os.path.dirname(dest), exist_ok=True)
+                    self.copy_file(os.path.join(root, name), dest)
+
+
+ext_modules, cmdclass = [], {"build_py": BuildPyWithSources}
 try:
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 except ImportError:

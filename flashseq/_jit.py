@@ -17,7 +17,17 @@ import pathlib
 import platform
 import shutil
 
-CSRC_DIR = pathlib.Path(__file__).resolve().parent.parent / "csrc"
+
+
+def _find_csrc() -> pathlib.Path:
+    """The C++ sources: csrc/ beside the package in a checkout or editable install, else the
+    copy a wheel carries as flashseq/_csrc (setup.py's build_py puts it there)."""
+    package = pathlib.Path(__file__).resolve().parent
+    checkout = package.parent / "csrc"
+    return checkout if (checkout / "cpu").is_dir() else package / "_csrc"
+
+
+CSRC_DIR = _find_csrc()
 CACHE_VERSION = 1  # bump when the layout of the cache folder changes
 # SIMD build of the pointwise loops (csrc/cpu/vec_lanes.h): AVX2 + FMA vectors through ATen's
 # Vectorized, whose CPU_CAPABILITY macros select the AVX2 implementation.

@@ -36,9 +36,9 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
   at::Tensor dh_carry = dcarry.select(0, 0);                    // [NH, B, DH]
   at::Tensor dh_head0 = dh_carry.select(0, 0);                  // [B, DH]
   const at::Tensor Wt_head0 = Wt.select(0, 0);
-  const scalar_t* Wt_p = Wt.data_ptr<scalar_t>();               // [NH, G*DH, DH]
   const int64_t grain = pointwise_grain(GDH);
   const std::vector<int64_t> live = live_rows(len, B, T);
+  at::Tensor Wt_panels;  // Wt packed for step_gemm, on the first step that uses it
 
   for (int64_t t = T - 1; t >= 0; --t) {
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
@@ -95,8 +95,10 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
     const int64_t M = live[t];
     if (M == 0) continue;
     if (use_step_gemm(M)) {
-      step_gemm<scalar_t>(NH, M, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_p, DH,
-                          GDH * DH, dcarry_p, DH, B * DH, /*accumulate=*/true);
+      if (!Wt_panels.defined())
+        Wt_panels = pack_panels(Wt.data_ptr<scalar_t>(), NH, GDH, DH, DH, GDH * DH, Wt.options());
+      step_gemm<scalar_t>(NH, M, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_panels,
+                          dcarry_p, DH, B * DH, /*accumulate=*/true);
       continue;
     }
     const at::Tensor drh_t = drh.select(2, t).narrow(1, 0, M);  // [NH, M, G*DH], row stride T*G*DH

@@ -1,95 +1,208 @@
-// The per-step recurrent product C[M, N] (+)= A[M, K] @ Bm[K, N] (row-major, unit column
-// stride, M = batch rows, N and K a few hundred at most per head).
+// The per-step recurrent product C[M, N] (+)= A[M, K] @ Bm[K, N] (row-major, M = live batch
+// rows, N and K a few hundred to a few thousand per head).
 //
-// Why not always at::mm: at small batch each step's product is a few microseconds of work and
-// ATen's dispatch plus MKL's per-call packing of the weight cost as much again (B=1, H=128: our
-// step took 13.6 us against oneDNN's 8.5 us). This kernel streams Bm once per pair of rows,
-// keeping a kRows x kTileVecs tile of C in vector registers: at one row that is still 4
-// independent FMA chains, enough to hide the FMA latency. Above `max_batch` rows MKL (through
-// at::mm) wins and is used instead; the threshold is measured, see cpu.py's docstring.
+// Why not at::mm every step: at::mm hands the same weight to MKL T times, and MKL re-packs it
+// on every call (a third of the GEMM time at B=16, H=128 under perf: sgemm_scopy_down16), plus
+// ATen's dispatch. Here the weight is packed ONCE per sequence into column panels, each a
+// contiguous [K, kPanelCols] block, and every step streams the panels: a panel of 16 columns is
+// 8 KB at K=128 and 32 KB at K=512, so it stays in L1/L2 while all row tiles of the step use it.
+// Reading the unpacked weight instead (row stride G*DH floats, 8 KB at H=512) maps every k row
+// of a panel to the same few cache sets, and the panel fell out of cache between row tiles:
+// that is why the first, unpacked version of this kernel ran at half MKL's speed at B=16.
+//
+// The register tile is the classic AVX2 one: 6 rows x 2 vectors (16 floats) of C in 12
+// accumulators, 2 panel vectors and 1 broadcast of A per k: 15 of the 16 ymm registers, 12
+// independent FMA chains (enough to cover 2 FMA units x 5 cycles latency).
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+
+#if defined(CPU_CAPABILITY_AVX2)
+#include <immintrin.h>
+#endif
 
 #include "vec_lanes.h"
 
 namespace flashseq {
 namespace cpu {
 
-// Largest batch for which the loops use step_gemm instead of at::mm (default 4, measured in
-// fused_rnn_forward.cpp; settable for benchmarks and tests).
+// Largest live batch for which the loops use this kernel instead of at::mm (set in
+// fused_rnn_forward.cpp from measurements; settable for benchmarks and tests).
 int64_t& step_gemm_max_batch();
 
 #if defined(CPU_CAPABILITY_AVX2)
 
-constexpr int kTileVecs = 4;  // vectors of C columns per tile
-constexpr int kTileRows = 2;  // rows of C per tile: 2 x 4 accumulators + 4 loads fit 16 registers
+constexpr int kPanelVecs = 2;  // vectors of C columns per tile (and per packed panel)
+constexpr int kTileRows = 6;   // rows of C per tile: 6 x 2 accumulators + 3 operands in 16 ymm
 
-template <typename scalar_t, int kRows>
-inline void step_gemm_tile(int64_t K, const scalar_t* A, int64_t lda, const scalar_t* Bm,
-                           int64_t ldb, scalar_t* C, int64_t ldc, bool accumulate) {
-  using V = at::vec::Vectorized<scalar_t>;
-  constexpr int kVecs = kTileVecs;
-  V acc[kRows][kVecs];
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) {
-      acc[r][v] = accumulate ? V::loadu(C + r * ldc + v * V::size()) : V(scalar_t(0));
-    }
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    V b[kVecs];
-    for (int v = 0; v < kVecs; ++v) b[v] = V::loadu(Bm + k * ldb + v * V::size());
-    for (int r = 0; r < kRows; ++r) {
-      const V a(A[r * lda + k]);
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = at::vec::fmadd(a, b[v], acc[r][v]);
-    }
-  }
-  for (int r = 0; r < kRows; ++r) {
-    for (int v = 0; v < kVecs; ++v) acc[r][v].store(C + r * ldc + v * V::size());
-  }
-}
-
-// Columns [n0, n1) of C for all M rows; n1 - n0 a multiple of the tile width except at the end.
 template <typename scalar_t>
-inline void step_gemm_columns(int64_t M, int64_t n0, int64_t n1, int64_t K, const scalar_t* A,
-                              int64_t lda, const scalar_t* Bm, int64_t ldb, scalar_t* C,
-                              int64_t ldc, bool accumulate) {
-  constexpr int64_t kTileCols = kTileVecs * at::vec::Vectorized<scalar_t>::size();
-  static_assert(kTileRows == 2, "the row loop below handles pairs plus one odd row");
-  int64_t n = n0;
-  for (; n + kTileCols <= n1; n += kTileCols) {
-    int64_t m = 0;
-    for (; m + 2 <= M; m += 2)
-      step_gemm_tile<scalar_t, 2>(K, A + m * lda, lda, Bm + n, ldb, C + m * ldc + n, ldc, accumulate);
-    if (m < M)
-      step_gemm_tile<scalar_t, 1>(K, A + m * lda, lda, Bm + n, ldb, C + m * ldc + n, ldc, accumulate);
+constexpr int64_t panel_cols() {
+  return kPanelVecs * (32 / static_cast<int64_t>(sizeof(scalar_t)));  // 256-bit vectors
+}
+
+// Bm of H heads (head h at Bm + h*b_head, row stride ldb) -> [H, panels, K, panel_cols] with
+// panels = ceil(N / panel_cols), zero past column N. Done once per sequence.
+template <typename scalar_t>
+at::Tensor pack_panels(const scalar_t* Bm, int64_t H, int64_t K, int64_t N, int64_t ldb,
+                       int64_t b_head, const at::TensorOptions& options) {
+  constexpr int64_t P = panel_cols<scalar_t>();
+  const int64_t panels = (N + P - 1) / P;
+  at::Tensor packed = at::zeros({H, panels, K, P}, options);
+  scalar_t* out = packed.data_ptr<scalar_t>();
+  at::parallel_for(0, H * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t h = i / panels, n0 = (i % panels) * P, cols = std::min(P, N - n0);
+      const scalar_t* src = Bm + h * b_head + n0;
+      scalar_t* dst = out + i * K * P;
+      for (int64_t k = 0; k < K; ++k) std::copy(src + k * ldb, src + k * ldb + cols, dst + k * P);
+    }
+  });
+  return packed;
+}
+
+// The few AVX2 operations the tile needs, on raw registers: through at::vec::Vectorized GCC
+// kept the 12 accumulators mirrored in memory (a store each per k) because the partial
+// load/store members go through the object's address.
+template <typename scalar_t>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  using R = __m256;
+  static constexpr int64_t kWidth = 8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static R broadcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static __m256i mask(int64_t n) {  // lanes < n set
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)),
+                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   }
-  for (; n < n1; ++n) {  // the last N % kTileCols columns
-    for (int64_t m = 0; m < M; ++m) {
-      scalar_t sum = accumulate ? C[m * ldc + n] : scalar_t(0);
-      for (int64_t k = 0; k < K; ++k) sum += A[m * lda + k] * Bm[k * ldb + n];
-      C[m * ldc + n] = sum;
+  static R load(const float* p, int64_t n) { return _mm256_maskload_ps(p, mask(n)); }
+  static void store(float* p, R v) { _mm256_storeu_ps(p, v); }
+  static void store(float* p, R v, int64_t n) { _mm256_maskstore_ps(p, mask(n), v); }
+};
+
+template <>
+struct Simd<double> {
+  using R = __m256d;
+  static constexpr int64_t kWidth = 4;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static R broadcast(const double* p) { return _mm256_broadcast_sd(p); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static __m256i mask(int64_t n) {
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3));
+  }
+  static R load(const double* p, int64_t n) { return _mm256_maskload_pd(p, mask(n)); }
+  static void store(double* p, R v) { _mm256_storeu_pd(p, v); }
+  static void store(double* p, R v, int64_t n) { _mm256_maskstore_pd(p, mask(n), v); }
+};
+
+// C[kRows, cols] (+)= A[kRows, K] @ panel[K, cols], cols <= panel_cols (the last panel's tail
+// is loaded and stored under a lane mask; the panel's zero padding keeps unused lanes harmless).
+template <typename scalar_t, int kRows>
+inline void panel_tile(int64_t K, const scalar_t* A, int64_t lda, const scalar_t* panel,
+                       scalar_t* C, int64_t ldc, int64_t cols, bool accumulate) {
+  using S = Simd<scalar_t>;
+  using R = typename S::R;
+  constexpr int64_t W = S::kWidth, P = kPanelVecs * W;
+  static_assert(kPanelVecs == 2, "the k loop below is written for two vectors per row");
+  const bool full = cols == P;
+  const int64_t tail = cols - W;  // columns in the second vector (<= 0: none)
+  R acc0[kRows], acc1[kRows];
+  for (int r = 0; r < kRows; ++r) {
+    scalar_t* c = C + r * ldc;
+    if (!accumulate) {
+      acc0[r] = acc1[r] = S::zero();
+    } else if (full) {
+      acc0[r] = S::load(c);
+      acc1[r] = S::load(c + W);
+    } else {
+      acc0[r] = S::load(c, std::min(W, cols));
+      acc1[r] = tail > 0 ? S::load(c + W, tail) : S::zero();
+    }
+  }
+  int64_t k = 0;
+  if constexpr (kRows <= 2) {
+    // Few rows give few FMA chains (2 per row) for 2 units x 5 cycles of latency: odd k run
+    // on a second set of accumulators, added in at the end.
+    R odd0[kRows], odd1[kRows];
+    for (int r = 0; r < kRows; ++r) odd0[r] = odd1[r] = S::zero();
+    for (; k + 2 <= K; k += 2) {
+      const R b0 = S::load(panel + k * P), b1 = S::load(panel + k * P + W);
+      const R c0 = S::load(panel + (k + 1) * P), c1 = S::load(panel + (k + 1) * P + W);
+      for (int r = 0; r < kRows; ++r) {
+        const R a = S::broadcast(A + r * lda + k), a_odd = S::broadcast(A + r * lda + k + 1);
+        acc0[r] = S::fma(a, b0, acc0[r]);
+        acc1[r] = S::fma(a, b1, acc1[r]);
+        odd0[r] = S::fma(a_odd, c0, odd0[r]);
+        odd1[r] = S::fma(a_odd, c1, odd1[r]);
+      }
+    }
+    for (int r = 0; r < kRows; ++r) {
+      acc0[r] = S::add(acc0[r], odd0[r]);
+      acc1[r] = S::add(acc1[r], odd1[r]);
+    }
+  }
+  for (; k < K; ++k) {
+    const R b0 = S::load(panel + k * P), b1 = S::load(panel + k * P + W);
+    for (int r = 0; r < kRows; ++r) {
+      const R a = S::broadcast(A + r * lda + k);
+      acc0[r] = S::fma(a, b0, acc0[r]);
+      acc1[r] = S::fma(a, b1, acc1[r]);
+    }
+  }
+  for (int r = 0; r < kRows; ++r) {
+    scalar_t* c = C + r * ldc;
+    if (full) {
+      S::store(c, acc0[r]);
+      S::store(c + W, acc1[r]);
+    } else {
+      S::store(c, acc0[r], std::min(W, cols));
+      if (tail > 0) S::store(c + W, acc1[r], tail);
     }
   }
 }
 
-// For each of H heads h: C_h (+)= A_h @ B_h, heads `a_head`, `b_head`, `c_head` elements apart.
+// All M rows of one panel: whole 6-row tiles, then one tile of the remaining 1..5 rows.
+template <typename scalar_t>
+inline void panel_rows(int64_t M, int64_t K, const scalar_t* A, int64_t lda, const scalar_t* panel,
+                       scalar_t* C, int64_t ldc, int64_t cols, bool accumulate) {
+  int64_t m = 0;
+  for (; m + kTileRows <= M; m += kTileRows)
+    panel_tile<scalar_t, kTileRows>(K, A + m * lda, lda, panel, C + m * ldc, ldc, cols, accumulate);
+  A += m * lda;
+  C += m * ldc;
+  switch (M - m) {
+    case 5: panel_tile<scalar_t, 5>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 4: panel_tile<scalar_t, 4>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 3: panel_tile<scalar_t, 3>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 2: panel_tile<scalar_t, 2>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 1: panel_tile<scalar_t, 1>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    default: break;
+  }
+}
+
+// For each of H heads h: C_h[M, N] (+)= A_h[M, K] @ B_h, B_h given packed by pack_panels;
+// A_h and C_h are `a_head` and `c_head` elements apart.
 template <typename scalar_t>
 void step_gemm(int64_t H, int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda,
-               int64_t a_head, const scalar_t* Bm, int64_t ldb, int64_t b_head, scalar_t* C,
-               int64_t ldc, int64_t c_head, bool accumulate) {
-  constexpr int64_t kTileCols = kTileVecs * at::vec::Vectorized<scalar_t>::size();
-  const int64_t blocks = (N + kTileCols - 1) / kTileCols;  // column blocks per head
+               int64_t a_head, const at::Tensor& packed, scalar_t* C, int64_t ldc, int64_t c_head,
+               bool accumulate) {
+  constexpr int64_t P = panel_cols<scalar_t>();
+  const int64_t panels = packed.size(1);
+  const scalar_t* panel0 = packed.data_ptr<scalar_t>();
   // A task of at least ~64K multiply-adds keeps OpenMP's hand-off cost small next to it.
-  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * kTileCols));
-  at::parallel_for(0, H * blocks, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end;) {
-      const int64_t h = i / blocks, first = i % blocks;
-      const int64_t last = std::min(blocks, first + (end - i));  // stay within head h
-      step_gemm_columns(M, first * kTileCols, std::min(N, last * kTileCols), K, A + h * a_head,
-                        lda, Bm + h * b_head, ldb, C + h * c_head, ldc, accumulate);
-      i += last - first;
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * P));
+  at::parallel_for(0, H * panels, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t h = i / panels, n0 = (i % panels) * P;
+      panel_rows(M, K, A + h * a_head, lda, panel0 + i * K * P, C + h * c_head + n0, ldc,
+                 std::min(P, N - n0), accumulate);
     }
   });
 }
@@ -101,8 +214,14 @@ inline bool use_step_gemm(int64_t batch) { return batch <= step_gemm_max_batch()
 inline bool use_step_gemm(int64_t) { return false; }
 
 template <typename scalar_t>
+at::Tensor pack_panels(const scalar_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
+                       const at::TensorOptions&) {
+  TORCH_CHECK(false, "step_gemm needs the AVX2 build");
+}
+
+template <typename scalar_t>
 void step_gemm(int64_t, int64_t, int64_t, int64_t, const scalar_t*, int64_t, int64_t,
-               const scalar_t*, int64_t, int64_t, scalar_t*, int64_t, int64_t, bool) {
+               const at::Tensor&, scalar_t*, int64_t, int64_t, bool) {
   TORCH_CHECK(false, "step_gemm needs the AVX2 build");
 }
 

@@ -74,12 +74,13 @@ def test_odd_shapes(cell_name, shape):
                             with_lengths=B > 2, with_states=True, seed=5)
 
 
-@pytest.fixture(params=["own_gemm", "aten_gemm", "threshold"])
+@pytest.fixture(params=["own_gemm", "aten_gemm", "mixed"])
 def step_gemm_path(request):
-    """Runs the test with each per-step GEMM: the built-in one (used for small batches), ATen/
-    MKL's (used above the threshold), whatever the batch size, and the default mix of both."""
+    """Runs the test with each per-step GEMM: the built-in one (used up to a batch threshold),
+    ATen/MKL's (used above it), whatever the batch size, and a threshold of 4 rows, which mixes
+    both as the live rows of a ragged batch shrink."""
     ext = cpu_backend._jit.extension()
-    max_batch = {"own_gemm": 1 << 30, "aten_gemm": 0, "threshold": 4}[request.param]
+    max_batch = {"own_gemm": 1 << 30, "aten_gemm": 0, "mixed": 4}[request.param]
     old = ext._set_step_gemm_max_batch(max_batch)
     yield request.param
     ext._set_step_gemm_max_batch(old)

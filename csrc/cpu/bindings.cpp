@@ -5,6 +5,7 @@
 
 #include "fused_rnn_cpu.h"
 #include "step_gemm.h"
+#include "vec_lanes.h"
 
 // setup.py passes the build key of flashseq/_jit.py (torch version, flags, sources) so that an
 // install-time build left over after the sources changed is recognised as stale and not used.
@@ -15,6 +16,26 @@ constexpr const char* kSourceKey = FLASHSEQ_STRINGIFY(FLASHSEQ_SOURCE_KEY);
 #else
 constexpr const char* kSourceKey = "";
 #endif
+
+namespace {
+
+// tanh as the pointwise loops compute it (SIMD lanes in the AVX2 build), for the accuracy test.
+at::Tensor lanes_tanh(const at::Tensor& x_in) {
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
+              "_lanes_tanh: x must be a float32 CPU tensor");
+  using L = flashseq::cpu::Lanes<float>;
+  const at::Tensor x = x_in.contiguous();
+  at::Tensor y = at::empty_like(x);
+  const float* src = x.data_ptr<float>();
+  float* dst = y.data_ptr<float>();
+  for (int64_t i = 0, n = x.numel(); i < n; i += L::kWidth) {
+    const int64_t count = std::min<int64_t>(L::kWidth, n - i);
+    L::store(flashseq::cells::tanh_of(L::load(src + i, count)), dst + i, count);
+  }
+  return y;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "flashseq compiled CPU kernels";
@@ -38,6 +59,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for benchmarks: use the built-in per-step GEMM up to this batch size (MKL above); "
         "returns the previous value",
         py::arg("max_batch"));
+  m.def("_lanes_tanh", &lanes_tanh, "for tests: tanh as the compiled pointwise loops compute it",
+        py::arg("x"));
   m.def("cell_layout", &flashseq::cpu::cell_layout,
         "(num_gates, num_states, num_saved) of a cell as the compiled loop stores it",
         py::arg("cell"));

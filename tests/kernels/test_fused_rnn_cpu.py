@@ -114,6 +114,21 @@ def test_sorted_lengths_shrink_the_step_gemms(cell_name, NH, step_gemm_path):
         assert_close(name, got, want, 1e-12)
 
 
+def test_float_tanh_of_the_loops_is_accurate():
+    # The loops compute float tanh from one exp, with a series near 0 (csrc/cpu/vec_lanes.h).
+    x = torch.cat([torch.linspace(-30, 30, 200_001), torch.logspace(-30, 1, 5_000),
+                   -torch.logspace(-30, 1, 5_000), torch.tensor([0.0, 0.25, -0.25])])
+    got = cpu_backend._jit.extension()._lanes_tanh(x).double()
+    want = torch.tanh(x.double())
+    rel = ((got - want).abs() / want.abs().clamp_min(1e-300))[want != 0]
+    assert rel.max() < 1e-6, f"max relative error {rel.max():.3g} at x={x[want != 0][rel.argmax()]}"
+    assert (got[want == 0] == 0).all()
+    special = cpu_backend._jit.extension()._lanes_tanh(torch.tensor([float("inf"), -float("inf"),
+                                                                    float("nan"), 1e30, -1e30]))
+    assert special[:2].tolist() == [1.0, -1.0] and special[2].isnan()
+    assert special[3:].tolist() == [1.0, -1.0]
+
+
 @pytest.mark.parametrize("cell_name", CELL_NAMES)
 def test_gradcheck(cell_name):
     cell = CELLS[cell_name]

@@ -59,7 +59,7 @@ std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
 namespace {
 
 template <typename Cell, typename scalar_t>
-void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& bias,
+void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& bias,
                   at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,
                   at::Tensor& saved_gates, at::Tensor& saved_states, bool save) {
   constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
@@ -76,28 +76,36 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& W, const at::Tensor& b
   scalar_t* sstates_p = save ? saved_states.data_ptr<scalar_t>() : nullptr;  // [T, S-1, NH, B, DH]
   const at::Tensor h_carry = carry.select(0, 0);  // [NH, B, DH], the GEMM's left operand
   at::Tensor rh_head0 = rh.select(0, 0);            // [B, G*DH], the GEMM's output when NH == 1
-  const at::Tensor h_head0 = h_carry.select(0, 0), W_head0 = W.select(0, 0);
+  const at::Tensor h_head0 = h_carry.select(0, 0);
   scalar_t* rh_out = rh.data_ptr<scalar_t>();
   const int64_t grain = pointwise_grain(GDH);
   const std::vector<int64_t> live = live_rows(len, B, T);
-  at::Tensor W_panels;  // W packed for step_gemm, on the first step that uses it
+  // W [NH, DH, G*DH], W[n][d][g*DH + e] = r[g][n][d][e], in the form each GEMM wants, made on
+  // the first step that needs it: panels for step_gemm, a dense copy for at::mm.
+  at::Tensor W_panels, W;
+  const scalar_t* r_p = r.data_ptr<scalar_t>();
+  const int64_t rs_g = r.stride(0), rs_n = r.stride(1), rs_d = r.stride(2), rs_e = r.stride(3);
+  const auto W_at = [=](int64_t n, int64_t d, int64_t col) {
+    return r_p[(col / DH) * rs_g + n * rs_n + d * rs_d + (col % DH) * rs_e];
+  };
 
   for (int64_t t = 0; t < T; ++t) {
     // Only the first M rows can still be running; the rest keep their states and skip the GEMM.
     const int64_t M = live[t];
-    if (M == 0) {
-    } else if (use_step_gemm(M)) {
-      if (!W_panels.defined())
-        W_panels = pack_panels(W.data_ptr<scalar_t>(), NH, DH, GDH, GDH, DH * GDH, W.options());
+    if (M > 0 && use_step_gemm(M)) {
+      if (!W_panels.defined()) W_panels = pack_panels<scalar_t>(NH, DH, GDH, r.options(), W_at);
       step_gemm<scalar_t>(NH, M, GDH, DH, carry_p, DH, B * DH, W_panels, rh_out, GDH, B * GDH,
                           /*accumulate=*/false);
-    } else if (NH == 1) {
-      at::Tensor rh_live = rh_head0.narrow(0, 0, M);  // a view: mm_out writes into rh
-      at::mm_out(rh_live, h_head0.narrow(0, 0, M), W_head0);
-    } else if (M == B) {
-      at::bmm_out(rh, h_carry, W);
-    } else {
-      rh.narrow(1, 0, M).copy_(at::bmm(h_carry.narrow(1, 0, M), W));
+    } else if (M > 0) {
+      if (!W.defined()) W = r.permute({1, 2, 0, 3}).reshape({NH, DH, GDH}).contiguous();
+      if (NH == 1) {
+        at::Tensor rh_live = rh_head0.narrow(0, 0, M);  // a view: mm_out writes into rh
+        at::mm_out(rh_live, h_head0.narrow(0, 0, M), W.select(0, 0));
+      } else if (M == B) {
+        at::bmm_out(rh, h_carry, W);
+      } else {
+        rh.narrow(1, 0, M).copy_(at::bmm(h_carry.narrow(1, 0, M), W));
+      }
     }
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
@@ -161,7 +169,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
               b.sizes(), " ", b.scalar_type());
 
   const at::Tensor wx = wx_in.contiguous();
-  const at::Tensor W = r.permute({1, 2, 0, 3}).reshape({NH, DH, G * DH}).contiguous();
   const at::Tensor bias = b.permute({1, 0, 2}).reshape({NH, G * DH}).contiguous();
   // clone: the loop updates carry in place and must never write into the caller's states.
   at::Tensor carry = states.permute({0, 2, 1, 3}).clone(at::MemoryFormat::Contiguous);
@@ -175,7 +182,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
 
   AT_DISPATCH_FLOATING_TYPES(wx.scalar_type(), "fused_rnn_cpu_forward", [&] {
     dispatch_cell(cell, [&](auto c) {
-      forward_loop<decltype(c), scalar_t>(wx, W, bias, carry, rh, len, h, saved_gates,
+      forward_loop<decltype(c), scalar_t>(wx, r, bias, carry, rh, len, h, saved_gates,
                                           saved_states, save);
       return 0;
     });

@@ -41,11 +41,11 @@ constexpr int64_t panel_cols() {
   return kPanelVecs * (32 / static_cast<int64_t>(sizeof(scalar_t)));  // 256-bit vectors
 }
 
-// Bm of H heads (head h at Bm + h*b_head, row stride ldb) -> [H, panels, K, panel_cols] with
-// panels = ceil(N / panel_cols), zero past column N. Done once per sequence.
-template <typename scalar_t>
-at::Tensor pack_panels(const scalar_t* Bm, int64_t H, int64_t K, int64_t N, int64_t ldb,
-                       int64_t b_head, const at::TensorOptions& options) {
+// The [H, K, N] matrix whose element (h, k, n) is at(h, k, n) -> [H, panels, K, panel_cols]
+// with panels = ceil(N / panel_cols), zero past column N. Done once per sequence, straight from
+// the caller's r whatever its strides (no dense copy of r first).
+template <typename scalar_t, typename At>
+at::Tensor pack_panels(int64_t H, int64_t K, int64_t N, const at::TensorOptions& options, At at) {
   constexpr int64_t P = panel_cols<scalar_t>();
   const int64_t panels = (N + P - 1) / P;
   at::Tensor packed = at::zeros({H, panels, K, P}, options);
@@ -53,9 +53,10 @@ at::Tensor pack_panels(const scalar_t* Bm, int64_t H, int64_t K, int64_t N, int6
   at::parallel_for(0, H * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t h = i / panels, n0 = (i % panels) * P, cols = std::min(P, N - n0);
-      const scalar_t* src = Bm + h * b_head + n0;
       scalar_t* dst = out + i * K * P;
-      for (int64_t k = 0; k < K; ++k) std::copy(src + k * ldb, src + k * ldb + cols, dst + k * P);
+      for (int64_t k = 0; k < K; ++k) {
+        for (int64_t c = 0; c < cols; ++c) dst[k * P + c] = at(h, k, n0 + c);
+      }
     }
   });
   return packed;
@@ -213,9 +214,8 @@ inline bool use_step_gemm(int64_t batch) { return batch <= step_gemm_max_batch()
 
 inline bool use_step_gemm(int64_t) { return false; }
 
-template <typename scalar_t>
-at::Tensor pack_panels(const scalar_t*, int64_t, int64_t, int64_t, int64_t, int64_t,
-                       const at::TensorOptions&) {
+template <typename scalar_t, typename At>
+at::Tensor pack_panels(int64_t, int64_t, int64_t, const at::TensorOptions&, At) {
   TORCH_CHECK(false, "step_gemm needs the AVX2 build");
 }
 

@@ -83,8 +83,8 @@ def fused_rnn_cpu_bwd(dh: Optional[Tensor], d_last: Optional[Tensor], h: Tensor,
                       r: Tensor, saved_gates: Tensor, saved_states: Tensor,
                       lengths: Optional[Tensor], cell: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward loop: upstream dh [B, T, NH, DH] and d_last [S, B, NH, DH] (None = zero) and
-    what the forward saved -> (d_wx [B, T, G, NH, DH], d_r [G, NH, DH, DH], d_b [G, NH, DH],
-    d_states [S, B, NH, DH])."""
+    what the forward saved -> (d_wx [B, T, G, NH, DH], d_r [G, NH, DH, DH] with r's strides
+    (``empty_like``), d_b [G, NH, DH], d_states [S, B, NH, DH])."""
     return tuple(_jit.extension().fused_rnn_backward(
         dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell))
 
@@ -93,7 +93,7 @@ def fused_rnn_cpu_bwd(dh: Optional[Tensor], d_last: Optional[Tensor], h: Tensor,
 def _fused_rnn_cpu_bwd_fake(dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell):
     B, T, NH, DH = h.shape
     G, S, _ = _layout(cell)
-    return (h.new_empty(B, T, G, NH, DH), r.new_empty(G, NH, DH, DH), r.new_empty(G, NH, DH),
+    return (h.new_empty(B, T, G, NH, DH), torch.empty_like(r), r.new_empty(G, NH, DH),
             states.new_empty(S, B, NH, DH))
 
 

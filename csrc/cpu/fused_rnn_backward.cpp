@@ -39,12 +39,6 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
   const std::vector<int64_t> live = live_rows(len, B, T);
   // Wt, made from r on the first step that needs it: panels for step_gemm, dense for at::mm.
   at::Tensor Wt_panels, Wt;
-  const scalar_t* r_p = r.data_ptr<scalar_t>();
-  const int64_t rs_g = r.stride(0), rs_n = r.stride(1), rs_d = r.stride(2), rs_e = r.stride(3);
-  const auto Wt_at = [=](int64_t n, int64_t row, int64_t d) {  // row = g*DH + e
-    return r_p[(row / DH) * rs_g + n * rs_n + d * rs_d + (row % DH) * rs_e];
-  };
-
   for (int64_t t = T - 1; t >= 0; --t) {
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
@@ -100,7 +94,13 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
     const int64_t M = live[t];
     if (M == 0) continue;
     if (use_step_gemm(M)) {
-      if (!Wt_panels.defined()) Wt_panels = pack_panels<scalar_t>(NH, GDH, DH, r.options(), Wt_at);
+      if (!Wt_panels.defined()) {  // row g*DH + e, column d
+        std::vector<int64_t> row_offset(GDH), col_offset(DH);
+        for (int64_t k = 0; k < GDH; ++k) row_offset[k] = (k / DH) * r.stride(0) + (k % DH) * r.stride(3);
+        for (int64_t d = 0; d < DH; ++d) col_offset[d] = d * r.stride(2);
+        Wt_panels = pack_panels(r.data_ptr<scalar_t>(), NH, r.stride(1), row_offset, col_offset,
+                                r.options());
+      }
       step_gemm<scalar_t>(NH, M, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_panels,
                           dcarry_p, DH, B * DH, /*accumulate=*/true);
       continue;

@@ -83,17 +83,17 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
   // W [NH, DH, G*DH], W[n][d][g*DH + e] = r[g][n][d][e], in the form each GEMM wants, made on
   // the first step that needs it: panels for step_gemm, a dense copy for at::mm.
   at::Tensor W_panels, W;
-  const scalar_t* r_p = r.data_ptr<scalar_t>();
-  const int64_t rs_g = r.stride(0), rs_n = r.stride(1), rs_d = r.stride(2), rs_e = r.stride(3);
-  const auto W_at = [=](int64_t n, int64_t d, int64_t col) {
-    return r_p[(col / DH) * rs_g + n * rs_n + d * rs_d + (col % DH) * rs_e];
-  };
-
   for (int64_t t = 0; t < T; ++t) {
     // Only the first M rows can still be running; the rest keep their states and skip the GEMM.
     const int64_t M = live[t];
     if (M > 0 && use_step_gemm(M)) {
-      if (!W_panels.defined()) W_panels = pack_panels<scalar_t>(NH, DH, GDH, r.options(), W_at);
+      if (!W_panels.defined()) {  // row d, column g*DH + e
+        std::vector<int64_t> row_offset(DH), col_offset(GDH);
+        for (int64_t d = 0; d < DH; ++d) row_offset[d] = d * r.stride(2);
+        for (int64_t c = 0; c < GDH; ++c) col_offset[c] = (c / DH) * r.stride(0) + (c % DH) * r.stride(3);
+        W_panels = pack_panels(r.data_ptr<scalar_t>(), NH, r.stride(1), row_offset, col_offset,
+                               r.options());
+      }
       step_gemm<scalar_t>(NH, M, GDH, DH, carry_p, DH, B * DH, W_panels, rh_out, GDH, B * GDH,
                           /*accumulate=*/false);
     } else if (M > 0) {

@@ -15,6 +15,8 @@
 // independent FMA chains (enough to cover 2 FMA units x 5 cycles latency).
 #pragma once
 
+#include <vector>
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
@@ -41,21 +43,28 @@ constexpr int64_t panel_cols() {
   return kPanelVecs * (32 / static_cast<int64_t>(sizeof(scalar_t)));  // 256-bit vectors
 }
 
-// The [H, K, N] matrix whose element (h, k, n) is at(h, k, n) -> [H, panels, K, panel_cols]
-// with panels = ceil(N / panel_cols), zero past column N. Done once per sequence, straight from
-// the caller's r whatever its strides (no dense copy of r first).
-template <typename scalar_t, typename At>
-at::Tensor pack_panels(int64_t H, int64_t K, int64_t N, const at::TensorOptions& options, At at) {
+// Packs H matrices [K, N] into [H, panels, K, panel_cols] (panels = ceil(N / panel_cols), zero
+// past column N). Element (h, k, n) is src[h * head_stride + row_offset[k] + col_offset[n]]:
+// offsets rather than a dense source, so the panels are filled straight from the caller's r
+// whatever its strides, once per sequence.
+template <typename scalar_t>
+at::Tensor pack_panels(const scalar_t* src, int64_t H, int64_t head_stride,
+                       const std::vector<int64_t>& row_offset,
+                       const std::vector<int64_t>& col_offset, const at::TensorOptions& options) {
   constexpr int64_t P = panel_cols<scalar_t>();
+  const int64_t K = static_cast<int64_t>(row_offset.size());
+  const int64_t N = static_cast<int64_t>(col_offset.size());
   const int64_t panels = (N + P - 1) / P;
   at::Tensor packed = at::zeros({H, panels, K, P}, options);
   scalar_t* out = packed.data_ptr<scalar_t>();
   at::parallel_for(0, H * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t h = i / panels, n0 = (i % panels) * P, cols = std::min(P, N - n0);
+      const int64_t* cols_at = col_offset.data() + n0;
       scalar_t* dst = out + i * K * P;
       for (int64_t k = 0; k < K; ++k) {
-        for (int64_t c = 0; c < cols; ++c) dst[k * P + c] = at(h, k, n0 + c);
+        const scalar_t* row = src + h * head_stride + row_offset[k];
+        for (int64_t c = 0; c < cols; ++c) dst[k * P + c] = row[cols_at[c]];
       }
     }
   });
@@ -128,25 +137,36 @@ inline void panel_tile(int64_t K, const scalar_t* A, int64_t lda, const scalar_t
     }
   }
   int64_t k = 0;
-  if constexpr (kRows <= 2) {
-    // Few rows give few FMA chains (2 per row) for 2 units x 5 cycles of latency: odd k run
-    // on a second set of accumulators, added in at the end.
-    R odd0[kRows], odd1[kRows];
-    for (int r = 0; r < kRows; ++r) odd0[r] = odd1[r] = S::zero();
-    for (; k + 2 <= K; k += 2) {
+  // Few rows give few FMA chains (2 per row) for 2 units x 4-5 cycles of latency, so 1- and
+  // 2-row tiles spread consecutive k over 4 or 2 sets of accumulators, added up at the end.
+  constexpr int kSets = kRows == 1 ? 4 : (kRows == 2 ? 2 : 1);
+  if constexpr (kSets > 1) {
+    R more0[kSets - 1][kRows], more1[kSets - 1][kRows];
+    for (int q = 0; q < kSets - 1; ++q) {
+      for (int r = 0; r < kRows; ++r) more0[q][r] = more1[q][r] = S::zero();
+    }
+    for (; k + kSets <= K; k += kSets) {
       const R b0 = S::load(panel + k * P), b1 = S::load(panel + k * P + W);
-      const R c0 = S::load(panel + (k + 1) * P), c1 = S::load(panel + (k + 1) * P + W);
       for (int r = 0; r < kRows; ++r) {
-        const R a = S::broadcast(A + r * lda + k), a_odd = S::broadcast(A + r * lda + k + 1);
+        const R a = S::broadcast(A + r * lda + k);
         acc0[r] = S::fma(a, b0, acc0[r]);
         acc1[r] = S::fma(a, b1, acc1[r]);
-        odd0[r] = S::fma(a_odd, c0, odd0[r]);
-        odd1[r] = S::fma(a_odd, c1, odd1[r]);
+      }
+      for (int q = 0; q < kSets - 1; ++q) {
+        const scalar_t* row = panel + (k + 1 + q) * P;
+        const R c0 = S::load(row), c1 = S::load(row + W);
+        for (int r = 0; r < kRows; ++r) {
+          const R a = S::broadcast(A + r * lda + k + 1 + q);
+          more0[q][r] = S::fma(a, c0, more0[q][r]);
+          more1[q][r] = S::fma(a, c1, more1[q][r]);
+        }
       }
     }
-    for (int r = 0; r < kRows; ++r) {
-      acc0[r] = S::add(acc0[r], odd0[r]);
-      acc1[r] = S::add(acc1[r], odd1[r]);
+    for (int q = 0; q < kSets - 1; ++q) {
+      for (int r = 0; r < kRows; ++r) {
+        acc0[r] = S::add(acc0[r], more0[q][r]);
+        acc1[r] = S::add(acc1[r], more1[q][r]);
+      }
     }
   }
   for (; k < K; ++k) {
@@ -214,8 +234,9 @@ inline bool use_step_gemm(int64_t batch) { return batch <= step_gemm_max_batch()
 
 inline bool use_step_gemm(int64_t) { return false; }
 
-template <typename scalar_t, typename At>
-at::Tensor pack_panels(int64_t, int64_t, int64_t, const at::TensorOptions&, At) {
+template <typename scalar_t>
+at::Tensor pack_panels(const scalar_t*, int64_t, int64_t, const std::vector<int64_t>&,
+                       const std::vector<int64_t>&, const at::TensorOptions&) {
   TORCH_CHECK(false, "step_gemm needs the AVX2 build");
 }
 

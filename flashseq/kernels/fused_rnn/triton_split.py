@@ -43,18 +43,7 @@ def group_barrier(P_CNT, target):
 @triton.jit
 def _weight_cols(P_R, o_k, o_j, m_kj, DH, r_gate, G: tl.constexpr):
     # the G weight blocks r[g, n, k-rows, j-cols] [BK, BH]; P_R points at r[0, n]
-    p = P_R + o_k[:, None] * DH + o_j[None, :]
-    b_r0 = tl.load(p, mask=m_kj, other=0.0)
-    b_r1 = b_r0
-    b_r2 = b_r0
-    b_r3 = b_r0
-    if G > 1:
-        b_r1 = tl.load(p + r_gate, mask=m_kj, other=0.0)
-    if G > 2:
-        b_r2 = tl.load(p + 2 * r_gate, mask=m_kj, other=0.0)
-    if G > 3:
-        b_r3 = tl.load(p + 3 * r_gate, mask=m_kj, other=0.0)
-    return b_r0, b_r1, b_r2, b_r3
+    return _load_per_gate(P_R + o_k[:, None] * DH + o_j[None, :], r_gate, m_kj, G)
 
 
 @triton.jit

@@ -11,25 +11,14 @@ import triton
 import triton.language as tl
 
 from .triton_bwd import _cell_bwd_step, _hold_past_length, _load_states
-from .triton_fwd import _store_gates, _store_states
+from .triton_fwd import _load_per_gate, _store_gates, _store_states
 from .triton_split import group_barrier
 
 
 @triton.jit
 def _weight_rows_t(P_R, o_c, o_j, m_cj, DH, r_gate, G: tl.constexpr):
     # the G blocks r[g, n, j, c]^T as [BK (c), BH (j)]; P_R points at r[0, n]
-    p = P_R + o_j[None, :] * DH + o_c[:, None]
-    b_r0 = tl.load(p, mask=m_cj, other=0.0)
-    b_r1 = b_r0
-    b_r2 = b_r0
-    b_r3 = b_r0
-    if G > 1:
-        b_r1 = tl.load(p + r_gate, mask=m_cj, other=0.0)
-    if G > 2:
-        b_r2 = tl.load(p + 2 * r_gate, mask=m_cj, other=0.0)
-    if G > 3:
-        b_r3 = tl.load(p + 3 * r_gate, mask=m_cj, other=0.0)
-    return b_r0, b_r1, b_r2, b_r3
+    return _load_per_gate(P_R + o_j[None, :] * DH + o_c[:, None], r_gate, m_cj, G)
 
 
 @triton.jit

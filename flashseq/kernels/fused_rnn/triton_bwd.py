@@ -12,39 +12,7 @@ d h_{t-1} += sum_g d rh_g @ r_g^T with tl.dot (d rh rounded to the input dtype, 
 import triton
 import triton.language as tl
 
-from .triton_fwd import _load_per_gate, _load_rows, _store_gates, _store_states
-
-
-@triton.jit
-def _load_states(P, o_state, o_col, m_rc, state_size, S: tl.constexpr, b_zero):
-    # the S fp32 blocks [BB, BH] of one [S, B, NH, DH] slot starting at P; missing ones are 0
-    b_s0 = _load_rows(P, o_state, o_col, m_rc)
-    b_s1 = b_zero
-    b_s2 = b_zero
-    b_s3 = b_zero
-    if S > 1:
-        b_s1 = _load_rows(P + state_size, o_state, o_col, m_rc)
-    if S > 2:
-        b_s2 = _load_rows(P + 2 * state_size, o_state, o_col, m_rc)
-    if S > 3:
-        b_s3 = _load_rows(P + 3 * state_size, o_state, o_col, m_rc)
-    return b_s0, b_s1, b_s2, b_s3
-
-
-@triton.jit
-def _load_gates(P, o_row, o_col, m_rc, gate_stride, G: tl.constexpr, b_zero):
-    # the G fp32 blocks of one step of a [B, T, G, NH, DH] tensor; o_row points at gate 0
-    b_g0 = _load_rows(P, o_row, o_col, m_rc)
-    b_g1 = b_zero
-    b_g2 = b_zero
-    b_g3 = b_zero
-    if G > 1:
-        b_g1 = _load_rows(P + gate_stride, o_row, o_col, m_rc)
-    if G > 2:
-        b_g2 = _load_rows(P + 2 * gate_stride, o_row, o_col, m_rc)
-    if G > 3:
-        b_g3 = _load_rows(P + 3 * gate_stride, o_row, o_col, m_rc)
-    return b_g0, b_g1, b_g2, b_g3
+from .triton_fwd import _load_blocks, _load_per_gate, _load_rows, _store_gates, _store_states
 
 
 @triton.jit
@@ -53,9 +21,9 @@ def _cell_bwd_step(CELL, WX, RH_ST, S_ST, DHO, t, o_b, o_col, m_rc, o_state, hd,
     # The cell's backward at step t for one [BB, BH] block: returns d wx, d rh per gate and the
     # gradients of the states before the step (d h_prev without the h_prev @ r path).
     o_wx = (o_b * T + t) * G * hd + o_state - o_b * hd  # [BB] gate-0 rows of step t
-    wx0, wx1, wx2, wx3 = _load_gates(WX, o_wx, o_col, m_rc, hd, G, b_zero)
-    rh0, rh1, rh2, rh3 = _load_gates(RH_ST, o_wx, o_col, m_rc, hd, G, b_zero)
-    sp0, sp1, sp2, sp3 = _load_states(S_ST + t * S * state_size, o_state, o_col, m_rc,
+    wx0, wx1, wx2, wx3 = _load_blocks(WX, o_wx, o_col, m_rc, hd, G, b_zero)
+    rh0, rh1, rh2, rh3 = _load_blocks(RH_ST, o_wx, o_col, m_rc, hd, G, b_zero)
+    sp0, sp1, sp2, sp3 = _load_blocks(S_ST + t * S * state_size, o_state, o_col, m_rc,
                                       state_size, S, b_zero)
     o_h = (o_b * T + t) * hd + o_state - o_b * hd
     d0 = ds0 + _load_rows(DHO, o_h, o_col, m_rc)
@@ -113,7 +81,7 @@ def fused_rnn_bwd_kernel(
     b_rt0, b_rt1, b_rt2, b_rt3 = _load_per_gate(p_rt, r_gate, m_r, G)  # [DHP, DHP] each
 
     b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
-    ds0, ds1, ds2, ds3 = _load_states(DSLAST, o_state, o_d, m_bd, state_size, S, b_zero)
+    ds0, ds1, ds2, ds3 = _load_blocks(DSLAST, o_state, o_d, m_bd, state_size, S, b_zero)
     if HAS_LEN:
         b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
     for i_t in range(T):

@@ -42,6 +42,23 @@ def _load_rows(P, o_row, o_col, m_rc):
     return tl.load(P + o_row[:, None] + o_col[None, :], mask=m_rc, other=0.0).to(tl.float32)
 
 
+@triton.jit
+def _load_blocks(P, o_row, o_col, m_rc, stride, N: tl.constexpr, b_zero):
+    # the N fp32 [BB, BH] blocks at P + i * stride (i < N; the gates of a step, the states of a
+    # slot); the rest of the four are b_zero
+    b_0 = _load_rows(P, o_row, o_col, m_rc)
+    b_1 = b_zero
+    b_2 = b_zero
+    b_3 = b_zero
+    if N > 1:
+        b_1 = _load_rows(P + stride, o_row, o_col, m_rc)
+    if N > 2:
+        b_2 = _load_rows(P + 2 * stride, o_row, o_col, m_rc)
+    if N > 3:
+        b_3 = _load_rows(P + 3 * stride, o_row, o_col, m_rc)
+    return b_0, b_1, b_2, b_3
+
+
 @triton.jit(do_not_specialize=["B", "T"])
 def fused_rnn_fwd_kernel(
     WX, R, BIAS, S0, LEN, H, SLAST, RH_ST, S_ST,
@@ -77,16 +94,7 @@ def fused_rnn_fwd_kernel(
     b_bias3 = b_bias3.to(tl.float32)
 
     b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
-    b_s0 = _load_rows(S0, o_state, o_d, m_bd)  # [BB, DHP]
-    b_s1 = b_zero
-    b_s2 = b_zero
-    b_s3 = b_zero
-    if S > 1:
-        b_s1 = _load_rows(S0 + state_size, o_state, o_d, m_bd)
-    if S > 2:
-        b_s2 = _load_rows(S0 + 2 * state_size, o_state, o_d, m_bd)
-    if S > 3:
-        b_s3 = _load_rows(S0 + 3 * state_size, o_state, o_d, m_bd)
+    b_s0, b_s1, b_s2, b_s3 = _load_blocks(S0, o_state, o_d, m_bd, state_size, S, b_zero)
     if SAVE:
         _store_states(S_ST, o_state, o_d, m_bd, state_size, S, b_s0, b_s1, b_s2, b_s3)
     if HAS_LEN:

@@ -23,7 +23,7 @@ h loads use the ".cg" cache modifier: another SM wrote them, and L1 is not coher
 import triton
 import triton.language as tl
 
-from .triton_fwd import _load_per_gate, _load_rows, _store_gates, _store_states
+from .triton_fwd import _load_blocks, _load_per_gate, _load_rows, _store_gates, _store_states
 
 
 @triton.jit
@@ -103,16 +103,7 @@ def fused_rnn_fwd_kernel_split(
     else:
         slot0 = t_begin % 2
     p_in = S_ST + slot0.to(tl.int64) * S * state_size
-    b_s0 = _load_rows(p_in, o_state, o_j, m_bj)  # [BB, BH]
-    b_s1 = b_zero
-    b_s2 = b_zero
-    b_s3 = b_zero
-    if S > 1:
-        b_s1 = _load_rows(p_in + state_size, o_state, o_j, m_bj)
-    if S > 2:
-        b_s2 = _load_rows(p_in + 2 * state_size, o_state, o_j, m_bj)
-    if S > 3:
-        b_s3 = _load_rows(p_in + 3 * state_size, o_state, o_j, m_bj)
+    b_s0, b_s1, b_s2, b_s3 = _load_blocks(p_in, o_state, o_j, m_bj, state_size, S, b_zero)
     if HAS_LEN:
         b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
 

@@ -10,8 +10,8 @@ step; weights r_g[j, :]^T on chip when BK == DHP), or once per step plus a final
 import triton
 import triton.language as tl
 
-from .triton_bwd import _cell_bwd_step, _hold_past_length, _load_states
-from .triton_fwd import _load_per_gate, _store_gates, _store_states
+from .triton_bwd import _cell_bwd_step, _hold_past_length
+from .triton_fwd import _load_blocks, _load_per_gate, _store_gates, _store_states
 from .triton_split import group_barrier
 
 
@@ -75,7 +75,7 @@ def fused_rnn_bwd_kernel_split(
                                                     DH, r_gate, G)  # [DHP, BH] each
 
     b_zero = tl.zeros([BB, BH], dtype=tl.float32)
-    ds0, ds1, ds2, ds3 = _load_states(DS_IN, o_state, o_j, m_bj, state_size, S, b_zero)
+    ds0, ds1, ds2, ds3 = _load_blocks(DS_IN, o_state, o_j, m_bj, state_size, S, b_zero)
     if HAS_LEN:
         b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
     n_rounds = t_hi - t_lo

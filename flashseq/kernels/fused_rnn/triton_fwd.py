@@ -59,6 +59,23 @@ def _load_blocks(P, o_row, o_col, m_rc, stride, N: tl.constexpr, b_zero):
     return b_0, b_1, b_2, b_3
 
 
+@triton.jit
+def _cell_step(CELL, wx0, wx1, wx2, wx3, rh0, rh1, rh2, rh3, s0, s1, s2, s3, t, b_len,
+               HAS_LEN: tl.constexpr):
+    # The cell's forward at step t for one block: (new states, output). With lengths, rows past
+    # their length keep their states and output 0.
+    n0, n1, n2, n3 = CELL(wx0, wx1, wx2, wx3, rh0, rh1, rh2, rh3, s0, s1, s2, s3)
+    b_out = n0
+    if HAS_LEN:
+        m_valid = (t < b_len)[:, None]  # [BB, 1]
+        n0 = tl.where(m_valid, n0, s0)
+        n1 = tl.where(m_valid, n1, s1)
+        n2 = tl.where(m_valid, n2, s2)
+        n3 = tl.where(m_valid, n3, s3)
+        b_out = tl.where(m_valid, b_out, 0.0)
+    return n0, n1, n2, n3, b_out
+
+
 @triton.jit(do_not_specialize=["B", "T"])
 def fused_rnn_fwd_kernel(
     WX, R, BIAS, S0, LEN, H, SLAST, RH_ST, S_ST,
@@ -97,8 +114,9 @@ def fused_rnn_fwd_kernel(
     b_s0, b_s1, b_s2, b_s3 = _load_blocks(S0, o_state, o_d, m_bd, state_size, S, b_zero)
     if SAVE:
         _store_states(S_ST, o_state, o_d, m_bd, state_size, S, b_s0, b_s1, b_s2, b_s3)
+    b_len = o_b  # [BB] int64, read only when HAS_LEN
     if HAS_LEN:
-        b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
+        b_len = tl.load(LEN + o_b, mask=m_b, other=0)
 
     for t in range(T):
         # padded lanes of h stay 0 so that 0-weight rows never meet a NaN
@@ -121,17 +139,8 @@ def fused_rnn_fwd_kernel(
         if G > 3:
             b_rh3 = tl.dot(b_h, b_r3, input_precision=PREC) + b_bias3[None, :]
             b_wx3 = _load_rows(WX, o_wx + 3 * hd, o_d, m_bd)
-        n0, n1, n2, n3 = CELL(b_wx0, b_wx1, b_wx2, b_wx3, b_rh0, b_rh1, b_rh2, b_rh3,
-                              b_s0, b_s1, b_s2, b_s3)
-        b_out = n0
-        if HAS_LEN:
-            # rows past their length keep their states and output 0
-            m_valid = (t < b_len)[:, None]  # [BB, 1]
-            n0 = tl.where(m_valid, n0, b_s0)
-            n1 = tl.where(m_valid, n1, b_s1)
-            n2 = tl.where(m_valid, n2, b_s2)
-            n3 = tl.where(m_valid, n3, b_s3)
-            b_out = tl.where(m_valid, b_out, 0.0)
+        n0, n1, n2, n3, b_out = _cell_step(CELL, b_wx0, b_wx1, b_wx2, b_wx3, b_rh0, b_rh1, b_rh2,
+                                           b_rh3, b_s0, b_s1, b_s2, b_s3, t, b_len, HAS_LEN)
         o_h = (o_b * T + t) * hd + i_n * DH  # [BB]
         tl.store(H + o_h[:, None] + o_d[None, :], b_out.to(H.dtype.element_ty), mask=m_bd)
         if SAVE:

@@ -23,7 +23,8 @@ h loads use the ".cg" cache modifier: another SM wrote them, and L1 is not coher
 import triton
 import triton.language as tl
 
-from .triton_fwd import _load_blocks, _load_per_gate, _load_rows, _store_gates, _store_states
+from .triton_fwd import (_cell_step, _load_blocks, _load_per_gate, _load_rows, _store_gates,
+                         _store_states)
 
 
 @triton.jit
@@ -104,8 +105,9 @@ def fused_rnn_fwd_kernel_split(
         slot0 = t_begin % 2
     p_in = S_ST + slot0.to(tl.int64) * S * state_size
     b_s0, b_s1, b_s2, b_s3 = _load_blocks(p_in, o_state, o_j, m_bj, state_size, S, b_zero)
+    b_len = o_b  # [BB] int64, read only when HAS_LEN
     if HAS_LEN:
-        b_len = tl.load(LEN + o_b, mask=m_b, other=0)  # [BB]
+        b_len = tl.load(LEN + o_b, mask=m_b, other=0)
 
     for t in range(t_begin, t_end):
         if SAVE:
@@ -147,16 +149,8 @@ def fused_rnn_fwd_kernel_split(
         if G > 3:
             b_rh3 = a3 + b_bias3[None, :]
             b_wx3 = _load_rows(WX, o_wx + 3 * hd, o_j, m_bj)
-        n0, n1, n2, n3 = CELL(b_wx0, b_wx1, b_wx2, b_wx3, b_rh0, b_rh1, b_rh2, b_rh3,
-                              b_s0, b_s1, b_s2, b_s3)
-        b_out = n0
-        if HAS_LEN:
-            m_valid = (t < b_len)[:, None]  # [BB, 1]
-            n0 = tl.where(m_valid, n0, b_s0)
-            n1 = tl.where(m_valid, n1, b_s1)
-            n2 = tl.where(m_valid, n2, b_s2)
-            n3 = tl.where(m_valid, n3, b_s3)
-            b_out = tl.where(m_valid, b_out, 0.0)
+        n0, n1, n2, n3, b_out = _cell_step(CELL, b_wx0, b_wx1, b_wx2, b_wx3, b_rh0, b_rh1, b_rh2,
+                                           b_rh3, b_s0, b_s1, b_s2, b_s3, t, b_len, HAS_LEN)
         o_h = (o_b * T + t) * hd + i_n * DH
         tl.store(H + o_h[:, None] + o_j[None, :], b_out.to(H.dtype.element_ty), mask=m_bj)
         if SAVE:

@@ -37,6 +37,13 @@ def _load_per_gate(P, gate_stride, mask, G: tl.constexpr):
 
 
 @triton.jit
+def _load_bias(P, gate_stride, mask, G: tl.constexpr):
+    # the G bias vectors of the program's units as fp32 (added to fp32 accumulators)
+    b_0, b_1, b_2, b_3 = _load_per_gate(P, gate_stride, mask, G)
+    return b_0.to(tl.float32), b_1.to(tl.float32), b_2.to(tl.float32), b_3.to(tl.float32)
+
+
+@triton.jit
 def _load_rows(P, o_row, o_col, m_rc):
     # [BB, BH] fp32 block of a row-major tensor whose rows are given by o_row (int64 offsets)
     return tl.load(P + o_row[:, None] + o_col[None, :], mask=m_rc, other=0.0).to(tl.float32)
@@ -103,12 +110,7 @@ def fused_rnn_fwd_kernel(
     m_r = m_d[:, None] & m_d[None, :]
     r_gate = NH * DH * DH
     b_r0, b_r1, b_r2, b_r3 = _load_per_gate(p_r, r_gate, m_r, G)  # [DHP, DHP] each
-    p_bias = BIAS + i_n * DH + o_d
-    b_bias0, b_bias1, b_bias2, b_bias3 = _load_per_gate(p_bias, hd, m_d, G)  # [DHP] each
-    b_bias0 = b_bias0.to(tl.float32)
-    b_bias1 = b_bias1.to(tl.float32)
-    b_bias2 = b_bias2.to(tl.float32)
-    b_bias3 = b_bias3.to(tl.float32)
+    b_bias0, b_bias1, b_bias2, b_bias3 = _load_bias(BIAS + i_n * DH + o_d, hd, m_d, G)  # [DHP] each
 
     b_zero = tl.zeros([BB, DHP], dtype=tl.float32)
     b_s0, b_s1, b_s2, b_s3 = _load_blocks(S0, o_state, o_d, m_bd, state_size, S, b_zero)

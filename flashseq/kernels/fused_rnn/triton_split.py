@@ -23,8 +23,8 @@ h loads use the ".cg" cache modifier: another SM wrote them, and L1 is not coher
 import triton
 import triton.language as tl
 
-from .triton_fwd import (_cell_step, _load_blocks, _load_per_gate, _load_rows, _store_gates,
-                         _store_states)
+from .triton_fwd import (_cell_step, _load_bias, _load_blocks, _load_per_gate, _load_rows,
+                         _store_gates, _store_states)
 
 
 @triton.jit
@@ -91,12 +91,7 @@ def fused_rnn_fwd_kernel_split(
         m_k = o_k < DH
         b_r0, b_r1, b_r2, b_r3 = _weight_cols(p_r, o_k, o_j, m_k[:, None] & m_j[None, :], DH,
                                               r_gate, G)  # [DHP, BH] each
-    p_bias = BIAS + i_n * DH + o_j
-    b_bias0, b_bias1, b_bias2, b_bias3 = _load_per_gate(p_bias, hd, m_j, G)  # [BH] each
-    b_bias0 = b_bias0.to(tl.float32)
-    b_bias1 = b_bias1.to(tl.float32)
-    b_bias2 = b_bias2.to(tl.float32)
-    b_bias3 = b_bias3.to(tl.float32)
+    b_bias0, b_bias1, b_bias2, b_bias3 = _load_bias(BIAS + i_n * DH + o_j, hd, m_j, G)  # [BH] each
 
     b_zero = tl.zeros([BB, BH], dtype=tl.float32)
     if SAVE:

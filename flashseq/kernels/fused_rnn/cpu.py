@@ -60,13 +60,17 @@ def _layout(cell: str):
     return tuple(_jit.extension().cell_layout(cell))
 
 
+def _forward_loop(wx, r, b, states, lengths, cell, save):
+    return tuple(_jit.extension().fused_rnn_forward(wx, r, b, states, lengths, cell, save))
+
+
 @torch.library.custom_op("flashseq::fused_rnn_cpu_fwd", mutates_args=())
 def fused_rnn_cpu_fwd(wx: Tensor, r: Tensor, b: Tensor, states: Tensor, lengths: Optional[Tensor],
                       cell: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Forward loop. Layouts as ``fused_rnn``; returns (h [B, T, NH, DH], last_states
     [S, B, NH, DH], saved_gates [T, NH, B, K, DH], saved_states [T, S-1, NH, B, DH]), the saved
     tensors with T replaced by 0 unless ``save``."""
-    return tuple(_jit.extension().fused_rnn_forward(wx, r, b, states, lengths, cell, save))
+    return _forward_loop(wx, r, b, states, lengths, cell, save)
 
 
 @fused_rnn_cpu_fwd.register_fake
@@ -85,8 +89,20 @@ def fused_rnn_cpu_bwd(dh: Optional[Tensor], d_last: Optional[Tensor], h: Tensor,
     """Backward loop: upstream dh [B, T, NH, DH] and d_last [S, B, NH, DH] (None = zero) and
     what the forward saved -> (d_wx [B, T, G, NH, DH], d_r [G, NH, DH, DH] with r's strides
     (``empty_like``), d_b [G, NH, DH], d_states [S, B, NH, DH])."""
+    return _backward_loop(dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell)
+
+
+def _backward_loop(dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell):
     return tuple(_jit.extension().fused_rnn_backward(
         dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell))
+
+
+def _eager(*tensors) -> bool:
+    """True when plain eager tensors can skip the custom-op wrapper: its first call imports
+    torch._dynamo and with it triton (1-2 s, see tests/test_import.py). torch.compile, export,
+    jit.trace and fake/functional tensors keep going through the ops."""
+    return (not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and all(t is None or type(t) is Tensor for t in tensors))
 
 
 @fused_rnn_cpu_bwd.register_fake
@@ -103,8 +119,8 @@ class FusedRnnCpuFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, wx, r, b, states, lengths, cell, save):
-        h, last_states, saved_gates, saved_states = fused_rnn_cpu_fwd(
-            wx, r, b, states, lengths, cell, save)
+        forward = _forward_loop if _eager(wx, r, b, states, lengths) else fused_rnn_cpu_fwd
+        h, last_states, saved_gates, saved_states = forward(wx, r, b, states, lengths, cell, save)
         if save:
             ctx.save_for_backward(h, states, r, saved_gates, saved_states, lengths)
         ctx.cell = cell
@@ -114,7 +130,9 @@ class FusedRnnCpuFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dh, d_last):
         h, states, r, saved_gates, saved_states, lengths = ctx.saved_tensors
-        d_wx, d_r, d_b, d_states = fused_rnn_cpu_bwd(
+        backward = (_backward_loop if _eager(dh, d_last, h, states, r, saved_gates, saved_states,
+                                             lengths) else fused_rnn_cpu_bwd)
+        d_wx, d_r, d_b, d_states = backward(
             dh, d_last, h, states, r, saved_gates, saved_states, lengths, ctx.cell)
         # gradients in argument order: wx, r, b, states, lengths, cell, save
         return d_wx, d_r, d_b, d_states, None, None, None

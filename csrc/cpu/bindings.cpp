@@ -59,6 +59,22 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for benchmarks: use the built-in per-step GEMM up to this batch size (MKL above); "
         "returns the previous value",
         py::arg("max_batch"));
+  m.def("_set_avx512_tile",
+        [](bool allowed) {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+          const bool old = flashseq::cpu::avx512_tile_allowed();
+          flashseq::cpu::avx512_tile_allowed() = allowed;
+          return old;
+#else
+          (void)allowed;
+          return false;
+#endif
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid the AVX-512 float32 step "
+        "GEMM tile; returns the previous setting (always False where it is not built)",
+        py::arg("allowed"));
+  m.def("_uses_avx512_tile", &flashseq::cpu::use_avx512_tile,
+        "whether float32 step GEMMs run the AVX-512 tile on this CPU now");
   m.def("_lanes_tanh", &lanes_tanh, "for tests: tanh as the compiled pointwise loops compute it",
         py::arg("x"));
   m.def("cell_layout", &flashseq::cpu::cell_layout,

@@ -15,6 +15,7 @@
 // independent FMA chains (enough to cover 2 FMA units x 5 cycles latency).
 #pragma once
 
+#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -24,6 +25,7 @@
 #include <immintrin.h>
 #endif
 
+#include "step_gemm_avx512.h"
 #include "vec_lanes.h"
 
 namespace flashseq {
@@ -38,8 +40,14 @@ int64_t& step_gemm_max_batch();
 constexpr int kPanelVecs = 2;  // vectors of C columns per tile (and per packed panel)
 constexpr int kTileRows = 6;   // rows of C per tile: 6 x 2 accumulators + 3 operands in 16 ymm
 
+// Columns per packed panel: the AVX-512 tile's 48 for float32 on a CPU that has it
+// (step_gemm_avx512.cpp), else 2 AVX2 vectors. step_gemm reads the width back from the packed
+// tensor, so panels packed for one tile are never run through the other.
 template <typename scalar_t>
-constexpr int64_t panel_cols() {
+inline int64_t panel_cols() {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (use_avx512_tile()) return kAvx512PanelCols;
+  }
   return kPanelVecs * (32 / static_cast<int64_t>(sizeof(scalar_t)));  // 256-bit vectors
 }
 
@@ -51,7 +59,7 @@ template <typename scalar_t>
 at::Tensor pack_panels(const scalar_t* src, int64_t H, int64_t head_stride,
                        const std::vector<int64_t>& row_offset,
                        const std::vector<int64_t>& col_offset, const at::TensorOptions& options) {
-  constexpr int64_t P = panel_cols<scalar_t>();
+  const int64_t P = panel_cols<scalar_t>();
   const int64_t K = static_cast<int64_t>(row_offset.size());
   const int64_t N = static_cast<int64_t>(col_offset.size());
   const int64_t panels = (N + P - 1) / P;
@@ -214,9 +222,24 @@ template <typename scalar_t>
 void step_gemm(int64_t H, int64_t M, int64_t N, int64_t K, const scalar_t* A, int64_t lda,
                int64_t a_head, const at::Tensor& packed, scalar_t* C, int64_t ldc, int64_t c_head,
                bool accumulate) {
-  constexpr int64_t P = panel_cols<scalar_t>();
+  const int64_t P = packed.size(3);
   const int64_t panels = packed.size(1);
   const scalar_t* panel0 = packed.data_ptr<scalar_t>();
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (P == kAvx512PanelCols) {
+      const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * P));
+      at::parallel_for(0, H * panels, grain, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t h = i / panels, n0 = (i % panels) * P;
+          panel_rows_avx512(M, K, A + h * a_head, lda, panel0 + i * K * P, C + h * c_head + n0,
+                            ldc, std::min(P, N - n0), accumulate);
+        }
+      });
+      return;
+    }
+  }
+#endif
   // A task of at least ~64K multiply-adds keeps OpenMP's hand-off cost small next to it.
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, M * K * P));
   at::parallel_for(0, H * panels, grain, [&](int64_t begin, int64_t end) {

@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from flashseq.kernels.fused_rnn import fused_rnn
+from flashseq.kernels.fused_rnn import cpu_linear
 
 from . import checks, sequences
 from .errors import RNNInputError
@@ -295,7 +296,7 @@ class FusedRNNBase(nn.Module):
         """x @ w_ih^T + b_ih on the packed rows data [N, F] only, scattered to [B, T, G*H] in
         sorted row order; padded positions hold 0 (fused_rnn never reads them)."""
         w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
-        wx_rows = F.linear(data, w_ih, b_ih)  # [N, G*H]
+        wx_rows = cpu_linear.linear(data, w_ih, b_ih)  # [N, G*H]; oneDNN on CPU
         return sequences.scatter_rows(wx_rows, row_index, batch, steps)
 
     def _input_projection(self, x, wx, layer, direction):
@@ -303,7 +304,7 @@ class FusedRNNBase(nn.Module):
         if wx is not None:
             return wx
         w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
-        return F.linear(x, w_ih, b_ih)
+        return cpu_linear.linear(x, w_ih, b_ih)  # F.linear; oneDNN on CPU (its docstring)
 
     def _run_direction(self, x, layer, direction, init, lengths, wx=None):
         """One layer and direction over x [B, T, F] (already reversed for direction 1), or over

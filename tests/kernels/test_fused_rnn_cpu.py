@@ -336,3 +336,34 @@ def test_cpu_backend_traces_as_one_graph():
     grads_ref = torch.autograd.grad(h_ref.sum() + (last_ref * last_ref).sum(), ref_leaves)
     for name, g, g_ref in zip(("d_wx", "d_r", "d_b", "d_states"), grads, grads_ref):
         assert_close(name, g, g_ref, 1e-12)
+
+
+def _cpu_has_avx512_tile() -> bool:
+    ext = cpu_backend._jit.extension()
+    old = ext._set_avx512_tile(True)
+    has = ext._uses_avx512_tile()
+    ext._set_avx512_tile(old)
+    return has
+
+
+@pytest.fixture(params=[
+    pytest.param("avx512_tile", marks=pytest.mark.skipif(
+        cpu_backend.unavailable_reason(torch.device("cpu")) is not None
+        or not _cpu_has_avx512_tile(), reason="this CPU or build has no AVX-512 step GEMM tile")),
+    "avx2_tile"])
+def float_tile(request):
+    """Runs the test with float32 step GEMMs on the AVX-512 tile and on the AVX2 one."""
+    ext = cpu_backend._jit.extension()
+    old = ext._set_avx512_tile(request.param == "avx512_tile")
+    yield request.param
+    ext._set_avx512_tile(old)
+
+
+@pytest.mark.parametrize("B", [1, 2, 13], ids=lambda b: f"B{b}")
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
+def test_both_float_step_gemm_tiles(cell_name, B, float_tile):
+    # DH=37: 4*37 = 148 gate columns = 3 AVX-512 panels of 48 and a tail of 4 (9 AVX2 panels and
+    # a tail); B=13 = one 8-row tile + a 5-row one; K=37 leaves a k remainder after the 2- and
+    # 3-way k splits of the 1- and 2-row tiles. Forward and backward both run the tile.
+    check_against_reference(CELLS[cell_name], torch.float32, B=B, T=4, NH=2, DH=37,
+                            with_lengths=B > 2, with_states=True, seed=23)

@@ -1,0 +1,133 @@
+// The float32 register tile of step_gemm.h on AVX-512 (16-float zmm vectors), chosen at run time.
+//
+// Why: on a Zen 5 (or any AVX-512 core with full-width FMA units) the AVX2 tile uses half the
+// FMA width. torch.nn.LSTM/GRU run oneDNN's RNN primitive, which JIT-compiles AVX-512 code, so
+// the AVX2 loop lost to it by 2-3x there. The extension is built with AVX2 flags for every
+// x86-64 host; only this file's kernel is compiled for AVX-512 (the pragma below), and it runs
+// only when the CPU reports AVX-512F (use_avx512_tile()).
+//
+// Tile: 8 rows x 3 vectors (48 columns) of C in 24 accumulators, 3 panel vectors and one
+// broadcast of A: 28 of the 32 zmm registers, 24 independent FMA chains. Fewer rows keep more
+// chains busy by spreading consecutive k over 2 or 3 sets of accumulators.
+//
+// Only raw pointers cross into this file: no ATen or standard-library inline code is compiled
+// under the AVX-512 target, so no AVX-512 copy of a shared inline function can be picked by the
+// linker for code that runs on other CPUs.
+#include <cstdint>
+
+#include "step_gemm_avx512.h"
+
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+#include <immintrin.h>
+
+namespace flashseq {
+namespace cpu {
+
+bool cpu_has_avx512() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+
+bool& avx512_tile_allowed() {
+  static bool allowed = true;
+  return allowed;
+}
+
+}  // namespace cpu
+}  // namespace flashseq
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+
+namespace flashseq {
+namespace cpu {
+namespace {
+
+constexpr int kVecs = 3;      // zmm vectors of C columns per tile (and per packed panel)
+constexpr int kWidth = 16;    // floats per zmm
+static_assert(kVecs * kWidth == kAvx512PanelCols, "panel width must be the tile width");
+
+inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
+  return n >= kWidth ? static_cast<__mmask16>(0xFFFF)
+                     : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
+}
+
+template <int kRows>
+inline void tile(int64_t K, const float* A, int64_t lda, const float* panel, float* C,
+                 int64_t ldc, int64_t cols, bool accumulate) {
+  constexpr int kSets = kRows == 1 ? 3 : (kRows == 2 ? 2 : 1);
+  constexpr int64_t P = kAvx512PanelCols;
+  __mmask16 mask[kVecs];
+  for (int v = 0; v < kVecs; ++v) mask[v] = lanes_below(cols - v * kWidth);
+  __m512 acc[kSets][kRows][kVecs];
+  for (int q = 0; q < kSets; ++q)
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kVecs; ++v) acc[q][r][v] = _mm512_setzero_ps();
+  if (accumulate) {
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kVecs; ++v)
+        acc[0][r][v] = _mm512_maskz_loadu_ps(mask[v], C + r * ldc + v * kWidth);
+  }
+  int64_t k = 0;
+  for (; k + kSets <= K; k += kSets) {
+    for (int q = 0; q < kSets; ++q) {
+      // the panel is zero past column `cols`, so whole vectors are safe to load
+      const float* row = panel + (k + q) * P;
+      __m512 b[kVecs];
+      for (int v = 0; v < kVecs; ++v) b[v] = _mm512_loadu_ps(row + v * kWidth);
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 a = _mm512_set1_ps(A[r * lda + k + q]);
+        for (int v = 0; v < kVecs; ++v) acc[q][r][v] = _mm512_fmadd_ps(a, b[v], acc[q][r][v]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const float* row = panel + k * P;
+    __m512 b[kVecs];
+    for (int v = 0; v < kVecs; ++v) b[v] = _mm512_loadu_ps(row + v * kWidth);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 a = _mm512_set1_ps(A[r * lda + k]);
+      for (int v = 0; v < kVecs; ++v) acc[0][r][v] = _mm512_fmadd_ps(a, b[v], acc[0][r][v]);
+    }
+  }
+  for (int q = 1; q < kSets; ++q)
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < kVecs; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[q][r][v]);
+  for (int r = 0; r < kRows; ++r) {
+    float* c = C + r * ldc;
+    if (cols == P) {
+      for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(c + v * kWidth, acc[0][r][v]);
+    } else {
+      for (int v = 0; v < kVecs; ++v) _mm512_mask_storeu_ps(c + v * kWidth, mask[v], acc[0][r][v]);
+    }
+  }
+}
+
+}  // namespace
+
+void panel_rows_avx512(int64_t M, int64_t K, const float* A, int64_t lda, const float* panel,
+                       float* C, int64_t ldc, int64_t cols, bool accumulate) {
+  constexpr int kTile = 8;
+  int64_t m = 0;
+  for (; m + kTile <= M; m += kTile)
+    tile<kTile>(K, A + m * lda, lda, panel, C + m * ldc, ldc, cols, accumulate);
+  A += m * lda;
+  C += m * ldc;
+  switch (M - m) {
+    case 7: tile<7>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 6: tile<6>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 5: tile<5>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 4: tile<4>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 3: tile<3>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 2: tile<2>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    case 1: tile<1>(K, A, lda, panel, C, ldc, cols, accumulate); break;
+    default: break;
+  }
+}
+
+}  // namespace cpu
+}  // namespace flashseq
+
+#pragma GCC pop_options
+
+#endif  // FLASHSEQ_HAVE_AVX512_TILE

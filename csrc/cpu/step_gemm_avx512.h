@@ -1,0 +1,33 @@
+// The AVX-512 float32 tile of the per-step GEMM (step_gemm_avx512.cpp), declared for step_gemm.h.
+// Plain declarations only: this header is included both by that file and by AVX2-built code.
+#pragma once
+
+#include <cstdint>
+
+// GCC and Clang on x86-64 can compile one function for AVX-512 in an otherwise AVX2 build.
+#if defined(CPU_CAPABILITY_AVX2) && defined(__x86_64__) && defined(__GNUC__)
+#define FLASHSEQ_HAVE_AVX512_TILE 1
+#endif
+
+namespace flashseq {
+namespace cpu {
+
+// Columns per packed panel for the AVX-512 tile (3 vectors of 16 floats).
+constexpr int64_t kAvx512PanelCols = 48;
+
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+// Whether this CPU runs AVX-512F instructions (asked once).
+bool cpu_has_avx512();
+// Switch for tests and benchmarks (default true): false keeps float32 on the AVX2 tile.
+bool& avx512_tile_allowed();
+// C[M, cols] (+)= A[M, K] @ panel[K, cols], the panel packed kAvx512PanelCols wide and zero past
+// `cols` (<= kAvx512PanelCols); A rows lda apart, C rows ldc apart.
+void panel_rows_avx512(int64_t M, int64_t K, const float* A, int64_t lda, const float* panel,
+                       float* C, int64_t ldc, int64_t cols, bool accumulate);
+inline bool use_avx512_tile() { return avx512_tile_allowed() && cpu_has_avx512(); }
+#else
+inline bool use_avx512_tile() { return false; }
+#endif
+
+}  // namespace cpu
+}  // namespace flashseq

@@ -1,0 +1,63 @@
+"""The modules' input projection on CPU (flashseq/kernels/fused_rnn/cpu_linear.py): oneDNN
+GEMMs for float32, equal to F.linear in value and in every gradient, double backward included."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flashseq.kernels.fused_rnn import cpu_linear
+from tests.helpers import assert_close
+
+needs_onednn = pytest.mark.skipif(cpu_linear._LINEAR_POINTWISE is None,
+                                  reason="this torch build has no oneDNN linear op")
+
+
+def _inputs(seed, bias=True, shape=(3, 7, 20), out=24):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    w = torch.randn(out, shape[-1], generator=g, dtype=torch.float64)
+    b = torch.randn(out, generator=g, dtype=torch.float64) if bias else None
+    return x, w, b
+
+
+@needs_onednn
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("shape", [(3, 7, 20), (11, 5)], ids=["3d", "2d"])
+def test_float32_matches_float64_linear(shape, bias):
+    x64, w64, b64 = _inputs(0, bias, shape)
+    x, w = x64.float().requires_grad_(), torch.nn.Parameter(w64.float())
+    b = torch.nn.Parameter(b64.float()) if bias else None
+    assert cpu_linear._fast_path_ok(x, w, b)  # the oneDNN path is what is tested here
+    y = cpu_linear.linear(x, w, b)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    leaves = [x, w] + ([b] if bias else [])
+    grads = torch.autograd.grad(y, leaves, dy.float())
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = F.linear(ref_leaves[0], ref_leaves[1], ref_leaves[2] if bias else None)
+    grads_ref = torch.autograd.grad(y_ref, ref_leaves, dy)
+    assert y.shape == y_ref.shape and y.dtype == torch.float32
+    assert_close("y", y.detach(), y_ref.detach(), 1e-5)
+    for name, g_, r_ in zip(("dx", "dw", "db"), grads, grads_ref):
+        assert_close(name, g_, r_, 1e-5)
+
+
+@needs_onednn
+def test_double_backward_follows_the_formulas():
+    x64, w64, b64 = _inputs(2)
+    x, w, b = (t.float().requires_grad_() for t in (x64, w64, b64))
+    y = cpu_linear.linear(x, w, b)
+    (gx,) = torch.autograd.grad((y ** 2).sum(), [x], create_graph=True)
+    (gw,) = torch.autograd.grad(gx.square().sum(), [w])
+    xr, wr, br = (t.detach().double().requires_grad_() for t in (x, w, b))
+    yr = F.linear(xr, wr, br)
+    (gxr,) = torch.autograd.grad((yr ** 2).sum(), [xr], create_graph=True)
+    (gwr,) = torch.autograd.grad(gxr.square().sum(), [wr])
+    assert_close("d2w", gw, gwr, 1e-5)
+
+
+def test_other_inputs_take_f_linear():
+    x64, w64, b64 = _inputs(3)
+    assert not cpu_linear._fast_path_ok(x64, w64, b64)  # float64
+    y = cpu_linear.linear(x64, w64, b64)
+    assert torch.equal(y, F.linear(x64, w64, b64))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not cpu_linear._fast_path_ok(x64.float(), w64.float(), b64.float())

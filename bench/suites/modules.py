@@ -1,44 +1,51 @@
 """Suite "modules": flashseq.LSTM / flashseq.GRU against torch.nn.LSTM / torch.nn.GRU.
 
-Sizes as the foundation benchmark: B in {1, 16}, T in {64, 512}, H in {128, 512}, input size
-I = H, one layer, float32, "fwd" (under no_grad) and "fwd+bwd" (gradients of x and every
-weight). Both modules hold the same weights and get the same x; flashseq's runs
-``backend="auto"`` (the back end it chose is in the "backend" column).
+Every comparison is a PAIRED ratio: the flashseq module and its torch twin (same weights, same
+input) are called in alternation and the reported ratio is the median of the per-pair time
+ratios (``bench.timing.measure_ratio``), so drift of a shared machine hits both sides alike.
+A ratio of two medians timed apart carried +-20% of that drift here and is not reported.
 
-Variable lengths: for B = 16 the same batch is also given as a PackedSequence whose lengths
-spread evenly over 1..T in shuffled order (``enforce_sorted=False``). Two packed/padded ratios:
+Padded cases (input size I, hidden H, batch B, steps T, L layers; batch_first, float32):
+I=H=200 B=20 T=35 L=2; I=64 H=256 B=32 T=200 L=2; I=H=512 B=16 T=128; I=H=128 B=16 T=512;
+I=H=256 B=1 T=256; I=H=1024 B=8 T=64. Modes "fwd" (under ``torch.no_grad()``) and "fwd+bwd"
+(gradients of x and every weight for a fixed random upstream gradient). Each at every thread
+count of ``THREADS`` (``torch.set_num_threads``; ``FLASHSEQ_BENCH_THREADS="1,2"`` overrides).
 
-- "ratio_packed": a packed row's median over the padded row's median of the same module, size
-  and mode (both providers). The two cases are timed minutes apart, so on a shared machine
-  this ratio carries the drift between them (+-20% seen on the 2-core dev box).
-- "ratio_packed_paired" (flashseq only): the same two calls timed in alternation
-  (``bench.timing.measure_ratio``), the median of the per-pair ratios: the number to hold
-  against the target. flashseq aims at <= 1.1 (ragged batches go to fused_rnn as ``lengths``,
-  no per-step loop over rows); torch's packed CPU path is known to be much slower than its
-  padded one (pytorch issue 149194).
+Ragged batches: for two shapes the same batch is also given as a PackedSequence, lengths spread
+over 1..T in shuffled order, and "ratio_packed_paired" is flashseq's packed call over its own
+padded call, timed in alternation (target <= 1.1: ragged rows cost no per-step Python loop).
 
-"ratio" is a row's time over torch's at the same case (< 1: faster).
+Columns: "ratio" flashseq / torch (paired median; < 1: flashseq faster), "paired_iqr" the
+inter-quartile range of the per-pair ratios, "pairs" how many, "median_ms" and "torch_ms" the
+median ms per call of each side over the pairs, "load1" the 1-minute load average when the case
+started (others' work on a shared machine).
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
-from bench import runner, smoke, timing
+from bench import smoke, timing
 from bench.suites import CorrectnessError
 
-DESCRIPTION = ("flashseq.LSTM/GRU modules vs torch.nn.LSTM/GRU, fwd and fwd+bwd, padded and "
-               "PackedSequence (lengths 1..T): ratio vs torch and packed/padded time.")
+DESCRIPTION = ("flashseq.LSTM/GRU vs torch.nn.LSTM/GRU (float32, padded batches, fwd under no_grad "
+               "and fwd+bwd): paired ratios (alternating calls, median of per-pair ratios) at 1 "
+               "and 2 threads; flashseq packed/padded paired ratio for ragged batches.")
 
-GRID = {"B": (1, 16), "T": (64, 512), "H": (128, 512)}
-QUICK_GRID = {"B": (4,), "T": (8,), "H": (16,)}
+# (I, H, B, T, layers)
+PADDED_SHAPES = ((200, 200, 20, 35, 2), (64, 256, 32, 200, 2), (512, 512, 16, 128, 1),
+                 (128, 128, 16, 512, 1), (256, 256, 1, 256, 1), (1024, 1024, 8, 64, 1))
+PACKED_SHAPES = ((512, 512, 16, 128, 1), (128, 128, 16, 512, 1))
+QUICK_SHAPES = ((8, 16, 4, 8, 2),)
+THREADS = (1, 2)
 PACKED_MIN_BATCH = 4  # a packed batch of one row is just the padded one
 KINDS = ("lstm", "gru")
 MODES = ("fwd", "fwd+bwd")
 LAYOUTS = ("padded", "packed")
+MIN_RUN_TIME_S = 2.0
 
 
 def module_classes(kind: str):
@@ -58,15 +65,19 @@ class ModuleCase:
     mode: str
     device: torch.device
     dtype: torch.dtype = torch.float32
+    I: int | None = None  # input size; None: H
+    layers: int = 1
+
+    @property
+    def input_size(self) -> int:
+        return self.H if self.I is None else self.I
 
     @property
     def name(self) -> str:
         dtype = str(self.dtype).replace("torch.", "")
-        return f"{self.kind} B={self.B} T={self.T} H={self.H} {self.layout} {dtype} {self.mode}"
-
-    @property
-    def padded_name(self) -> str:
-        return self.name.replace(" packed ", " padded ")
+        layers = f" L={self.layers}" if self.layers != 1 else ""
+        return (f"{self.kind} I={self.input_size} H={self.H} B={self.B} T={self.T}{layers} "
+                f"{self.layout} {dtype} {self.mode}")
 
 
 def spread_lengths(B: int, T: int, seed: int = 0) -> torch.Tensor:
@@ -80,17 +91,19 @@ def make_modules(case: ModuleCase, seed: int = 0):
     torch_cls, ours_cls = module_classes(case.kind)
     torch.manual_seed(seed)
     factory = {"device": case.device, "dtype": case.dtype}
-    ref = torch_cls(case.H, case.H, batch_first=True, **factory)
-    ours = ours_cls(case.H, case.H, batch_first=True, backend="auto", **factory)
+    ref = torch_cls(case.input_size, case.H, case.layers, batch_first=True, **factory)
+    ours = ours_cls(case.input_size, case.H, case.layers, batch_first=True, backend="auto",
+                    **factory)
     ours.load_state_dict(ref.state_dict(), strict=True)
     return ref, ours
 
 
 def make_input(case: ModuleCase, seed: int = 0):
-    """The module input of ``case`` (x [B, T, H] or its PackedSequence) and the tensor that
-    gradients are taken of (x, or the PackedSequence's data [N, H])."""
+    """The module input of ``case`` (x [B, T, I] or its PackedSequence) and the tensor that
+    gradients are taken of (x, or the PackedSequence's data [N, I])."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(case.B, case.T, case.H, generator=g).to(device=case.device, dtype=case.dtype)
+    x = torch.randn(case.B, case.T, case.input_size, generator=g).to(device=case.device,
+                                                                     dtype=case.dtype)
     if case.layout == "padded":
         return x.requires_grad_(case.mode == "fwd+bwd"), x
     packed = pack_padded_sequence(x, spread_lengths(case.B, case.T, seed), batch_first=True,
@@ -122,29 +135,35 @@ def timed_call(module, case: ModuleCase, seed: int = 0):
 
 def check_modules(device, dtype=torch.float32) -> str | None:
     """None if flashseq.LSTM/GRU match float64 torch twins (output and the gradients of the
-    packed input and of every weight) on a small unsorted packed batch, else what differs."""
+    input and of every weight) on a small padded 2-layer batch and a small unsorted packed one,
+    else what differs."""
     for kind in KINDS:
         torch_cls, ours_cls = module_classes(kind)
         torch.manual_seed(0)
-        ref = torch_cls(6, 8, batch_first=True, dtype=torch.float64)
-        ours = ours_cls(6, 8, batch_first=True, device=device, dtype=dtype)
+        ref = torch_cls(6, 8, 2, batch_first=True, dtype=torch.float64)
+        ours = ours_cls(6, 8, 2, batch_first=True, device=device, dtype=dtype)
         ours.load_state_dict(ref.state_dict())
         x = torch.randn(4, 7, 6, dtype=torch.float64)
-        results = []
-        for m, dt in ((ref, torch.float64), (ours, dtype)):
-            data_x = x.to(device=device if m is ours else "cpu", dtype=dt)
-            packed = pack_padded_sequence(data_x, torch.tensor([3, 7, 1, 5]), batch_first=True,
-                                          enforce_sorted=False)
-            data = packed.data.detach().requires_grad_(True)
-            out = m(PackedSequence(data, packed.batch_sizes, packed.sorted_indices,
-                                   packed.unsorted_indices))[0].data
-            dy = torch.linspace(-1, 1, out.numel(), dtype=dt, device=out.device).view_as(out)
-            results.append([out, *torch.autograd.grad(out, [data, *m.parameters()], dy)])
-        tol = smoke.tolerance(dtype, device)
-        bad = [msg for i, (o, r) in enumerate(zip(results[1], results[0]))
-               if (msg := smoke.check_same_output(f"{kind} tensor {i}", o, r, tol))]
-        if bad:
-            return ", ".join(bad)
+        for layout in LAYOUTS:
+            results = []
+            for m, dt in ((ref, torch.float64), (ours, dtype)):
+                data_x = x.to(device=device if m is ours else "cpu", dtype=dt)
+                if layout == "packed":
+                    packed = pack_padded_sequence(data_x, torch.tensor([3, 7, 1, 5]),
+                                                  batch_first=True, enforce_sorted=False)
+                    leaf = packed.data.detach().requires_grad_(True)
+                    out = m(PackedSequence(leaf, packed.batch_sizes, packed.sorted_indices,
+                                           packed.unsorted_indices))[0].data
+                else:
+                    leaf = data_x.detach().requires_grad_(True)
+                    out = m(leaf)[0]
+                dy = torch.linspace(-1, 1, out.numel(), dtype=dt, device=out.device).view_as(out)
+                results.append([out, *torch.autograd.grad(out, [leaf, *m.parameters()], dy)])
+            tol = smoke.tolerance(dtype, device)
+            bad = [msg for i, (o, r) in enumerate(zip(results[1], results[0]))
+                   if (msg := smoke.check_same_output(f"{kind} {layout} tensor {i}", o, r, tol))]
+            if bad:
+                return ", ".join(bad)
     return None
 
 
@@ -159,65 +178,95 @@ def chosen_backend(device, dtype) -> str:
     return backends.choose("auto", problem).__name__.rsplit(".", 1)[-1].replace("_backend", "")
 
 
-def add_packed_over_padded(rows: list[dict], paired: dict | None = None) -> list[dict]:
-    """Set "ratio_packed" on packed rows (median / the same provider's padded median) and
-    "ratio_packed_paired" from ``paired`` {(case, provider): ratio} where measured."""
-    padded = {(r["case"], r["provider"]): r["median_ms"] for r in rows if " padded " in r["case"]}
-    paired = paired or {}
-    for r in rows:
-        ratio = None
-        if " packed " in r["case"] and r.get("median_ms"):
-            base = padded.get((r["case"].replace(" packed ", " padded "), r["provider"]))
-            ratio = r["median_ms"] / base if base else None
-        status = r.pop("status", None)  # keep "status" the last column
-        r["ratio_packed"] = ratio
-        r["ratio_packed_paired"] = paired.get((r["case"], r["provider"]))
-        if status is not None:
-            r["status"] = status
-    return rows
+def thread_counts() -> tuple[int, ...]:
+    """THREADS, or the comma-separated counts of $FLASHSEQ_BENCH_THREADS."""
+    text = os.environ.get("FLASHSEQ_BENCH_THREADS")
+    if not text:
+        return THREADS
+    try:
+        counts = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise ValueError(f"FLASHSEQ_BENCH_THREADS must be positive integers separated by commas, "
+                         f"e.g. 1,2; got {text!r}")
+    return counts
 
 
-def paired_packed_ratio(module, case: ModuleCase, min_run_time: float) -> float:
-    """Packed over padded time of ``module`` at ``case`` (a packed case), the two calls timed
-    in alternation so that machine drift hits both alike."""
-    padded = ModuleCase(case.kind, case.B, case.T, case.H, "padded", case.mode, case.device,
-                        case.dtype)
-    return timing.measure_ratio(timed_call(module, case), timed_call(module, padded),
-                                device=case.device, min_run_time=min_run_time)["ratio"]
+def load_average() -> float | None:
+    """The 1-minute load average (None where the OS does not report one)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def paired_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:
+    """One row: flashseq over torch at ``case``, timed in alternation at ``threads`` threads."""
+    ref, ours = make_modules(case)
+    provider = f"flashseq.{case.kind.upper()} @{threads}T"
+    row = {"case": case.name, "provider": provider, "threads": threads, "mode": case.mode,
+           "layout": case.layout, "load1": load_average()}
+    try:
+        r = timing.measure_ratio(timed_call(ours, case), timed_call(ref, case),
+                                 device=case.device, min_run_time=min_run_time)
+    except Exception as err:  # one failing case is reported in its row, the others still run
+        return {**row, "median_ms": None, "status": f"failed: {type(err).__name__}: {err}"}
+    return {**row, "median_ms": r["fn_ms"], "torch_ms": r["baseline_ms"], "ratio": r["ratio"],
+            "paired_iqr": r["ratio_iqr"], "pairs": r["pairs"], "status": "ok"}
+
+
+def packed_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:
+    """One row: flashseq's packed call over its padded call at ``case`` (a packed case)."""
+    _, ours = make_modules(case)
+    padded = replace(case, layout="padded")
+    provider = f"flashseq.{case.kind.upper()} @{threads}T"
+    row = {"case": case.name, "provider": provider, "threads": threads, "mode": case.mode,
+           "layout": case.layout, "load1": load_average()}
+    try:
+        r = timing.measure_ratio(timed_call(ours, case), timed_call(ours, padded),
+                                 device=case.device, min_run_time=min_run_time)
+    except Exception as err:
+        return {**row, "median_ms": None, "status": f"failed: {type(err).__name__}: {err}"}
+    return {**row, "median_ms": r["fn_ms"], "padded_ms": r["baseline_ms"],
+            "ratio_packed_paired": r["ratio"], "paired_iqr": r["ratio_iqr"], "pairs": r["pairs"],
+            "status": "ok"}
+
+
+def cases(device, quick: bool, dtype=torch.float32) -> list[ModuleCase]:
+    """Every case of the suite, padded first, then packed."""
+    shapes = QUICK_SHAPES if quick else PADDED_SHAPES
+    packed_shapes = QUICK_SHAPES if quick else PACKED_SHAPES
+    out = [ModuleCase(kind, B, T, H, "padded", mode, device, dtype, I, L)
+           for kind in KINDS for I, H, B, T, L in shapes for mode in MODES]
+    out += [ModuleCase(kind, B, T, H, "packed", mode, device, dtype, I, L)
+            for kind in KINDS for I, H, B, T, L in packed_shapes for mode in MODES
+            if B >= PACKED_MIN_BATCH]
+    return out
 
 
 def run(device, quick: bool, progress) -> list[dict]:
-    """Rows for every (case, provider); see the module docstring for the workloads."""
+    """Rows for every (case, thread count); see the module docstring for the workloads."""
     device = torch.device(device)
     dtype = torch.float32
     wrong = check_modules(device, dtype)
     if wrong:
         raise CorrectnessError(f"flashseq modules disagree with torch.nn: {wrong}")
     backend = chosen_backend(device, dtype)
-    grid = QUICK_GRID if quick else GRID
-    cases = [ModuleCase(kind, B, T, H, layout, mode, device, dtype)
-             for kind, B, T, H, layout, mode in itertools.product(KINDS, grid["B"], grid["T"],
-                                                                  grid["H"], LAYOUTS, MODES)
-             if layout == "padded" or B >= PACKED_MIN_BATCH]
-    rows, paired = [], {}
-    for case in progress(cases):
-        ref, ours = make_modules(case)
-        providers = [
-            runner.Provider(f"flashseq.{case.kind.upper()}", lambda c, m=ours: timed_call(m, c)),
-            runner.Provider(f"torch.nn.{case.kind.upper()}", lambda c, m=ref: timed_call(m, c),
-                            peer=True),
-        ]
-        rows += runner.time_case(case.name, case, providers, device=device,
-                                 min_run_time=0.05 if quick else 1.0,
-                                 extra={"mode": case.mode, "layout": case.layout, "backend": backend})
-        if case.layout == "packed":
-            paired[(case.name, providers[0].name)] = paired_packed_ratio(
-                ours, case, min_run_time=0.05 if quick else 1.0)
-    for r in rows:  # the backend column only describes flashseq's rows
-        if not r["provider"].startswith("flashseq"):
-            r["backend"] = None
-    torch_rows = {r["case"]: r for r in rows if r["provider"].startswith("torch.nn.")}
-    for r in rows:  # each module against its own torch twin at the same case
-        base = torch_rows[r["case"]].get("median_ms")
-        r["ratio"] = r["median_ms"] / base if base and r.get("median_ms") else None
-    return add_packed_over_padded(rows, paired)
+    min_run_time = 0.05 if quick else MIN_RUN_TIME_S
+    threads_before = torch.get_num_threads()
+    rows = []
+    try:
+        work = [(case, threads) for threads in thread_counts()
+                for case in cases(device, quick, dtype)]
+        for case, threads in progress(work):
+            torch.set_num_threads(threads)
+            make = paired_row if case.layout == "padded" else packed_row
+            rows.append({**make(case, threads, min_run_time), "backend": backend})
+    finally:
+        torch.set_num_threads(threads_before)
+    keys = []  # one column order for every row, "status" last as in the other suites
+    for r in rows:
+        keys += [k for k in r if k not in keys and k != "status"]
+    return [{**{k: r.get(k) for k in keys}, "status": r["status"]} for r in rows]
+

@@ -32,20 +32,45 @@ def test_timed_calls_run_and_agree(kind, layout, mode):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
 
 
-def test_packed_over_padded_ratio_pairs_rows_by_provider():
-    rows = [{"case": "lstm B=16 T=64 H=128 padded float32 fwd", "provider": p, "median_ms": m}
-            for p, m in (("a", 2.0), ("b", 4.0))]
-    rows += [{"case": "lstm B=16 T=64 H=128 packed float32 fwd", "provider": p, "median_ms": m,
-              "status": "ok"} for p, m in (("a", 2.2), ("b", 40.0))]
-    packed_a = ("lstm B=16 T=64 H=128 packed float32 fwd", "a")
-    out = modules.add_packed_over_padded(rows, {packed_a: 0.9})
-    assert [r["ratio_packed"] for r in out] == [None, None, pytest.approx(1.1), pytest.approx(10.0)]
-    assert [r["ratio_packed_paired"] for r in out] == [None, None, 0.9, None]
-    assert list(out[2])[-1] == "status"
+def test_cases_hold_the_issue_shapes_both_kinds_and_modes():
+    cases = modules.cases(torch.device("cpu"), quick=False)
+    padded = {(c.input_size, c.H, c.B, c.T, c.layers) for c in cases if c.layout == "padded"}
+    assert padded == {(200, 200, 20, 35, 2), (64, 256, 32, 200, 2), (512, 512, 16, 128, 1),
+                      (128, 128, 16, 512, 1), (256, 256, 1, 256, 1), (1024, 1024, 8, 64, 1)}
+    assert {(c.kind, c.mode) for c in cases} == {(k, m) for k in modules.KINDS for m in modules.MODES}
+    assert len({c.name for c in cases}) == len(cases)
 
 
-def test_paired_ratio_times_packed_against_padded():
-    case = modules.ModuleCase("gru", 4, 6, 8, "packed", "fwd+bwd", torch.device("cpu"))
-    _, ours = modules.make_modules(case)
-    ratio = modules.paired_packed_ratio(ours, case, min_run_time=0.01)
-    assert 0.05 < ratio < 20.0
+def test_paired_row_is_a_paired_ratio_against_torch(monkeypatch):
+    calls = []
+
+    def fake_measure_ratio(fn, baseline, *, device, min_run_time):
+        calls.append((fn, baseline))
+        return {"ratio": 0.8, "ratio_iqr": 0.05, "pairs": 7, "fn_ms": 4.0, "baseline_ms": 5.0}
+
+    monkeypatch.setattr(modules.timing, "measure_ratio", fake_measure_ratio)
+    case = modules.ModuleCase("lstm", 4, 6, 8, "padded", "fwd", torch.device("cpu"), I=5, layers=2)
+    row = modules.paired_row(case, 1, min_run_time=0.01)
+    assert len(calls) == 1  # one alternating measurement, not two separate medians
+    assert row["ratio"] == 0.8 and row["paired_iqr"] == 0.05 and row["pairs"] == 7
+    assert row["median_ms"] == 4.0 and row["torch_ms"] == 5.0 and row["status"] == "ok"
+    assert row["provider"] == "flashseq.LSTM @1T" and row["threads"] == 1
+    assert "I=5 H=8 B=4 T=6 L=2 padded" in row["case"]
+
+
+@pytest.mark.parametrize("layout", modules.LAYOUTS)
+def test_suite_rows_run_tiny(layout, monkeypatch):
+    monkeypatch.setenv("FLASHSEQ_BENCH_THREADS", "1")
+    case = modules.ModuleCase("gru", 4, 6, 8, layout, "fwd+bwd", torch.device("cpu"))
+    row = (modules.paired_row if layout == "padded" else modules.packed_row)(case, 1, 0.01)
+    assert row["status"] == "ok", row
+    value = row["ratio"] if layout == "padded" else row["ratio_packed_paired"]
+    assert 0.01 < value < 100.0
+
+
+def test_thread_counts_from_the_environment(monkeypatch):
+    monkeypatch.setenv("FLASHSEQ_BENCH_THREADS", "2,1")
+    assert modules.thread_counts() == (2, 1)
+    monkeypatch.setenv("FLASHSEQ_BENCH_THREADS", "two")
+    with pytest.raises(ValueError, match="FLASHSEQ_BENCH_THREADS"):
+        modules.thread_counts()

@@ -3,6 +3,10 @@ with a trail so backtracking undoes changes instead of copying the store at ever
 
 Changes are announced as bound events in `changed`: 2*i when variable i's lower bound rose, 2*i+1
 when its upper bound fell, so a propagator can wake only on the bounds it reads.
+
+Within one node a bound may move many times (x - y >= 1 with y - x >= 0 over a wide range moves
+both bounds by one a pass); compact() then drops the entries undo would not need, so the trail
+grows with the number of variables a node changes, not with the number of steps.
 """
 from bisect import bisect_left, bisect_right
 
@@ -15,7 +19,7 @@ class DomainStore:
     Every setter returns False when the domain becomes empty (the store is then left as it was
     for that variable) and records the old state on the trail otherwise.
     """
-    __slots__ = ("lo", "hi", "vals", "trail", "changed")
+    __slots__ = ("lo", "hi", "vals", "trail", "changed", "base")
 
     def __init__(self, lo, hi, vals):
         self.lo = list(lo)
@@ -23,16 +27,36 @@ class DomainStore:
         self.vals = list(vals)
         self.trail = []
         self.changed = []  # bound events (2i: lo rose, 2i+1: hi fell) not yet read by the queue
+        self.base = 0  # trail length at the last mark() or undo(): no live mark lies above it
 
     def mark(self):
         """A point to undo back to."""
-        return len(self.trail)
+        self.base = len(self.trail)
+        return self.base
+
+    def compact(self):
+        """Keep only the oldest trail entry of each variable since the last mark() or undo().
+
+        Undoing to any live mark restores the oldest entry of a variable above that mark, and all
+        live marks lie at or below `base`, so the later entries are never read. Call it between
+        propagator runs (they compare trail lengths within one run)."""
+        trail, base = self.trail, self.base
+        if len(trail) - base <= len(self.lo):
+            return
+        seen, kept = set(), []
+        for entry in trail[base:]:
+            if entry[0] not in seen:
+                seen.add(entry[0])
+                kept.append(entry)
+        del trail[base:]
+        trail.extend(kept)
 
     def undo(self, mark):
         """Restore every domain changed since `mark`."""
         trail, lo, hi, vals = self.trail, self.lo, self.hi, self.vals
         undone = trail[mark:]
         del trail[mark:]
+        self.base = mark
         for i, old_lo, old_hi, old_vals in reversed(undone):  # newest first: the oldest wins
             lo[i] = old_lo
             hi[i] = old_hi

@@ -200,6 +200,18 @@ class Flat:
                 ok = {"==": 0 == rhs, "!=": 0 != rhs}.get(op, 0 <= rhs)
                 self.infeasible |= not ok
                 return
+            g = 0
+            for c in terms.values():
+                g = gcd(g, c)
+            if g > 1:
+                # divide through by the coefficients' gcd: 2x - 2y == 1 has no integer point (bounds
+                # alone would creep one step a pass across the whole range to find that), 2x + 4y
+                # <= 7 is x + 2y <= 3, and 2x != 3 always holds
+                if rhs % g and op in ("==", "!="):
+                    self.infeasible |= op == "=="
+                    return
+                terms = {a: c // g for a, c in terms.items()}
+                rhs //= g
             cls = {"==": _linear_eq, "!=": P.LinearNe}.get(op, P.LinearLe)
             self.props.append(cls(list(terms), list(terms.values()), rhs))
         else:

@@ -139,7 +139,8 @@ class Model:
         """Solve to optimality (or to the first solution without an objective).
 
         time_limit: seconds (> 0) or None for no limit; on expiry the best solution so far is
-        returned with status "feasible" ("unknown" when there is none yet).
+        returned with status "feasible" ("unknown" when there is none yet). The clock is read at
+        every search node and every few hundred propagator runs, the root's propagation included.
         """
         deadline = _deadline(time_limit)
         start = time.perf_counter()

@@ -10,6 +10,7 @@ so the queue does not wake it for the changes it made itself (a third of all run
 re-runs finding nothing); it returns AGAIN instead of True when it stopped after _MAX_PASSES.
 """
 from functools import lru_cache
+from math import gcd
 
 
 # Returned by an idempotent propagator that stopped short of its own fixed point (truthy: no
@@ -111,7 +112,22 @@ class LinearEq:
                         up -= b * (h - hi[i])
             if len(trail) == mark:
                 return True
-        return AGAIN
+        # still narrowing: on a wide range that is often a creep of one step a pass, which
+        # happens when the unfixed terms cannot reach the rest of rhs at all (2x - 2y == 1 - z
+        # at z = 0, say): the gcd of their coefficients must divide it
+        return AGAIN if _residue_possible(st, terms, rhs) else False
+
+
+def _residue_possible(st, terms, rhs):
+    """Whether gcd(coefficients of the unfixed terms) divides rhs minus the fixed terms."""
+    lo, hi = st.lo, st.hi
+    g = 0
+    for i, a in terms:
+        if lo[i] == hi[i]:
+            rhs -= a * lo[i]
+        else:
+            g = gcd(g, a)
+    return rhs % g == 0 if g else rhs == 0
 
 
 class LinearEq2:

@@ -4,8 +4,9 @@
 (``LSTM``, ``GRU``, ``RNN``, ``sLSTM``) are drop-in twins of torch's.
 """
 from . import cells, nn, ops
-from .nn import GRU, LSTM, RNN, convert, sLSTM
+from .nn import GRU, LSTM, RNN, DeltaNet, GatedLinearAttention, convert, mLSTMLayer, sLSTM
 
 __version__ = "0.1.0"
 
-__all__ = ["cells", "ops", "nn", "LSTM", "GRU", "RNN", "sLSTM", "convert", "__version__"]
+__all__ = ["cells", "ops", "nn", "LSTM", "GRU", "RNN", "sLSTM", "convert", "GatedLinearAttention",
+           "DeltaNet", "mLSTMLayer", "__version__"]

@@ -2,8 +2,10 @@
 from .convert import convert
 from .errors import RNNInputError
 from .gru import GRU
+from .linear_attention import DeltaNet, GatedLinearAttention, mLSTMLayer
 from .lstm import LSTM
 from .rnn import RNN
 from .slstm import sLSTM
 
-__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError"]
+__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError", "GatedLinearAttention",
+           "DeltaNet", "mLSTMLayer"]

@@ -1,12 +1,74 @@
-"""``backend="triton"`` of the chunkwise linear recurrences: which ops have kernels, and the calls.
+"""``backend="triton"`` of the chunkwise linear recurrences: which ops have kernels, their
+autograd Functions, and the calls the entry points make.
 
-Triton is imported only inside the calls, so importing flashseq never imports it.
+Served so far: ``fused_recurrent_gla`` (``triton_recurrent.py``). Triton is imported only when a
+call runs, so importing flashseq never imports it.
 """
 from __future__ import annotations
 
+import torch
+
 CHUNK_OPS: tuple = ()
-RECURRENT_OPS: tuple = ()
+RECURRENT_OPS: tuple = ("gla",)
 
 
-def run(op: str, recurrent: bool, *args, **kwargs):
+def reverse_cumsum_per_sequence(x, cu_seqlens):
+    """sum_{s >= t} x_s within each sequence, along dim 1 of [B, T, ...] (fp32 or wider)."""
+    if cu_seqlens is None:
+        return x.flip(1).cumsum(1).flip(1)
+    bounds = cu_seqlens.tolist()
+    parts = [x[:, lo:hi].flip(1).cumsum(1).flip(1) for lo, hi in zip(bounds, bounds[1:])]
+    return torch.cat(parts, 1)
+
+
+def per_step(values, cu_seqlens, B, T):
+    """[N, ...] per sequence -> [B, T, ...]: each step gets its sequence's row."""
+    if cu_seqlens is None:
+        return values[:, None].expand(B, T, *values.shape[1:])
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).to(device=values.device, dtype=torch.long)
+    return values.repeat_interleave(lengths, dim=0)[None]
+
+
+class GLARecurrentFunction(torch.autograd.Function):
+    """Autograd of the Triton recurrent GLA: forward saves the inputs (and the final state, for
+    the gate's gradient); backward recomputes the states in its kernels."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, cu_seqlens, output_final_state):
+        from .triton_recurrent import gla_recurrent_fwd
+        o, ht = gla_recurrent_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state)
+        ctx.save_for_backward(q, k, v, g, h0, ht, cu_seqlens)
+        ctx.scale = scale
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        from .triton_recurrent import gla_recurrent_bwd
+        q, k, v, g, h0, ht, cu_seqlens = ctx.saved_tensors
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dht = None if dht is None else dht.contiguous().float()
+        dq, dk, dv, dh0 = gla_recurrent_bwd(q, k, v, g, h0, do, dht, ctx.scale, cu_seqlens)
+        dg = reverse_cumsum_per_sequence(q.float() * dq - k.float() * dk, cu_seqlens)
+        if dht is not None:
+            B, T = q.shape[:2]
+            dg = dg + per_step((ht * dht).sum(-1), cu_seqlens, B, T)
+        # gradients in argument order: q, k, v, g, h0, scale, cu_seqlens, output_final_state
+        return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0, None, None, None)
+
+
+def _prepare(tensors, initial_state, cu_seqlens, device):
+    tensors = [t.contiguous() for t in tensors]
+    h0 = None if initial_state is None else initial_state.float().contiguous()
+    cu = None if cu_seqlens is None else cu_seqlens.to(device=device, dtype=torch.int64)
+    return tensors, h0, cu
+
+
+def run(op: str, recurrent: bool, *args, scale, initial_state=None, output_final_state=False,
+        cu_seqlens=None, **kwargs):
+    """The Triton computation of one public op (arguments already validated)."""
+    if op == "gla" and recurrent:
+        (q, k, v, g), h0, cu = _prepare(args, initial_state, cu_seqlens, args[0].device)
+        o, ht = GLARecurrentFunction.apply(q, k, v, g, h0, scale, cu, output_final_state)
+        return o, (ht if output_final_state else None)
     raise NotImplementedError(f"no Triton kernel for {op!r} ({'recurrent' if recurrent else 'chunk'})")

@@ -1,0 +1,60 @@
+"""Triton kernels of the linear recurrences vs the float64 reference: forward, final state and
+every gradient, with NaN-poisoned outputs.
+
+On CPU the kernels run under TRITON_INTERPRET=1 on tiny shapes (fp32 and fp16; the
+interpreter's bf16 is not trusted, so bf16 runs only with ``-m gpu``). Compile-to-cubin checks
+live in test_linear_scan_triton_compile.py.
+"""
+import functools
+import os
+
+import pytest
+import torch
+
+import flashseq
+from tests.conftest import HAS_CUDA
+from tests.helpers import TOLERANCE
+from tests.kernels.linear_scan_cases import cast, compare, make_case, reference_fn, run_with_grads
+
+pytestmark = pytest.mark.skipif(
+    not HAS_CUDA and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or TRITON_INTERPRET=1")
+
+DEVICE = "cuda" if HAS_CUDA else "cpu"
+
+
+def check(case, fn, B, T, H, K, V, dtype, *, N=None, cu_seqlens=None, with_state=True, seed=0):
+    args, kwargs, names = make_case(case, B, T, H, K, V, N=N, seed=seed, with_state=with_state,
+                                    device=DEVICE)
+    low_args, low_kwargs = cast(args, kwargs, dtype)
+    ref_args, ref_kwargs = cast(low_args, low_kwargs, torch.float64)
+    if cu_seqlens is not None:
+        low_kwargs["cu_seqlens"] = ref_kwargs["cu_seqlens"] = cu_seqlens
+    upstream = {}
+    ref = run_with_grads(functools.partial(reference_fn(case), scale=0.4), ref_args, ref_kwargs,
+                         upstream)
+    got = run_with_grads(functools.partial(fn, scale=0.4, backend="triton"), low_args, low_kwargs,
+                         upstream)
+    assert got[0].dtype == dtype
+    compare(case, names, got, ref, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("with_state", [True, False], ids=["h0", "noh0"])
+def test_fused_recurrent_gla(nan_poison_empty, with_state, dtype):
+    """T = 67 (K, V = 12, 20), or several V blocks (V = 40 > BV = 16 at K = 200), T = 9."""
+    T, K, V = (67, 12, 20) if with_state and dtype == torch.float32 else (9, 200, 40)
+    check("gla", flashseq.ops.fused_recurrent_gla, 2, T, 2, K, V, dtype, with_state=with_state)
+
+
+def test_fused_recurrent_gla_cu_seqlens(nan_poison_empty):
+    """Three packed sequences, each from its own initial state."""
+    cu = torch.tensor([0, 3, 11, 16], device=DEVICE)
+    check("gla", flashseq.ops.fused_recurrent_gla, 1, 16, 2, 8, 8, torch.float32, N=3,
+          cu_seqlens=cu)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [64, 1000])
+def test_fused_recurrent_gla_gpu_bf16(T):
+    check("gla", flashseq.ops.fused_recurrent_gla, 2, T, 4, 128, 128, torch.bfloat16)

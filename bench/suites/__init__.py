@@ -17,6 +17,7 @@ SUITES = {
     "fused_rnn": "bench.suites.fused_rnn",
     "constrint": "bench.suites.constrint",
     "modules": "bench.suites.modules",
+    "linear_scan": "bench.suites.linear_scan",
 }
 
 

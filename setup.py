@@ -1,17 +1,51 @@
-"""Build script: the Python packages plus the CPU extension ``flashseq._C`` from csrc/cpu/.
+"""Build script: the packages ``flashseq`` and ``constrint`` (with the tuner of autotune/ shipped
+as ``flashseq.autotune``, behind the ``flashseq-tune`` command) and the C++ sources.
 
-The extension needs torch at build time. Build with ``pip install --no-build-isolation`` so the
-installed torch (CPU or CUDA) is used; without torch the extension is skipped and flashseq
-builds it on first use instead (see flashseq/_jit.py).
+torch must be installed first and the build must see it (``pip install --no-build-isolation``):
+without it this script stops, rather than let pip resolve ``torch`` on its own, which on Linux
+means the CUDA build and several GB of nvidia-* packages even on a CPU-only machine. install.sh
+does both steps.
+
+The CPU extension ``flashseq._C`` is compiled on first use by default (flashseq/_jit.py, cached
+under $FLASHSEQ_CACHE_DIR per torch version and source change). ``FLASHSEQ_BUILD_EXTENSION=1``
+compiles it here instead (ninja runs the compiles in parallel when installed).
+
+Editable installs (``pip install -e``) use setuptools' "strict" mode: a folder of links to the
+package files goes on sys.path, so ``import flashseq`` finds the package even where the current
+folder holds a clone named ``flashseq`` (the default import finder of setuptools answers after
+that folder and would return it as an empty namespace package). Files added to the package later
+need a re-install to be seen from outside the checkout.
 """
 import glob
 import importlib.util
 import os
-
 import shutil
+import sys
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+TORCH_MISSING = """
+flashseq: torch is not importable while building flashseq, so the build stops here.
+Install torch (>= 2.11) first, then build against it without build isolation, or run install.sh,
+which does both (and installs a CPU-only torch when none is present):
+
+    pip install torch            # or a CPU-only build, see https://pytorch.org
+    pip install --no-build-isolation ".[dev]"
+
+Without --no-build-isolation, pip builds in a fresh environment that has no torch, and if it were
+allowed to install one there it would fetch the CUDA build (several GB) even on a CPU-only machine.
+"""
+MIN_TORCH = (2, 11)
+
+try:
+    import torch
+except ImportError:
+    sys.exit(TORCH_MISSING)
+if tuple(int(p) for p in torch.__version__.split(".")[:2]) < MIN_TORCH:
+    sys.exit(f"flashseq: needs torch >= {'.'.join(map(str, MIN_TORCH))}; found "
+             f"{torch.__version__} (upgrade torch, or run install.sh in a new venv)")
 
 # The C++/CUDA sources travel inside the package as flashseq/_csrc, so a wheel (not only an
 # editable install or a checkout) can build the CPU extension on first use (flashseq/_jit.py).
@@ -33,28 +67,47 @@ class BuildPyWithSources(build_py):
                     self.copy_file(os.path.join(root, name), dest)
 
 
-ext_modules, cmdclass = [], {"build_py": BuildPyWithSources}
-try:
-    from torch.utils.cpp_extension import BuildExtension, CppExtension
-except ImportError:
-    print("flashseq: torch not importable at build time; the CPU extension will be built on first use")
-else:
-    sources = sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    if sources:
-        # Same flags as the first-use build: flashseq/_jit.py (loaded by path, it imports only
-        # the standard library at the top) chooses them, AVX2 where the building CPU has it.
-        _spec = importlib.util.spec_from_file_location("flashseq_jit", os.path.join("flashseq", "_jit.py"))
-        _jit = importlib.util.module_from_spec(_spec)
-        _spec.loader.exec_module(_jit)
-        ext_modules.append(CppExtension(
-            "flashseq._C", sources,
-            include_dirs=[os.path.abspath("csrc")],
-            depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h"))
-                           + glob.glob(os.path.join("csrc", "cells", "*.h"))),
-            extra_compile_args=list(_jit.compile_flags()),
-            # lets flashseq/_jit.py tell this build from a stale one after the sources change
-            define_macros=[("FLASHSEQ_SOURCE_KEY", _jit.build_key())],
-        ))
-        cmdclass["build_ext"] = BuildExtension
+class StrictEditable(editable_wheel):
+    """``pip install -e``: "strict" mode unless another is asked for (see the module docstring)."""
 
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+    def finalize_options(self):
+        self.mode = self.mode or "strict"
+        super().finalize_options()
+
+
+def cpu_extension():
+    """The CppExtension for flashseq._C, with the flags and build key of the first-use build."""
+    from torch.utils.cpp_extension import CppExtension
+
+    # flashseq/_jit.py is loaded by path (it imports only the standard library at the top).
+    spec = importlib.util.spec_from_file_location("flashseq_jit", os.path.join("flashseq", "_jit.py"))
+    jit = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(jit)
+    return CppExtension(
+        "flashseq._C", sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
+        include_dirs=[os.path.abspath("csrc")],
+        depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h"))
+                       + glob.glob(os.path.join("csrc", "cells", "*.h"))),
+        extra_compile_args=list(jit.compile_flags()),
+        # lets flashseq/_jit.py tell this build from a stale one after the sources change
+        define_macros=[("FLASHSEQ_SOURCE_KEY", jit.build_key())],
+    )
+
+
+ext_modules = []
+cmdclass = {"build_py": BuildPyWithSources, "editable_wheel": StrictEditable}
+if os.environ.get("FLASHSEQ_BUILD_EXTENSION") == "1":
+    from torch.utils.cpp_extension import BuildExtension
+
+    ext_modules.append(cpu_extension())
+    cmdclass["build_ext"] = BuildExtension
+
+setup(
+    # Only flashseq and constrint become top-level packages; the tuner's folder is shipped
+    # inside flashseq. bench/ and tests/ stay in the repository.
+    packages=find_packages(include=["flashseq", "flashseq.*", "constrint", "constrint.*"])
+    + ["flashseq.autotune"],
+    package_dir={"flashseq.autotune": "autotune"},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

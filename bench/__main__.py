@@ -1,8 +1,11 @@
-"""``python -m bench [suite] [--json out.json] [--md out.md] [--png out.png]`` and
-``python -m bench compare old.json new.json [--threshold 0.1]``.
+"""``python -m bench [suite] [--tiny] [--threads N] [--json out.json] [--md out.md] [--png out.png]``
+and ``python -m bench compare old.json new.json [--threshold 0.1]``.
 
-With no suite, lists the suites. Exit status: 0 done, 1 a kernel failed its correctness check
-(or, for compare, a regression), 2 bad usage.
+With no suite, lists the suites. ``--tiny`` runs a suite at tiny sizes (does it run end to end?);
+``--threads`` sets torch's CPU threads (default: the suite's ``DEFAULT_CPU_THREADS`` if it has
+one, e.g. 1 for ``quick``, else torch's own default). A suite may define ``summary(rows)``, lines
+printed above the table. Exit status: 0 done, 1 a kernel failed its correctness check (or, for
+compare, a regression), 2 bad usage.
 """
 from __future__ import annotations
 
@@ -35,6 +38,13 @@ def _default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
 def run_suite(args) -> int:
     try:
         module = load(args.suite)
@@ -45,13 +55,27 @@ def run_suite(args) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"bench: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
         return 2
+    threads = args.threads or getattr(module, "DEFAULT_CPU_THREADS", None)
+    if device.type != "cpu" or not threads:
+        return _run_and_report(module, device, args)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _run_and_report(module, device, args)
+    finally:  # main() may be called in-process (tests): leave torch as it was
+        torch.set_num_threads(before)
+
+
+def _run_and_report(module, device, args) -> int:
     progress = make_progress(not args.no_progress, args.suite)
     try:
-        rows = module.run(device, args.quick, progress)
+        rows = module.run(device, args.tiny, progress)
     except CorrectnessError as err:
         print(f"bench: suite {args.suite!r} refused to time: {err}", file=sys.stderr)
         return 1
     result = report.make_result(args.suite, module.DESCRIPTION, device, rows)
+    if hasattr(module, "summary"):
+        print("\n".join(module.summary(rows)) + "\n")
     print(report.markdown(result))
     if args.json:
         report.write_json(result, args.json)
@@ -71,6 +95,10 @@ def run_suite(args) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--quick" in argv:  # the flag's old name, easy to mix up with the suite "quick"
+        print("bench: --quick is now --tiny (tiny sizes); the suite `quick` is "
+              "`python -m bench quick`", file=sys.stderr)
+        return 2
     if argv[:1] == ["compare"]:
         parser = argparse.ArgumentParser(prog="python -m bench compare",
                                          description="Compare two result files; exit 1 on a "
@@ -93,8 +121,11 @@ def main(argv=None) -> int:
     parser.add_argument("--md", help="write the Markdown report here")
     parser.add_argument("--png", help="write a bar chart here (needs matplotlib; skipped without)")
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when present, else cpu)")
-    parser.add_argument("--quick", action="store_true",
+    parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes and short timings: checks the suite runs, numbers mean little")
+    parser.add_argument("--threads", type=_positive_int, default=None,
+                        help="torch threads on CPU (default: 1 for the quick suite, torch's "
+                             "default for the others)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-names", action="store_true", help="print the suite names, one a line")
     parser.add_argument("--machine", action="store_true",

@@ -2,8 +2,8 @@
 # The one GPU entry point: runs every GPU check that exists and writes the results under
 # bench/results/<gpu-slug>/ (slug from nvidia-smi's GPU name, e.g. nvidia-h100-80gb-hbm3).
 #
-#   bash bench/gpu_session.sh [--quick] [--dry-run] [--out DIR] [--suites "A B"]
-#     --quick    tiny benchmark sizes: checks the pipeline end to end, the numbers mean little
+#   bash bench/gpu_session.sh [--tiny] [--dry-run] [--out DIR] [--suites "A B"]
+#     --tiny     tiny benchmark sizes: checks the pipeline end to end, the numbers mean little
 #     --dry-run  print the steps without running anything (works without a GPU)
 #     --out DIR  results folder instead of bench/results/<gpu-slug>
 #     --suites   only these benchmark suites (default: every one `python -m bench` lists)
@@ -28,12 +28,12 @@ out=""
 only_suites=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --quick) quick="--quick" ;;
+        --tiny) quick="--tiny" ;;
         --dry-run) dry=1 ;;
         --out) shift; out="${1:?--out needs a folder}" ;;
         --suites) shift; only_suites="${1:?--suites needs suite names}" ;;
         -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
-        *) echo "gpu_session: unknown argument '$1' (allowed: --quick --dry-run --out DIR --suites LIST)" >&2; exit 2 ;;
+        *) echo "gpu_session: unknown argument '$1' (allowed: --tiny --dry-run --out DIR --suites LIST)" >&2; exit 2 ;;
     esac
     shift
 done

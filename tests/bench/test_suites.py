@@ -115,7 +115,7 @@ def test_fused_rnn_suite_tiny_on_cpu(one_run_timing):
 def test_main_refuses_to_time_a_wrong_kernel(one_run_timing, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(smoke, "check_fused_rnn", lambda *a, **k: "h rel err 1.0e-01 > 1e-05")
     out = tmp_path / "quick.json"
-    assert main(["quick", "--quick", "--no-progress", "--json", str(out)]) == 1
+    assert main(["quick", "--tiny", "--no-progress", "--json", str(out)]) == 1
     rows = json.loads(out.read_text())["rows"]
     ref = [r for r in rows if r["provider"] == "flashseq:reference"]
     assert ref and all(r["status"].startswith("failed: smoke check") and r["median_ms"] is None
@@ -125,7 +125,7 @@ def test_main_refuses_to_time_a_wrong_kernel(one_run_timing, monkeypatch, tmp_pa
 
 def test_main_writes_json_md_and_skips_png_without_matplotlib(one_run_timing, tmp_path, capsys):
     paths = {ext: tmp_path / f"q.{ext}" for ext in ("json", "md", "png")}
-    code = main(["quick", "--quick", "--no-progress", *[a for ext, p in paths.items()
+    code = main(["quick", "--tiny", "--no-progress", *[a for ext, p in paths.items()
                                                          for a in (f"--{ext}", str(p))]])
     assert code == 0
     result = json.loads(paths["json"].read_text())

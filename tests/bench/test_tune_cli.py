@@ -25,7 +25,7 @@ def one_workload(monkeypatch):
 def test_console_script_is_declared():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert project["project"]["scripts"]["flashseq-tune"] == "autotune.cli:main"
+    assert project["project"]["scripts"]["flashseq-tune"] == "flashseq.autotune.cli:main"
 
 
 def test_auto_without_gpu_prints_one_line_and_exits_2(no_cuda, capsys):

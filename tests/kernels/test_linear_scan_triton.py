@@ -13,7 +13,7 @@ import torch
 
 import flashseq
 from tests.conftest import HAS_CUDA
-from tests.helpers import TOLERANCE
+from tests.helpers import TOLERANCE, assert_close
 from tests.kernels.linear_scan_cases import cast, compare, make_case, reference_fn, run_with_grads
 
 pytestmark = pytest.mark.skipif(
@@ -54,7 +54,56 @@ def test_fused_recurrent_gla_cu_seqlens(nan_poison_empty):
           cu_seqlens=cu)
 
 
+def force_chunk(monkeypatch, BT, BK=None, BV=None):
+    """Run the chunk kernels with chunk BT (and BK/BV if given) instead of the plan's."""
+    from flashseq.kernels.linear_scan import triton_ops
+    planned = triton_ops.chunk_tiles
+
+    def forced(op, q, v, chunk_size=None):
+        _, bk, bv, warps = planned(op, q, v)
+        return (BT, BK or bk, BV or bv, warps)
+
+    monkeypatch.setattr(triton_ops, "chunk_tiles", forced)
+
+
+@pytest.mark.parametrize("BT, T, K, V, BK", [(16, 67, 12, 20, 16), (64, 67, 16, 16, 16),
+                                              (16, 20, 40, 20, 16)],
+                         ids=["BT16-T67", "BT64-T67", "BT16-3Kblocks"])
+def test_chunk_gla_fp32(nan_poison_empty, monkeypatch, BT, T, K, V, BK):
+    """Chunk sizes 16 and 64 over T = 67 (a partial last chunk), K split into blocks."""
+    force_chunk(monkeypatch, BT, BK=BK, BV=16)
+    check("gla", flashseq.ops.chunk_gla, 1, T, 1, K, V, torch.float32)
+
+
+def test_chunk_gla_fp16_no_initial_state(nan_poison_empty, monkeypatch):
+    force_chunk(monkeypatch, 16, BK=16, BV=16)
+    check("gla", flashseq.ops.chunk_gla, 2, 21, 1, 16, 16, torch.float16, with_state=False)
+
+
+def test_chunk_gla_cu_seqlens_equals_recurrent(nan_poison_empty, monkeypatch):
+    """Three packed sequences vs the reference, and the chunk kernels == the recurrent kernels."""
+    force_chunk(monkeypatch, 16, BK=16, BV=16)
+    cu = torch.tensor([0, 5, 30, 40], device=DEVICE)
+    check("gla", flashseq.ops.chunk_gla, 1, 40, 2, 8, 8, torch.float32, N=3, cu_seqlens=cu)
+    args, kwargs, _ = make_case("gla", 1, 40, 2, 8, 8, N=3, seed=4, device=DEVICE)
+    args, kwargs = cast(args, kwargs, torch.float32)
+    o_c, s_c = flashseq.ops.chunk_gla(*args, cu_seqlens=cu, output_final_state=True,
+                                      backend="triton", **kwargs)
+    o_r, s_r = flashseq.ops.fused_recurrent_gla(*args, cu_seqlens=cu, output_final_state=True,
+                                                backend="triton", **kwargs)
+    assert_close("o chunk vs recurrent", o_c, o_r, 1e-5)
+    assert_close("final chunk vs recurrent", s_c, s_r, 1e-5)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [64, 1000])
 def test_fused_recurrent_gla_gpu_bf16(T):
     check("gla", flashseq.ops.fused_recurrent_gla, 2, T, 4, 128, 128, torch.bfloat16)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("T", [67, 2048])
+def test_chunk_gla_gpu_plan_tiles(T, dtype):
+    """The plan's own tiles at K = V = 128 on the GPU."""
+    check("gla", flashseq.ops.chunk_gla, 2, T, 4, 128, 128, dtype)

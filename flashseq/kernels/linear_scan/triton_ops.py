@@ -1,15 +1,33 @@
 """``backend="triton"`` of the chunkwise linear recurrences: which ops have kernels, their
 autograd Functions, and the calls the entry points make.
 
-Served so far: ``fused_recurrent_gla`` (``triton_recurrent.py``). Triton is imported only when a
-call runs, so importing flashseq never imports it.
+Served so far: ``chunk_gla`` (``triton_chunk.py``, ``triton_chunk_bwd.py``) and
+``fused_recurrent_gla`` (``triton_recurrent.py``). Triton is imported only when a call runs, so
+importing flashseq never imports it.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
-CHUNK_OPS: tuple = ()
+CHUNK_OPS: tuple = ("gla",)
 RECURRENT_OPS: tuple = ("gla",)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_plan(op, batch, steps, heads, k_dim, v_dim, dtype, gpu):
+    from .plan import plan_linear_scan
+    return plan_linear_scan(op, batch, steps, heads, k_dim, v_dim, dtype, gpu)
+
+
+def chunk_tiles(op, q, v, chunk_size=None):
+    """(BT, BK, BV, num_warps) of the chunk kernels: the plan's, for the device's GPU (on CPU,
+    under the interpreter, the H100 entry stands in). ``chunk_size`` overrides BT (tests)."""
+    from flashseq.kernels.fused_rnn.triton_function import gpu_spec
+    B, T, H, K = q.shape
+    plan = _cached_plan(op, B, T, H, K, v.shape[-1], q.dtype, gpu_spec(q.device))
+    return (chunk_size or plan.BT, plan.BK, plan.BV, plan.num_warps)
 
 
 def reverse_cumsum_per_sequence(x, cu_seqlens):
@@ -57,6 +75,33 @@ class GLARecurrentFunction(torch.autograd.Function):
         return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0, None, None, None)
 
 
+class GLAChunkFunction(torch.autograd.Function):
+    """Autograd of the Triton chunkwise GLA: forward keeps only its inputs and the final state;
+    backward runs the state pass again (``triton_chunk_bwd``)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles):
+        from .triton_chunk import gla_chunk_fwd
+        o, ht = gla_chunk_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles)
+        ctx.save_for_backward(q, k, v, g, h0, ht, cu_seqlens)
+        ctx.scale, ctx.tiles = scale, tiles
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        from .triton_chunk_bwd import gla_chunk_bwd
+        q, k, v, g, h0, ht, cu_seqlens = ctx.saved_tensors
+        do = torch.zeros_like(v) if do is None else do.contiguous()
+        dht = None if dht is None else dht.contiguous().float()
+        dq, dk, dv, dh0 = gla_chunk_bwd(q, k, v, g, h0, do, dht, ctx.scale, cu_seqlens, ctx.tiles)
+        dg = reverse_cumsum_per_sequence(q.float() * dq - k.float() * dk, cu_seqlens)
+        if dht is not None:
+            dg = dg + per_step((ht * dht).sum(-1), cu_seqlens, *q.shape[:2])
+        # gradients in argument order: q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles
+        return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0, None, None, None, None
+
+
 def _prepare(tensors, initial_state, cu_seqlens, device):
     tensors = [t.contiguous() for t in tensors]
     h0 = None if initial_state is None else initial_state.float().contiguous()
@@ -65,10 +110,16 @@ def _prepare(tensors, initial_state, cu_seqlens, device):
 
 
 def run(op: str, recurrent: bool, *args, scale, initial_state=None, output_final_state=False,
-        cu_seqlens=None, **kwargs):
-    """The Triton computation of one public op (arguments already validated)."""
+        cu_seqlens=None, chunk_size=None, **kwargs):
+    """The Triton computation of one public op (arguments already validated); ``chunk_size``
+    overrides the plan's chunk (tests)."""
     if op == "gla" and recurrent:
         (q, k, v, g), h0, cu = _prepare(args, initial_state, cu_seqlens, args[0].device)
         o, ht = GLARecurrentFunction.apply(q, k, v, g, h0, scale, cu, output_final_state)
+        return o, (ht if output_final_state else None)
+    if op == "gla":
+        (q, k, v, g), h0, cu = _prepare(args, initial_state, cu_seqlens, args[0].device)
+        tiles = chunk_tiles("gla", q, v, chunk_size)
+        o, ht = GLAChunkFunction.apply(q, k, v, g, h0, scale, cu, output_final_state, tiles)
         return o, (ht if output_final_state else None)
     raise NotImplementedError(f"no Triton kernel for {op!r} ({'recurrent' if recurrent else 'chunk'})")

@@ -56,6 +56,15 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           continue;
         }
         const scalar_t* h_next_row = h_p + ((bi * T + t) * NH + n) * DH;
+        if (t > 0) {  // this row's batch-major data of the next step, t-1 (prefetch_span)
+          prefetch_span(h_next_row - NH * DH, DH);
+          if (t > 1) prefetch_span(h_next_row - 2 * NH * DH, DH);
+          if (dh_p) prefetch_span(dh_p + ((bi * T + t - 1) * NH + n) * DH, DH);
+          for (int g = 0; g < G; ++g) {
+            prefetch_span(dwx_row - (G - g) * NH * DH, DH, /*for_write=*/true);
+            prefetch_span(drh_row - GDH + g * DH, DH, /*for_write=*/true);
+          }
+        }
         const scalar_t* dh_row = dh_p ? dh_p + ((bi * T + t) * NH + n) * DH : nullptr;
         // States the step started from: the initial ones at t = 0, else those after step t-1.
         const scalar_t* prev_rows[S];

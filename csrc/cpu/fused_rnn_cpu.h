@@ -43,6 +43,23 @@ inline int64_t pointwise_grain(int64_t values_per_row) {
   return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, values_per_row));
 }
 
+// Asks the cache for `count` elements from p on (one prefetch per 64-byte line), to be read or,
+// with `for_write`, written soon. The loops walk batch-major tensors ([B, T, ...]) one step at
+// a time, so each row's data of the next step lies a whole row of steps away from this step's:
+// no hardware prefetcher follows that, and the first load of every row missed (perf, LSTM H=128
+// B=16 T=512: a third of the pointwise pass's samples on its first wx load).
+template <typename scalar_t>
+inline void prefetch_span(const scalar_t* p, int64_t count, bool for_write = false) {
+  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
+  for (int64_t i = 0; i < count; i += kLine) {
+    if (for_write) {
+      __builtin_prefetch(p + i, 1, 2);
+    } else {
+      __builtin_prefetch(p + i, 0, 2);
+    }
+  }
+}
+
 // live[t] for every step t: rows 0 .. live[t]-1 of the batch include every row still running at
 // step t (1 + the last row with t < its length; B when `len` is null). The step GEMMs stop at
 // live[t]: with sorted lengths (a PackedSequence's order) no finished row is multiplied, with

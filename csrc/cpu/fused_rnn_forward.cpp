@@ -2,7 +2,10 @@
 // over (head, batch, unit) applying the cell header. Layouts: fused_rnn_cpu.h.
 #include <ATen/Parallel.h>
 
+#include <type_traits>
+
 #include "fused_rnn_cpu.h"
+#include "pointwise_avx512.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 
@@ -58,6 +61,25 @@ std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
 
 namespace {
 
+// Cells and dtypes with an AVX-512 pointwise pass (pointwise_avx512.cpp).
+template <typename Cell, typename scalar_t>
+constexpr bool kHasAvx512Row =
+    std::is_same_v<scalar_t, float> &&
+    (std::is_same_v<Cell, cells::LstmCell> || std::is_same_v<Cell, cells::GruCell>);
+
+template <typename Cell>
+void avx512_forward_row(const PointwiseRow& row) {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  if constexpr (std::is_same_v<Cell, cells::LstmCell>) {
+    lstm_forward_row_avx512(row);
+  } else {
+    gru_forward_row_avx512(row);
+  }
+#else
+  (void)row;
+#endif
+}
+
 template <typename Cell, typename scalar_t>
 void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& bias,
                   at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,
@@ -80,6 +102,7 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
   scalar_t* rh_out = rh.data_ptr<scalar_t>();
   const int64_t grain = pointwise_grain(GDH);
   const std::vector<int64_t> live = live_rows(len, B, T);
+  const bool avx512_rows = kHasAvx512Row<Cell, scalar_t> && use_avx512_tile();
   // W [NH, DH, G*DH], W[n][d][g*DH + e] = r[g][n][d][e], in the form each GEMM wants, made on
   // the first step that needs it: panels for step_gemm, a dense copy for at::mm.
   at::Tensor W_panels, W;
@@ -124,9 +147,23 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
           continue;
         }
         const scalar_t* wx_row = wx_p + ((bi * T + t) * G * NH + n) * DH;  // + g*NH*DH + e
+        if (t + 1 < T) {  // this row's input and output of the next step (prefetch_span)
+          for (int g = 0; g < G; ++g) prefetch_span(wx_row + (g + G) * NH * DH, DH);
+          prefetch_span(h_out + NH * DH, DH, /*for_write=*/true);
+        }
         const scalar_t* rh_row = rh_p + row * GDH;                         // + g*DH + e
         const scalar_t* bias_row = bias_p + n * GDH;
         scalar_t* gates_row = save ? gates_p + (t * rows + row) * K * DH : nullptr;
+        if constexpr (kHasAvx512Row<Cell, scalar_t>) {
+          if (avx512_rows) {
+            PointwiseRow args{DH, wx_row, NH * DH, rh_row, bias_row, carry_row, state_stride,
+                              h_out, gates_row,
+                              save ? sstates_p + (t * (S - 1) * rows + row) * DH : nullptr,
+                              rows * DH};
+            avx512_forward_row<Cell>(args);
+            continue;
+          }
+        }
         for (int64_t e = 0; e < DH; e += L::kWidth) {
           const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
           V wx_v[G], rh_v[G], prev[S], next[S], saved[K > 0 ? K : 1];

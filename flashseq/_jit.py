@@ -1,22 +1,29 @@
 """The compiled CPU extension: ``flashseq._C`` if it was built at install, else built on first use.
 
-``pip install --no-build-isolation -e .`` builds ``flashseq._C`` from csrc/cpu/ (setup.py). When
-that module is missing, does not load (installed without torch at build time) or is stale (its
-``source_key`` is not this build key: sources edited or torch changed since), the same sources are compiled with ``torch.utils.cpp_extension.load`` into
-``$FLASHSEQ_CACHE_DIR`` (default ``~/.cache/flashseq``), under ``cpu_ext/<key>`` where the key
-hashes the torch version, the compiler flags and every source file, so a changed source or torch
-never reuses a stale build. A file lock serialises concurrent builds; a cached build that fails
-to load is deleted and rebuilt once. Nothing here runs at import time.
+``pip install --no-build-isolation -e .`` can build ``flashseq._C`` from csrc/cpu/ (setup.py).
+When that module is missing, does not load or is stale (its ``source_key`` is not this
+``build_key()``: sources edited or torch changed since), the same sources are compiled on first
+use by ``load_extension``, a generic first-use build for any ``ExtensionSpec`` (the CUDA kernels
+use it too), cached under ``$FLASHSEQ_CACHE_DIR/jit/<module>/`` with the rules of
+flashseq/_cache.py: the module name carries a digest of torch, the flags and every source, the
+library is built in a private folder and loaded once in a child process before it is renamed
+into the cache, its size and SHA-256 are checked before every load (a truncated or emptied
+library is rebuilt, never mapped), a lock left by a killed build is free at once, and a complete
+read-only cache is used without writing to it. Nothing here runs at import time, and only the
+standard library is imported at the top (setup.py loads this file by path).
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import pathlib
 import platform
 import shutil
+import typing
 
+log = logging.getLogger("flashseq")
 
 
 def _find_csrc() -> pathlib.Path:
@@ -52,9 +59,10 @@ def compile_flags() -> tuple[str, ...]:
 
 
 def cache_dir() -> pathlib.Path:
-    """Root of flashseq's on-disk caches: ``$FLASHSEQ_CACHE_DIR`` or ``~/.cache/flashseq``."""
-    root = os.environ.get("FLASHSEQ_CACHE_DIR")
-    return pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "flashseq"
+    """Root of flashseq's on-disk caches (flashseq._cache.cache_root)."""
+    from flashseq import _cache
+
+    return _cache.cache_root()
 
 
 def _sources() -> tuple[list[pathlib.Path], list[pathlib.Path]]:
@@ -75,31 +83,193 @@ def build_key() -> str:
     return digest.hexdigest()[:20]
 
 
-def _jit_build():
-    from filelock import FileLock
-    from torch.utils import cpp_extension
+# Layout of the JIT cache (folder names, manifest fields); part of every key.
+JIT_LAYOUT = 1
 
-    cpp, _ = _sources()
+
+class ExtensionSpec(typing.NamedTuple):
+    """One Python extension module to compile with ``torch.utils.cpp_extension`` on first use.
+
+    name: stem of the module name; the module is ``f"{name}_{key}"`` (a valid identifier).
+    sources: files to compile (absolute paths, .cpp).
+    depends: other files whose contents the build reads (headers); they are part of the key.
+    include_dirs, cflags, ldflags: passed to the compiler and linker.
+    """
+    name: str
+    sources: tuple
+    depends: tuple = ()
+    include_dirs: tuple = ()
+    cflags: tuple = ()
+    ldflags: tuple = ()
+
+    def key(self) -> str:
+        """Digest of everything the built library depends on: the cache layout, torch (version,
+        CUDA), the Python ABI, the compiler ($CXX), the flags and each file's name and content
+        (not its folder, so a checkout and a wheel share entries)."""
+        import sys
+
+        import torch
+        from flashseq import _cache
+
+        files = [(pathlib.Path(f).name, hashlib.sha256(pathlib.Path(f).read_bytes()).hexdigest())
+                 for f in tuple(self.sources) + tuple(self.depends)]
+        return _cache.key_digest(JIT_LAYOUT, {
+            "torch": torch.__version__, "cuda": torch.version.cuda,
+            "python": sys.implementation.cache_tag, "machine": platform.machine(),
+            "cxx": os.environ.get("CXX", ""), "cflags": list(self.cflags),
+            "ldflags": list(self.ldflags), "files": files})
+
+
+# Runs in a child process: builds the module in the given private folder with torch's
+# cpp_extension and imports it there, so a library that cannot be loaded (or crashes the loader)
+# is found before it is published. It dies with its parent (Linux), leaving no builder behind a
+# build killed by a timeout or the OOM killer.
+_BUILDER = r"""
+import json, os, signal, sys
+args = json.loads(sys.argv[1])
+try:
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass  # not Linux: the builder may outlive a killed parent, and only wastes its work
+if os.getppid() != args["parent"]:
+    sys.exit("flashseq: the process that asked for this build is gone")
+from torch.utils import cpp_extension
+module = cpp_extension.load(
+    name=args["module"], sources=args["sources"], extra_include_paths=args["include_dirs"],
+    extra_cflags=args["cflags"], extra_ldflags=args["ldflags"],
+    build_directory=args["build_dir"], verbose=False)
+print(json.dumps({"file": module.__file__}))
+"""
+
+
+def _jit_dir() -> pathlib.Path:
+    from flashseq import _cache
+
+    return _cache.cache_root() / "jit"
+
+
+def _run_builder(spec: ExtensionSpec, module: str, build_dir: pathlib.Path) -> pathlib.Path:
+    """Compile and test-load `module` in a child process; the path of the built library."""
+    import json
+    import subprocess
+    import sys
+
+    build_dir.mkdir(parents=True, exist_ok=True)
+    args = {"parent": os.getpid(), "module": module, "build_dir": str(build_dir),
+            "sources": [str(f) for f in spec.sources],
+            "include_dirs": [str(d) for d in spec.include_dirs],
+            "cflags": list(spec.cflags), "ldflags": list(spec.ldflags)}
+    done = subprocess.run([sys.executable, "-c", _BUILDER, json.dumps(args)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = (done.stderr.strip() or done.stdout.strip()).splitlines() or [
+            f"the builder exited with status {done.returncode}"]
+        first = next((ln for ln in lines if "error:" in ln), lines[-1]).strip()
+        raise RuntimeError(f"building {module} failed: {first}")
+    return pathlib.Path(json.loads(done.stdout.strip().splitlines()[-1])["file"])
+
+
+def _import_path(module: str, path: pathlib.Path):
+    """Import the extension module `module` from the library at `path` (not via sys.path and
+    not through cpp_extension.load, which would take a lock file in the library's folder)."""
+    import importlib.util
+
+    import torch  # noqa: F401  (the library links against torch's shared libraries)
+
+    spec = importlib.util.spec_from_file_location(module, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _build_and_publish(spec, module, jit_dir) -> pathlib.Path:
+    """Build in a private folder, then publish the library into the cache entry; the caller
+    holds the entry's lock."""
+    from flashseq import _cache
+
+    for orphan in _cache.remove_orphans(jit_dir, ".build"):
+        log.info("flashseq: removed %s, left by a build whose process died", orphan)
+    build_dir = _cache.private_dir(jit_dir, ".build")
+    try:
+        built = _run_builder(spec, module, build_dir)
+        return _cache.publish_file(built, jit_dir / module, stem=module, suffix=built.suffix,
+                                   layout=JIT_LAYOUT, meta={"module": module})
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def _build_private(spec, module):
+    """Build into a temporary folder outside the cache and import from there (cache folder
+    not writable); the folder is deleted once the library is loaded."""
+    import tempfile
+
+    build_dir = pathlib.Path(tempfile.mkdtemp(prefix=f"flashseq-{module}-"))
+    try:
+        return _import_path(module, _run_builder(spec, module, build_dir))
+    finally:
+        shutil.rmtree(build_dir, ignore_errors=True)
+
+
+def load_extension(spec: ExtensionSpec, *, lock_timeout: float | None = None):
+    """The extension module of `spec`, from the cache or built on first use.
+
+    A published library is loaded only after its size and SHA-256 match its manifest (no lock,
+    nothing written: a complete read-only cache works). Otherwise, under the entry's lock
+    (``lock_timeout`` seconds, default $FLASHSEQ_LOCK_TIMEOUT or 600; a lock left by a killed
+    process is free at once), the library is built in a private folder, loaded once in a child
+    process, then renamed into the entry with a new manifest; a bad entry is thus rebuilt. Past
+    the lock's timeout the build goes ahead anyway (publication is atomic, so at worst work is
+    repeated). When the cache cannot be written, the build goes to a temporary folder.
+    Raises RuntimeError when the build fails.
+    """
+    from flashseq import _cache
+
+    module = f"{spec.name}_{spec.key()}"
+    jit_dir = _jit_dir()
+    entry = jit_dir / module
+    found = _cache.lookup_file(entry, JIT_LAYOUT)
+    unloadable = None
+    if found is not None:
+        try:
+            return _import_path(module, found[0])
+        except ImportError as err:  # checked content that does not load: built for another system
+            log.warning("flashseq: %s does not load (%s); rebuilding it", found[0], err)
+            unloadable = found[1]["sha256"]
+    lock = _cache.CacheLock(jit_dir / f"{module}.lock", what=f"building {module}",
+                            timeout=lock_timeout)
+    try:
+        lock.acquire()
+    except _cache.LockTimeout as err:
+        log.warning("flashseq: %s; building without it", err)
+    except OSError as err:  # read-only or foreign cache folder: nothing can be published
+        log.warning("flashseq: the cache %s cannot be written (%s); building %s in a temporary "
+                    "folder, not kept", jit_dir, err.strerror or err, module)
+        return _build_private(spec, module)
+    try:
+        found = _cache.lookup_file(entry, JIT_LAYOUT)  # published while this process waited?
+        if found is not None and found[1]["sha256"] != unloadable:
+            path = found[0]
+        else:
+            path = _build_and_publish(spec, module, jit_dir)
+    finally:
+        lock.release()
+    return _import_path(module, path)
+
+
+def cpu_extension_spec() -> ExtensionSpec:
+    """The CPU extension (csrc/cpu/) as an ExtensionSpec."""
+    cpp, every = _sources()
     if not cpp:
         raise RuntimeError(f"no C++ sources found under {CSRC_DIR / 'cpu'} (flashseq installed "
                            "without its csrc/ folder?)")
-    key = build_key()
-    build_dir = cache_dir() / "cpu_ext" / key
-    build_dir.mkdir(parents=True, exist_ok=True)
+    return ExtensionSpec(name="flashseq_cpu", sources=tuple(str(p) for p in cpp),
+                         depends=tuple(str(p) for p in every if p not in cpp),
+                         include_dirs=(str(CSRC_DIR),), cflags=compile_flags())
 
-    def load():
-        return cpp_extension.load(
-            name=f"flashseq_cpu_{key}", sources=[str(p) for p in cpp],
-            extra_include_paths=[str(CSRC_DIR)], extra_cflags=list(compile_flags()),
-            build_directory=str(build_dir), verbose=False)
 
-    with FileLock(str(build_dir.parent / f"{key}.lock")):
-        try:
-            return load()
-        except (ImportError, OSError):  # a corrupt or partial library left by a killed build
-            shutil.rmtree(build_dir, ignore_errors=True)
-            build_dir.mkdir(parents=True, exist_ok=True)
-            return load()
+def _jit_build():
+    return load_extension(cpu_extension_spec())
 
 
 @functools.lru_cache(maxsize=None)

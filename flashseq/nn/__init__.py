@@ -1,4 +1,11 @@
-"""Modules: torch-compatible LSTM/GRU/RNN twins, head-wise LSTM, sLSTM and ``convert``."""
+"""Modules: torch-compatible LSTM/GRU/RNN twins, head-wise LSTM, sLSTM and ``convert``.
+
+Importing this package (``import flashseq`` does) registers the module classes as torch.load
+safe globals, so a whole model saved with ``torch.save(model)`` loads with ``weights_only=True``
+(torch's default) without listing them in ``torch.serialization.safe_globals``.
+"""
+import torch
+
 from .convert import convert
 from .errors import RNNInputError
 from .gru import GRU
@@ -6,6 +13,8 @@ from .linear_attention import DeltaNet, GatedLinearAttention, mLSTMLayer
 from .lstm import LSTM
 from .rnn import RNN
 from .slstm import sLSTM
+
+torch.serialization.add_safe_globals([LSTM, GRU, RNN, sLSTM])
 
 __all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError", "GatedLinearAttention",
            "DeltaNet", "mLSTMLayer"]

@@ -1,15 +1,19 @@
 """flashseq.GRU: torch.nn.GRU's twin."""
 from __future__ import annotations
 
-from .rnn_base import FusedRNNBase
+from torch import nn
+
+from .rnn_base import FusedRNNBase, reject_proj_size
 
 
-class GRU(FusedRNNBase):
-    """Drop-in replacement for ``torch.nn.GRU`` whose recurrence runs in ``fused_rnn``.
+class GRU(FusedRNNBase, nn.GRU):
+    """Drop-in replacement for ``torch.nn.GRU`` whose recurrence runs in ``fused_rnn``; a
+    subclass of ``torch.nn.GRU`` (isinstance checks and torch's attributes hold).
 
     Args (positional order as torch.nn.GRU): input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None; keyword-only
     ``backend`` ("auto" | "reference" | "cpu" | "triton" | "cuda", Default: "auto").
+    ``proj_size`` raises ValueError, as in torch (only LSTM has projections).
 
     Same parameters (gates r, z, n), state_dict, initialisation and results as torch.nn.GRU;
     ``bias_hh`` is the recurrent bias b of fused_rnn's "gru" cell, so it sits inside
@@ -17,6 +21,8 @@ class GRU(FusedRNNBase):
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto"):
+                 dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto",
+                 **unknown):
+        reject_proj_size("GRU", unknown)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend)

@@ -1,13 +1,16 @@
 """flashseq.LSTM: torch.nn.LSTM's twin, plus a head-wise (block-diagonal) variant."""
 from __future__ import annotations
 
+from torch import nn
 
 from . import stepped
 from .rnn_base import FusedRNNBase
 
 
-class LSTM(FusedRNNBase):
+class LSTM(FusedRNNBase, nn.LSTM):
     """Drop-in replacement for ``torch.nn.LSTM`` whose recurrence runs in ``fused_rnn``.
+
+    A subclass of ``torch.nn.LSTM`` (isinstance checks and torch's attributes hold).
 
     Args (positional order as torch.nn.LSTM): input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None;

@@ -1,19 +1,22 @@
 """flashseq.RNN: torch.nn.RNN's twin (Elman network, tanh or relu)."""
 from __future__ import annotations
 
+from torch import nn
 
 from . import stepped
-from .rnn_base import FusedRNNBase
+from .rnn_base import FusedRNNBase, reject_proj_size
 
 NONLINEARITIES = {"tanh": "RNN_TANH", "relu": "RNN_RELU"}
 
 
-class RNN(FusedRNNBase):
-    """Drop-in replacement for ``torch.nn.RNN``.
+class RNN(FusedRNNBase, nn.RNN):
+    """Drop-in replacement for ``torch.nn.RNN``; a subclass of it (isinstance checks and torch's
+    attributes hold).
 
     Args (positional order as torch.nn.RNN, nonlinearity fourth): input_size, hidden_size,
     num_layers=1, nonlinearity="tanh", bias=True, batch_first=False, dropout=0.0,
     bidirectional=False, device=None, dtype=None; keyword-only ``backend`` (Default: "auto").
+    ``proj_size`` raises ValueError, as in torch (only LSTM has projections).
 
     ``nonlinearity="tanh"`` runs fused_rnn's "elman" cell. ``"relu"`` has no fused cell: it runs
     a per-step PyTorch loop (same results) and warns once per module.
@@ -22,7 +25,8 @@ class RNN(FusedRNNBase):
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend="auto"):
+                 backend="auto", **unknown):
+        reject_proj_size("RNN", unknown)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
         self.nonlinearity = nonlinearity

@@ -16,10 +16,22 @@ Internally every sequence is batch-major [B, T, F]; ragged batches (PackedSequen
 once and described by ``lengths``, which fused_rnn honours, so no Python loop runs over rows.
 Each layer's input projection then runs on the N live rows only (gathered by flat row index),
 and the recurrence skips finished rows (the rows are in the packed, length-sorted order).
+
+The modules subclass torch's (``flashseq.LSTM`` is a ``torch.nn.LSTM``, and every one is a
+``torch.nn.RNNBase``), so torch's attributes and bookkeeping exist and stay current:
+``_flat_weights`` / ``_flat_weights_names`` / ``_all_weights`` are kept by RNNBase's
+``__setattr__``, ``_apply`` (``.to()``, ``.double()``), ``__getstate__``/``__setstate__``
+(deepcopy, pickle) and ``_replicate_for_data_parallel``. Only ``__init__`` (flashseq's argument
+checks, the head-wise ``weight_hh``), ``forward``, ``flatten_parameters`` and ``extra_repr`` are
+flashseq's own.
+
+While ``torch.jit.trace`` or an ONNX export traces the module, a module with ``num_heads == 1``
+runs torch.nn's own forward instead (same parameters, same results): it lowers to ``aten::lstm``
+/ ``gru`` / ``rnn_*``, ops every exporter translates, where the fused kernels are opaque custom
+ops. ``torch.export`` and ``torch.compile`` keep the fused path.
 """
 from __future__ import annotations
 
-import math
 import warnings
 
 import torch
@@ -37,19 +49,35 @@ from .errors import RNNInputError
 MODES = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN_TANH": ("elman", 1), "RNN_RELU": (None, 1)}
 
 
+def _exporting() -> bool:
+    """Whether a tracer that cannot translate the fused custom ops is running: torch.jit.trace
+    (also under the TorchScript ONNX exporter) or the dynamo ONNX exporter (which traces through
+    torch.export, hence the cheap ``is_compiling`` test first: ``is_in_onnx_export`` costs a few
+    microseconds per call)."""
+    if torch.jit.is_tracing():
+        return True
+    return torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()
+
+
 def _describe(t) -> str:
     if not isinstance(t, torch.Tensor):
         return f"{type(t).__name__}"
     return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
 
 
-class FusedRNNBase(nn.Module):
-    """Base of the torch-compatible modules; see the module docstring. Not used directly."""
+class FusedRNNBase(nn.RNNBase):
+    """Base of the torch-compatible modules; see the module docstring. Not used directly.
+
+    Each public class lists it before its torch class (``class LSTM(FusedRNNBase, nn.LSTM)``),
+    so ``super().forward`` here is torch's forward of that class.
+    """
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
                  backend="auto", num_heads=1):
-        super().__init__()
+        # Not RNNBase.__init__: its checks have other messages and it cannot make the head-wise
+        # weight_hh. What it would set up is set up here, under the same names.
+        nn.Module.__init__(self)
         if mode not in MODES:
             raise ValueError(f"mode must be one of {sorted(MODES)}; got {mode!r}")
         self.mode = mode
@@ -96,7 +124,8 @@ class FusedRNNBase(nn.Module):
                     setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
                 self._flat_weights_names.extend(params)
                 self._all_weights.append(list(params))
-        self.reset_parameters()
+        self._init_flat_weights()  # RNNBase's _flat_weights and _flat_weight_refs
+        self.reset_parameters()  # RNNBase's: U(-1/sqrt(hidden_size), 1/sqrt(hidden_size))
 
     # ------------------------------------------------------------------ torch.nn.RNNBase surface
     @property
@@ -108,38 +137,13 @@ class FusedRNNBase(nn.Module):
         """The fused_rnn cell this module runs, or None when it runs the stepped fallback."""
         return MODES[self.mode][0]
 
-    @property
-    def all_weights(self) -> list[list[nn.Parameter]]:
-        return [[getattr(self, name) for name in names] for names in self._all_weights]
-
-    @property
-    def _flat_weights(self) -> list[nn.Parameter]:
-        return [getattr(self, name) for name in self._flat_weights_names]
-
-    def reset_parameters(self) -> None:
-        """Every parameter ~ U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)), as torch.nn.RNNBase."""
-        bound = 1.0 / math.sqrt(self.hidden_size)
-        for weight in self.parameters():
-            nn.init.uniform_(weight, -bound, bound)
-
     def flatten_parameters(self) -> None:
         """Accepted for compatibility and does nothing: the kernels read the Parameters as they
         are (there is no cuDNN weight buffer to compact)."""
 
     def extra_repr(self) -> str:
-        parts = [f"{self.input_size}, {self.hidden_size}"]
-        if self.proj_size:
-            parts.append(f"proj_size={self.proj_size}")
-        if self.num_layers != 1:
-            parts.append(f"num_layers={self.num_layers}")
-        if self.bias is not True:
-            parts.append(f"bias={self.bias}")
-        if self.batch_first:
-            parts.append(f"batch_first={self.batch_first}")
-        if self.dropout != 0:
-            parts.append(f"dropout={self.dropout}")
-        if self.bidirectional:
-            parts.append(f"bidirectional={self.bidirectional}")
+        """torch's ``extra_repr``, then ``num_heads`` and ``backend`` when not the defaults."""
+        parts = [super().extra_repr()]
         if self.num_heads != 1:
             parts.append(f"num_heads={self.num_heads}")
         if self.backend != "auto":
@@ -176,7 +180,12 @@ class FusedRNNBase(nn.Module):
             output: [T, B, D * out] ([B, T, ...] with batch_first; a PackedSequence for packed
                 input), out = proj_size or hidden_size, D = 2 if bidirectional else 1.
             final states: same layout as hx (LSTM: a tuple (h_n, c_n)).
+
+        Under ``torch.jit.trace`` or ONNX export a module with num_heads=1 runs torch.nn's forward
+        (see the module docstring).
         """
+        if self.num_heads == 1 and _exporting():
+            return super().forward(input, hx)
         packed = isinstance(input, PackedSequence)
         weight = self.weight_ih_l0
         if packed:
@@ -261,10 +270,8 @@ class FusedRNNBase(nn.Module):
         packed_rows: (PackedSequence.data [N, F], its row index from packed_to_padded) or None.
         Returns output [B, T, D*out] and the list of S final-state tensors [L*D, B, size]."""
         B, T = x.shape[:2]
-        if B == 0:  # torch returns empty results for an empty batch; fused_rnn needs B >= 1
-            out = x.new_zeros(0, T, self.num_directions * (self.proj_size or self.hidden_size))
-            LD = self.num_layers * self.num_directions
-            return out, states or [x.new_zeros(LD, 0, size) for size in self._state_sizes()]
+        if B == 0:  # fused_rnn needs B >= 1
+            return self._empty_batch(x, states)
         if lengths is not None:
             lengths = lengths.to(x.device)
         reverse_index = sequences.reversal_index(lengths, B, T, x.device) if self.bidirectional else None
@@ -291,6 +298,20 @@ class FusedRNNBase(nn.Module):
             if self.training and self.dropout > 0 and layer + 1 < self.num_layers:
                 x = F.dropout(x, self.dropout, training=True)
         return x, [torch.stack(per_state) for per_state in zip(*finals)]
+
+    def _empty_batch(self, x, states):
+        """_run_layers for B == 0: output [0, T, D*out] and final states [L*D, 0, size] (the
+        given ones, else zeros), as torch returns. Every parameter and x enter the results
+        through a zero-valued term, so backward gives each its zero (or empty) gradient as
+        torch.nn does, instead of leaving them out of the graph."""
+        link = x.sum() * 0
+        for name in self._flat_weights_names:
+            link = link + getattr(self, name).sum() * 0
+        out = x.new_zeros(0, x.shape[1], self.num_directions * (self.proj_size or self.hidden_size))
+        LD = self.num_layers * self.num_directions
+        if states is None:
+            states = [x.new_zeros(LD, 0, size) for size in self._state_sizes()]
+        return out + link, [s + link for s in states]
 
     def _packed_projection(self, data, row_index, batch, steps, layer, direction):
         """x @ w_ih^T + b_ih on the packed rows data [N, F] only, scattered to [B, T, G*H] in
@@ -334,3 +355,13 @@ class FusedRNNBase(nn.Module):
             self._warned_not_fused = True
             warnings.warn(f"{type(self).__name__}: {what} has no fused kernel; running a per-step "
                           "PyTorch loop instead (correct, slower)", RuntimeWarning, stacklevel=4)
+
+
+def reject_proj_size(kind: str, unknown: dict) -> None:
+    """GRU/RNN take no projection: ``proj_size`` is a ValueError as in torch.nn.GRU/RNN, any
+    other unknown keyword a TypeError as for any Python function."""
+    if "proj_size" in unknown:
+        raise ValueError(f"proj_size is only supported by LSTM, not {kind}; got "
+                         f"proj_size={unknown['proj_size']!r}")
+    if unknown:
+        raise TypeError(f"{kind}.__init__() got unexpected keyword arguments {sorted(unknown)}")

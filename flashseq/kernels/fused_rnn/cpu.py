@@ -38,6 +38,8 @@ from torch import Tensor
 
 from flashseq import _jit
 
+from .double_backward import reference_backward
+
 SERVED_DTYPES = (torch.float32, torch.float64)
 
 
@@ -114,22 +116,26 @@ def _fused_rnn_cpu_bwd_fake(dh, d_last, h, states, r, saved_gates, saved_states,
 
 
 class FusedRnnCpuFunction(torch.autograd.Function):
-    """Autograd of the compiled loop: forward saves h, the initial states, r and the saved
-    per-step tensors; backward runs the C++ backward once."""
+    """Autograd of the compiled loop: forward saves h, the inputs and the saved per-step
+    tensors; backward runs the C++ backward once, or, under ``create_graph=True``, the
+    differentiable ``double_backward.reference_backward`` (which is why wx and b are kept)."""
 
     @staticmethod
     def forward(ctx, wx, r, b, states, lengths, cell, save):
         forward = _forward_loop if _eager(wx, r, b, states, lengths) else fused_rnn_cpu_fwd
         h, last_states, saved_gates, saved_states = forward(wx, r, b, states, lengths, cell, save)
         if save:
-            ctx.save_for_backward(h, states, r, saved_gates, saved_states, lengths)
+            ctx.save_for_backward(h, states, r, saved_gates, saved_states, lengths, wx, b)
         ctx.cell = cell
         ctx.set_materialize_grads(False)  # a missing upstream gradient stays None: no zeros
         return h, last_states
 
     @staticmethod
     def backward(ctx, dh, d_last):
-        h, states, r, saved_gates, saved_states, lengths = ctx.saved_tensors
+        h, states, r, saved_gates, saved_states, lengths, wx, b = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
+            return (*reference_backward(ctx.cell, (wx, r, b, states), ctx.needs_input_grad[:4],
+                                        (dh, d_last), lengths), None, None, None)
         backward = (_backward_loop if _eager(dh, d_last, h, states, r, saved_gates, saved_states,
                                              lengths) else fused_rnn_cpu_bwd)
         d_wx, d_r, d_b, d_states = backward(

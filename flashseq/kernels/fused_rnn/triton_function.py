@@ -19,6 +19,7 @@ from flashseq.cells import get_cell
 from flashseq.cells.triton import get_triton_cell
 from flashseq.hardware import GPUSpec, detect
 
+from .double_backward import reference_backward
 from .plan import FusedRNNPlan, plan_fused_rnn
 
 from .triton_bwd import fused_rnn_bwd_kernel
@@ -285,21 +286,26 @@ def _bwd_fake(dh, dlast, wx, r, rh_st, s_st, lengths, cell, max_onchip_bytes):
 
 
 class FusedRNNTritonFunction(torch.autograd.Function):
-    """Differentiable Triton ``fused_rnn``; the kernels run inside the custom ops above."""
+    """Differentiable Triton ``fused_rnn``; the kernels run inside the custom ops above. Under
+    ``create_graph=True`` the backward is ``double_backward.reference_backward`` instead (so
+    second derivatives exist; b and states are kept for it)."""
 
     @staticmethod
     def forward(ctx, wx, r, b, states, lengths, cell: str, max_onchip_bytes: int):
         save = any(ctx.needs_input_grad[:4])
         h, last, rh_st, s_st = torch.ops.flashseq.fused_rnn_triton_fwd(
             wx, r, b, states, lengths, cell, save, max_onchip_bytes)
-        ctx.save_for_backward(wx, r, rh_st, s_st, lengths)
+        ctx.save_for_backward(wx, r, rh_st, s_st, lengths, b, states)
         ctx.cell = cell
         ctx.max_onchip_bytes = max_onchip_bytes
         return h, last
 
     @staticmethod
     def backward(ctx, dh, dlast):
-        wx, r, rh_st, s_st, lengths = ctx.saved_tensors
+        wx, r, rh_st, s_st, lengths, b, states = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
+            return (*reference_backward(ctx.cell, (wx, r, b, states), ctx.needs_input_grad[:4],
+                                        (dh, dlast), lengths), None, None, None)
         B, T, _, NH, DH = wx.shape
         if dh is None:
             dh = wx.new_zeros(B, T, NH, DH)

@@ -16,7 +16,7 @@ NUM_STATES = 4  # h, c, n, m: fused_rnn's "slstm" state order
 
 
 class sLSTM(nn.Module):  # noqa: N801 (the model's published name)
-    """A stack of sLSTM layers, each one ``fused_rnn(..., cell="slstm")`` (formulas in API.md).
+    """A stack of sLSTM layers, each one ``fused_rnn(..., cell="slstm")`` (formulas: docs/api.md).
 
     Args:
         input_size: features of the input. hidden_size: H, features of h (and of c, n, m).

@@ -1,4 +1,4 @@
-"""Public functional ops (see API.md). Layouts: ``fused_rnn``'s docstring."""
+"""Public functional ops (documented in docs/api.md). Layouts: ``fused_rnn``'s docstring."""
 from flashseq.kernels.fused_rnn import available_backends, fused_rnn
 from flashseq.kernels.linear_scan import (chunk_delta_rule, chunk_gla, chunk_mlstm,
                                           fused_recurrent_delta_rule, fused_recurrent_gla,

@@ -20,7 +20,7 @@ BATCH = 16
 
 
 def heads_for(dh):
-    # the head-wise configurations of DESIGN.md: H = 768 as NH x DH
+    # the head-wise configurations of docs/design.md: H = 768 as NH x DH
     return max(1, 768 // dh)
 
 

@@ -1,9 +1,9 @@
-"""``backend="cuda"``: persistent CUDA kernels from csrc/fused/ (not built yet)."""
+"""``backend="cuda"``: persistent CUDA kernels (not built yet: a later issue)."""
 
 
 def unavailable_reason(device):
-    # TODO(cuda-fused): the csrc/fused/ persistent kernels are a later issue.
-    return "the CUDA persistent kernels (csrc/fused/) are not part of this build yet"
+    # TODO(cuda-fused): the persistent CUDA kernels are a later issue.
+    return "the CUDA persistent kernels are not part of this build yet"
 
 
 def unsupported_reason(problem):

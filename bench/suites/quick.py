@@ -75,10 +75,12 @@ def summary(rows: list[dict]) -> list[str]:
     not_run = {r["provider"]: r["status"] for r in rows if not r.get("median_ms")}
     for provider, status in not_run.items():
         lines.append(f"{provider}: {status}")
+    advice = "rerun on a quiet machine" + (" or with fewer --threads"
+                                           if torch.get_num_threads() > 1 else "")
     for r in rows:
         spread = _spread(r)
         if spread is not None and spread > SPREAD_WARNING:
             lines.append(f"warning: {r['provider']} ({r['mode']}) varied by {spread:.0%} of its "
-                         "median between runs: the machine is busy, so these times and ratios "
-                         "are rough; rerun on a quiet machine or with fewer --threads")
+                         f"median between runs: the machine is busy, so these times and ratios "
+                         f"are rough; {advice}")
     return lines

@@ -15,11 +15,15 @@
 #
 # Environment: PYTHON (default: python), FLASHSEQ_TORCH (the torch to install when none is
 # present; default: torch==2.13.0+cpu on Linux, torch==2.13.0 elsewhere),
-# FLASHSEQ_EDITABLE=1 for an editable (development) install.
+# FLASHSEQ_EDITABLE=1 for an editable (development) install, FLASHSEQ_INSTALL_DRY_RUN=1 to print
+# the pip commands instead of running them.
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON="${PYTHON:-python}"
-pip_install() { "$PYTHON" -m pip install --progress-bar off "$@"; }
+pip_install() {
+    if [ "${FLASHSEQ_INSTALL_DRY_RUN:-0}" = 1 ]; then echo "would run: pip install $*"; return 0; fi
+    "$PYTHON" -m pip install --progress-bar off "$@"
+}
 
 echo "== flashseq install: build tools"
 pip_install -q "setuptools>=77" wheel ninja
@@ -51,4 +55,5 @@ echo "== flashseq install: flashseq and its test/benchmark dependencies"
 editable=()
 if [ "${FLASHSEQ_EDITABLE:-0}" = 1 ]; then editable=(-e); fi
 pip_install --no-build-isolation "${editable[@]}" ".[dev]"
+[ "${FLASHSEQ_INSTALL_DRY_RUN:-0}" = 1 ] && exit 0
 echo "== flashseq install: done ($("$PYTHON" -c 'import torch; print("torch", torch.__version__)'))"

@@ -125,3 +125,44 @@ def test_install_script_parses_and_never_asks_for_a_cuda_torch():
     text = script.read_text()
     assert "--no-build-isolation" in text and "download.pytorch.org/whl/cpu" in text
     assert "+cpu" in text and "cu12" not in text and "cu13" not in text
+
+
+def _install_dry_run(tmp_path, python=None, fake_torch=None):
+    env = {**os.environ, "FLASHSEQ_INSTALL_DRY_RUN": "1"}
+    if python:
+        env["PYTHON"] = python
+    if fake_torch:  # a stand-in torch package of that version, found first
+        (tmp_path / "torch").mkdir()
+        (tmp_path / "torch" / "__init__.py").write_text(
+            f"__version__ = {fake_torch!r}\nclass version:\n    cuda = None\n")
+        env["PYTHONPATH"] = str(tmp_path)
+    done = subprocess.run(["bash", str(REPO / "install.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.startswith("would run:")]
+
+
+def test_install_keeps_a_recent_torch(tmp_path):
+    commands = _install_dry_run(tmp_path)
+    assert not [c for c in commands if " torch" in c], commands
+    assert commands[-1] == 'would run: pip install --no-build-isolation .[dev]'
+
+
+LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux",
+                                reason="install.sh's default CPU torch (+cpu build) is Linux's")
+
+
+@LINUX_ONLY
+def test_install_adds_a_cpu_torch_when_none_is_there(tmp_path):
+    no_site = tmp_path / "python-without-site-packages"
+    no_site.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    no_site.chmod(0o755)
+    commands = _install_dry_run(tmp_path, python=str(no_site))
+    torch_commands = [c for c in commands if " torch" in c]
+    assert torch_commands == ["would run: pip install -q torch==2.13.0+cpu"], commands
+
+
+@LINUX_ONLY
+def test_install_replaces_a_torch_older_than_2_11(tmp_path):
+    commands = _install_dry_run(tmp_path, fake_torch="2.10.0")
+    assert "would run: pip install -q torch==2.13.0+cpu" in commands, commands

@@ -1,4 +1,4 @@
-"""Suite "linear_scan": runs on the CPU with --quick, and its smoke check catches a wrong op."""
+"""Suite "linear_scan": runs on the CPU with --tiny, and its smoke check catches a wrong op."""
 import torch
 
 import flashseq

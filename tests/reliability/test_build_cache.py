@@ -160,6 +160,20 @@ _jit.load_extension(spec)
 """
 
 
+def _processes_mentioning(text):
+    """Command lines of the live processes whose arguments contain `text` (Linux /proc)."""
+    found = []
+    for proc in pathlib.Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
+            continue  # exited while being read
+        if text in cmdline and state != "Z":
+            found.append(cmdline[:200])
+    return found
+
+
 def test_build_killed_midway_leaves_nothing_that_blocks_the_next(tiny):
     # today: torch's `lock` file stayed in the shared build folder and every later process
     # waited on it forever, silently. The child compiles for real; this process then builds
@@ -174,9 +188,15 @@ def test_build_killed_midway_leaves_nothing_that_blocks_the_next(tiny):
             assert child.poll() is None, child.communicate()
             assert time.monotonic() < deadline, "the child never started its build"
             time.sleep(0.01)
+        build_dir = str(next(jit_dir.glob(".build-*")))
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
+    # its builder (a child process, started with the build folder in its arguments) dies with it
+    deadline = time.monotonic() + 10
+    while _processes_mentioning(build_dir):
+        assert time.monotonic() < deadline, _processes_mentioning(build_dir)
+        time.sleep(0.05)
     lock = _cache.CacheLock(jit_dir / f"{module}.lock", what="test")
     assert lock.owner()["pid"] == child.pid  # its record is still there, its flock is not
     assert "dead" in lock.describe_owner()
@@ -320,6 +340,17 @@ def test_complete_read_only_cache_loads_without_writing(tiny, tmp_path):
     assert _tree(cache) == before
 
 
+def test_incomplete_unwritable_cache_builds_in_a_temporary_folder(tiny, monkeypatch, caplog):
+    # root ignores file modes, so the refusal to create the lock file is simulated
+    def refuse(self):
+        raise PermissionError(13, "Permission denied", str(self.path))
+    monkeypatch.setattr(_cache.CacheLock, "acquire", refuse)
+    with caplog.at_level("WARNING", logger="flashseq"):
+        assert _jit.load_extension(tiny.spec).answer() == 42
+    assert tiny.builds == [tiny.module] and "cannot be written" in caplog.text
+    assert not tiny.entry.parent.exists() or not any(tiny.entry.parent.iterdir())
+
+
 def test_cpu_extension_spec_covers_every_source():
     spec = _jit.cpu_extension_spec()
     files = {pathlib.Path(f).name for f in spec.sources + spec.depends}
@@ -327,6 +358,23 @@ def test_cpu_extension_spec_covers_every_source():
                if p.suffix in (".cpp", ".h")}
     assert files == on_disk
     assert spec.name == "flashseq_cpu" and len(spec.key()) == 20
+
+
+@pytest.mark.slow
+def test_real_cpu_extension_is_rebuilt_after_truncation(tmp_path, monkeypatch):
+    # The same path as the tiny extension's with flashseq's own CPU extension: two real builds
+    # (about 1 minute each on 2 cores), hence slow.
+    monkeypatch.setenv("FLASHSEQ_CACHE_DIR", str(tmp_path / "cache"))
+    spec = _jit.cpu_extension_spec()
+    module = f"{spec.name}_{spec.key()}"
+    jit_dir = _jit._jit_dir()
+    with _cache.CacheLock(jit_dir / f"{module}.lock", what="test build", timeout=60):
+        path = _jit._build_and_publish(spec, module, jit_dir)
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size // 3)
+    ext = _jit.load_extension(spec)
+    assert ext.cell_layout("lstm") and hasattr(ext, "fused_rnn_forward")
+    assert _cache.lookup_file(jit_dir / module, _jit.JIT_LAYOUT) is not None
 
 
 def test_json_records_round_trip_atomically_and_reject_other_layouts(tmp_path):

@@ -22,6 +22,9 @@ import triton
 import triton.language as tl
 
 BC = 16   # row group of the intra-chunk scores; tl.dot's smallest tile
+# Kernels that rebuild the scores (output, dv) run at least 8 warps: at 4 the output kernel
+# needed 250 registers (sm_90, BT 64, BK 32, BV 32, K = V = 128), at 8 it needs 174.
+MIN_WARPS_SCORES = 8
 
 
 @triton.jit
@@ -199,7 +202,7 @@ def gla_chunk_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles):
     o = torch.empty_like(v)
     gla_chunk_fwd_kernel_o[(triton.cdiv(V, BV), layout[2].shape[0], H)](
         q, k, v, gc, hs, o, layout[2], scale, H=H, K=K, V=V, BT=BT, BC=BC, BK=BK, BV=BV,
-        PREC=precision(q.dtype), num_warps=W)
+        PREC=precision(q.dtype), num_warps=max(W, MIN_WARPS_SCORES))
     return o, ht
 
 

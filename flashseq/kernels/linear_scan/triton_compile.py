@@ -1,5 +1,9 @@
 """Compile the Triton linear-recurrence kernels for a GPU target without a GPU, and report resources.
 
+Chunk kernels get the tiles the launchers use for B=2, T=2048, H=16 on an H100 (arch >= 90) or an
+A100 (arch 80): the plan's, capped (``triton_ops.MAX_TILES``); the recurrent kernels their
+fixed block sizes.
+
 ``python -m flashseq.kernels.linear_scan.triton_compile --dim 64 --arch 90`` prints one JSON line
 per kernel (K = V = dim, bf16 inputs): registers per thread, stack and local memory (spills) and
 shared memory of the cubin ptxas produced. Must run with TRITON_INTERPRET unset (the
@@ -16,51 +20,85 @@ import torch
 from flashseq.kernels.fused_rnn.triton_compile import _TRITON_TYPES, _resource_usage
 
 
-def kernel_specs(dim: int, dtype: torch.dtype):
-    """[(kernel, signature, constexprs, num_warps)] of every linear-scan kernel at K = V = dim,
-    with every optional input present (initial state, final state, cu_seqlens)."""
+PTR_TYPES = {"G": "fp32", "GC": "fp32", "H0": "fp32", "HT": "fp32", "DHT": "fp32", "DH0": "fp32",
+             "DQ": "fp32", "DK": "fp32", "CU": "i64", "CO": "i64", "CHUNKS": "i64"}
+SCALARS = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
+
+
+def _signature(kernel, constexprs, dt):
+    sig = {}
+    for name in kernel.arg_names:
+        if name in constexprs:
+            sig[name] = "constexpr"
+        elif name in SCALARS:
+            sig[name] = SCALARS[name]
+        else:
+            sig[name] = "*" + PTR_TYPES.get(name, dt)
+    return sig
+
+
+def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
+    """[(kernel, signature, constexprs, num_warps, num_stages)] of every kernel at K = V = dim,
+    with every optional input present (initial state, final state, cu_seqlens); the chunk
+    kernels with the tiles the plan picks on ``gpu`` for B=2, T=2048, H=16."""
+    from .plan import plan_linear_scan
+    from .triton_chunk import (BC, MIN_WARPS_SCORES, gla_chunk_fwd_kernel_cumsum,
+                               gla_chunk_fwd_kernel_h, gla_chunk_fwd_kernel_o, precision)
+    from .triton_chunk_bwd import (DQK_BV, DQK_WARPS, gla_chunk_bwd_kernel_dh,
+                                   gla_chunk_bwd_kernel_dqk, gla_chunk_bwd_kernel_dv)
+    from .triton_ops import capped_tiles
     from .triton_recurrent import (block_sizes, gla_recurrent_bwd_kernel_dkv,
                                    gla_recurrent_bwd_kernel_dq, gla_recurrent_fwd_kernel)
 
     dt = _TRITON_TYPES[dtype]
     BK, BV = block_sizes(dim, dim)
-    consts = dict(H=16, K=dim, V=dim, BK=BK, BV=BV, VARLEN=True)
-    ptr_types = {"H0": "fp32", "HT": "fp32", "DHT": "fp32", "DH0": "fp32", "DQ": "fp32",
-                 "DK": "fp32", "CU": "i64"}
-    scalars = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
+    rec = dict(H=16, K=dim, V=dim, BK=BK, BV=BV, VARLEN=True)
     specs = []
     for kernel, extra in ((gla_recurrent_fwd_kernel, dict(HAS_H0=True, STORE_HT=True)),
                           (gla_recurrent_bwd_kernel_dq, dict(HAS_H0=True)),
                           (gla_recurrent_bwd_kernel_dkv, dict(HAS_DHT=True, HAS_H0=True))):
-        constexprs = dict(consts, **extra)
-        sig = {}
-        for name in kernel.arg_names:
-            if name in constexprs:
-                sig[name] = "constexpr"
-            elif name in scalars:
-                sig[name] = scalars[name]
-            else:
-                sig[name] = "*" + ptr_types.get(name, dt)
-        specs.append((kernel, sig, constexprs, 4))
+        constexprs = dict(rec, **extra)
+        specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, 4, 1))
+    plan = plan_linear_scan("gla", 2, 2048, 16, dim, dim, dtype, gpu)
+    BT, BK, BV, W = capped_tiles(plan)
+    tiles = dict(H=16, K=dim, V=dim, BT=BT, BK=BK, BV=BV)
+    prec = precision(dtype)
+    # (kernel, extra constexprs, warps) exactly as the launchers run them
+    for kernel, extra, warps in (
+            (gla_chunk_fwd_kernel_cumsum, {}, 4),
+            (gla_chunk_fwd_kernel_h, dict(HAS_H0=True, STORE_HT=True, PREC=prec), W),
+            (gla_chunk_fwd_kernel_o, dict(BC=BC, PREC=prec), max(W, MIN_WARPS_SCORES)),
+            (gla_chunk_bwd_kernel_dh, dict(HAS_DHT=True, HAS_H0=True, PREC=prec), W),
+            (gla_chunk_bwd_kernel_dv, dict(BC=BC, PREC=prec), max(W, MIN_WARPS_SCORES)),
+            (gla_chunk_bwd_kernel_dqk, dict(BC=BC, PREC=prec, BV=DQK_BV), DQK_WARPS)):
+        constexprs = {name: value for name, value in dict(tiles, **extra).items()
+                      if name in kernel.arg_names}
+        # the launchers leave num_stages at triton's default
+        specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, warps, 3))
     return specs
 
 
-def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16) -> list[dict]:
-    """Compile every kernel for GPUTarget("cuda", arch, 32); one report dict per kernel."""
+def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16, kernels="all") -> list[dict]:
+    """Compile the kernels (``kernels``: "all", "recurrent" or "chunk") for
+    GPUTarget("cuda", arch, 32); one report dict per kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
 
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a subprocess)")
     reports = []
-    for kernel, sig, constexprs, num_warps in kernel_specs(dim, dtype):
+    gpu = "h100" if arch >= 90 else "a100"
+    for kernel, sig, constexprs, num_warps, num_stages in kernel_specs(dim, dtype, gpu):
+        is_chunk = "chunk" in kernel.__name__
+        if (kernels == "recurrent" and is_chunk) or (kernels == "chunk" and not is_chunk):
+            continue
         src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": 1})
-        report = {"kernel": kernel.__name__, "dim": dim, "arch": arch,
-                  "dtype": str(dtype).replace("torch.", ""), "BK": constexprs["BK"],
-                  "BV": constexprs["BV"], "num_warps": num_warps, "stage": "cubin",
-                  "shared": compiled.metadata.shared}
+                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        report = {"kernel": kernel.__name__, "dim": dim, "arch": arch, "gpu": gpu,
+                  "dtype": str(dtype).replace("torch.", ""), "BT": constexprs.get("BT"),
+                  "BK": constexprs["BK"], "BV": constexprs.get("BV"), "num_warps": num_warps,
+                  "num_stages": num_stages, "stage": "cubin", "shared": compiled.metadata.shared}
         report.update(_resource_usage(compiled.asm["cubin"]))
         reports.append(report)
     return reports
@@ -68,13 +106,14 @@ def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16) -> list[dict]:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kernels", choices=["all", "recurrent", "chunk"], default="all")
     parser.add_argument("--dim", type=int, action="append", required=True)
     parser.add_argument("--arch", type=int, action="append", required=True)
     parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
     args = parser.parse_args(argv)
     for dim in args.dim:
         for arch in args.arch:
-            for rep in compile_for_target(dim, arch, getattr(torch, args.dtype)):
+            for rep in compile_for_target(dim, arch, getattr(torch, args.dtype), args.kernels):
                 print(json.dumps(rep), flush=True)
 
 

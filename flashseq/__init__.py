@@ -1,7 +1,9 @@
 """flashseq: fused recurrent kernels for PyTorch.
 
 ``flashseq.ops.fused_rnn`` is the functional entry point; the modules in ``flashseq.nn``
-(``LSTM``, ``GRU``, ``RNN``, ``sLSTM``) are drop-in twins of torch's.
+(``LSTM``, ``GRU``, ``RNN``, ``sLSTM``) are drop-in twins of torch's: ``flashseq.LSTM``, ``GRU``
+and ``RNN`` subclass ``torch.nn.LSTM``, ``GRU`` and ``RNN``. Importing flashseq registers the
+module classes as ``torch.load`` safe globals (see ``flashseq.nn``).
 """
 from . import cells, nn, ops
 from .nn import GRU, LSTM, RNN, DeltaNet, GatedLinearAttention, convert, mLSTMLayer, sLSTM

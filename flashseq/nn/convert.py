@@ -33,6 +33,7 @@ def _twin_of(module: nn.Module, backend: str):
         twin = twin_cls(module.input_size, module.hidden_size, device="meta", **kwargs)
     for name in twin._flat_weights_names:
         setattr(twin, name, getattr(module, name))
+    twin._init_flat_weights()  # RNNBase's weak references, to the shared Parameters now
     twin.train(module.training)
     return twin
 

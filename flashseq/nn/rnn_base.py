@@ -137,6 +137,14 @@ class FusedRNNBase(nn.RNNBase):
         """The fused_rnn cell this module runs, or None when it runs the stepped fallback."""
         return MODES[self.mode][0]
 
+    def __setstate__(self, state):
+        # Modules pickled before flashseq's classes subclassed torch's have no _flat_weights list
+        # in their state; RNNBase.__setstate__ needs it.
+        if "_flat_weights" not in state:
+            state["_flat_weights"] = [state["_parameters"].get(name)
+                                      for name in state["_flat_weights_names"]]
+        super().__setstate__(state)
+
     def flatten_parameters(self) -> None:
         """Accepted for compatibility and does nothing: the kernels read the Parameters as they
         are (there is no cuDNN weight buffer to compact)."""

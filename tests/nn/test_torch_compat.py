@@ -67,6 +67,19 @@ def test_to_double_deepcopy_pickle_and_replicas_keep_torch_bookkeeping(kind):
     assert_close("torch output", m(x.double())[0], ref(x.double())[0], 1e-10)
 
 
+def test_a_module_pickled_before_the_torch_subclassing_still_loads():
+    # earlier flashseq modules kept no _flat_weights list in their state
+    m = flashseq.GRU(3, 4, 2)
+    state = dict(m.__getstate__())
+    del state["_flat_weights"]
+    loaded = flashseq.GRU.__new__(flashseq.GRU)
+    loaded.__setstate__(state)
+    assert [w is getattr(m, n) for w, n in zip(loaded._flat_weights, m._flat_weights_names)] == \
+        [True] * len(m._flat_weights_names)
+    x = torch.randn(5, 2, 3)
+    assert torch.equal(loaded(x)[0], m(x)[0])
+
+
 def test_headwise_lstm_keeps_its_weight_shape_and_is_an_lstm():
     m = flashseq.LSTM(5, 8, num_heads=2)
     assert isinstance(m, nn.LSTM) and m.weight_hh_l0.shape == (4, 2, 4, 4)
@@ -77,8 +90,12 @@ def test_headwise_lstm_keeps_its_weight_shape_and_is_an_lstm():
 
 def test_convert_then_isinstance_based_init_loop_reaches_the_converted_layers():
     model = nn.Sequential(nn.Embedding(10, 4), nn.LSTM(4, 6, 2), nn.GRU(6, 6), nn.RNN(6, 6))
+    originals = [list(m.parameters()) for m in model[1:]]
     flashseq.convert(model)
     assert [type(m).__module__.startswith("flashseq") for m in model[1:]] == [True] * 3
+    for m, params in zip(model[1:], originals):  # torch's bookkeeping names the shared tensors
+        assert [w is p for w, p in zip(m._flat_weights, params)] == [True] * len(params)
+        assert [r() is p for r, p in zip(m._flat_weight_refs, params)] == [True] * len(params)
     seen = []
     for m in model.modules():
         if isinstance(m, (nn.LSTM, nn.GRU, nn.RNN)):

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 
 #include "fused_rnn_cpu.h"
+#include "onednn_gemm.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 
@@ -56,14 +57,15 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           continue;
         }
         const scalar_t* h_next_row = h_p + ((bi * T + t) * NH + n) * DH;
-        if (t > 0) {  // this row's batch-major data of the next step, t-1 (prefetch_span)
-          prefetch_span(h_next_row - NH * DH, DH);
-          if (t > 1) prefetch_span(h_next_row - 2 * NH * DH, DH);
-          if (dh_p) prefetch_span(dh_p + ((bi * T + t - 1) * NH + n) * DH, DH);
-          for (int g = 0; g < G; ++g) {
-            prefetch_span(dwx_row - (G - g) * NH * DH, DH, /*for_write=*/true);
-            prefetch_span(drh_row - GDH + g * DH, DH, /*for_write=*/true);
-          }
+        if (row + 1 < end) {  // the next row's batch-major data of this step (prefetch_span)
+          const int64_t n1 = (row + 1) / B, b1 = (row + 1) % B;
+          const int64_t at1 = (b1 * T + t) * NH + n1;  // [B, T, NH] index of (b1, t, n1)
+          prefetch_span(h_p + at1 * DH, DH);
+          if (t > 0) prefetch_span(h_p + (at1 - NH) * DH, DH);
+          if (dh_p) prefetch_span(dh_p + at1 * DH, DH);
+          for (int g = 0; g < G; ++g)
+            prefetch_span(dwx_p + ((b1 * T + t) * G * NH + g * NH + n1) * DH, DH, /*for_write=*/true);
+          prefetch_span(drh_p + ((n1 * B + b1) * T + t) * GDH, GDH, /*for_write=*/true);
         }
         const scalar_t* dh_row = dh_p ? dh_p + ((bi * T + t) * NH + n) * DH : nullptr;
         // States the step started from: the initial ones at t = 0, else those after step t-1.
@@ -136,8 +138,8 @@ at::Tensor recurrent_weight_grad(const at::Tensor& h_prev, const at::Tensor& drh
   const auto product = [&](at::Tensor& out, const at::Tensor& h_rows, const at::Tensor& d_rows) {
     const at::Tensor& left = transposed ? d_rows : h_rows;
     const at::Tensor& right = transposed ? h_rows : d_rows;
-    if (!out.defined()) {
-      out = NH == 1 ? at::mm(left.select(0, 0).t(), right.select(0, 0)).unsqueeze(0)
+    if (!out.defined()) {  // left^T @ right = (left^T) @ (right^T)^T, oneDNN for float32
+      out = NH == 1 ? mm_transposed_b(left.select(0, 0).t(), right.select(0, 0).t()).unsqueeze(0)
                     : at::bmm(left.transpose(1, 2), right);
     } else if (NH == 1) {
       out.select(0, 0).addmm_(left.select(0, 0).t(), right.select(0, 0));

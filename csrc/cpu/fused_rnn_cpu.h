@@ -43,19 +43,21 @@ inline int64_t pointwise_grain(int64_t values_per_row) {
   return std::max<int64_t>(1, kValuesPerTask / std::max<int64_t>(1, values_per_row));
 }
 
-// Asks the cache for `count` elements from p on (one prefetch per 64-byte line), to be read or,
-// with `for_write`, written soon. The loops walk batch-major tensors ([B, T, ...]) one step at
-// a time, so each row's data of the next step lies a whole row of steps away from this step's:
-// no hardware prefetcher follows that, and the first load of every row missed (perf, LSTM H=128
-// B=16 T=512: a third of the pointwise pass's samples on its first wx load).
+// Asks the L1 cache for `count` elements from p on (one prefetch per 64-byte line), to be read
+// or, with `for_write`, written next. The loops walk batch-major tensors ([B, T, ...]) one step
+// at a time, so consecutive rows of a step lie a whole row of steps apart: no hardware
+// prefetcher follows that, and every row's first loads missed (perf, LSTM H=128 B=16 T=512:
+// a third of the pointwise pass's samples on its first wx load). The loops prefetch the next
+// row of the same step while they compute the current one; prefetching a step ahead did not
+// help, the step GEMM's weight stream evicted the lines before their use.
 template <typename scalar_t>
 inline void prefetch_span(const scalar_t* p, int64_t count, bool for_write = false) {
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
   for (int64_t i = 0; i < count; i += kLine) {
     if (for_write) {
-      __builtin_prefetch(p + i, 1, 2);
+      __builtin_prefetch(p + i, 1, 3);
     } else {
-      __builtin_prefetch(p + i, 0, 2);
+      __builtin_prefetch(p + i, 0, 3);
     }
   }
 }

@@ -147,9 +147,11 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
           continue;
         }
         const scalar_t* wx_row = wx_p + ((bi * T + t) * G * NH + n) * DH;  // + g*NH*DH + e
-        if (t + 1 < T) {  // this row's input and output of the next step (prefetch_span)
-          for (int g = 0; g < G; ++g) prefetch_span(wx_row + (g + G) * NH * DH, DH);
-          prefetch_span(h_out + NH * DH, DH, /*for_write=*/true);
+        if (row + 1 < end) {  // the next row's input and output of this step (prefetch_span)
+          const int64_t n1 = (row + 1) / B, b1 = (row + 1) % B;
+          const scalar_t* wx_next = wx_p + ((b1 * T + t) * G * NH + n1) * DH;
+          for (int g = 0; g < G; ++g) prefetch_span(wx_next + g * NH * DH, DH);
+          prefetch_span(h_p + ((b1 * T + t) * NH + n1) * DH, DH, /*for_write=*/true);
         }
         const scalar_t* rh_row = rh_p + row * GDH;                         // + g*DH + e
         const scalar_t* bias_row = bias_p + n * GDH;

@@ -5,8 +5,9 @@
 // the larger part of an LSTM step at H=128 (perf, B=16 T=512: 26% of samples in the pointwise
 // loop and expf against 18% in the GEMM tile). Here the cell formulas are the same shared
 // headers of csrc/cells/, instantiated with a 16-lane value type whose exp is a degree-6
-// polynomial after range reduction (Cephes' expf coefficients, ~1 ulp) scaled by vscalefps, and
-// whose tanh is 1 - 2/(1 + exp(2x)) with the odd series below |x| = 1/4 (as vec_lanes.h).
+// polynomial after range reduction (Cephes' expf coefficients, ~1 ulp) scaled by vscalefps,
+// whose division is a Newton-refined reciprocal, and whose tanh is 1 - 2/(1 + exp(2x)) with
+// the odd series below |x| = 1/4 (as vec_lanes.h).
 //
 // The cell headers are included after the target pragma so that their templates instantiate
 // for AVX-512; only the 16-lane instantiations are used in this file (the scalar MathOps inline
@@ -40,16 +41,24 @@ struct F16 {
 inline F16 operator+(F16 a, F16 b) { return F16(_mm512_add_ps(a.v, b.v)); }
 inline F16 operator-(F16 a, F16 b) { return F16(_mm512_sub_ps(a.v, b.v)); }
 inline F16 operator*(F16 a, F16 b) { return F16(_mm512_mul_ps(a.v, b.v)); }
-inline F16 operator/(F16 a, F16 b) { return F16(_mm512_div_ps(a.v, b.v)); }
+// a / b as a * (1/b): 1/b from vrcp14ps (14 bits) and one Newton step (about 1 ulp), several
+// times cheaper than vdivps. b must be finite: the cells divide only by 1 + exp(..), which
+// exp16's clamp keeps finite.
+inline F16 operator/(F16 a, F16 b) {
+  const __m512 x0 = _mm512_rcp14_ps(b.v);
+  const __m512 x1 = _mm512_mul_ps(x0, _mm512_fnmadd_ps(b.v, x0, _mm512_set1_ps(2.0f)));
+  return F16(_mm512_mul_ps(a.v, x1));
+}
 inline F16 operator-(F16 a) {  // flip the sign bit (an AVX-512F integer xor; xor_ps needs DQ)
   return F16(_mm512_castsi512_ps(
       _mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(static_cast<int>(0x80000000u)))));
 }
 
 inline F16 exp16(F16 x) {
-  // Clamp first (NaN passes: min/max return their second operand, x, when either is NaN):
-  // beyond 89 the result is inf through the scaling, below -104 it is 0.
-  __m512 a = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(89.0f), x.v));
+  // Clamp first (NaN passes: min/max return their second operand, x, when either is NaN).
+  // Below -104 the result is 0; above 88 it stays exp(88) ~ 1.7e38 instead of overflowing, so
+  // 1 + exp(..) stays finite for operator/ (sigmoid and tanh are exactly 0 / +-1 there anyway).
+  __m512 a = _mm512_max_ps(_mm512_set1_ps(-104.0f), _mm512_min_ps(_mm512_set1_ps(88.0f), x.v));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // r = a - n*ln2 in two parts, so r keeps full precision

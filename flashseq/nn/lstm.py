@@ -25,6 +25,8 @@ class LSTM(FusedRNNBase, nn.LSTM):
             head n gets ``h_prev[:, n] @ weight_hh[g, n]``), gates in torch's order i, f, g, o.
             The other parameters keep torch's names and shapes, so such a state_dict is NOT
             loadable into torch.nn.LSTM (torch has no head-wise LSTM). Needs proj_size=0.
+            Code that walks ``isinstance(m, nn.LSTM)`` modules sees this 4-D ``weight_hh``, and
+            ONNX export / ``torch.jit.trace`` need num_heads=1 (they run torch's forward).
 
     Parameters are initialised U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as torch's.
     ``proj_size > 0`` has no fused cell (the projected h feeds back): it runs a per-step PyTorch

@@ -28,7 +28,10 @@ flashseq's own.
 While ``torch.jit.trace`` or an ONNX export traces the module, a module with ``num_heads == 1``
 runs torch.nn's own forward instead (same parameters, same results): it lowers to ``aten::lstm``
 / ``gru`` / ``rnn_*``, ops every exporter translates, where the fused kernels are opaque custom
-ops. ``torch.export`` and ``torch.compile`` keep the fused path.
+ops. ``torch.export`` keeps the fused path (the ``flashseq::`` custom ops). ``torch.compile``
+does too, but by torch's own rule dynamo does not trace into any torch.nn.RNN/GRU/LSTM instance
+(these are ones): with the default config the module runs eagerly between compiled graphs, and
+``torch._dynamo.config.allow_rnn = True`` lets dynamo trace it into the graph (fullgraph works).
 """
 from __future__ import annotations
 

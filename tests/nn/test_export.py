@@ -41,6 +41,8 @@ def _tokens(seed=1, steps=7, batch=3):
     return torch.randint(0, VOCAB, (steps, batch), generator=torch.Generator().manual_seed(seed))
 
 
+# 4-11 s each: the dynamo exporter's torch.export + onnxscript translation and an onnxruntime
+# session. The exporter's own deprecation and user warnings are not about flashseq.
 @pytest.mark.parametrize("kind", list(RNNS))
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 def test_onnx_export_runs_in_onnxruntime_and_matches_eager(kind):
@@ -89,6 +91,9 @@ def _compiled_matches_eager(kind, **compile_kwargs):
         assert_close(f"compiled d {name}", g, g_eager, 1e-5)
 
 
+# 5-30 s each on the 2-core dev box: inductor generating and compiling C++ for the forward and
+# backward graphs (the first test also warms inductor up). Not marked slow: the issue asks for
+# forward and gradients under inductor for each kind on every run.
 @pytest.mark.parametrize("kind", list(RNNS))
 def test_torch_compile_inductor_forward_and_gradients_match_eager(kind):
     # torch's default: dynamo does not trace into any torch.nn.RNN/GRU/LSTM instance (flashseq's

@@ -73,6 +73,12 @@ def tiny(tiny_library, tmp_path, monkeypatch):
     return out
 
 
+def _child_env():
+    """This process's environment, with this checkout first on the child's import path."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    return dict(os.environ, PYTHONPATH=path)
+
+
 def _publish(tiny):
     """Build and publish without loading in this process; the published library's path."""
     jit_dir = tiny.entry.parent
@@ -181,7 +187,8 @@ def test_build_killed_midway_leaves_nothing_that_blocks_the_next(tiny):
     spec, module, entry = tiny.spec, tiny.module, tiny.entry
     jit_dir = entry.parent
     child = subprocess.Popen([sys.executable, "-c", _KILLED_BUILD, spec.sources[0]],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=_child_env())
     try:
         deadline = time.monotonic() + 60
         while not list(jit_dir.glob(".build-*")):  # it holds the lock and is building
@@ -330,7 +337,7 @@ def test_complete_read_only_cache_loads_without_writing(tiny, tmp_path):
                    f'ro,bind "$0" "$0" && exec "$@"', str(cache), *command]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
+                              env=_child_env())
     finally:
         for path in [cache, *cache.rglob("*")]:
             path.chmod(path.stat().st_mode | 0o200)

@@ -36,18 +36,22 @@ def test_cpu_lstm_call_leaves_triton_unimported():
     assert "shape: (2, 3, 8)" in done.stdout
 
 
-def test_constant_result_mark_is_the_one_torch_sets():
-    # backends.py marks _choose_name_constant without importing torch._dynamo; under
-    # torch.compile dynamo must see the same mark its own decorator would have set.
-    import torch._dynamo  # noqa: F401  (loaded by the test session anyway)
+def test_constant_result_mark_is_the_one_torch_sets(monkeypatch):
+    # flashseq/_lazy_dynamo.py marks functions without importing torch._dynamo; under
+    # torch.compile dynamo must find the very mark its own decorator sets.
+    import torch._dynamo  # noqa: F401
 
-    from flashseq.kernels.fused_rnn import backends
+    from flashseq import _lazy_dynamo
 
     def probe():
         return 0
 
-    marked = torch.compiler.assume_constant_result(probe)
-    added = {k: v for k, v in vars(marked).items()}
-    assert added, "torch's assume_constant_result sets no attribute any more"
-    for name, value in added.items():
-        assert getattr(backends._choose_name_constant, name, None) == value, name
+    def ours():
+        return 0
+
+    expected = dict(vars(torch.compiler.assume_constant_result(probe)))
+    assert expected, "torch's assume_constant_result sets no attribute any more"
+    monkeypatch.delitem(sys.modules, "torch._dynamo")  # as at `import flashseq` time
+    assert _lazy_dynamo.assume_constant_result(ours) is ours
+    assert "torch._dynamo" not in sys.modules
+    assert dict(vars(ours)) == expected

@@ -15,10 +15,11 @@ Modules are imported lazily so that importing flashseq never imports Triton or b
 from __future__ import annotations
 
 import importlib
-import sys
 import warnings
 
 import torch
+
+from flashseq._lazy_dynamo import assume_constant_result
 
 from .problem import Problem
 
@@ -86,20 +87,7 @@ def choose(backend: str, problem: Problem):
     return load(choose_name(backend, problem))
 
 
-def _assume_constant_result(fn):
-    """``torch.compiler.assume_constant_result(fn)`` without importing torch._dynamo now.
-
-    That import loads triton (1-2 s) on every ``import flashseq``; dynamo reads the mark only
-    when it traces ``choose``, when it is loaded anyway. tests/test_import.py checks that the
-    mark is the one torch's decorator sets.
-    """
-    if "torch._dynamo" in sys.modules:
-        return torch.compiler.assume_constant_result(fn)
-    fn._dynamo_marked_constant = True
-    return fn
-
-
-@_assume_constant_result
+@assume_constant_result
 def _choose_name_constant(backend, cell_name, batch, steps, heads, head_dim, dtype, device,
                           has_lengths, needs_grad) -> str:
     from flashseq.cells import get_cell

@@ -16,7 +16,6 @@ folder holds a clone named ``flashseq`` (the default import finder of setuptools
 that folder and would return it as an empty namespace package). Files added to the package later
 need a re-install to be seen from outside the checkout.
 """
-import glob
 import importlib.util
 import os
 import shutil
@@ -76,19 +75,20 @@ class StrictEditable(editable_wheel):
 
 
 def cpu_extension():
-    """The CppExtension for flashseq._C, with the flags and build key of the first-use build."""
+    """The CppExtension for flashseq._C: the sources and flags of the first-use build
+    (flashseq/_jit.py's ``cpu_extension_spec``), plus the build key it checks on load."""
     from torch.utils.cpp_extension import CppExtension
 
     # flashseq/_jit.py is loaded by path (it imports only the standard library at the top).
     spec = importlib.util.spec_from_file_location("flashseq_jit", os.path.join("flashseq", "_jit.py"))
     jit = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(jit)
+    ext = jit.cpu_extension_spec()
+    rel = lambda paths: [os.path.relpath(p) for p in paths]  # noqa: E731
     return CppExtension(
-        "flashseq._C", sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp"))),
-        include_dirs=[os.path.abspath("csrc")],
-        depends=sorted(glob.glob(os.path.join("csrc", "cpu", "*.h"))
-                       + glob.glob(os.path.join("csrc", "cells", "*.h"))),
-        extra_compile_args=list(jit.compile_flags()),
+        "flashseq._C", rel(ext.sources), include_dirs=list(ext.include_dirs),
+        depends=rel(ext.depends), extra_compile_args=list(ext.cflags),
+        extra_link_args=list(ext.ldflags),
         # lets flashseq/_jit.py tell this build from a stale one after the sources change
         define_macros=[("FLASHSEQ_SOURCE_KEY", jit.build_key())],
     )

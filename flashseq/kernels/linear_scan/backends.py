@@ -18,6 +18,9 @@ import warnings
 
 BACKEND_NAMES = ("auto", "reference", "torch", "triton")
 TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
+# ops with Triton kernels (triton_ops.py), chunkwise and step by step
+TRITON_CHUNK_OPS = ("gla",)
+TRITON_RECURRENT_OPS = ("gla",)
 _warned: set = set()
 
 
@@ -35,10 +38,9 @@ def triton_unavailable_reason(device) -> str | None:
 
 
 def triton_unsupported_reason(problem, recurrent: bool) -> str | None:
-    from . import triton_ops
     if str(problem.dtype) not in TRITON_DTYPES:
         return f"dtype {problem.dtype} is not served (float16, bfloat16, float32)"
-    served = triton_ops.RECURRENT_OPS if recurrent else triton_ops.CHUNK_OPS
+    served = TRITON_RECURRENT_OPS if recurrent else TRITON_CHUNK_OPS
     if problem.op not in served:
         return f"no Triton {'recurrent' if recurrent else 'chunkwise'} kernel for {problem.op!r} yet"
     if problem.num_householder > 1 and not recurrent:

@@ -5,13 +5,15 @@ recurrent twins ``flashseq.ops.fused_recurrent_*``).
 """
 from __future__ import annotations
 
-from . import backends, chunk_torch, reference, triton_ops
+from . import backends, chunk_torch, reference
 from .problem import resolve_scale, validate_delta, validate_gla, validate_mlstm
 
 
 def _run(op, backend, problem, recurrent, caller, args, kwargs):
     name = backends.choose(backend, problem, recurrent, caller)
     if name == "triton":
+        # imported here: its custom ops import torch._dynamo (and so triton)
+        from . import triton_ops
         return triton_ops.run(op, recurrent, *args, **kwargs)
     fn = {("gla", "reference"): reference.gla_reference,
           ("delta", "reference"): reference.delta_rule_reference,

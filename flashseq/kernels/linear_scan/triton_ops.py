@@ -2,17 +2,18 @@
 autograd Functions, and the calls the entry points make.
 
 Served so far: ``chunk_gla`` (``triton_chunk.py``, ``triton_chunk_bwd.py``) and
-``fused_recurrent_gla`` (``triton_recurrent.py``). Triton is imported only when a call runs, so
-importing flashseq never imports it.
+``fused_recurrent_gla`` (``triton_recurrent.py``), wrapped as the ``torch.library`` custom ops
+``flashseq::gla_triton_fwd`` and ``flashseq::gla_triton_bwd`` with fake implementations (so
+``torch.compile`` traces through them) under one autograd Function. Triton is imported only when
+a call runs, so importing flashseq never imports it.
 """
 from __future__ import annotations
 
 import functools
+from typing import Optional
 
 import torch
-
-CHUNK_OPS: tuple = ("gla",)
-RECURRENT_OPS: tuple = ("gla",)
+from torch import Tensor
 
 
 @functools.lru_cache(maxsize=256)
@@ -62,59 +63,82 @@ def per_step(values, cu_seqlens, B, T):
     return values.repeat_interleave(lengths, dim=0)[None]
 
 
-class GLARecurrentFunction(torch.autograd.Function):
-    """Autograd of the Triton recurrent GLA: forward saves the inputs (and the final state, for
-    the gate's gradient); backward recomputes the states in its kernels."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, g, h0, scale, cu_seqlens, output_final_state):
+@torch.library.custom_op("flashseq::gla_triton_fwd", mutates_args=())
+def gla_triton_fwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Optional[Tensor],
+                   cu_seqlens: Optional[Tensor], scale: float, output_final_state: bool,
+                   chunk: bool, tiles: list[int]) -> tuple[Tensor, Tensor]:
+    """GLA forward on the chunk (``chunk``) or step kernels: (o [B, T, H, V], final state
+    [N, H, K, V] fp32, or an empty tensor unless ``output_final_state``)."""
+    if chunk:
+        from .triton_chunk import gla_chunk_fwd
+        o, ht = gla_chunk_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state, tuple(tiles))
+    else:
         from .triton_recurrent import gla_recurrent_fwd
         o, ht = gla_recurrent_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state)
-        ctx.save_for_backward(q, k, v, g, h0, ht, cu_seqlens)
-        ctx.scale = scale
-        ctx.set_materialize_grads(False)
-        return o, ht
-
-    @staticmethod
-    def backward(ctx, do, dht):
-        from .triton_recurrent import gla_recurrent_bwd
-        q, k, v, g, h0, ht, cu_seqlens = ctx.saved_tensors
-        do = torch.zeros_like(v) if do is None else do.contiguous()
-        dht = None if dht is None else dht.contiguous().float()
-        dq, dk, dv, dh0 = gla_recurrent_bwd(q, k, v, g, h0, do, dht, ctx.scale, cu_seqlens)
-        dg = reverse_cumsum_per_sequence(q.float() * dq - k.float() * dk, cu_seqlens)
-        if dht is not None:
-            B, T = q.shape[:2]
-            dg = dg + per_step((ht * dht).sum(-1), cu_seqlens, B, T)
-        # gradients in argument order: q, k, v, g, h0, scale, cu_seqlens, output_final_state
-        return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0, None, None, None)
+    return o, (ht if ht is not None else q.new_empty(0, dtype=torch.float32))
 
 
-class GLAChunkFunction(torch.autograd.Function):
-    """Autograd of the Triton chunkwise GLA: forward keeps only its inputs and the final state;
-    backward runs the state pass again (``triton_chunk_bwd``)."""
+@gla_triton_fwd.register_fake
+def _gla_triton_fwd_fake(q, k, v, g, h0, cu_seqlens, scale, output_final_state, chunk, tiles):
+    B, _, H, K = q.shape
+    N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    ht = (q.new_empty(N, H, K, v.shape[-1], dtype=torch.float32) if output_final_state
+          else q.new_empty(0, dtype=torch.float32))
+    return torch.empty_like(v), ht
 
-    @staticmethod
-    def forward(ctx, q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles):
-        from .triton_chunk import gla_chunk_fwd
-        o, ht = gla_chunk_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles)
-        ctx.save_for_backward(q, k, v, g, h0, ht, cu_seqlens)
-        ctx.scale, ctx.tiles = scale, tiles
-        ctx.set_materialize_grads(False)
-        return o, ht
 
-    @staticmethod
-    def backward(ctx, do, dht):
+@torch.library.custom_op("flashseq::gla_triton_bwd", mutates_args=())
+def gla_triton_bwd(q: Tensor, k: Tensor, v: Tensor, g: Tensor, h0: Optional[Tensor], do: Tensor,
+                   dht: Optional[Tensor], cu_seqlens: Optional[Tensor], scale: float, chunk: bool,
+                   tiles: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """GLA backward (states recomputed): (dq fp32, dk fp32, dv, dh0 fp32 or an empty tensor)."""
+    if chunk:
         from .triton_chunk_bwd import gla_chunk_bwd
+        dq, dk, dv, dh0 = gla_chunk_bwd(q, k, v, g, h0, do, dht, scale, cu_seqlens, tuple(tiles))
+    else:
+        from .triton_recurrent import gla_recurrent_bwd
+        dq, dk, dv, dh0 = gla_recurrent_bwd(q, k, v, g, h0, do, dht, scale, cu_seqlens)
+    return dq, dk, dv, (dh0 if dh0 is not None else q.new_empty(0, dtype=torch.float32))
+
+
+@gla_triton_bwd.register_fake
+def _gla_triton_bwd_fake(q, k, v, g, h0, do, dht, cu_seqlens, scale, chunk, tiles):
+    dh0 = (torch.empty_like(h0, dtype=torch.float32) if h0 is not None
+           else q.new_empty(0, dtype=torch.float32))
+    return (torch.empty_like(q, dtype=torch.float32), torch.empty_like(k, dtype=torch.float32),
+            torch.empty_like(v), dh0)
+
+
+class GLATritonFunction(torch.autograd.Function):
+    """Autograd of the Triton GLA (chunk or step kernels, through the custom ops above): forward
+    keeps its inputs and the final state; backward recomputes the states in its kernels and
+    gets the gate's gradient from dq and dk."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, g, h0, scale, cu_seqlens, output_final_state, chunk, tiles):
+        o, ht = gla_triton_fwd(q, k, v, g, h0, cu_seqlens, scale, output_final_state, chunk,
+                               list(tiles))
+        ht = ht if output_final_state else None
+        ctx.save_for_backward(q, k, v, g, h0, ht, cu_seqlens)
+        ctx.scale, ctx.chunk, ctx.tiles = scale, chunk, list(tiles)
+        ctx.set_materialize_grads(False)
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
         q, k, v, g, h0, ht, cu_seqlens = ctx.saved_tensors
         do = torch.zeros_like(v) if do is None else do.contiguous()
         dht = None if dht is None else dht.contiguous().float()
-        dq, dk, dv, dh0 = gla_chunk_bwd(q, k, v, g, h0, do, dht, ctx.scale, cu_seqlens, ctx.tiles)
+        dq, dk, dv, dh0 = gla_triton_bwd(q, k, v, g, h0, do, dht, cu_seqlens, ctx.scale,
+                                         ctx.chunk, ctx.tiles)
         dg = reverse_cumsum_per_sequence(q.float() * dq - k.float() * dk, cu_seqlens)
         if dht is not None:
             dg = dg + per_step((ht * dht).sum(-1), cu_seqlens, *q.shape[:2])
-        # gradients in argument order: q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles
-        return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0, None, None, None, None
+        dh0 = dh0 if h0 is not None else None
+        # gradients in argument order: q, k, v, g, h0, scale, cu_seqlens, output_final_state,
+        # chunk, tiles
+        return (dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dh0, None, None, None, None,
+                None)
 
 
 def _prepare(tensors, initial_state, cu_seqlens, device):
@@ -130,11 +154,11 @@ def run(op: str, recurrent: bool, *args, scale, initial_state=None, output_final
     overrides the plan's chunk (tests)."""
     if op == "gla" and recurrent:
         (q, k, v, g), h0, cu = _prepare(args, initial_state, cu_seqlens, args[0].device)
-        o, ht = GLARecurrentFunction.apply(q, k, v, g, h0, scale, cu, output_final_state)
+        o, ht = GLATritonFunction.apply(q, k, v, g, h0, scale, cu, output_final_state, False, ())
         return o, (ht if output_final_state else None)
     if op == "gla":
         (q, k, v, g), h0, cu = _prepare(args, initial_state, cu_seqlens, args[0].device)
         tiles = chunk_tiles("gla", q, v, chunk_size)
-        o, ht = GLAChunkFunction.apply(q, k, v, g, h0, scale, cu, output_final_state, tiles)
+        o, ht = GLATritonFunction.apply(q, k, v, g, h0, scale, cu, output_final_state, True, tiles)
         return o, (ht if output_final_state else None)
     raise NotImplementedError(f"no Triton kernel for {op!r} ({'recurrent' if recurrent else 'chunk'})")

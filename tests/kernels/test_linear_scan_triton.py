@@ -95,6 +95,29 @@ def test_chunk_gla_cu_seqlens_equals_recurrent(nan_poison_empty, monkeypatch):
     assert_close("final chunk vs recurrent", s_c, s_r, 1e-5)
 
 
+@pytest.mark.slow
+def test_custom_ops_fake_and_compile():
+    """The custom ops' fake implementations agree with the kernels (schema, fake tensors), and
+    torch.compile traces the Triton GLA in one graph. (Slow: about 20 s on a busy 2-core
+    machine, most of it torch.compile's own start-up.)"""
+    from flashseq.kernels.linear_scan import triton_ops
+    gen = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 5, 1, 16, generator=gen).to(DEVICE) for _ in range(4))
+    g = -torch.rand(1, 5, 1, 16, generator=gen).to(DEVICE)
+    h0, dht = (torch.randn(1, 1, 16, 16, generator=gen).to(DEVICE) for _ in range(2))
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(triton_ops.gla_triton_fwd, (q, k, v, g, h0, None, 0.25, True, False, []),
+                          test_utils=checks)
+    torch.library.opcheck(triton_ops.gla_triton_bwd,
+                          (q, k, v, g, h0, do, dht, None, 0.25, False, []), test_utils=checks)
+
+    def run(q, k, v, g):
+        return flashseq.ops.fused_recurrent_gla(q, k, v, g, backend="triton")[0]
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    assert_close("compiled", compiled(q, k, v, g), run(q, k, v, g), 1e-6)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [64, 1000])
 def test_fused_recurrent_gla_gpu_bf16(T):

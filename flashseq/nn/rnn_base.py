@@ -22,8 +22,8 @@ The modules subclass torch's (``flashseq.LSTM`` is a ``torch.nn.LSTM``, and ever
 ``_flat_weights`` / ``_flat_weights_names`` / ``_all_weights`` are kept by RNNBase's
 ``__setattr__``, ``_apply`` (``.to()``, ``.double()``), ``__getstate__``/``__setstate__``
 (deepcopy, pickle) and ``_replicate_for_data_parallel``. Only ``__init__`` (flashseq's argument
-checks, the head-wise ``weight_hh``), ``forward``, ``flatten_parameters`` and ``extra_repr`` are
-flashseq's own.
+checks, the head-wise ``weight_hh``), ``forward``, ``flatten_parameters``, ``extra_repr`` and
+``__setstate__`` (which also loads modules pickled before the subclassing) are flashseq's own.
 
 While ``torch.jit.trace`` or an ONNX export traces the module, a module with ``num_heads == 1``
 runs torch.nn's own forward instead (same parameters, same results): it lowers to ``aten::lstm``

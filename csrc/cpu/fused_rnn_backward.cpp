@@ -10,6 +10,7 @@
 
 #include "fused_rnn_cpu.h"
 #include "onednn_gemm.h"
+#include "pointwise_avx512.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 
@@ -38,6 +39,7 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
   at::Tensor dh_head0 = dh_carry.select(0, 0);                  // [B, DH]
   const int64_t grain = pointwise_grain(GDH);
   const std::vector<int64_t> live = live_rows(len, B, T);
+  const bool avx512_rows = kHasAvx512Row<Cell, scalar_t> && use_avx512_tile();
   // Wt, made from r on the first step that needs it: panels for step_gemm, dense for at::mm.
   at::Tensor Wt_panels, Wt;
   for (int64_t t = T - 1; t >= 0; --t) {
@@ -82,6 +84,15 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
         }
         const scalar_t* gates_row = gates_p + (t * rows + row) * K * DH;
         scalar_t* dcarry_row = dcarry_p + row * DH;
+        if constexpr (kHasAvx512Row<Cell, scalar_t>) {
+          if (avx512_rows) {
+            BackwardRow args{DH, gates_row, {prev_rows[0], S > 1 ? prev_rows[S - 1] : nullptr},
+                             h_next_row, dh_row, dcarry_row, state_stride, dwx_row, NH * DH,
+                             drh_row};
+            avx512_backward_row<Cell>(args);
+            continue;
+          }
+        }
         for (int64_t e = 0; e < DH; e += L::kWidth) {
           const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
           V saved[K > 0 ? K : 1], prev[S], dnext[S], dwx_v[G], drh_v[G], dprev[S];

@@ -61,25 +61,6 @@ std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
 
 namespace {
 
-// Cells and dtypes with an AVX-512 pointwise pass (pointwise_avx512.cpp).
-template <typename Cell, typename scalar_t>
-constexpr bool kHasAvx512Row =
-    std::is_same_v<scalar_t, float> &&
-    (std::is_same_v<Cell, cells::LstmCell> || std::is_same_v<Cell, cells::GruCell>);
-
-template <typename Cell>
-void avx512_forward_row(const PointwiseRow& row) {
-#if defined(FLASHSEQ_HAVE_AVX512_TILE)
-  if constexpr (std::is_same_v<Cell, cells::LstmCell>) {
-    lstm_forward_row_avx512(row);
-  } else {
-    gru_forward_row_avx512(row);
-  }
-#else
-  (void)row;
-#endif
-}
-
 template <typename Cell, typename scalar_t>
 void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& bias,
                   at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,

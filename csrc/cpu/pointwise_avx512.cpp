@@ -1,4 +1,4 @@
-// The forward pointwise pass of the LSTM and GRU cells on AVX-512 float32 vectors (16 units at
+// The forward and backward pointwise passes of the LSTM and GRU cells on AVX-512 float32 vectors (16 units at
 // a time), chosen at run time like the step GEMM's AVX-512 tile (step_gemm_avx512.h).
 //
 // Why: with the AVX-512 step GEMM, the AVX2 pointwise pass (Sleef's 1-ulp expf, 8 lanes) became
@@ -133,7 +133,33 @@ void forward_row(const PointwiseRow& a) {
   }
 }
 
+template <typename Cell>
+void backward_row(const BackwardRow& a) {
+  constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
+  static_assert(S <= 2, "BackwardRow holds two previous states");
+  const int64_t DH = a.DH;
+  for (int64_t e = 0; e < DH; e += 16) {
+    const __mmask16 m = lanes_below(DH - e);
+    F16 saved[K], prev[S], dnext[S], dwx[G], drh[G], dprev[S];
+    for (int k = 0; k < K; ++k) saved[k] = F16(_mm512_maskz_loadu_ps(m, a.saved + k * DH + e));
+    for (int s = 0; s < S; ++s) {
+      prev[s] = F16(_mm512_maskz_loadu_ps(m, a.prev[s] + e));
+      dnext[s] = F16(_mm512_maskz_loadu_ps(m, a.dcarry + s * a.state_stride + e));
+    }
+    if (a.dh != nullptr) dnext[0] = dnext[0] + F16(_mm512_maskz_loadu_ps(m, a.dh + e));
+    Cell::backward(saved, prev, F16(_mm512_maskz_loadu_ps(m, a.h_next + e)), dnext, dwx, drh, dprev);
+    for (int g = 0; g < G; ++g) {
+      _mm512_mask_storeu_ps(a.dwx + g * a.dwx_gate_stride + e, m, dwx[g].v);
+      _mm512_mask_storeu_ps(a.drh + g * DH + e, m, drh[g].v);
+    }
+    for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(a.dcarry + s * a.state_stride + e, m, dprev[s].v);
+  }
+}
+
 }  // namespace
+
+void lstm_backward_row_avx512(const BackwardRow& row) { backward_row<cells::LstmCell>(row); }
+void gru_backward_row_avx512(const BackwardRow& row) { backward_row<cells::GruCell>(row); }
 
 void lstm_forward_row_avx512(const PointwiseRow& row) { forward_row<cells::LstmCell>(row); }
 void gru_forward_row_avx512(const PointwiseRow& row) { forward_row<cells::GruCell>(row); }

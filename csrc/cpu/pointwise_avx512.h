@@ -1,8 +1,10 @@
-// The AVX-512 float32 forward pointwise pass of the LSTM and GRU cells (pointwise_avx512.cpp),
-// used by fused_rnn_forward.cpp when use_avx512_tile() holds. Plain declarations only.
+// The AVX-512 float32 pointwise passes (forward and backward) of the LSTM and GRU cells
+// (pointwise_avx512.cpp), used by the loops when use_avx512_tile() holds. Plain declarations and
+// dispatch templates only (no cell header: that file compiles them for AVX-512).
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "step_gemm_avx512.h"
 
@@ -24,10 +26,67 @@ struct PointwiseRow {
   int64_t saved_state_stride;
 };
 
+// One (head, batch) row of one backward step, as backward_loop addresses it.
+struct BackwardRow {
+  int64_t DH;
+  const float* saved;          // what the forward saved, k at saved + k * DH
+  const float* prev[2];        // the states the step started from (h, then c for the LSTM)
+  const float* h_next;         // h after the step
+  const float* dh;             // the step's output gradient, or null
+  float* dcarry;               // gradients of the running states, s at dcarry + s * state_stride
+  int64_t state_stride;
+  float* dwx;                  // gate g at dwx + g * dwx_gate_stride
+  int64_t dwx_gate_stride;
+  float* drh;                  // gate g at drh + g * DH
+};
+
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
 void lstm_forward_row_avx512(const PointwiseRow& row);
 void gru_forward_row_avx512(const PointwiseRow& row);
+void lstm_backward_row_avx512(const BackwardRow& row);
+void gru_backward_row_avx512(const BackwardRow& row);
 #endif
+
+}  // namespace cpu
+
+namespace cells {
+struct LstmCell;
+struct GruCell;
+}  // namespace cells
+
+namespace cpu {
+
+// Cells and dtypes with AVX-512 pointwise passes.
+template <typename Cell, typename scalar_t>
+constexpr bool kHasAvx512Row =
+    std::is_same_v<scalar_t, float> &&
+    (std::is_same_v<Cell, cells::LstmCell> || std::is_same_v<Cell, cells::GruCell>);
+
+template <typename Cell>
+inline void avx512_forward_row(const PointwiseRow& row) {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  if constexpr (std::is_same_v<Cell, cells::LstmCell>) {
+    lstm_forward_row_avx512(row);
+  } else {
+    gru_forward_row_avx512(row);
+  }
+#else
+  (void)row;
+#endif
+}
+
+template <typename Cell>
+inline void avx512_backward_row(const BackwardRow& row) {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  if constexpr (std::is_same_v<Cell, cells::LstmCell>) {
+    lstm_backward_row_avx512(row);
+  } else {
+    gru_backward_row_avx512(row);
+  }
+#else
+  (void)row;
+#endif
+}
 
 }  // namespace cpu
 }  // namespace flashseq

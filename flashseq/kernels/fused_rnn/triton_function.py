@@ -240,6 +240,10 @@ def _plan_for(cell, wx, max_onchip_bytes: int) -> FusedRNNPlan:
     return plan_tiles(cell, wx, None if max_onchip_bytes < 0 else max_onchip_bytes)
 
 
+def _dense(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.contiguous()
+
+
 @torch.library.custom_op("flashseq::fused_rnn_triton_fwd", mutates_args=())
 def _fwd_op(wx: torch.Tensor, r: torch.Tensor, b: torch.Tensor, states: torch.Tensor,
             lengths: Optional[torch.Tensor], cell: str, save: bool, max_onchip_bytes: int
@@ -247,8 +251,10 @@ def _fwd_op(wx: torch.Tensor, r: torch.Tensor, b: torch.Tensor, states: torch.Te
     cell_ = get_cell(cell)
     plan = _plan_for(cell_, wx, max_onchip_bytes)
     launch = fused_rnn_fwd if plan.path == "fused" else fused_rnn_fwd_split
-    return launch(wx.contiguous(), r.contiguous(), b.contiguous(), states.contiguous(), lengths,
-                  cell_, plan, save)
+    # The kernels index every tensor as dense row-major, lengths too (a strided or expanded
+    # lengths would be misread, and read out of bounds).
+    return launch(wx.contiguous(), r.contiguous(), b.contiguous(), states.contiguous(),
+                  _dense(lengths), cell_, plan, save)
 
 
 @_fwd_op.register_fake
@@ -268,7 +274,7 @@ def _bwd_op(dh: torch.Tensor, dlast: torch.Tensor, wx: torch.Tensor, r: torch.Te
     plan = _plan_for(cell_, wx, max_onchip_bytes)
     launch = fused_rnn_bwd if plan.path == "fused" else fused_rnn_bwd_split
     wx, r = wx.contiguous(), r.contiguous()
-    dwx, drh, ds0 = launch(dh, dlast, wx, r, rh_st, s_st, lengths, cell_, plan)
+    dwx, drh, ds0 = launch(dh, dlast, wx, r, rh_st, s_st, _dense(lengths), cell_, plan)
     # d r and d b: one reduction over all (b, t) of h_{t-1} (rounded to the dtype the forward's
     # tl.dot used) against d rh; rows past their length have d rh = 0.
     T = wx.shape[1]

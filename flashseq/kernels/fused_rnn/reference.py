@@ -18,7 +18,13 @@ def fused_rnn_reference(wx, r, b, states, *, cell: Cell, lengths=None):
     hs = []
     for t in range(T):
         rh_t = torch.einsum("bnd,gnde->bgne", state[0], r) + b  # [B, G, NH, DH]
-        new = cell.step(wx[:, t], rh_t, state)
+        wx_t = wx[:, t]
+        if lengths is not None:
+            # Rows past their length step on zeros: a NaN/inf in wx's padding would otherwise
+            # reach the backward (0 * NaN = NaN through the cell's derivative) and from there
+            # every row's d r and d b. torch.where passes no gradient to the branch not taken.
+            wx_t = torch.where((lengths > t).view(B, 1, 1, 1), wx_t, torch.zeros_like(wx_t))
+        new = cell.step(wx_t, rh_t, state)
         if lengths is None:
             hs.append(new[0])
         else:

@@ -5,7 +5,7 @@ import torch
 
 from . import backends
 from .backends import available_backends
-from .problem import validate
+from .problem import check_size, checked_lengths, validate
 
 
 def fused_rnn(wx, r, b, states=None, *, cell, lengths=None, backend="auto"):
@@ -37,6 +37,18 @@ def fused_rnn(wx, r, b, states=None, *, cell, lengths=None, backend="auto"):
 
     Differentiable with respect to wx, r, b and states.
 
+    Any strides are accepted for every tensor (expanded ones included). Values of ``wx`` at
+    steps past a row's length are never used, so NaN or inf there changes no output and no
+    gradient.
+
+    Raises:
+        TypeError / ValueError: an argument of the wrong type, shape, dtype or device, or
+            lengths outside 0..T (checked under ``torch.compile`` too); ValueError also when the
+            outputs (and, when a gradient is needed, the tensors kept for the backward) cannot
+            fit in the device's memory, before any work starts.
+        NotImplementedError: a named back end cannot run this call (e.g. bfloat16 on
+            ``"triton"`` under the Triton interpreter, which computes it wrongly).
+
     Examples:
         >>> import torch, flashseq
         >>> wx = torch.randn(2, 5, 4, 1, 8)            # B=2, T=5, LSTM gates, one head of 8
@@ -47,10 +59,14 @@ def fused_rnn(wx, r, b, states=None, *, cell, lengths=None, backend="auto"):
     """
     problem = validate(wx, r, b, states, cell, lengths)
     module = backends.choose(backend, problem)
+    check_size(module, problem)
     if states is None:
         states = wx.new_zeros(problem.cell.num_states, problem.batch, problem.heads, problem.head_dim)
     if lengths is not None:
         lengths = lengths.to(device=wx.device, dtype=torch.int64)
+        if torch.compiler.is_compiling():
+            # validate could not read the values while tracing: the graph checks them
+            lengths = checked_lengths(lengths, problem.steps)
     return module.fused_rnn(wx, r, b, states, cell=problem.cell, lengths=lengths)
 
 

@@ -151,3 +151,16 @@ def fused_rnn(wx, r, b, states, *, cell, lengths):
     # Any strides are fine: the C++ side re-lays r, b and states out for its loop anyway, so a
     # .contiguous() here would only add a copy (r from a permuted nn.LSTM weight is 4 MB at H=512).
     return FusedRnnCpuFunction.apply(wx, r, b, states, lengths, cell.name, save)
+
+
+def workspace_bytes(problem):
+    """Bytes the forward allocates: h [B, T, NH, DH] and the last states and, when a gradient
+    is needed, saved_gates [T, NH, B, K, DH] and saved_states [T, S-1, NH, B, DH], all in wx's
+    dtype (the C++ loop indexes with int64: memory is the only limit)."""
+    unit = problem.batch * problem.heads * problem.head_dim * problem.dtype.itemsize
+    S = problem.cell.num_states
+    need = (problem.steps + S) * unit
+    if problem.needs_grad:
+        K = _layout(problem.cell.name)[2]
+        need += problem.steps * (K + S - 1) * unit
+    return need

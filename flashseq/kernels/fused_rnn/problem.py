@@ -1,10 +1,17 @@
-"""Argument validation for ``fused_rnn`` and the small description backends decide on."""
+"""Argument validation for ``fused_rnn`` and the small description backends decide on.
+
+Shapes, dtypes and devices are checked here (``validate``); the values of ``lengths`` too, also
+under ``torch.compile`` (``checked_lengths``); the memory a call needs before it starts
+(``check_size``).
+"""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
 
+from flashseq._lazy_dynamo import assume_constant_result
 from flashseq.cells import Cell, get_cell
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -82,12 +89,105 @@ def validate(wx, r, b, states, cell, lengths) -> Problem:
         if lengths.device.type != "cpu" and lengths.device != wx.device:
             raise ValueError(f"lengths must be on the CPU or on wx's device {wx.device}; "
                              f"got {_describe(lengths)}")
-        # A value check reads the tensor; under torch.compile that would end the graph, so the
-        # traced call trusts the values (eager calls, which compile's first run also makes, check).
+        # A value check reads the tensor, which would end a torch.compile graph; a traced call
+        # checks in the graph instead (checked_lengths, called by the entry point).
         if not torch.compiler.is_compiling():
-            lo, hi = int(lengths.min()), int(lengths.max())
-            if lo < 0 or hi > T:
-                raise ValueError(f"lengths must lie in 0..T = 0..{T}; got values in {lo}..{hi}")
+            _check_lengths_range(lengths, T)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (wx, r, b, states))
     return Problem(cell, B, T, NH, DH, wx.dtype, wx.device, lengths is not None, needs_grad)
+
+
+def _check_lengths_range(lengths: torch.Tensor, steps: int) -> None:
+    lo, hi = int(lengths.min()), int(lengths.max())
+    if lo < 0 or hi > steps:
+        raise ValueError(f"lengths must lie in 0..T = 0..{steps}; got values in {lo}..{hi}")
+
+
+@torch.library.custom_op("flashseq::fused_rnn_checked_lengths", mutates_args=())
+def checked_lengths(lengths: torch.Tensor, steps: int) -> torch.Tensor:
+    """``lengths`` [B] (a copy) after checking its values lie in 0..``steps``; ``ValueError``
+    otherwise. An op of its own so that a torch.compile graph keeps the check: a bare
+    ``torch._check`` on a tensor's values needs ``.item()``, which ends the graph, and an op
+    without outputs could be dropped as dead code. Copying [B] integers costs nothing."""
+    _check_lengths_range(lengths, steps)
+    return lengths.clone()
+
+
+@checked_lengths.register_fake
+def _checked_lengths_fake(lengths, steps):
+    return torch.empty_like(lengths)
+
+
+# ---- memory needed before any work -------------------------------------------------------
+
+def output_bytes(problem: Problem) -> int:
+    """Bytes of the outputs every back end allocates: h [B, T, NH, DH] and the last states
+    [S, B, NH, DH], in wx's dtype."""
+    unit = problem.batch * problem.heads * problem.head_dim * problem.dtype.itemsize
+    return (problem.steps + problem.cell.num_states) * unit
+
+
+def device_memory_bytes(device: torch.device) -> int | None:
+    """What one call can hope to allocate on ``device``: on a GPU the free memory plus what
+    PyTorch's caching allocator holds unused; on the CPU the machine's physical memory (free
+    memory would refuse calls the page cache can make room for). None when unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    if device.type == "cpu":
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (AttributeError, ValueError, OSError):  # not a POSIX system
+            return None
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+def size_error(backend, problem: Problem) -> str | None:
+    """Why ``backend`` (a back-end module) cannot hold ``problem`` in memory, else None.
+
+    A back end states the bytes it allocates for a call (outputs, and the tensors it keeps for
+    the backward when a gradient is needed) with ``workspace_bytes(problem)``; without one, the
+    outputs alone count. This is a lower bound, so a refusal means the call can never fit.
+    """
+    need_fn = getattr(backend, "workspace_bytes", output_bytes)
+    need = need_fn(problem)
+    have = device_memory_bytes(problem.device)
+    if have is None or need <= have:
+        return None
+    name = backend.__name__.rsplit(".", 1)[-1].removesuffix("_backend")
+    B, T, NH, DH = problem.batch, problem.steps, problem.heads, problem.head_dim
+    return (f"fused_rnn: wx [B, T, G, NH, DH] with B={B}, T={T}, NH={NH}, DH={DH} "
+            f"({problem.dtype}) needs at least {_gib(need)} on back end {name!r} (outputs h "
+            f"[B, T, NH, DH]{' and what the backward keeps' if problem.needs_grad else ''}), "
+            f"but {problem.device} offers {_gib(have)}; shorten T or B, or run the sequence in "
+            f"chunks passing the last states on")
+
+
+@assume_constant_result  # flashseq/_lazy_dynamo.py: keeps import flashseq free of triton
+def _size_error_constant(module_name, cell_name, batch, steps, heads, head_dim, dtype, device,
+                         has_lengths, needs_grad) -> str:
+    # Under torch.compile the sizes are constants of the graph, so is the answer; the memory
+    # query itself is not traceable.
+    import importlib
+    problem = Problem(get_cell(cell_name), batch, steps, heads, head_dim, dtype,
+                      torch.device(device), has_lengths, needs_grad)
+    return size_error(importlib.import_module(module_name), problem) or ""
+
+
+def check_size(backend, problem: Problem) -> None:
+    """Raise ``ValueError`` before any work when ``backend`` cannot hold ``problem``'s outputs
+    and saved tensors in the device's memory (see ``size_error``)."""
+    sizes = (problem.batch, problem.steps, problem.heads, problem.head_dim)
+    if torch.compiler.is_compiling() and all(type(v) is int for v in sizes):
+        message = _size_error_constant(backend.__name__, problem.cell.name, *sizes,
+                                       problem.dtype, str(problem.device), problem.has_lengths,
+                                       problem.needs_grad)
+    else:
+        message = size_error(backend, problem)
+    if message:
+        raise ValueError(message)

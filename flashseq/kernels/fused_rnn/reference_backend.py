@@ -8,3 +8,12 @@ def unavailable_reason(device):
 
 def unsupported_reason(problem):
     return None
+
+
+def workspace_bytes(problem):
+    """A lower bound of the bytes one call allocates: each step's h and their stacked copy
+    ([B, T, NH, DH] twice), the last states, and when a gradient is needed at least the G gate
+    pre-activations of every step that autograd keeps ([B, T, G, NH, DH])."""
+    unit = problem.batch * problem.heads * problem.head_dim * problem.dtype.itemsize
+    kept = problem.steps * problem.cell.num_gates if problem.needs_grad else 0
+    return (2 * problem.steps + problem.cell.num_states + kept) * unit

@@ -16,6 +16,7 @@ import sys
 import torch
 
 from . import compare, report
+from .outputs import check_outputs
 from .peers import PEER_MODULES, import_reason
 from .progress import make_progress
 from .runner import failures
@@ -46,6 +47,10 @@ def _positive_int(text: str) -> int:
 
 
 def run_suite(args) -> int:
+    problem = check_outputs({"--json": args.json, "--md": args.md, "--png": args.png})
+    if problem:  # before the suite runs, not after it
+        print(f"bench: {problem}", file=sys.stderr)
+        return 2
     try:
         module = load(args.suite)
     except ImportError as err:

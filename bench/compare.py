@@ -6,9 +6,48 @@ Rows are matched by (case, provider); rows without a time (skipped) are not comp
 """
 from __future__ import annotations
 
+import math
+
 from . import report
 
 DEFAULT_THRESHOLD = 0.10
+
+
+def _time_problem(value) -> str | None:
+    # a time is null (not timed) or a finite number >= 0; bool is an int to Python, not a time
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"is {type(value).__name__} {value!r}, not a number or null"
+    if not math.isfinite(value) or value < 0:
+        return f"is {value!r}, not a finite time >= 0"
+    return None
+
+
+def check_result(result: dict, name) -> None:
+    """Raise ``ValueError`` (one line naming ``name``, the key and the row) unless ``result``
+    has what ``compare`` reads: "suite" (str), "machine" (dict) and "rows", a list of dicts with
+    "case" and "provider" (str), "median_ms" (number or null) and optionally "iqr_ms"."""
+    for key, kind in (("suite", str), ("machine", dict), ("rows", list)):
+        if key not in result:
+            raise ValueError(f"{name}: missing key {key!r}")
+        if not isinstance(result[key], kind):
+            raise ValueError(f"{name}: {key!r} must be a {kind.__name__}; got "
+                             f"{type(result[key]).__name__}")
+    for i, row in enumerate(result["rows"]):
+        where = f"{name}: rows[{i}]"
+        if not isinstance(row, dict):
+            raise ValueError(f"{where} must be an object; got {type(row).__name__} {row!r:.60}")
+        for key in ("case", "provider", "median_ms"):
+            if key not in row:
+                raise ValueError(f"{where}: missing key {key!r}")
+        for key in ("case", "provider"):
+            if not isinstance(row[key], str):
+                raise ValueError(f"{where}: {key!r} must be a string; got {row[key]!r:.60}")
+        for key in ("median_ms", "iqr_ms"):
+            problem = _time_problem(row.get(key))
+            if problem:
+                raise ValueError(f"{where}: {key!r} {problem:.80}")
 
 
 def _timed(rows: list[dict]) -> dict:
@@ -49,8 +88,11 @@ def compare(old: dict, new: dict, threshold: float = DEFAULT_THRESHOLD) -> list[
 
 
 def main(old_path, new_path, threshold: float = DEFAULT_THRESHOLD) -> int:
-    """Print the comparison; return 1 if any case regressed, 2 if nothing could be compared."""
+    """Print the comparison; return 1 if any case regressed, 2 if nothing could be compared.
+    A file that is not a result raises ``ValueError`` (the CLI exits 2 with its message)."""
     old, new = report.load_json(old_path), report.load_json(new_path)
+    check_result(old, old_path)
+    check_result(new, new_path)
     notes = []
     if old["suite"] != new["suite"]:
         notes.append(f"different suites: {old['suite']!r} vs {new['suite']!r}")

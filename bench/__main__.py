@@ -5,7 +5,8 @@ With no suite, lists the suites. ``--tiny`` runs a suite at tiny sizes (does it 
 ``--threads`` sets torch's CPU threads (default: the suite's ``DEFAULT_CPU_THREADS`` if it has
 one, e.g. 1 for ``quick``, else torch's own default). A suite may define ``summary(rows)``, lines
 printed above the table. Exit status: 0 done, 1 a kernel failed its correctness check (or, for
-compare, a regression), 2 bad usage.
+compare, a regression), 2 bad usage (for compare also a malformed result file; for a suite an
+output path that cannot be written, found before the suite runs).
 """
 from __future__ import annotations
 

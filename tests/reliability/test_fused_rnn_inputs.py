@@ -4,6 +4,9 @@ interpreter, and sizes no device can hold.
 
 Each test loops over the back ends itself (reference, cpu, triton; triton under the interpreter
 on CPU, on tiny shapes) and reports every back end that fails, so one test covers one promise.
+Several take 8-15 s on the 2-core CPU box: the interpreter needs about a second per Triton
+forward+backward even at B=4, T=5, and each test needs 8-12 of them (or, for T = 2**40, a
+fresh process importing torch and triton).
 """
 import os
 import subprocess

@@ -1,4 +1,8 @@
-"""The public facade: Model (variables, constraints, objective, solve, solutions) and Solution."""
+"""The public facade: Model (variables, constraints, objective, solve, best, solutions) and Solution.
+
+solve() answers one optimal point; best(k) the k best points by the objective, best first (what
+an autotuner times as candidates); solutions() every feasible point, objective ignored."""
+import heapq
 import math
 import time
 
@@ -164,6 +168,54 @@ class Model:
         if best is None:
             return Solution("unknown" if timed_out else "infeasible", stats=stats)
         return Solution("feasible" if timed_out else "optimal", best, best_obj, stats)
+
+    def best(self, k, time_limit=None):
+        """The k best feasible points by the objective, best first, as a list of Solutions.
+
+        k: how many (an int >= 0); fewer come back when the model has fewer feasible points, none
+        when it is infeasible. Every point left out is no better than the last one returned; among
+        points with equal objective, which are returned (and their order) is unspecified.
+        Each Solution has the point's values and objective, and status "optimal" when the search
+        finished (the list is proven to be k best) or "feasible" when `time_limit` (seconds, as
+        for solve()) stopped it first: then they are the best points found so far.
+        Without an objective: any k feasible points (objective None), as solutions(limit=k).
+        Branch and bound as in solve(), with the bound kept at the k-th best point found so far.
+        """
+        k = as_int(k, "best k")
+        if k < 0:
+            raise ValueError(f"best k must be >= 0, got {k}")
+        deadline = _deadline(time_limit)
+        if k == 0:
+            return []
+        start = time.perf_counter()
+        flat = Flat(self)
+        search = Search(flat, deadline)
+        names = [v.name for v in self.variables]
+        kept = []  # heap of (-atom value, -order, values, objective): the worst kept point on top
+        timed_out = False
+        try:
+            for order, _ in enumerate(search.dfs()):
+                values = dict(zip(names, search.values()))
+                if flat.objective is None:
+                    kept.append((0, -order, values, flat.objective_const))
+                    if len(kept) == k:
+                        break
+                    continue
+                atom = search.st.lo[flat.objective[0]]
+                item = (-atom, -order, values, search.objective_value())
+                if len(kept) < k:
+                    heapq.heappush(kept, item)
+                else:
+                    heapq.heappushpop(kept, item)
+                if len(kept) == k:
+                    # only strictly better points can still enter (ties with the k-th: not needed)
+                    search.cutoff = -kept[0][0] - 1
+        except TimeUp:
+            timed_out = True
+        stats = {"nodes": search.nodes, "runs": search.runs, "seconds": time.perf_counter() - start}
+        status = "feasible" if timed_out else "optimal"
+        ranked = sorted(kept, key=lambda item: (-item[0], -item[1]))
+        return [Solution(status, values, objective, dict(stats)) for _, _, values, objective in ranked]
 
     def solutions(self, limit=None):
         """Iterator over every feasible point once, as {name: int}; the objective is ignored.

@@ -12,6 +12,14 @@ every timed solve, outside the timing, so neither side can reuse work from an ea
 Rows: one per model and solver ("status", "objective", "same_optimum" of the two), with
 "ratio" = constrint's median / CP-SAT's median, and a summary pair of rows whose times are the
 median, minimum and IQR over the models' medians. Without ortools only constrint is timed.
+
+FlashRNN-class models (``tests/constrint/tiling_models.py``, ``fused_step_tiling_model``: ~57
+variables, ~58 constraints, domains up to 2**30, products and divisibility, forward and backward
+tiling of a fused RNN step; its docstring describes the class) in a few configurations, each
+twice: without objective ("first_feasible": the time to a first feasible point) and with the
+register objective ("optimum": the time to a proven optimum). These are timed as pairs in
+alternation (``bench.timing.measure_ratio``: constrint, CP-SAT, constrint, ...) so that both see
+the same load; "ratio" is the median of the per-pair ratios, the times the medians per call.
 """
 from __future__ import annotations
 
@@ -30,6 +38,8 @@ from flashseq.kernels.fused_rnn import plan as rnn_plan
 from flashseq.kernels.linear_scan import plan as scan_plan
 
 DESCRIPTION = ("The fused_rnn and linear_scan tiling models for every GPU x cell/op x size, "
+               "and FlashRNN-class tiling models (~57 variables, domains up to 2**30; time to "
+               "the first feasible point and to a proven optimum, timed in alternating pairs), "
                "solved by constrint and by OR-Tools CP-SAT (1 worker): wall time of one solve() "
                "per model (CP-SAT: translation and start-up included), same optimum?")
 
@@ -37,6 +47,14 @@ BASELINE = "cpsat"
 HEAD_DIMS = (16, 32, 64, 128, 256, 512, 768, 1024)
 SCAN_DIMS = (64, 128, 256)
 REPEATS = {"constrint": 5, "cpsat": 3}
+# fused_step_tiling_model configurations: LSTM (4 gates) and GRU-like (3 gates), bf16 and fp32,
+# one head of 768 to 16 heads of 64, batch 8 to 64, on the H100-like limits of the generator
+FLASHRNN_CLASS = [dict(), dict(batch=64, head_dim=256, heads=3), dict(batch=8, head_dim=512, heads=4),
+                  dict(dtype="float32"), dict(batch=32, head_dim=384, heads=2),
+                  dict(batch=8, head_dim=1024, gates=3), dict(batch=16, head_dim=64, heads=16)]
+QUICK_FLASHRNN_CLASS = [dict(), dict(batch=64, head_dim=256, heads=3)]
+# seconds of alternating pairs per model (at least 5 pairs: bench.timing.MIN_RUNS)
+PAIR_SECONDS = 1.0
 QUICK_REPEATS = {"constrint": 1, "cpsat": 1}
 
 
@@ -83,6 +101,55 @@ def _summary_rows(rows, n_models, agree):
     return out
 
 
+def _config_label(config):
+    return ",".join(f"{k}={v}" for k, v in config.items()) or "B16,D768,NH1,G4,bf16"
+
+
+def flashrnn_class_rows(quick: bool, progress, cpsat) -> list[dict]:
+    """Rows for the FlashRNN-class models: first feasible point and proven optimum, constrint and
+    CP-SAT timed in alternating pairs (cpsat None: constrint alone, untimed baseline rows)."""
+    from bench.timing import measure_ratio
+    from tests.constrint.tiling_models import fused_step_tiling_model
+
+    rows = []
+    configs = QUICK_FLASHRNN_CLASS if quick else FLASHRNN_CLASS
+    cases = [(c, phase) for c in configs for phase in ("first_feasible", "optimum")]
+    for config, phase in progress(cases):
+        model, _ = fused_step_tiling_model(objective=None if phase == "first_feasible"
+                                           else "registers", **config)
+        case = f"flashrnn_class/{_config_label(config)}/{phase}"
+        extra = dict(family="flashrnn_class", gpu="h100-like", backend="-", op=phase,
+                     dim=config.get("head_dim", 768))
+        ours = model.solve()
+        if cpsat is None:
+            start = time.perf_counter()
+            model.solve()
+            rows.append({"case": case, "provider": "constrint",
+                         "median_ms": (time.perf_counter() - start) * 1e3, **extra,
+                         "objective": ours.objective, "nodes": ours.stats["nodes"],
+                         "status": ours.status})
+            rows.append(untimed_row(case, BASELINE, "skipped: ortools is not installed", **extra))
+            continue
+        theirs = cpsat.solve(model)
+        if phase == "optimum":
+            same = ours.status == theirs.status == "optimal" and ours.objective == theirs.objective
+        else:  # any feasible point will do: both must find one, each a true solution
+            same = bool(ours) and bool(theirs) and all(
+                c.is_satisfied(p.values) for p in (ours, theirs) for c in model.constraints)
+        paired = measure_ratio(model.solve, lambda: cpsat.solve(model), device="cpu",
+                               min_run_time=0.3 if quick else PAIR_SECONDS)
+        rows.append({"case": case, "provider": "constrint", "median_ms": paired["fn_ms"],
+                     "pairs": paired["pairs"], **extra, "objective": ours.objective,
+                     "nodes": ours.stats["nodes"], "same_optimum": same,
+                     "pair_ratio": paired["ratio"], "pair_ratio_iqr": paired["ratio_iqr"],
+                     "status": ours.status})
+        rows.append({"case": case, "provider": BASELINE, "median_ms": paired["baseline_ms"],
+                     "pairs": paired["pairs"], **extra, "objective": theirs.objective,
+                     "nodes": None, "same_optimum": same, "pair_ratio": 1.0,
+                     "status": theirs.status})
+    return rows
+
+
 def run(device, quick: bool, progress) -> list[dict]:
     """One row per model and solver, plus the summary rows (``device`` is not used: CPU)."""
     import constrint
@@ -117,4 +184,6 @@ def run(device, quick: bool, progress) -> list[dict]:
     summary = _summary_rows(rows, n_models, agree)
     if speedups and summary:
         summary[0]["ratio"] = 1 / statistics.median(speedups)   # median per-model ratio
-    return rows + summary
+    flashrnn = flashrnn_class_rows(quick, progress, cpsat if has_cpsat else None)
+    flashrnn = add_ratios(flashrnn, BASELINE)  # "pair_ratio" is the one to read
+    return rows + summary + flashrnn

@@ -2,8 +2,10 @@
 
     python -m tests.constrint.bench_solver [--repeats N] [--no-plans]
 
-Models: the FlashRNN-sized model of tests/constrint/tiling_models.py in a few configurations
-and, unless --no-plans, the fused_rnn and linear_scan plan models of flashseq (when importable).
+Models: the FlashRNN-class models of tests/constrint/tiling_models.py (fused_step_tiling_model,
+without objective = time to a first feasible point, and with its register objective = time to a
+proven optimum), the FlashRNN-sized model (flashrnn_like_model) in a few configurations and,
+unless --no-plans, the fused_rnn and linear_scan plan models of flashseq (when importable).
 Each solve is timed on a freshly built model (CP-SAT: translation and start-up included); prints
 one line per model and the median per solver. Not a test: timings depend on the machine's load.
 """
@@ -11,13 +13,22 @@ import argparse
 import statistics
 import time
 
-from tests.constrint.tiling_models import flashrnn_like_model
+from tests.constrint.tiling_models import flashrnn_like_model, fused_step_tiling_model
 
 FLASHRNN_CONFIGS = [dict(), dict(batch=64, hidden=256), dict(batch=8, hidden=1024, gates=3),
                     dict(hidden=512, heads=4), dict(batch=32, hidden=384)]
 
 
+CLASS_CONFIGS = [dict(), dict(batch=64, head_dim=256, heads=3), dict(batch=8, head_dim=512, heads=4),
+                 dict(dtype="float32"), dict(batch=32, head_dim=384, heads=2),
+                 dict(batch=8, head_dim=1024, gates=3), dict(batch=16, head_dim=64, heads=16)]
+
+
 def model_builders(with_plans):
+    for config in CLASS_CONFIGS:
+        for objective in (None, "registers"):
+            yield (f"flashrnn-class {config or 'default'} {objective or 'first'}",
+                   lambda c=config, o=objective: fused_step_tiling_model(objective=o, **c)[0])
     for config in FLASHRNN_CONFIGS:
         yield f"flashrnn-like {config or 'default'}", lambda c=config: flashrnn_like_model(**c)[0]
     if not with_plans:

@@ -66,3 +66,23 @@ def test_flashrnn_sized_model_matches_cpsat(config):
     assert ours.objective == ref.objective
     assert is_feasible(model, ours.values)
     assert model.objective[0].evaluate(ours.values) == ours.objective
+
+
+def test_flashrnn_class_model_shape_and_cpsat_agreement():
+    # the problem class of tiling_models.fused_step_tiling_model: FlashRNN-sized (~57 variables,
+    # ~60 constraints, domains up to 2**30, products and divisibility)
+    from constrint.expr import Divides, Product, walk
+    from tests.constrint.tiling_models import fused_step_tiling_model
+    model, v = fused_step_tiling_model(batch=16, head_dim=256, heads=2)
+    assert 50 <= len(model.variables) <= 65 and 50 <= len(model.constraints) <= 70
+    assert max(x.hi for x in model.variables) == 2 ** 30
+    nodes = [n for c in model.constraints for e in c.expressions() for n in walk(e)]
+    assert sum(isinstance(c, Divides) for c in model.constraints) >= 6
+    assert sum(isinstance(n, Product) for n in nodes) >= 20
+    ours, ref = model.solve(), cpsat.solve(model)
+    assert ours.status == ref.status == "optimal" and ours.objective == ref.objective
+    assert is_feasible(model, ours.values)
+    first, _ = fused_step_tiling_model(batch=16, head_dim=256, heads=2, objective=None)
+    point = first.solve()
+    assert point.status == "optimal" and point.objective is None and is_feasible(first, point.values)
+    assert cpsat.solve(first).status == "optimal"

@@ -95,3 +95,14 @@ def test_flashrnn_sized_model_work_stays_bounded():
     sol = flashrnn_like_model()[0].solve()
     assert sol.status == "optimal" and sol.objective == 5712
     assert sol.stats["nodes"] <= 15 and sol.stats["runs"] <= 3500, sol.stats
+
+
+def test_flashrnn_class_model_work_stays_bounded():
+    # fused_step_tiling_model (the FlashRNN problem class) when written: first feasible point in
+    # 27 nodes / 756 runs, proven optimum in 471 nodes / 48,442 runs
+    from tests.constrint.tiling_models import fused_step_tiling_model
+    first = fused_step_tiling_model(objective=None)[0].solve()
+    assert first.status == "optimal" and first.stats["nodes"] <= 40 and first.stats["runs"] <= 1000
+    best = fused_step_tiling_model()[0].solve()
+    assert best.status == "optimal" and best.objective == 244736
+    assert best.stats["nodes"] <= 600 and best.stats["runs"] <= 60000, best.stats

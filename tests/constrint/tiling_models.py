@@ -109,3 +109,115 @@ def flashrnn_like_model(batch=16, hidden=768, gates=4, heads=1, elem_bytes=2, gp
           + 20 * v["b_padded"] + ci.cdiv(400, occupancy))
     m.minimize(step)
     return m, v
+
+
+# ---- the FlashRNN problem class ---------------------------------------------------------------
+ELEM_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def fused_step_tiling_model(batch=16, head_dim=768, heads=1, gates=4, dtype="bfloat16",
+                            gpu=GPU, objective="registers"):
+    """(model, {name: var}): the tiling problem of a fused RNN kernel, forward and backward pass.
+
+    Written from this description of the problem class (the class FlashRNN's fused LSTM kernels
+    solve before compiling; no other project's model text is used):
+
+    Work. Every time step, for each of `heads` heads, a persistent kernel multiplies the state
+    h [B, K] by the recurrent matrix R [K, N] of that head. Forward: K = D (head dim), N = G*D
+    (G recurrent gates); backward: the transposed product, K = G*D, N = D. Each pass has its own
+    tiling; the two share the problem sizes and the GPU. B is the batch padded to a multiple of 8.
+
+    Variables (integers in [1, 2**30] unless a smaller set is stated; ~57 in all):
+      - problem sizes and GPU limits (B, D, G, heads, G*D, SM count, thread cap, register budget,
+        shared-memory cap): wide variables fixed by an equality, as a model written in a text
+        format states them, so equality chains carry them into the rest of the model;
+      - per pass and per dimension d in {b (batch), n (output rows), k (reduction)}: the tensor
+        core fragment size frag_d (frag_b, frag_n in {8, 16, 32} with frag_b * frag_n = 256,
+        frag_k = 16 for 16-bit inputs; 16 x 16 x 8 for fp32), the warps along d in a block
+        (warp tile count), the fragments one warp walks along d (loop count), the block tile
+        and the blocks along d (block tile count);
+      - per pass: head groups (blocks along heads), warps per block, blocks in the grid;
+        fragments of R a warp keeps in registers across steps ("cached"), elements of R held in
+        registers per block, accumulator registers; shared memory for the uncached part of R's
+        block tile, for partial sums when warps split the reduction, for the h tile, and in all.
+
+    Constraints:
+      - products equal to problem sizes: blocks_d * block_d = size_d and
+        block_d = warps_d * loop_d * frag_d for each dimension; head groups * heads per group =
+        heads; warps = warps_b * warps_n * warps_k; blocks = product of the block counts;
+      - divisibility by tensor-core multiples: 16 | D, the warp's k-extent (warps_k * frag_k)
+        divides K, frag_n divides the block's rows, frag_b * frag_b's loop count divides B;
+      - caps: 32 * warps <= a quarter of the thread limit (room for two blocks), loop_b <= 4,
+        all blocks resident at once (blocks <= SMs: the grid synchronises every step); registers
+        (R's cached elements + fp32 accumulators + h fragments, in 16-bit units) <= the register
+        budget per block; shared memory (uncached R + split-K partial sums + h with padding)
+        <= the per-block cap;
+      - cached <= the fragments a warp walks (loop_n * loop_k).
+
+    Objective ("registers"): maximise the elements of R held in registers, forward plus backward
+    pass (each avoids a shared-memory read per step); objective=None: feasibility only (the
+    first point, as FlashRNN's solver answers).
+    """
+    m = ci.Model()
+    v = {}
+
+    def var(name, lo=1, hi=BIG, values=None):
+        v[name] = m.int_var(name, values=values) if values is not None else m.int_var(name, lo, hi)
+        return v[name]
+
+    elem = ELEM_BYTES[dtype]
+    units = 2 if elem == 2 else 1  # registers are counted in 16-bit units for 16-bit inputs
+    acc_units = 4 // elem
+    sizes = dict(batch=-(-batch // 8) * 8, head_dim=head_dim, gates=gates, heads=heads,
+                 sms=gpu["sms"], max_threads=gpu["max_threads"] // 4,
+                 reg_budget=gpu["regs_per_block"] * units, smem_cap=gpu["smem"])
+    for name, value in sizes.items():
+        m.add(var(name) == value)
+    rows = var("rows")
+    m.add(rows == v["gates"] * v["head_dim"])
+    m.add(ci.divides(16, v["head_dim"]))
+    frags = [8, 16, 32] if elem == 2 else [16]
+    k_frag = 16 if elem == 2 else 8
+    registers = []
+    for p, (n_size, k_size) in (("fwd", (rows, v["head_dim"])), ("bwd", (v["head_dim"], rows))):
+        fb, fn = var(f"{p}_frag_b", values=frags), var(f"{p}_frag_n", values=frags)
+        fk = var(f"{p}_frag_k")
+        m.add(fb * fn == 256)
+        m.add(fk == k_frag)
+        tiles = {}
+        for d, size, frag in (("b", v["batch"], fb), ("n", n_size, fn), ("k", k_size, fk)):
+            grid, block = var(f"{p}_blocks_{d}"), var(f"{p}_block_{d}")
+            warps, loop = var(f"{p}_warps_{d}", 1, 32), var(f"{p}_loop_{d}")
+            m.add(grid * block == size)
+            m.add(block == warps * loop * frag)
+            tiles[d] = (grid, block, warps, loop)
+        m.add(tiles["b"][3] <= 4)
+        m.add(ci.divides(tiles["k"][2] * fk, k_size))
+        m.add(ci.divides(fn, tiles["n"][1]))
+        m.add(ci.divides(fb * tiles["b"][3], v["batch"]))
+        groups, per_group = var(f"{p}_head_groups"), var(f"{p}_heads_per_block")
+        m.add(groups * per_group == v["heads"])
+        warps = var(f"{p}_warps", 1, 32)
+        m.add(warps == tiles["b"][2] * tiles["n"][2] * tiles["k"][2])
+        m.add(32 * warps <= v["max_threads"])
+        blocks = var(f"{p}_blocks")
+        m.add(blocks == tiles["b"][0] * tiles["n"][0] * tiles["k"][0] * groups)
+        m.add(blocks <= v["sms"])
+        cached, reg_w = var(f"{p}_cached", 0, BIG), var(f"{p}_reg_w", 0, BIG)
+        m.add(cached <= tiles["n"][3] * tiles["k"][3])
+        m.add(reg_w == cached * fk * fn * warps)
+        acc = var(f"{p}_acc_regs", 0, BIG)
+        m.add(acc == acc_units * warps * tiles["b"][3] * tiles["n"][3] * fb * fn)
+        m.add(per_group * (reg_w + acc + warps * fb * fk * tiles["k"][3]) <= v["reg_budget"])
+        smem = var(f"{p}_smem", 0, BIG)
+        smem_w = var(f"{p}_smem_w", 0, BIG)
+        m.add(smem_w + elem * reg_w == elem * tiles["n"][1] * tiles["k"][1])
+        m.add(smem == per_group * (smem_w + 4 * (tiles["k"][2] - 1) * tiles["b"][1] * tiles["n"][1]
+                                   + elem * tiles["b"][1] * (tiles["k"][1] + 8)))
+        m.add(smem <= v["smem_cap"])
+        registers.append(per_group * reg_w)
+    if objective == "registers":
+        m.maximize(registers[0] + registers[1])
+    elif objective is not None:
+        raise ValueError(f"objective must be 'registers' or None, got {objective!r}")
+    return m, v

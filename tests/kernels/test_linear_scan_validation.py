@@ -99,3 +99,11 @@ def test_triton_backend_refuses_plain_cpu_tensors(monkeypatch):
     a = _gla()
     with pytest.raises(NotImplementedError, match="backend 'triton' cannot run"):
         flashseq.ops.chunk_gla(a["q"], a["k"], a["v"], a["g"], backend="triton")
+
+
+def test_triton_backend_refuses_bfloat16_in_the_interpreter(monkeypatch):
+    """The interpreter's bf16 tl.dot is wrong: an explicit request is refused, never answered."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    a = {name: t.to(torch.bfloat16) if name != "g" else t for name, t in _gla().items()}
+    with pytest.raises(NotImplementedError, match="bfloat16 under the Triton interpreter"):
+        flashseq.ops.fused_recurrent_gla(a["q"], a["k"], a["v"], a["g"], backend="triton")

@@ -16,6 +16,8 @@ import importlib.util
 import os
 import warnings
 
+import torch
+
 BACKEND_NAMES = ("auto", "reference", "torch", "triton")
 TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 # ops with Triton kernels (triton_ops.py), chunkwise and step by step
@@ -40,6 +42,9 @@ def triton_unavailable_reason(device) -> str | None:
 def triton_unsupported_reason(problem, recurrent: bool) -> str | None:
     if str(problem.dtype) not in TRITON_DTYPES:
         return f"dtype {problem.dtype} is not served (float16, bfloat16, float32)"
+    if problem.dtype == torch.bfloat16 and problem.device.type == "cpu":
+        return ("bfloat16 under the Triton interpreter computes tl.dot wrongly; use a GPU, or "
+                "float16/float32")
     served = TRITON_RECURRENT_OPS if recurrent else TRITON_CHUNK_OPS
     if problem.op not in served:
         return f"no Triton {'recurrent' if recurrent else 'chunkwise'} kernel for {problem.op!r} yet"

@@ -149,7 +149,7 @@ class Model:
         deadline = _deadline(time_limit)
         start = time.perf_counter()
         flat = Flat(self)
-        search = Search(flat, deadline)
+        search = Search(flat, deadline, first_point=True)
         names = [v.name for v in self.variables]
         best = None
         best_obj = None

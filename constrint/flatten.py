@@ -4,6 +4,8 @@ Every expression becomes a polynomial {monomial: coef} over "atoms" (model varia
 auxiliary variables); each monomial of degree >= 2 becomes one auxiliary variable defined by a
 product propagator (shared between all its occurrences), each ceiling division an auxiliary
 variable defined by a CeilDiv propagator, and each comparison one linear propagator over atoms.
+A constraint `x == a * b * ...` or `x == cdiv(n, d)` with x a model variable makes x itself the
+propagator's output (no auxiliary variable, no equality).
 """
 from math import gcd
 
@@ -236,6 +238,8 @@ class Flat:
         for side, other in ((constraint.lhs, constraint.rhs), (constraint.rhs, constraint.lhs)):
             if not isinstance(side, Var) or side.lo == side.hi or side.index in self._product_outs:
                 continue
+            if isinstance(other, CDiv):
+                return self._cdiv_as_var(side.index, other)
             poly = self._poly(other)
             if len(poly) != 1:
                 return False
@@ -250,6 +254,23 @@ class Flat:
             self.defs.append(("product", x, mono))
             return True
         return False
+
+    def _cdiv_as_var(self, x, node):
+        """`x == cdiv(n, d)`: the CeilDiv propagator writes x (as _product_as_var; on the 5
+        flashrnn_like_model configurations: propagator runs -7%, CPU time 0.91x, median
+        per-model paired ratio)."""
+        num = self._atom_of(self._poly(node.num))
+        den = self._atom_of(self._poly(node.den))
+        if self.lo[den] <= 0:
+            raise ValueError(f"cdiv divisor {node.den} may be {self.lo[den]} (its domain admits "
+                             "values <= 0); divisors must be positive")
+        if (num, den) in self._cdivs or x in (num, den):
+            return False
+        self._cdivs[(num, den)] = x
+        self._product_outs.add(x)
+        self.props.append(P.CeilDiv(x, num, den))
+        self.defs.append(("cdiv", x, (num, den)))
+        return True
 
     def _check_residue(self, divisor, dividend):
         """A constant divisor d of sum(a_i * t_i) + c: g = gcd(d, a_i...) divides the sum's terms

@@ -135,3 +135,24 @@ def test_variable_equal_to_a_product_is_the_products_output():
     key = lambda p: tuple(sorted(p.items()))
     assert sorted(map(key, m.solutions())) == sorted(map(key, points))
     assert m.solve().objective == best_objective(m, points)
+
+
+def test_variable_equal_to_a_ceiling_division_is_its_output():
+    from constrint.flatten import Flat
+    from tests.constrint.random_models import best_objective, brute_force
+    m = ci.Model()
+    n = m.int_var("n", -7, 30)
+    d = m.int_var("d", values=[1, 3, 4, 8])
+    q = m.int_var("q", -3, 6)
+    r = m.int_var("r", 0, 40)
+    m.add(q == ci.cdiv(n, d))
+    m.add(r == ci.cdiv(n + 7, d) * 2)   # not a plain cdiv: the general path
+    m.add(ci.cdiv(n, d) + r <= 12)       # the same cdiv elsewhere reads q
+    m.maximize(n - 2 * q + r)
+    flat = Flat(m)
+    assert q.index in [p.out for p in flat.props if type(p).__name__ == "CeilDiv"]
+    points = brute_force(m)
+    assert points
+    key = lambda p: tuple(sorted(p.items()))
+    assert sorted(map(key, m.solutions())) == sorted(map(key, points))
+    assert m.solve().objective == best_objective(m, points)

@@ -23,9 +23,14 @@ pytestmark = pytest.mark.skipif(
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 
 
-def check(case, fn, B, T, H, K, V, dtype, *, N=None, cu_seqlens=None, with_state=True, seed=0):
+def check(case, fn, B, T, H, K, V, dtype, *, N=None, cu_seqlens=None, with_state=True, seed=0,
+          adjust=None):
+    """``fn`` with backend="triton" vs the float64 reference on fresh inputs of ``case``
+    (``adjust(args) -> args`` may reshape their distribution first)."""
     args, kwargs, names = make_case(case, B, T, H, K, V, N=N, seed=seed, with_state=with_state,
                                     device=DEVICE)
+    if adjust is not None:
+        args = adjust(args)
     low_args, low_kwargs = cast(args, kwargs, dtype)
     ref_args, ref_kwargs = cast(low_args, low_kwargs, torch.float64)
     if cu_seqlens is not None:

@@ -21,7 +21,8 @@ ARCHS = (90, 80)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNELS = {
     "recurrent": ["gla_recurrent_bwd_kernel_dkv", "gla_recurrent_bwd_kernel_dq",
-                  "gla_recurrent_fwd_kernel"],
+                  "gla_recurrent_fwd_kernel", "mlstm_recurrent_bwd_kernel_dkv",
+                  "mlstm_recurrent_bwd_kernel_dq", "mlstm_recurrent_fwd_kernel"],
     "chunk": ["gla_chunk_bwd_kernel_dh", "gla_chunk_bwd_kernel_dqk", "gla_chunk_bwd_kernel_dv",
               "gla_chunk_fwd_kernel_cumsum", "gla_chunk_fwd_kernel_h", "gla_chunk_fwd_kernel_o"],
 }

@@ -22,6 +22,10 @@ from flashseq.kernels.fused_rnn.triton_compile import _TRITON_TYPES, _resource_u
 
 PTR_TYPES = {"G": "fp32", "GC": "fp32", "H0": "fp32", "HT": "fp32", "DHT": "fp32", "DH0": "fp32",
              "DQ": "fp32", "DK": "fp32", "CU": "i64", "CO": "i64", "CHUNKS": "i64"}
+# the mLSTM's gates and per-step scalars, its states (C, n, m) and their gradients
+PTR_TYPES.update({name: "fp32" for name in (
+    "I", "F_", "C0", "N0", "M0", "MS", "QN", "CT", "NT", "MT", "RDEN", "DQN", "DCT", "DNT", "DC0",
+    "DN0")})
 SCALARS = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
 
 
@@ -57,6 +61,13 @@ def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
     for kernel, extra in ((gla_recurrent_fwd_kernel, dict(HAS_H0=True, STORE_HT=True)),
                           (gla_recurrent_bwd_kernel_dq, dict(HAS_H0=True)),
                           (gla_recurrent_bwd_kernel_dkv, dict(HAS_DHT=True, HAS_H0=True))):
+        constexprs = dict(rec, **extra)
+        specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, 4, 1))
+    from .triton_recurrent_mlstm import (mlstm_recurrent_bwd_kernel_dkv,
+                                         mlstm_recurrent_bwd_kernel_dq, mlstm_recurrent_fwd_kernel)
+    for kernel, extra in ((mlstm_recurrent_fwd_kernel, dict(HAS_H0=True, STORE_HT=True)),
+                          (mlstm_recurrent_bwd_kernel_dq, dict(HAS_H0=True)),
+                          (mlstm_recurrent_bwd_kernel_dkv, dict(HAS_DHT=True, HAS_H0=True))):
         constexprs = dict(rec, **extra)
         specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, 4, 1))
     plan = plan_linear_scan("gla", 2, 2048, 16, dim, dim, dtype, gpu)

@@ -20,7 +20,10 @@ DIMS = (64, 128)
 ARCHS = (90, 80)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNELS = {
-    "recurrent": ["gla_recurrent_bwd_kernel_dkv", "gla_recurrent_bwd_kernel_dq",
+    # the delta rule's kernels twice: n_h = 1 and 2 (DeltaProduct)
+    "recurrent": ["delta_recurrent_bwd_kernel_dkv"] * 2 + ["delta_recurrent_bwd_kernel_dq"] * 2
+                 + ["delta_recurrent_fwd_kernel"] * 2
+                 + ["gla_recurrent_bwd_kernel_dkv", "gla_recurrent_bwd_kernel_dq",
                   "gla_recurrent_fwd_kernel", "mlstm_recurrent_bwd_kernel_dkv",
                   "mlstm_recurrent_bwd_kernel_dq", "mlstm_recurrent_fwd_kernel"],
     "chunk": ["gla_chunk_bwd_kernel_dh", "gla_chunk_bwd_kernel_dqk", "gla_chunk_bwd_kernel_dv",
@@ -43,7 +46,7 @@ def _compile(kind):
     reports = {}
     for line in proc.stdout.splitlines():
         rep = json.loads(line)
-        print(f"{rep['kernel']:30s} K=V={rep['dim']:3d} sm_{rep['arch']} BT={rep['BT']} "
+        print(f"{rep['kernel']:30s} NH={rep['NH']} K=V={rep['dim']:3d} sm_{rep['arch']} BT={rep['BT']} "
               f"BK={rep['BK']} BV={rep['BV']} warps={rep['num_warps']} | regs {rep['n_regs']} "
               f"stack {rep['stack_bytes']} local {rep['local_bytes']} | shared {rep['shared']}")
         reports.setdefault((rep["dim"], rep["arch"]), []).append(rep)

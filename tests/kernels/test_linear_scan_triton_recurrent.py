@@ -1,6 +1,7 @@
-"""Triton step kernels of the mLSTM and the (gated) delta rule vs the float64 reference: forward,
-final state and every gradient, with NaN-poisoned outputs (as test_linear_scan_triton.py does for
-GLA). On CPU under TRITON_INTERPRET=1, fp32 and fp16, tiny shapes.
+"""Triton step kernels of the mLSTM and the (gated) delta rule / DeltaProduct vs the float64
+reference: forward, final state and every gradient, with NaN-poisoned outputs (as
+test_linear_scan_triton.py does for GLA). On CPU under TRITON_INTERPRET=1, fp32 and fp16, tiny
+shapes.
 
 The mLSTM's output divides by max(|q . n|, exp(-m)); where random inputs bring |q . n| close to 0
 above a small floor, float32 itself loses digits (the float32 reference misses the float64 one by
@@ -91,3 +92,47 @@ def test_mlstm_custom_ops_fake():
 def test_fused_recurrent_mlstm_gpu_bf16(T):
     check("mlstm", flashseq.ops.fused_recurrent_mlstm, 2, T, 4, 128, 128, torch.bfloat16,
           adjust=mlstm_inputs)
+
+
+@pytest.mark.parametrize("case", ["delta", "gdelta", "dprod2"])
+def test_fused_recurrent_delta_rule_fp32(nan_poison_empty, case):
+    """T = 67 from an initial state: plain, gated, and gated DeltaProduct with n_h = 2."""
+    check(case, flashseq.ops.fused_recurrent_delta_rule, 2, 67, 2, 12, 20, torch.float32)
+
+
+@pytest.mark.parametrize("case", ["gdelta", "dprod2"])
+def test_fused_recurrent_delta_rule_fp16_v_blocks(nan_poison_empty, case):
+    """fp16 inputs, no initial state, several V blocks (V = 40 > BV = 16 at K = 200)."""
+    check(case, flashseq.ops.fused_recurrent_delta_rule, 2, 9, 2, 200, 40, torch.float16,
+          with_state=False)
+
+
+def test_fused_recurrent_delta_rule_cu_seqlens(nan_poison_empty):
+    """Three packed sequences of the gated DeltaProduct (n_h = 2), each from its own state."""
+    cu = torch.tensor([0, 3, 11, 16], device=DEVICE)
+    check("dprod2", flashseq.ops.fused_recurrent_delta_rule, 1, 16, 2, 8, 8, torch.float32, N=3,
+          cu_seqlens=cu)
+
+
+def test_delta_custom_ops_fake():
+    """The delta rule custom ops' schemas and fake implementations agree with the kernels."""
+    from flashseq.kernels.linear_scan import triton_ops_delta as ops
+    gen = torch.Generator().manual_seed(0)
+    q, do = (torch.randn(1, 5, 1, 16, generator=gen).to(DEVICE) for _ in range(2))
+    k, v = (torch.randn(1, 5, 2, 1, 16, generator=gen).to(DEVICE) for _ in range(2))
+    beta = torch.rand(1, 5, 2, 1, generator=gen).to(DEVICE)
+    g = -torch.rand(1, 5, 1, generator=gen).to(DEVICE)
+    h0, dht = (torch.randn(1, 1, 16, 16, generator=gen).to(DEVICE) for _ in range(2))
+    checks = ("test_schema", "test_faketensor")
+    torch.library.opcheck(ops.delta_triton_fwd, (q, k, v, beta, g, h0, None, 0.25, True, 2),
+                          test_utils=checks)
+    u = ops.delta_triton_fwd(q, k, v, beta, g, h0, None, 0.25, False, 2)[1]
+    torch.library.opcheck(ops.delta_triton_bwd, (q, k, v, beta, g, h0, u, do, dht, None, 0.25, 2),
+                          test_utils=checks)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["gdelta", "dprod2"])
+@pytest.mark.parametrize("T", [64, 1000])
+def test_fused_recurrent_delta_rule_gpu_bf16(T, case):
+    check(case, flashseq.ops.fused_recurrent_delta_rule, 2, T, 4, 128, 128, torch.bfloat16)

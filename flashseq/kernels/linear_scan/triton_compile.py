@@ -25,7 +25,7 @@ PTR_TYPES = {"G": "fp32", "GC": "fp32", "H0": "fp32", "HT": "fp32", "DHT": "fp32
 # the mLSTM's gates and per-step scalars, its states (C, n, m) and their gradients
 PTR_TYPES.update({name: "fp32" for name in (
     "I", "F_", "C0", "N0", "M0", "MS", "QN", "CT", "NT", "MT", "RDEN", "DQN", "DCT", "DNT", "DC0",
-    "DN0")})
+    "DN0", "BETA", "U", "DU", "DB", "R")})
 SCALARS = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
 
 
@@ -70,6 +70,15 @@ def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
                           (mlstm_recurrent_bwd_kernel_dkv, dict(HAS_DHT=True, HAS_H0=True))):
         constexprs = dict(rec, **extra)
         specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, 4, 1))
+    from .triton_recurrent_delta import (FWD_WARPS, delta_recurrent_bwd_kernel_dkv,
+                                         delta_recurrent_bwd_kernel_dq, delta_recurrent_fwd_kernel)
+    for nh in (1, 2):   # the gated delta rule, and DeltaProduct with two Householder steps
+        for kernel, extra, warps in (
+                (delta_recurrent_fwd_kernel, dict(HAS_H0=True, STORE_HT=True), FWD_WARPS),
+                (delta_recurrent_bwd_kernel_dq, dict(HAS_H0=True), 4),
+                (delta_recurrent_bwd_kernel_dkv, dict(HAS_DHT=True, HAS_H0=True), 4)):
+            constexprs = dict(rec, NH=nh, HAS_G=True, **extra)
+            specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, warps, 1))
     plan = plan_linear_scan("gla", 2, 2048, 16, dim, dim, dtype, gpu)
     BT, BK, BV, W = capped_tiles(plan)
     tiles = dict(H=16, K=dim, V=dim, BT=BT, BK=BK, BV=BV)
@@ -108,7 +117,8 @@ def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16, kernels="all")
                                   options={"num_warps": num_warps, "num_stages": num_stages})
         report = {"kernel": kernel.__name__, "dim": dim, "arch": arch, "gpu": gpu,
                   "dtype": str(dtype).replace("torch.", ""), "BT": constexprs.get("BT"),
-                  "BK": constexprs["BK"], "BV": constexprs.get("BV"), "num_warps": num_warps,
+                  "BK": constexprs["BK"], "BV": constexprs.get("BV"), "NH": constexprs.get("NH"),
+                  "num_warps": num_warps,
                   "num_stages": num_stages, "stage": "cubin", "shared": compiled.metadata.shared}
         report.update(_resource_usage(compiled.asm["cubin"]))
         reports.append(report)

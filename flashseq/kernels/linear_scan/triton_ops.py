@@ -5,7 +5,8 @@ Served so far: ``chunk_gla`` (``triton_chunk.py``, ``triton_chunk_bwd.py``) and
 ``fused_recurrent_gla`` (``triton_recurrent.py``), wrapped as the ``torch.library`` custom ops
 ``flashseq::gla_triton_fwd`` and ``flashseq::gla_triton_bwd`` with fake implementations (so
 ``torch.compile`` traces through them) under one autograd Function; ``fused_recurrent_mlstm``
-(``triton_recurrent_mlstm.py``, its custom ops and autograd in ``triton_ops_mlstm.py``). Triton
+(``triton_recurrent_mlstm.py``, its custom ops and autograd in ``triton_ops_mlstm.py``);
+``fused_recurrent_delta_rule`` (``triton_recurrent_delta.py``, ``triton_ops_delta.py``). Triton
 is imported only when a call runs, so importing flashseq never imports it.
 """
 from __future__ import annotations
@@ -166,4 +167,9 @@ def run(op: str, recurrent: bool, *args, scale, initial_state=None, output_final
         from .triton_ops_mlstm import run_mlstm_recurrent
         return run_mlstm_recurrent(*args, scale=scale, initial_state=initial_state,
                                    output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    if op == "delta" and recurrent:
+        from .triton_ops_delta import run_delta_recurrent
+        return run_delta_recurrent(*args, scale=scale, initial_state=initial_state,
+                                   output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                                   **kwargs)
     raise NotImplementedError(f"no Triton kernel for {op!r} ({'recurrent' if recurrent else 'chunk'})")

@@ -53,7 +53,8 @@ def mlstm_triton_bwd(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, C0: 
     from .triton_recurrent_mlstm import mlstm_recurrent_bwd
     dq, dk, dv, dC0, dn0 = mlstm_recurrent_bwd(q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do, dCT,
                                                dnT, scale, cu_seqlens)
-    return dq, dk, dv, (dC0 if dC0 is not None else _empty(q)), (dn0 if dn0 is not None else _empty(q))
+    return (dq, dk, dv, dC0 if dC0 is not None else _empty(q),
+            dn0 if dn0 is not None else _empty(q))
 
 
 @mlstm_triton_bwd.register_fake
@@ -77,13 +78,13 @@ def _add_at_ends(x, values, cu_seqlens, first: bool):
     if cu_seqlens is None:
         x[:, 0 if first else -1] += values
     else:
-        idx = (cu_seqlens[:-1] if first else cu_seqlens[1:] - 1).to(device=x.device, dtype=torch.long)
-        x[0, idx] += values
+        idx = cu_seqlens[:-1] if first else cu_seqlens[1:] - 1
+        x[0, idx.to(device=x.device, dtype=torch.long)] += values
 
 
 def carried_reverse_sum(d, link):
     """``G_t = d_t + link_t * G_{t+1}`` along dim 1 of [B, T, H] for a 0/1 ``link`` that is 0 at
-    every sequence's last step: sums of d over runs of linked steps (float64 on the caller's side)."""
+    every sequence's last step: sums of d over runs of linked steps (callers pass float64)."""
     B, T, H = d.shape
     total = d.flip(1).cumsum(1).flip(1)                                   # sum_{u >= t} d_u
     steps = torch.arange(T, device=d.device).view(1, T, 1).expand(B, T, H)

@@ -1,4 +1,4 @@
-"""Triton step kernels of ``fused_recurrent_delta_rule`` (gated, DeltaProduct): forward and backward.
+"""Triton step kernels of ``fused_recurrent_delta_rule`` (gated, DeltaProduct): forward, backward.
 
 Grid ``(cdiv(V, BV), N * H)`` as for GLA (``triton_recurrent.py``): one program owns a
 ``[BK, BV]`` fp32 block of the state S (BK covering all of K, so ``k S`` is local to the block)
@@ -95,7 +95,7 @@ def delta_recurrent_bwd_kernel_dkv(Q, K_, V_, BETA, G, U, DO, DHT, DK, DU, DB, R
         b_do = tl.load(DO + (t * H + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
         b_dh += b_q[:, None] * b_do[None, :]
         for jj in tl.static_range(NH):
-            row = (t * NH + NH - 1 - jj) * H + i_h                         # Householder steps in reverse
+            row = (t * NH + NH - 1 - jj) * H + i_h             # Householder steps in reverse
             b_k = tl.load(K_ + row * K + o_k, mask=m_k, other=0.0).to(tl.float32)
             b_v = tl.load(V_ + row * V + o_v, mask=m_v, other=0.0).to(tl.float32)
             b_u = tl.load(U + row * V + o_v, mask=m_v, other=0.0)

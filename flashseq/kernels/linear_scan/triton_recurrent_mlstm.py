@@ -191,8 +191,9 @@ def mlstm_recurrent_fwd(q, k, v, i, f, C0, n0, m0, scale, cu_seqlens, output_fin
     o = torch.empty_like(v)
     ms = q.new_empty(B, T, H, dtype=torch.float32)
     qn = q.new_empty(B, T, H, dtype=torch.float32)
-    final = ((q.new_empty(N, H, K, V, dtype=torch.float32), q.new_empty(N, H, K, dtype=torch.float32),
-              q.new_empty(N, H, dtype=torch.float32)) if output_final_state else (None,) * 3)
+    shapes = ((N, H, K, V), (N, H, K), (N, H))
+    final = (tuple(q.new_empty(s, dtype=torch.float32) for s in shapes) if output_final_state
+             else (None,) * 3)
     grid = (triton.cdiv(V, BV), N * H)
     mlstm_recurrent_fwd_kernel[grid](
         q, k, v, i, f, C0, n0, m0, o, ms, qn, *final, cu_seqlens, scale, T, H=H, K=K, V=V,

@@ -55,8 +55,10 @@ def test_measure_ratio_alternates_and_compares():
     fast = lambda: (order.append("base"), time.sleep(0.002))  # noqa: E731
     stats = measure_ratio(slow, fast, device="cpu", min_run_time=0.05)
     assert stats["pairs"] >= MIN_RUNS
-    # sleep never returns early, and overshoots by a similar absolute amount on both sides
-    assert 1.2 < stats["ratio"] < 3.2
+    # sleep never returns early, so the ratio is 3 give or take each side's overshoot; on a busy
+    # machine the overshoot of one side alone can reach a few ms (seen: 3.21 at load 9), so the
+    # upper bound only rules out a swapped or summed ratio (1/3 or 4 and up)
+    assert 1.2 < stats["ratio"] < 4.0
     assert stats["fn_ms"] >= 6.0 and stats["baseline_ms"] >= 2.0
     assert order[:4] == ["fn", "base", "fn", "base"]
 

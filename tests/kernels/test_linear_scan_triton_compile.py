@@ -27,7 +27,12 @@ KERNELS = {
                   "gla_recurrent_fwd_kernel", "mlstm_recurrent_bwd_kernel_dkv",
                   "mlstm_recurrent_bwd_kernel_dq", "mlstm_recurrent_fwd_kernel"],
     "chunk": ["gla_chunk_bwd_kernel_dh", "gla_chunk_bwd_kernel_dqk", "gla_chunk_bwd_kernel_dv",
-              "gla_chunk_fwd_kernel_cumsum", "gla_chunk_fwd_kernel_h", "gla_chunk_fwd_kernel_o"],
+              "gla_chunk_fwd_kernel_cumsum", "gla_chunk_fwd_kernel_h", "gla_chunk_fwd_kernel_o",
+              # the mLSTM's dq/dk kernel twice: once for dq, once for dk
+              "mlstm_chunk_bwd_kernel_dh", "mlstm_chunk_bwd_kernel_dqk",
+              "mlstm_chunk_bwd_kernel_dqk", "mlstm_chunk_bwd_kernel_dv",
+              "mlstm_chunk_fwd_kernel_gates", "mlstm_chunk_fwd_kernel_h",
+              "mlstm_chunk_fwd_kernel_o"],
 }
 
 pytest.importorskip("triton")
@@ -46,7 +51,8 @@ def _compile(kind):
     reports = {}
     for line in proc.stdout.splitlines():
         rep = json.loads(line)
-        print(f"{rep['kernel']:30s} NH={rep['NH']} K=V={rep['dim']:3d} sm_{rep['arch']} BT={rep['BT']} "
+        print(f"{rep['kernel']:30s} NH={rep['NH']} K=V={rep['dim']:3d} sm_{rep['arch']} "
+              f"BT={rep['BT']} "
               f"BK={rep['BK']} BV={rep['BV']} warps={rep['num_warps']} | regs {rep['n_regs']} "
               f"stack {rep['stack_bytes']} local {rep['local_bytes']} | shared {rep['shared']}")
         reports.setdefault((rep["dim"], rep["arch"]), []).append(rep)

@@ -80,11 +80,13 @@ def test_mlstm_custom_ops_fake():
     n0, dnT = (torch.randn(1, 1, 16, generator=gen).to(DEVICE) for _ in range(2))
     m0 = torch.randn(1, 1, generator=gen).to(DEVICE)
     checks = ("test_schema", "test_faketensor")
-    torch.library.opcheck(ops.mlstm_triton_fwd, (q, k, v, i, f, C0, n0, m0, None, 0.25, True),
+    torch.library.opcheck(ops.mlstm_triton_fwd,
+                          (q, k, v, i, f, C0, n0, m0, None, 0.25, True, False, []),
                           test_utils=checks)
-    ms = ops.mlstm_triton_fwd(q, k, v, i, f, C0, n0, m0, None, 0.25, False)[1]
+    ms = ops.mlstm_triton_fwd(q, k, v, i, f, C0, n0, m0, None, 0.25, False, False, [])[1]
     torch.library.opcheck(ops.mlstm_triton_bwd, (q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do,
-                                                 dCT, dnT, None, 0.25), test_utils=checks)
+                                                 dCT, dnT, None, 0.25, False, []),
+                          test_utils=checks)
 
 
 @pytest.mark.gpu

@@ -21,7 +21,7 @@ import torch
 BACKEND_NAMES = ("auto", "reference", "torch", "triton")
 TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 # ops with Triton kernels (triton_ops.py), chunkwise and step by step
-TRITON_CHUNK_OPS = ("gla",)
+TRITON_CHUNK_OPS = ("gla", "mlstm")
 TRITON_RECURRENT_OPS = ("gla", "mlstm", "delta")
 _warned: set = set()
 

@@ -25,7 +25,7 @@ PTR_TYPES = {"G": "fp32", "GC": "fp32", "H0": "fp32", "HT": "fp32", "DHT": "fp32
 # the mLSTM's gates and per-step scalars, its states (C, n, m) and their gradients
 PTR_TYPES.update({name: "fp32" for name in (
     "I", "F_", "C0", "N0", "M0", "MS", "QN", "CT", "NT", "MT", "RDEN", "DQN", "DCT", "DNT", "DC0",
-    "DN0", "BETA", "U", "DU", "DB", "R")})
+    "DN0", "BETA", "U", "DU", "DB", "R", "FC", "BEST", "CS", "NS", "DCS", "DNS", "MSTEP")})
 SCALARS = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
 
 
@@ -95,6 +95,33 @@ def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
                       if name in kernel.arg_names}
         # the launchers leave num_stages at triton's default
         specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, warps, 3))
+    specs += mlstm_chunk_specs(dim, dtype, gpu, dt)
+    return specs
+
+
+def mlstm_chunk_specs(dim, dtype, gpu, dt):
+    """The chunk mLSTM's kernels as ``triton_ops_mlstm`` launches them (plan's tiles, capped)."""
+    from .plan import plan_linear_scan
+    from .triton_chunk import MIN_WARPS_SCORES, precision
+    from .triton_chunk_mlstm import (mlstm_chunk_fwd_kernel_gates, mlstm_chunk_fwd_kernel_h,
+                                     mlstm_chunk_fwd_kernel_o)
+    from .triton_chunk_mlstm_bwd import (mlstm_chunk_bwd_kernel_dh, mlstm_chunk_bwd_kernel_dqk,
+                                         mlstm_chunk_bwd_kernel_dv)
+    from .triton_ops import capped_tiles
+    BT, BK, BV, W = capped_tiles(plan_linear_scan("mlstm", 2, 2048, 16, dim, dim, dtype, gpu))
+    tiles = dict(H=16, K=dim, V=dim, BT=BT, BK=BK, BV=BV, PREC=precision(dtype))
+    specs = []
+    for kernel, extra, warps in (
+            (mlstm_chunk_fwd_kernel_gates, {}, 4),
+            (mlstm_chunk_fwd_kernel_h, dict(HAS_H0=True, STORE_HT=True), W),
+            (mlstm_chunk_fwd_kernel_o, {}, max(W, MIN_WARPS_SCORES)),
+            (mlstm_chunk_bwd_kernel_dh, dict(HAS_DHT=True, HAS_H0=True), W),
+            (mlstm_chunk_bwd_kernel_dqk, dict(WANT_DQ=True), max(W, MIN_WARPS_SCORES)),
+            (mlstm_chunk_bwd_kernel_dqk, dict(WANT_DQ=False), max(W, MIN_WARPS_SCORES)),
+            (mlstm_chunk_bwd_kernel_dv, {}, max(W, MIN_WARPS_SCORES))):
+        constexprs = {name: value for name, value in dict(tiles, **extra).items()
+                      if name in kernel.arg_names}
+        specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, warps, 3))
     return specs
 
 
@@ -117,8 +144,8 @@ def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16, kernels="all")
                                   options={"num_warps": num_warps, "num_stages": num_stages})
         report = {"kernel": kernel.__name__, "dim": dim, "arch": arch, "gpu": gpu,
                   "dtype": str(dtype).replace("torch.", ""), "BT": constexprs.get("BT"),
-                  "BK": constexprs["BK"], "BV": constexprs.get("BV"), "NH": constexprs.get("NH"),
-                  "num_warps": num_warps,
+                  "BK": constexprs.get("BK"), "BV": constexprs.get("BV"),
+                  "NH": constexprs.get("NH"), "num_warps": num_warps,
                   "num_stages": num_stages, "stage": "cubin", "shared": compiled.metadata.shared}
         report.update(_resource_usage(compiled.asm["cubin"]))
         reports.append(report)

@@ -4,8 +4,9 @@ autograd Functions, and the calls the entry points make.
 Served so far: ``chunk_gla`` (``triton_chunk.py``, ``triton_chunk_bwd.py``) and
 ``fused_recurrent_gla`` (``triton_recurrent.py``), wrapped as the ``torch.library`` custom ops
 ``flashseq::gla_triton_fwd`` and ``flashseq::gla_triton_bwd`` with fake implementations (so
-``torch.compile`` traces through them) under one autograd Function; ``fused_recurrent_mlstm``
-(``triton_recurrent_mlstm.py``, its custom ops and autograd in ``triton_ops_mlstm.py``);
+``torch.compile`` traces through them) under one autograd Function; ``chunk_mlstm`` and
+``fused_recurrent_mlstm`` (``triton_chunk_mlstm.py``, ``triton_chunk_mlstm_bwd.py``,
+``triton_recurrent_mlstm.py``; custom ops and autograd in ``triton_ops_mlstm.py``);
 ``fused_recurrent_delta_rule`` (``triton_recurrent_delta.py``, ``triton_ops_delta.py``). Triton
 is imported only when a call runs, so importing flashseq never imports it.
 """
@@ -163,10 +164,11 @@ def run(op: str, recurrent: bool, *args, scale, initial_state=None, output_final
         tiles = chunk_tiles("gla", q, v, chunk_size)
         o, ht = GLATritonFunction.apply(q, k, v, g, h0, scale, cu, output_final_state, True, tiles)
         return o, (ht if output_final_state else None)
-    if op == "mlstm" and recurrent:
-        from .triton_ops_mlstm import run_mlstm_recurrent
-        return run_mlstm_recurrent(*args, scale=scale, initial_state=initial_state,
-                                   output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    if op == "mlstm":
+        from .triton_ops_mlstm import run_mlstm
+        tiles = None if recurrent else chunk_tiles("mlstm", args[0], args[2], chunk_size)
+        return run_mlstm(*args, scale=scale, initial_state=initial_state,
+                         output_final_state=output_final_state, cu_seqlens=cu_seqlens, tiles=tiles)
     if op == "delta" and recurrent:
         from .triton_ops_delta import run_delta_recurrent
         return run_delta_recurrent(*args, scale=scale, initial_state=initial_state,

@@ -1,6 +1,7 @@
-"""``backend="triton"`` of ``fused_recurrent_mlstm``: the ``torch.library`` custom ops
-``flashseq::mlstm_triton_fwd`` / ``flashseq::mlstm_triton_bwd`` (with fake implementations) over
-the step kernels of ``triton_recurrent_mlstm.py``, under one autograd Function whose backward
+"""``backend="triton"`` of ``chunk_mlstm`` and ``fused_recurrent_mlstm``: the ``torch.library``
+custom ops ``flashseq::mlstm_triton_fwd`` / ``flashseq::mlstm_triton_bwd`` (with fake
+implementations) over the chunk kernels (``triton_chunk_mlstm.py``, ``triton_chunk_mlstm_bwd.py``)
+or the step kernels (``triton_recurrent_mlstm.py``), under one autograd Function whose backward
 turns dq, dk and the denominator's gradient into the gates' gradients (``mlstm_gate_grads``).
 """
 from __future__ import annotations
@@ -21,18 +22,25 @@ def _empty(q):
 @torch.library.custom_op("flashseq::mlstm_triton_fwd", mutates_args=())
 def mlstm_triton_fwd(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, C0: Optional[Tensor],
                      n0: Optional[Tensor], m0: Optional[Tensor], cu_seqlens: Optional[Tensor],
-                     scale: float, output_final_state: bool
+                     scale: float, output_final_state: bool, chunk: bool, tiles: list[int]
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """mLSTM forward on the step kernels: (o [B, T, H, V], m_t [B, T, H], qn_t [B, T, H], final
-    C [N, H, K, V], n [N, H, K], m [N, H] fp32, or empty tensors unless ``output_final_state``)."""
-    from .triton_recurrent_mlstm import mlstm_recurrent_fwd
-    o, ms, qn, final = mlstm_recurrent_fwd(q, k, v, i, f, C0, n0, m0, scale, cu_seqlens,
-                                           output_final_state)
+    """mLSTM forward on the chunk (``chunk``, with ``tiles``) or step kernels: (o [B, T, H, V],
+    m_t [B, T, H], qn_t [B, T, H], final C [N, H, K, V], n [N, H, K], m [N, H] fp32, or empty
+    tensors unless ``output_final_state``)."""
+    if chunk:
+        from .triton_chunk_mlstm import mlstm_chunk_fwd
+        o, ms, qn, final = mlstm_chunk_fwd(q, k, v, i, f, C0, n0, m0, scale, cu_seqlens,
+                                           output_final_state, tuple(tiles))
+    else:
+        from .triton_recurrent_mlstm import mlstm_recurrent_fwd
+        o, ms, qn, final = mlstm_recurrent_fwd(q, k, v, i, f, C0, n0, m0, scale, cu_seqlens,
+                                               output_final_state)
     return (o, ms, qn) + tuple(s if s is not None else _empty(q) for s in final)
 
 
 @mlstm_triton_fwd.register_fake
-def _mlstm_triton_fwd_fake(q, k, v, i, f, C0, n0, m0, cu_seqlens, scale, output_final_state):
+def _mlstm_triton_fwd_fake(q, k, v, i, f, C0, n0, m0, cu_seqlens, scale, output_final_state, chunk,
+                           tiles):
     B, T, H, K = q.shape
     N = B if cu_seqlens is None else cu_seqlens.shape[0] - 1
     V = v.shape[-1]
@@ -46,24 +54,44 @@ def _mlstm_triton_fwd_fake(q, k, v, i, f, C0, n0, m0, cu_seqlens, scale, output_
 def mlstm_triton_bwd(q: Tensor, k: Tensor, v: Tensor, i: Tensor, f: Tensor, C0: Optional[Tensor],
                      n0: Optional[Tensor], m0: Optional[Tensor], ms: Tensor, rden: Tensor,
                      dqn: Tensor, do: Tensor, dCT: Optional[Tensor], dnT: Optional[Tensor],
-                     cu_seqlens: Optional[Tensor], scale: float
+                     cu_seqlens: Optional[Tensor], scale: float, chunk: bool, tiles: list[int]
                      ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """mLSTM backward (states recomputed): (dq fp32, dk fp32, dv, dC0 fp32, dn0 fp32; the last two
     empty without an initial state)."""
-    from .triton_recurrent_mlstm import mlstm_recurrent_bwd
-    dq, dk, dv, dC0, dn0 = mlstm_recurrent_bwd(q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do, dCT,
-                                               dnT, scale, cu_seqlens)
+    if chunk:
+        from .triton_chunk_mlstm_bwd import mlstm_chunk_bwd
+        dq, dk, dv, dC0, dn0 = mlstm_chunk_bwd(q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do, dCT,
+                                               dnT, scale, cu_seqlens, tuple(tiles))
+    else:
+        from .triton_recurrent_mlstm import mlstm_recurrent_bwd
+        dq, dk, dv, dC0, dn0 = mlstm_recurrent_bwd(q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do,
+                                                   dCT, dnT, scale, cu_seqlens)
     return (dq, dk, dv, dC0 if dC0 is not None else _empty(q),
             dn0 if dn0 is not None else _empty(q))
 
 
 @mlstm_triton_bwd.register_fake
 def _mlstm_triton_bwd_fake(q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do, dCT, dnT, cu_seqlens,
-                           scale):
+                           scale, chunk, tiles):
     dC0 = torch.empty_like(C0, dtype=torch.float32) if C0 is not None else _empty(q)
     dn0 = torch.empty_like(n0, dtype=torch.float32) if n0 is not None else _empty(q)
     return (torch.empty_like(q, dtype=torch.float32), torch.empty_like(k, dtype=torch.float32),
             torch.empty_like(v), dC0, dn0)
+
+
+def carried_steps(ms, i, f, m0, cu_seqlens, exact: bool):
+    """Where ``lf_t + m_{t-1}`` won the max of the stabiliser (bool [B, T, H]). The step kernels
+    compute m_t as that max, so m_t != i_t says it exactly (``exact``); the chunk kernels form
+    m_t as ``F_t + max(...)``, which rounds, so there it is decided by comparing the two terms."""
+    if exact:
+        return ms != i.float()
+    prev = torch.cat([torch.zeros_like(ms[:, :1]), ms[:, :-1]], 1)
+    if cu_seqlens is not None:
+        starts = cu_seqlens[:-1].to(device=ms.device, dtype=torch.long)
+        prev[0, starts] = 0.0 if m0 is None else m0
+    elif m0 is not None:
+        prev[:, 0] = m0
+    return torch.nn.functional.logsigmoid(f.float()) + prev >= i.float()
 
 
 def _ends(x, cu_seqlens, first: bool):
@@ -94,7 +122,7 @@ def carried_reverse_sum(d, link):
     return total[:, :T] - total.gather(1, end + 1)
 
 
-def mlstm_gate_grads(q, k, f, i, dq, dk, dm_den, ms, m0, dC0, dn0, C0, n0, final, dfinal,
+def mlstm_gate_grads(q, k, f, i, dq, dk, dm_den, carried, dC0, dn0, C0, n0, final, dfinal,
                      cu_seqlens):
     """(di, df, dm0 or None) in float64 from the kernels' dq, dk and the stabiliser's path.
 
@@ -103,7 +131,7 @@ def mlstm_gate_grads(q, k, f, i, dq, dk, dm_den, ms, m0, dC0, dn0, C0, n0, final
     m_t's direct gradient is -A_t plus the denominator's ``dm_den``; the final state adds
     <C_T, dC_T> + <n_T, dn_T> to F's and subtracts it from m's at each sequence's last step.
     m_t = max(lf_t + m_{t-1}, i_t) then carries m's gradient to lf_t and m_{t-1} where the first
-    term won (``ms != i``), to i_t elsewhere."""
+    term won (``carried``, bool [B, T, H]), to i_t elsewhere."""
     A = (q.double() * dq.double()).sum(-1)
     Bk = (k.double() * dk.double()).sum(-1)
     dF = A - Bk
@@ -122,7 +150,6 @@ def mlstm_gate_grads(q, k, f, i, dq, dk, dm_den, ms, m0, dC0, dn0, C0, n0, final
     if dm_T is not None:
         _add_at_ends(dm, dm_T.double(), cu_seqlens, first=False)
     dlf = reverse_cumsum_per_sequence(dF, cu_seqlens)
-    carried = ms != i.float()                                             # lf + m_{t-1} won
     link = torch.cat([carried[:, 1:], torch.zeros_like(carried[:, :1])], 1)
     if cu_seqlens is not None:
         last = (cu_seqlens[1:] - 1).to(device=link.device, dtype=torch.long)
@@ -143,12 +170,13 @@ class MLSTMTritonFunction(torch.autograd.Function):
     and the final state; backward recomputes the states in its kernels."""
 
     @staticmethod
-    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, cu_seqlens, output_final_state):
+    def forward(ctx, q, k, v, i, f, C0, n0, m0, scale, cu_seqlens, output_final_state, chunk,
+                tiles):
         o, ms, qn, CT, nT, mT = mlstm_triton_fwd(q, k, v, i, f, C0, n0, m0, cu_seqlens, scale,
-                                                 output_final_state)
+                                                 output_final_state, chunk, list(tiles))
         final = (CT, nT, mT) if output_final_state else (None, None, None)
         ctx.save_for_backward(q, k, v, i, f, C0, n0, m0, o, ms, qn, cu_seqlens, *final)
-        ctx.scale = scale
+        ctx.scale, ctx.chunk, ctx.tiles = scale, chunk, list(tiles)
         ctx.set_materialize_grads(False)
         return (o,) + final
 
@@ -167,27 +195,30 @@ class MLSTMTritonFunction(torch.autograd.Function):
         dm_den = torch.where(by_qn, 0.0, -dden * floor)
         dq, dk, dv, dC0, dn0 = mlstm_triton_bwd(q, k, v, i, f, C0, n0, m0, ms,
                                                 (1.0 / den).contiguous(), dqn, do, dCT, dnT,
-                                                cu_seqlens, ctx.scale)
-        di, df, dm0 = mlstm_gate_grads(q, k, f, i, dq, dk, dm_den, ms, m0, dC0, dn0, C0, n0,
+                                                cu_seqlens, ctx.scale, ctx.chunk, ctx.tiles)
+        carried = carried_steps(ms, i, f, m0, cu_seqlens, exact=not ctx.chunk)
+        di, df, dm0 = mlstm_gate_grads(q, k, f, i, dq, dk, dm_den, carried, dC0, dn0, C0, n0,
                                        (CT, nT, mT), (dCT, dnT, dmT), cu_seqlens)
         has_h0 = C0 is not None
         # gradients in argument order: q, k, v, i, f, C0, n0, m0, scale, cu_seqlens,
-        # output_final_state
+        # output_final_state, chunk, tiles
         return (dq.to(q.dtype), dk.to(k.dtype), dv, di.to(i.dtype), df.to(f.dtype),
                 dC0 if has_h0 else None, dn0 if has_h0 else None,
-                dm0.float() if has_h0 else None, None, None, None)
+                dm0.float() if has_h0 else None, None, None, None, None, None)
 
 
-def run_mlstm_recurrent(q, k, v, i, f, *, scale, initial_state, output_final_state, cu_seqlens):
-    """``fused_recurrent_mlstm`` on the step kernels (arguments validated)."""
+def run_mlstm(q, k, v, i, f, *, scale, initial_state, output_final_state, cu_seqlens, tiles=None):
+    """``chunk_mlstm`` on the chunk kernels with ``tiles`` (BT, BK, BV, num_warps), or
+    ``fused_recurrent_mlstm`` on the step kernels (``tiles`` None); arguments validated."""
     q, k, v, i, f = (t.contiguous() for t in (q, k, v, i, f))
     C0 = n0 = m0 = None
     if initial_state is not None:
         C0, n0, m0 = (s.float().contiguous() for s in initial_state)
     cu = None if cu_seqlens is None else cu_seqlens.to(device=q.device, dtype=torch.int64)
     o, CT, nT, mT = MLSTMTritonFunction.apply(q, k, v, i, f, C0, n0, m0, scale, cu,
-                                              output_final_state)
+                                              output_final_state, tiles is not None, tiles or ())
     return o, ((CT, nT, mT) if output_final_state else None)
 
 
-__all__ = ["MLSTMTritonFunction", "run_mlstm_recurrent", "mlstm_gate_grads", "carried_reverse_sum"]
+__all__ = ["MLSTMTritonFunction", "run_mlstm", "mlstm_gate_grads", "carried_reverse_sum",
+           "carried_steps"]

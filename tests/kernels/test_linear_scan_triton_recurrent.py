@@ -138,3 +138,45 @@ def test_delta_custom_ops_fake():
 @pytest.mark.parametrize("T", [64, 1000])
 def test_fused_recurrent_delta_rule_gpu_bf16(T, case):
     check(case, flashseq.ops.fused_recurrent_delta_rule, 2, T, 4, 128, 128, torch.bfloat16)
+
+
+@pytest.mark.slow
+def test_fused_recurrent_delta_rule_beta2_long_finite():
+    """beta = 2 (every transition a reflection) over T = 4096: output, final state and every
+    gradient finite, and the forward as close to the float64 reference as the float32 reference
+    is, within 2x plus 1e-5. (Slow: about 40 s in the interpreter.)"""
+    gen = torch.Generator().manual_seed(0)
+    T = 4096
+    q, k, v = (torch.randn(1, T, 1, 16, generator=gen) for _ in range(3))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    beta = torch.full((1, T, 1), 2.0)
+    leaves = [x.to(DEVICE).requires_grad_() for x in (q, k, v, beta)]
+    o, S = flashseq.ops.fused_recurrent_delta_rule(*leaves, output_final_state=True,
+                                                   backend="triton")
+    (o.sum() + S.sum()).backward()
+    for name, x in zip(("o", "S", "dq", "dk", "dv", "dbeta"), [o, S] + [t.grad for t in leaves]):
+        assert torch.isfinite(x).all(), name
+    refs = [flashseq.ops.fused_recurrent_delta_rule(
+        *(x.detach().to(dtype) for x in leaves), output_final_state=True, backend="reference")
+        for dtype in (torch.float32, torch.float64)]
+    for name, x, x32, x64 in zip(("o", "S"), (o, S), *refs):
+        assert_close(name, x, x64, 2 * rel_err(x32, x64) + 1e-5)
+
+
+@pytest.mark.slow
+def test_mlstm_and_delta_compile_in_one_graph():
+    """torch.compile traces the Triton mLSTM (chunk and step kernels) and the Triton delta rule
+    through their custom ops without graph breaks, and the compiled calls give the eager
+    results. (Slow: torch.compile's start-up.)"""
+    args, kwargs, _ = make_case("mlstm", 1, 20, 1, 16, 16, seed=2, device=DEVICE)
+    m_args, m_kwargs = cast(mlstm_inputs(args), kwargs, torch.float32)
+    args, kwargs, _ = make_case("dprod2", 1, 20, 1, 16, 16, seed=2, device=DEVICE)
+    d_args, d_kwargs = cast(args, kwargs, torch.float32)
+    calls = [(flashseq.ops.fused_recurrent_mlstm, m_args, m_kwargs),
+             (flashseq.ops.chunk_mlstm, m_args, m_kwargs),
+             (flashseq.ops.fused_recurrent_delta_rule, d_args, d_kwargs)]
+    for fn, a, kw in calls:
+        def run(*tensors, fn=fn, kw=kw):
+            return fn(*tensors, backend="triton", **kw)[0]
+        compiled = torch.compile(run, fullgraph=True, backend="eager")
+        assert_close(fn.__name__, compiled(*a), run(*a), 1e-6)

@@ -36,11 +36,17 @@ def chunk_tiles(op, q, v, chunk_size=None):
     """(BT, BK, BV, num_warps) of the chunk kernels: the plan's for the device's GPU (on CPU,
     under the interpreter, the H100 entry stands in), capped by ``MAX_TILES``. ``chunk_size``
     overrides BT (tests)."""
-    from flashseq.kernels.fused_rnn.triton_function import gpu_spec
     B, T, H, K = q.shape
-    plan = _cached_plan(op, B, T, H, K, v.shape[-1], q.dtype, gpu_spec(q.device))
-    BT, BK, BV, W = capped_tiles(plan)
+    BT, BK, BV, W = _planned_tiles(op, B, T, H, K, v.shape[-1], q.dtype, q.device)
     return (chunk_size or BT, BK, BV, W)
+
+
+@torch.compiler.assume_constant_result
+def _planned_tiles(op, batch, steps, heads, k_dim, v_dim, dtype, device):
+    # a constant to torch.compile: it runs the solver once while tracing instead of tracing it
+    from flashseq.kernels.fused_rnn.triton_function import gpu_spec
+    return capped_tiles(_cached_plan(op, batch, steps, heads, k_dim, v_dim, dtype,
+                                     gpu_spec(device)))
 
 
 def capped_tiles(plan):

@@ -180,3 +180,25 @@ def test_mlstm_and_delta_compile_in_one_graph():
             return fn(*tensors, backend="triton", **kw)[0]
         compiled = torch.compile(run, fullgraph=True, backend="eager")
         assert_close(fn.__name__, compiled(*a), run(*a), 1e-6)
+
+
+def test_auto_takes_the_new_kernels_on_cuda(monkeypatch):
+    """backend="auto" on a CUDA problem picks Triton for chunk_mlstm and every recurrent twin,
+    and still falls back (with a warning) for the chunkwise delta rule, which has no kernel."""
+    import dataclasses
+    import warnings
+
+    from flashseq.kernels.linear_scan import backends
+    from flashseq.kernels.linear_scan.problem import validate_mlstm
+    args, _, _ = make_case("mlstm", 1, 4, 1, 8, 8)
+    problem = dataclasses.replace(validate_mlstm(*cast(args, {}, torch.float32)[0], None, None,
+                                                 None), device=torch.device("cuda"))
+    delta = dataclasses.replace(problem, op="delta")
+    monkeypatch.setattr(backends, "_warned", set())      # warnings given earlier in the run
+    assert backends.choose("auto", problem, False, "chunk_mlstm") == "triton"
+    for p in (problem, delta, dataclasses.replace(delta, num_householder=2)):
+        assert backends.choose("auto", p, True, "fused_recurrent") == "triton"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert backends.choose("auto", delta, False, "chunk_delta_rule") == "torch"
+    assert any("no Triton chunkwise kernel for 'delta'" in str(w.message) for w in caught)

@@ -18,16 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _bounds(CU, i_n, T, VARLEN: tl.constexpr):
-    if VARLEN:
-        bos = tl.load(CU + i_n).to(tl.int64)
-        eos = tl.load(CU + i_n + 1).to(tl.int64)
-    else:
-        bos = i_n.to(tl.int64) * T
-        eos = bos + T
-    return bos, eos
+from .triton_common import load_state, state_tile, step_program
 
 
 @triton.jit
@@ -35,17 +26,10 @@ def gla_recurrent_fwd_kernel(Q, K_, V_, G, H0, O, HT, CU, scale, T,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                              BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                              STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)                             # [BK, BV]
-    if HAS_H0:
-        b_h += tl.load(H0 + p_state, mask=m_h, other=0.0).to(tl.float32)
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     for t in range(bos, eos):
         p_k = (t * H + i_h) * K + o_k
         p_v = (t * H + i_h) * V + o_v
@@ -65,16 +49,10 @@ def gla_recurrent_bwd_kernel_dq(K_, V_, G, H0, DO, DQ, CU, scale, T, NT_ALL,
                                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                                 VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_h += tl.load(H0 + p_state, mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     # DQ is [NV, B*T, H, K] fp32: this V block's share of dq
     dq_base = i_v.to(tl.int64) * NT_ALL * H * K
     for t in range(bos, eos):
@@ -94,17 +72,10 @@ def gla_recurrent_bwd_kernel_dkv(Q, K_, V_, G, DO, DHT, DK, DV, DH0, CU, scale, 
                                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                                  BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                                  HAS_H0: tl.constexpr, VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)                            # [BK, BV]
-    if HAS_DHT:
-        b_dh += tl.load(DHT + p_state, mask=m_h, other=0.0).to(tl.float32)
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    b_dh = load_state(DHT, p_state, m_h, BK, BV, HAS_DHT)                # [BK, BV]
     dk_base = i_v.to(tl.int64) * NT_ALL * H * K
     for j in range(bos, eos):
         t = bos + eos - 1 - j                                              # steps in reverse

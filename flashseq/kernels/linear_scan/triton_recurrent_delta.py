@@ -24,7 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_recurrent import _bounds, block_sizes
+from .triton_common import load_state, state_tile, step_program
+from .triton_recurrent import block_sizes
 
 # The forward runs 8 warps: at 4, ptxas kept one address of the final-state store on the stack
 # across the step loop on sm_90 at K = V = 128 (8 bytes, at only 64-72 registers); at 8 no
@@ -38,16 +39,10 @@ def delta_recurrent_fwd_kernel(Q, K_, V_, BETA, G, H0, O, U, HT, CU, scale, T,
                                BK: tl.constexpr, BV: tl.constexpr, NH: tl.constexpr,
                                HAS_G: tl.constexpr, HAS_H0: tl.constexpr,
                                STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)                             # [BK, BV]
-    if HAS_H0:
-        p_h0 = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_h += tl.load(H0 + p_h0, mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     for t in range(bos, eos):
         if HAS_G:
             b_h = b_h * tl.exp(tl.load(G + t * H + i_h).to(tl.float32))
@@ -64,8 +59,7 @@ def delta_recurrent_fwd_kernel(Q, K_, V_, BETA, G, H0, O, U, HT, CU, scale, T,
         b_o = tl.sum(b_h * b_q[:, None], axis=0)                           # [BV]
         tl.store(O + (t * H + i_h) * V + o_v, b_o.to(O.dtype.element_ty), mask=m_v)
     if STORE_HT:
-        p_ht = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        tl.store(HT + p_ht, b_h, mask=m_k[:, None] & m_v[None, :])
+        tl.store(HT + p_state, b_h, mask=m_h)
 
 
 @triton.jit
@@ -74,17 +68,10 @@ def delta_recurrent_bwd_kernel_dkv(Q, K_, V_, BETA, G, U, DO, DHT, DK, DU, DB, R
                                    BK: tl.constexpr, BV: tl.constexpr, NH: tl.constexpr,
                                    HAS_G: tl.constexpr, HAS_DHT: tl.constexpr,
                                    HAS_H0: tl.constexpr, VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)                            # [BK, BV]
-    if HAS_DHT:
-        b_dh += tl.load(DHT + p_state, mask=m_h, other=0.0).to(tl.float32)
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    b_dh = load_state(DHT, p_state, m_h, BK, BV, HAS_DHT)                # [BK, BV]
     # DK [NV, B*T*NH, H, K], DB and R [NV, B*T*NH, H]: this V block's shares
     dk_base = i_v.to(tl.int64) * NT_ALL * NH * H * K
     db_base = i_v.to(tl.int64) * NT_ALL * NH * H
@@ -120,16 +107,10 @@ def delta_recurrent_bwd_kernel_dq(K_, BETA, G, H0, U, DU, DO, DQ, DK, CU, scale,
                                   BK: tl.constexpr, BV: tl.constexpr, NH: tl.constexpr,
                                   HAS_G: tl.constexpr, HAS_H0: tl.constexpr,
                                   VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_h += tl.load(H0 + p_state, mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     dq_base = i_v.to(tl.int64) * NT_ALL * H * K                            # DQ [NV, B*T, H, K]
     dk_base = i_v.to(tl.int64) * NT_ALL * NH * H * K
     for t in range(bos, eos):

@@ -25,7 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_recurrent import _bounds, block_sizes
+from .triton_common import load_state, state_tile, step_program
+from .triton_recurrent import block_sizes
 
 EPS_VALUE = 1e-6                 # the denominator's eps, as in reference.mlstm_reference
 EPS = tl.constexpr(EPS_VALUE)
@@ -42,14 +43,13 @@ def _logsigmoid(x):
 
 
 @triton.jit
-def _initial(C0, N0, M0, i_nh, o_k, o_v, m_k, m_v, K: tl.constexpr, V: tl.constexpr,
-             BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr):
-    b_C = tl.zeros([BK, BV], dtype=tl.float32)
+def _initial(C0, N0, M0, i_nh, o_k, m_k, p_C, m_C, K: tl.constexpr, BK: tl.constexpr,
+             BV: tl.constexpr, HAS_H0: tl.constexpr):
+    """The initial (C [BK, BV], n [BK], m [1]) fp32, zeros unless HAS_H0."""
+    b_C = load_state(C0, p_C, m_C, BK, BV, HAS_H0)                       # [BK, BV]
     b_n = tl.zeros([BK], dtype=tl.float32)
     b_m = tl.zeros([1], dtype=tl.float32)
     if HAS_H0:
-        p_C = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        b_C += tl.load(C0 + p_C, mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
         b_n += tl.load(N0 + i_nh.to(tl.int64) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
         b_m += tl.load(M0 + i_nh + tl.arange(0, 1)).to(tl.float32)
     return b_C, b_n, b_m
@@ -69,14 +69,11 @@ def mlstm_recurrent_fwd_kernel(Q, K_, V_, I, F_, C0, N0, M0, O, MS, QN, CT, NT, 
                                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                                BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                                STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_C, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_C = i_nh.to(tl.int64) * K * V + p_blk                               # [BK, BV]
     first = tl.arange(0, 1) < (i_v == 0).to(tl.int32)                  # [1]: block 0 writes n, m
-    b_C, b_n, b_m = _initial(C0, N0, M0, i_nh, o_k, o_v, m_k, m_v, K, V, BK, BV, HAS_H0)
+    b_C, b_n, b_m = _initial(C0, N0, M0, i_nh, o_k, m_k, p_C, m_C, K, BK, BV, HAS_H0)
     for t in range(bos, eos):
         p_k = (t * H + i_h) * K + o_k
         p_v = (t * H + i_h) * V + o_v
@@ -94,8 +91,7 @@ def mlstm_recurrent_fwd_kernel(Q, K_, V_, I, F_, C0, N0, M0, O, MS, QN, CT, NT, 
         tl.store(MS + p_s, b_m, mask=first)
         tl.store(QN + p_s, b_qn, mask=first)
     if STORE_HT:
-        p_C = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
-        tl.store(CT + p_C, b_C, mask=m_k[:, None] & m_v[None, :])
+        tl.store(CT + p_C, b_C, mask=m_C)
         tl.store(NT + i_nh.to(tl.int64) * K + o_k, b_n, mask=m_k & (i_v == 0))
         tl.store(MT + i_nh + tl.arange(0, 1), b_m, mask=first)
 
@@ -105,14 +101,11 @@ def mlstm_recurrent_bwd_kernel_dq(K_, V_, I, F_, C0, N0, M0, RDEN, DQN, DO, DQ, 
                                   NT_ALL, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                                   BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                                   VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_C, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_C = i_nh.to(tl.int64) * K * V + p_blk                               # [BK, BV]
     only_first = (i_v == 0).to(tl.float32)                              # n's share: block 0
-    b_C, b_n, b_m = _initial(C0, N0, M0, i_nh, o_k, o_v, m_k, m_v, K, V, BK, BV, HAS_H0)
+    b_C, b_n, b_m = _initial(C0, N0, M0, i_nh, o_k, m_k, p_C, m_C, K, BK, BV, HAS_H0)
     dq_base = i_v.to(tl.int64) * NT_ALL * H * K                          # DQ [NV, B*T, H, K]
     for t in range(bos, eos):
         p_k = (t * H + i_h) * K + o_k
@@ -135,19 +128,13 @@ def mlstm_recurrent_bwd_kernel_dkv(Q, K_, V_, I, F_, M0, MS, RDEN, DQN, DO, DCT,
                                    K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
                                    BV: tl.constexpr, HAS_DHT: tl.constexpr,
                                    HAS_H0: tl.constexpr, VARLEN: tl.constexpr):
-    i_v, i_nh = tl.program_id(0), tl.program_id(1)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos, eos = _bounds(CU, i_n, T, VARLEN)
-    o_k = tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_C = m_k[:, None] & m_v[None, :]
-    p_C = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]
+    i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
+    o_k, o_v, m_k, m_v, m_C, p_blk = state_tile(0, i_v, K, V, BK, BV)
+    p_C = i_nh.to(tl.int64) * K * V + p_blk                               # [BK, BV]
     only_first = (i_v == 0).to(tl.float32)
-    b_dC = tl.zeros([BK, BV], dtype=tl.float32)
+    b_dC = load_state(DCT, p_C, m_C, BK, BV, HAS_DHT)                    # [BK, BV]
     b_dn = tl.zeros([BK], dtype=tl.float32)
     if HAS_DHT:
-        b_dC += tl.load(DCT + p_C, mask=m_C, other=0.0).to(tl.float32)
         b_dn += tl.load(DNT + i_nh.to(tl.int64) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     dk_base = i_v.to(tl.int64) * NT_ALL * H * K
     for j in range(bos, eos):

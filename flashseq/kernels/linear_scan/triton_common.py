@@ -63,14 +63,14 @@ def chunk_steps(t0, eos, BT: tl.constexpr):
 
 @triton.jit
 def state_tile(i_k, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """(o_k [BK], o_v [BV], m_k [BK], m_v [BV], m_h [BK, BV], p_blk [BK, BV]): the tile's K and V
-    offsets, their masks, and its offsets within one [K, V] state."""
+    """(o_k [BK], o_v [BV], m_k [BK], m_v [BV], m_h [BK, BV]): the tile's K and V offsets and
+    their masks. Callers form the tile's addresses themselves (``o_k[:, None] * V + o_v[None, :]``
+    plus their base, in that order: ptxas allots registers by how the int64 sums associate)."""
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
     m_h = m_k[:, None] & m_v[None, :]
-    p_blk = o_k[:, None] * V + o_v[None, :]
-    return o_k, o_v, m_k, m_v, m_h, p_blk
+    return o_k, o_v, m_k, m_v, m_h
 
 
 @triton.jit

@@ -27,8 +27,8 @@ def gla_recurrent_fwd_kernel(Q, K_, V_, G, H0, O, HT, CU, scale, T,
                              BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                              STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    o_k, o_v, m_k, m_v, m_h = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
     b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     for t in range(bos, eos):
         p_k = (t * H + i_h) * K + o_k
@@ -50,8 +50,8 @@ def gla_recurrent_bwd_kernel_dq(K_, V_, G, H0, DO, DQ, CU, scale, T, NT_ALL,
                                 BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                                 VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    o_k, o_v, m_k, m_v, m_h = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
     b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     # DQ is [NV, B*T, H, K] fp32: this V block's share of dq
     dq_base = i_v.to(tl.int64) * NT_ALL * H * K
@@ -73,8 +73,8 @@ def gla_recurrent_bwd_kernel_dkv(Q, K_, V_, G, DO, DHT, DK, DV, DH0, CU, scale, 
                                  BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                                  HAS_H0: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    o_k, o_v, m_k, m_v, m_h = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
     b_dh = load_state(DHT, p_state, m_h, BK, BV, HAS_DHT)                # [BK, BV]
     dk_base = i_v.to(tl.int64) * NT_ALL * H * K
     for j in range(bos, eos):
@@ -105,11 +105,17 @@ def block_sizes(K: int, V: int) -> tuple[int, int]:
     return BK, BV
 
 
-def gla_recurrent_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state):
-    """Launch the forward: (o [B, T, H, V] q's dtype, final state [N, H, K, V] fp32 or None)."""
+def launch_sizes(q, v, cu_seqlens):
+    """(B, T, H, K, V, N) of q [B, T, H, K] and v [..., V]; N = B or len(cu_seqlens) - 1."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    return B, T, H, K, V, N
+
+
+def gla_recurrent_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state):
+    """Launch the forward: (o [B, T, H, V] q's dtype, final state [N, H, K, V] fp32 or None)."""
+    B, T, H, K, V, N = launch_sizes(q, v, cu_seqlens)
     BK, BV = block_sizes(K, V)
     o = torch.empty_like(v)
     ht = q.new_empty(N, H, K, V, dtype=torch.float32) if output_final_state else None
@@ -123,9 +129,7 @@ def gla_recurrent_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state):
 
 def gla_recurrent_bwd(q, k, v, g, h0, do, dht, scale, cu_seqlens):
     """Launch both backward kernels: (dq, dk, dv, dh0 or None) with dq, dk fp32 [B, T, H, K]."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    B, T, H, K, V, N = launch_sizes(q, v, cu_seqlens)
     BK, BV = block_sizes(K, V)
     NV = triton.cdiv(V, BV)
     grid = (NV, N * H)
@@ -142,4 +146,4 @@ def gla_recurrent_bwd(q, k, v, g, h0, do, dht, scale, cu_seqlens):
     return dq.sum(0), dk.sum(0), dv, dh0
 
 
-__all__ = ["gla_recurrent_fwd", "gla_recurrent_bwd", "block_sizes"]
+__all__ = ["gla_recurrent_fwd", "gla_recurrent_bwd", "block_sizes", "launch_sizes"]

@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import load_state, state_tile, step_program
-from .triton_recurrent import block_sizes
+from .triton_recurrent import block_sizes, launch_sizes
 
 # The forward runs 8 warps: at 4, ptxas kept one address of the final-state store on the stack
 # across the step loop on sm_90 at K = V = 128 (8 bytes, at only 64-72 registers); at 8 no
@@ -40,8 +40,8 @@ def delta_recurrent_fwd_kernel(Q, K_, V_, BETA, G, H0, O, U, HT, CU, scale, T,
                                HAS_G: tl.constexpr, HAS_H0: tl.constexpr,
                                STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    o_k, o_v, m_k, m_v, m_h = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
     b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     for t in range(bos, eos):
         if HAS_G:
@@ -69,8 +69,8 @@ def delta_recurrent_bwd_kernel_dkv(Q, K_, V_, BETA, G, U, DO, DHT, DK, DU, DB, R
                                    HAS_G: tl.constexpr, HAS_DHT: tl.constexpr,
                                    HAS_H0: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    o_k, o_v, m_k, m_v, m_h = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
     b_dh = load_state(DHT, p_state, m_h, BK, BV, HAS_DHT)                # [BK, BV]
     # DK [NV, B*T*NH, H, K], DB and R [NV, B*T*NH, H]: this V block's shares
     dk_base = i_v.to(tl.int64) * NT_ALL * NH * H * K
@@ -108,8 +108,8 @@ def delta_recurrent_bwd_kernel_dq(K_, BETA, G, H0, U, DU, DO, DQ, DK, CU, scale,
                                   HAS_G: tl.constexpr, HAS_H0: tl.constexpr,
                                   VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_h, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_state = i_nh.to(tl.int64) * K * V + p_blk                           # [BK, BV]
+    o_k, o_v, m_k, m_v, m_h = state_tile(0, i_v, K, V, BK, BV)
+    p_state = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]  # [BK, BV]
     b_h = load_state(H0, p_state, m_h, BK, BV, HAS_H0)                   # [BK, BV]
     dq_base = i_v.to(tl.int64) * NT_ALL * H * K                            # DQ [NV, B*T, H, K]
     dk_base = i_v.to(tl.int64) * NT_ALL * NH * H * K
@@ -131,17 +131,10 @@ def delta_recurrent_bwd_kernel_dq(K_, BETA, G, H0, U, DU, DO, DQ, DK, CU, scale,
         tl.store(DQ + dq_base + p_q, tl.sum(b_h * b_do[None, :], axis=1) * scale, mask=m_k)
 
 
-def _sizes(q, v, cu_seqlens):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
-    return B, T, H, K, V, N
-
-
 def delta_recurrent_fwd(q, k, v, beta, g, h0, scale, cu_seqlens, output_final_state, nh):
     """Launch the forward: (o [B, T, H, V] q's dtype, u [B, T, nh, H, V] fp32, final state
     [N, H, K, V] fp32 or None). k, v, beta may carry the n_h axis (``nh`` > 1) or not."""
-    B, T, H, K, V, N = _sizes(q, v, cu_seqlens)
+    B, T, H, K, V, N = launch_sizes(q, v, cu_seqlens)
     BK, BV = block_sizes(K, V)
     o = q.new_empty(B, T, H, V, dtype=v.dtype)
     u = q.new_empty(B, T, nh, H, V, dtype=torch.float32)
@@ -157,7 +150,7 @@ def delta_recurrent_fwd(q, k, v, beta, g, h0, scale, cu_seqlens, output_final_st
 def delta_recurrent_bwd(q, k, v, beta, g, h0, u, do, dht, scale, cu_seqlens, nh):
     """Launch both backward kernels: (dq [B, T, H, K], dk [B, T, nh, H, K], dv (= du)
     [B, T, nh, H, V], dbeta [B, T, nh, H], v . du [B, T, nh, H], dh0 or None), all fp32."""
-    B, T, H, K, V, N = _sizes(q, v, cu_seqlens)
+    B, T, H, K, V, N = launch_sizes(q, v, cu_seqlens)
     BK, BV = block_sizes(K, V)
     NV = triton.cdiv(V, BV)
     grid = (NV, N * H)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .triton_common import load_state, state_tile, step_program
-from .triton_recurrent import block_sizes
+from .triton_recurrent import block_sizes, launch_sizes
 
 EPS_VALUE = 1e-6                 # the denominator's eps, as in reference.mlstm_reference
 EPS = tl.constexpr(EPS_VALUE)
@@ -70,8 +70,8 @@ def mlstm_recurrent_fwd_kernel(Q, K_, V_, I, F_, C0, N0, M0, O, MS, QN, CT, NT, 
                                BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                                STORE_HT: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_C, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_C = i_nh.to(tl.int64) * K * V + p_blk                               # [BK, BV]
+    o_k, o_v, m_k, m_v, m_C = state_tile(0, i_v, K, V, BK, BV)
+    p_C = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]     # [BK, BV]
     first = tl.arange(0, 1) < (i_v == 0).to(tl.int32)                  # [1]: block 0 writes n, m
     b_C, b_n, b_m = _initial(C0, N0, M0, i_nh, o_k, m_k, p_C, m_C, K, BK, BV, HAS_H0)
     for t in range(bos, eos):
@@ -102,8 +102,8 @@ def mlstm_recurrent_bwd_kernel_dq(K_, V_, I, F_, C0, N0, M0, RDEN, DQN, DO, DQ, 
                                   BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                                   VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_C, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_C = i_nh.to(tl.int64) * K * V + p_blk                               # [BK, BV]
+    o_k, o_v, m_k, m_v, m_C = state_tile(0, i_v, K, V, BK, BV)
+    p_C = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]     # [BK, BV]
     only_first = (i_v == 0).to(tl.float32)                              # n's share: block 0
     b_C, b_n, b_m = _initial(C0, N0, M0, i_nh, o_k, m_k, p_C, m_C, K, BK, BV, HAS_H0)
     dq_base = i_v.to(tl.int64) * NT_ALL * H * K                          # DQ [NV, B*T, H, K]
@@ -129,8 +129,8 @@ def mlstm_recurrent_bwd_kernel_dkv(Q, K_, V_, I, F_, M0, MS, RDEN, DQN, DO, DCT,
                                    BV: tl.constexpr, HAS_DHT: tl.constexpr,
                                    HAS_H0: tl.constexpr, VARLEN: tl.constexpr):
     i_v, i_nh, i_h, bos, eos = step_program(CU, T, H, VARLEN)
-    o_k, o_v, m_k, m_v, m_C, p_blk = state_tile(0, i_v, K, V, BK, BV)
-    p_C = i_nh.to(tl.int64) * K * V + p_blk                               # [BK, BV]
+    o_k, o_v, m_k, m_v, m_C = state_tile(0, i_v, K, V, BK, BV)
+    p_C = i_nh.to(tl.int64) * K * V + o_k[:, None] * V + o_v[None, :]     # [BK, BV]
     only_first = (i_v == 0).to(tl.float32)
     b_dC = load_state(DCT, p_C, m_C, BK, BV, HAS_DHT)                    # [BK, BV]
     b_dn = tl.zeros([BK], dtype=tl.float32)
@@ -171,9 +171,7 @@ def mlstm_recurrent_bwd_kernel_dkv(Q, K_, V_, I, F_, M0, MS, RDEN, DQN, DO, DCT,
 def mlstm_recurrent_fwd(q, k, v, i, f, C0, n0, m0, scale, cu_seqlens, output_final_state):
     """Launch the forward: (o [B, T, H, V], m [B, T, H] fp32, qn [B, T, H] fp32, and the final
     (C, n, m) fp32, or Nones unless ``output_final_state``)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    B, T, H, K, V, N = launch_sizes(q, v, cu_seqlens)
     BK, BV = block_sizes(K, V)
     o = torch.empty_like(v)
     ms = q.new_empty(B, T, H, dtype=torch.float32)
@@ -194,9 +192,7 @@ def mlstm_recurrent_bwd(q, k, v, i, f, C0, n0, m0, ms, rden, dqn, do, dCT, dnT, 
     """Launch both backward kernels: (dq, dk fp32 [B, T, H, K], dv, dC0, dn0 fp32 or None).
     ``rden`` = 1 / den_t and ``dqn`` (the gradient of qn_t) are [B, T, H] fp32; dCT and dnT are
     both given or both None."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+    B, T, H, K, V, N = launch_sizes(q, v, cu_seqlens)
     BK, BV = block_sizes(K, V)
     NV = triton.cdiv(V, BV)
     grid = (NV, N * H)

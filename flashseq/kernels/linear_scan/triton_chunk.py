@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
+
 BC = 16   # row group of the intra-chunk scores; tl.dot's smallest tile
 # Kernels that rebuild the scores (output, dv) run at least 8 warps: at 4 the output kernel
 # needed 250 registers (sm_90, BT 64, BK 32, BV 32, K = V = 128), at 8 it needs 174.
@@ -31,8 +33,7 @@ MIN_WARPS_SCORES = 8
 def gla_chunk_fwd_kernel_cumsum(G, GC, CHUNKS, H: tl.constexpr, K: tl.constexpr,
                                 BT: tl.constexpr, BK: tl.constexpr):
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
     o_t = t0 + tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m = (o_t < eos)[:, None] & (o_k < K)[None, :]
@@ -46,24 +47,15 @@ def gla_chunk_fwd_kernel_h(K_, V_, GC, H0, HS, HT, CU, CO,
                            H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                            BK: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr,
                            STORE_HT: tl.constexpr, PREC: tl.constexpr):
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(CU + i_n).to(tl.int64)
-    eos = tl.load(CU + i_n + 1).to(tl.int64)
-    c0 = tl.load(CO + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_blk = o_k[:, None] * V + o_v[None, :]
+    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
+    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
     b_h = tl.zeros([BK, BV], dtype=tl.float32)                                 # [BK, BV]
     if HAS_H0:
         b_h += tl.load(H0 + i_nh.to(tl.int64) * K * V + p_blk, mask=m_h, other=0.0)
     for c in range(0, tl.cdiv(eos - bos, BT)):
         tl.store(HS + ((c0 + c) * H + i_h) * K * V + p_blk, b_h.to(HS.dtype.element_ty), mask=m_h)
-        o_t = bos + c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + c * BT + BT, eos) - 1
+        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
         p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
         b_k = tl.load(K_ + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)       # [BT, BK]
         b_g = tl.load(GC + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -129,11 +121,10 @@ def gla_chunk_fwd_kernel_o(Q, K_, V_, GC, HS, O, CHUNKS, scale,
                            BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                            PREC: tl.constexpr):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    o_t = t0 + tl.arange(0, BT)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, _ = chunk_steps(t0, eos, BT)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_t, m_v = o_t < eos, o_v < V
+    m_v = o_v < V
     b_v = tl.load(V_ + (o_t[:, None] * H + i_h) * V + o_v[None, :],
                   mask=m_t[:, None] & m_v[None, :], other=0.0)                       # [BT, BV]
     p_hs = HS + (i_c.to(tl.int64) * H + i_h) * K * V

@@ -21,6 +21,7 @@ import triton.language as tl
 
 from .triton_chunk import (BC, MIN_WARPS_SCORES, chunk_layout, gla_chunk_cumsum, gla_chunk_scores,
                            gla_chunk_states, precision)
+from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
 
 # The dq/dk kernel holds the most live blocks; its V loop runs in blocks of 16 at 8 warps (at
 # BV 32 its sm_80 cubin spilled 72 B at BT 64, BK 32; at BV 16: none, 198 registers).
@@ -32,16 +33,9 @@ def gla_chunk_bwd_kernel_dh(Q, GC, DO, DHT, DHS, DH0, CU, CO, scale,
                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                             BK: tl.constexpr, BV: tl.constexpr, HAS_DHT: tl.constexpr,
                             HAS_H0: tl.constexpr, PREC: tl.constexpr):
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(CU + i_n).to(tl.int64)
-    eos = tl.load(CU + i_n + 1).to(tl.int64)
-    c0 = tl.load(CO + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_blk = o_k[:, None] * V + o_v[None, :]
+    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
+    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)                                # [BK, BV]
     if HAS_DHT:
         b_dh += tl.load(DHT + i_nh.to(tl.int64) * K * V + p_blk, mask=m_h, other=0.0)
@@ -49,9 +43,7 @@ def gla_chunk_bwd_kernel_dh(Q, GC, DO, DHT, DHS, DH0, CU, CO, scale,
     for j in range(0, NTn):
         c = NTn - 1 - j
         tl.store(DHS + ((c0 + c) * H + i_h) * K * V + p_blk, b_dh.to(DHS.dtype.element_ty), mask=m_h)
-        o_t = bos + c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + c * BT + BT, eos) - 1
+        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
         p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
         b_q = tl.load(Q + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)       # [BT, BK]
         b_g = tl.load(GC + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)
@@ -70,12 +62,10 @@ def gla_chunk_bwd_kernel_dv(Q, K_, GC, DO, DHS, DV, CHUNKS, scale,
                             BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                             PREC: tl.constexpr):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    last = tl.minimum(t0 + BT, eos) - 1
-    o_t = t0 + tl.arange(0, BT)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_t, m_v = o_t < eos, o_v < V
+    m_v = o_v < V
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)                                # [BT, BV]
     for i_grp in tl.static_range(0, BT // BC):
         r0 = t0 + i_grp * BC
@@ -108,14 +98,12 @@ def gla_chunk_bwd_kernel_dqk(Q, K_, V_, GC, DO, HS, DHS, DQ, DK, CHUNKS, scale,
                              BC: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                              PREC: tl.constexpr):
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    last = tl.minimum(t0 + BT, eos) - 1
-    o_t = t0 + tl.arange(0, BT)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     o_c = tl.arange(0, BT)
     o_j = tl.arange(0, BC)
-    m_t, m_k = o_t < eos, o_k < K
+    m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
     b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)              # [BT, BK]

@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from .triton_chunk import MIN_WARPS_SCORES, chunk_layout, precision
+from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
 from .triton_recurrent_mlstm import EPS, _logsigmoid
 
 
@@ -33,10 +34,8 @@ def _max2(a, b):
 @triton.jit
 def mlstm_chunk_fwd_kernel_gates(I, F_, FC, BEST, CHUNKS, H: tl.constexpr, BT: tl.constexpr):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    o_t = t0 + tl.arange(0, BT)
-    m_t = o_t < eos
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, _ = chunk_steps(t0, eos, BT)
     p = o_t * H + i_h
     b_lf = tl.where(m_t, _logsigmoid(tl.load(F_ + p, mask=m_t, other=0.0).to(tl.float32)), 0.0)
     b_F = tl.cumsum(b_lf, axis=0)
@@ -50,17 +49,10 @@ def mlstm_chunk_fwd_kernel_h(K_, V_, I, FC, BEST, C0, N0, M0, CS, NS, MS, CT, NT
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                              HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(CU + i_n).to(tl.int64)
-    eos = tl.load(CU + i_n + 1).to(tl.int64)
-    c0 = tl.load(CO + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
+    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
+    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
     o_1 = tl.arange(0, 1)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_blk = o_k[:, None] * V + o_v[None, :]
     first_v = i_v == 0                                  # block column 0 writes n
     first_kv = o_1 < ((i_k == 0) & (i_v == 0)).to(tl.int32)   # block (0, 0) writes m
     b_C = tl.zeros([BK, BV], dtype=tl.float32)
@@ -75,9 +67,7 @@ def mlstm_chunk_fwd_kernel_h(K_, V_, I, FC, BEST, C0, N0, M0, CS, NS, MS, CT, NT
         tl.store(CS + p_c * K * V + p_blk, b_C, mask=m_h)
         tl.store(NS + p_c * K + o_k, b_n, mask=m_k & first_v)
         tl.store(MS + p_c + o_1, b_m, mask=first_kv)
-        o_t = bos + c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + c * BT + BT, eos) - 1
+        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
         b_F = tl.load(FC + o_t * H + i_h, mask=m_t, other=0.0)
         b_i = tl.load(I + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         b_Fl = tl.load(FC + last * H + i_h + o_1)
@@ -122,11 +112,10 @@ def mlstm_chunk_fwd_kernel_o(Q, K_, V_, I, FC, BEST, CS, NS, MS, O, MSTEP, QN, C
                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                              PREC: tl.constexpr):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    o_t = t0 + tl.arange(0, BT)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, _ = chunk_steps(t0, eos, BT)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_t, m_v = o_t < eos, o_v < V
+    m_v = o_v < V
     p_c = i_c.to(tl.int64) * H + i_h
     b_s = tl.zeros([BT, BT], dtype=tl.float32)
     b_qc = tl.zeros([BT, BV], dtype=tl.float32)

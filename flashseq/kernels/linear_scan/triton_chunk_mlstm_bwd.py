@@ -22,6 +22,7 @@ import triton.language as tl
 
 from .triton_chunk import MIN_WARPS_SCORES, chunk_layout, precision
 from .triton_chunk_mlstm import mlstm_chunk_gates, mlstm_chunk_states, mlstm_chunk_weights
+from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
 
 
 @triton.jit
@@ -29,16 +30,9 @@ def mlstm_chunk_bwd_kernel_dh(Q, FC, MSTEP, MS, RDEN, DQN, DO, DCT, DNT, DCS, DN
                               CO, scale, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                               HAS_DHT: tl.constexpr, HAS_H0: tl.constexpr, PREC: tl.constexpr):
-    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(CU + i_n).to(tl.int64)
-    eos = tl.load(CU + i_n + 1).to(tl.int64)
-    c0 = tl.load(CO + i_n).to(tl.int64)
-    o_k = i_k * BK + tl.arange(0, BK)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_h = m_k[:, None] & m_v[None, :]
-    p_blk = o_k[:, None] * V + o_v[None, :]
+    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
+    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
     first_v = i_v == 0
     b_dC = tl.zeros([BK, BV], dtype=tl.float32)
     b_dn = tl.zeros([BK], dtype=tl.float32)
@@ -51,9 +45,7 @@ def mlstm_chunk_bwd_kernel_dh(Q, FC, MSTEP, MS, RDEN, DQN, DO, DCT, DNT, DCS, DN
         p_c = (c0 + c) * H + i_h
         tl.store(DCS + p_c * K * V + p_blk, b_dC, mask=m_h)
         tl.store(DNS + p_c * K + o_k, b_dn, mask=m_k & first_v)
-        o_t = bos + c * BT + tl.arange(0, BT)
-        m_t = o_t < eos
-        last = tl.minimum(bos + c * BT + BT, eos) - 1
+        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
         b_m0 = tl.load(MS + p_c)
         b_mend = tl.load(MSTEP + last * H + i_h)
         b_Fl = tl.load(FC + last * H + i_h)
@@ -92,11 +84,10 @@ def mlstm_chunk_bwd_kernel_dqk(Q, K_, V_, I, FC, BEST, MSTEP, MS, CS, NS, DCS, D
                                BV: tl.constexpr, WANT_DQ: tl.constexpr, PREC: tl.constexpr):
     # dq (WANT_DQ) or dk into DX: one launch each, as one holding both sums spilled on sm_80
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    o_t = t0 + tl.arange(0, BT)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, _ = chunk_steps(t0, eos, BT)
     o_k = i_k * BK + tl.arange(0, BK)
-    m_t, m_k = o_t < eos, o_k < K
+    m_k = o_k < K
     p_c = i_c.to(tl.int64) * H + i_h
     b_rden = tl.load(RDEN + o_t * H + i_h, mask=m_t, other=0.0)
     b_ds = tl.zeros([BT, BT], dtype=tl.float32)
@@ -143,11 +134,10 @@ def mlstm_chunk_bwd_kernel_dv(Q, K_, I, FC, BEST, MSTEP, MS, DCS, RDEN, DO, DV, 
                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                               PREC: tl.constexpr):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0 = tl.load(CHUNKS + 2 * i_c).to(tl.int64)
-    eos = tl.load(CHUNKS + 2 * i_c + 1).to(tl.int64)
-    o_t = t0 + tl.arange(0, BT)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, _ = chunk_steps(t0, eos, BT)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_t, m_v = o_t < eos, o_v < V
+    m_v = o_v < V
     p_c = i_c.to(tl.int64) * H + i_h
     b_s = tl.zeros([BT, BT], dtype=tl.float32)
     b_dve = tl.zeros([BT, BV], dtype=tl.float32)

@@ -131,9 +131,9 @@ def _v_dim(v, layout):
     return V
 
 
-def validate_gla(q, k, v, g, scale, initial_state, cu_seqlens) -> LinearProblem:
-    """Check ``chunk_gla``/``fused_recurrent_gla`` arguments (layouts in ``chunk_gla``)."""
-    B, T, H, K = _check_qkv(q)
+def _check_k_v(q, k, v):
+    """k [B, T, H, K] (q's shape) and v [B, T, H, V] of one key per step; returns V."""
+    B, T, H, _ = q.shape
     _tensor("k", k, 4, "[B, T, H, K]")
     _shape("k", k, q.shape, "[B, T, H, K] (q's shape)")
     _check_kv_dtype("k", k, q)
@@ -141,6 +141,13 @@ def validate_gla(q, k, v, g, scale, initial_state, cu_seqlens) -> LinearProblem:
     V = _v_dim(v, "[B, T, H, V]")
     _shape("v", v, (B, T, H, V), "[B, T, H, V]")
     _check_kv_dtype("v", v, q)
+    return V
+
+
+def validate_gla(q, k, v, g, scale, initial_state, cu_seqlens) -> LinearProblem:
+    """Check ``chunk_gla``/``fused_recurrent_gla`` arguments (layouts in ``chunk_gla``)."""
+    B, T, H, K = _check_qkv(q)
+    V = _check_k_v(q, k, v)
     _tensor("g", g, 4, "[B, T, H, K]")
     _shape("g", g, q.shape, "[B, T, H, K] (q's shape)")
     _same_device("g", g, q)
@@ -191,13 +198,7 @@ def validate_delta(q, k, v, beta, g, scale, initial_state, cu_seqlens, num_house
 def validate_mlstm(q, k, v, i, f, scale, initial_state, cu_seqlens) -> LinearProblem:
     """Check ``chunk_mlstm``/``fused_recurrent_mlstm`` arguments."""
     B, T, H, K = _check_qkv(q)
-    _tensor("k", k, 4, "[B, T, H, K]")
-    _shape("k", k, q.shape, "[B, T, H, K] (q's shape)")
-    _check_kv_dtype("k", k, q)
-    _tensor("v", v, 4, "[B, T, H, V]")
-    V = _v_dim(v, "[B, T, H, V]")
-    _shape("v", v, (B, T, H, V), "[B, T, H, V]")
-    _check_kv_dtype("v", v, q)
+    V = _check_k_v(q, k, v)
     for name, t in (("i", i), ("f", f)):
         _tensor(name, t, 3, "[B, T, H]")
         _shape(name, t, (B, T, H), "[B, T, H]")

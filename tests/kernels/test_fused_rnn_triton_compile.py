@@ -7,39 +7,31 @@ TRITON_INTERPRET unset (under the interpreter @triton.jit returns interpreter wr
 compiler cannot take). Registers, spills and shared memory come from cuobjdump on the cubin and
 are printed next to the plan's predictions (``pytest -s`` shows them).
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
+
+from tests.cubin_reports import compile_reports
 
 from flashseq.cells import CELLS
 
 CELL_NAMES = sorted(CELLS)
 HEAD_DIMS = (64, 256)
 ARCHS = (90, 80)
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 pytest.importorskip("triton")
 
 
 def _compile(cells, head_dims, archs, *extra):
     """{(cell, DH, arch): [fwd report, bwd report]} from one compile subprocess."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "flashseq.kernels.fused_rnn.triton_compile", *extra]
+    args = list(extra)
     for name in cells:
-        cmd += ["--cell", name]
+        args += ["--cell", name]
     for dh in head_dims:
-        cmd += ["--head-dim", str(dh)]
+        args += ["--head-dim", str(dh)]
     for arch in archs:
-        cmd += ["--arch", str(arch)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
-    assert proc.returncode == 0, f"compile subprocess failed:\n{proc.stderr[-4000:]}"
+        args += ["--arch", str(arch)]
     reports = {}
-    for line in proc.stdout.splitlines():
-        rep = json.loads(line)
+    for rep in compile_reports("flashseq.kernels.fused_rnn.triton_compile", args, timeout=1800):
         print(f"{rep['kernel']:28s} {rep['cell']:5s} DH={rep['head_dim']:3d} sm_{rep['arch']} "
               f"{rep['path']:8s} BB={rep['BB']} BH={rep['BH']} BK={rep['BK']} "
               f"warps={rep['num_warps']} stages={rep['num_stages']} | regs {rep['n_regs']} "

@@ -9,16 +9,13 @@ come from cuobjdump on the cubin (``pytest -s`` prints them). No kernel may spil
 The chunk kernels take about 4 minutes to compile on a shared 2-core machine, so their check is
 marked slow (``--runslow``); the recurrent kernels' check runs by default.
 """
-import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.cubin_reports import compile_reports
+
 DIMS = (64, 128)
 ARCHS = (90, 80)
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KERNELS = {
     # the delta rule's kernels twice: n_h = 1 and 2 (DeltaProduct)
     "recurrent": ["delta_recurrent_bwd_kernel_dkv"] * 2 + ["delta_recurrent_bwd_kernel_dq"] * 2
@@ -39,18 +36,13 @@ pytest.importorskip("triton")
 
 
 def _compile(kind):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [sys.executable, "-m", "flashseq.kernels.linear_scan.triton_compile", "--kernels", kind]
+    args = ["--kernels", kind]
     for dim in DIMS:
-        cmd += ["--dim", str(dim)]
+        args += ["--dim", str(dim)]
     for arch in ARCHS:
-        cmd += ["--arch", str(arch)]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=3600)
-    assert proc.returncode == 0, f"compile subprocess failed:\n{proc.stderr[-4000:]}"
+        args += ["--arch", str(arch)]
     reports = {}
-    for line in proc.stdout.splitlines():
-        rep = json.loads(line)
+    for rep in compile_reports("flashseq.kernels.linear_scan.triton_compile", args, timeout=3600):
         print(f"{rep['kernel']:30s} NH={rep['NH']} K=V={rep['dim']:3d} sm_{rep['arch']} "
               f"BT={rep['BT']} "
               f"BK={rep['BK']} BV={rep['BV']} warps={rep['num_warps']} | regs {rep['n_regs']} "

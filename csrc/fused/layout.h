@@ -1,0 +1,206 @@
+// Index math of the persistent fused_rnn kernels: which block owns which heads, units and gate
+// rows, which thread and lane hold which element of each tensor-core fragment, where partial
+// sums and h_t live in shared memory, and how h_t travels between the blocks of a head.
+//
+// Plain C++17 with no CUDA or torch headers: the kernels (nvcc) and a host simulation of a whole
+// block (tests/kernels/cuda_layout_sim.cpp, built with g++) call the same functions, so a layout
+// bug shows up on a CPU. Nothing here touches memory; every function maps indices to indices.
+//
+// The step's product, per block (see flashseq/kernels/fused_rnn/plan.py, CUDA model):
+//   D[row, b] = sum_k A[row, k] * B[k, b],  row = (gate, unit) of the block's G*BH gate rows,
+//   A[row, k] = r[gate, head, k, unit]      (recurrent weights: the mma A operand, registers),
+//   B[k, b]   = h_prev[b, head, k]          (h^T: the mma B operand, read from shared memory).
+// Warp (wm, wk) of the WM x WK warp grid owns gate rows [wm*RW, (wm+1)*RW), RW = G*BH/WM, and the
+// reduction slice k in [wk*KW, (wk+1)*KW), KW = DHP/WK; the WK partial sums meet in shared memory.
+#pragma once
+
+#if defined(__CUDACC__)
+#define FLASHSEQ_LAYOUT_FN __host__ __device__ __forceinline__ constexpr
+#else
+#define FLASHSEQ_LAYOUT_FN inline constexpr
+#endif
+
+namespace flashseq {
+namespace fused {
+
+// ---------------------------------------------------------------------------------------------
+// Fragments of one warp-wide mma.sync (PTX ISA, "Matrix fragments for mma.m16n8k16" and
+// ".m16n8k8" with .tf32). Lane = 4 * group + thread_in_group. Elements are numbered in register
+// order: for 16-bit types two elements share one 32-bit register, the lower index in the low half.
+// ---------------------------------------------------------------------------------------------
+struct RowCol {
+  int row;
+  int col;
+};
+
+template <int kK>
+struct MmaShape;
+
+// m16n8k16, A row-major 16x16 (8 elements per lane), B column-major 16x8 (4), C/D 16x8 fp32 (4).
+template <>
+struct MmaShape<16> {
+  static constexpr int kM = 16, kN = 8, kK = 16;
+  static constexpr int kAElems = 8, kBElems = 4, kCElems = 4;
+  FLASHSEQ_LAYOUT_FN static RowCol a(int lane, int i) {
+    return {(lane >> 2) + 8 * ((i >> 1) & 1), 2 * (lane & 3) + (i & 1) + 8 * (i >> 2)};
+  }
+  // B is indexed (k, n).
+  FLASHSEQ_LAYOUT_FN static RowCol b(int lane, int i) {
+    return {2 * (lane & 3) + (i & 1) + 8 * (i >> 1), lane >> 2};
+  }
+  FLASHSEQ_LAYOUT_FN static RowCol c(int lane, int i) {
+    return {(lane >> 2) + 8 * (i >> 1), 2 * (lane & 3) + (i & 1)};
+  }
+};
+
+// m16n8k8 with tf32 operands: A 16x8 (4 elements, one per register), B 8x8 (2), C/D as above.
+template <>
+struct MmaShape<8> {
+  static constexpr int kM = 16, kN = 8, kK = 8;
+  static constexpr int kAElems = 4, kBElems = 2, kCElems = 4;
+  FLASHSEQ_LAYOUT_FN static RowCol a(int lane, int i) {
+    return {(lane >> 2) + 8 * (i & 1), (lane & 3) + 4 * (i >> 1)};
+  }
+  FLASHSEQ_LAYOUT_FN static RowCol b(int lane, int i) { return {(lane & 3) + 4 * i, lane >> 2}; }
+  FLASHSEQ_LAYOUT_FN static RowCol c(int lane, int i) {
+    return {(lane >> 2) + 8 * (i >> 1), 2 * (lane & 3) + (i & 1)};
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// A plan's tiling (FusedRNNPlan fields of the CUDA back end) and everything derived from it.
+// ---------------------------------------------------------------------------------------------
+struct GateUnit {
+  int gate;
+  int unit;  // unit inside the block's slice, 0..BH-1
+};
+
+struct BatchUnit {
+  int b;     // row inside the block's batch tile, 0..BB-1
+  int unit;  // unit inside the block's slice, 0..BH-1
+};
+
+struct Tiling {
+  int G;    // gates of the cell
+  int BB;   // batch rows per block (mma N: a multiple of 8)
+  int BH;   // units of the head per block
+  int WM;   // warps over the G*BH gate rows (each a multiple of 16 rows)
+  int WK;   // warps splitting the reduction over DHP
+  int DHP;  // head size padded to a multiple of 16
+  int P;    // blocks per head (DHP / BH)
+  int K;    // mma K: 16 (bf16/fp16) or 8 (tf32)
+  int elem_bytes;  // bytes of one h element in shared memory (2 or 4)
+
+  FLASHSEQ_LAYOUT_FN int warps() const { return WM * WK; }
+  FLASHSEQ_LAYOUT_FN int threads() const { return 32 * WM * WK; }
+  FLASHSEQ_LAYOUT_FN int rows() const { return G * BH; }
+  FLASHSEQ_LAYOUT_FN int rows_per_warp() const { return G * BH / WM; }
+  FLASHSEQ_LAYOUT_FN int m_tiles() const { return rows_per_warp() / 16; }
+  FLASHSEQ_LAYOUT_FN int k_per_warp() const { return DHP / WK; }
+  FLASHSEQ_LAYOUT_FN int k_tiles() const { return DHP / (WK * K); }
+  FLASHSEQ_LAYOUT_FN int n_tiles() const { return BB / 8; }
+  // 32-bit registers of one A fragment per lane (4 for both shapes) and of the whole slice
+  FLASHSEQ_LAYOUT_FN int a_regs() const { return m_tiles() * k_tiles() * 4; }
+  // (batch, unit) elements of the pointwise step each thread owns (the last ones may be idle)
+  FLASHSEQ_LAYOUT_FN int elems_per_thread() const { return (BB * BH + threads() - 1) / threads(); }
+
+  // Why a tiling cannot be served; nullptr when it can. Checked by static_assert in the kernels
+  // and by the host test on every plan.
+  FLASHSEQ_LAYOUT_FN const char* invalid() const {
+    return (K != 16 && K != 8) ? "K must be 16 or 8"
+           : (BB % 8 != 0) ? "BB must be a multiple of 8 (mma N)"
+           : (DHP % 16 != 0) ? "DHP must be a multiple of 16"
+           : (P * BH != DHP) ? "P * BH must equal DHP"
+           : (rows() % (16 * WM) != 0) ? "G*BH must split into WM warps of whole 16-row tiles"
+           : (DHP % (WK * K) != 0) ? "DHP must split into WK warps of whole K tiles"
+           : (threads() > 1024) ? "at most 1024 threads per block"
+           : nullptr;
+  }
+
+  // -- warps ------------------------------------------------------------------------------------
+  FLASHSEQ_LAYOUT_FN int warp_m(int warp) const { return warp % WM; }
+  FLASHSEQ_LAYOUT_FN int warp_k(int warp) const { return warp / WM; }
+
+  // -- gate rows: gate-major inside a block, row = gate * BH + unit ------------------------------
+  FLASHSEQ_LAYOUT_FN GateUnit row_gate_unit(int row) const { return {row / BH, row % BH}; }
+  FLASHSEQ_LAYOUT_FN int gate_row(int gate, int unit) const { return gate * BH + unit; }
+
+  // -- A fragments (weights) -------------------------------------------------------------------
+  // Element i of lane `lane` in fragment (mt, kt) of warp `warp`: block gate row and k index.
+  FLASHSEQ_LAYOUT_FN RowCol a_elem(int warp, int mt, int kt, int lane, int i) const {
+    const RowCol rc = K == 16 ? MmaShape<16>::a(lane, i) : MmaShape<8>::a(lane, i);
+    return {warp_m(warp) * rows_per_warp() + 16 * mt + rc.row,
+            warp_k(warp) * k_per_warp() + K * kt + rc.col};
+  }
+
+  // -- B fragments (h^T from shared memory) ------------------------------------------------------
+  // The shared h buffer is [BB][h_stride()] elements: row b holds h_prev[b, head, 0..DHP).
+  // The padding (16 bytes) puts the 8 rows a fragment reads in distinct banks.
+  FLASHSEQ_LAYOUT_FN int h_stride() const { return DHP + 16 / elem_bytes; }
+  FLASHSEQ_LAYOUT_FN int h_buffer_elems() const { return BB * h_stride(); }
+  FLASHSEQ_LAYOUT_FN int h_offset(int b, int k) const { return b * h_stride() + k; }
+  // Element i of lane `lane` in fragment (nt, kt) of warp `warp`: (k, batch row).
+  FLASHSEQ_LAYOUT_FN RowCol b_elem(int warp, int nt, int kt, int lane, int i) const {
+    const RowCol kn = K == 16 ? MmaShape<16>::b(lane, i) : MmaShape<8>::b(lane, i);
+    return {warp_k(warp) * k_per_warp() + K * kt + kn.row, 8 * nt + kn.col};
+  }
+  FLASHSEQ_LAYOUT_FN int b_smem_offset(int warp, int nt, int kt, int lane, int i) const {
+    return h_offset(b_elem(warp, nt, kt, lane, i).col, b_elem(warp, nt, kt, lane, i).row);
+  }
+
+  // -- C fragments (fp32 partial sums) -> shared [WK][BB][partial_stride()] ------------------------
+  // Row stride = 4 (mod 32) words: the lanes of one store (8 rows x 4 column pairs) hit 32 banks.
+  FLASHSEQ_LAYOUT_FN int partial_stride() const { return rows() + ((4 - rows()) % 32 + 32) % 32; }
+  FLASHSEQ_LAYOUT_FN int partial_elems() const { return WK * BB * partial_stride(); }
+  FLASHSEQ_LAYOUT_FN int partial_offset(int wk, int b, int row) const {
+    return (wk * BB + b) * partial_stride() + row;
+  }
+  // (gate row, batch row) of element i of lane `lane` in accumulator (mt, nt) of warp `warp`.
+  FLASHSEQ_LAYOUT_FN RowCol c_elem(int warp, int mt, int nt, int lane, int i) const {
+    const RowCol rc = MmaShape<16>::c(lane, i);  // the same for both shapes
+    return {warp_m(warp) * rows_per_warp() + 16 * mt + rc.row, 8 * nt + rc.col};
+  }
+  FLASHSEQ_LAYOUT_FN int c_smem_offset(int warp, int mt, int nt, int lane, int i) const {
+    return partial_offset(warp_k(warp), c_elem(warp, mt, nt, lane, i).col,
+                          c_elem(warp, mt, nt, lane, i).row);
+  }
+
+  // -- pointwise ownership: thread tid owns elements e = tid + j * threads() of the block's
+  // [BB, BH] (batch, unit) grid, unit fastest (coalesced h and wx accesses); it keeps the states
+  // of these elements in registers for the whole sequence. Element past BB*BH: idle.
+  FLASHSEQ_LAYOUT_FN int elem_index(int tid, int j) const { return tid + j * threads(); }
+  FLASHSEQ_LAYOUT_FN bool elem_valid(int tid, int j) const { return elem_index(tid, j) < BB * BH; }
+  FLASHSEQ_LAYOUT_FN BatchUnit elem(int tid, int j) const {
+    return {elem_index(tid, j) / BH, elem_index(tid, j) % BH};
+  }
+
+  // -- blocks: blockIdx.x = head * P + slice (a cluster of P consecutive blocks on sm_90a),
+  // blockIdx.y = batch tile.
+  FLASHSEQ_LAYOUT_FN int block_head(int bx) const { return bx / P; }
+  FLASHSEQ_LAYOUT_FN int block_slice(int bx) const { return bx % P; }
+  FLASHSEQ_LAYOUT_FN int head_unit(int slice, int unit) const { return slice * BH + unit; }
+  FLASHSEQ_LAYOUT_FN int batch_row(int by, int b) const { return by * BB + b; }
+
+  // -- h exchange between the P blocks of a head (P > 1) ----------------------------------------
+  // Through global memory: a [2][NH][tiles_b * BB][DHP] buffer, parity = step % 2 (a block may
+  // run one step ahead of a slower one only after the barrier, so two buffers suffice). Block
+  // (head, slice) writes units [slice*BH, (slice+1)*BH) of its BB rows; after the barrier every
+  // block of the head reads all DHP units of its rows into its shared h buffer.
+  FLASHSEQ_LAYOUT_FN long long xchg_offset(int parity, int heads, int padded_batch, int head,
+                                           int batch, int k) const {
+    return ((static_cast<long long>(parity) * heads + head) * padded_batch + batch) * DHP + k;
+  }
+  // The barrier counter of the P blocks sharing (head, batch tile); it reaches P*(step+1) when
+  // all of them have written h_step.
+  FLASHSEQ_LAYOUT_FN int barrier_group(int bx, int by, int heads) const {
+    return by * heads + block_head(bx);
+  }
+  // Through distributed shared memory (sm_90a cluster of the P blocks of a head): block `slice`
+  // writes h[b, unit] into the shared h buffer of every block of the cluster, at this offset.
+  FLASHSEQ_LAYOUT_FN int dsmem_offset(int slice, int b, int unit) const {
+    return h_offset(b, head_unit(slice, unit));
+  }
+};
+
+}  // namespace fused
+}  // namespace flashseq

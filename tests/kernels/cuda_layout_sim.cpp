@@ -1,0 +1,196 @@
+// Host simulation of one step's product in the persistent CUDA kernels, built with g++ by
+// tests/kernels/test_cuda_layout.py. Every block, warp and lane runs the index functions of
+// csrc/fused/layout.h exactly as the kernels call them (h exchange into the shared h buffer,
+// weight fragments, h fragments, partial sums, pointwise ownership); the tensor-core instruction
+// itself is emulated from lane tables the Python test transcribes independently from the PTX
+// documentation. Output: rh[b, g, n, e] = sum_k h[b, n, k] * r[g, n, k, e] as the kernel would
+// see it, plus a nonzero exit code and a message when an element is written twice or never.
+//
+// Usage: cuda_layout_sim <input file> <output file>. Input (little-endian):
+//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode(0: global exchange, 1: cluster)
+//   int32 a_tab[32][A][2], b_tab[32][Bn][2], c_tab[32][4][2]   (row, col) per lane and element
+//   float64 r[G][NH][DH][DH], h[B][NH][DH]
+// Output: float64 rh[B][G][NH][DH].
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "../../csrc/fused/layout.h"
+
+using flashseq::fused::RowCol;
+using flashseq::fused::Tiling;
+
+namespace {
+
+int failures = 0;
+
+void fail(const char* what, long long index, int count) {
+  if (failures++ < 10) std::fprintf(stderr, "%s: element %lld written %d times\n", what, index, count);
+}
+
+void expect_once(const char* what, const std::vector<int>& counts) {
+  for (size_t i = 0; i < counts.size(); ++i)
+    if (counts[i] != 1) fail(what, static_cast<long long>(i), counts[i]);
+}
+
+template <typename T>
+void read(FILE* f, T* dst, size_t n) {
+  if (std::fread(dst, sizeof(T), n, f) != n) {
+    std::fprintf(stderr, "short input\n");
+    std::exit(2);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) return 2;
+  FILE* in = std::fopen(argv[1], "rb");
+  if (!in) return 2;
+  int hdr[13];
+  read(in, hdr, 13);
+  const Tiling t{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8]};
+  const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12];
+  if (const char* why = t.invalid()) {
+    std::fprintf(stderr, "invalid tiling: %s\n", why);
+    return 3;
+  }
+  const int kA = t.K / 2, kB = t.K / 4;  // elements per lane: 8/4 (k16), 4/2 (k8)
+  std::vector<int> a_tab(32 * kA * 2), b_tab(32 * kB * 2), c_tab(32 * 4 * 2);
+  read(in, a_tab.data(), a_tab.size());
+  read(in, b_tab.data(), b_tab.size());
+  read(in, c_tab.data(), c_tab.size());
+  const int G = t.G;
+  std::vector<double> r(static_cast<size_t>(G) * NH * DH * DH), h(static_cast<size_t>(B) * NH * DH);
+  read(in, r.data(), r.size());
+  read(in, h.data(), h.size());
+  std::fclose(in);
+  auto R = [&](int g, int n, int k, int e) { return r[((static_cast<size_t>(g) * NH + n) * DH + k) * DH + e]; };
+
+  const int tiles_b = (B + t.BB - 1) / t.BB, padded_b = tiles_b * t.BB;
+  std::vector<double> out(static_cast<size_t>(B) * G * NH * DH, 0.0);
+  std::vector<int> out_count(out.size(), 0);
+  // the exchange buffer of global memory (both parities; step 0 writes parity 0)
+  std::vector<double> xchg(static_cast<size_t>(2) * NH * padded_b * t.DHP, -1e300);
+  const int parity = 0;
+
+  // Step "t-1": every block publishes its h slice (pointwise ownership -> exchange offsets).
+  std::vector<int> xchg_count(xchg.size(), 0);
+  for (int by = 0; by < tiles_b; ++by)
+    for (int bx = 0; bx < NH * t.P; ++bx)
+      for (int tid = 0; tid < t.threads(); ++tid)
+        for (int j = 0; j < t.elems_per_thread(); ++j) {
+          if (!t.elem_valid(tid, j)) continue;
+          const auto e = t.elem(tid, j);
+          const int n = t.block_head(bx), unit = t.head_unit(t.block_slice(bx), e.unit);
+          const int bg = t.batch_row(by, e.b);
+          const double v = (bg < B && unit < DH) ? h[(static_cast<size_t>(bg) * NH + n) * DH + unit] : 0.0;
+          const long long o = t.xchg_offset(parity, NH, padded_b, n, bg, unit);
+          xchg[o] = v;
+          xchg_count[o]++;
+        }
+  {
+    std::vector<int> used(xchg_count.begin(), xchg_count.begin() + xchg.size() / 2);
+    expect_once("exchange buffer", used);
+  }
+
+  for (int by = 0; by < tiles_b; ++by)
+    for (int bx = 0; bx < NH * t.P; ++bx) {
+      const int n = t.block_head(bx), slice = t.block_slice(bx);
+      // the block's shared h buffer, filled from global memory or (cluster) by its peers
+      std::vector<double> sh(t.h_buffer_elems(), -1e300);
+      std::vector<int> sh_count(sh.size(), 0);
+      if (cluster) {
+        for (int src = 0; src < t.P; ++src)
+          for (int tid = 0; tid < t.threads(); ++tid)
+            for (int j = 0; j < t.elems_per_thread(); ++j) {
+              if (!t.elem_valid(tid, j)) continue;
+              const auto e = t.elem(tid, j);
+              const int unit = t.head_unit(src, e.unit), bg = t.batch_row(by, e.b);
+              const double v = (bg < B && unit < DH) ? h[(static_cast<size_t>(bg) * NH + n) * DH + unit] : 0.0;
+              const int o = t.dsmem_offset(src, e.b, e.unit);
+              sh[o] = v;
+              sh_count[o]++;
+            }
+      } else {
+        for (int b = 0; b < t.BB; ++b)
+          for (int k = 0; k < t.DHP; ++k) {
+            const int o = t.h_offset(b, k);
+            sh[o] = xchg[t.xchg_offset(parity, NH, padded_b, n, t.batch_row(by, b), k)];
+            sh_count[o]++;
+          }
+      }
+      for (int b = 0; b < t.BB; ++b)
+        for (int k = 0; k < t.DHP; ++k)
+          if (sh_count[t.h_offset(b, k)] != 1) fail("shared h buffer", t.h_offset(b, k), sh_count[t.h_offset(b, k)]);
+
+      std::vector<double> partial(t.partial_elems(), -1e300);
+      std::vector<int> partial_count(partial.size(), 0);
+      std::vector<int> a_count(static_cast<size_t>(t.rows()) * t.DHP, 0);
+      for (int warp = 0; warp < t.warps(); ++warp)
+        for (int mt = 0; mt < t.m_tiles(); ++mt)
+          for (int nt = 0; nt < t.n_tiles(); ++nt) {
+            double acc[32][4] = {};
+            for (int kt = 0; kt < t.k_tiles(); ++kt) {
+              // what each lane holds in its registers, through layout.h
+              double a[32][8], bf[32][4];
+              for (int lane = 0; lane < 32; ++lane) {
+                for (int i = 0; i < kA; ++i) {
+                  const RowCol rk = t.a_elem(warp, mt, kt, lane, i);
+                  const auto gu = t.row_gate_unit(rk.row);
+                  const int unit = t.head_unit(slice, gu.unit);
+                  a[lane][i] = (unit < DH && rk.col < DH) ? R(gu.gate, n, rk.col, unit) : 0.0;
+                  if (nt == 0) a_count[static_cast<size_t>(rk.row) * t.DHP + rk.col]++;
+                }
+                for (int i = 0; i < kB; ++i) bf[lane][i] = sh[t.b_smem_offset(warp, nt, kt, lane, i)];
+              }
+              // the tensor core, from the independent PTX tables
+              double A[16][16] = {}, Bm[16][8] = {};
+              for (int lane = 0; lane < 32; ++lane) {
+                for (int i = 0; i < kA; ++i) A[a_tab[(lane * kA + i) * 2]][a_tab[(lane * kA + i) * 2 + 1]] = a[lane][i];
+                for (int i = 0; i < kB; ++i) Bm[b_tab[(lane * kB + i) * 2]][b_tab[(lane * kB + i) * 2 + 1]] = bf[lane][i];
+              }
+              for (int lane = 0; lane < 32; ++lane)
+                for (int i = 0; i < 4; ++i) {
+                  const int row = c_tab[(lane * 4 + i) * 2], col = c_tab[(lane * 4 + i) * 2 + 1];
+                  for (int k = 0; k < t.K; ++k) acc[lane][i] += A[row][k] * Bm[k][col];
+                }
+            }
+            for (int lane = 0; lane < 32; ++lane)
+              for (int i = 0; i < 4; ++i) {
+                const int o = t.c_smem_offset(warp, mt, nt, lane, i);
+                partial[o] = acc[lane][i];
+                partial_count[o]++;
+              }
+          }
+      expect_once("weight slice (A fragments)", a_count);
+      for (int wk = 0; wk < t.WK; ++wk)
+        for (int b = 0; b < t.BB; ++b)
+          for (int row = 0; row < t.rows(); ++row) {
+            const int o = t.partial_offset(wk, b, row);
+            if (partial_count[o] != 1) fail("partial sums", o, partial_count[o]);
+          }
+
+      for (int tid = 0; tid < t.threads(); ++tid)
+        for (int j = 0; j < t.elems_per_thread(); ++j) {
+          if (!t.elem_valid(tid, j)) continue;
+          const auto e = t.elem(tid, j);
+          const int unit = t.head_unit(slice, e.unit), bg = t.batch_row(by, e.b);
+          if (bg >= B || unit >= DH) continue;
+          for (int g = 0; g < G; ++g) {
+            double s = 0;
+            for (int wk = 0; wk < t.WK; ++wk) s += partial[t.partial_offset(wk, e.b, t.gate_row(g, e.unit))];
+            const size_t o = ((static_cast<size_t>(bg) * G + g) * NH + n) * DH + unit;
+            out[o] = s;
+            out_count[o]++;
+          }
+        }
+    }
+  expect_once("output rh", out_count);
+
+  FILE* of = std::fopen(argv[2], "wb");
+  if (!of || std::fwrite(out.data(), sizeof(double), out.size(), of) != out.size()) return 2;
+  std::fclose(of);
+  if (failures) std::fprintf(stderr, "%d layout failures\n", failures);
+  return failures ? 1 : 0;
+}

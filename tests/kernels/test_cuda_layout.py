@@ -1,0 +1,150 @@
+"""The CUDA kernels' index math (csrc/fused/layout.h) reassembles the right product, on a CPU.
+
+tests/kernels/cuda_layout_sim.cpp (built with g++, cached like every compiled file of the CUDA
+back end) runs one step's product for every block, warp and lane of a plan's tiling through the
+same layout functions the kernels call: the h exchange into each block's shared h buffer (global
+memory + barrier, or a cluster's distributed shared memory), the weight (A) and h (B) fragments,
+the partial sums of the split reduction and the pointwise threads' (batch, unit) ownership. The
+tensor-core instruction is emulated from the lane tables below, transcribed from the PTX ISA's
+fragment figures independently of layout.h. The result must equal h @ r exactly (small integer
+inputs), and the simulation fails on any element written twice or never.
+"""
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from flashseq.cells import CELLS
+from flashseq.kernels.fused_rnn import cuda_build
+from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim.cpp", ROOT / "csrc" / "fused" / "layout.h")
+HEAD_DIMS = (64, 256, 768)
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the host simulation")
+
+
+# ---- PTX ISA fragment tables: (row, col) of each lane's elements, lane = 4*groupID + tig -------
+def _ptx_tables(k: int):
+    """{'a': [32][nA] (row, col), 'b': [32][nB] (k, n), 'c': [32][4] (row, col)} for
+    mma.m16n8k16 (f16/bf16, k=16) or mma.m16n8k8 (tf32, k=8)."""
+    a, b, c = [], [], []
+    for lane in range(32):
+        group, tig = divmod(lane, 4)
+        if k == 16:
+            # a0 a1 | a2 a3 | a4 a5 | a6 a7 : rows g, g+8, g, g+8; cols 2t.., 2t.., 2t+8.., 2t+8..
+            rows = [group, group, group + 8, group + 8, group, group, group + 8, group + 8]
+            cols = [2 * tig, 2 * tig + 1] * 2 + [2 * tig + 8, 2 * tig + 9] * 2
+            a.append(list(zip(rows, cols)))
+            b.append([(2 * tig, group), (2 * tig + 1, group), (2 * tig + 8, group), (2 * tig + 9, group)])
+        else:
+            a.append([(group, tig), (group + 8, tig), (group, tig + 4), (group + 8, tig + 4)])
+            b.append([(tig, group), (tig + 4, group)])
+        c.append([(group, 2 * tig), (group, 2 * tig + 1), (group + 8, 2 * tig), (group + 8, 2 * tig + 1)])
+    return {"a": a, "b": b, "c": c}
+
+
+def test_ptx_tables_cover_each_operand_once():
+    """The transcription itself: every element of A, B and C held by exactly one lane."""
+    for k in (16, 8):
+        t = _ptx_tables(k)
+        for name, shape in (("a", (16, k)), ("b", (k, 8)), ("c", (16, 8))):
+            seen = torch.zeros(shape, dtype=torch.int64)
+            for lane in t[name]:
+                for row, col in lane:
+                    seen[row, col] += 1
+            assert bool((seen == 1).all()), (k, name)
+
+
+@pytest.fixture(scope="module")
+def sim_binary():
+    gxx = cuda_build.find_tool("g++")
+
+    def build(dst):
+        cuda_build.run_tool([gxx, "-O2", "-std=c++17", "-Wall", "-Werror", "-o", str(dst),
+                             str(SIM_SOURCES[0])])
+        return {}
+
+    path, _ = cuda_build.cached_build("cuda_layout_sim", SIM_SOURCES, ["g++ -O2"], build, "")
+    return path
+
+
+def _tiling(plan):
+    k = 8 if plan.dtype in ("tf32", "float32") else 16
+    return dict(G=CELLS[plan.cell].num_gates, BB=plan.BB, BH=plan.BH, WM=plan.warps_m,
+                WK=plan.warps_n, DHP=plan.padded_head_dim, P=plan.programs_per_head, K=k,
+                elem_bytes=4 if k == 8 else 2)
+
+
+def _simulate(binary, tmp_path, tiling, r, h, cluster):
+    """rh [B, G, NH, DH] (float64) as the simulated kernel computes it."""
+    G, NH, DH = r.shape[0], r.shape[1], r.shape[2]
+    B = h.shape[0]
+    tables = _ptx_tables(tiling["K"])
+    header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
+    ints = torch.tensor(header + [B, NH, DH, int(cluster)], dtype=torch.int32)
+    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in ("a", "b", "c")]
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    with open(inp, "wb") as f:
+        for part in (ints, *tabs):
+            f.write(part.numpy().tobytes())
+        f.write(r.contiguous().numpy().tobytes())
+        f.write(h.contiguous().numpy().tobytes())
+    done = subprocess.run([str(binary), str(inp), str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"layout simulation failed for {tiling}:\n{done.stderr}"
+    return torch.frombuffer(bytearray(out.read_bytes()), dtype=torch.float64).view(B, G, NH, DH)
+
+
+def _plans():
+    cases = {}
+    for cell in sorted(CELLS):
+        for gpu in ("h100", "a100"):
+            for dtype in ("bfloat16", "tf32"):
+                for dh in (*HEAD_DIMS, 40):
+                    plan = plan_fused_rnn(cell, 16, 1, dh, dtype, gpu, backend="cuda")
+                    assert plan.path in ("fused", "split"), plan
+                    key = (dh, tuple(sorted(_tiling(plan).items())), plan.cluster_size > 1)
+                    cases.setdefault(key, f"{cell}-{gpu}-{dtype}-DH{dh}")
+    return [pytest.param(dh, dict(t), clus, id=name) for (dh, t, clus), name in cases.items()]
+
+
+@pytest.mark.parametrize("head_dim, tiling, plan_cluster", _plans())
+def test_fragments_reassemble_the_product(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
+    """Every distinct CUDA tiling the solver picks (4 cells, H100/A100, bf16/tf32, DH 64, 256,
+    768 and 40, which pads to 48) with both exchanges, batch 13 (a partial batch tile) and two
+    heads (one at DH 768, to keep the inputs small)."""
+    gen = torch.Generator().manual_seed(head_dim * 7919 + tiling["BH"] * 31 + tiling["WK"])
+    heads = 1 if head_dim == 768 else 2
+    G, B = tiling["G"], 13
+    r = torch.randint(-3, 4, (G, heads, head_dim, head_dim), generator=gen).double()
+    h = torch.randint(-3, 4, (B, heads, head_dim), generator=gen).double()
+    want = torch.einsum("bnk,gnke->bgne", h, r)
+    for cluster in (False, True):
+        got = _simulate(sim_binary, tmp_path, tiling, r, h, cluster)
+        assert torch.equal(got, want), (f"cluster={cluster}: {int((got != want).sum())} of "
+                                        f"{want.numel()} elements differ")
+    # a layout that only looked right on zeros would not get here: the product is dense
+    assert int((want != 0).sum()) > want.numel() // 2
+
+
+def test_simulation_catches_a_wrong_table(sim_binary, tmp_path, monkeypatch):
+    """The check can fail: swapping the two row halves of the PTX A table (a plausible
+    transcription error) makes the simulated product differ from h @ r."""
+    tiling = dict(G=4, BB=8, BH=16, WM=1, WK=4, DHP=64, P=4, K=16, elem_bytes=2)
+    gen = torch.Generator().manual_seed(0)
+    r = torch.randint(-3, 4, (4, 1, 64, 64), generator=gen).double()
+    h = torch.randint(-3, 4, (8, 1, 64), generator=gen).double()
+    good = _ptx_tables
+
+    def bad(k):
+        t = good(k)
+        t["a"] = [[(row ^ 8, col) for row, col in lane] for lane in t["a"]]
+        return t
+
+    monkeypatch.setattr(sys.modules[__name__], "_ptx_tables", bad)
+    got = _simulate(sim_binary, tmp_path, tiling, r, h, cluster=False)
+    assert not torch.equal(got, torch.einsum("bnk,gnke->bgne", h, r))

@@ -1,0 +1,13 @@
+"""pLSTM (source, transition and mark gates on the edges of a DAG): 1D, 2D-grid and DAG ops.
+
+``functional.py`` holds the entry points and their layouts, ``reference.py`` the direct DAG
+propagation (the ground truth), ``parallel.py`` the chunk/tile forms, ``graphs.py`` the line and
+grid as DAGs, ``gates.py`` the P-mode and D-mode parametrisations and ``plan.py`` the tile sizes.
+"""
+from .functional import plstm_1d, plstm_2d, plstm_dag
+from .gates import d_mode_2d, p_mode_2d
+from .graphs import grid_dag, grid_gates_to_dag, line_dag, line_gates_to_dag
+from .plan import plan_plstm_1d, plan_plstm_2d
+
+__all__ = ["plstm_1d", "plstm_2d", "plstm_dag", "line_dag", "grid_dag", "line_gates_to_dag",
+           "grid_gates_to_dag", "plan_plstm_1d", "plan_plstm_2d", "p_mode_2d", "d_mode_2d"]

@@ -1,0 +1,152 @@
+"""Parallel (chunk / tile) forms of pLSTM on a line and on a grid, in PyTorch.
+
+Both cut the problem into blocks, build each block's propagation coefficients from cumulative
+products of its transitions (``line_matrix``), and carry [K, V] states only across block
+boundaries. The full N x N propagation matrix is never formed: a block of n nodes holds an
+[n, n] matrix and boundary coefficients only.
+
+1D (chunk L): inside a chunk, the state leaving node i is P[i, j] = prod_{j < l <= i} t_l times
+what node j wrote, so node i reads (through its mark) m_i P[i-1, j] s_j k_j v_j^T; the state that
+enters the next chunk is prod(t) C_in + sum_j P[L-1, j] s_j k_j v_j^T.
+
+2D (tile BX x BY): the tile's inputs are its BX * BY sources plus BY states entering from the
+left and BX from the top. Sweeping the tile column by column (x), the d-edges of one column
+are a line recurrence along y (solved with ``line_matrix`` of the t_du gates), and the r-edges
+then follow pointwise; the result gives, for every node's mark read and every edge leaving the
+tile, its coefficients over those inputs. Tiles are then visited in order with their
+[BX + BY, K, V] boundary states. Autograd differentiates all of it.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def line_matrix(t: torch.Tensor) -> torch.Tensor:
+    """[..., L] transitions -> [..., L, L] with P[i, j] = prod_{j < l <= i} t[l] for i >= j,
+    0 above the diagonal. Built as a column-wise cumulative product (exact with zero gates)."""
+    L = t.shape[-1]
+    idx = torch.arange(L, device=t.device)
+    below = idx[:, None] > idx[None, :]                     # [l, j]: l > j
+    factors = torch.where(below, t[..., :, None], torch.ones((), dtype=t.dtype, device=t.device))
+    return torch.cumprod(factors, dim=-2) * (idx[:, None] >= idx[None, :])
+
+
+def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
+    extra = size - x.shape[dim]
+    if extra == 0:
+        return x
+    shape = list(x.shape)
+    shape[dim] = extra
+    return torch.cat([x, x.new_zeros(shape)], dim=dim)
+
+
+def plstm_1d_chunked(q, k, v, source, transition, mark, direct, scale, chunk):
+    """q, k [B, T, H, K], v [B, T, H, V], gates [B, T, H] (compute dtype) -> o [B, T, H, V]."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    L = chunk
+    NC = -(-T // L)
+
+    def blocks(x):          # [B, T, H, ...] -> [B, H, NC, L, ...]
+        x = _pad_to(x, 1, NC * L)
+        x = x.reshape(B, NC, L, H, *x.shape[3:])
+        return x.permute(0, 3, 1, 2, *range(4, x.dim())) if x.dim() > 4 else x.permute(0, 3, 1, 2)
+
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
+    s, t, m, d = blocks(source), blocks(transition), blocks(mark), blocks(direct)
+    P = line_matrix(t)                                           # [B, H, NC, L, L]
+    P_prev = torch.cat([torch.zeros_like(P[..., :1, :]), P[..., :-1, :]], dim=-2)   # P[i-1, j]
+    gate = m[..., :, None] * P_prev * s[..., None, :] + torch.diag_embed(d)
+    scores = scale * (qb @ kb.transpose(-1, -2)) * gate          # [B, H, NC, L, L]
+    o_intra = scores @ vb                                        # [B, H, NC, L, V]
+    # transitions from the chunk's entry: prod_{l <= i} t_l; a node reads the one before it
+    enter = torch.cumprod(t, dim=-1)                             # [B, H, NC, L]
+    enter_prev = torch.cat([torch.ones_like(enter[..., :1]), enter[..., :-1]], dim=-1)
+    read_in = scale * m * enter_prev                             # [B, H, NC, L]
+    write_out = P[..., -1, :] * s                                # [B, H, NC, L]
+    state = q.new_zeros(B, H, K, V)
+    o_inter = []
+    for c in range(NC):
+        o_inter.append(read_in[:, :, c, :, None] * (qb[:, :, c] @ state))
+        state = enter[:, :, c, -1, None, None] * state + \
+            (kb[:, :, c] * write_out[:, :, c, :, None]).transpose(-1, -2) @ vb[:, :, c]
+    o = o_intra + torch.stack(o_inter, dim=2)
+    return o.permute(0, 2, 3, 1, 4).reshape(B, NC * L, H, V)[:, :T]
+
+
+def _tile_coefficients(s_r, s_d, t_rl, t_ru, t_dl, t_du, m_l, m_u):
+    """Gates [Z..., BX, BY] -> (marks [Z..., BX*BY, n_in], leaving [Z..., BY+BX, n_in]).
+
+    Inputs (columns): BY states entering from the left (row b), BX from the top (column a),
+    then the BX*BY sources (node a*BY + b, its k v^T before the source gate). Rows of
+    ``leaving``: the BY r edges leaving on the right, then the BX d edges leaving at the bottom.
+    """
+    BX, BY = s_r.shape[-2:]
+    n_in = BY + BX + BX * BY
+    eye = torch.eye(n_in, dtype=s_r.dtype, device=s_r.device)
+    ones = torch.ones_like(t_du[..., :1, :1])
+    left = eye[:BY]                                              # coefficients of the l edges
+    marks, bottom = [], []
+    for a in range(BX):
+        unit_src = eye[BY + BX + a * BY: BY + BX + (a + 1) * BY]  # [BY, n_in]
+        top = eye[BY + a].expand(*t_du.shape[:-2], 1, n_in)
+        col = lambda g: g[..., a, :, None]                       # noqa: E731  [Z..., BY, 1]
+        # d edges of column a: D_b = t_du[b] D_{b-1} + (t_dl[b] L_b + s_d[b] src_b), D_{-1} = top
+        drive = torch.cat([top, col(t_dl) * left + col(s_d) * unit_src], dim=-2)
+        P = line_matrix(torch.cat([ones[..., 0], t_du[..., a, :]], dim=-1))  # [Z..., BY+1, BY+1]
+        d_all = P @ drive                                        # row 0: top, row b+1: D_b
+        up = d_all[..., :-1, :]                                  # u edge entering (a, b)
+        marks.append(col(m_l) * left + col(m_u) * up)
+        bottom.append(d_all[..., -1, :])
+        left = col(t_rl) * left + col(t_ru) * up + col(s_r) * unit_src
+    marks = torch.cat(marks, dim=-2)                             # [Z..., BX*BY, n_in]
+    leaving = torch.cat([left, torch.stack(bottom, dim=-2)], dim=-2)
+    return marks, leaving
+
+
+def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile):
+    """q, k [B, X, Y, H, K], v [B, X, Y, H, V], source, mark [B, X, Y, H, 2], transition
+    [B, X, Y, H, 2, 2] ([out r/d, in l/u]), direct [B, X, Y, H] -> o [B, X, Y, H, V]."""
+    B, X, Y, H, K = q.shape
+    V = v.shape[-1]
+    BX, BY = tile
+    nX, nY = -(-X // BX), -(-Y // BY)
+    nb, n = BX + BY, BX * BY
+
+    def tiles(x):           # [B, X, Y, H, *rest] -> [B, H, nX, nY, BX, BY, *rest]
+        x = _pad_to(_pad_to(x, 1, nX * BX), 2, nY * BY)
+        x = x.reshape(B, nX, BX, nY, BY, H, *x.shape[4:])
+        rest = list(range(6, x.dim()))
+        return x.permute(0, 5, 1, 3, 2, 4, *rest)
+
+    gates = [tiles(g) for g in (source[..., 0], source[..., 1], transition[..., 0, 0],
+                                transition[..., 0, 1], transition[..., 1, 0], transition[..., 1, 1],
+                                mark[..., 0], mark[..., 1])]
+    marks, leaving = _tile_coefficients(*gates)
+    mark_in, mark_src = marks[..., :nb], marks[..., nb:]         # [B, H, nX, nY, n, nb | n]
+    leave_in, leave_src = leaving[..., :nb], leaving[..., nb:]   # [B, H, nX, nY, nb, nb | n]
+    d = tiles(direct).reshape(B, H, nX, nY, n)
+    qt = tiles(q).reshape(B, H, nX, nY, n, K)
+    kt = tiles(k).reshape(B, H, nX, nY, n, K)
+    vt = tiles(v).reshape(B, H, nX, nY, n, V)
+    gate = mark_src + torch.diag_embed(d)
+    zeros_r = q.new_zeros(B, H, BY, K, V)
+    zeros_d = q.new_zeros(B, H, BX, K, V)
+    right = [zeros_r] * nY                     # r states leaving the tile to the left, per row
+    outs = []
+    for i in range(nX):
+        below = zeros_d                        # d states leaving the tile above
+        row_out = []
+        for j in range(nY):
+            c_in = torch.cat([right[j], below], dim=2)            # [B, H, nb, K, V]
+            qi, ki, vi = qt[:, :, i, j], kt[:, :, i, j], vt[:, :, i, j]
+            scores = scale * (qi @ ki.transpose(-1, -2)) * gate[:, :, i, j]
+            o = scores @ vi + scale * torch.einsum("bhpi,bhpk,bhikv->bhpv", mark_in[:, :, i, j], qi, c_in)
+            row_out.append(o)
+            c_out = torch.einsum("bhei,bhikv->bhekv", leave_in[:, :, i, j], c_in) + \
+                torch.einsum("bhep,bhpk,bhpv->bhekv", leave_src[:, :, i, j], ki, vi)
+            right[j], below = c_out[:, :, :BY], c_out[:, :, BY:]
+        outs.append(torch.stack(row_out, dim=2))
+    o = torch.stack(outs, dim=2).reshape(B, H, nX, nY, BX, BY, V)
+    o = o.permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nX * BX, nY * BY, H, V)
+    return o[:, :X, :Y]

@@ -38,6 +38,7 @@ from torch import Tensor
 
 from flashseq import _jit
 
+from . import cpu_config
 from .double_backward import reference_backward
 
 SERVED_DTYPES = (torch.float32, torch.float64)
@@ -121,9 +122,12 @@ class FusedRnnCpuFunction(torch.autograd.Function):
     differentiable ``double_backward.reference_backward`` (which is why wx and b are kept)."""
 
     @staticmethod
-    def forward(ctx, wx, r, b, states, lengths, cell, save):
+    def forward(ctx, wx, r, b, states, lengths, cell, save, config=None):
         forward = _forward_loop if _eager(wx, r, b, states, lengths) else fused_rnn_cpu_fwd
-        h, last_states, saved_gates, saved_states = forward(wx, r, b, states, lengths, cell, save)
+        with cpu_config.applied(config):  # the tuned knobs (cpu_config.py), restored after
+            h, last_states, saved_gates, saved_states = forward(wx, r, b, states, lengths, cell,
+                                                                save)
+        ctx.cpu_config = config
         if save:
             ctx.save_for_backward(h, states, r, saved_gates, saved_states, lengths, wx, b)
         ctx.cell = cell
@@ -135,13 +139,14 @@ class FusedRnnCpuFunction(torch.autograd.Function):
         h, states, r, saved_gates, saved_states, lengths, wx, b = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
             return (*reference_backward(ctx.cell, (wx, r, b, states), ctx.needs_input_grad[:4],
-                                        (dh, d_last), lengths), None, None, None)
+                                        (dh, d_last), lengths), None, None, None, None)
         backward = (_backward_loop if _eager(dh, d_last, h, states, r, saved_gates, saved_states,
                                              lengths) else fused_rnn_cpu_bwd)
-        d_wx, d_r, d_b, d_states = backward(
-            dh, d_last, h, states, r, saved_gates, saved_states, lengths, ctx.cell)
-        # gradients in argument order: wx, r, b, states, lengths, cell, save
-        return d_wx, d_r, d_b, d_states, None, None, None
+        with cpu_config.applied(ctx.cpu_config):
+            d_wx, d_r, d_b, d_states = backward(
+                dh, d_last, h, states, r, saved_gates, saved_states, lengths, ctx.cell)
+        # gradients in argument order: wx, r, b, states, lengths, cell, save, config
+        return d_wx, d_r, d_b, d_states, None, None, None, None
 
 
 def fused_rnn(wx, r, b, states, *, cell, lengths):
@@ -150,7 +155,9 @@ def fused_rnn(wx, r, b, states, *, cell, lengths):
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (wx, r, b, states))
     # Any strides are fine: the C++ side re-lays r, b and states out for its loop anyway, so a
     # .contiguous() here would only add a copy (r from a permuted nn.LSTM weight is 4 MB at H=512).
-    return FusedRnnCpuFunction.apply(wx, r, b, states, lengths, cell.name, save)
+    # the tuning cache's config for this problem (flashseq-tune), else the defaults
+    config = cpu_config.for_call(cell.name, wx)
+    return FusedRnnCpuFunction.apply(wx, r, b, states, lengths, cell.name, save, config)
 
 
 def workspace_bytes(problem):

@@ -21,6 +21,7 @@ from flashseq.hardware import GPUSpec, detect
 
 from .double_backward import reference_backward
 from .plan import FusedRNNPlan, plan_fused_rnn
+from .triton_tuned import tuned_plan
 
 from .triton_bwd import fused_rnn_bwd_kernel
 from .triton_fwd import fused_rnn_fwd_kernel
@@ -66,7 +67,9 @@ def plan_tiles(cell, wx: torch.Tensor, max_onchip_bytes: Optional[int] = None) -
     ``max_onchip_bytes`` caps the weight bytes one program keeps on chip (tests force the split
     and stepwise paths with it). Default: None, the GPU's limits only."""
     B, _, _, NH, DH = wx.shape
-    return _cached_plan(cell.name, B, NH, DH, wx.dtype, gpu_spec(wx.device), max_onchip_bytes)
+    plan = _cached_plan(cell.name, B, NH, DH, wx.dtype, gpu_spec(wx.device), max_onchip_bytes)
+    # flashseq-tune's winner for this GPU and shape bucket, if any, overrides the tiles
+    return plan if max_onchip_bytes is not None else tuned_plan(plan, wx.device)
 
 
 def _fwd_warps(plan: FusedRNNPlan) -> int:

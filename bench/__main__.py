@@ -1,18 +1,24 @@
-"""``python -m bench [suite] [--tiny] [--threads N] [--json out.json] [--md out.md] [--png out.png]``
-and ``python -m bench compare old.json new.json [--threshold 0.1]``.
+"""``python -m bench [suite] [--tiny] [--threads N] [--json out.json] [--md out.md] [--png out.png]
+[--runs N] [--compare baseline.json]`` and ``python -m bench compare old.json new.json
+[--threshold 0.1]``.
 
 With no suite, lists the suites. ``--tiny`` runs a suite at tiny sizes (does it run end to end?);
 ``--threads`` sets torch's CPU threads (default: the suite's ``DEFAULT_CPU_THREADS`` if it has
 one, e.g. 1 for ``quick``, else torch's own default). A suite may define ``summary(rows)``, lines
-printed above the table. Exit status: 0 done, 1 a kernel failed its correctness check (or, for
-compare, a regression), 2 bad usage (for compare also a malformed result file; for a suite an
-output path that cannot be written, found before the suite runs).
+printed above the table. ``--runs N`` repeats a suite that defines ``merge_runs`` (microbench)
+and keeps its run-to-run spread; ``--compare`` compares the run with a result file as
+``python -m bench compare`` does. Exit status: 0 done, 1 a kernel failed its correctness check
+(or, for compare and ``--compare``, a regression), 2 bad usage (for compare also a malformed
+result file; for a suite an output path that cannot be written or a ``--compare`` file that is
+not a result, found before the suite runs).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 
 import torch
 
@@ -47,6 +53,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _load_baseline(path):
+    """The checked result at ``path`` for ``--compare``; ``ValueError`` if it is not one."""
+    try:
+        baseline = report.load_json(path)
+    except OSError as err:
+        raise ValueError(f"cannot read --compare file {path}: {err.strerror or err}") from None
+    compare.check_result(baseline, path)
+    return baseline
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def run_suite(args) -> int:
     problem = check_outputs({"--json": args.json, "--md": args.md, "--png": args.png})
     if problem:  # before the suite runs, not after it
@@ -57,6 +80,17 @@ def run_suite(args) -> int:
     except ImportError as err:
         print(f"bench: suite {args.suite!r} is registered but does not import: {err}", file=sys.stderr)
         return 1
+    if args.runs > 1 and not hasattr(module, "merge_runs"):
+        print(f"bench: --runs needs a suite that merges runs (microbench); {args.suite!r} does "
+              "not", file=sys.stderr)
+        return 2
+    args.baseline = None
+    if args.compare:
+        try:  # a bad baseline is found before the suite runs, not after it
+            args.baseline = _load_baseline(args.compare)
+        except ValueError as err:
+            print(f"bench: {err}", file=sys.stderr)
+            return 2
     device = torch.device(args.device or _default_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         print(f"bench: --device {args.device} asked for, but torch sees no CUDA device", file=sys.stderr)
@@ -73,13 +107,24 @@ def run_suite(args) -> int:
 
 
 def _run_and_report(module, device, args) -> int:
-    progress = make_progress(not args.no_progress, args.suite)
+    start, load_before = time.perf_counter(), _load_average()
+    runs = []
     try:
-        rows = module.run(device, args.tiny, progress)
+        for i in range(args.runs):
+            label = args.suite if args.runs == 1 else f"{args.suite} {i + 1}/{args.runs}"
+            runs.append(module.run(device, args.tiny, make_progress(not args.no_progress, label)))
     except CorrectnessError as err:
         print(f"bench: suite {args.suite!r} refused to time: {err}", file=sys.stderr)
         return 1
+    rows = module.merge_runs(runs) if hasattr(module, "merge_runs") else runs[0]
     result = report.make_result(args.suite, module.DESCRIPTION, device, rows)
+    # the load others put on the machine is part of how to read the numbers
+    result["conditions"] = {"torch_threads": torch.get_num_threads(), "runs": args.runs,
+                            "load_average_before": load_before,
+                            "load_average_after": _load_average(),
+                            "wall_s": round(time.perf_counter() - start, 1)}
+    if hasattr(module, "COMPARE"):
+        result["compare"] = dict(module.COMPARE)
     if hasattr(module, "summary"):
         print("\n".join(module.summary(rows)) + "\n")
     print(report.markdown(result))
@@ -90,13 +135,19 @@ def _run_and_report(module, device, args) -> int:
     if args.png:
         from .plot import write_png
         write_png(result, args.png)
+    code = 0
+    if args.baseline is not None:
+        print(f"\ncompared with {args.compare}:")
+        code = compare.report_comparison(args.baseline, result, args.compare, "this run",
+                                         args.threshold)
+        code = 1 if code == 1 else 0  # nothing in common (2) is noted above, not an error
     failed = failures(rows)
     if failed:
         names = sorted({r["provider"] for r in failed})
         print(f"bench: {len(failed)} row(s) failed (providers {names}); see the status column",
               file=sys.stderr)
         return 1
-    return 0
+    return code
 
 
 def main(argv=None) -> int:
@@ -132,6 +183,15 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads on CPU (default: 1 for the quick suite, torch's "
                              "default for the others)")
+    parser.add_argument("--runs", type=_positive_int, default=1,
+                        help="run the suite N times and keep each case's run-to-run spread "
+                             "(microbench: how a --compare baseline is recorded)")
+    parser.add_argument("--compare", metavar="BASELINE",
+                        help="compare the run with this result file; exit 1 on a regression "
+                             "beyond the noise (as python -m bench compare)")
+    parser.add_argument("--threshold", type=float, default=compare.DEFAULT_THRESHOLD,
+                        help="with --compare: relative slow-down always counted as noise "
+                             "(default: 0.10; a baseline's per-case margin may allow more)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--list-names", action="store_true", help="print the suite names, one a line")
     parser.add_argument("--machine", action="store_true",

@@ -7,6 +7,7 @@ events around each call.
 """
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from typing import Callable
@@ -79,6 +80,23 @@ def _measure_cuda(fn: Callable[[], object], min_run_time: float) -> dict:
     return summarize(times)
 
 
+def median_interval(values: list[float]) -> tuple[float, float]:
+    """A distribution-free ~95 % confidence interval (low, high) of the median of ``values``:
+    the order statistics of ranks n/2 -+ 0.98 sqrt(n) (binomial with p = 1/2, normal
+    approximation), rounded outwards.
+    Unlike the inter-quartile range it narrows as samples are added, so it says how far the
+    median itself may move, not how far single samples scatter."""
+    if not values:
+        raise ValueError("values must hold at least one number; got an empty list")
+    ordered = sorted(float(v) for v in values)
+    n = len(ordered)
+    half = 0.98 * math.sqrt(n)
+    # 1-based ranks floor(n/2 - half) and ceil(1 + n/2 + half), rounded outwards
+    low = max(0, math.floor(n / 2 - half) - 1)
+    high = min(n - 1, math.ceil(n / 2 + half))
+    return ordered[low], ordered[high]
+
+
 def measure(fn: Callable[[], object], *, device, min_run_time: float = 0.5) -> dict:
     """Time ``fn()`` (no arguments; its result is ignored) on ``device``.
 
@@ -130,8 +148,9 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
             longer than MAX_RUN_TIME_S.
 
     Returns:
-        dict with ratio (median over pairs of fn / baseline), ratio_iqr, pairs (int), and
-        fn_ms, baseline_ms (median milliseconds per call of each).
+        dict with ratio (median over pairs of fn / baseline), ratio_iqr, ratio_ci (the
+        ``median_interval`` of the pair ratios, [low, high]), pairs (int), and fn_ms,
+        baseline_ms (median milliseconds per call of each).
     """
     if not callable(fn) or not callable(baseline):
         raise TypeError("fn and baseline must be callable with no arguments; got "
@@ -157,5 +176,6 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
         fn_ms.append(a * 1e3 / calls)
         base_ms.append(b * 1e3 / calls)
     spread = summarize(ratios)
-    return {"ratio": spread["median_ms"], "ratio_iqr": spread["iqr_ms"], "pairs": len(ratios),
+    return {"ratio": spread["median_ms"], "ratio_iqr": spread["iqr_ms"],
+            "ratio_ci": list(median_interval(ratios)), "pairs": len(ratios),
             "fn_ms": statistics.median(fn_ms), "baseline_ms": statistics.median(base_ms)}

@@ -183,8 +183,8 @@ def test_mlstm_and_delta_compile_in_one_graph():
 
 
 def test_auto_takes_the_new_kernels_on_cuda(monkeypatch):
-    """backend="auto" on a CUDA problem picks Triton for chunk_mlstm and every recurrent twin,
-    and still falls back (with a warning) for the chunkwise delta rule, which has no kernel."""
+    """backend="auto" on a CUDA problem picks Triton for chunk_mlstm, the chunkwise delta rule
+    (DeltaProduct included) and every recurrent twin, without a warning."""
     import dataclasses
     import warnings
 
@@ -200,5 +200,6 @@ def test_auto_takes_the_new_kernels_on_cuda(monkeypatch):
         assert backends.choose("auto", p, True, "fused_recurrent") == "triton"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        assert backends.choose("auto", delta, False, "chunk_delta_rule") == "torch"
-    assert any("no Triton chunkwise kernel for 'delta'" in str(w.message) for w in caught)
+        for p in (delta, dataclasses.replace(delta, num_householder=2)):
+            assert backends.choose("auto", p, False, "chunk_delta_rule") == "triton"
+    assert not caught, [str(w.message) for w in caught]

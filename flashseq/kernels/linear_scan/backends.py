@@ -21,7 +21,7 @@ import torch
 BACKEND_NAMES = ("auto", "reference", "torch", "triton")
 TRITON_DTYPES = ("torch.float16", "torch.bfloat16", "torch.float32")
 # ops with Triton kernels (triton_ops.py), chunkwise and step by step
-TRITON_CHUNK_OPS = ("gla", "mlstm")
+TRITON_CHUNK_OPS = ("gla", "mlstm", "delta")
 TRITON_RECURRENT_OPS = ("gla", "mlstm", "delta")
 _warned: set = set()
 
@@ -48,8 +48,6 @@ def triton_unsupported_reason(problem, recurrent: bool) -> str | None:
     served = TRITON_RECURRENT_OPS if recurrent else TRITON_CHUNK_OPS
     if problem.op not in served:
         return f"no Triton {'recurrent' if recurrent else 'chunkwise'} kernel for {problem.op!r} yet"
-    if problem.num_householder > 1 and not recurrent:
-        return "DeltaProduct (num_householder > 1) has no Triton chunkwise kernel"
     return None
 
 

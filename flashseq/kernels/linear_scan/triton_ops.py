@@ -7,7 +7,8 @@ Served so far: ``chunk_gla`` (``triton_chunk.py``, ``triton_chunk_bwd.py``) and
 ``torch.compile`` traces through them) under one autograd Function; ``chunk_mlstm`` and
 ``fused_recurrent_mlstm`` (``triton_chunk_mlstm.py``, ``triton_chunk_mlstm_bwd.py``,
 ``triton_recurrent_mlstm.py``; custom ops and autograd in ``triton_ops_mlstm.py``);
-``fused_recurrent_delta_rule`` (``triton_recurrent_delta.py``, ``triton_ops_delta.py``). Triton
+``fused_recurrent_delta_rule`` and ``chunk_delta_rule`` (``triton_recurrent_delta.py``,
+``triton_chunk_delta.py``, ``triton_chunk_delta_bwd.py``; ``triton_ops_delta.py``). Triton
 is imported only when a call runs, so importing flashseq never imports it.
 """
 from __future__ import annotations
@@ -180,4 +181,9 @@ def run(op: str, recurrent: bool, *args, scale, initial_state=None, output_final
         return run_delta_recurrent(*args, scale=scale, initial_state=initial_state,
                                    output_final_state=output_final_state, cu_seqlens=cu_seqlens,
                                    **kwargs)
+    if op == "delta":
+        from .triton_ops_delta import run_delta_chunk
+        return run_delta_chunk(*args, scale=scale, initial_state=initial_state,
+                               output_final_state=output_final_state, cu_seqlens=cu_seqlens,
+                               tiles=chunk_tiles("delta", args[0], args[2], chunk_size), **kwargs)
     raise NotImplementedError(f"no Triton kernel for {op!r} ({'recurrent' if recurrent else 'chunk'})")

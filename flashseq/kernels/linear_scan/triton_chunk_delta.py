@@ -1,0 +1,219 @@
+"""Triton chunkwise (gated) delta rule forward, through the WY/UT representation.
+
+Layout as in ``triton_chunk.py``: packed sequences cut into chunks of BT steps per sequence
+(``chunk_layout``: ``CHUNKS`` [NC, 2] each chunk's first step and its sequence's end, ``CO``
+each sequence's first chunk). Within a chunk, with G the chunk-local cumulative log decay
+(fp32; zeros without g) and S_0 the state at the chunk's start, the BT updates
+``S <- exp(g_r) S + beta_r k_r^T (v_r - k_r exp(g_r) S)`` are, all at once,
+
+    A[r, s] = beta_r exp(G_r - G_s) k_r . k_s   (s < r),   T = (I + A)^-1,
+    u = T (beta v) - T (beta exp(G) k) S_0 = u~ - w S_0                     (pseudo-values)
+    S_end = exp(G_last) S_0 + (k exp(G_last - G))^T u,
+    o = scale ((q exp(G)) S_0 + P u),   P[r, s] = exp(G_r - G_s) q_r . k_s  (s <= r).
+
+Every exponential is of a difference <= 0 (g <= 0), so none overflows.
+
+``delta_chunk_fwd_kernel_wy``  grid (NC, H): G, T (forward substitution, one row at a time, in
+    fp32), ``w`` [.., K] and ``u~`` [.., V] (fp32), each chunk on its own.
+``delta_chunk_fwd_kernel_h``   grid (1, V/BV, N*H): the state pass, shared by the forward and
+    (recomputing it) the backward. ``u = u~ - w S_0`` needs all of K, so a program holds a
+    [KP, BV] block (KP = K rounded up to a power of two); stores each chunk's S_0 and u.
+``delta_chunk_fwd_kernel_o``   grid (V/BV, NC, H): the output.
+
+DeltaProduct (n_h Householder steps per token) runs as a delta rule over T * n_h steps with the
+decay on each token's first step and the query on its last (``triton_ops_delta``), as the
+PyTorch chunkwise path does.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_chunk import chunk_layout, precision
+from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, load_state, state_tile
+
+# [KP, BV] fp32 state block of the state passes: at most this many elements (32 K=V=128, 16 at
+# K=256), so the block, and the [BT, KP] k/w tiles beside it, fit the registers.
+STATE_BLOCK = 4096
+# state passes and the output kernel run 8 warps (the [BT, KP] tiles and [BT, BT] scores)
+MIN_WARPS = 8
+
+
+def state_block_v(K, BV):
+    """BV of the state passes: the plan's BV, lowered so [KP, BV] holds <= STATE_BLOCK."""
+    KP = max(16, triton.next_power_of_2(K))
+    return KP, max(16, min(BV, STATE_BLOCK // KP))
+
+
+@triton.jit
+def delta_gates(G, GC, o_t, m_t, last, i_h, H: tl.constexpr, BT: tl.constexpr,
+                HAS_G: tl.constexpr, FROM_GC: tl.constexpr):
+    """(G [BT] chunk-local cumsum of g, G at the chunk's last step); zeros without g. With
+    FROM_GC the stored cumsum is read, else it is formed from g (padding steps: g = 0)."""
+    if HAS_G:
+        if FROM_GC:
+            b_g = tl.load(GC + o_t * H + i_h, mask=m_t, other=0.0)
+        else:
+            b_g = tl.cumsum(tl.load(G + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32),
+                            axis=0)
+        b_glast = tl.load(GC + last * H + i_h) if FROM_GC else tl.sum(
+            tl.where(o_t == last, b_g, 0.0), axis=0)
+    else:
+        b_g = tl.zeros([BT], dtype=tl.float32)
+        b_glast = tl.sum(b_g, axis=0)
+    return b_g, b_glast
+
+
+@triton.jit
+def delta_chunk_fwd_kernel_wy(K_, V_, BETA, G, GC, TM, W, UT, CHUNKS,
+                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                              HAS_G: tl.constexpr, PREC: tl.constexpr):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
+    o_c = tl.arange(0, BT)
+    b_g, _ = delta_gates(G, GC, o_t, m_t, last, i_h, H, BT, HAS_G, False)     # [BT]
+    if HAS_G:
+        tl.store(GC + o_t * H + i_h, b_g, mask=m_t)
+    b_beta = tl.load(BETA + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        b_k = tl.load(K_ + (o_t[:, None] * H + i_h) * K + o_k[None, :],
+                      mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)           # [BT, BK]
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    strict = o_c[:, None] > o_c[None, :]
+    b_a = tl.where(strict, b_beta[:, None] * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :],
+                                                               0.0)) * b_kk, 0.0)   # [BT, BT]
+    # T = (I + A)^-1, row i = e_i - A[i, :] T (rows < i already final, A strictly lower)
+    b_t = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+    for i in range(1, BT):
+        a_i = tl.sum(tl.where((o_c == i)[:, None], b_a, 0.0), axis=0)            # [BT]
+        row = tl.sum(a_i[:, None] * b_t, axis=0)
+        b_t = tl.where((o_c == i)[:, None], b_t - row[None, :], b_t)
+    tl.store(TM + (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :], b_t)
+    b_bk = b_beta * tl.exp(b_g)                                                  # [BT]
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        tl.store(W + p_tk, tl.dot(b_t, b_k * b_bk[:, None], input_precision=PREC), mask=m_tk)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(V_ + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        tl.store(UT + p_tv, tl.dot(b_t, b_v * b_beta[:, None], input_precision=PREC), mask=m_tv)
+
+
+@triton.jit
+def delta_chunk_fwd_kernel_h(K_, W, UT, GC, H0, HS, U, HT, CU, CO,
+                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                             HAS_G: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                             PREC: tl.constexpr):
+    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
+    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
+    b_h = load_state(H0, i_nh.to(tl.int64) * K * V + p_blk, m_h, BK, BV, HAS_H0)
+    for c in range(0, tl.cdiv(eos - bos, BT)):
+        tl.store(HS + ((c0 + c) * H + i_h) * K * V + p_blk, b_h.to(HS.dtype.element_ty), mask=m_h)
+        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
+        b_w = tl.load(W + p_tk, mask=m_tk, other=0.0)                          # [BT, BK]
+        b_u = tl.load(UT + p_tv, mask=m_tv, other=0.0) - tl.dot(b_w, b_h, input_precision=PREC)
+        tl.store(U + p_tv, b_u, mask=m_tv)
+        b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
+        b_kd = b_k * tl.exp(b_glast - b_g)[:, None]
+        b_h = b_h * tl.exp(b_glast) + tl.dot(tl.trans(b_kd), b_u, input_precision=PREC)
+    if STORE_HT:
+        tl.store(HT + i_nh.to(tl.int64) * K * V + p_blk, b_h, mask=m_h)
+
+
+@triton.jit
+def delta_chunk_fwd_kernel_o(Q, K_, GC, HS, U, O, CHUNKS, scale,
+                             H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                             BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                             HAS_G: tl.constexpr, PREC: tl.constexpr):
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
+    o_c = tl.arange(0, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
+    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    p_hs = HS + (i_c.to(tl.int64) * H + i_h) * K * V
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
+        b_q = tl.load(Q + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)        # [BT, BK]
+        b_k = tl.load(K_ + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        b_hs = tl.load(p_hs + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
+                       other=0.0).to(tl.float32)                                    # [BK, BV]
+        b_o += tl.dot(b_q.to(tl.float32), b_hs, input_precision=PREC)
+    incl = o_c[:, None] >= o_c[None, :]
+    b_p = tl.where(incl, b_qk * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+    b_u = tl.load(U + (o_t[:, None] * H + i_h) * V + o_v[None, :],
+                  mask=m_t[:, None] & m_v[None, :], other=0.0)                      # [BT, BV]
+    b_o = b_o * tl.exp(b_g)[:, None] + tl.dot(b_p, b_u, input_precision=PREC)
+    tl.store(O + (o_t[:, None] * H + i_h) * V + o_v[None, :], (scale * b_o).to(O.dtype.element_ty),
+             mask=m_t[:, None] & m_v[None, :])
+
+
+def delta_chunk_prepare(k, v, beta, g, h0, layout, tiles, output_final_state):
+    """The WY pass and the state pass: (gc [B, T, H] fp32 or None, T [NC, H, BT, BT] fp32,
+    w [B, T, H, K] fp32, u~ [B, T, H, V] fp32, states at every chunk start [NC, H, K, V]
+    (k's dtype), u [B, T, H, V] fp32, final [N, H, K, V] fp32 or None)."""
+    cu, co, chunks = layout
+    _, _, H, K = k.shape
+    V = v.shape[-1]
+    N, NC = cu.numel() - 1, chunks.shape[0]
+    BT, BK, BV, W = tiles
+    prec = precision(k.dtype)
+    f32 = dict(dtype=torch.float32)
+    gc = torch.empty_like(g, **f32) if g is not None else None
+    tm = k.new_empty(NC, H, BT, BT, **f32)
+    w = torch.empty_like(k, **f32)
+    ut = torch.empty_like(v, **f32)
+    delta_chunk_fwd_kernel_wy[(NC, H)](k, v, beta, g, gc, tm, w, ut, chunks, H=H, K=K, V=V,
+                                       BT=BT, BK=BK, BV=BV, HAS_G=g is not None, PREC=prec,
+                                       num_warps=W)
+    KP, SBV = state_block_v(K, BV)
+    hs = k.new_empty(NC, H, K, V)
+    u = torch.empty_like(v, **f32)
+    ht = k.new_empty(N, H, K, V, **f32) if output_final_state else None
+    delta_chunk_fwd_kernel_h[(1, triton.cdiv(V, SBV), N * H)](
+        k, w, ut, gc, h0, hs, u, ht, cu, co, H=H, K=K, V=V, BT=BT, BK=KP, BV=SBV,
+        HAS_G=g is not None, HAS_H0=h0 is not None, STORE_HT=output_final_state, PREC=prec,
+        num_warps=max(W, MIN_WARPS))
+    return gc, tm, w, ut, hs, u, ht
+
+
+def delta_chunk_fwd(q, k, v, beta, g, h0, scale, cu_seqlens, output_final_state, tiles):
+    """Launch the forward: (o [B, T, H, V], final [N, H, K, V] fp32 or None). Inputs
+    [B, T, H, .] contiguous, beta and g [B, T, H]."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    BT, BK, BV, W = tiles
+    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
+    gc, _, _, _, hs, u, ht = delta_chunk_prepare(k, v, beta, g, h0, layout, tiles,
+                                                 output_final_state)
+    o = torch.empty_like(v)
+    delta_chunk_fwd_kernel_o[(triton.cdiv(V, BV), layout[2].shape[0], H)](
+        q, k, gc, hs, u, o, layout[2], scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        HAS_G=g is not None, PREC=precision(q.dtype), num_warps=max(W, MIN_WARPS))
+    return o, ht
+
+
+__all__ = ["delta_chunk_fwd", "delta_chunk_prepare", "state_block_v"]

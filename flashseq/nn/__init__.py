@@ -11,10 +11,11 @@ from .errors import RNNInputError
 from .gru import GRU
 from .linear_attention import DeltaNet, GatedLinearAttention, mLSTMLayer
 from .lstm import LSTM
+from .plstm import pLSTM1d, pLSTM2d
 from .rnn import RNN
 from .slstm import sLSTM
 
 torch.serialization.add_safe_globals([LSTM, GRU, RNN, sLSTM])
 
 __all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError", "GatedLinearAttention",
-           "DeltaNet", "mLSTMLayer"]
+           "DeltaNet", "mLSTMLayer", "pLSTM1d", "pLSTM2d"]

@@ -1,35 +1,51 @@
-"""``flashseq-tune``: choose and record the fastest kernel configuration per GPU.
+"""``flashseq-tune``: time the solver's best kernel configurations on this machine and record the
+fastest per (kernel, shape bucket, dtype, device) in the tuning cache that dispatch reads.
 
-Stub for now (the tuning itself is a later issue): it resolves the GPU, says what tuning will
-do and, with ``--dry-run``, prints the solver's plans for the tuned workloads when
-``flashseq.kernels.fused_rnn.plan`` exists. Exit status: 0 dry run done, 1 tuning not
-implemented yet, 2 bad usage or no CUDA GPU for ``--gpu auto``.
+    flashseq-tune --device cpu --ops lstm,gru --shapes small
+    flashseq-tune --gpu auto --ops lstm,gru,slstm --shapes default
+    flashseq-tune --dry-run --gpu h100            # candidates with predicted registers/smem
+
+The cache is one JSON file per device under ``--cache`` (default ``$FLASHSEQ_CACHE_DIR/tune``,
+else ``~/.cache/flashseq/tune``), which ``fused_rnn`` consults before its plan;
+``FLASHSEQ_TUNING=off`` makes it ignore the cache (see ``flashseq.tuning``).
+
+Exit status:
+    0  done: every workload tuned and recorded (or, with --dry-run, the candidates listed)
+    1  tuning ran but some workloads failed, or a candidate's output differed from the default
+       configuration's (the others were recorded)
+    2  bad usage, no CUDA GPU for --gpu auto, or the named GPU is not this machine's
+    3  --budget ran out before every workload was tuned (the finished ones were recorded)
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from flashseq import hardware
 
-OPS = ("fused_rnn",)
-# The workloads tuning covers first: the Triton issue's head-wise LSTM and its cells.
-TUNED_WORKLOADS = [
-    {"cell": cell, "batch": 16, "steps": 1024, "heads": 768 // dh, "head_dim": dh,
-     "dtype": "bfloat16"}
-    for cell in ("lstm", "gru", "slstm")
-    for dh in (16, 32, 64, 128, 256, 384, 768)
-]
-PLAN_TIME_LIMIT_S = 10.0  # per solve; a dry run must not hang on one hard model
+from . import workloads as wl
+
 NO_GPU_MESSAGE = ("flashseq-tune: no CUDA GPU found; to see what tuning would do without one, "
                   "run: flashseq-tune --dry-run --gpu h100")
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_BUDGET = 0, 1, 2, 3
+EPILOG = """exit status:
+  0  done: every workload tuned and recorded (or, with --dry-run, the candidates listed)
+  1  tuning ran but some workloads failed, or a candidate's output differed from the
+     default configuration's (the others were recorded)
+  2  bad usage, no CUDA GPU for --gpu auto, or the named GPU is not this machine's
+  3  --budget ran out before every workload was tuned (the finished ones were recorded)
+
+The cache is read by fused_rnn on every call of a tuned kernel (once per process from disk);
+FLASHSEQ_TUNING=off ignores it."""
 
 
 def default_cache_dir() -> Path:
-    """$FLASHSEQ_CACHE_DIR/tune, else $XDG_CACHE_HOME (or ~/.cache)/flashseq/tune."""
+    """$FLASHSEQ_CACHE_DIR/tune, else $XDG_CACHE_HOME (or ~/.cache)/flashseq/tune: the folder
+    dispatch reads (flashseq.tuning.tune_dir)."""
     root = os.environ.get("FLASHSEQ_CACHE_DIR")
     if root:
         return Path(root) / "tune"
@@ -39,18 +55,37 @@ def default_cache_dir() -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="flashseq-tune",
-        description="Tune flashseq's kernels for a GPU and store the result in the tuning cache.")
-    parser.add_argument("--gpu", default="auto",
-                        help="auto (the CUDA device here) or a GPU name: "
-                             + ", ".join(hardware.known_names()) + " (default: auto)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plans and what would be measured; run nothing")
-    parser.add_argument("--ops", nargs="+", default=list(OPS), choices=OPS, metavar="OP",
-                        help=f"op families to tune, from {list(OPS)} (default: all)")
+        prog="flashseq-tune", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Time the solver's best kernel configurations on this machine and record "
+                    "the fastest in the tuning cache that flashseq's dispatch reads.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--gpu", default=None,
+                       help="auto (the CUDA device here) or a GPU name: "
+                            + ", ".join(hardware.known_names()) + " (default: auto)")
+    where.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                       help="cpu: tune the compiled CPU loop's knobs; cuda: same as --gpu auto")
+    parser.add_argument("--ops", default="lstm,gru",
+                        help=f"comma-separated cells of fused_rnn: {', '.join(wl.OPS)}, or "
+                             "fused_rnn for all (default: lstm,gru)")
+    parser.add_argument("--shapes", default="small",
+                        help="a preset (small, default) or comma-separated BxTxH / BxTxNHxDH "
+                             "shapes, e.g. 16x64x128,16x1024x12x64 (default: small)")
+    parser.add_argument("--dtype", default=None, choices=("float32", "float64", "float16",
+                                                          "bfloat16"),
+                        help="default: float32 on CPU, bfloat16 on a GPU")
+    parser.add_argument("-k", "--candidates", type=int, default=6, metavar="K",
+                        help="candidates timed per workload, the solver's K best (default: 6)")
     parser.add_argument("--cache", type=Path, default=None,
                         help="tuning cache folder (default: $FLASHSEQ_CACHE_DIR/tune or "
-                             "~/.cache/flashseq/tune)")
+                             "~/.cache/flashseq/tune, which dispatch reads)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the candidates (GPU: predicted registers and shared memory); "
+                             "time nothing, write nothing")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
+                        help="also write the results table as JSON to PATH")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="stop starting new candidates after this many seconds (exit 3 if "
+                             "some workloads were left)")
     return parser
 
 
@@ -68,86 +103,158 @@ def resolve_gpu(name: str):
     return spec, present
 
 
-PLAN_FIELDS = ("path", "BB", "BH", "BK", "num_warps", "num_stages", "programs_per_head",
-               "cluster_size", "grid", "registers_per_thread", "shared_memory_bytes",
-               "predicted_step_ns", "binding")
+class _PlainBar:
+    """The progress bar when tqdm is not installed: one line per workload on stderr."""
+
+    def __init__(self, total):
+        self.total, self.n = total, 0
+
+    def update(self, n=1):
+        self.n += n
+
+    def set_description(self, text):
+        print(f"[{self.n}/{self.total} candidates] {text}", file=sys.stderr, flush=True)
+
+    def close(self):
+        print(f"[{self.n}/{self.total} candidates] done", file=sys.stderr, flush=True)
 
 
-def format_plan(plan) -> str:
-    """One line of a plan's tiles and predictions (fields it lacks are left out)."""
-    parts = []
-    for name in PLAN_FIELDS:
-        if hasattr(plan, name):
-            value = getattr(plan, name)
-            parts.append(f"{name}={value:.0f}" if isinstance(value, float) else f"{name}={value}")
-    return " ".join(parts) if parts else repr(plan)
-
-
-def print_plans(spec, ops, backends=("triton", "cuda")) -> None:
-    """The fused_rnn plan of each tuned workload for each back end, or why there is none."""
-    if "fused_rnn" not in ops:
-        return
+def progress_bar(total: int):
     try:
-        plan_module = importlib.import_module("flashseq.kernels.fused_rnn.plan")
+        from tqdm import tqdm
     except ImportError:
-        print("fused_rnn: plans not available yet (flashseq.kernels.fused_rnn.plan is not "
-              "part of this build)")
-        return
-    plan_fn = getattr(plan_module, "plan_fused_rnn", None)
-    if not callable(plan_fn):
-        print("fused_rnn: flashseq.kernels.fused_rnn.plan has no plan_fused_rnn(); plans not "
-              "available yet")
-        return
+        return _PlainBar(total)
+    return tqdm(total=total, unit="cand", file=sys.stderr, leave=False)
+
+
+def _speedup(ratio) -> str:
+    return "-" if ratio is None else f"{1 / ratio:.2f}x"
+
+
+def format_table(results, peer_name: str) -> str:
+    """The final table (Markdown): best config, time, speed-up over the untuned configuration
+    and over the peer (both from alternating timings: median of per-pair ratios, inverted)."""
+    lines = ["| workload | best config | time ms | untuned ms | speed-up vs untuned | "
+             f"speed-up vs {peer_name} |", "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        if r.time_ms is None:
+            why = r.error or r.skipped or "not tuned"
+            lines.append(f"| {r.workload.label} | {why} | - | - | - | - |")
+            continue
+        lines.append(f"| {r.workload.label} | {r.config_text} | {r.time_ms:.3f} | "
+                     f"{r.untuned_ms:.3f} | {_speedup(r.ratio_vs_untuned)} | "
+                     f"{_speedup(r.ratio_vs_peer)} |")
+    return "\n".join(lines)
+
+
+def dry_run_cpu(work, k: int) -> None:
+    from flashseq.kernels.fused_rnn import cpu_config
     import torch
 
-    for backend in backends:
-        print(f"fused_rnn plans for {spec.name}, backend {backend!r}:")
-        for w in TUNED_WORKLOADS:
-            label = (f"  {w['cell']:<5} B={w['batch']} T={w['steps']} NH={w['heads']} "
-                     f"DH={w['head_dim']} {w['dtype']}")
-            try:
-                plan = plan_fn(w["cell"], w["batch"], w["heads"], w["head_dim"],
-                               getattr(torch, w["dtype"]), spec, backend=backend,
-                               time_limit=PLAN_TIME_LIMIT_S)
-            except Exception as err:  # a dry run reports every workload, planned or not
-                print(f"{label}: no plan ({type(err).__name__}: {err})")
-            else:
-                print(f"{label}: {format_plan(plan)}")
+    print(f"CPU candidates (solver's best {k} by estimated ns per step; "
+          f"{torch.get_num_threads()} threads):")
+    for w in work:
+        print(f"  {w.label}:")
+        for config, est in cpu_config.candidates(w.cell, w.batch, w.heads, w.head_dim,
+                                                 getattr(torch, w.dtype), k=k):
+            print(f"    {config.describe():<40} est {est / 1000:.1f} us/step")
 
 
-def describe(spec, ops, cache: Path) -> None:
-    print(f"flashseq-tune will, for {spec.name} ({spec.sm_count} SMs, "
-          f"compute capability {spec.compute_capability[0]}.{spec.compute_capability[1]}):")
-    print(f"  1. ask the solver for each op's feasible tilings ({', '.join(ops)}) on "
-          f"{len(TUNED_WORKLOADS)} workloads (lstm/gru/slstm, B=16 T=1024, H=768 as NH x DH),")
-    print("  2. build and time the best-ranked candidates of each on the GPU, checking each "
-          "against the reference first,")
-    print(f"  3. write the fastest per workload to {cache / 'fused_rnn.json'} (versioned JSON, "
-          "written atomically), which backend=\"auto\" then uses.")
+def dry_run_gpu(spec, work, k: int) -> None:
+    from .candidates import gpu_candidates
+    import torch
+
+    print(f"{spec.name} candidates (plan model's best {k} by predicted step time; Triton):")
+    for w in work:
+        print(f"  {w.label}:")
+        try:
+            found = gpu_candidates(w.cell, w.batch, w.heads, w.head_dim, getattr(torch, w.dtype),
+                                   spec, k=k)
+        except (ValueError, TypeError) as err:
+            print(f"    no candidates ({err})")
+            continue
+        for c in found:
+            print(f"    {c['path']:<8} BB={c['BB']:<3} BH={c['BH']:<4} BK={c['BK']:<4} "
+                  f"warps={c['num_warps']:<2} stages={c['num_stages']} "
+                  f"P={c['programs_per_head']:<2} registers={c['registers_per_thread']} "
+                  f"smem={c['shared_memory_bytes']} B predicted {c['predicted_step_ns']:.0f} ns/step")
+
+
+def run_tuning(target, work, args, peer_name: str) -> int:
+    from . import cache, runner
+
+    settings = runner.Settings(k=args.candidates)
+    bar = progress_bar(len(work) * args.candidates)
+    start = time.monotonic()
+    try:
+        results = runner.tune(target, work, settings, progress=bar, budget_s=args.budget)
+    finally:
+        bar.close()
+    done = [r for r in results if r.time_ms is not None]
+    folder = args.cache or default_cache_dir()
+    path = None
+    if done:
+        path = cache.record(target.identity(), [runner.entry(target, r) for r in done], folder)
+    print(format_table(results, peer_name))
+    print(f"\n{len(done)} of {len(results)} workloads tuned in {time.monotonic() - start:.0f} s"
+          + (f"; cache: {path}" if path else "; nothing recorded"))
+    if args.cache is not None and Path(args.cache).resolve() != default_cache_dir().resolve():
+        print(f"note: dispatch reads {default_cache_dir()}; set FLASHSEQ_CACHE_DIR so that "
+              "its tune/ folder is this one to use these results")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"device": target.identity(),
+                                         "results": [r.to_json() for r in results]}, indent=1))
+    # a candidate whose output differs from the default's is a kernel bug: fail loudly
+    if any(r.error or r.rejected for r in results):
+        for r in results:
+            for why in r.rejected:
+                print(f"rejected: {r.workload.label}: {why}")
+        return EXIT_FAILED
+    if any(r.skipped for r in results):
+        return EXIT_BUDGET
+    return EXIT_OK
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.candidates < 1:
+        parser.error("--candidates must be >= 1")
+    if args.budget is not None and not args.budget > 0:
+        parser.error("--budget must be > 0 seconds")
+    on_cpu = args.device == "cpu"
     try:
-        spec, present = resolve_gpu(args.gpu)
+        ops = wl.parse_ops(args.ops)
+        shapes = wl.parse_shapes(args.shapes, "cpu" if on_cpu else "gpu")
+    except ValueError as err:
+        parser.error(str(err))  # exits 2
+    dtype = args.dtype or ("float32" if on_cpu else "bfloat16")
+    work = wl.workloads(ops, shapes, dtype)
+    if on_cpu:
+        if dtype not in ("float32", "float64"):
+            parser.error(f"--dtype {dtype}: the CPU loop serves float32 and float64")
+        if args.dry_run:
+            dry_run_cpu(work, args.candidates)
+            return EXIT_OK
+        from .targets import CpuTarget
+        return run_tuning(CpuTarget(), work, args, "torch.nn")
+    try:
+        spec, present = resolve_gpu(args.gpu or "auto")
     except ValueError as err:
         parser.error(f"--gpu: {err}")  # exits 2
     if spec is None:
         print(NO_GPU_MESSAGE)
-        return 2
-    cache = args.cache or default_cache_dir()
-    describe(spec, args.ops, cache)
+        return EXIT_USAGE
     if args.dry_run:
-        print_plans(spec, args.ops)
-        return 0
+        dry_run_gpu(spec, work, args.candidates)
+        return EXIT_OK
     if not present:
         print(f"flashseq-tune: tuning times kernels on the GPU itself and {spec.name} is not "
-              "here; use --dry-run to see the plans")
-        return 2
-    # TODO(autotune-runner): candidate generation and timing are a later issue.
-    print("flashseq-tune: tuning is not implemented yet (a later issue); nothing was written")
-    return 1
+              "here; use --dry-run to see the candidates")
+        return EXIT_USAGE
+    from .targets import GpuTarget
+    return run_tuning(GpuTarget(spec), work, args, "cuDNN")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,190 @@
+"""The devices the tuner tunes, behind one interface the loop (``autotune.runner``) uses.
+
+A target knows its kernel name in the cache, its device identity, the cache bucket of a
+workload, the candidates of a workload (from the solver models), and how to build one timed
+call of a workload under a given configuration (forward + backward through ``fused_rnn``, the
+configuration forced with the back end's ``override``), a correctness check of a candidate
+against the default configuration, and the peer comparison.
+
+``CpuTarget``: the compiled CPU loop's knobs (``cpu_config``); peer torch.nn.LSTM/GRU/RNN.
+``GpuTarget``: the Triton back end's tiles (``triton_tuned``); peer torch.nn on CUDA (cuDNN).
+"""
+from __future__ import annotations
+
+import torch
+
+from flashseq import tuning
+from flashseq.cells import get_cell
+from flashseq.kernels.fused_rnn import cpu_config, fused_rnn, triton_tuned
+
+from .candidates import PLAN_FIELDS, gpu_candidates
+from .workloads import Workload
+
+PEER_MODULES = {"lstm": "LSTM", "gru": "GRU", "elman": "RNN"}
+CHECK_TOLERANCE = {"float32": 1e-5, "float64": 1e-12, "float16": 1e-2, "bfloat16": 1e-2}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    ref64 = ref.double()
+    return float((out.double() - ref64).norm() / ref64.norm().clamp_min(1e-30))
+
+
+class _Inputs:
+    """Random inputs of one workload (fixed seed), with a random upstream gradient."""
+
+    def __init__(self, w: Workload, device):
+        cell = get_cell(w.cell)
+        dtype = getattr(torch, w.dtype)
+        gen = torch.Generator().manual_seed(0)
+        G, B, T, NH, DH = cell.num_gates, w.batch, w.steps, w.heads, w.head_dim
+
+        def rand(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=gen) * scale).to(device=device, dtype=dtype)
+
+        self.wx = rand(B, T, G, NH, DH).requires_grad_()
+        self.r = rand(G, NH, DH, DH, scale=DH ** -0.5).requires_grad_()
+        self.b = rand(G, NH, DH, scale=0.1).requires_grad_()
+        self.dh = rand(B, T, NH, DH)
+        self.cell = w.cell
+
+
+class _Target:
+    kernel = ""
+    device = torch.device("cpu")
+    backend = ""
+
+    def __init__(self):
+        self._inputs = {}
+
+    def inputs(self, w: Workload) -> _Inputs:
+        if w not in self._inputs:
+            self._inputs = {w: _Inputs(w, self.device)}  # one workload's tensors at a time
+        return self._inputs[w]
+
+    def identity(self) -> dict:
+        return tuning.device_identity(self.device)
+
+    def _override(self, config):
+        raise NotImplementedError
+
+    def forward(self, w: Workload, config) -> torch.Tensor:
+        x = self.inputs(w)
+        with torch.no_grad(), self._override(config):
+            return fused_rnn(x.wx, x.r, x.b, cell=w.cell, backend=self.backend)[0]
+
+    def call(self, w: Workload, config):
+        """A no-argument function running forward + backward of ``w`` under ``config``."""
+        x = self.inputs(w)
+
+        def run():
+            with self._override(config):
+                h, _ = fused_rnn(x.wx, x.r, x.b, cell=w.cell, backend=self.backend)
+                torch.autograd.grad(h, (x.wx, x.r, x.b), x.dh)
+        return run
+
+    def check(self, w: Workload, config) -> str | None:
+        """None when ``config``'s forward matches the default's within the dtype's tolerance,
+        else why not (a candidate that computes something else is never timed)."""
+        ref = self.forward(w, self.default())
+        try:
+            out = self.forward(w, config)
+        except (RuntimeError, ValueError) as err:
+            return f"failed: {type(err).__name__}: {err}"
+        err = rel_err(out, ref)
+        if not err <= CHECK_TOLERANCE[w.dtype]:  # NaN fails too
+            return f"output differs from the default configuration's (relative error {err:.2e})"
+        return None
+
+    def peer_calls(self, w: Workload, config):
+        """(ours, peer): module-level forward + backward of flashseq's module under ``config``
+        and of the torch.nn module with the same weights, or None without a peer (several
+        heads, or a cell torch.nn lacks)."""
+        if w.heads != 1 or w.cell not in PEER_MODULES:
+            return None
+        import flashseq
+
+        dtype = getattr(torch, w.dtype)
+        H = w.head_dim
+        torch.manual_seed(0)
+        ours = getattr(flashseq, PEER_MODULES[w.cell])(H, H, batch_first=True).to(self.device,
+                                                                                  dtype)
+        peer = getattr(torch.nn, PEER_MODULES[w.cell])(H, H, batch_first=True).to(self.device,
+                                                                                  dtype)
+        peer.load_state_dict(ours.state_dict())
+        x = torch.randn(w.batch, w.steps, H, device=self.device, dtype=dtype, requires_grad=True)
+        grad = torch.randn(w.batch, w.steps, H, device=self.device, dtype=dtype)
+
+        def run(module, tuned):
+            def go():
+                with self._override(tuned):
+                    out, _ = module(x)
+                    torch.autograd.grad(out, (x, *module.parameters()), grad)
+            return go
+        return run(ours, config), run(peer, None)
+
+
+class CpuTarget(_Target):
+    """The compiled CPU loop (``backend="cpu"``); configs are ``CpuConfig``s."""
+
+    kernel = cpu_config.KERNEL
+    device = torch.device("cpu")
+    backend = "cpu"
+
+    def default(self):
+        return cpu_config.DEFAULT
+
+    def _override(self, config):
+        return cpu_config.override(config)
+
+    def bucket(self, w: Workload) -> dict:
+        return cpu_config.bucket(w.cell, w.batch, w.heads, w.head_dim)
+
+    def candidates(self, w: Workload, k: int) -> list:
+        found = cpu_config.candidates(w.cell, w.batch, w.heads, w.head_dim,
+                                      getattr(torch, w.dtype), k=k)
+        return [config for config, _ in found]
+
+    def to_json(self, config) -> dict:
+        return config.to_json()
+
+    def describe(self, config) -> str:
+        return config.describe()
+
+
+class GpuTarget(_Target):
+    """The Triton back end on the CUDA device here; configs are dicts of PLAN_FIELDS."""
+
+    kernel = triton_tuned.KERNEL
+    backend = "triton"
+
+    def __init__(self, spec, device=None):
+        super().__init__()
+        self.spec = spec
+        self.device = torch.device(device or "cuda")
+
+    def default(self):
+        return None  # the plan as plan_fused_rnn makes it
+
+    def _override(self, config):
+        return triton_tuned.override(config)
+
+    def bucket(self, w: Workload) -> dict:
+        return {"cell": w.cell, "batch": tuning.pow2_bucket(w.batch), "heads": w.heads,
+                "head_dim": w.head_dim}
+
+    def candidates(self, w: Workload, k: int) -> list:
+        found = gpu_candidates(w.cell, w.batch, w.heads, w.head_dim, getattr(torch, w.dtype),
+                               self.spec, k=k)
+        return [{f: c[f] for f in PLAN_FIELDS} for c in found]
+
+    def to_json(self, config) -> dict:
+        return dict(config or {})
+
+    def describe(self, config) -> str:
+        if not config:
+            return "plan"
+        return (f"{config['path']} BB={config['BB']} BH={config['BH']} "
+                f"warps={config['num_warps']} stages={config['num_stages']}")
+
+
+__all__ = ["CpuTarget", "GpuTarget", "rel_err"]

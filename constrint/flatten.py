@@ -27,7 +27,8 @@ class Flat:
     lo, hi, vals: initial domains of all atoms (model variables are atoms 0..n_model-1).
     defined: model variables fixed by an equality once the others are (`x == expr`); the search
     branches on them last.
-    props: propagators; defs: (kind, out, operands) for each auxiliary definition.
+    props: propagators; defs: (kind, out, operands) for each auxiliary definition; linear_defs:
+    for each linear auxiliary atom, the propagator defining it as sum(coef * atom) + const.
     objective: None or (atom, offset, sign): the model's objective equals sign * (atom + offset)
     and the search minimises the atom. infeasible: a constraint was false on constants alone.
     """
@@ -45,6 +46,7 @@ class Flat:
         self._consts = {}
         self._poly_cache = {}
         self._linear_aux = {}
+        self.linear_defs = {}  # auxiliary atom -> (propagator index, ((atom, coef), ...), const)
         self._product_outs = set()  # model variables that are the output of a product propagator
         for constraint in model.constraints:
             self._add_constraint(constraint)
@@ -103,6 +105,7 @@ class Flat:
         atom = self._linear_aux[key] = self._new_atom(lo, hi)
         idx = list(terms) + [atom]
         coefs = list(terms.values()) + [-1]
+        self.linear_defs[atom] = (len(self.props), tuple(terms.items()), const)
         self.props.append(_linear_eq(idx, coefs, -const))
         self.defs.append(("linear", atom, tuple(terms.items())))
         return atom
@@ -244,10 +247,18 @@ class Flat:
             if len(poly) != 1:
                 return False
             (mono, coef), = poly.items()
-            if coef != 1 or len(mono) < 2 or mono in self._products or side.index in mono:
+            if coef < 1 or len(mono) < 2 - (coef > 1) or side.index in mono:
+                return False
+            if coef == 1 and mono in self._products:
                 return False
             x = side.index
-            self._products[mono] = x
+            if coef == 1:
+                self._products[mono] = x
+            else:
+                # x == c * a * b: the constant is one more factor (a single-valued variable folds
+                # into such a coefficient); one propagator, and the objective's direction reaches
+                # a, b through it (Flat.value_preference)
+                mono = mono + (self._const_atom(coef),)
             self._product_outs.add(x)
             nonneg = all(self.lo[i] >= 0 for i in mono)
             self.props.append((P.ProductNonneg if nonneg else P.Product)(x, mono))
@@ -295,30 +306,42 @@ class Flat:
             atom = self._atom_of({(a,): c for a, c in terms.items()})
         self.objective = (atom, const, sign)
 
-    def value_preference(self):
+    def value_preference(self, lo=None):
         """Per atom: +1 if the objective tends to grow with it (try low values first), -1 if it
-        tends to shrink (try high values first), 0 if unknown. A heuristic for value order only."""
-        weight = [0] * len(self.lo)
-        if self.objective is None:
-            return weight
-        weight[self.objective[0]] = 1
-        for kind, out, operands in reversed(self.defs):
-            s = weight[out]
-            if not s:
-                continue
-            if kind == "linear":
-                for atom, coef in operands:
-                    weight[atom] += s if coef > 0 else -s
-            elif kind == "product":
-                if all(self.lo[i] > 0 for i in operands):
-                    for atom in operands:
-                        weight[atom] += s
-            else:
-                num, den = operands
-                weight[num] += s
-                if self.lo[num] >= 0:
-                    weight[den] -= s
-        return [(w > 0) - (w < 0) for w in weight]
+        tends to shrink (try high values first), 0 if unknown (see value_preference)."""
+        return value_preference(self.defs, self.objective, self.lo if lo is None else lo)
+
+
+def value_preference(defs, objective, lo):
+    """Per atom: +1 if the minimised objective atom tends to grow with it (try low values first),
+    -1 if it tends to shrink (try high values first), 0 if unknown. A heuristic for value order
+    only, read off the definitions (defs, newest last) from the objective atom down.
+
+    lo: the atoms' lower bounds to judge signs by; the search passes the root's propagated ones,
+    where far more products are known non-negative than in the declared domains (on the
+    FlashRNN-class models the register objective then reaches the cached-fragment counts)."""
+    weight = [0] * len(lo)
+    if objective is None:
+        return weight
+    weight[objective[0]] = 1
+    for kind, out, operands in reversed(defs):
+        s = weight[out]
+        if not s:
+            continue
+        if kind == "linear":
+            for atom, coef in operands:
+                weight[atom] += s if coef > 0 else -s
+        elif kind == "product":
+            # with every factor >= 0 the product does not fall as any one factor grows
+            if all(lo[i] >= 0 for i in operands):
+                for atom in operands:
+                    weight[atom] += s
+        else:
+            num, den = operands
+            weight[num] += s
+            if lo[num] >= 0:
+                weight[den] -= s
+    return [(w > 0) - (w < 0) for w in weight]
 
 
 def _defined_variables(model):

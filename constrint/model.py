@@ -7,6 +7,7 @@ import math
 import time
 
 from .expr import CDiv, Compare, Const, Divides, Product, Sum, Var, as_expr, as_int, walk
+from .components import Part, split
 from .flatten import Flat
 from .search import Search, TimeUp
 
@@ -150,24 +151,25 @@ class Model:
         start = time.perf_counter()
         flat = Flat(self)
         search = Search(flat, deadline, first_point=True)
-        names = [v.name for v in self.variables]
-        best = None
-        best_obj = None
+        searches = [search]
+        found = {}  # "values", "objective" of the best point so far
         timed_out = False
         try:
-            for _ in search.dfs():
-                best = dict(zip(names, search.values()))
-                if flat.objective is None:
-                    best_obj = flat.objective_const
-                    break
-                best_obj = search.objective_value()
-                search.cutoff = search.st.lo[flat.objective[0]] - 1
+            if search.root():
+                # without an objective one dive finds a point: splitting would only add work
+                parts = split(flat, search.st.lo, search.st.hi) if flat.objective else None
+                if parts is None:
+                    _branch_and_bound(flat, search, found)
+                else:
+                    _solve_parts(flat, search, parts, deadline, searches, found)
         except TimeUp:
             timed_out = True
-        stats = {"nodes": search.nodes, "runs": search.runs, "seconds": time.perf_counter() - start}
-        if best is None:
+        stats = {"nodes": sum(s.nodes for s in searches), "runs": sum(s.runs for s in searches),
+                 "seconds": time.perf_counter() - start}
+        if not found:
             return Solution("unknown" if timed_out else "infeasible", stats=stats)
-        return Solution("feasible" if timed_out else "optimal", best, best_obj, stats)
+        values = dict(zip([v.name for v in self.variables], found["values"]))
+        return Solution("feasible" if timed_out else "optimal", values, found["objective"], stats)
 
     def best(self, k, time_limit=None):
         """The k best feasible points by the objective, best first, as a list of Solutions.
@@ -254,6 +256,69 @@ class Model:
         if self.objective is not None:
             lines.append(f"{'minimize' if self.objective[1] == 'min' else 'maximize'} {self.objective[0]}")
         return "\n".join(lines)
+
+
+def _branch_and_bound(flat, search, found):
+    """Depth-first branch and bound from the search's root: every better point goes in `found`
+    (the first one ends it without an objective)."""
+    for _ in search.dfs():
+        found["values"] = search.values()
+        if flat.objective is None:
+            found["objective"] = flat.objective_const
+            return
+        found["objective"] = search.objective_value()
+        search.cutoff = search.st.lo[flat.objective[0]] - 1
+
+
+def _solve_parts(flat, root, split_parts, deadline, searches, found):
+    """Search each independent part (components.split) on its own, from the root's domains:
+    first one point of every part (so that a time limit after that still has a whole point),
+    then branch and bound within each part that owns objective terms. `found` holds the whole
+    point made of every part's best one; the searches go in `searches` (for the statistics)."""
+    parts, fixed = split_parts
+    st = root.st
+    values = st.lo[:flat.n_model]
+    runs = []  # (part, search, its dfs generator, objective terms)
+    for props, model_vars, terms in parts:
+        part = Part(flat, st.lo, st.hi, st.vals, props, model_vars, terms)
+        search = Search(part, deadline, first_point=True)
+        searches.append(search)
+        runs.append((part, search, search.dfs(), terms))
+    totals = []
+    for part, search, points, terms in runs:
+        if next(points, _END) is _END:
+            return  # this part has no point: neither has the model
+        totals.append(_take(search, part, values, terms))
+    found["values"] = list(values)
+    found["objective"] = _objective(flat, fixed + sum(totals))
+    for k, (part, search, points, terms) in enumerate(runs):
+        if part.objective is None:
+            continue
+        search.cutoff = search.st.lo[part.objective[0]] - 1
+        for _ in points:
+            totals[k] = _take(search, part, values, terms)
+            found["values"] = list(values)
+            found["objective"] = _objective(flat, fixed + sum(totals))
+            search.cutoff = search.st.lo[part.objective[0]] - 1
+
+
+_END = object()  # what next() gives back once a dfs generator has no more points
+
+
+def _take(search, part, values, terms):
+    """Copy a part's point into `values`; the value of the objective terms it owns."""
+    lo = search.st.lo
+    for i in part.branch:
+        values[i] = lo[i]
+    return sum(a * lo[i] for i, a in terms)
+
+
+def _objective(flat, atom_value):
+    """The model's objective when its objective atom is `atom_value` (None without one)."""
+    if flat.objective is None:
+        return flat.objective_const
+    _, offset, sign = flat.objective
+    return sign * (atom_value + offset)
 
 
 def _deadline(time_limit):

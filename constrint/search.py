@@ -57,8 +57,10 @@ class Search:
         self.idempotent = [getattr(prop, "idempotent", False) for prop in self.props]
         self.in_queue = [False] * len(self.props)
         self.queue = deque()
-        free = tuple(i for i in range(flat.n_model) if i not in flat.defined)
-        self.decision_groups = (free, tuple(sorted(flat.defined)))
+        # the model variables to fix: all of them, or those of one part (components.Part)
+        branch = getattr(flat, "branch", range(flat.n_model))
+        self.decision_groups = (tuple(i for i in branch if i not in flat.defined),
+                                tuple(i for i in branch if i in flat.defined))
         self.prefer = flat.value_preference()
         self.objective_atom = flat.objective[0] if flat.objective else None
         self.cutoff = None  # objective atom must stay <= cutoff (set by branch and bound)
@@ -69,6 +71,7 @@ class Search:
         self.nodes = 0
         self.runs = 0  # propagator runs, for measuring the search's work independent of load
         self.check_at = _CHECK_RUNS  # propagate() calls _check() once `runs` reaches this
+        self.rooted = False  # root() reached its fixed point (dfs() then starts from it)
 
     # ---- propagation ----------------------------------------------------------------------
     def _enqueue_changed(self):
@@ -140,7 +143,8 @@ class Search:
         for k in range(len(self.props)):
             self.in_queue[k] = True
             self.queue.append(k)
-        return self.propagate()
+        self.rooted = self.propagate()
+        return self.rooted
 
     # ---- branching ------------------------------------------------------------------------
     def _choose(self):
@@ -253,9 +257,11 @@ class Search:
         """Yield once at every solution (the store then holds it); the caller may tighten
         `self.cutoff` between yields. Raises TimeUp past the deadline."""
         st = self.st
-        if not self.root():
+        if not (self.rooted or self.root()):
             return
         self.root_lo, self.root_hi = list(st.lo), list(st.hi)
+        if self.objective_atom is not None:
+            self.prefer = self.flat.value_preference(self.root_lo)
         stack = []
         deadline = self.deadline
         while True:

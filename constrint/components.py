@@ -1,0 +1,106 @@
+"""Independent parts of a model after root propagation, each searched on its own.
+
+Once the root's propagation has fixed what it can (problem sizes, limits: a tiling model states
+them as variables fixed by equalities), the propagators often fall into groups that share no
+unfixed variable: the forward and the backward pass of a kernel, say, tied only by the problem
+sizes. One search over all of them multiplies their trees (every failure in one part backtracks
+through the choices of the other), and branch and bound proves a sum's optimum only after
+walking the cross product of both parts' near-optimal points. Searched one after the other, the
+work adds up instead: with a separable objective (a sum of terms, each read by one part), each
+part minimises its own terms; a part the objective does not read needs one feasible point.
+"""
+from .flatten import value_preference
+
+
+def split(flat, lo, hi):
+    """The independent parts of `flat` at the domains lo/hi (a fixed point of its propagators).
+
+    Returns (parts, fixed) or None when the model does not split (one part only) or its objective
+    is not a sum the parts can share out. parts: a list of (props, model_vars, terms):
+    propagator indices, the unfixed model variables they read (a variable no propagator reads is
+    a part of its own), and the objective terms [(atom, coef)] the part owns (empty: the part
+    needs any feasible point). fixed: the objective atom's value from its fixed terms, so that
+    it equals fixed + the sum of every part's terms."""
+    n = len(lo)
+    parent = list(range(n))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    objective = flat.objective
+    obj_atom = objective[0] if objective is not None and lo[objective[0]] != hi[objective[0]] else None
+    obj_def = terms = None
+    fixed = lo[objective[0]] if objective is not None and obj_atom is None else 0
+    if obj_atom is not None:
+        obj_def, terms, fixed = flat.linear_defs.get(obj_atom, (None, ((obj_atom, 1),), 0))
+    live = []  # propagators reading an unfixed atom (the others hold at the root's fixed point)
+    for k, prop in enumerate(flat.props):
+        free = [i for i in prop.watch if lo[i] != hi[i]]
+        if not free:
+            continue
+        if k == obj_def:
+            continue  # the objective's own definition would join every part it sums over
+        live.append((k, free))
+        root = find(free[0])
+        for i in free[1:]:
+            r = find(i)
+            if r != root:
+                parent[r] = root
+    model_vars = [i for i in range(flat.n_model) if lo[i] != hi[i]]
+    parts = {}  # root atom -> [props, model vars, objective terms]
+    for k, free in live:
+        parts.setdefault(find(free[0]), [[], [], []])[0].append(k)
+    for i in model_vars:
+        parts.setdefault(find(i), [[], [], []])[1].append(i)
+    if obj_atom is not None:
+        if obj_def is not None and any(i == obj_atom for _, free in live for i in free):
+            return None  # the objective atom is read elsewhere too: not a plain sum
+        for i, a in terms:
+            if lo[i] != hi[i]:
+                parts.setdefault(find(i), [[], [], []])[2].append((i, a))
+            else:
+                fixed += a * lo[i]
+    if len(parts) < 2:
+        return None
+    return [tuple(p) for p in parts.values()], fixed
+
+
+class Part:
+    """One part of a Flat, in the form Search reads (lo, hi, vals, props, n_model, defined,
+    objective, infeasible, value_preference), over the same atoms; `branch` names the model
+    variables the search fixes. An objective of several terms gets one new atom, their sum
+    (defined by one more propagator), which the part's search minimises."""
+
+    def __init__(self, flat, lo, hi, vals, props, model_vars, terms):
+        from . import propagators as P
+        self.n_model = flat.n_model
+        self.lo, self.hi, self.vals = list(lo), list(hi), list(vals)
+        self.props = [flat.props[k] for k in props]
+        self.defined = flat.defined
+        self.branch = tuple(model_vars)
+        self.defs = flat.defs
+        self.infeasible = False
+        self.objective = None
+        self.objective_const = 0
+        if len(terms) == 1 and terms[0][1] == 1:
+            self.objective = (terms[0][0], 0, 1)
+        elif terms:
+            least = most = 0
+            for i, a in terms:
+                least += a * (lo[i] if a > 0 else hi[i])
+                most += a * (hi[i] if a > 0 else lo[i])
+            atom = len(self.lo)
+            self.lo.append(least)
+            self.hi.append(most)
+            self.vals.append(None)
+            idx = [i for i, _ in terms] + [atom]
+            coefs = [a for _, a in terms] + [-1]
+            self.props.append((P.LinearEq2 if len(idx) == 2 else P.LinearEq)(idx, coefs, 0))
+            self.defs = flat.defs + [("linear", atom, tuple(terms))]
+            self.objective = (atom, 0, 1)
+
+    def value_preference(self, lo=None):
+        return value_preference(self.defs, self.objective, self.lo if lo is None else lo)

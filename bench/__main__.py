@@ -9,8 +9,8 @@ printed above the table. ``--runs N`` repeats a suite that defines ``merge_runs`
 and keeps its run-to-run spread; ``--compare`` compares the run with a result file as
 ``python -m bench compare`` does. Exit status: 0 done, 1 a kernel failed its correctness check
 (or, for compare and ``--compare``, a regression), 2 bad usage (for compare also a malformed
-result file; for a suite an output path that cannot be written or a ``--compare`` file that is
-not a result, found before the suite runs).
+result file, or no case timed in both; for a suite an output path that cannot be written or a
+``--compare`` file that is not a result, found before the suite runs).
 """
 from __future__ import annotations
 
@@ -106,6 +106,22 @@ def run_suite(args) -> int:
         torch.set_num_threads(before)
 
 
+def _retime_suspects(module, rows, device, args) -> list[dict]:
+    """Time again, up to ``module.RETRIES`` times, the cases beyond the baseline's allowance
+    (the suite keeps each case's best attempt), so one noisy moment fails no CI run."""
+    for attempt in range(module.RETRIES):
+        suspects = {r["case"] for r in compare.compare(args.baseline, {"rows": rows},
+                                                       args.threshold)
+                    if r["verdict"] == "regression"}
+        if not suspects:
+            break
+        print(f"bench: {len(suspects)} case(s) beyond the baseline's allowance; timing them "
+              f"again ({attempt + 1}/{module.RETRIES})", flush=True)
+        rows = module.retime(rows, suspects, device, args.tiny,
+                             make_progress(not args.no_progress, f"{args.suite} again"))
+    return rows
+
+
 def _run_and_report(module, device, args) -> int:
     start, load_before = time.perf_counter(), _load_average()
     runs = []
@@ -117,6 +133,8 @@ def _run_and_report(module, device, args) -> int:
         print(f"bench: suite {args.suite!r} refused to time: {err}", file=sys.stderr)
         return 1
     rows = module.merge_runs(runs) if hasattr(module, "merge_runs") else runs[0]
+    if args.baseline is not None and hasattr(module, "retime"):
+        rows = _retime_suspects(module, rows, device, args)
     result = report.make_result(args.suite, module.DESCRIPTION, device, rows)
     # the load others put on the machine is part of how to read the numbers
     result["conditions"] = {"torch_threads": torch.get_num_threads(), "runs": args.runs,
@@ -138,9 +156,9 @@ def _run_and_report(module, device, args) -> int:
     code = 0
     if args.baseline is not None:
         print(f"\ncompared with {args.compare}:")
+        # 2 when no case is timed in both: a baseline of another suite or device is bad usage
         code = compare.report_comparison(args.baseline, result, args.compare, "this run",
                                          args.threshold)
-        code = 1 if code == 1 else 0  # nothing in common (2) is noted above, not an error
     failed = failures(rows)
     if failed:
         names = sorted({r["provider"] for r in failed})

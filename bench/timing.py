@@ -149,8 +149,9 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
 
     Returns:
         dict with ratio (median over pairs of fn / baseline), ratio_iqr, ratio_ci (the
-        ``median_interval`` of the pair ratios, [low, high]), pairs (int), and fn_ms,
-        baseline_ms (median milliseconds per call of each).
+        ``median_interval`` of the pair ratios, [low, high]), pairs (int), fn_ms,
+        baseline_ms (median milliseconds per call of each) and pair_ms (per pair, [fn ms,
+        baseline ms] per call, in the order timed).
     """
     if not callable(fn) or not callable(baseline):
         raise TypeError("fn and baseline must be callable with no arguments; got "
@@ -178,4 +179,5 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
     spread = summarize(ratios)
     return {"ratio": spread["median_ms"], "ratio_iqr": spread["iqr_ms"],
             "ratio_ci": list(median_interval(ratios)), "pairs": len(ratios),
+            "pair_ms": [[a, b] for a, b in zip(fn_ms, base_ms)],
             "fn_ms": statistics.median(fn_ms), "baseline_ms": statistics.median(base_ms)}

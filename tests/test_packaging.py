@@ -96,6 +96,9 @@ def test_import_from_the_parent_of_a_clone_named_flashseq(tmp_path):
     assert file.endswith("__init__.py") and name == "fused_rnn"
 
 
+CI_MICROBENCH = "python -m bench microbench --compare bench/results/cpu/microbench.json"
+
+
 def _readme_setup_commands():
     text = (REPO / "README.md").read_text()
     section = text.split("## Set up", 1)[1].split("\n## ", 1)[0]
@@ -115,8 +118,15 @@ def test_ci_runs_exactly_the_readme_commands():
              if line.strip() and not line.lstrip().startswith("#")]
     assert lines[0] == "set -euo pipefail"
     commands = [line for line in lines if not line.startswith(("set ", "cd "))]
-    # the tuning issue's CI microbenchmark may follow the README's two commands
+    # the README's two commands first; the only command allowed after them is the CI
+    # microbenchmark against the committed CPU baseline
     assert commands[:2] == _readme_setup_commands()
+    assert commands[2:] in ([], [CI_MICROBENCH])
+
+
+def test_ci_microbench_baseline_is_committed():
+    baseline = CI_MICROBENCH.split("--compare ", 1)[1]
+    assert (REPO / baseline).is_file()
 
 
 def test_install_script_parses_and_never_asks_for_a_cuda_torch():

@@ -13,6 +13,15 @@ import torch
 # returns a tuple of S tensors [B, NH, DH]; the first one is the step's output h.
 StepFn = Callable[[torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], tuple]
 
+# partials(wx_t, rh_t, states) -> (new_states, d_wx, d_rh, d_states), the step's analytic local
+# derivatives (used by the parallel-in-time Newton solver, flashseq/kernels/parallel_rnn):
+#   new_states tuple of S tensors [B, NH, DH], exactly ``step``'s results
+#   d_wx       [B, S, G, NH, DH]  d new_state[s] / d wx_t[g] (each unit sees only its own gates)
+#   d_rh       [B, S, G, NH, DH]  d new_state[s] / d rh_t[g]
+#   d_states   [B, S, S, NH, DH]  d new_state[s] / d state[s'] at fixed rh_t (the direct path;
+#              the path through rh_t = h_prev @ r + b is d_rh composed with r)
+PartialsFn = Callable[[torch.Tensor, torch.Tensor, Sequence[torch.Tensor]], tuple]
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -29,6 +38,7 @@ class Cell:
     state_names: tuple[str, ...]
     step: StepFn
     doc: str = ""
+    partials: PartialsFn | None = None  # None: the cell has no analytic Jacobian (yet)
 
     @property
     def num_gates(self) -> int:

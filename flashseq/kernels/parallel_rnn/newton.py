@@ -1,0 +1,119 @@
+"""Newton's method over the whole sequence and the adjoint backward (ParaRNN / DEER).
+
+Forward: with the guess X (the states after every step), each iteration evaluates every step at
+once, ``F_t = f(X_{t-1}, wx_t)`` and ``J_t = d f / d x_{t-1}``, and solves the linearised system
+for the correction in residual form, ``d_t = J_t d_{t-1} + (F_t - X_t)``, ``d_{-1} = 0``, with one
+parallel scan; ``X <- X + d``. It stops when ``max |d| <= tol``. After k iterations the first k
+steps are exact (step t depends only on steps before it), so T iterations always suffice in exact
+arithmetic; in practice a handful do (quadratic convergence).
+
+Backward (no differentiation through the iterations): at the solution, the gradient with respect
+to x_t obeys the linear adjoint recurrence ``lam_t = J_{t+1}^T lam_{t+1} + g_t`` (g_t: the
+gradient arriving at the outputs of step t), solved by the same scan backwards in time; the
+gradients of wx, r, b then follow step by step from the cell's partials, and the initial states
+get ``J_0^T lam_0``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from . import linearize as lin
+
+
+@dataclass
+class ParallelRNNStats:
+    """What one ``parallel_rnn`` call did; pass an instance as ``stats=`` to have it filled.
+
+    iterations: Newton iterations of the forward pass (each is one scan).
+    converged: whether ``max |correction| <= tol`` was reached within ``max_iters``.
+    max_delta: max |correction| after each iteration.
+    fell_back: True when the result came from the sequential ``fused_rnn`` instead.
+    backend: the scan back end that ran ("reference" or "triton").
+    tol, max_iters: the values used.
+    """
+
+    iterations: int = 0
+    converged: bool = False
+    max_delta: list = field(default_factory=list)
+    fell_back: bool = False
+    backend: str = ""
+    tol: float = 0.0
+    max_iters: int = 0
+
+
+def newton_solve(wx, r, b, states0, *, cell, structure, valid, max_iters, tol, scan, stats):
+    """The states after every step, X [B, T, S, NH, DH], or None when Newton did not converge
+    (or produced a non-finite value) within ``max_iters`` iterations. No autograd graph."""
+    B, T, G, NH, DH = wx.shape
+    S = states0.shape[0]
+    X = states0.transpose(0, 1).unsqueeze(1).expand(B, T, S, NH, DH).contiguous()
+    zero = torch.zeros(1, dtype=wx.dtype, device=wx.device)
+    for it in range(1, max_iters + 1):
+        X_prev = lin.previous(X, states0)
+        F, _, d_rh, d_states = lin.evaluate(wx, r, b, X_prev, cell, structure, valid)
+        J = lin.jacobian(d_rh, d_states, r, structure, valid)
+        residual = lin.to_groups(F - X, structure)
+        delta = scan(J, residual, zero.expand(residual.shape[0], residual.shape[2]))
+        X = X + lin.from_groups(delta, structure, B, S, NH, DH)
+        change = float(delta.abs().max())
+        stats.iterations = it
+        stats.max_delta.append(change)
+        if change != change or change == float("inf"):
+            return None
+        # after T iterations every step is exact up to rounding
+        if change <= tol or it >= T:
+            stats.converged = True
+            return X
+    return None
+
+
+class ParallelRNNFunction(torch.autograd.Function):
+    """Outputs from a converged Newton solution X; backward by the adjoint scan."""
+
+    @staticmethod
+    def forward(ctx, wx, r, b, states0, X, valid, cell, structure, scan_reverse):
+        ctx.save_for_backward(wx, r, b, states0, X, valid)
+        ctx.cell, ctx.structure, ctx.scan_reverse = cell, structure, scan_reverse
+        h = X[:, :, 0]
+        if valid is not None:
+            h = torch.where(valid.unsqueeze(-1).unsqueeze(-1), h, torch.zeros_like(h))
+        last = X[:, -1].transpose(0, 1)
+        return h.contiguous(), last.contiguous()
+
+    @staticmethod
+    def backward(ctx, d_h, d_last):
+        wx, r, b, states0, X, valid = ctx.saved_tensors
+        cell, structure = ctx.cell, ctx.structure
+        B, T, G, NH, DH = wx.shape
+        S = states0.shape[0]
+        X_prev = lin.previous(X, states0)
+        _, d_wx_p, d_rh_p, d_states = lin.evaluate(wx, r, b, X_prev, cell, structure, valid)
+        J = lin.jacobian(d_rh_p, d_states, r, structure, valid)
+        g = torch.zeros_like(X)
+        if d_h is not None:
+            g[:, :, 0] = d_h if valid is None else d_h * valid.view(B, T, 1, 1)
+        if d_last is not None:
+            g[:, -1] += d_last.transpose(0, 1)
+        lam_g = ctx.scan_reverse(J, lin.to_groups(g, structure))  # [N, T, m]
+        lam = lin.from_groups(lam_g, structure, B, S, NH, DH)     # [B, T, S, NH, DH]
+        if valid is not None:
+            lam_local = lam * valid.view(B, T, 1, 1, 1)
+        else:
+            lam_local = lam
+        # local gradients of each step: sum over the new states s'
+        d_wx = (lam_local.unsqueeze(3) * d_wx_p).sum(2)  # [B, T, G, NH, DH]
+        d_rh = (lam_local.unsqueeze(3) * d_rh_p).sum(2)
+        h_prev = X_prev[:, :, 0]
+        if structure == "diag":
+            d_r = torch.einsum("btne,btgne->gne", h_prev, d_rh)
+        else:
+            d_r = torch.einsum("btnd,btgne->gnde", h_prev, d_rh)
+        d_b = d_rh.sum((0, 1))
+        J0 = J[:, 0]
+        lam0 = lam_g[:, 0]
+        d_x0 = (J0.transpose(-1, -2) @ lam0.unsqueeze(-1)).squeeze(-1)  # [N, m]
+        d_states0 = lin.from_groups(d_x0.unsqueeze(1), structure, B, S, NH, DH)[:, 0].transpose(0, 1)
+        # gradients in forward's argument order: wx, r, b, states0, X, valid, cell, structure, scan
+        return d_wx, d_r, d_b, d_states0.contiguous(), None, None, None, None, None

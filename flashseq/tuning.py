@@ -147,13 +147,15 @@ def parse_file(path, identity: dict) -> tuple[list, str | None]:
 
 
 def _table(device) -> dict:
-    folder = tune_dir()
-    device = torch.device(device)
-    key = (str(folder), str(device))
+    if not isinstance(device, torch.device):
+        device = torch.device(device)
+    # keyed by the variables cache_root() reads, not by its Path (tens of microseconds a call)
+    env = os.environ
+    key = (env.get("FLASHSEQ_CACHE_DIR"), env.get("XDG_CACHE_HOME"), device.type, device.index)
     table = _tables.get(key)
     if table is None:
         identity = device_identity(device)
-        path = cache_file(identity, folder)
+        path = cache_file(identity, tune_dir())
         entries, problem = parse_file(path, identity)
         if problem:
             warn_once(f"flashseq: ignoring the tuning cache {path}: {problem}; the default "

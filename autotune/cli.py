@@ -13,7 +13,8 @@ Exit status:
     0  done: every workload tuned and recorded (or, with --dry-run, the candidates listed)
     1  tuning ran but some workloads failed, or a candidate's output differed from the default
        configuration's (the others were recorded)
-    2  bad usage, no CUDA GPU for --gpu auto, or the named GPU is not this machine's
+    2  bad usage, no CUDA GPU for --gpu auto, the named GPU is not this machine's, or (with
+       --device cpu) the compiled CPU loop cannot be built or loaded here
     3  --budget ran out before every workload was tuned (the finished ones were recorded)
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ EPILOG = """exit status:
   0  done: every workload tuned and recorded (or, with --dry-run, the candidates listed)
   1  tuning ran but some workloads failed, or a candidate's output differed from the
      default configuration's (the others were recorded)
-  2  bad usage, no CUDA GPU for --gpu auto, or the named GPU is not this machine's
+  2  bad usage, no CUDA GPU for --gpu auto, the named GPU is not this machine's, or
+     (--device cpu) the compiled CPU loop cannot be built or loaded here
   3  --budget ran out before every workload was tuned (the finished ones were recorded)
 
 The cache is read by fused_rnn on every call of a tuned kernel (once per process from disk);
@@ -196,7 +198,9 @@ def run_tuning(target, work, args, peer_name: str) -> int:
     if done:
         path = cache.record(target.identity(), [runner.entry(target, r) for r in done], folder)
     print(format_table(results, peer_name))
-    print(f"\n{len(done)} of {len(results)} workloads tuned in {time.monotonic() - start:.0f} s"
+    import torch
+    print(f"\n{len(done)} of {len(results)} workloads tuned in {time.monotonic() - start:.0f} s "
+          f"({torch.get_num_threads()} torch threads)"
           + (f"; cache: {path}" if path else "; nothing recorded"))
     if args.cache is not None and Path(args.cache).resolve() != default_cache_dir().resolve():
         print(f"note: dispatch reads {default_cache_dir()}; set FLASHSEQ_CACHE_DIR so that "
@@ -237,6 +241,12 @@ def main(argv=None) -> int:
         if args.dry_run:
             dry_run_cpu(work, args.candidates)
             return EXIT_OK
+        from flashseq import _jit
+        if _jit.extension_error() is not None:
+            print(f"flashseq-tune: the compiled CPU loop is not available here: "
+                  f"{_jit.extension_error()}")
+            return EXIT_USAGE
+        _jit.extension()  # a first-use build happens here, not inside the first timing
         from .targets import CpuTarget
         return run_tuning(CpuTarget(), work, args, "torch.nn")
     try:

@@ -17,7 +17,8 @@ from .expr import CDiv, Compare, Const, Product, Sum, Var, walk
 _MAX_EXPANSION = 64
 
 
-def _linear_eq(idx, coefs, rhs):
+def linear_eq(idx, coefs, rhs):
+    """The propagator of sum(coefs[k] * atom idx[k]) == rhs."""
     return (P.LinearEq2 if len(idx) == 2 else P.LinearEq)(idx, coefs, rhs)
 
 
@@ -106,7 +107,7 @@ class Flat:
         idx = list(terms) + [atom]
         coefs = list(terms.values()) + [-1]
         self.linear_defs[atom] = (len(self.props), tuple(terms.items()), const)
-        self.props.append(_linear_eq(idx, coefs, -const))
+        self.props.append(linear_eq(idx, coefs, -const))
         self.defs.append(("linear", atom, tuple(terms.items())))
         return atom
 
@@ -220,7 +221,7 @@ class Flat:
                     return
                 terms = {a: c // g for a, c in terms.items()}
                 rhs //= g
-            cls = {"==": _linear_eq, "!=": P.LinearNe}.get(op, P.LinearLe)
+            cls = {"==": linear_eq, "!=": P.LinearNe}.get(op, P.LinearLe)
             self.props.append(cls(list(terms), list(terms.values()), rhs))
         else:
             divisor = self._atom_of(self._poly(constraint.divisor))

@@ -53,7 +53,7 @@ class Result:
 class Settings:
     k: int = 6                     # candidates per workload
     min_time: float = 0.15         # seconds of samples per candidate (at least)
-    max_time: float = 0.8          # ... and at most
+    max_time: float = 0.5          # ... and at most (3 samples at least)
     pair_time: float = 0.3         # seconds of alternating pairs for a ratio
 
 

@@ -85,7 +85,10 @@ class _Target:
     def check(self, w: Workload, config) -> str | None:
         """None when ``config``'s forward matches the default's within the dtype's tolerance,
         else why not (a candidate that computes something else is never timed)."""
-        ref = self.forward(w, self.default())
+        key = ("reference", w)
+        if key not in self._inputs:  # the default's output, once per workload
+            self._inputs[key] = self.forward(w, self.default())
+        ref = self._inputs[key]
         try:
             out = self.forward(w, config)
         except (RuntimeError, ValueError) as err:

@@ -86,7 +86,7 @@ def _do_bench():
     return do_bench
 
 
-def median_ms(fn: Callable[[], object], device, *, warmup: int = 2, min_reps: int = 5,
+def median_ms(fn: Callable[[], object], device, *, warmup: int = 1, min_reps: int = 5,
               min_time: float = 0.2, max_time: float = 2.0) -> dict:
     """Median milliseconds per call of ``fn`` on ``device`` (see the module docstring).
 
@@ -123,7 +123,7 @@ def _summary(times: list) -> dict:
 
 
 def paired_ratio(fn: Callable[[], object], baseline: Callable[[], object], device, *,
-                 min_pairs: int = 7, min_time: float = 0.3, max_time: float = 2.0) -> dict:
+                 min_pairs: int = 7, min_time: float = 0.3, max_time: float = 1.5) -> dict:
     """fn's time over baseline's, the two timed in alternation (fn, baseline, fn, ...).
 
     Returns {"ratio": median of per-pair ratios, "ratio_iqr", "pairs", "fn_ms", "baseline_ms"}.

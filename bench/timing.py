@@ -120,20 +120,21 @@ def measure(fn: Callable[[], object], *, device, min_run_time: float = 0.5) -> d
     raise ValueError(f"device must be a cpu or cuda device; got {device}")
 
 
-def _timed_calls(fn: Callable[[], object], calls: int, device: torch.device) -> float:
+def _timed_calls(fn: Callable[[], object], calls: int, device: torch.device,
+                 clock: Callable[[], float] = time.perf_counter) -> float:
     """Seconds that ``calls`` back-to-back calls of fn take (GPU work included on CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    start = time.perf_counter()
+    start = clock()
     for _ in range(calls):
         fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, device,
-                  min_run_time: float = 0.5) -> dict:
+                  min_run_time: float = 0.5, cpu_time: bool = False) -> dict:
     """The time of ``fn`` over the time of ``baseline``, timed in alternation.
 
     Two cases timed minutes apart on a shared machine can drift by 20% against each other;
@@ -146,6 +147,10 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
         min_run_time: seconds of timed pairs at least (after one warm-up of each). At least
             MIN_RUNS pairs are timed, fewer only (never below FEW_RUNS) when that would take
             longer than MAX_RUN_TIME_S.
+        cpu_time: time each side by the CPU time of this process (``time.process_time``)
+            instead of the wall clock; CPU only. Time slices lost to other processes on a busy
+            machine then do not count, but work on other threads does (so only meaningful at
+            one torch thread, where all the work runs in this one). Default: False.
 
     Returns:
         dict with ratio (median over pairs of fn / baseline), ratio_iqr, ratio_ci (the
@@ -161,6 +166,9 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
     device = torch.device(device)
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"device must be a cpu or cuda device; got {device}")
+    if cpu_time and device.type != "cpu":
+        raise ValueError(f"cpu_time=True times CPU work only; got device {device}")
+    clock = time.process_time if cpu_time else time.perf_counter
     pair_s = _timed_calls(fn, 1, device) + _timed_calls(baseline, 1, device)  # warm-up
     calls = max(1, int(1e-3 / max(pair_s, 1e-9)))  # a sample of >= ~1 ms swamps the timer
     ratios, fn_ms, base_ms = [], [], []
@@ -171,8 +179,8 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
             break
         if len(ratios) >= MIN_RUNS and elapsed >= min_run_time:
             break
-        a = _timed_calls(fn, calls, device)
-        b = _timed_calls(baseline, calls, device)
+        a = _timed_calls(fn, calls, device, clock)
+        b = _timed_calls(baseline, calls, device, clock)
         ratios.append(a / b)
         fn_ms.append(a * 1e3 / calls)
         base_ms.append(b * 1e3 / calls)

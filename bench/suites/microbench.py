@@ -1,11 +1,14 @@
 """Suite "microbench": one small case per kernel family and mode, each as a paired ratio against a
 fixed torch.nn baseline, for CI (``python -m bench microbench --compare BASELINE.json``).
 
-Every row is ``bench.timing.measure_ratio(ours, baseline)``: ours and a torch.nn module of the
-same batch, steps and width are called in alternation and the row keeps the median of the
-per-pair time ratios. Both sides see the same machine at the same moment, so the ratio carries
-over between machines far better than a time does, and a baseline recorded on one machine can
-be compared on another (the same CPU family and torch version keep it closest).
+Every row is a paired ratio (``bench.timing.measure_ratio(ours, baseline)``): ours and a
+torch.nn module of the same batch, steps and width are called in alternation and the row keeps
+the median of the per-pair time ratios. Both sides see the same machine at the same moment, so
+the ratio carries over between machines far better than a time does, and a baseline recorded on
+one machine can be compared on another (the same CPU family and torch version keep it closest).
+On a CPU at one torch thread (the default here) both sides are timed in CPU time of the process
+(``uses_cpu_time``), so time slices lost to other processes do not count. Each case is timed
+in ROUNDS rounds over all cases, its pairs pooled (``time_cases``).
 
 Cases (float32, one layer, batch_first, on CPU B=8, T=64, width 64; ``--tiny`` B=2, T=8, 8):
 - ``fused_rnn`` cells lstm, gru, elman, slstm on the "cpu" back end ("auto" on a GPU), the
@@ -35,7 +38,6 @@ from typing import Callable
 import torch
 
 from bench import smoke, timing
-from bench.suites import CorrectnessError
 
 DESCRIPTION = ("CI microbenchmarks: small cases of every kernel family (fused_rnn cells, "
                "chunkwise linear recurrences, drop-in modules), forward and forward+backward, "
@@ -46,7 +48,6 @@ RNN_SIZE = {"B": 8, "T": 64, "H": 64}
 RNN_TINY = {"B": 2, "T": 8, "H": 8}
 SCAN_SIZE = {"B": 1, "T": 128, "H": 2, "D": 32}
 SCAN_TINY = {"B": 1, "T": 16, "H": 1, "D": 8}
-SETTLED_SLACK = 1.5  # see settled_ratio
 ROUNDS = 4  # see time_cases
 MIN_RUN_TIME_S = 1.2
 RETRIES = 2  # see retime  # per case: 22 cases stay well inside the 60 s budget at one thread
@@ -200,7 +201,8 @@ def build(case: MicroCase, device, seed: int = 0):
     elif case.family == "modules":
         ours = _module_call(case, twin, device, gen)
     else:
-        raise ValueError(f"case.family must be fused_rnn, linear_scan or modules; got {case.family!r}")
+        raise ValueError("case.family must be fused_rnn, linear_scan or modules; got "
+                         f"{case.family!r}")
     return ours, baseline
 
 
@@ -271,44 +273,12 @@ def load_average() -> float | None:
         return None
 
 
-def settled_ratio(pair_ms: list) -> dict:
-    """The paired ratio over the pairs a busy machine left alone.
-
-    When other processes hold the cores, a share of the samples loses a scheduler time slice
-    (here, at a load of 12 on 2 cores: about 30 % of 1 ms calls took 13 ms instead), always on
-    one side of a pair only; with half the pairs hit, the median of all pair ratios jumps between
-    runs. A pair is kept when each side took at most SETTLED_SLACK times that side's 10th
-    percentile; the result is the median of the kept pairs' ratios (all pairs if fewer than
-    timing.FEW_RUNS are kept).
-
-    Args:
-        pair_ms: per pair [ours ms, baseline ms] (``measure_ratio``'s "pair_ms").
-
-    Returns:
-        dict with ratio, median_ci (width of the ~95 % interval of that median), paired_iqr and
-        pairs_kept.
-    """
-    def p10(values):
-        ordered = sorted(values)
-        return ordered[int(0.1 * (len(ordered) - 1))]
-
-    floor_a, floor_b = p10([a for a, _ in pair_ms]), p10([b for _, b in pair_ms])
-    kept = [(a, b) for a, b in pair_ms
-            if a <= SETTLED_SLACK * floor_a and b <= SETTLED_SLACK * floor_b]
-    if len(kept) < timing.FEW_RUNS:
-        kept = list(pair_ms)
-    ratios = [a / b for a, b in kept]
-    low, high = timing.median_interval(ratios)
-    return {"ratio": statistics.median(ratios), "median_ci": high - low,
-            "paired_iqr": timing.summarize(ratios)["iqr_ms"], "pairs_kept": len(kept)}
-
-
 def _empty_row(case: MicroCase, device) -> dict:
     return {"case": case.name, "provider": provider(case, device), "median_ms": None,
             "min_ms": None, "iqr_ms": None, "family": case.family, "mode": case.mode,
             "baseline": case.baseline, "baseline_ms": None, "ratio": None, "median_ci": None,
-            "paired_iqr": None, "pairs": None, "pairs_kept": None, "ratio_all_pairs": None,
-            "attempts": None, "load1": load_average()}
+            "paired_iqr": None, "pairs": None, "clock": None, "attempts": None,
+            "load1": load_average()}
 
 
 def _error_status(err: Exception) -> str:
@@ -326,6 +296,7 @@ def time_cases(work: list[MicroCase], device, min_run_time: float, statuses: dic
     over every case in turn, and its pairs are pooled: a slow spell of the machine lasting a
     second or two then touches a part of every case's pairs instead of all of one case's."""
     rows = [_empty_row(case, device) for case in work]
+    cpu_time = uses_cpu_time(device)
     calls, pairs = {}, {i: [] for i in range(len(work))}
     for i, case in enumerate(work):
         status = statuses[(case.family, case.kind)]
@@ -340,20 +311,30 @@ def time_cases(work: list[MicroCase], device, min_run_time: float, statuses: dic
         if i not in calls:  # failed in an earlier round
             continue
         try:
-            r = timing.measure_ratio(*calls[i], device=device, min_run_time=min_run_time / ROUNDS)
+            r = timing.measure_ratio(*calls[i], device=device, min_run_time=min_run_time / ROUNDS,
+                                     cpu_time=cpu_time)
         except Exception as err:
             rows[i]["status"] = _error_status(err)
             del calls[i]
             continue
         pairs[i] += r["pair_ms"]
     for i in calls:
-        pair_ms = pairs[i]
-        all_ratios = [a / b for a, b in pair_ms]
-        rows[i].update({"median_ms": statistics.median(a for a, _ in pair_ms),
-                        "baseline_ms": statistics.median(b for _, b in pair_ms),
-                        **settled_ratio(pair_ms), "pairs": len(pair_ms),
-                        "ratio_all_pairs": statistics.median(all_ratios), "status": "ok"})
+        ratios = [a / b for a, b in pairs[i]]
+        low, high = timing.median_interval(ratios)
+        rows[i].update({"median_ms": statistics.median(a for a, _ in pairs[i]),
+                        "baseline_ms": statistics.median(b for _, b in pairs[i]),
+                        "ratio": statistics.median(ratios), "median_ci": high - low,
+                        "paired_iqr": timing.summarize(ratios)["iqr_ms"], "pairs": len(ratios),
+                        "clock": "cpu" if cpu_time else "wall", "status": "ok"})
     return rows
+
+
+def uses_cpu_time(device) -> bool:
+    """Whether the pairs are timed in CPU time of this process rather than wall time: on a CPU
+    at one torch thread, where every call runs in this thread. Time slices lost to other
+    processes then do not count; on a loaded 2-core machine (load average 12) that took the
+    run-to-run spread of the ratios from up to 2.5x down to 0.2 at most."""
+    return torch.device(device).type == "cpu" and torch.get_num_threads() == 1
 
 
 def _prepare_extension(device) -> None:

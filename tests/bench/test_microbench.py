@@ -3,18 +3,19 @@
 codes), the JSON it writes, and the committed CPU baseline."""
 import json
 import pathlib
+import time
 
 import pytest
 
 from bench import compare, report
 from bench.__main__ import main
 from bench.suites import microbench
+from bench.timing import measure_ratio, median_interval
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASELINE = REPO / "bench" / "results" / "cpu" / "microbench.json"
 ROW_KEYS = ("case", "provider", "median_ms", "family", "mode", "baseline", "baseline_ms", "ratio",
-            "median_ci", "paired_iqr", "pairs", "pairs_kept", "ratio_all_pairs", "attempts",
-            "load1", "run_ratios", "run_spread", "margin",
+            "median_ci", "paired_iqr", "pairs", "clock", "attempts", "load1", "run_ratios", "run_spread", "margin",
             "status")
 
 
@@ -37,6 +38,32 @@ def _write(tmp_path, name, result):
     path = tmp_path / name
     report.write_json(result, path)
     return str(path)
+
+
+def test_median_interval_brackets_the_median():
+    assert median_interval([3.0]) == (3.0, 3.0)
+    assert median_interval(list(range(100))) == (39, 60)  # ranks 40 and 61 of 100 (1-based)
+    low, high = median_interval([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert low <= 3.0 <= high
+    with pytest.raises(ValueError, match="values"):
+        median_interval([])
+
+
+def _spin(seconds):
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_measure_ratio_in_cpu_time_ignores_waiting():
+    # fn sleeps (no CPU), the baseline computes: only CPU time makes fn the cheaper one
+    sleeper, worker = (lambda: time.sleep(0.003)), (lambda: _spin(0.001))
+    wall = measure_ratio(sleeper, worker, device="cpu", min_run_time=0.02)
+    cpu = measure_ratio(sleeper, worker, device="cpu", min_run_time=0.02, cpu_time=True)
+    assert wall["ratio"] > 1.5 and cpu["ratio"] < 0.5
+    assert len(cpu["pair_ms"]) == cpu["pairs"] and cpu["ratio_ci"][0] <= cpu["ratio"]
+    with pytest.raises(ValueError, match="cpu_time"):
+        measure_ratio(sleeper, worker, device="cuda", cpu_time=True)
 
 
 def test_cases_cover_every_family_and_mode():
@@ -138,17 +165,7 @@ def test_tiny_run_writes_the_schema(tmp_path):
         assert row["status"] == "ok", row
         assert row["ratio"] > 0 and row["median_ms"] > 0 and row["baseline_ms"] > 0
         assert row["pairs"] >= microbench.ROUNDS * 3 and row["median_ci"] >= 0
-        assert 3 <= row["pairs_kept"] <= row["pairs"]
-
-
-def test_settled_ratio_drops_pairs_hit_on_one_side():
-    # 10 undisturbed pairs at ratio 0.5, 8 where ours lost a time slice, 4 where the baseline did
-    pairs = [[1.0, 2.0]] * 10 + [[13.0, 2.0]] * 8 + [[1.0, 14.0]] * 4
-    settled = microbench.settled_ratio(pairs)
-    assert settled["ratio"] == 0.5 and settled["pairs_kept"] == 10
-    assert settled["median_ci"] == 0.0
-    # too few undisturbed pairs: all of them count
-    assert microbench.settled_ratio([[1.0, 1.0], [9.0, 1.0], [1.0, 9.0]])["pairs_kept"] == 3
+        assert row["clock"] == "cpu"  # one thread: CPU time of the process
 
 
 def test_compare_run_flags_a_planted_slowdown(tmp_path, monkeypatch, two_cases, capsys):

@@ -113,6 +113,7 @@ class RunStats:
 
 
 _last: list = [None]
+_parsed: dict = {}      # id(cache entry's config dict) -> (that dict, (CpuConfig, source))
 _override: list = [None]
 _calls = {"default": 0, "cache": 0, "override": 0}
 
@@ -160,12 +161,16 @@ def tuned_config(cell: str, batch: int, heads: int, head_dim: int, dtype, device
     found = tuning.lookup(KERNEL, device, bucket(cell, batch, heads, head_dim), _dtype_name(dtype))
     if found is None:
         return DEFAULT, "default"
-    try:
-        return CpuConfig.from_json(found), "cache"
-    except (TypeError, ValueError) as err:
-        tuning.warn_once(f"flashseq: ignoring a tuning cache entry for {KERNEL} ({err}); "
-                         "the default configuration runs")
-        return DEFAULT, "default"
+    parsed = _parsed.get(id(found))
+    if parsed is None or parsed[0] is not found:  # parse each entry once (dispatch runs this)
+        try:
+            parsed = (found, (CpuConfig.from_json(found), "cache"))
+        except (TypeError, ValueError) as err:
+            tuning.warn_once(f"flashseq: ignoring a tuning cache entry for {KERNEL} ({err}); "
+                             "the default configuration runs")
+            parsed = (found, (DEFAULT, "default"))
+        _parsed[id(found)] = parsed
+    return parsed[1]
 
 
 def for_call(cell: str, wx: torch.Tensor):

@@ -140,3 +140,16 @@ def test_auto_without_gpu_in_a_fresh_process():
                           env={"PATH": "/usr/bin:/bin", "CUDA_VISIBLE_DEVICES": ""})
     assert done.returncode == 2, done.stderr
     assert done.stdout.count("\n") == 1 and "no CUDA GPU" in done.stdout
+
+
+@needs_cpu_loop
+def test_verify_reports_dispatch_with_and_without_the_cache(tune_cache, capsys):
+    from autotune import cache, verify
+    from flashseq.kernels.fused_rnn import cpu_config
+    bucket = cpu_config.bucket("lstm", 2, 1, 8)
+    cache.record(tuning.device_identity("cpu"), [{"kernel": cpu_config.KERNEL, "bucket": bucket,
+                                                  "dtype": "float32", "config": {"threads": 1}}])
+    assert verify.main(["--ops", "lstm", "--shapes", "2x4x8", "--time", "0.01"]) == 0
+    assert "| lstm B=2 T=4 H=8 float32 | threads=1 |" in capsys.readouterr().out
+    assert verify.main(["--ops", "gru", "--shapes", "2x4x8", "--time", "0.01"]) == 1
+    assert "no cache entry" in capsys.readouterr().out

@@ -9,6 +9,16 @@ import constrint as ci
 def random_model(rng, tiny=True):
     """A random Model; with `tiny`, at most a few thousand points so brute force is cheap."""
     m = ci.Model()
+    objective = add_random_part(rng, m, "x", tiny)
+    if objective is not None:
+        expr, sense = objective
+        (m.minimize if sense == "min" else m.maximize)(expr)
+    return m
+
+
+def add_random_part(rng, m, prefix, tiny=True):
+    """Add random variables (named prefix + k) and constraints over them to `m`; return a random
+    objective over them as (expression, "min" | "max"), or None."""
     n_vars = rng.randint(1, 3) if tiny else rng.randint(2, 5)
     span = 8 if tiny else 40
     variables, positive = [], []
@@ -16,14 +26,14 @@ def random_model(rng, tiny=True):
         kind = rng.random()
         if kind < 0.45:
             lo = rng.randint(-4, 6)
-            v = m.int_var(f"x{k}", lo, lo + rng.randint(0, span))
+            v = m.int_var(f"{prefix}{k}", lo, lo + rng.randint(0, span))
         elif kind < 0.75:
             values = rng.sample(range(-8, 3 * span), rng.randint(1, 6 if tiny else 12))
-            v = m.int_var(f"x{k}", values=values)
+            v = m.int_var(f"{prefix}{k}", values=values)
         else:
             top = 7 if tiny else 20
             values = [2 ** e for e in rng.sample(range(top), rng.randint(1, top))]
-            v = m.int_var(f"x{k}", values=values)
+            v = m.int_var(f"{prefix}{k}", values=values)
         variables.append(v)
         if (v.values[0] if v.values else v.lo) > 0:
             positive.append(v)
@@ -72,10 +82,10 @@ def random_model(rng, tiny=True):
             m.add(_compare(lhs, rng.choice(ops), rhs))
     sense = rng.choice(("min", "max", None))
     if sense == "min":
-        m.minimize(expression() + variables[-1])
-    elif sense == "max":
-        m.maximize(expression() - variables[0])
-    return m
+        return expression() + variables[-1], "min"
+    if sense == "max":
+        return expression() - variables[0], "max"
+    return None
 
 
 def _compare(lhs, op, rhs):

@@ -18,6 +18,7 @@ SUITES = {
     "constrint": "bench.suites.constrint",
     "modules": "bench.suites.modules",
     "linear_scan": "bench.suites.linear_scan",
+    "plstm": "bench.suites.plstm",
     "microbench": "bench.suites.microbench",
 }
 

@@ -179,7 +179,8 @@ def dry_run_gpu(spec, work, k: int) -> None:
             print(f"    {c['path']:<8} BB={c['BB']:<3} BH={c['BH']:<4} BK={c['BK']:<4} "
                   f"warps={c['num_warps']:<2} stages={c['num_stages']} "
                   f"P={c['programs_per_head']:<2} registers={c['registers_per_thread']} "
-                  f"smem={c['shared_memory_bytes']} B predicted {c['predicted_step_ns']:.0f} ns/step")
+                  f"smem={c['shared_memory_bytes']} B "
+                  f"predicted {c['predicted_step_ns']:.0f} ns/step")
 
 
 def run_tuning(target, work, args, peer_name: str) -> int:

@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     target = CpuTarget()
     saved = os.environ.get(tuning.ENV)
     status = 0
-    print(f"| workload | cached config | tuned ms | untuned ms | tuned / untuned (paired) | "
-          f"pairs |\n|---|---|---:|---:|---:|---:|")
+    print("| workload | cached config | tuned ms | untuned ms | tuned / untuned (paired) | "
+          "pairs |\n|---|---|---:|---:|---:|---:|")
     try:
         for w in workloads(parse_ops(args.ops), parse_shapes(args.shapes, "cpu"), args.dtype):
             fn = target.call(w, None)  # no override: dispatch decides

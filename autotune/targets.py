@@ -172,8 +172,7 @@ class GpuTarget(_Target):
         return triton_tuned.override(config)
 
     def bucket(self, w: Workload) -> dict:
-        return {"cell": w.cell, "batch": tuning.pow2_bucket(w.batch), "heads": w.heads,
-                "head_dim": w.head_dim}
+        return triton_tuned.bucket_of(w.cell, w.batch, w.heads, w.head_dim)
 
     def candidates(self, w: Workload, k: int) -> list:
         found = gpu_candidates(w.cell, w.batch, w.heads, w.head_dim, getattr(torch, w.dtype),

@@ -24,11 +24,16 @@ FIELDS = ("path", "BB", "BH", "BK", "num_warps", "warps_m", "warps_n", "num_stag
 PATHS = ("fused", "split", "stepwise")
 
 
+def bucket_of(cell: str, batch: int, heads: int, head_dim: int) -> dict:
+    """The cache bucket of a problem: batch rounded up to a power of two, heads and head_dim
+    exact (the tiles depend on DH itself)."""
+    return {"cell": cell, "batch": tuning.pow2_bucket(batch), "heads": heads,
+            "head_dim": head_dim}
+
+
 def bucket(plan: FusedRNNPlan) -> dict:
-    """The cache bucket of a plan's problem: batch rounded up to a power of two, heads and
-    head_dim exact (the tiles depend on DH itself)."""
-    return {"cell": plan.cell, "batch": tuning.pow2_bucket(plan.batch), "heads": plan.heads,
-            "head_dim": plan.head_dim}
+    """The cache bucket of a plan's problem (``bucket_of``)."""
+    return bucket_of(plan.cell, plan.batch, plan.heads, plan.head_dim)
 
 
 def apply_entry(plan: FusedRNNPlan, config: dict) -> FusedRNNPlan:
@@ -84,4 +89,4 @@ def tuned_plan(plan: FusedRNNPlan, device) -> FusedRNNPlan:
         return plan
 
 
-__all__ = ["KERNEL", "FIELDS", "bucket", "apply_entry", "override", "tuned_plan"]
+__all__ = ["KERNEL", "FIELDS", "bucket_of", "bucket", "apply_entry", "override", "tuned_plan"]

@@ -180,3 +180,25 @@ def test_workload_parsing():
         parse_ops("attention")
     with pytest.raises(ValueError, match="BxTxH"):
         parse_shapes("0x4x8", "cpu")
+
+
+def test_cached_gpu_entry_overrides_the_plan_through_dispatch(tune_cache, monkeypatch):
+    from autotune import cache
+    from flashseq import tuning
+    fake_gpu = {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]}
+    real = tuning.device_identity
+    monkeypatch.setattr(tuning, "device_identity",
+                        lambda d: fake_gpu if torch.device(d).type == "cuda" else real(d))
+    plan = plan_fused_rnn("lstm", 16, 12, 64, torch.float32, "h100")
+    config = {**{f: getattr(plan, f) for f in candidates.PLAN_FIELDS}, "num_stages": 1}
+    cache.record(fake_gpu, [{"kernel": triton_tuned.KERNEL, "bucket": triton_tuned.bucket(plan),
+                             "dtype": "float32", "config": config}])
+    assert plan.num_stages != 1
+    assert triton_tuned.tuned_plan(plan, "cuda").num_stages == 1
+    monkeypatch.setenv(tuning.ENV, "off")
+    assert triton_tuned.tuned_plan(plan, "cuda") is plan
+    monkeypatch.setenv(tuning.ENV, "on")
+    cache.record(fake_gpu, [{"kernel": triton_tuned.KERNEL, "bucket": triton_tuned.bucket(plan),
+                             "dtype": "float32", "config": {**config, "BH": 48}}])
+    with pytest.warns(RuntimeWarning, match="ignoring the tuning cache entry"):
+        assert triton_tuned.tuned_plan(plan, "cuda") is plan

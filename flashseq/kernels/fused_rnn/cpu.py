@@ -11,7 +11,9 @@ the recurrent weight is packed once per call into contiguous column panels and e
 6x16 register tiles over them, where at::mm would re-pack the weight on every step. Measured on
 the shared 2-core dev box (Zen 3), 1 thread, LSTM T=64, C++ forward: H=128 B=1 0.79 ms vs 1.18
 (MKL), B=16 5.1 vs 6.9; H=512 B=4 15.7 vs 36.7, B=16 45 vs 87; H=1024 B=16 366 vs 748; at
-H=128 B=128 they tie (39 ms). Noisy machine: these set the threshold, not a claim.
+H=128 B=128 they tie (39 ms). Noisy machine: these set the threshold, not a claim. The
+crossover, the AVX-512/AVX2 tile and the thread count are per-call knobs (cpu_config.py) that
+``flashseq-tune --device cpu`` tunes per shape bucket; dispatch applies the cached choice.
 
 What the forward keeps for the backward (only when a gradient is needed):
 ``saved_gates [T, NH, B, K, DH]``, K values per unit chosen by the cell header (LSTM and GRU

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: float32 on CPU, bfloat16 on a GPU")
     parser.add_argument("-k", "--candidates", type=int, default=6, metavar="K",
                         help="candidates timed per workload, the solver's K best (default: 6)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="CPU: tune for N torch threads (torch.set_num_threads; entries are "
+                             "kept per thread count). Default: torch's current setting")
     parser.add_argument("--cache", type=Path, default=None,
                         help="tuning cache folder (default: $FLASHSEQ_CACHE_DIR/tune or "
                              "~/.cache/flashseq/tune, which dispatch reads)")
@@ -228,6 +231,11 @@ def main(argv=None) -> int:
         parser.error("--candidates must be >= 1")
     if args.budget is not None and not args.budget > 0:
         parser.error("--budget must be > 0 seconds")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        import torch
+        torch.set_num_threads(args.threads)
     on_cpu = args.device == "cpu"
     try:
         ops = wl.parse_ops(args.ops)

@@ -77,6 +77,7 @@ def test_gpu_that_is_not_here_exits_2(no_cuda, capsys):
     (["--device", "cpu", "--dtype", "bfloat16"], ["float32"]),
     (["--device", "cpu", "--gpu", "h100"], ["not allowed"]),
     (["--device", "cpu", "--budget", "0"], ["--budget"]),
+    (["--device", "cpu", "--threads", "0"], ["--threads"]),
 ])
 def test_bad_usage_exits_2_naming_the_problem(argv, words, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -282,9 +282,10 @@ def build_model(cell: str, batch: int, heads: int, head_dim: int, dtype, threads
 
 
 def config_of(values: dict, batch: int) -> CpuConfig:
-    """The CpuConfig of a model point: the crossover that sends this bucket's batch (up to
-    ``batch`` rows) to the chosen GEMM, the tile, and the thread cap."""
-    return CpuConfig(step_gemm_max_batch=max(batch, BUILTIN_MAX_BATCH) if values["step"] else 0,
+    """The CpuConfig of a model point: the crossover that sends every batch of this bucket (up
+    to the power of two >= ``batch`` rows) to the chosen GEMM, the tile, and the thread cap."""
+    rows = max(tuning.pow2_bucket(batch), BUILTIN_MAX_BATCH)
+    return CpuConfig(step_gemm_max_batch=rows if values["step"] else 0,
                      avx512_tile=bool(values["avx"]), threads=int(values["threads"]))
 
 

@@ -139,9 +139,13 @@ def _simplified(prop, lo, hi, consts, part):
         rhs = prop.rhs - sum(a * lo[i] for i, a in terms if lo[i] == hi[i])
         idx, coefs = [i for i, _ in rest], [a for _, a in rest]
         return P.LinearLe(idx, coefs, rhs) if kind is P.LinearLe else linear_eq(idx, coefs, rhs)
-    if kind is P.ProductNonneg:
-        out, c, rest = prop.out, 1, []
-        for i in prop.factors:
+    if kind is P.ProductNonneg or kind is P.ProductNonneg2:
+        if kind is P.ProductNonneg:
+            out, c, factors = prop.out, 1, prop.factors
+        else:
+            out, c, factors = prop.out, prop.coef, (prop.x, prop.y)
+        rest = []
+        for i in factors:
             if lo[i] == hi[i]:
                 c *= lo[i]
             else:
@@ -150,8 +154,10 @@ def _simplified(prop, lo, hi, consts, part):
             return None
         if len(rest) == 1:
             return P.LinearEq2([out, rest[0]], [1, -c], 0)
-        if len(rest) + (c != 1) == len(prop.factors):
+        if len(rest) == len(factors):
             return prop
+        if len(rest) == 2:
+            return P.ProductNonneg2(out, rest[0], rest[1], c)
         return P.ProductNonneg(out, rest + [part.const_atom(c, consts)] if c != 1 else rest)
     if kind is P.CeilDiv and sum(lo[i] != hi[i] for i in prop.watch) <= 1:
         return None

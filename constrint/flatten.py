@@ -10,7 +10,7 @@ propagator's output (no auxiliary variable, no equality).
 from math import gcd
 
 from . import propagators as P
-from .expr import CDiv, Compare, Const, Product, Sum, Var, walk
+from .expr import CDiv, Compare, Const, Product, Sum, Var
 
 # Past this many monomials a product is not expanded further: the longer factor becomes one
 # auxiliary variable instead, so (a + b + c) * (d + e + f) * ... cannot blow up.
@@ -52,7 +52,7 @@ class Flat:
         self._fix_equality_chains(model)
         for constraint in model.constraints:
             self._add_constraint(constraint)
-        self.defined = _defined_variables(model)
+        self.defined = _defined_variables(model, self.lo, self.hi)
         self.objective = None
         self.objective_const = None
         if model.objective is not None:
@@ -124,11 +124,20 @@ class Flat:
         if atom is not None:
             return atom
         lo = hi = 1
+        nonneg = True
         for i in mono:
-            lo, hi = P._mul_interval(lo, hi, self.lo[i], self.hi[i])
+            if self.lo[i] < 0:
+                nonneg = False
+                break
+            lo *= self.lo[i]
+            hi *= self.hi[i]
+        if not nonneg:
+            lo = hi = 1
+            for i in mono:
+                lo, hi = P._mul_interval(lo, hi, self.lo[i], self.hi[i])
         atom = self._products[mono] = self._new_atom(lo, hi)
-        nonneg = all(self.lo[i] >= 0 for i in mono)
-        self.props.append((P.ProductNonneg if nonneg else P.Product)(atom, mono))
+        self.props.append(P.product_nonneg(atom, mono, self.lo, self.hi) if nonneg
+                          else P.Product(atom, mono))
         self.defs.append(("product", atom, mono))
         return atom
 
@@ -179,21 +188,21 @@ class Flat:
 
     # ---- polynomials ----------------------------------------------------------------------
     def _poly(self, expr):
-        """{monomial (sorted tuple of atoms): coef} equal to expr."""
+        """{monomial (sorted tuple of atoms): coef} equal to expr (callers must not modify it)."""
+        kind = type(expr)
+        if kind is Var:
+            # a variable with one value is a constant: products and sums with it fold away
+            value = self.lo[expr.index]
+            if value == self.hi[expr.index]:
+                return {(): value} if value else {}
+            return {(expr.index,): 1}
+        if kind is Const:
+            return {(): expr.value} if expr.value else {}
         key = id(expr)
         cached = self._poly_cache.get(key)
         if cached is not None:
             return cached[1]
-        if isinstance(expr, Var):
-            # a variable with one value is a constant: products and sums with it fold away
-            value = self.lo[expr.index]
-            if value == self.hi[expr.index]:
-                out = {(): value} if value else {}
-            else:
-                out = {(expr.index,): 1}
-        elif isinstance(expr, Const):
-            out = {(): expr.value} if expr.value else {}
-        elif isinstance(expr, Sum):
+        if isinstance(expr, Sum):
             out = {(): expr.const} if expr.const else {}
             for coef, sub in expr.items:
                 for mono, c in self._poly(sub).items():
@@ -214,6 +223,11 @@ class Flat:
         return out
 
     def _multiply(self, p, q):
+        if len(p) == 1 and len(q) == 1:  # monomial times monomial: most products of a model
+            (m1, c1), = p.items()
+            (m2, c2), = q.items()
+            mono = tuple(sorted(m1 + m2)) if m1 and m2 else m1 or m2
+            return {mono: c1 * c2} if c1 * c2 else {}
         if len(p) * len(q) > _MAX_EXPANSION:
             if len(p) >= len(q) and len(p) > 1:
                 p = {(self._atom_of(p),): 1}
@@ -322,7 +336,8 @@ class Flat:
                 mono = mono + (self._const_atom(coef),)
             self._product_outs.add(x)
             nonneg = all(self.lo[i] >= 0 for i in mono)
-            self.props.append((P.ProductNonneg if nonneg else P.Product)(x, mono))
+            self.props.append(P.product_nonneg(x, mono, self.lo, self.hi) if nonneg
+                              else P.Product(x, mono))
             self.defs.append(("product", x, mono))
             return True
         return False
@@ -435,21 +450,34 @@ def _constant(expr, lo, hi):
     return None
 
 
-def _defined_variables(model):
+def _free_variables(expr, lo, hi, out):
+    """Add to `out` the indices of the variables in `expr` that lo/hi leave unfixed."""
+    kind = type(expr)
+    if kind is Var:
+        if lo[expr.index] != hi[expr.index]:
+            out.add(expr.index)
+    elif kind is not Const:
+        for sub in expr.children():
+            _free_variables(sub, lo, hi, out)
+
+
+def _defined_variables(model, lo, hi):
     """Indices of model variables that some `x == expr` constraint defines from other variables.
 
     Taken greedily in constraint order, skipping any definition that would make a cycle, so the
     other (free) variables determine all of them: once the free ones are fixed, propagation fixes
     these too, and branching on them first would only multiply failing alternatives.
     """
-    uses = {}  # defined variable -> indices of the variables its expression reads
+    uses = {}  # defined variable -> indices of the unfixed variables its expression reads
     for c in model.constraints:
         if not isinstance(c, Compare) or c.op != "==":
             continue
         for side, other in ((c.lhs, c.rhs), (c.rhs, c.lhs)):
-            if not isinstance(side, Var) or side.index in uses:
+            # a variable fixed by now (an equality chain's constant) is no decision at all
+            if not isinstance(side, Var) or side.index in uses or lo[side.index] == hi[side.index]:
                 continue
-            reads = {n.index for n in walk(other) if isinstance(n, Var)}
+            reads = set()
+            _free_variables(other, lo, hi, reads)
             if not _reaches(uses, reads, side.index):
                 uses[side.index] = reads
                 break

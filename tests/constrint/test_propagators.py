@@ -25,6 +25,9 @@ def _feasible(kind, params, point):
         for v in point[1:]:
             out *= v
         return point[0] == out
+    if kind == "product_nonneg2":
+        coef, = params
+        return point[0] == coef * point[1] * point[2]
     if kind == "cdiv":
         out, num, den = point
         return out == -(-num // den)
@@ -54,6 +57,9 @@ def _random_case(rng, kind):
         out = dom(-30 if low else 0, 40)
         cls = P.ProductNonneg if kind == "product_nonneg" else P.Product
         return cls(0, list(range(1, k + 1))), [out] + factors, None
+    if kind == "product_nonneg2":
+        coef = rng.choice((1, 1, 2, 3, 8))
+        return P.ProductNonneg2(0, 1, 2, coef), [dom(0, 60), dom(0, 5), dom(0, 5)], (coef,)
     if kind == "cdiv":
         return P.CeilDiv(0, 1, 2), [dom(-6, 8), dom(-15, 20), dom(1, 6)], None
     if kind == "divides":
@@ -61,7 +67,7 @@ def _random_case(rng, kind):
     raise AssertionError(kind)
 
 
-KINDS = ["le", "eq", "eq2", "ne", "product", "product_nonneg", "cdiv", "divides"]
+KINDS = ["le", "eq", "eq2", "ne", "product", "product_nonneg", "product_nonneg2", "cdiv", "divides"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

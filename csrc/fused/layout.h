@@ -109,6 +109,7 @@ struct Tiling {
   FLASHSEQ_LAYOUT_FN const char* invalid() const {
     return (K != 16 && K != 8) ? "K must be 16 or 8"
            : (BB % 8 != 0) ? "BB must be a multiple of 8 (mma N)"
+           : (BH % 8 != 0) ? "BH must be a multiple of 8 (16-byte pieces of h per block)"
            : (DHP % 16 != 0) ? "DHP must be a multiple of 16"
            : (P * BH != DHP) ? "P * BH must equal DHP"
            : (rows() % (16 * WM) != 0) ? "G*BH must split into WM warps of whole 16-row tiles"
@@ -196,10 +197,17 @@ struct Tiling {
     return by * heads + block_head(bx);
   }
   // Through distributed shared memory (sm_90a cluster of the P blocks of a head): block `slice`
-  // writes h[b, unit] into the shared h buffer of every block of the cluster, at this offset.
+  // writes h[b, unit] into its own shared h buffer at this offset; after the cluster barrier
+  // every block pulls the other slices from the same offsets of its peers' buffers.
   FLASHSEQ_LAYOUT_FN int dsmem_offset(int slice, int b, int unit) const {
     return h_offset(b, head_unit(slice, unit));
   }
+
+  // Copying h into the shared buffer (from global memory, or from the cluster's peers) goes in
+  // 16-byte pieces of 8 consecutive k of one batch row; a piece never straddles two slices.
+  FLASHSEQ_LAYOUT_FN int pieces() const { return BB * DHP / 8; }
+  FLASHSEQ_LAYOUT_FN RowCol piece(int i) const { return {i / (DHP / 8), 8 * (i % (DHP / 8))}; }
+  FLASHSEQ_LAYOUT_FN int piece_owner(int k) const { return k / BH; }
 };
 
 }  // namespace fused

@@ -101,6 +101,8 @@ int main(int argc, char** argv) {
       std::vector<double> sh(t.h_buffer_elems(), -1e300);
       std::vector<int> sh_count(sh.size(), 0);
       if (cluster) {
+        // each block of the head first fills its own slice of its own buffer ...
+        std::vector<std::vector<double>> peer(t.P, std::vector<double>(t.h_buffer_elems(), -1e300));
         for (int src = 0; src < t.P; ++src)
           for (int tid = 0; tid < t.threads(); ++tid)
             for (int j = 0; j < t.elems_per_thread(); ++j) {
@@ -108,17 +110,33 @@ int main(int argc, char** argv) {
               const auto e = t.elem(tid, j);
               const int unit = t.head_unit(src, e.unit), bg = t.batch_row(by, e.b);
               const double v = (bg < B && unit < DH) ? h[(static_cast<size_t>(bg) * NH + n) * DH + unit] : 0.0;
-              const int o = t.dsmem_offset(src, e.b, e.unit);
-              sh[o] = v;
-              sh_count[o]++;
+              peer[src][t.dsmem_offset(src, e.b, e.unit)] = v;
             }
+        // ... then pulls the other slices from its peers, piece by piece
+        for (int i = 0; i < t.pieces(); ++i) {
+          const RowCol bk = t.piece(i);
+          const int owner = t.piece_owner(bk.col);
+          for (int q = 0; q < 8; ++q) {
+            const int o = t.h_offset(bk.row, bk.col + q);
+            sh[o] = peer[owner][o];
+            sh_count[o]++;
+            if (t.piece_owner(bk.col + q) != owner) fail("piece straddles two slices", i, 2);
+          }
+        }
       } else {
-        for (int b = 0; b < t.BB; ++b)
-          for (int k = 0; k < t.DHP; ++k) {
-            const int o = t.h_offset(b, k);
-            sh[o] = xchg[t.xchg_offset(parity, NH, padded_b, n, t.batch_row(by, b), k)];
+        const long long tile = t.xchg_offset(parity, NH, padded_b, n, t.batch_row(by, 0), 0);
+        for (int i = 0; i < t.pieces(); ++i) {
+          const RowCol bk = t.piece(i);
+          for (int q = 0; q < 8; ++q) {
+            const int o = t.h_offset(bk.row, bk.col + q);
+            // the kernel reads the tile's rows as one contiguous [BB, DHP] block
+            if (tile + bk.row * t.DHP + bk.col + q !=
+                t.xchg_offset(parity, NH, padded_b, n, t.batch_row(by, bk.row), bk.col + q))
+              fail("exchange tile not contiguous", i, 0);
+            sh[o] = xchg[tile + bk.row * t.DHP + bk.col + q];
             sh_count[o]++;
           }
+        }
       }
       for (int b = 0; b < t.BB; ++b)
         for (int k = 0; k < t.DHP; ++k)
@@ -141,6 +159,11 @@ int main(int argc, char** argv) {
                   const int unit = t.head_unit(slice, gu.unit);
                   a[lane][i] = (unit < DH && rk.col < DH) ? R(gu.gate, n, rk.col, unit) : 0.0;
                   if (nt == 0) a_count[static_cast<size_t>(rk.row) * t.DHP + rk.col]++;
+                  // 16-bit operands: the kernel loads elements (2r, 2r+1) as one 32-bit word of
+                  // rt[g, n, e, k..k+1]
+                  const RowCol first = t.a_elem(warp, mt, kt, lane, i & ~1);
+                  if (t.K == 16 && (rk.row != first.row || rk.col != first.col + (i & 1)))
+                    fail("A register pairs (row, k), (row, k+1)", i, 0);
                 }
                 for (int i = 0; i < kB; ++i) bf[lane][i] = sh[t.b_smem_offset(warp, nt, kt, lane, i)];
               }

@@ -1,0 +1,131 @@
+// Device primitives of the persistent kernels: element types, tensor-core mma, the tagged
+// weight load, and the step barriers (global-memory flag barrier, thread-block cluster).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+namespace flashseq {
+namespace fused {
+
+// bf16 / fp16 operands, fp32 accumulation and states.
+struct Bf16 {
+  using T = __nv_bfloat16;
+  static __device__ __forceinline__ float to_float(T x) { return __bfloat162float(x); }
+  static __device__ __forceinline__ T from_float(float x) { return __float2bfloat16_rn(x); }
+  // D += A * B, m16n8k16, A row-major (weights), B column-major (h^T), fp32 C/D
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+struct Fp16 {
+  using T = __half;
+  static __device__ __forceinline__ float to_float(T x) { return __half2float(x); }
+  static __device__ __forceinline__ T from_float(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// Thread and block indices as fresh values: volatile reads the compiler cannot hoist.
+__device__ __forceinline__ int fresh_tid() {
+  int v;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(v));
+  return v;
+}
+__device__ __forceinline__ int fresh_ctaid_x() {
+  int v;
+  asm volatile("mov.u32 %0, %%ctaid.x;" : "=r"(v));
+  return v;
+}
+__device__ __forceinline__ int fresh_ctaid_y() {
+  int v;
+  asm volatile("mov.u32 %0, %%ctaid.y;" : "=r"(v));
+  return v;
+}
+
+// The recurrent weights are the only loads with L1::no_allocate (SASS: LDG.E...NA.CONSTANT):
+// tests/kernels/test_cuda_compile.py finds them by that tag and proves none sits in the step
+// loop. Every other load of the kernels must not use this qualifier.
+__device__ __forceinline__ uint32_t load_weight_pair(const void* p) {
+  uint32_t v;
+  asm volatile("ld.global.nc.L1::no_allocate.b32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
+// Streaming read of a value used once (wx): evict-first.
+template <class E>
+__device__ __forceinline__ float load_stream(const typename E::T* p) {
+  return E::to_float(__ldcs(p));
+}
+
+// h of other blocks, written before the barrier: bypass the (incoherent) L1.
+// 16 bytes (8 h values) of another block's h, 16-byte aligned.
+__device__ __forceinline__ uint4 load_exchanged_16(const void* p) {
+  uint4 v;
+  asm volatile("ld.relaxed.gpu.global.v4.b32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ unsigned load_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// All blocks of a barrier group have called this for `generation` steps: the counter started at
+// zero and each block adds 1 per step, so generation * members means everyone arrived. The
+// block's h stores are ordered before the release add by __syncthreads (release is cumulative);
+// readers see them after the acquire and a second __syncthreads.
+__device__ __forceinline__ void group_barrier(unsigned* counter, unsigned target) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(counter) : "memory");
+    while (load_acquire(counter) < target) {
+    }
+  }
+  __syncthreads();
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ unsigned cluster_rank() {
+  unsigned r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+  return r;
+}
+
+// Address of `local` (a shared-memory address of this block) in block `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_map(const void* local, unsigned rank) {
+  uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(local)), out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(out) : "r"(addr), "r"(rank));
+  return out;
+}
+
+// 16 bytes from another block's shared memory (address from cluster_map).
+__device__ __forceinline__ uint4 cluster_load_16(uint32_t addr) {
+  uint4 v;
+  asm volatile("ld.shared::cluster.v4.b32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr) : "memory");
+  return v;
+}
+
+// Every block of the cluster has arrived; their shared-memory stores before it are visible.
+__device__ __forceinline__ void cluster_barrier() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;"
+               ::: "memory");
+}
+#endif
+
+}  // namespace fused
+}  // namespace flashseq

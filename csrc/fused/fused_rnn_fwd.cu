@@ -1,0 +1,72 @@
+// One instantiation of the persistent forward kernel and its launcher, chosen by -D flags so
+// each (cell, dtype, tiles, exchange) is its own small compile (the JIT cache key):
+//   -DFLASHSEQ_CELL=LstmCell|GruCell|SlstmCell|ElmanCell  -DFLASHSEQ_ELEM=Bf16|Fp16
+//   -DFLASHSEQ_BB= -DFLASHSEQ_BH= -DFLASHSEQ_WM= -DFLASHSEQ_WK= -DFLASHSEQ_DHP=
+//   -DFLASHSEQ_CLUSTER=0|1   (1: h exchanged inside a thread-block cluster; sm_90a only)
+#include <cuda_runtime.h>
+
+#include "forward.cuh"
+
+#if !defined(FLASHSEQ_CELL) || !defined(FLASHSEQ_ELEM) || !defined(FLASHSEQ_BB) ||         \
+    !defined(FLASHSEQ_BH) || !defined(FLASHSEQ_WM) || !defined(FLASHSEQ_WK) ||             \
+    !defined(FLASHSEQ_DHP) || !defined(FLASHSEQ_CLUSTER)
+#error "fused_rnn_fwd.cu needs FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM, _WK, _DHP and _CLUSTER"
+#endif
+
+namespace flashseq {
+namespace fused {
+
+using Cell = cells::FLASHSEQ_CELL;
+using Elem = FLASHSEQ_ELEM;
+using Traits = FwdTraits<Cell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
+                         FLASHSEQ_CLUSTER != 0>;
+
+// Grid, block and shared memory of this instantiation for a problem (the binding sizes the
+// exchange buffers from it).
+struct FwdLaunch {
+  int grid_x, grid_y, threads, smem_bytes, blocks_per_head, tile_b;
+};
+
+FwdLaunch fwd_launch_shape(int batch, int heads) {
+  constexpr Tiling kT = Traits::kTiling;
+  return {heads * kT.P, (batch + kT.BB - 1) / kT.BB, kT.threads(), Traits::kSmemBytes, kT.P, kT.BB};
+}
+
+// Launches the kernel on `stream`. Blocks of a head that exchange h through global memory must
+// all be resident: a cooperative launch guarantees it or fails (cudaErrorCooperativeLaunchTooLarge).
+cudaError_t launch_fused_rnn_fwd(const FwdParams& params, cudaStream_t stream) {
+  auto kernel = fused_rnn_fwd_kernel<Cell, Elem, Traits>;
+  const FwdLaunch shape = fwd_launch_shape(params.batch, params.heads);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         shape.smem_bytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(shape.grid_x, shape.grid_y), block(shape.threads);
+  if (Traits::kClusterExchange) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return err;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shape.smem_bytes;
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = shape.blocks_per_head;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, params);
+  }
+  if (shape.blocks_per_head > 1) {
+    FwdParams copy = params;
+    void* args[] = {&copy};
+    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args,
+                                       shape.smem_bytes, stream);
+  }
+  kernel<<<grid, block, shape.smem_bytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace fused
+}  // namespace flashseq

@@ -1,0 +1,178 @@
+"""The CUDA fused_rnn kernels compiled to cubins with plain nvcc, and what ptxas and the SASS say.
+
+``compile_forward(plan, arch)`` builds csrc/fused/fused_rnn_fwd.cu for one plan (cell, dtype,
+tiles, exchange) and one target (``sm_80``, ``sm_90a``) with ``-Xptxas -v``, cached on disk
+(flashseq/kernels/fused_rnn/cuda_build.py, keyed by the sources' content and the flags), and
+returns a ``CubinReport``: registers, spill bytes, stack frame and shared memory from ptxas, and
+from ``cuobjdump -sass``: the tensor-core instructions inside the step loop and the recurrent
+weight loads (tagged L1::no_allocate, csrc/fused/device.cuh) inside and outside of it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+import re
+
+from flashseq import _jit
+from flashseq.cells import get_cell
+
+from . import cuda_build
+
+CELL_TYPES = {"lstm": "LstmCell", "gru": "GruCell", "slstm": "SlstmCell", "elman": "ElmanCell"}
+ELEM_TYPES = {"bfloat16": "Bf16", "float16": "Fp16"}
+ARCH_FLAGS = {"sm_80": ["-arch=sm_80"], "sm_90a": ["-gencode=arch=compute_90a,code=sm_90a"]}
+NVCC_FLAGS = ["-std=c++17", "-O3", "-cubin", "-Xptxas", "-v", "-lineinfo"]
+FUSED_DIR = _jit.CSRC_DIR / "fused"
+
+
+def forward_sources() -> list[pathlib.Path]:
+    """Every file the forward kernel's compile reads (its cache key)."""
+    return sorted(FUSED_DIR.glob("*.h")) + sorted(FUSED_DIR.glob("*.cuh")) + [
+        FUSED_DIR / "fused_rnn_fwd.cu"] + sorted((_jit.CSRC_DIR / "cells").glob("*.h"))
+
+
+def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True
+                    ) -> dict[str, str]:
+    """-D values instantiating the forward kernel for a CUDA ``FusedRNNPlan`` (bf16/fp16).
+
+    cluster: exchange h inside a cluster (sm_90a); default: as the plan says.
+    cap_registers: cap ptxas at the plan's predicted registers per thread (FLASHSEQ_MAX_REGS,
+        see csrc/fused/forward.cuh); False leaves ptxas free (up to 255).
+    """
+    if plan.backend != "cuda" or plan.path not in ("fused", "split"):
+        raise ValueError(f"the CUDA kernels serve CUDA plans on the fused/split path; got "
+                         f"backend={plan.backend!r} path={plan.path!r}")
+    if plan.dtype not in ELEM_TYPES:
+        raise ValueError(f"the CUDA kernels take {sorted(ELEM_TYPES)}; got dtype {plan.dtype!r}")
+    clus = plan.cluster_size > 1 if cluster is None else cluster
+    return {"FLASHSEQ_CELL": CELL_TYPES[plan.cell], "FLASHSEQ_ELEM": ELEM_TYPES[plan.dtype],
+            "FLASHSEQ_BB": str(plan.BB), "FLASHSEQ_BH": str(plan.BH),
+            "FLASHSEQ_WM": str(plan.warps_m), "FLASHSEQ_WK": str(plan.warps_n),
+            "FLASHSEQ_DHP": str(plan.padded_head_dim), "FLASHSEQ_CLUSTER": str(int(clus)),
+            **({"FLASHSEQ_MAX_REGS": str(plan.registers_per_thread)} if cap_registers else {})}
+
+
+@dataclasses.dataclass(frozen=True)
+class CubinReport:
+    """ptxas's and the SASS's account of one compiled kernel."""
+
+    arch: str
+    defines: dict
+    registers: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+    stack_bytes: int
+    compile_s: float
+    tensor_ops_in_loop: dict       # {"HMMA": n, "HGMMA": n} inside the step loop
+    weight_loads_in_loop: int      # tagged recurrent-weight loads inside any loop with mma
+    weight_loads_total: int
+    local_memory_ops: int          # LDL/STL anywhere
+    local_memory_ops_in_loop: int  # LDL/STL inside the step loop
+    cubin: str
+
+
+_PTXAS_REGS = re.compile(r"Used (\d+) registers")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+# the recurrent weights' loads: LDG with the L1::no_allocate tag (SASS ".NA"), e.g.
+# "LDG.E.NA.CONSTANT"; no other load of the kernels carries it (csrc/fused/device.cuh)
+_WEIGHT_LOAD = re.compile(r"\bLDG(\.\w+)*\.NA\b")
+_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+
+
+def sass_loops(sass: str) -> tuple[list[tuple[int, str]], list[tuple[int, int]]]:
+    """(instructions as (address, text), loops as (start, end) address ranges): a loop is a
+    branch back to an earlier address, covering [target, branch]."""
+    instrs = [(int(m.group(1), 16), m.group(2)) for m in _SASS_LINE.finditer(sass)]
+    loops = []
+    for addr, text in instrs:
+        m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
+        if m and int(m.group(1), 16) < addr:
+            loops.append((int(m.group(1), 16), addr))
+    return instrs, loops
+
+
+def analyse_sass(sass: str) -> dict:
+    """Tensor-core instructions, weight loads (LDG with the NA tag) and local-memory
+    instructions (LDL/STL: spills) inside the loops that hold tensor-core instructions, i.e. the
+    step loop, and in the whole kernel."""
+    instrs, loops = sass_loops(sass)
+    is_mma = re.compile(r"\b(HMMA|HGMMA)\b")
+    mma_loops = [(a, b) for a, b in loops if any(a <= x <= b and is_mma.search(t) for x, t in instrs)]
+
+    def in_loop(x):
+        return any(a <= x <= b for a, b in mma_loops)
+
+    ops = {"HMMA": 0, "HGMMA": 0}
+    weight_in, weight_all, local, local_in = 0, 0, 0, 0
+    for x, text in instrs:
+        m = is_mma.search(text)
+        if m and in_loop(x):
+            ops[m.group(1)] += 1
+        if _WEIGHT_LOAD.search(text):
+            weight_all += 1
+            weight_in += in_loop(x)
+        if re.search(r"\b(LDL|STL)\b", text):
+            local += 1
+            local_in += in_loop(x)
+    return {"tensor_ops_in_loop": ops, "weight_loads_in_loop": weight_in,
+            "weight_loads_total": weight_all, "local_memory_ops": local,
+            "local_memory_ops_in_loop": local_in}
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc_version(nvcc: str) -> str:
+    return cuda_build.run_tool([nvcc, "--version"]).stdout.strip().splitlines()[-1]
+
+
+def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registers: bool = True,
+                    extra_flags: tuple[str, ...] = ()) -> CubinReport:
+    """Compile the forward kernel of ``plan`` for ``arch`` ("sm_80" | "sm_90a"); cached.
+    ``cluster`` and ``cap_registers`` as in ``forward_defines``."""
+    import time
+
+    if arch not in ARCH_FLAGS:
+        raise ValueError(f"arch must be one of {sorted(ARCH_FLAGS)}; got {arch!r}")
+    defines = forward_defines(plan, cluster=cluster, cap_registers=cap_registers)
+    if defines["FLASHSEQ_CLUSTER"] == "1" and arch != "sm_90a":
+        raise ValueError("the cluster exchange needs sm_90a")
+    nvcc = cuda_build.find_tool("nvcc")
+    cuobjdump = cuda_build.find_tool("cuobjdump")
+    if nvcc is None or cuobjdump is None:
+        raise FileNotFoundError("compiling the CUDA kernels needs nvcc and cuobjdump")
+    flags = [*NVCC_FLAGS, *ARCH_FLAGS[arch], *extra_flags,
+             *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
+
+    def build(dst):
+        start = time.monotonic()
+        done = cuda_build.run_tool([nvcc, *flags, str(FUSED_DIR / "fused_rnn_fwd.cu"), "-o", str(dst)])
+        seconds = time.monotonic() - start
+        text = done.stdout + done.stderr
+        kernel = [blk for blk in text.split("Compiling entry function") if "fused_rnn_fwd_kernel" in blk]
+        if len(kernel) != 1:
+            raise cuda_build.BuildError(f"no single kernel entry in the ptxas report:\n{text}")
+        regs = _PTXAS_REGS.search(kernel[0])
+        spill = _PTXAS_SPILL.search(kernel[0])
+        return {"registers": int(regs.group(1)), "stack_bytes": int(spill.group(1)),
+                "spill_store_bytes": int(spill.group(2)), "spill_load_bytes": int(spill.group(3)),
+                "compile_s": round(seconds, 2)}
+
+    path, meta = cuda_build.cached_build("fused_rnn_fwd", forward_sources(), [flags, _nvcc_version(nvcc)],
+                                         build, ".cubin")
+    # the SASS is read again on every call (cheap), so a change of analyse_sass needs no rebuild
+    sass = analyse_sass(cuda_build.run_tool([cuobjdump, "-sass", str(path)]).stdout)
+    return CubinReport(arch=arch, defines=defines, registers=meta["registers"],
+                       spill_store_bytes=meta["spill_store_bytes"],
+                       spill_load_bytes=meta["spill_load_bytes"], stack_bytes=meta["stack_bytes"],
+                       compile_s=meta["compile_s"], tensor_ops_in_loop=sass["tensor_ops_in_loop"],
+                       weight_loads_in_loop=sass["weight_loads_in_loop"],
+                       weight_loads_total=sass["weight_loads_total"],
+                       local_memory_ops=sass["local_memory_ops"],
+                       local_memory_ops_in_loop=sass["local_memory_ops_in_loop"], cubin=str(path))
+
+
+def expected_weight_loads(plan) -> int:
+    """32-bit weight loads per thread in the kernel's prologue: one per A-fragment register."""
+    G = get_cell(plan.cell).num_gates
+    rows_per_warp = G * plan.BH // plan.warps_m
+    return (rows_per_warp // 16) * (plan.padded_head_dim // (16 * plan.warps_n)) * 4

@@ -1,0 +1,123 @@
+"""The CUDA persistent kernels compile for sm_80 and sm_90a at the solver's plans, inside the
+plan's register budget, with tensor cores in the step loop and the weights on chip.
+
+For every cell x dtype (bf16, fp16) x DH in (64, 256, 768), the plan for batch 16, one head
+(A100 plan for sm_80, H100 plan for sm_90a, whose split heads exchange h inside a cluster) is
+compiled with nvcc -Xptxas -v, capped at the plan's predicted registers per thread. Asserted:
+registers <= the plan's prediction; in the SASS (cuobjdump) the loop around the tensor-core
+instructions holds HMMA, no load of the recurrent weights (their loads carry a tag no other
+load has, csrc/fused/device.cuh) and no local memory, and every tagged load is in the prologue
+(one per fragment register); ptxas reports 0 spill bytes and no stack frame (known exceptions:
+PROLOGUE_SPILLS, strict xfail). Not yet: HGMMA (wgmma) on sm_90a, the kernels use mma.sync.
+Cubins are cached under $FLASHSEQ_CACHE_DIR keyed by the sources and flags, so a rerun with
+unchanged sources compiles nothing. ``pytest -s`` prints each kernel's numbers.
+"""
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from flashseq.cells import CELLS
+from flashseq.kernels.fused_rnn import cuda_build, cuda_compile
+from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+
+pytestmark = [pytest.mark.nvcc,
+              pytest.mark.skipif(cuda_build.find_tool("cuobjdump") is None,
+                                 reason="needs cuobjdump (CUDA toolkit or Triton's copy)")]
+
+HEAD_DIMS = (64, 256, 768)
+DTYPES = ("bfloat16", "float16")
+TARGETS = {"sm_80": "a100", "sm_90a": "h100"}
+
+
+def _cases():
+    return [(cell, dtype, dh, arch) for arch in TARGETS for cell in sorted(CELLS)
+            for dtype in DTYPES for dh in HEAD_DIMS]
+
+
+# Measured 2026-12 (nvcc 13.0): at the plan's register cap ptxas spills in the prologue (while
+# the weight fragments fill the registers) for these; their step loops have no local memory
+# (test_no_local_memory_in_the_step_loop). To fix: stage the weights through shared memory, or
+# give the plan's CUDA register model the kernel's real prologue cost.
+PROLOGUE_SPILLS = {("lstm", 64, "sm_80"): "24 B", ("slstm", 64, "sm_80"): "32 B",
+                   ("elman", 768, "sm_90a"): "~400 B"}
+
+
+def _params(known_failures=False):
+    out = []
+    for cell, dtype, dh, arch in _cases():
+        marks = ()
+        if known_failures and (cell, dh, arch) in PROLOGUE_SPILLS:
+            marks = pytest.mark.xfail(strict=True, reason=f"ptxas spills {PROLOGUE_SPILLS[cell, dh, arch]} "
+                                      "in the prologue at the plan's register cap")
+        out.append(pytest.param(cell, dtype, dh, arch, marks=marks, id=f"{cell}-{dtype}-DH{dh}-{arch}"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def reports():
+    """{(cell, dtype, DH, arch): (plan, CubinReport)}, compiled by a small pool in parallel."""
+    def one(case):
+        cell, dtype, dh, arch = case
+        plan = plan_fused_rnn(cell, 16, 1, dh, dtype, TARGETS[arch], backend="cuda")
+        return case, plan, cuda_compile.compile_forward(plan, arch)
+
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        done = list(pool.map(one, _cases()))
+    print(f"\ncompiled {len(done)} kernels in {time.monotonic() - start:.1f} s (cached cubins "
+          "compile nothing)")
+    out = {}
+    for case, plan, rep in done:
+        print(f"{case[3]:6s} {case[0]:5s} {case[1]:8s} DH={case[2]:3d} BB={plan.BB} BH={plan.BH} "
+              f"WMxWK={plan.warps_m}x{plan.warps_n} P={plan.programs_per_head} "
+              f"cluster={plan.cluster_size} | regs {rep.registers} (plan {plan.registers_per_thread}) "
+              f"spills {rep.spill_store_bytes}/{rep.spill_load_bytes} | loop {rep.tensor_ops_in_loop} "
+              f"weight loads {rep.weight_loads_total} (in loop {rep.weight_loads_in_loop}) | "
+              f"nvcc {rep.compile_s} s")
+        out[case] = (plan, rep)
+    return out
+
+
+@pytest.mark.parametrize("cell, dtype, DH, arch", _params())
+def test_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
+    """HMMA in the step loop, no weight load and no local memory in it, every weight load in
+    the prologue, registers within the plan's prediction."""
+    plan, rep = reports[(cell, dtype, DH, arch)]
+    assert 0 < rep.registers <= plan.registers_per_thread, rep
+    assert rep.local_memory_ops_in_loop == 0, f"spills inside the step loop: {rep}"
+    assert rep.tensor_ops_in_loop["HMMA"] > 0, f"no HMMA in the step loop: {rep}"
+    assert rep.weight_loads_in_loop == 0, f"recurrent weights loaded inside the step loop: {rep}"
+    assert rep.weight_loads_total == cuda_compile.expected_weight_loads(plan), rep
+    if arch == "sm_90a" and plan.cluster_size > 1:
+        assert rep.defines["FLASHSEQ_CLUSTER"] == "1"
+
+
+@pytest.mark.parametrize("cell, dtype, DH, arch", _params(known_failures=True))
+def test_no_spills_at_the_plan_register_budget(reports, cell, dtype, DH, arch):
+    """ptxas: 0 spill bytes and no stack frame anywhere in the kernel."""
+    plan, rep = reports[(cell, dtype, DH, arch)]
+    assert rep.spill_store_bytes == 0 and rep.spill_load_bytes == 0 and rep.stack_bytes == 0, rep
+    assert rep.local_memory_ops == 0, rep
+
+
+# ---- the SASS reading itself, on hand-made listings -------------------------------------------
+_LOOP_WITH_WEIGHT_LOAD = """
+        /*0010*/                   LDG.E.NA.CONSTANT R4, [R2.64] ;
+        /*0020*/                   LDG.E.EF.U16 R5, [R6.64] ;
+        /*0030*/                   HMMA.16816.F32.BF16 R8, R12, R16, R8 ;
+        /*0040*/                   LDG.E.NA.CONSTANT R9, [R2.64+0x40] ;
+        /*0050*/              @P0 BRA 0x20 ;
+        /*0060*/                   EXIT ;
+"""
+
+
+def test_sass_reading_finds_weight_loads_in_the_loop():
+    """The check can fail: a tagged load between a loop's start and its backward branch counts
+    as in the loop, one before it does not; HMMA in the loop is seen."""
+    found = cuda_compile.analyse_sass(_LOOP_WITH_WEIGHT_LOAD)
+    assert found["weight_loads_total"] == 2 and found["weight_loads_in_loop"] == 1
+    assert found["tensor_ops_in_loop"]["HMMA"] == 1
+    no_loop = cuda_compile.analyse_sass(_LOOP_WITH_WEIGHT_LOAD.replace("@P0 BRA 0x20", "@P0 BRA 0x60"))
+    assert no_loop["weight_loads_in_loop"] == 0 and no_loop["tensor_ops_in_loop"]["HMMA"] == 0

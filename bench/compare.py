@@ -146,9 +146,13 @@ def report_comparison(old: dict, new: dict, old_name, new_name,
         return 2
     print(report.markdown_table(rows, cols=list(rows[0])))
     bad = [r for r in rows if r["verdict"] == "regression"]
+    spec = comparison(old)
     what = "" if value == "median_ms" else f"{value}; "
+    spread = "IQR" if spec["spread"] == "iqr_ms" else spec["spread"]
+    cap = "" if spec["max_allowance"] is None else f", at most {spec['max_allowance']:.0%}"
     print(f"{len(bad)} regression(s) in {len(rows)} compared case(s) ({what}noise allowance: "
-          f"max({threshold:.0%}, the baseline's margin, IQR_old + IQR_new))")
+          f"max({threshold:.0%}, the baseline's margin, ({spread}_old + {spread}_new) / old)"
+          f"{cap})")
     for r in bad:
         print(f"regression: {r['case']} ({r['provider']}): {r['ratio']:.2f}x the baseline's "
               f"{value}, allowed up to {r['allowed']:.2f}x")

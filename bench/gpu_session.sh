@@ -130,7 +130,11 @@ else
     suites="$("$py" -m bench --list-names)"
 fi
 for suite in $suites; do
-    run_step "bench-$suite" "$py" -m bench "$suite" $quick --no-progress \
+    # microbench: three runs, so the result carries per-case margins and can serve as this
+    # GPU's --compare baseline
+    runs=""
+    [ "$suite" = microbench ] && runs="--runs 3"
+    run_step "bench-$suite" "$py" -m bench "$suite" $quick $runs --no-progress \
         --json "$out/$suite.json" --md "$out/$suite.md" --png "$out/$suite.png"
 done
 

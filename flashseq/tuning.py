@@ -170,6 +170,12 @@ def _table(device) -> dict:
     return table
 
 
+def table(device) -> dict:
+    """{entry_key(...): config} of this device's cache ({} when tuning is off or nothing is
+    recorded), read once per process; callers test it for emptiness before computing a key."""
+    return _table(device) if enabled() else {}
+
+
 def lookup(kernel: str, device, bucket: dict, dtype: str) -> dict | None:
     """The tuned configuration recorded for (kernel, this device, bucket, dtype), or None
     (nothing recorded, tuning off, or the cache unusable: see the module docstring)."""
@@ -190,4 +196,4 @@ def pow2_bucket(n: int) -> int:
 
 
 __all__ = ["LAYOUT", "ENV", "enabled", "tune_dir", "device_identity", "cache_file", "entry_key",
-           "parse_file", "lookup", "reload", "pow2_bucket"]
+           "parse_file", "table", "lookup", "reload", "pow2_bucket"]

@@ -119,8 +119,17 @@ _calls = {"default": 0, "cache": 0, "override": 0}
 
 
 def last_run() -> Optional[RunStats]:
-    """The RunStats of the most recent CPU-loop call (forward or backward), or None."""
-    return _last[0]
+    """The RunStats of the most recent CPU-loop call (forward or backward), or None. For a
+    call with the default config (which sets nothing) the knobs are read back now: only the
+    extension's private setters for tests and benchmarks change them between calls."""
+    last = _last[0]
+    if isinstance(last, tuple):
+        ext = _jit.extension()
+        batch = ext._set_step_gemm_max_batch(0)
+        ext._set_step_gemm_max_batch(batch)
+        last = RunStats(last[0], batch, bool(ext._uses_avx512_tile()), torch.get_num_threads(),
+                        last[1])
+    return last
 
 
 def call_counts() -> dict:
@@ -158,7 +167,11 @@ def tuned_config(cell: str, batch: int, heads: int, head_dim: int, dtype, device
     with one warning."""
     if _override[0] is not None:
         return _override[0], "override"
-    found = tuning.lookup(KERNEL, device, bucket(cell, batch, heads, head_dim), _dtype_name(dtype))
+    entries = tuning.table(device)
+    if not entries:  # the common case, kept cheap: no tuning file (or tuning off)
+        return DEFAULT, "default"
+    found = entries.get(tuning.entry_key(KERNEL, bucket(cell, batch, heads, head_dim),
+                                         _dtype_name(dtype)))
     if found is None:
         return DEFAULT, "default"
     parsed = _parsed.get(id(found))
@@ -192,6 +205,12 @@ def applied(call_config):
         yield
         return
     config, source = call_config
+    _calls[source] += 1
+    if config == DEFAULT:
+        # nothing to set: the knobs in effect are the process's, read back by last_run()
+        _last[0] = (config, source)
+        yield
+        return
     ext = _jit.extension()
     old_batch = old_tile = old_threads = None
     try:
@@ -209,7 +228,6 @@ def applied(call_config):
         ext._set_step_gemm_max_batch(batch_now)
         _last[0] = RunStats(config, batch_now, bool(ext._uses_avx512_tile()),
                             torch.get_num_threads(), source)
-        _calls[source] += 1
         yield
     finally:
         if old_threads is not None:

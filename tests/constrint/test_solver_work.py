@@ -173,3 +173,28 @@ def test_variable_equal_to_a_ceiling_division_is_its_output():
     key = lambda p: tuple(sorted(p.items()))
     assert sorted(map(key, m.solutions())) == sorted(map(key, points))
     assert m.solve().objective == best_objective(m, points)
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_solve_pauses_the_cyclic_gc_and_restores_it(monkeypatch, enabled):
+    import gc
+    import constrint.model as model_module
+    seen = []
+
+    class Watched(model_module.Search):
+        def __init__(self, *args, **kwargs):
+            seen.append(gc.isenabled())
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(model_module, "Search", Watched)
+    m = ci.Model()
+    x = m.int_var("x", 0, 9)
+    m.add(x * x >= 10)
+    m.minimize(x)
+    (gc.enable if enabled else gc.disable)()
+    try:
+        assert m.solve().objective == 4 and [s.objective for s in m.best(2)] == [4, 5]
+        assert gc.isenabled() == enabled
+    finally:
+        gc.enable()
+    assert seen and not any(seen)

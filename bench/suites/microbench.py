@@ -49,9 +49,11 @@ RNN_TINY = {"B": 2, "T": 8, "H": 8}
 SCAN_SIZE = {"B": 1, "T": 128, "H": 2, "D": 32}
 SCAN_TINY = {"B": 1, "T": 16, "H": 1, "D": 8}
 ROUNDS = 4  # see time_cases
+# seconds of timed pairs per case: 22 cases take 36-38 s of timing at a load average of 14 on
+# 2 cores, inside the 60 s budget of a CI step
 MIN_RUN_TIME_S = 1.2
-RETRIES = 2  # see retime  # per case: 22 cases stay well inside the 60 s budget at one thread
 TINY_MIN_RUN_TIME_S = 0.02
+RETRIES = 2  # see retime
 
 CELLS = ("lstm", "gru", "elman", "slstm")
 SCAN_OPS = {"chunk_gla": "gla", "chunk_delta_rule": "gated_delta", "chunk_mlstm": "mlstm"}
@@ -70,9 +72,9 @@ TWIN = {"lstm": "LSTM", "gru": "GRU", "elman": "RNN", "slstm": "LSTM",
 MARGIN_FLOOR = 0.25
 SAFETY = 3.0
 MARGIN_CAP = 0.75
-# How ``bench.compare`` reads this suite's results: the paired ratio, not the time.
-# "median_ci" is the width of the ~95 % interval of the median ratio (bench.timing.median_interval):
-# the per-pair IQR measures single pairs, which a busy machine scatters far more than the median.
+# How ``bench.compare`` reads this suite's results: the paired ratio, not the time. "median_ci"
+# is the width of the ~95 % interval of the median ratio (bench.timing.median_interval); the
+# per-pair IQR measures single pairs, which a busy machine scatters far more than the median.
 COMPARE = {"value": "ratio", "spread": "median_ci", "max_allowance": MARGIN_CAP}
 
 
@@ -345,8 +347,8 @@ def _prepare_extension(device) -> None:
     from flashseq import _jit
 
     if _jit._load.cache_info().currsize == 0:  # not loaded yet in this process
-        print("microbench: loading the C++ CPU extension (built on first use, about a minute "
-              "once per torch version)", flush=True)
+        print("microbench: loading the C++ CPU extension (if this torch has none built yet, "
+              "building it first: about a minute, once)", flush=True)
     _jit.extension_error()
 
 

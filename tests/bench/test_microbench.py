@@ -15,8 +15,8 @@ from bench.timing import measure_ratio, median_interval
 REPO = pathlib.Path(__file__).resolve().parents[2]
 BASELINE = REPO / "bench" / "results" / "cpu" / "microbench.json"
 ROW_KEYS = ("case", "provider", "median_ms", "family", "mode", "baseline", "baseline_ms", "ratio",
-            "median_ci", "paired_iqr", "pairs", "clock", "attempts", "load1", "run_ratios", "run_spread", "margin",
-            "status")
+            "median_ci", "paired_iqr", "pairs", "clock", "attempts", "load1", "run_ratios",
+            "run_spread", "margin", "status")
 
 
 def _row(case, ratio, margin=None, ci=0.01):
@@ -111,6 +111,15 @@ def test_compare_flags_a_planted_2x_regression(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "1 regression(s) in 2 compared case(s)" in out
     assert "regression: a (flashseq:cpu): 2.00x the baseline's ratio" in out
+
+
+def test_compare_reads_the_ratio_not_the_time(tmp_path):
+    # a machine twice as slow doubles both sides' times; the ratio, and so the verdict, holds
+    old, new = _result({"a": 0.8}), _result({"a": 0.8})
+    for row in new["rows"]:
+        row["median_ms"], row["baseline_ms"] = 2 * row["median_ms"], 2 * row["baseline_ms"]
+    assert main(["compare", _write(tmp_path, "old.json", old),
+                 _write(tmp_path, "new.json", new)]) == 0
 
 
 def test_compare_passes_identical_files(tmp_path, capsys):

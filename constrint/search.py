@@ -64,7 +64,7 @@ class Search:
         branch = getattr(flat, "branch", range(flat.n_model))
         self.decision_groups = (tuple(i for i in branch if i not in flat.defined),
                                 tuple(i for i in branch if i in flat.defined))
-        self.prefer = flat.value_preference()
+        self.prefer = [0] * len(flat.lo)  # value order: set from the root's domains (dfs)
         self.objective_atom = flat.objective[0] if flat.objective else None
         self.cutoff = None  # objective atom must stay <= cutoff (set by branch and bound)
         # (variable, alternative) -> domains its probe propagated to (DomainStore.domains_since);
@@ -265,6 +265,9 @@ class Search:
         self.root_lo, self.root_hi = list(st.lo), list(st.hi)
         if self.objective_atom is not None:
             self.prefer = self.flat.value_preference(self.root_lo)
+        # what the root fixed is never a decision: _choose need not look at it again
+        self.decision_groups = tuple(tuple(i for i in group if st.lo[i] != st.hi[i])
+                                     for group in self.decision_groups)
         stack = []
         deadline = self.deadline
         while True:

@@ -23,7 +23,11 @@ KERNELS = {
                  + ["gla_recurrent_bwd_kernel_dkv", "gla_recurrent_bwd_kernel_dq",
                   "gla_recurrent_fwd_kernel", "mlstm_recurrent_bwd_kernel_dkv",
                   "mlstm_recurrent_bwd_kernel_dq", "mlstm_recurrent_fwd_kernel"],
-    "chunk": ["gla_chunk_bwd_kernel_dh", "gla_chunk_bwd_kernel_dqk", "gla_chunk_bwd_kernel_dv",
+    "chunk": ["delta_chunk_bwd_kernel_da", "delta_chunk_bwd_kernel_dg",
+              "delta_chunk_bwd_kernel_dh", "delta_chunk_bwd_kernel_dp",
+              "delta_chunk_bwd_kernel_dqk", "delta_chunk_bwd_kernel_du",
+              "delta_chunk_fwd_kernel_h", "delta_chunk_fwd_kernel_o", "delta_chunk_fwd_kernel_wy",
+              "gla_chunk_bwd_kernel_dh", "gla_chunk_bwd_kernel_dqk", "gla_chunk_bwd_kernel_dv",
               "gla_chunk_fwd_kernel_cumsum", "gla_chunk_fwd_kernel_h", "gla_chunk_fwd_kernel_o",
               # the mLSTM's dq/dk kernel twice: once for dq, once for dk
               "mlstm_chunk_bwd_kernel_dh", "mlstm_chunk_bwd_kernel_dqk",

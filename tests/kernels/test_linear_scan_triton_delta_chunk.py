@@ -23,11 +23,13 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.parametrize("case, BT, T, K, V", [("gdelta", 16, 67, 12, 20),
                                                ("gdelta", 64, 67, 16, 16),
-                                               ("delta", 16, 20, 40, 20), ("delta", 64, 67, 8, 24)],
+                                               ("delta", 16, 20, 40, 20), ("delta", 64, 67, 8, 24),
+                                               ("gdelta", 16, 20, 136, 20)],
                          ids=["gated-BT16-T67", "gated-BT64-T67", "plain-BT16-3Kblocks",
-                              "plain-BT64-T67"])
+                              "plain-BT64-T67", "gated-BT16-3state-tiles"])
 def test_chunk_delta_rule_fp32(nan_poison_empty, monkeypatch, case, BT, T, K, V):
-    """Chunk sizes 16 and 64 over T = 67, K split into blocks of 16 (V blocks of 16)."""
+    """Chunk sizes 16 and 64 over T = 67, K split into blocks of 16 (V blocks of 16); K = 136
+    puts the state passes' [K, BV] block in three tiles of 64 rows, the last one partial."""
     force_chunk(monkeypatch, BT, BK=16, BV=16)
     check(case, flashseq.ops.chunk_delta_rule, 1, T, 2, K, V, torch.float32)
 

@@ -33,17 +33,16 @@ import triton.language as tl
 from .triton_chunk import chunk_layout, precision
 from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, load_state, state_tile
 
-# [KP, BV] fp32 state block of the state passes: at most this many elements (32 K=V=128, 16 at
-# K=256), so the block, and the [BT, KP] k/w tiles beside it, fit the registers.
-STATE_BLOCK = 4096
+# The state passes hold a program's [K, BV] block of the state as up to four [STATE_BK, BV]
+# tiles (K <= 256): as one [KP, BV] block with [BT, KP] operand tiles they spilled at K = 128.
+STATE_BK = 64
 # state passes and the output kernel run 8 warps (the [BT, KP] tiles and [BT, BT] scores)
 MIN_WARPS = 8
 
 
 def state_block_v(K, BV):
-    """BV of the state passes: the plan's BV, lowered so [KP, BV] holds <= STATE_BLOCK."""
-    KP = max(16, triton.next_power_of_2(K))
-    return KP, max(16, min(BV, STATE_BLOCK // KP))
+    """(BK, BV) of the state passes: K tiles of STATE_BK rows (fewer for K < 64), V the plan's."""
+    return min(STATE_BK, max(16, triton.next_power_of_2(K))), BV
 
 
 @triton.jit
@@ -110,31 +109,120 @@ def delta_chunk_fwd_kernel_wy(K_, V_, BETA, G, GC, TM, W, UT, CHUNKS,
 
 
 @triton.jit
+def rows_tile(P, row, n_left, i, D: tl.constexpr, H: tl.constexpr, BT: tl.constexpr,
+              BD: tl.constexpr):
+    """[BT, BD] tile at D block i of the [.., H, D] tensor P: the BT steps from packed row
+    ``row`` (step * H + head) on, of which ``n_left`` exist; zeros elsewhere. int32 offsets
+    from a scalar base: int64 address tensors of [BT, 64] tiles cost the state passes spills."""
+    o_r = tl.arange(0, BT)
+    o_d = i * BD + tl.arange(0, BD)
+    return tl.load(P + row * D + o_r[:, None] * (H * D) + o_d[None, :],
+                   mask=(o_r < n_left)[:, None] & (o_d < D)[None, :], other=0.0)
+
+
+@triton.jit
+def store_rows_tile(P, row, n_left, i, x, D: tl.constexpr, H: tl.constexpr, BT: tl.constexpr,
+                    BD: tl.constexpr):
+    """Store ``x`` where ``rows_tile`` reads."""
+    o_r = tl.arange(0, BT)
+    o_d = i * BD + tl.arange(0, BD)
+    tl.store(P + row * D + o_r[:, None] * (H * D) + o_d[None, :], x.to(P.dtype.element_ty),
+             mask=(o_r < n_left)[:, None] & (o_d < D)[None, :])
+
+
+@triton.jit
+def state_load(P, base, i, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, HAS: tl.constexpr):
+    """[BK, BV] fp32 tile (K block i, V block i_v) of the [K, V] state at P + base; zeros
+    unless HAS."""
+    o_k, o_v, _, _, m_h = state_tile(i, i_v, K, V, BK, BV)
+    return load_state(P, base + o_k[:, None] * V + o_v[None, :], m_h, BK, BV, HAS)
+
+
+@triton.jit
+def state_store(P, base, i, i_v, x, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                BV: tl.constexpr):
+    o_k, o_v, _, _, m_h = state_tile(i, i_v, K, V, BK, BV)
+    tl.store(P + base + o_k[:, None] * V + o_v[None, :], x.to(P.dtype.element_ty), mask=m_h)
+
+
+@triton.jit
+def state_tile_update(b_h, i, K_, row, n_left, b_dec, b_keep, b_u, H: tl.constexpr,
+                      K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """K block i of ``S_end = keep S_0 + (k dec)^T u``; dot operands in k's dtype."""
+    dt = K_.dtype.element_ty
+    b_kd = (rows_tile(K_, row, n_left, i, K, H, BT, BK) * b_dec[:, None]).to(dt)
+    return b_h * b_keep + tl.dot(tl.trans(b_kd), b_u.to(dt), input_precision=PREC)
+
+
+@triton.jit
+def w_times_state(W, row, n_left, i, b_h, dt: tl.constexpr, H: tl.constexpr, K: tl.constexpr,
+                  BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """``w[:, K block i] S_0[K block i, :]`` [BT, BV], operands in dtype dt."""
+    b_w = rows_tile(W, row, n_left, i, K, H, BT, BK).to(dt)
+    return tl.dot(b_w, b_h.to(dt), input_precision=PREC)
+
+
+@triton.jit
 def delta_chunk_fwd_kernel_h(K_, W, UT, GC, H0, HS, U, HT, CU, CO,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                              HAS_G: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                              PREC: tl.constexpr):
-    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
-    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
-    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
-    b_h = load_state(H0, i_nh.to(tl.int64) * K * V + p_blk, m_h, BK, BV, HAS_H0)
+    # the state's V block i_v in up to four K blocks b_h1..b_h4 of BK (= 64) rows each
+    _, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    dt = K_.dtype.element_ty
+    p_h0 = i_nh.to(tl.int64) * K * V
+    b_h1 = state_load(H0, p_h0, 0, i_v, K, V, BK, BV, HAS_H0)
+    if K > BK:
+        b_h2 = state_load(H0, p_h0, 1, i_v, K, V, BK, BV, HAS_H0)
+    if K > 2 * BK:
+        b_h3 = state_load(H0, p_h0, 2, i_v, K, V, BK, BV, HAS_H0)
+    if K > 3 * BK:
+        b_h4 = state_load(H0, p_h0, 3, i_v, K, V, BK, BV, HAS_H0)
     for c in range(0, tl.cdiv(eos - bos, BT)):
-        tl.store(HS + ((c0 + c) * H + i_h) * K * V + p_blk, b_h.to(HS.dtype.element_ty), mask=m_h)
-        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
-        b_w = tl.load(W + p_tk, mask=m_tk, other=0.0)                          # [BT, BK]
-        b_u = tl.load(UT + p_tv, mask=m_tv, other=0.0) - tl.dot(b_w, b_h, input_precision=PREC)
-        tl.store(U + p_tv, b_u, mask=m_tv)
-        b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        p_hs = ((c0 + c) * H + i_h) * K * V
+        state_store(HS, p_hs, 0, i_v, b_h1, K, V, BK, BV)
+        if K > BK:
+            state_store(HS, p_hs, 1, i_v, b_h2, K, V, BK, BV)
+        if K > 2 * BK:
+            state_store(HS, p_hs, 2, i_v, b_h3, K, V, BK, BV)
+        if K > 3 * BK:
+            state_store(HS, p_hs, 3, i_v, b_h4, K, V, BK, BV)
+        t0 = bos + c * BT
+        row = t0 * H + i_h
+        n_left = eos - t0
+        o_t, m_t, last = chunk_steps(t0, eos, BT)
+        b_u = rows_tile(UT, row, n_left, i_v, V, H, BT, BV) - w_times_state(
+            W, row, n_left, 0, b_h1, dt, H, K, BT, BK, PREC)                    # [BT, BV]
+        if K > BK:
+            b_u -= w_times_state(W, row, n_left, 1, b_h2, dt, H, K, BT, BK, PREC)
+        if K > 2 * BK:
+            b_u -= w_times_state(W, row, n_left, 2, b_h3, dt, H, K, BT, BK, PREC)
+        if K > 3 * BK:
+            b_u -= w_times_state(W, row, n_left, 3, b_h4, dt, H, K, BT, BK, PREC)
+        store_rows_tile(U, row, n_left, i_v, b_u, V, H, BT, BV)
         b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
-        b_kd = b_k * tl.exp(b_glast - b_g)[:, None]
-        b_h = b_h * tl.exp(b_glast) + tl.dot(tl.trans(b_kd), b_u, input_precision=PREC)
+        b_dec = tl.exp(b_glast - b_g)
+        b_keep = tl.exp(b_glast)
+        b_h1 = state_tile_update(b_h1, 0, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK, PREC)
+        if K > BK:
+            b_h2 = state_tile_update(b_h2, 1, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK,
+                                     PREC)
+        if K > 2 * BK:
+            b_h3 = state_tile_update(b_h3, 2, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK,
+                                     PREC)
+        if K > 3 * BK:
+            b_h4 = state_tile_update(b_h4, 3, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK,
+                                     PREC)
     if STORE_HT:
-        tl.store(HT + i_nh.to(tl.int64) * K * V + p_blk, b_h, mask=m_h)
+        state_store(HT, p_h0, 0, i_v, b_h1, K, V, BK, BV)
+        if K > BK:
+            state_store(HT, p_h0, 1, i_v, b_h2, K, V, BK, BV)
+        if K > 2 * BK:
+            state_store(HT, p_h0, 2, i_v, b_h3, K, V, BK, BV)
+        if K > 3 * BK:
+            state_store(HT, p_h0, 3, i_v, b_h4, K, V, BK, BV)
 
 
 @triton.jit
@@ -189,12 +277,12 @@ def delta_chunk_prepare(k, v, beta, g, h0, layout, tiles, output_final_state):
     delta_chunk_fwd_kernel_wy[(NC, H)](k, v, beta, g, gc, tm, w, ut, chunks, H=H, K=K, V=V,
                                        BT=BT, BK=BK, BV=BV, HAS_G=g is not None, PREC=prec,
                                        num_warps=W)
-    KP, SBV = state_block_v(K, BV)
+    SBK, SBV = state_block_v(K, BV)
     hs = k.new_empty(NC, H, K, V)
     u = torch.empty_like(v, **f32)
     ht = k.new_empty(N, H, K, V, **f32) if output_final_state else None
     delta_chunk_fwd_kernel_h[(1, triton.cdiv(V, SBV), N * H)](
-        k, w, ut, gc, h0, hs, u, ht, cu, co, H=H, K=K, V=V, BT=BT, BK=KP, BV=SBV,
+        k, w, ut, gc, h0, hs, u, ht, cu, co, H=H, K=K, V=V, BT=BT, BK=SBK, BV=SBV,
         HAS_G=g is not None, HAS_H0=h0 is not None, STORE_HT=output_final_state, PREC=prec,
         num_warps=max(W, MIN_WARPS))
     return gc, tm, w, ut, hs, u, ht

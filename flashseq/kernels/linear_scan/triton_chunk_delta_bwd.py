@@ -3,8 +3,10 @@
 The forward's chunk states are not kept: the backward runs the WY and state passes again
 (``delta_chunk_prepare``), then, per chunk with dS_1 the gradient of the state after it:
 
-``delta_chunk_bwd_kernel_dh``   grid (1, V/BV, N*H), the reverse state pass over [KP, BV]
-    blocks: stores dS_1 per chunk, ``du = scale P^T do + (k exp(G_last - G)) dS_1`` and
+``delta_chunk_bwd_kernel_du``   grid (V/BV, NC, H): the intra-chunk part of du, ``scale P^T do``;
+``delta_chunk_bwd_kernel_dh``   grid (1, V/BV, N*H), the reverse state pass over the state's K
+    tiles (as the forward's): stores dS_1 per chunk, completes
+    ``du = scale P^T do + (k exp(G_last - G)) dS_1`` and steps back with
     ``dS_0 = exp(G_last) dS_1 + scale (q exp(G))^T do - w^T du``; the initial state's gradient.
 ``delta_chunk_bwd_kernel_da``   grid (NC, H): the gradients through T = (I + A)^-1:
     ``d(beta v) = T^T du``, ``d(beta exp(G) k) = T^T dw`` with ``dw = -du S_0^T``, and
@@ -23,8 +25,60 @@ import triton
 import triton.language as tl
 
 from .triton_chunk import chunk_layout, precision
-from .triton_chunk_delta import MIN_WARPS, delta_chunk_prepare, delta_gates, state_block_v
-from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, load_state, state_tile
+from .triton_chunk_delta import (MIN_WARPS, delta_chunk_prepare, delta_gates, rows_tile,
+                                 state_block_v, state_load, state_store, store_rows_tile)
+from .triton_common import chunk_bounds, chunk_state_program, chunk_steps
+
+
+@triton.jit
+def delta_chunk_bwd_kernel_du(Q, K_, GC, DO, DU, CHUNKS, scale,
+                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                              HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """The intra-chunk part of du, ``scale P^T do``, each chunk on its own (grid V/BV, NC, H);
+    the reverse state pass adds the state's part."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
+    o_c = tl.arange(0, BT)
+    row = t0 * H + i_h
+    n_left = eos - t0
+    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
+    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK)
+        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)
+        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    incl = o_c[:, None] >= o_c[None, :]
+    b_p = tl.where(incl, b_qk * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+    b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV)                      # [BT, BV]
+    b_du = scale * tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=PREC)
+    store_rows_tile(DU, row, n_left, i_v, b_du, V, H, BT, BV)
+
+# The dA kernel holds five fp32 [BT, BT] blocks; its V loop runs in blocks of 16 (at BV 32 its
+# sm_90 cubin spilled 8 B at BT 64, K = V = 128, 8 warps).
+DA_BV = 16
+
+
+@triton.jit
+def du_part(K_, row, n_left, i, b_dec, b_dh, H: tl.constexpr, K: tl.constexpr,
+            BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """``(k dec)[:, K block i] dS_1[K block i, :]`` [BT, BV], operands in k's dtype."""
+    dt = K_.dtype.element_ty
+    b_kd = (rows_tile(K_, row, n_left, i, K, H, BT, BK) * b_dec[:, None]).to(dt)
+    return tl.dot(b_kd, b_dh.to(dt), input_precision=PREC)
+
+
+@triton.jit
+def dstate_tile_update(b_dh, i, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H: tl.constexpr,
+                       K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """K block i of ``dS_0 = keep dS_1 + (q qs)^T do - w^T du`` (qs = scale exp(G)); operands
+    in q's dtype."""
+    dt = Q.dtype.element_ty
+    b_qg = (rows_tile(Q, row, n_left, i, K, H, BT, BK) * b_qs[:, None]).to(dt)
+    b_w = rows_tile(W, row, n_left, i, K, H, BT, BK).to(dt)
+    return (b_dh * b_keep + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
+            - tl.dot(tl.trans(b_w), b_du.to(dt), input_precision=PREC))
 
 
 @triton.jit
@@ -33,43 +87,102 @@ def delta_chunk_bwd_kernel_dh(Q, K_, W, GC, DO, DHT, DHS, DU, DH0, CU, CO, scale
                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                               HAS_G: tl.constexpr, HAS_DHT: tl.constexpr, HAS_H0: tl.constexpr,
                               PREC: tl.constexpr):
-    i_k, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
-    o_k, o_v, m_k, m_v, m_h = state_tile(i_k, i_v, K, V, BK, BV)
-    o_c = tl.arange(0, BT)
-    p_blk = o_k[:, None] * V + o_v[None, :]                                    # [BK, BV]
-    b_dh = load_state(DHT, i_nh.to(tl.int64) * K * V + p_blk, m_h, BK, BV, HAS_DHT)
+    # dS's V block i_v in up to four K blocks b_dh1..b_dh4 of BK (= 64) rows, as the forward
+    _, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
+    p_h0 = i_nh.to(tl.int64) * K * V
+    b_dh1 = state_load(DHT, p_h0, 0, i_v, K, V, BK, BV, HAS_DHT)
+    if K > BK:
+        b_dh2 = state_load(DHT, p_h0, 1, i_v, K, V, BK, BV, HAS_DHT)
+    if K > 2 * BK:
+        b_dh3 = state_load(DHT, p_h0, 2, i_v, K, V, BK, BV, HAS_DHT)
+    if K > 3 * BK:
+        b_dh4 = state_load(DHT, p_h0, 3, i_v, K, V, BK, BV, HAS_DHT)
     NTn = tl.cdiv(eos - bos, BT)
     for j in range(0, NTn):
         c = NTn - 1 - j
-        tl.store(DHS + ((c0 + c) * H + i_h) * K * V + p_blk, b_dh.to(DHS.dtype.element_ty),
-                 mask=m_h)
-        o_t, m_t, last = chunk_steps(bos + c * BT, eos, BT)
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
-        b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)            # [BT, BK]
-        b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)          # [BT, BV]
+        p_dhs = ((c0 + c) * H + i_h) * K * V
+        state_store(DHS, p_dhs, 0, i_v, b_dh1, K, V, BK, BV)
+        if K > BK:
+            state_store(DHS, p_dhs, 1, i_v, b_dh2, K, V, BK, BV)
+        if K > 2 * BK:
+            state_store(DHS, p_dhs, 2, i_v, b_dh3, K, V, BK, BV)
+        if K > 3 * BK:
+            state_store(DHS, p_dhs, 3, i_v, b_dh4, K, V, BK, BV)
+        t0 = bos + c * BT
+        row = t0 * H + i_h
+        n_left = eos - t0
+        o_t, m_t, last = chunk_steps(t0, eos, BT)
         b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
-        incl = o_c[:, None] >= o_c[None, :]
-        b_p = tl.where(incl, tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-                       * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
-        b_kd = b_k * tl.exp(b_glast - b_g)[:, None]
-        b_du = (scale * tl.dot(tl.trans(b_p), b_do, input_precision=PREC)
-                + tl.dot(b_kd, b_dh, input_precision=PREC))                    # [BT, BV]
-        tl.store(DU + p_tv, b_du, mask=m_tv)
-        b_w = tl.load(W + p_tk, mask=m_tk, other=0.0)
-        b_qg = b_q * (scale * tl.exp(b_g))[:, None]
-        b_dh = (b_dh * tl.exp(b_glast) + tl.dot(tl.trans(b_qg), b_do, input_precision=PREC)
-                - tl.dot(tl.trans(b_w), b_du, input_precision=PREC))
+        b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV)                  # [BT, BV]
+        b_dec = tl.exp(b_glast - b_g)
+        # the intra-chunk part scale P^T do is already there (delta_chunk_bwd_kernel_du)
+        b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)
+        b_du += du_part(K_, row, n_left, 0, b_dec, b_dh1, H, K, BT, BK, PREC)
+        if K > BK:
+            b_du += du_part(K_, row, n_left, 1, b_dec, b_dh2, H, K, BT, BK, PREC)
+        if K > 2 * BK:
+            b_du += du_part(K_, row, n_left, 2, b_dec, b_dh3, H, K, BT, BK, PREC)
+        if K > 3 * BK:
+            b_du += du_part(K_, row, n_left, 3, b_dec, b_dh4, H, K, BT, BK, PREC)
+        store_rows_tile(DU, row, n_left, i_v, b_du, V, H, BT, BV)
+        b_qs = scale * tl.exp(b_g)
+        b_keep = tl.exp(b_glast)
+        b_dh1 = dstate_tile_update(b_dh1, 0, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H, K,
+                                   BT, BK, PREC)
+        if K > BK:
+            b_dh2 = dstate_tile_update(b_dh2, 1, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H,
+                                       K, BT, BK, PREC)
+        if K > 2 * BK:
+            b_dh3 = dstate_tile_update(b_dh3, 2, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H,
+                                       K, BT, BK, PREC)
+        if K > 3 * BK:
+            b_dh4 = dstate_tile_update(b_dh4, 3, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H,
+                                       K, BT, BK, PREC)
     if HAS_H0:
-        tl.store(DH0 + i_nh.to(tl.int64) * K * V + p_blk, b_dh, mask=m_h)
+        state_store(DH0, p_h0, 0, i_v, b_dh1, K, V, BK, BV)
+        if K > BK:
+            state_store(DH0, p_h0, 1, i_v, b_dh2, K, V, BK, BV)
+        if K > 2 * BK:
+            state_store(DH0, p_h0, 2, i_v, b_dh3, K, V, BK, BV)
+        if K > 3 * BK:
+            state_store(DH0, p_h0, 3, i_v, b_dh4, K, V, BK, BV)
 
 
 @triton.jit
-def delta_chunk_bwd_kernel_da(Q, K_, V_, BETA, GC, TM, W, UT, U, DU, HS, DO, DV, DB, DG,
-                              DKK, DQK, CHUNKS, scale,
+def delta_chunk_bwd_kernel_dp(Q, K_, GC, U, DO, DG, DQK, CHUNKS, scale,
+                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                              HAS_G: tl.constexpr, PREC: tl.constexpr):
+    """The gradient of the scores ``q k^T`` (``scale do u^T``, causal, decayed), and its
+    G-gradient (the first writer of DG)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
+    o_c = tl.arange(0, BT)
+    row = t0 * H + i_h
+    n_left = eos - t0
+    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
+    b_dp = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV).to(tl.float32)   # [BT, BV]
+        b_u = rows_tile(U, row, n_left, i_v, V, H, BT, BV)
+        b_dp += tl.dot(b_do, tl.trans(b_u), input_precision=PREC)
+    incl = o_c[:, None] >= o_c[None, :]
+    b_dp = tl.where(incl, scale * b_dp * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)),
+                    0.0)
+    tl.store(DQK + (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :], b_dp)
+    if HAS_G:
+        b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+        for i_k in range(0, tl.cdiv(K, BK)):
+            b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK)
+            b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)
+            b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        b_dpp = b_dp * b_qk
+        tl.store(DG + o_t * H + i_h, tl.sum(b_dpp, axis=1) - tl.sum(b_dpp, axis=0), mask=m_t)
+
+
+@triton.jit
+def delta_chunk_bwd_kernel_da(K_, V_, BETA, GC, TM, W, UT, DU, HS, DV, DB, DG, DKK, CHUNKS,
                               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                               HAS_G: tl.constexpr, PREC: tl.constexpr):
@@ -77,68 +190,55 @@ def delta_chunk_bwd_kernel_da(Q, K_, V_, BETA, GC, TM, W, UT, U, DU, HS, DO, DV,
     t0, eos = chunk_bounds(CHUNKS, i_c)
     o_t, m_t, last = chunk_steps(t0, eos, BT)
     o_c = tl.arange(0, BT)
+    row = t0 * H + i_h
+    n_left = eos - t0
     b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
     b_beta = tl.load(BETA + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     p_bb = (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :]
     b_t = tl.load(TM + p_bb)                                                   # [BT, BT]
     p_hs = HS + (i_c.to(tl.int64) * H + i_h) * K * V
-    b_dp = tl.zeros([BT, BT], dtype=tl.float32)
     b_da = tl.zeros([BT, BT], dtype=tl.float32)
     b_db = tl.zeros([BT], dtype=tl.float32)
     b_dg = tl.zeros([BT], dtype=tl.float32)
+    if HAS_G:    # the scores' part (delta_chunk_bwd_kernel_dp)
+        b_dg += tl.load(DG + o_t * H + i_h, mask=m_t, other=0.0)
     for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
-        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
-        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)          # [BT, BV]
-        b_u = tl.load(U + p_tv, mask=m_tv, other=0.0)
-        b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
-        b_dp += tl.dot(b_do, tl.trans(b_u), input_precision=PREC)
+        b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)                  # [BT, BV]
         b_dbv = tl.dot(tl.trans(b_t), b_du, input_precision=PREC)              # d(beta v)
-        b_v = tl.load(V_ + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        tl.store(DV + p_tv, b_dbv * b_beta[:, None], mask=m_tv)
+        b_v = rows_tile(V_, row, n_left, i_v, V, H, BT, BV).to(tl.float32)
+        store_rows_tile(DV, row, n_left, i_v, b_dbv * b_beta[:, None], V, H, BT, BV)
         b_db += tl.sum(b_v * b_dbv, axis=1)
-        b_da += tl.dot(b_dbv, tl.trans(tl.load(UT + p_tv, mask=m_tv, other=0.0)),
+        b_da += tl.dot(b_dbv, tl.trans(rows_tile(UT, row, n_left, i_v, V, H, BT, BV)),
                        input_precision=PREC)
     b_kk = tl.zeros([BT, BT], dtype=tl.float32)
-    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
     b_gam = tl.exp(b_g)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_k = o_k < K
-        m_tk = m_t[:, None] & m_k[None, :]
-        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-        b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0)                           # [BT, BK]
-        b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0)
+        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)                    # [BT, BK]
         b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
         b_dw = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(0, tl.cdiv(V, BV)):
             o_v = i_v * BV + tl.arange(0, BV)
             m_v = o_v < V
-            b_du = tl.load(DU + (o_t[:, None] * H + i_h) * V + o_v[None, :],
-                           mask=m_t[:, None] & m_v[None, :], other=0.0)          # [BT, BV]
+            b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)              # [BT, BV]
             b_hs = tl.load(p_hs + o_k[:, None] * V + o_v[None, :],
                            mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
             b_dw -= tl.dot(b_du, tl.trans(b_hs), input_precision=PREC)
         b_dbk = tl.dot(tl.trans(b_t), b_dw, input_precision=PREC)   # d(beta exp(G) k)
-        b_da += tl.dot(b_dbk, tl.trans(tl.load(W + p_tk, mask=m_tk, other=0.0)),
+        b_da += tl.dot(b_dbk, tl.trans(rows_tile(W, row, n_left, i_k, K, H, BT, BK)),
                        input_precision=PREC)
         b_kdbk = tl.sum(b_k.to(tl.float32) * b_dbk, axis=1)
         b_db += b_gam * b_kdbk
         b_dg += b_beta * b_gam * b_kdbk
     strict = o_c[:, None] > o_c[None, :]
-    incl = o_c[:, None] >= o_c[None, :]
-    decay = tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0))
+    decay = tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :], 0.0))
     b_da = tl.where(strict, -b_da, 0.0)
     b_dadk = b_da * decay * b_kk                                 # dA[r, s] A[r, s] / beta_r
     b_db += tl.sum(b_dadk, axis=1)
     b_daa = b_dadk * b_beta[:, None]
-    b_dp = tl.where(incl, scale * b_dp * decay, 0.0)             # gradient of q k^T
-    b_dpp = b_dp * b_qk
-    b_dg += tl.sum(b_daa + b_dpp, axis=1) - tl.sum(b_daa + b_dpp, axis=0)
+    b_dg += tl.sum(b_daa, axis=1) - tl.sum(b_daa, axis=0)
     tl.store(DKK + p_bb, b_da * decay * b_beta[:, None])         # gradient of k k^T
-    tl.store(DQK + p_bb, b_dp)
     tl.store(DB + o_t * H + i_h, b_db, mask=m_t)
     if HAS_G:
         tl.store(DG + o_t * H + i_h, b_dg, mask=m_t)
@@ -156,10 +256,8 @@ def delta_chunk_bwd_kernel_dqk(Q, K_, BETA, GC, TM, U, DU, HS, DHS, DO, DKK, DQK
     o_c = tl.arange(0, BT)
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
-    p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-    b_q = tl.load(Q + p_tk, mask=m_tk, other=0.0).to(tl.float32)              # [BT, BK]
-    b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    row = t0 * H + i_h
+    n_left = eos - t0
     b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
     b_beta = tl.load(BETA + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     p_state = (i_c.to(tl.int64) * H + i_h) * K * V
@@ -170,11 +268,9 @@ def delta_chunk_bwd_kernel_dqk(Q, K_, BETA, GC, TM, U, DU, HS, DHS, DO, DKK, DQK
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_v = o_v < V
-        m_tv = m_t[:, None] & m_v[None, :]
-        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
-        b_do = tl.load(DO + p_tv, mask=m_tv, other=0.0).to(tl.float32)          # [BT, BV]
-        b_u = tl.load(U + p_tv, mask=m_tv, other=0.0)
-        b_du = tl.load(DU + p_tv, mask=m_tv, other=0.0)
+        b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV).to(tl.float32)   # [BT, BV]
+        b_u = rows_tile(U, row, n_left, i_v, V, H, BT, BV)
+        b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)
         p_blk = o_k[:, None] * V + o_v[None, :]
         m_blk = m_k[:, None] & m_v[None, :]
         b_hs = tl.load(HS + p_state + p_blk, mask=m_blk, other=0.0).to(tl.float32)    # [BK, BV]
@@ -191,13 +287,15 @@ def delta_chunk_bwd_kernel_dqk(Q, K_, BETA, GC, TM, U, DU, HS, DHS, DO, DKK, DQK
     b_kdec = tl.exp(b_glast - b_g)
     b_dbk = tl.dot(tl.trans(b_t), b_dw, input_precision=PREC)
     b_dqs = b_dqs * (scale * b_gam)[:, None]
+    b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK).to(tl.float32)          # [BT, BK]
+    b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK).to(tl.float32)
     b_dq = b_dqs + tl.dot(b_dqk, b_k, input_precision=PREC)
     b_dks = b_dks * b_kdec[:, None]
     b_dk = (b_dbk * (b_beta * b_gam)[:, None] + b_dks
             + tl.dot(tl.trans(b_dqk), b_q, input_precision=PREC)
             + tl.dot(b_dkk + tl.trans(b_dkk), b_k, input_precision=PREC))
-    tl.store(DQ + p_tk, b_dq, mask=m_tk)
-    tl.store(DK + p_tk, b_dk, mask=m_tk)
+    store_rows_tile(DQ, row, n_left, i_k, b_dq, K, H, BT, BK)
+    store_rows_tile(DK, row, n_left, i_k, b_dk, K, H, BT, BK)
     if HAS_G:
         b_kds = tl.sum(b_k * b_dks, axis=1)                                      # [BT]
         glast_term = tl.sum(b_kds, axis=0) + tl.exp(b_glast) * tl.sum(b_hdh, axis=0)
@@ -231,12 +329,15 @@ def delta_chunk_bwd(q, k, v, beta, g, h0, do, dht, scale, cu_seqlens, tiles):
     has_g = g is not None
     f32 = dict(dtype=torch.float32)
     gc, tm, w, ut, hs, u, _ = delta_chunk_prepare(k, v, beta, g, h0, layout, tiles, False)
-    KP, SBV = state_block_v(K, BV)
+    SBK, SBV = state_block_v(K, BV)
     dhs = q.new_empty(NC, H, K, V)
     du = torch.empty_like(v, **f32)
     dh0 = q.new_empty(N, H, K, V, **f32) if h0 is not None else None
+    delta_chunk_bwd_kernel_du[(triton.cdiv(V, BV), NC, H)](
+        q, k, gc, do, du, chunks, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g,
+        PREC=prec, num_warps=max(W, MIN_WARPS))
     delta_chunk_bwd_kernel_dh[(1, triton.cdiv(V, SBV), N * H)](
-        q, k, w, gc, do, dht, dhs, du, dh0, cu, co, scale, H=H, K=K, V=V, BT=BT, BK=KP,
+        q, k, w, gc, do, dht, dhs, du, dh0, cu, co, scale, H=H, K=K, V=V, BT=BT, BK=SBK,
         BV=SBV, HAS_G=has_g, HAS_DHT=dht is not None, HAS_H0=h0 is not None, PREC=prec,
         num_warps=max(W, MIN_WARPS))
     dv = torch.empty_like(v, **f32)
@@ -244,9 +345,13 @@ def delta_chunk_bwd(q, k, v, beta, g, h0, do, dht, scale, cu_seqlens, tiles):
     dg_part = torch.empty_like(beta, **f32) if has_g else None
     dkk = q.new_empty(NC, H, BT, BT, **f32)
     dqk = q.new_empty(NC, H, BT, BT, **f32)
+    delta_chunk_bwd_kernel_dp[(NC, H)](
+        q, k, gc, u, do, dg_part, dqk, chunks, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        HAS_G=has_g, PREC=prec, num_warps=max(W, MIN_WARPS))
     delta_chunk_bwd_kernel_da[(NC, H)](
-        q, k, v, beta, gc, tm, w, ut, u, du, hs, do, dv, dbeta, dg_part, dkk, dqk, chunks, scale,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_G=has_g, PREC=prec, num_warps=max(W, MIN_WARPS))
+        k, v, beta, gc, tm, w, ut, du, hs, dv, dbeta, dg_part, dkk, chunks,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=DA_BV, HAS_G=has_g, PREC=prec,
+        num_warps=max(W, MIN_WARPS))
     NK = triton.cdiv(K, BK)
     dq = torch.empty_like(q, **f32)
     dk = torch.empty_like(k, **f32)

@@ -29,7 +29,9 @@ PTR_TYPES.update({name: "fp32" for name in (
 SCALARS = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
 
 
-def _signature(kernel, constexprs, dt):
+def _signature(kernel, constexprs, dt, ptr_types=None):
+    """Triton signature of ``kernel``; ``ptr_types`` overrides ``PTR_TYPES`` for this kernel."""
+    types = dict(PTR_TYPES, **(ptr_types or {}))
     sig = {}
     for name in kernel.arg_names:
         if name in constexprs:
@@ -37,7 +39,7 @@ def _signature(kernel, constexprs, dt):
         elif name in SCALARS:
             sig[name] = SCALARS[name]
         else:
-            sig[name] = "*" + PTR_TYPES.get(name, dt)
+            sig[name] = "*" + types.get(name, dt)
     return sig
 
 
@@ -96,6 +98,7 @@ def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
         # the launchers leave num_stages at triton's default
         specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, warps, 3))
     specs += mlstm_chunk_specs(dim, dtype, gpu, dt)
+    specs += delta_chunk_specs(dim, dtype, gpu, dt)
     return specs
 
 
@@ -122,6 +125,47 @@ def mlstm_chunk_specs(dim, dtype, gpu, dt):
         constexprs = {name: value for name, value in dict(tiles, **extra).items()
                       if name in kernel.arg_names}
         specs.append((kernel, _signature(kernel, constexprs, dt), constexprs, warps, 3))
+    return specs
+
+
+# the chunk delta rule's fp32 scratch (WY inverse, w, u~, u, their gradients, partial sums);
+# beta and g come in the inputs' dtype
+DELTA_CHUNK_PTRS = dict({name: "fp32" for name in (
+    "TM", "W", "UT", "U", "DU", "DV", "DB", "DG", "DKK", "DQK", "DGK", "DGOUT")}, BETA=None,
+    G=None)
+
+
+def delta_chunk_specs(dim, dtype, gpu, dt):
+    """The chunk delta rule's kernels as ``triton_ops_delta`` launches them (plan's tiles,
+    capped; the state passes' tiles from ``triton_chunk_delta.state_block_v``)."""
+    from .plan import plan_linear_scan
+    from .triton_chunk import precision
+    from .triton_chunk_delta import (MIN_WARPS, delta_chunk_fwd_kernel_h, delta_chunk_fwd_kernel_o,
+                                     delta_chunk_fwd_kernel_wy, state_block_v)
+    from .triton_chunk_delta_bwd import (delta_chunk_bwd_kernel_da, delta_chunk_bwd_kernel_dg,
+                                         delta_chunk_bwd_kernel_dh, delta_chunk_bwd_kernel_dqk,
+                                         delta_chunk_bwd_kernel_dp, delta_chunk_bwd_kernel_du,
+                                         DA_BV)
+    from .triton_ops import capped_tiles
+    BT, BK, BV, W = capped_tiles(plan_linear_scan("delta", 2, 2048, 16, dim, dim, dtype, gpu))
+    SBK, SBV = state_block_v(dim, BV)
+    tiles = dict(H=16, K=dim, V=dim, BT=BT, BK=BK, BV=BV, PREC=precision(dtype), HAS_G=True)
+    state = dict(BK=SBK, BV=SBV)
+    ptrs = {name: (dt if kind is None else kind) for name, kind in DELTA_CHUNK_PTRS.items()}
+    specs = []
+    for kernel, extra, warps in (
+            (delta_chunk_fwd_kernel_wy, {}, W),
+            (delta_chunk_fwd_kernel_h, dict(state, HAS_H0=True, STORE_HT=True), max(W, MIN_WARPS)),
+            (delta_chunk_fwd_kernel_o, {}, max(W, MIN_WARPS)),
+            (delta_chunk_bwd_kernel_du, {}, max(W, MIN_WARPS)),
+            (delta_chunk_bwd_kernel_dh, dict(state, HAS_DHT=True, HAS_H0=True), max(W, MIN_WARPS)),
+            (delta_chunk_bwd_kernel_dp, {}, max(W, MIN_WARPS)),
+            (delta_chunk_bwd_kernel_da, dict(BV=DA_BV), max(W, MIN_WARPS)),
+            (delta_chunk_bwd_kernel_dqk, {}, max(W, MIN_WARPS)),
+            (delta_chunk_bwd_kernel_dg, dict(NK=-(-dim // BK)), 4)):
+        constexprs = {name: value for name, value in dict(tiles, **extra).items()
+                      if name in kernel.arg_names}
+        specs.append((kernel, _signature(kernel, constexprs, dt, ptrs), constexprs, warps, 3))
     return specs
 
 

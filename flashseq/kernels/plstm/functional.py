@@ -37,6 +37,13 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
 
     With ``source = direct = 1`` and ``mark = transition = exp(g)`` this is gated linear
     attention with a per-head scalar decay (``chunk_gla`` with g broadcast over K).
+
+    Examples:
+        >>> import torch, flashseq
+        >>> q, k, v = torch.randn(3, 2, 10, 4, 16).unbind(0)      # B=2, T=10, H=4, K=V=16
+        >>> gates = torch.sigmoid(torch.randn(4, 2, 10, 4)).unbind(0)
+        >>> flashseq.ops.plstm_1d(q, k, v, *gates).shape
+        torch.Size([2, 10, 4, 16])
     """
     (B, T), H, K, V = val.check_qkv(q, k, v, "B, T")
     for name, g in (("source", source), ("transition", transition), ("mark", mark), ("direct", direct)):
@@ -72,6 +79,19 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
 
     Returns:
         o: [B, X, Y, H, V], q's dtype. Equals ``plstm_dag`` on ``graphs.grid_dag(X, Y)``.
+        Differentiable in every tensor argument.
+
+    Examples:
+        >>> import torch, flashseq
+        >>> from flashseq.kernels.plstm import p_mode_2d
+        >>> B, X, Y, H, D = 2, 5, 7, 2, 8
+        >>> q, k, v = torch.randn(3, B, X, Y, H, D).unbind(0)
+        >>> orient = torch.rand(B, X, Y, H)           # share passed on to the r edge
+        >>> source = torch.stack([orient, 1 - orient], -1)
+        >>> o = flashseq.ops.plstm_2d(q, k, v, source, p_mode_2d(orient), torch.ones(B, X, Y, H, 2),
+        ...                           torch.ones(B, X, Y, H))
+        >>> o.shape
+        torch.Size([2, 5, 7, 2, 8])
     """
     (B, X, Y), H, K, V = val.check_qkv(q, k, v, "B, X, Y")
     val.check_gate("source", source, (B, X, Y, H, 2), "[B, X, Y, H, 2]", q)

@@ -38,7 +38,11 @@ def main(argv=None) -> int:
     parser.add_argument("--shapes", default="small")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument("--time", type=float, default=1.0, help="seconds of pairs per workload")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (the cache keeps entries per thread count)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     target = CpuTarget()
     saved = os.environ.get(tuning.ENV)
     status = 0

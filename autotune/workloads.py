@@ -12,7 +12,7 @@ OPS = ("lstm", "gru", "slstm", "elman")
 # CPU presets. "small" is sized to finish the whole loop (candidates, re-timing, untuned and
 # torch.nn comparisons) for two cells in well under 3 minutes on a busy 2-core machine.
 CPU_PRESETS = {
-    "small": ((1, 64, 1, 64), (16, 32, 1, 128), (32, 16, 1, 256)),
+    "small": ((1, 32, 1, 64), (16, 16, 1, 128), (32, 8, 1, 256)),
     "default": ((1, 128, 1, 128), (16, 128, 1, 128), (16, 128, 1, 512), (64, 64, 1, 256),
                 (256, 32, 1, 128)),
 }

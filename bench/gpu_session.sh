@@ -9,8 +9,8 @@
 #     --suites   only these benchmark suites (default: every one `python -m bench` lists)
 #
 # Steps: record the machine; install peer wheels, if any, offline; pytest -m gpu (slow ones
-# included); the compute-sanitizer cases (tests marked "sanitizer"; none yet = a no-op with a
-# message); every `python -m bench` suite, each writing <suite>.json, .md and .png. Every step
+# included); the compute-sanitizer cases (tests marked "sanitizer", under memcheck and
+# racecheck; none = a no-op with a message); every `python -m bench` suite, each writing <suite>.json, .md and .png. Every step
 # runs even when an earlier one failed; SUMMARY.md lists them with exit codes, and the script
 # exits 1 if any failed.
 #
@@ -108,6 +108,7 @@ run_step pytest-gpu "$py" -m pytest -q -m gpu --runslow -p no:cacheprovider
 # 4. compute-sanitizer cases: tests marked "sanitizer"
 if [ "$dry" = 1 ]; then
     echo "[dry-run] sanitizer: compute-sanitizer --tool memcheck $py -m pytest -q -m sanitizer (if any test is marked sanitizer)"
+    echo "[dry-run] sanitizer-racecheck: compute-sanitizer --tool racecheck $py -m pytest -q -m sanitizer"
 else
     n_cases=$("$py" -m pytest -q -m sanitizer --collect-only -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
     if [ "${n_cases:-0}" = 0 ]; then
@@ -117,6 +118,9 @@ else
         note_step sanitizer "FAILED: $n_cases case(s) but compute-sanitizer is not on PATH"
     else
         run_step sanitizer compute-sanitizer --tool memcheck --error-exitcode 86 \
+            --target-processes all "$py" -m pytest -q -m sanitizer -p no:cacheprovider
+        # shared-memory races (the persistent CUDA kernels' h buffers and partial sums)
+        run_step sanitizer-racecheck compute-sanitizer --tool racecheck --error-exitcode 86 \
             --target-processes all "$py" -m pytest -q -m sanitizer -p no:cacheprovider
     fi
 fi

@@ -94,6 +94,7 @@ class ExtensionSpec(typing.NamedTuple):
     sources: files to compile (absolute paths, .cpp).
     depends: other files whose contents the build reads (headers); they are part of the key.
     include_dirs, cflags, ldflags: passed to the compiler and linker.
+    cuda_cflags: passed to nvcc for .cu sources (torch's CUDA extension build).
     """
     name: str
     sources: tuple
@@ -101,6 +102,7 @@ class ExtensionSpec(typing.NamedTuple):
     include_dirs: tuple = ()
     cflags: tuple = ()
     ldflags: tuple = ()
+    cuda_cflags: tuple = ()
 
     def key(self) -> str:
         """Digest of everything the built library depends on: the cache layout, torch (version,
@@ -117,7 +119,8 @@ class ExtensionSpec(typing.NamedTuple):
             "torch": torch.__version__, "cuda": torch.version.cuda,
             "python": sys.implementation.cache_tag, "machine": platform.machine(),
             "cxx": os.environ.get("CXX", ""), "cflags": list(self.cflags),
-            "ldflags": list(self.ldflags), "files": files})
+            "ldflags": list(self.ldflags), "files": files,
+            **({"cuda_cflags": list(self.cuda_cflags)} if self.cuda_cflags else {})})
 
 
 # Runs in a child process: builds the module in the given private folder with torch's
@@ -138,6 +141,7 @@ from torch.utils import cpp_extension
 module = cpp_extension.load(
     name=args["module"], sources=args["sources"], extra_include_paths=args["include_dirs"],
     extra_cflags=args["cflags"], extra_ldflags=args["ldflags"],
+    extra_cuda_cflags=args["cuda_cflags"] or None,
     build_directory=args["build_dir"], verbose=False)
 print(json.dumps({"file": module.__file__}))
 """
@@ -159,7 +163,8 @@ def _run_builder(spec: ExtensionSpec, module: str, build_dir: pathlib.Path) -> p
     args = {"parent": os.getpid(), "module": module, "build_dir": str(build_dir),
             "sources": [str(f) for f in spec.sources],
             "include_dirs": [str(d) for d in spec.include_dirs],
-            "cflags": list(spec.cflags), "ldflags": list(spec.ldflags)}
+            "cflags": list(spec.cflags), "ldflags": list(spec.ldflags),
+            "cuda_cflags": list(spec.cuda_cflags)}
     done = subprocess.run([sys.executable, "-c", _BUILDER, json.dumps(args)],
                           capture_output=True, text=True)
     if done.returncode != 0:

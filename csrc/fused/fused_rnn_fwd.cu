@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include "forward.cuh"
+#include "launch.h"
 
 #if !defined(FLASHSEQ_CELL) || !defined(FLASHSEQ_ELEM) || !defined(FLASHSEQ_BB) ||         \
     !defined(FLASHSEQ_BH) || !defined(FLASHSEQ_WM) || !defined(FLASHSEQ_WK) ||             \
@@ -21,19 +22,14 @@ using Elem = FLASHSEQ_ELEM;
 using Traits = FwdTraits<Cell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
                          FLASHSEQ_CLUSTER != 0>;
 
-// Grid, block and shared memory of this instantiation for a problem (the binding sizes the
-// exchange buffers from it).
-struct FwdLaunch {
-  int grid_x, grid_y, threads, smem_bytes, blocks_per_head, tile_b;
-};
-
 FwdLaunch fwd_launch_shape(int batch, int heads) {
   constexpr Tiling kT = Traits::kTiling;
-  return {heads * kT.P, (batch + kT.BB - 1) / kT.BB, kT.threads(), Traits::kSmemBytes, kT.P, kT.BB};
+  return {heads * kT.P, (batch + kT.BB - 1) / kT.BB, kT.threads(), Traits::kSmemBytes, kT.P, kT.BB,
+          kT.DHP, Traits::kClusterExchange ? 1 : 0};
 }
 
-// Launches the kernel on `stream`. Blocks of a head that exchange h through global memory must
-// all be resident: a cooperative launch guarantees it or fails (cudaErrorCooperativeLaunchTooLarge).
+// Blocks of a head that exchange h through global memory must all be resident: a cooperative
+// launch guarantees it or fails (cudaErrorCooperativeLaunchTooLarge).
 cudaError_t launch_fused_rnn_fwd(const FwdParams& params, cudaStream_t stream) {
   auto kernel = fused_rnn_fwd_kernel<Cell, Elem, Traits>;
   const FwdLaunch shape = fwd_launch_shape(params.batch, params.heads);

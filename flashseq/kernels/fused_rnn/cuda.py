@@ -1,14 +1,124 @@
-"""``backend="cuda"``: persistent CUDA kernels (not built yet: a later issue)."""
+"""``backend="cuda"``: the persistent CUDA kernels of csrc/fused/, built on first use per plan.
+
+The solver's CUDA plan (``plan.plan_fused_rnn(..., backend="cuda")``) fixes the tiles; the
+forward kernel for (cell, dtype, tiles, h exchange, GPU architecture) is compiled with the thin
+binding csrc/bindings/fused_rnn_cuda.cpp into an extension module by ``flashseq._jit`` (cached
+on disk under a key of every source and flag, built once under a file lock, checked before each
+load). A build that fails makes this back end refuse the call with the compiler's first error,
+so ``backend="auto"`` falls back to Triton with one warning.
+
+Serves today: bfloat16 / float16, forward only (no gradient: the backward kernel is not written
+yet), compute capability 8.0 or newer, plans on the fused or split path. Everything else is
+refused with the reason, never run wrongly.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from flashseq import _jit
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+MIN_CAPABILITY = (8, 0)
 
 
 def unavailable_reason(device):
-    # TODO(cuda-fused): the persistent CUDA kernels are a later issue.
-    return "the CUDA persistent kernels are not part of this build yet"
+    if device.type != "cuda":
+        return f"the CUDA kernels run on CUDA tensors; got {device.type}"
+    if torch.version.cuda is None:
+        return "this torch build has no CUDA support"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    from .cuda_build import find_tool
+    if find_tool("nvcc") is None:
+        return "nvcc (the CUDA toolkit) is not on PATH: the kernels are compiled on first use"
+    cap = torch.cuda.get_device_capability(device)
+    if cap < MIN_CAPABILITY:
+        return f"needs compute capability >= 8.0 (bf16/fp16 mma.sync); {device} has {cap[0]}.{cap[1]}"
+    return None
 
 
 def unsupported_reason(problem):
-    return unavailable_reason(problem.device)
+    if problem.dtype not in SUPPORTED_DTYPES:
+        return f"dtype {problem.dtype} is not served yet (allowed: float16, bfloat16)"
+    if problem.needs_grad:
+        return "the CUDA backward kernel is not built yet: it serves calls without gradients only"
+    plan = _plan(problem.cell.name, problem.batch, problem.heads, problem.head_dim,
+                 problem.dtype, problem.device)
+    if plan.path not in ("fused", "split"):
+        return f"the plan takes the {plan.path} path, which has no CUDA kernel ({plan.reason})"
+    _, error = _extension(_spec_key(plan, _arch(problem.device)))
+    return error
+
+
+def _arch(device) -> str:
+    major, minor = torch.cuda.get_device_capability(device)
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(cell, batch, heads, head_dim, dtype, device):
+    from flashseq import hardware
+
+    from .plan import plan_fused_rnn
+    return plan_fused_rnn(cell, batch, heads, head_dim, dtype, hardware.detect(device), backend="cuda")
+
+
+def extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
+    """The extension of one plan's forward instantiation for ``arch`` ("sm_80", "sm_90a", ...)."""
+    from .cuda_compile import forward_defines, forward_sources
+
+    defines = forward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a")
+    gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
+               else f"-gencode=arch=compute_{arch[3:]},code={arch}")
+    sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda.cpp"),
+               str(_jit.CSRC_DIR / "fused" / "fused_rnn_fwd.cu"))
+    depends = tuple(str(p) for p in forward_sources() if str(p) not in sources)
+    return _jit.ExtensionSpec(
+        name="flashseq_cuda_fwd", sources=sources,
+        depends=depends + (str(_jit.CSRC_DIR / "fused" / "launch.h"),),
+        include_dirs=(str(_jit.CSRC_DIR),), cflags=("-O3",),
+        cuda_cflags=("-O3", "-std=c++17", gencode,
+                     *(f"-D{k}={v}" for k, v in sorted(defines.items()))))
+
+
+def _spec_key(plan, arch):
+    # a hashable stand-in for the spec (lru_cache key); the spec itself is rebuilt from it
+    return (plan, arch)
+
+
+@functools.lru_cache(maxsize=64)
+def _extension(key):
+    """(module, None) or (None, why the build failed), once per process and plan."""
+    plan, arch = key
+    try:
+        return _jit.load_extension(extension_spec(plan, arch)), None
+    except Exception as err:  # a failed build refuses the call (auto falls back), never crashes
+        lines = str(err).strip().splitlines() or [type(err).__name__]
+        first = next((ln for ln in lines if "error" in ln), lines[0]).strip()
+        return None, f"building the CUDA kernel for {arch} failed: {first}"
 
 
 def fused_rnn(wx, r, b, states, *, cell, lengths):
-    raise NotImplementedError(unavailable_reason(wx.device))
+    """Forward of ``flashseq.ops.fused_rnn`` (layouts there) through the persistent kernel."""
+    B, T, G, NH, DH = wx.shape
+    plan = _plan(cell.name, B, NH, DH, wx.dtype, wx.device)
+    ext, error = _extension(_spec_key(plan, _arch(wx.device)))
+    if ext is None:
+        raise NotImplementedError(error)
+    _, grid_b, _, _, blocks_per_head, BB, DHP, cluster = ext.launch_shape(B, NH)
+    # weights transposed and zero-padded, so each mma fragment register is one 32-bit load
+    rt = wx.new_zeros(G, NH, DHP, DHP)
+    rt[:, :, :DH, :DH] = r.transpose(-1, -2)
+    h = wx.new_empty(B, T, NH, DH)
+    last = wx.new_empty(cell.num_states, B, NH, DH)
+    if blocks_per_head > 1 and not cluster:
+        xchg = wx.new_empty(2, NH, grid_b * BB, DHP)
+        barrier = torch.zeros(grid_b * NH, dtype=torch.int32, device=wx.device)
+    else:
+        xchg = wx.new_empty(0)
+        barrier = torch.zeros(0, dtype=torch.int32, device=wx.device)
+    ext.forward(wx, rt, b, states, None if lengths is None else lengths.contiguous(), h, last,
+                xchg, barrier)
+    return h, last

@@ -203,3 +203,20 @@ def _bad(**overrides):
 def test_bad_arguments_raise(overrides, error, match):
     with pytest.raises(error, match=match):
         parallel_rnn(**_bad(**overrides))
+
+
+def test_expanding_recurrence_is_damped_then_falls_back_correctly():
+    """Elman with r = 4 (bistable, |J| ~ 4 near h = 0): the first linearisations overflow over
+    200 steps in float32, so corrections are damped; Newton still does not settle within
+    max_iters here, and the answer comes from the sequential path with a warning."""
+    g = torch.Generator().manual_seed(0)
+    wx = torch.randn(2, 200, 1, 1, 4, generator=g) * 0.1
+    r, b = torch.full((1, 1, 4), 4.0), torch.zeros(1, 1, 4)
+    stats = ParallelRNNStats()
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        h, last = parallel_rnn(wx, r, b, cell="elman", structure="diag", stats=stats)
+    assert stats.damped_iterations >= 1 and stats.fell_back
+    h_ref, last_ref = sequential("elman", "diag")(wx.double(), r.double(), b.double(), None)
+    assert_close("h", h, h_ref, 1e-5)
+    assert_close("last_states", last, last_ref, 1e-5)
+

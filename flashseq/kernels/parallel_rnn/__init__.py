@@ -2,6 +2,8 @@
 parallel scan of affine maps (ParaRNN / DEER). Same cells, layouts and results as ``fused_rnn``."""
 from __future__ import annotations
 
+import importlib.util
+import os
 import warnings
 
 import torch
@@ -17,11 +19,23 @@ def _scans(backend: str, device: torch.device):
         backend = "triton" if device.type == "cuda" else "reference"
     if backend == "reference":
         return "reference", scan_torch.affine_scan, scan_torch.affine_scan_reverse
-    from . import triton_scan  # lazily: importing flashseq never imports triton
-    reason = triton_scan.unavailable_reason(device)
+    reason = triton_unavailable_reason(device)
     if reason:
         raise NotImplementedError(f"parallel_rnn backend 'triton' cannot run this call: {reason}")
+    from . import triton_scan  # lazily: importing flashseq never imports triton
     return "triton", triton_scan.affine_scan, triton_scan.affine_scan_reverse
+
+
+def triton_unavailable_reason(device: torch.device) -> str | None:
+    """Why the Triton scan cannot run on ``device``, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return None
+    return ("triton runs on CUDA tensors, and on CPU tensors only under TRITON_INTERPRET=1; "
+            f"got {device.type}")
 
 
 def parallel_rnn(wx, r, b, states=None, *, cell, structure, lengths=None, max_iters=None,

@@ -30,6 +30,7 @@ class ParallelRNNStats:
     converged: whether ``max |correction| <= tol`` was reached within ``max_iters``.
     max_delta: max |correction| after each iteration.
     fell_back: True when the result came from the sequential ``fused_rnn`` instead.
+    damped_iterations: iterations whose correction had to be damped (see ``newton_solve``).
     backend: the scan back end that ran ("reference" or "triton").
     tol, max_iters: the values used.
     """
@@ -38,26 +39,51 @@ class ParallelRNNStats:
     converged: bool = False
     max_delta: list = field(default_factory=list)
     fell_back: bool = False
+    damped_iterations: int = 0
     backend: str = ""
     tol: float = 0.0
     max_iters: int = 0
 
 
+# A correction larger than this (relative to 1 + max |state|) means the linearised recurrence
+# blew up (products of Jacobians with norm > 1 over long spans, away from the solution).
+BLOWUP = 1e4
+# Halvings of J tried before a Picard step (J = 0: delta = residual, always finite).
+DAMPING_STEPS = 3
+
+
 def newton_solve(wx, r, b, states0, *, cell, structure, valid, max_iters, tol, scan, stats):
     """The states after every step, X [B, T, S, NH, DH], or None when Newton did not converge
-    (or produced a non-finite value) within ``max_iters`` iterations. No autograd graph."""
+    (or produced a non-finite value) within ``max_iters`` iterations. No autograd graph.
+
+    Safeguards against divergence far from the solution (float32, long T, expanding cells):
+    a correction that is non-finite or larger than ``BLOWUP`` is recomputed with the Jacobians
+    damped (J/2, J/4, ..., then J = 0, a Picard step). Any J gives the same fixed point and
+    keeps "k iterations make the first k steps exact", so damping never changes the answer,
+    only the speed. h is kept within max(1, max |h_0|), a bound every supported cell's h obeys
+    (LSTM h = o tanh(c), Elman tanh, GRU a convex combination of tanh and h_prev).
+    """
     B, T, G, NH, DH = wx.shape
     S = states0.shape[0]
     X = states0.transpose(0, 1).unsqueeze(1).expand(B, T, S, NH, DH).contiguous()
+    h_bound = max(1.0, float(states0[0].abs().max()))
     zero = torch.zeros(1, dtype=wx.dtype, device=wx.device)
     for it in range(1, max_iters + 1):
         X_prev = lin.previous(X, states0)
         F, _, d_rh, d_states = lin.evaluate(wx, r, b, X_prev, cell, structure, valid)
         J = lin.jacobian(d_rh, d_states, r, structure, valid)
         residual = lin.to_groups(F - X, structure)
-        delta = scan(J, residual, zero.expand(residual.shape[0], residual.shape[2]))
+        x0 = zero.expand(residual.shape[0], residual.shape[2])
+        limit = BLOWUP * (1.0 + float(X.abs().max()))
+        for damping in range(DAMPING_STEPS + 2):
+            delta = scan(J, residual, x0)
+            change = float(delta.abs().max())
+            if change <= limit:  # also False for NaN
+                break
+            stats.damped_iterations += damping == 0
+            J = J * 0.5 if damping < DAMPING_STEPS else torch.zeros_like(J)
         X = X + lin.from_groups(delta, structure, B, S, NH, DH)
-        change = float(delta.abs().max())
+        X[:, :, 0].clamp_(-h_bound, h_bound)
         stats.iterations = it
         stats.max_delta.append(change)
         if change != change or change == float("inf"):

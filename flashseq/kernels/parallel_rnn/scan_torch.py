@@ -46,11 +46,13 @@ def affine_scan(A: torch.Tensor, c: torch.Tensor, x0: torch.Tensor) -> torch.Ten
     return x
 
 
-def affine_scan_reverse(A: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+def affine_scan_reverse(A: torch.Tensor, g: torch.Tensor, scan=None) -> torch.Tensor:
     """The adjoint recurrence: lam [N, T, m] with ``lam_t = A[:, t+1]^T lam_{t+1} + g[:, t]`` and
-    ``lam_{T-1} = g[:, T-1]`` (``A[:, 0]`` is not used)."""
+    ``lam_{T-1} = g[:, T-1]`` (``A[:, 0]`` is not used), solved by ``scan`` (a forward scan with
+    ``affine_scan``'s contract; Default: None, ``affine_scan``) on the time-reversed maps."""
+    scan = affine_scan if scan is None else scan
     At = A.transpose(-1, -2)
     # reversed time k = T-1-t: lam_k = At[T-k] lam_{k-1} + g[T-1-k]; the k=0 map never acts
     # (lam_{-1} = 0)
     A_rev = torch.cat([At[:, 1:], torch.zeros_like(At[:, :1])], 1).flip(1)
-    return affine_scan(A_rev, g.flip(1), torch.zeros_like(g[:, 0])).flip(1)
+    return scan(A_rev, g.flip(1), torch.zeros_like(g[:, 0])).flip(1)

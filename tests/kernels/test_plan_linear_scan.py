@@ -9,7 +9,7 @@ import torch
 
 from flashseq.hardware import GPUS
 from flashseq.kernels.linear_scan import LinearScanPlan, plan_linear_scan
-from flashseq.kernels.linear_scan.plan import OPS, build_model
+from flashseq.kernels.linear_scan.plan import MAX_TILES, MIN_WARPS, OPS, build_model
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "float32": 4}
@@ -43,7 +43,10 @@ def check_plan_fits(plan: LinearScanPlan, gpu):
     # the output pass stages its q, k, S tiles num_stages deep, plus v and A
     assert plan.shared_memory_bytes >= (plan.num_stages * (2 * plan.BT * plan.BK + plan.BK * plan.BV)
                                         + plan.BT * plan.BV + plan.BT * plan.BT) * eb
-    assert 128 * plan.num_warps <= plan.BT * plan.BV
+    # the tiles the launchers run (the model's domains stop at them): the plan is what runs
+    assert plan.BT <= MAX_TILES["BT"] and plan.BK <= MAX_TILES["BK"]
+    assert plan.BV <= MAX_TILES["BV"] and plan.num_warps >= MIN_WARPS
+    assert 128 * (plan.num_warps - MIN_WARPS) <= plan.BT * plan.BV
     assert 0 < plan.predicted_ns and plan.binding and plan.reason
 
 
@@ -53,6 +56,17 @@ def check_plan_fits(plan: LinearScanPlan, gpu):
 def test_plan_fits_gpu_limits(gpu, op, dim, dt):
     plan = plan_linear_scan(op, 2, 2048, 4, dim, dim, DTYPES[dt], gpu)
     check_plan_fits(plan, GPUS[gpu])
+
+
+def test_launchers_run_the_plan_unchanged():
+    """The chunk launchers' tiles are the plan's own (it used to pick BT 128 / BV 128 here,
+    which the launchers then cut down to tiles the model never priced)."""
+    from flashseq.kernels.linear_scan.triton_ops import capped_tiles
+    for op in OPS:
+        for dim in (64, 128):
+            plan = plan_linear_scan(op, 2, 2048, 16, dim, dim, torch.bfloat16, "h100")
+            assert capped_tiles(plan) == (plan.BT, plan.BK, plan.BV, plan.num_warps)
+            assert (plan.BT, plan.BK, plan.BV) == (64, 32, 32) and plan.num_warps == 8
 
 
 def test_long_sequences_take_longer_chunks():

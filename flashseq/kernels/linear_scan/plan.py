@@ -38,6 +38,15 @@ from flashseq.kernels.fused_rnn.plan import (BASE_REGISTERS, ELEMENT_BYTES, HBM_
                                              check_gpu, check_positive)
 
 OPS = ("gla", "delta", "mlstm")
+# The tiles the Triton launchers run. The register estimate below under-counts the chunk kernels
+# (layout conversions, address tensors): at BT 128, BK 64, BV 128 cuobjdump showed 40-1008 B of
+# stack on sm_90/sm_80 cubins at K = V = 128, bf16, and at 4 warps within these caps still 8 B
+# (GLA state pass, sm_80, K = V = 64) and 24 B (delta rule WY pass, sm_90, K = V = 128); within
+# the caps at 8 warps none spills (tests/kernels/test_linear_scan_triton_compile.py). The model's
+# domains stop there, so the plan it returns is the one that runs and its predicted time is
+# that plan's.
+MAX_TILES = dict(BT=64, BK=32, BV=32)
+MIN_WARPS = 8
 LAUNCH_PS = 4_000_000
 WY_STEP_CLOCKS = 40        # one dependent row update of the delta rule's [BT, BT] inverse
 POW2_TILES = (16, 32, 64, 128, 256)
@@ -158,11 +167,11 @@ def build_model(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu):
     dtype, gpu = _check_args(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu)
     c = _consts(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu)
     m = ci.Model()
-    bt_max = max(16, min(128, _next_pow2(seq_len)))
+    bt_max = max(16, min(MAX_TILES["BT"], _next_pow2(seq_len)))
     v = dict(BT=m.int_var("BT", values=[t for t in POW2_TILES if t <= bt_max]),
-             BK=m.int_var("BK", values=[t for t in POW2_TILES if t <= c.KP]),
-             BV=m.int_var("BV", values=[t for t in POW2_TILES if t <= c.VP]),
-             W=m.int_var("W", values=[1, 2, 4, 8]),
+             BK=m.int_var("BK", values=[t for t in POW2_TILES if t <= min(c.KP, MAX_TILES["BK"])]),
+             BV=m.int_var("BV", values=[t for t in POW2_TILES if t <= min(c.VP, MAX_TILES["BV"])]),
+             W=m.int_var("W", values=[w for w in (1, 2, 4, 8) if w >= MIN_WARPS]),
              stages=m.int_var("stages", values=[1, 2, 3, 4]))
     r = resources(v, c, ci.cdiv)
     for regs in r["regs"]:
@@ -170,7 +179,8 @@ def build_model(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu):
         m.add(regs * r["threads"] <= gpu.registers_per_block)
     for smem in r["smem"]:
         m.add(smem <= gpu.shared_mem_per_block_optin)
-    m.add(128 * v["W"] <= v["BT"] * v["BV"])           # every warp owns a 16 x 8 fragment of o
+    # beyond the launchers' MIN_WARPS, every warp owns a 16 x 8 fragment of o
+    m.add(128 * (v["W"] - MIN_WARPS) <= v["BT"] * v["BV"])
     m.minimize(r["time_ps"])
     return m, v
 
@@ -220,4 +230,5 @@ def plan_linear_scan(op, batch, seq_len, heads, k_dim, v_dim, dtype, gpu,
         binding=f"{name} ({used}/{cap})", reason=f"solver: {sol.status}")
 
 
-__all__ = ["LinearScanPlan", "plan_linear_scan", "build_model", "resources", "OPS"]
+__all__ = ["LinearScanPlan", "plan_linear_scan", "build_model", "resources", "OPS", "MAX_TILES",
+           "MIN_WARPS"]

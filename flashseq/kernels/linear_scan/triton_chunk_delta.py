@@ -16,8 +16,9 @@ Every exponential is of a difference <= 0 (g <= 0), so none overflows.
 ``delta_chunk_fwd_kernel_wy``  grid (NC, H): G, T (forward substitution, one row at a time, in
     fp32), ``w`` [.., K] and ``u~`` [.., V] (fp32), each chunk on its own.
 ``delta_chunk_fwd_kernel_h``   grid (1, V/BV, N*H): the state pass, shared by the forward and
-    (recomputing it) the backward. ``u = u~ - w S_0`` needs all of K, so a program holds a
-    [KP, BV] block (KP = K rounded up to a power of two); stores each chunk's S_0 and u.
+    (recomputing it) the backward. ``u = u~ - w S_0`` needs all of K, so a program holds all
+    K rows of its V block, as up to four tiles of 64 rows (K <= 256); stores each chunk's S_0
+    and u.
 ``delta_chunk_fwd_kernel_o``   grid (V/BV, NC, H): the output.
 
 DeltaProduct (n_h Householder steps per token) runs as a delta rule over T * n_h steps with the
@@ -36,7 +37,8 @@ from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, load_
 # The state passes hold a program's [K, BV] block of the state as up to four [STATE_BK, BV]
 # tiles (K <= 256): as one [KP, BV] block with [BT, KP] operand tiles they spilled at K = 128.
 STATE_BK = 64
-# state passes and the output kernel run 8 warps (the [BT, KP] tiles and [BT, BT] scores)
+# every kernel but the backward's dg runs at least 8 warps (the [BT, BT] blocks and, in the
+# state passes, up to four state tiles; at 4 the state pass spilled at K = V = 64 on sm_90)
 MIN_WARPS = 8
 
 

@@ -8,11 +8,13 @@ The forward's chunk states are not kept: the backward runs the WY and state pass
     tiles (as the forward's): stores dS_1 per chunk, completes
     ``du = scale P^T do + (k exp(G_last - G)) dS_1`` and steps back with
     ``dS_0 = exp(G_last) dS_1 + scale (q exp(G))^T do - w^T du``; the initial state's gradient.
+``delta_chunk_bwd_kernel_dp``   grid (NC, H): the gradient of the [BT, BT] product ``q k^T``
+    (from P: ``scale do u^T``, causal, decayed) and the G-gradient through P;
 ``delta_chunk_bwd_kernel_da``   grid (NC, H): the gradients through T = (I + A)^-1:
     ``d(beta v) = T^T du``, ``d(beta exp(G) k) = T^T dw`` with ``dw = -du S_0^T``, and
     ``dA = -(d(beta v) u~^T + d(beta exp(G) k) w^T)`` (strictly lower); writes dv, dbeta,
-    the gradients of the [BT, BT] products ``k k^T`` (from A) and ``q k^T`` (from P), and the
-    G-gradient of the terms it sees.
+    the gradient of the product ``k k^T`` (from A), and adds the G-gradient through A and
+    ``beta exp(G) k``.
 ``delta_chunk_bwd_kernel_dqk``  grid (K/BK, NC, H): dq and dk from those products, the state
     terms and ``beta exp(G) d(beta exp(G) k)``; the G-gradient of the state terms per K block.
 ``delta_chunk_bwd_kernel_dg``   grid (NC, H): ``dg`` is the reverse cumulative sum, within each

@@ -19,6 +19,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+# the plan's domains stop at the tiles these kernels compile to without spills (some kernels
+# narrow them further: triton_chunk_bwd's dq/dk, the delta rule's state passes and dA kernel)
+from .plan import MAX_TILES, MIN_WARPS
+
 
 @functools.lru_cache(maxsize=256)
 def _cached_plan(op, batch, steps, heads, k_dim, v_dim, dtype, gpu):
@@ -26,17 +30,9 @@ def _cached_plan(op, batch, steps, heads, k_dim, v_dim, dtype, gpu):
     return plan_linear_scan(op, batch, steps, heads, k_dim, v_dim, dtype, gpu)
 
 
-# The plan's register model under-counts these kernels: at its tiles for B=2, T=2048, H=16,
-# K=V=128, bf16 (BT 128, BK 32-64, BV 128, 8 warps) cuobjdump shows 40-1008 B of stack on sm_90
-# and sm_80 cubins. At BT <= 64, BK <= 32, BV <= 32 and at least 4 warps (8 for the output and
-# dv kernels) none spills (the dq/dk kernel uses its own BV of 16 and 8 warps, triton_chunk_bwd).
-MAX_TILES = dict(BT=64, BK=32, BV=32)
-
-
 def chunk_tiles(op, q, v, chunk_size=None):
     """(BT, BK, BV, num_warps) of the chunk kernels: the plan's for the device's GPU (on CPU,
-    under the interpreter, the H100 entry stands in), capped by ``MAX_TILES``. ``chunk_size``
-    overrides BT (tests)."""
+    under the interpreter, the H100 entry stands in). ``chunk_size`` overrides BT (tests)."""
     B, T, H, K = q.shape
     BT, BK, BV, W = _planned_tiles(op, B, T, H, K, v.shape[-1], q.dtype, q.device)
     return (chunk_size or BT, BK, BV, W)
@@ -51,9 +47,10 @@ def _planned_tiles(op, batch, steps, heads, k_dim, v_dim, dtype, device):
 
 
 def capped_tiles(plan):
-    """(BT, BK, BV, num_warps) of a ``LinearScanPlan`` within ``MAX_TILES``."""
+    """(BT, BK, BV, num_warps) of a ``LinearScanPlan``: its own (its domains stop at
+    ``MAX_TILES`` and ``MIN_WARPS``); the caps stay as a guard."""
     return (min(plan.BT, MAX_TILES["BT"]), min(plan.BK, MAX_TILES["BK"]),
-            min(plan.BV, MAX_TILES["BV"]), max(plan.num_warps, 4))
+            min(plan.BV, MAX_TILES["BV"]), max(plan.num_warps, MIN_WARPS))
 
 
 def reverse_cumsum_per_sequence(x, cu_seqlens):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import parallel_in_time as pit
 from .rnn_base import FusedRNNBase, reject_proj_size
 
 
@@ -13,7 +14,10 @@ class GRU(FusedRNNBase, nn.GRU):
     Args (positional order as torch.nn.GRU): input_size, hidden_size, num_layers=1, bias=True,
     batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None; keyword-only
     ``backend`` ("auto" | "reference" | "cpu" | "triton" | "cuda", Default: "auto").
-    ``proj_size`` raises ValueError, as in torch (only LSTM has projections).
+    ``proj_size`` raises ValueError, as in torch (only LSTM has projections). Keyword-only
+    ``parallel_in_time`` (Default: False): the recurrence runs in ``flashseq.ops.parallel_rnn``
+    (Newton iterations + parallel scan), same results; needs hidden_size <= 16 (the recurrent
+    matrix is one dense block), ValueError otherwise.
 
     Same parameters (gates r, z, n), state_dict, initialisation and results as torch.nn.GRU;
     ``bias_hh`` is the recurrent bias b of fused_rnn's "gru" cell, so it sits inside
@@ -22,7 +26,14 @@ class GRU(FusedRNNBase, nn.GRU):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, device=None, dtype=None, *, backend="auto",
-                 **unknown):
+                 parallel_in_time=False, **unknown):
         reject_proj_size("GRU", unknown)
         super().__init__("GRU", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, 0, device, dtype, backend=backend)
+        self.parallel_in_time = pit.check_parallel_in_time(
+            "GRU", parallel_in_time, self.hidden_size, self.num_heads, 0)
+
+    def _run_direction(self, x, layer, direction, init, lengths, wx=None):
+        if getattr(self, "parallel_in_time", False):  # absent in modules pickled before it
+            return pit.run_direction(self, x, layer, direction, init, lengths, wx)
+        return super()._run_direction(x, layer, direction, init, lengths, wx)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import parallel_in_time as pit
 from . import stepped
 from .rnn_base import FusedRNNBase
 
@@ -27,6 +28,11 @@ class LSTM(FusedRNNBase, nn.LSTM):
             loadable into torch.nn.LSTM (torch has no head-wise LSTM). Needs proj_size=0.
             Code that walks ``isinstance(m, nn.LSTM)`` modules sees this 4-D ``weight_hh``, and
             ONNX export / ``torch.jit.trace`` need num_heads=1 (they run torch's forward).
+        parallel_in_time: run each layer's recurrence with ``flashseq.ops.parallel_rnn``
+            (Newton iterations over the whole sequence, each a parallel scan) instead of step
+            by step; same parameters and results. Needs structured recurrent weights, head-wise
+            blocks of DH = hidden_size / num_heads <= 16 units, and proj_size=0 (ValueError
+            otherwise). Default: False.
 
     Parameters are initialised U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as torch's.
     ``proj_size > 0`` has no fused cell (the projected h feeds back): it runs a per-step PyTorch
@@ -37,9 +43,11 @@ class LSTM(FusedRNNBase, nn.LSTM):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend="auto", num_heads=1):
+                 backend="auto", num_heads=1, parallel_in_time=False):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, proj_size, device, dtype, backend=backend, num_heads=num_heads)
+        self.parallel_in_time = pit.check_parallel_in_time(
+            "LSTM", parallel_in_time, self.hidden_size, self.num_heads, self.proj_size)
 
     def _state_sizes(self):
         return [self.proj_size or self.hidden_size, self.hidden_size]
@@ -57,6 +65,8 @@ class LSTM(FusedRNNBase, nn.LSTM):
         return tuple(states)
 
     def _run_direction(self, x, layer, direction, init, lengths, wx=None):
+        if getattr(self, "parallel_in_time", False):  # absent in modules pickled before it
+            return pit.run_direction(self, x, layer, direction, init, lengths, wx)
         if not self.proj_size:
             return super()._run_direction(x, layer, direction, init, lengths, wx)
         self._warn_not_fused("LSTM with proj_size > 0")

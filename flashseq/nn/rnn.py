@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from . import parallel_in_time as pit
 from . import stepped
 from .rnn_base import FusedRNNBase, reject_proj_size
 
@@ -20,20 +21,30 @@ class RNN(FusedRNNBase, nn.RNN):
 
     ``nonlinearity="tanh"`` runs fused_rnn's "elman" cell. ``"relu"`` has no fused cell: it runs
     a per-step PyTorch loop (same results) and warns once per module.
+    Keyword-only ``parallel_in_time`` (Default: False): the recurrence runs in
+    ``flashseq.ops.parallel_rnn`` (Newton iterations + parallel scan), same results; needs
+    nonlinearity="tanh" and hidden_size <= 16 (one dense block), ValueError otherwise.
     Forward: see ``FusedRNNBase.forward``.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, device=None, dtype=None, *,
-                 backend="auto", **unknown):
+                 backend="auto", parallel_in_time=False, **unknown):
         reject_proj_size("RNN", unknown)
         if nonlinearity not in NONLINEARITIES:
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu'; got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
         super().__init__(NONLINEARITIES[nonlinearity], input_size, hidden_size, num_layers, bias,
                          batch_first, dropout, bidirectional, 0, device, dtype, backend=backend)
+        if parallel_in_time is True and nonlinearity != "tanh":
+            raise ValueError("RNN: parallel_in_time=True needs nonlinearity='tanh' (the relu "
+                             f"cell has no analytic Jacobian); got nonlinearity={nonlinearity!r}")
+        self.parallel_in_time = pit.check_parallel_in_time(
+            "RNN", parallel_in_time, self.hidden_size, self.num_heads, 0)
 
     def _run_direction(self, x, layer, direction, init, lengths, wx=None):
+        if getattr(self, "parallel_in_time", False):  # absent in modules pickled before it
+            return pit.run_direction(self, x, layer, direction, init, lengths, wx)
         if self.nonlinearity == "tanh":
             return super()._run_direction(x, layer, direction, init, lengths, wx)
         self._warn_not_fused("RNN with nonlinearity='relu'")

@@ -12,7 +12,7 @@ import torch
 
 import flashseq
 from tests.conftest import HAS_CUDA
-from tests.helpers import assert_close
+from tests.helpers import assert_close, rel_err
 from tests.kernels.linear_scan_cases import cast, make_case
 from tests.kernels.test_linear_scan_triton import DEVICE, check, force_chunk
 
@@ -102,3 +102,41 @@ def test_chunk_delta_custom_ops_fake():
 def test_chunk_delta_rule_gpu_plan_tiles(case, T, dtype):
     """The plan's own tiles at K = V = 128 on the GPU."""
     check(case, flashseq.ops.chunk_delta_rule, 2, T, 4, 128, 128, dtype)
+
+
+@pytest.mark.slow
+def test_chunk_delta_rule_beta2_long_finite(monkeypatch):
+    """beta = 2 (every transition a reflection) over T = 4096 in chunks of 64: output, final
+    state and every gradient finite, and the forward as close to the float64 reference as the
+    float32 reference is, within 2x plus 1e-5. (Slow: the interpreter's 64-row WY solves.)"""
+    force_chunk(monkeypatch, 64, BK=16, BV=16)
+    gen = torch.Generator().manual_seed(0)
+    T = 4096
+    q, k, v = (torch.randn(1, T, 1, 16, generator=gen) for _ in range(3))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    beta = torch.full((1, T, 1), 2.0)
+    leaves = [x.to(DEVICE).requires_grad_() for x in (q, k, v, beta)]
+    o, S = flashseq.ops.chunk_delta_rule(*leaves, output_final_state=True, backend="triton")
+    (o.sum() + S.sum()).backward()
+    for name, x in zip(("o", "S", "dq", "dk", "dv", "dbeta"), [o, S] + [t.grad for t in leaves]):
+        assert torch.isfinite(x).all(), name
+    refs = [flashseq.ops.fused_recurrent_delta_rule(
+        *(x.detach().to(dtype) for x in leaves), output_final_state=True, backend="reference")
+        for dtype in (torch.float32, torch.float64)]
+    for name, x, x32, x64 in zip(("o", "S"), (o, S), *refs):
+        assert_close(name, x, x64, 2 * rel_err(x32, x64) + 1e-5)
+
+
+@pytest.mark.slow
+def test_chunk_delta_rule_compiles_in_one_graph():
+    """torch.compile traces the Triton chunk delta rule (gated DeltaProduct) through its custom
+    ops without graph breaks, forward and backward give the eager results. (Slow: torch.compile's
+    start-up.)"""
+    args, kwargs, _ = make_case("dprod2", 1, 20, 1, 16, 16, seed=2, device=DEVICE)
+    args, kwargs = cast(args, kwargs, torch.float32)
+
+    def run(*tensors):
+        return flashseq.ops.chunk_delta_rule(*tensors, backend="triton", **kwargs)[0]
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    assert_close("compiled", compiled(*args), run(*args), 1e-6)

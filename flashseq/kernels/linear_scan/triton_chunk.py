@@ -139,7 +139,13 @@ def gla_chunk_fwd_kernel_o(Q, K_, V_, GC, HS, O, CHUNKS, scale,
 
 
 def chunk_layout(B, T, cu_seqlens, BT, device):
-    """(cu [N+1] int64, chunk offsets CO [N+1] int64, CHUNKS [NC, 2] int64) on ``device``."""
+    """(cu [N+1] int64, chunk offsets CO [N+1] int64, CHUNKS [NC, 2] int64) on ``device``.
+
+    With ``cu_seqlens`` the number of chunks NC sizes the chunk kernels' grids, so the bounds
+    are read on the host (``tolist``): the launchers pass the device copy, so on a GPU this is
+    a device-to-host read that waits for the stream, once in the forward and once in the
+    backward (plus the entry point's validation). Building the table on the device over an
+    upper bound of NC (cdiv(T, BT) + N - 1, empty chunks at the end) would remove it."""
     if cu_seqlens is None:
         bounds = [n * T for n in range(B + 1)]
     else:

@@ -1,8 +1,9 @@
 """Compile the Triton linear-recurrence kernels for a GPU target without a GPU, and report resources.
 
 Chunk kernels get the tiles the launchers use for B=2, T=2048, H=16 on an H100 (arch >= 90) or an
-A100 (arch 80): the plan's, capped (``triton_ops.MAX_TILES``); the recurrent kernels their
-fixed block sizes.
+A100 (arch 80): the plan's (its domains stop at ``plan.MAX_TILES``, ``plan.MIN_WARPS``), with
+the kernels' own narrower ones where they have them; the recurrent kernels their fixed block
+sizes.
 
 ``python -m flashseq.kernels.linear_scan.triton_compile --dim 64 --arch 90`` prints one JSON line
 per kernel (K = V = dim, bf16 inputs): registers per thread, stack and local memory (spills) and

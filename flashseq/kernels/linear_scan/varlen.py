@@ -4,6 +4,12 @@ The chunkwise paths work on whole chunks of every sequence. Each sequence is pad
 with steps that leave the state unchanged (zero key, zero value, zero log-decay, zero beta, and
 for the mLSTM an input gate of -inf), so the state after the padding is the state after the
 sequence's last real step. Gathers by index, so autograd carries gradients both ways.
+
+The padded length is the longest sequence's, so ``cu_seqlens`` is read on the host
+(``tolist``): free when it is a CPU tensor, which the entry points accept, and a device-to-host
+read that waits for the stream when it is a CUDA one (the entry points' validation reads it
+too, to check that it starts at 0, ends at T and increases; the Triton launchers' chunk table,
+``triton_chunk.chunk_layout``, once more per pass).
 """
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 At K = V = 64 and 128 in bf16, every kernel goes through triton.compile to a cubin for
 GPUTarget("cuda", 90, 32) and ("cuda", 80, 32), in a subprocess with TRITON_INTERPRET unset,
 with the tiles and warps its launcher uses (chunk kernels: the plan's tiles for an H100 / A100,
-whose domains stop at ``plan.MAX_TILES``). Registers, spills (stack / local memory) and shared memory
-come from cuobjdump on the cubin (``pytest -s`` prints them). No kernel may spill.
+whose domains stop at ``plan.MAX_TILES``). Registers, spills (stack / local memory) and shared
+memory come from cuobjdump on the cubin (``pytest -s`` prints them). No kernel may spill.
 
 The chunk kernels take about 4 minutes to compile on a shared 2-core machine, so their check is
 marked slow (``--runslow``); the recurrent kernels' check runs by default.

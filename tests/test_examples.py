@@ -18,7 +18,7 @@ def load(name: str):
 
 
 def test_every_example_is_tested():
-    tested = {"convert_model", "char_lm", "slstm_headwise", "choose_backend"}
+    tested = {"convert_model", "char_lm", "slstm_headwise", "choose_backend", "plstm_arrows"}
     assert {p.stem for p in EXAMPLES.glob("*.py")} == tested
 
 
@@ -70,3 +70,26 @@ def test_choose_backend(capsys):
     assert result["errors"] and all(err < 1e-5 for err in result["errors"].values())
     out = capsys.readouterr().out
     assert "backend='cuda':" in out and "not part of this build" in out
+
+
+def test_plstm_arrows_runs_and_reports_both_sizes(capsys):
+    # a few steps only: the shapes, the 2x evaluation and the report (learning: the slow test)
+    result = load("plstm_arrows").main(["--size", "16", "--steps", "3", "--batch", "4",
+                                        "--dim", "8", "--depth", "1", "--eval", "16"])
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["accuracy_2x"] <= 1.0
+    assert result["last_loss"] == result["last_loss"]  # not NaN
+    out = capsys.readouterr().out
+    assert "at 16x16 (training size)" in out and "at 32x32" in out
+
+
+def test_arrow_images_are_balanced_and_labelled_by_geometry():
+    module = load("plstm_arrows")
+    images, labels = module.draw_arrows(400, 32, torch.Generator().manual_seed(0))
+    assert images.shape == (400, 32, 32, 1) and labels.float().mean() == 0.5
+    assert bool(((images == 0) | (images == 1)).all()) and images.sum((1, 2, 3)).min() > 10
+
+
+@pytest.mark.slow  # the full default run: a few minutes of CPU training
+def test_plstm_arrows_learns_better_than_chance():
+    result = load("plstm_arrows").main([])
+    assert result["accuracy"] > 0.65, result

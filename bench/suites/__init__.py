@@ -20,6 +20,7 @@ SUITES = {
     "linear_scan": "bench.suites.linear_scan",
     "plstm": "bench.suites.plstm",
     "microbench": "bench.suites.microbench",
+    "parallel_rnn": "bench.suites.parallel_rnn",
 }
 
 

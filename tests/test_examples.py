@@ -92,4 +92,4 @@ def test_arrow_images_are_balanced_and_labelled_by_geometry():
 @pytest.mark.slow  # the full default run: a few minutes of CPU training
 def test_plstm_arrows_learns_better_than_chance():
     result = load("plstm_arrows").main([])
-    assert result["accuracy"] > 0.65, result
+    assert result["accuracy"] > 0.58, result   # chance 0.5; 512 test images: sd 0.022

@@ -41,7 +41,8 @@ def test_1d_float32_vs_float64_dag():
     args, kw = line_as_dag(p64)
     ref = plstm_dag(*args, **kw)
     assert_close("o", out, ref, 1e-5)
-    for name, g, g_ref in zip(NAMES, _grads(out, [p32[n] for n in NAMES]), _grads(ref, [p64[n] for n in NAMES])):
+    grads = _grads(out, [p32[n] for n in NAMES])
+    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
         assert_close(f"d{name}", g, g_ref, 1e-5)
 
 
@@ -62,7 +63,8 @@ def test_2d_float32_vs_float64_dag():
     args, kw = grid_as_dag(p64)
     ref = plstm_dag(*args, **kw)
     assert_close("o", out, ref, 1e-5)
-    for name, g, g_ref in zip(NAMES, _grads(out, [p32[n] for n in NAMES]), _grads(ref, [p64[n] for n in NAMES])):
+    grads = _grads(out, [p32[n] for n in NAMES])
+    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
         assert_close(f"d{name}", g, g_ref, 1e-5)
 
 

@@ -274,15 +274,15 @@ def _branch_and_bound(flat, search, found):
     points = search.dfs()
     if next(points, _END) is _END:
         return
+    if flat.objective is None:
+        found["values"] = search.values()
+        found["objective"] = flat.objective_const
+        return
 
     def take():
         found["values"] = search.values()
         found["objective"] = search.objective_value()
 
-    if flat.objective is None:
-        found["values"] = search.values()
-        found["objective"] = flat.objective_const
-        return
     take()
     _minimize(search, flat.objective[0], points, take)
 

@@ -6,6 +6,7 @@
 #include "fused_rnn_cpu.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
+#include "weight_grad.h"
 
 // setup.py passes the build key of flashseq/_jit.py (torch version, flags, sources) so that an
 // install-time build left over after the sources changed is recognised as stale and not used.
@@ -77,6 +78,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "whether float32 step GEMMs run the AVX-512 tile on this CPU now");
   m.def("_lanes_tanh", &lanes_tanh, "for tests: tanh as the compiled pointwise loops compute it",
         py::arg("x"));
+  m.def("linear_weight_grad", &flashseq::cpu::linear_weight_grad,
+        "float32 x [M, K], dy [M, N] -> (dy^T @ x [N, K], dy.sum(0) [N]) without transposing dy",
+        py::arg("x"), py::arg("dy"));
+  m.def("_linear_weight_grad_fast", &flashseq::cpu::linear_weight_grad_fast,
+        "whether linear_weight_grad runs its AVX-512 kernel on this CPU now");
   m.def("cell_layout", &flashseq::cpu::cell_layout,
         "(num_gates, num_states, num_saved) of a cell as the compiled loop stores it",
         py::arg("cell"));

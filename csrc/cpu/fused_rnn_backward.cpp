@@ -8,8 +8,13 @@
 //   h_prev  [NH, B, T, DH]     the h each step started from (initial h, then the output h)
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <type_traits>
+#include <vector>
+
 #include "fused_rnn_cpu.h"
 #include "onednn_gemm.h"
+#include "weight_grad.h"
 #include "pointwise_avx512.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
@@ -18,11 +23,21 @@ namespace flashseq {
 namespace cpu {
 namespace {
 
+// Cells whose d(rh) equals their d(wx) gate for gate (their header writes drh[k] = dwx[k]: the
+// gates enter as wx + rh). With one head, d(rh) [1, B, T, G*DH] then has d(wx)'s exact memory
+// layout [B, T, G, 1, DH], so the loop stores d(wx) once and reads it back as d(rh): half the
+// stores of the pointwise pass and no second [B, T, G*DH] buffer (whose first touch alone cost
+// ~0.4 ms per MB in page faults on the dev VM: 10 ms at H=256 B=32 T=200).
+template <typename Cell>
+constexpr bool kDrhIsDwx = std::is_same_v<Cell, cells::LstmCell> ||
+                           std::is_same_v<Cell, cells::SlstmCell> ||
+                           std::is_same_v<Cell, cells::ElmanCell>;
+
 template <typename Cell, typename scalar_t>
 void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h,
                    const at::Tensor& states, const at::Tensor& r, const at::Tensor& saved_gates,
                    const at::Tensor& saved_states, const int64_t* len, at::Tensor& dwx,
-                   at::Tensor& drh) {
+                   at::Tensor& drh, bool drh_is_dwx) {
   constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
   using L = Lanes<scalar_t>;
   using V = typename L::V;
@@ -53,7 +68,7 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           for (int g = 0; g < G; ++g) {
             for (int64_t e = 0; e < DH; ++e) {
               dwx_row[g * NH * DH + e] = scalar_t(0);
-              drh_row[g * DH + e] = scalar_t(0);
+              if (!drh_is_dwx) drh_row[g * DH + e] = scalar_t(0);
             }
           }
           continue;
@@ -67,7 +82,7 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           if (dh_p) prefetch_span(dh_p + at1 * DH, DH);
           for (int g = 0; g < G; ++g)
             prefetch_span(dwx_p + ((b1 * T + t) * G * NH + g * NH + n1) * DH, DH, /*for_write=*/true);
-          prefetch_span(drh_p + ((n1 * B + b1) * T + t) * GDH, GDH, /*for_write=*/true);
+          if (!drh_is_dwx) prefetch_span(drh_p + ((n1 * B + b1) * T + t) * GDH, GDH, /*for_write=*/true);
         }
         const scalar_t* dh_row = dh_p ? dh_p + ((bi * T + t) * NH + n) * DH : nullptr;
         // States the step started from: the initial ones at t = 0, else those after step t-1.
@@ -88,7 +103,7 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           if (avx512_rows) {
             BackwardRow args{DH, gates_row, {prev_rows[0], S > 1 ? prev_rows[S - 1] : nullptr},
                              h_next_row, dh_row, dcarry_row, state_stride, dwx_row, NH * DH,
-                             drh_row};
+                             drh_is_dwx ? nullptr : drh_row};
             avx512_backward_row<Cell>(args);
             continue;
           }
@@ -105,7 +120,7 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           Cell::backward(saved, prev, L::load(h_next_row + e, cnt), dnext, dwx_v, drh_v, dprev);
           for (int g = 0; g < G; ++g) {
             L::store(dwx_v[g], dwx_row + g * NH * DH + e, cnt);
-            L::store(drh_v[g], drh_row + g * DH + e, cnt);
+            if (!drh_is_dwx) L::store(drh_v[g], drh_row + g * DH + e, cnt);
           }
           for (int s = 0; s < S; ++s) L::store(dprev[s], dcarry_row + s * state_stride + e, cnt);
         }
@@ -173,6 +188,28 @@ at::Tensor recurrent_weight_grad(const at::Tensor& h_prev, const at::Tensor& drh
   return dW;
 }
 
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+// float32 d(W) [NH, DH, G*DH] and d(b) [NH, G*DH] from d(rh) [NH, B*T, G*DH] as the loop left it
+// and hT [NH, DH, B*T], the h each step started from, transposed (weight_grad.h); with lengths
+// only each row's valid steps enter.
+void weight_grad_avx512(const at::Tensor& hT, const at::Tensor& drh, const int64_t* len,
+                        int64_t B, int64_t T, at::Tensor& dW, at::Tensor& db) {
+  const int64_t NH = hT.size(0), DH = hT.size(1), BT = hT.size(2), GDH = drh.size(2);
+  std::vector<std::pair<int64_t, int64_t>> ranges;  // [begin, end) (batch, step) rows with data
+  if (len == nullptr) {
+    ranges.emplace_back(0, BT);
+  } else {
+    for (int64_t b = 0; b < B; ++b)
+      ranges.emplace_back(b * T, b * T + std::min(std::max<int64_t>(len[b], 0), T));
+  }
+  for (int64_t n = 0; n < NH; ++n) {
+    blocked_grad_gemm(hT.data_ptr<float>() + n * DH * BT, BT, drh.data_ptr<float>() + n * BT * GDH,
+                      GDH, DH, GDH, ranges, dW.data_ptr<float>() + n * DH * GDH,
+                      db.data_ptr<float>() + n * GDH);
+  }
+}
+#endif
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
@@ -212,7 +249,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   const at::Tensor saved_gates = saved_gates_in.contiguous();
   const at::Tensor saved_states = saved_states_in.contiguous();
   at::Tensor dwx = at::empty({B, T, G, NH, DH}, h.options());
-  at::Tensor drh = at::empty({NH, B, T, G * DH}, h.options());
+  bool drh_is_dwx = false;
+  dispatch_cell(cell, [&](auto c) { return drh_is_dwx = kDrhIsDwx<decltype(c)> && NH == 1; });
+  at::Tensor drh = drh_is_dwx ? dwx.view({NH, B, T, G * DH}) : at::empty({NH, B, T, G * DH}, h.options());
   at::Tensor len_c;
   if (lengths.has_value()) len_c = lengths->contiguous();
   const int64_t* len = lengths.has_value() ? len_c.data_ptr<int64_t>() : nullptr;
@@ -221,11 +260,31 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
     const scalar_t* dh_p = dh.defined() ? dh.data_ptr<scalar_t>() : nullptr;
     dispatch_cell(cell, [&](auto c) {
       backward_loop<decltype(c), scalar_t>(dh_p, dcarry, h, states, r, saved_gates,
-                                           saved_states, len, dwx, drh);
+                                           saved_states, len, dwx, drh, drh_is_dwx);
       return 0;
     });
   });
 
+  at::Tensor dr = at::empty_like(r);
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  // Measured (1 thread, LSTM): ahead of oneDNN's linear while the (batch, step) axis is long
+  // against DH (H=128 B=16 T=512, H=256 B=32 T=200); behind it at H=512 and H=1024, where
+  // hT's block spills L2 and the whole d(W) is re-read per k-block, and at B=1 T=256.
+  if (dtype == at::kFloat && use_avx512_tile() && DH <= 256 && B * T >= 2 * DH) {
+    // hT [NH, DH, B*T]: the h each step started from, transposed (initial h, then the output h)
+    at::Tensor hT = at::empty({NH, DH, B * T}, h.options());
+    const at::Tensor hT4 = hT.view({NH, DH, B, T});
+    hT4.select(3, 0).copy_(states.select(0, 0).permute({1, 2, 0}));
+    if (T > 1) hT4.narrow(3, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 3, 0, 1}));
+    at::Tensor dW = at::empty({NH, DH, G * DH}, h.options());
+    at::Tensor db_rows = at::empty({NH, G * DH}, h.options());
+    weight_grad_avx512(hT, drh.view({NH, B * T, G * DH}), len, B, T, dW, db_rows);
+    dr.copy_(dW.view({NH, DH, G, DH}).permute({2, 0, 1, 3}));
+    at::Tensor db = db_rows.view({NH, G, DH}).permute({1, 0, 2}).contiguous();
+    at::Tensor dstates = dcarry.permute({0, 2, 1, 3}).contiguous();
+    return {dwx, dr, db, dstates};
+  }
+#endif
   // d(r) and d(b) over all steps at once: per head h_{t-1}^T [DH, B*T] @ d(rh) [B*T, G*DH].
   at::Tensor h_prev = at::empty({NH, B, T, DH}, h.options());
   h_prev.select(2, 0).copy_(states.select(0, 0).permute({1, 0, 2}));
@@ -236,7 +295,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   // through autograd's view functions without another copy. For such an r (d the fast axis)
   // the GEMM yields d(W)^T, whose memory order is then d(r)'s: the copy below is a straight one
   // instead of a transpose (H=128 under the profiler: 100 us vs 330 us).
-  at::Tensor dr = at::empty_like(r);
   const bool transposed = dr.stride(2) < dr.stride(3);
   const at::Tensor dW = recurrent_weight_grad(h_prev, drh, len, transposed);
   dr.copy_(transposed ? dW.view({NH, G, DH, DH}).permute({1, 0, 3, 2})    // [NH, G*DH, DH]

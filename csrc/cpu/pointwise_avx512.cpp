@@ -150,7 +150,7 @@ void backward_row(const BackwardRow& a) {
     Cell::backward(saved, prev, F16(_mm512_maskz_loadu_ps(m, a.h_next + e)), dnext, dwx, drh, dprev);
     for (int g = 0; g < G; ++g) {
       _mm512_mask_storeu_ps(a.dwx + g * a.dwx_gate_stride + e, m, dwx[g].v);
-      _mm512_mask_storeu_ps(a.drh + g * DH + e, m, drh[g].v);
+      if (a.drh != nullptr) _mm512_mask_storeu_ps(a.drh + g * DH + e, m, drh[g].v);
     }
     for (int s = 0; s < S; ++s) _mm512_mask_storeu_ps(a.dcarry + s * a.state_stride + e, m, dprev[s].v);
   }

@@ -37,7 +37,7 @@ struct BackwardRow {
   int64_t state_stride;
   float* dwx;                  // gate g at dwx + g * dwx_gate_stride
   int64_t dwx_gate_stride;
-  float* drh;                  // gate g at drh + g * DH
+  float* drh;                  // gate g at drh + g * DH; null: d(rh) is d(wx), stored once
 };
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)

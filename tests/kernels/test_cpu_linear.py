@@ -61,3 +61,28 @@ def test_other_inputs_take_f_linear():
     assert torch.equal(y, F.linear(x64, w64, b64))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not cpu_linear._fast_path_ok(x64.float(), w64.float(), b64.float())
+
+
+def _has_blocked_weight_grad() -> bool:
+    return cpu_linear._blocked_weight_grad() is not None
+
+
+@needs_onednn
+@pytest.mark.skipif(not _has_blocked_weight_grad(),
+                    reason="no compiled AVX-512 weight-gradient kernel on this CPU or build")
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+def test_blocked_weight_gradient_matches_float64(bias):
+    # x [6, 100, 37] -> 600 rows: dw = dy.T @ x runs the blocked kernel in two k-blocks of at most
+    # 512 rows over 148 output columns (3 panels of 48 and a tail of 4); db comes from its sums
+    x64, w64, b64 = _inputs(3, bias, (6, 100, 37), out=148)
+    x, w = x64.float().requires_grad_(), torch.nn.Parameter(w64.float())
+    b = torch.nn.Parameter(b64.float()) if bias else None
+    y = cpu_linear.linear(x, w, b)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    leaves = [x, w] + ([b] if bias else [])
+    grads = torch.autograd.grad(y, leaves, dy.float())
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    y_ref = F.linear(ref_leaves[0], ref_leaves[1], ref_leaves[2] if bias else None)
+    grads_ref = torch.autograd.grad(y_ref, ref_leaves, dy)
+    for name, g_, r_ in zip(("dx", "dw", "db"), grads, grads_ref):
+        assert_close(name, g_, r_, 1e-5)

@@ -367,3 +367,15 @@ def test_both_float_step_gemm_tiles(cell_name, B, float_tile):
     # 3-way k splits of the 1- and 2-row tiles. Forward and backward both run the tile.
     check_against_reference(CELLS[cell_name], torch.float32, B=B, T=4, NH=2, DH=37,
                             with_lengths=B > 2, with_states=True, seed=23)
+
+
+@pytest.mark.parametrize("with_lengths", [False, True], ids=["full", "lengths"])
+@pytest.mark.parametrize("NH", [1, 2], ids=lambda n: f"NH{n}")
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
+def test_weight_gradient_over_many_rows(cell_name, NH, with_lengths):
+    # B*T = 600 (batch, step) rows against DH=37: float32 d(r) and d(b) take the blocked
+    # AVX-512 product where the CPU has it (two k-blocks of at most 512 rows; with lengths the
+    # blocks cover each row's valid steps only); 148 gate columns = 3 panels of 48 and a tail
+    # of 4. The LSTM with one head also stores d(wx) once and reads it back as d(rh).
+    check_against_reference(CELLS[cell_name], torch.float32, B=6, T=100, NH=NH, DH=37,
+                            with_lengths=with_lengths, with_states=True, seed=29)

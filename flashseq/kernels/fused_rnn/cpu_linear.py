@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flashseq import _jit
+
 
 def _op():
     """torch.ops.mkldnn._linear_pointwise, or None when this torch build lacks it."""
@@ -53,6 +55,18 @@ def _mm(a, b_t):
     return _LINEAR_POINTWISE(a, b_t, None, "none", [], "")
 
 
+def _blocked_weight_grad():
+    """The compiled ``linear_weight_grad(x, dy) -> (dy.T @ x, dy.sum(0))`` when it runs its
+    AVX-512 kernel on this CPU, else None. Why: oneDNN's linear contracts the contiguous axis of
+    both operands, so ``dy.T @ x`` through it first copies dy [M, N] transposed (26 MB for an
+    LSTM's gates at H=256, B*T=6400: the copy cost more than the product); the kernel reads dy
+    as it is (csrc/cpu/weight_grad.h)."""
+    if _jit.extension_error() is not None:
+        return None
+    ext = _jit.extension()
+    return ext.linear_weight_grad if ext._linear_weight_grad_fast() else None
+
+
 class _OneDnnLinear(torch.autograd.Function):
     """F.linear on 2-D x [M, K] with oneDNN GEMMs in both directions."""
 
@@ -71,6 +85,10 @@ class _OneDnnLinear(torch.autograd.Function):
             dw = dy.t() @ x if need_w else None
         else:
             dx = _mm(dy, weight.t()) if need_x else None   # dy [M, N] @ weight [N, K]
+            blocked = _blocked_weight_grad() if need_w else None
+            if blocked is not None:  # dw and the column sums of dy in one pass over dy
+                dw, db = blocked(x, dy)
+                return dx, dw, db if need_b and ctx.has_bias else None
             dw = _mm(dy.t(), x.t()) if need_w else None    # dy.T [N, M] @ x [M, K]
         db = dy.sum(0) if need_b and ctx.has_bias else None
         return dx, dw, db

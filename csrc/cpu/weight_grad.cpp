@@ -1,0 +1,91 @@
+// See weight_grad.h.
+#include "weight_grad.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+
+namespace flashseq {
+namespace cpu {
+
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+namespace {
+
+// Copies rows x cols of src (rows ld apart) into dst [rows, kAvx512PanelCols], zero past cols,
+// and adds each column's sum over these rows to colsum[0 .. cols-1] (summed per block first).
+void pack_rows_with_sums(int64_t rows, const float* src, int64_t ld, int64_t cols, float* dst,
+                         float* colsum) {
+  constexpr int64_t P = kAvx512PanelCols;
+  float sum[P] = {};
+  for (int64_t k = 0; k < rows; ++k) {
+    const float* s = src + k * ld;
+    float* d = dst + k * P;
+    for (int64_t c = 0; c < cols; ++c) {
+      d[c] = s[c];
+      sum[c] += s[c];
+    }
+    for (int64_t c = cols; c < P; ++c) d[c] = 0.0f;
+  }
+  for (int64_t c = 0; c < cols; ++c) colsum[c] += sum[c];
+}
+
+}  // namespace
+
+void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd, int64_t R,
+                       int64_t N, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                       float* C, float* colsum) {
+  constexpr int64_t P = kAvx512PanelCols;
+  const int64_t panels = (N + P - 1) / P;
+  // At's block (R x kc floats) within ~256 KB of L2; 64..512 rows
+  const int64_t kc = std::min<int64_t>(512, std::max<int64_t>(64, 65536 / std::max<int64_t>(1, R)));
+  std::fill(C, C + R * N, 0.0f);
+  std::fill(colsum, colsum + N, 0.0f);
+  std::vector<float> pack(static_cast<size_t>(at::get_num_threads()) * kc * P);
+  for (const auto& [begin, end] : ranges) {
+    for (int64_t k0 = begin; k0 < end; k0 += kc) {
+      const int64_t rows = std::min(kc, end - k0);
+      at::parallel_for(0, panels, 1, [&](int64_t p_begin, int64_t p_end) {
+        float* buf = pack.data() + static_cast<int64_t>(at::get_thread_num()) * kc * P;
+        for (int64_t p = p_begin; p < p_end; ++p) {
+          const int64_t n0 = p * P, cols = std::min(P, N - n0);
+          pack_rows_with_sums(rows, D + k0 * ldd + n0, ldd, cols, buf, colsum + n0);
+          panel_rows_avx512(R, rows, At + k0, lda, buf, C + n0, N, cols, /*accumulate=*/true);
+        }
+      });
+    }
+  }
+}
+#endif
+
+bool linear_weight_grad_fast() {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  return use_avx512_tile();
+#else
+  return false;
+#endif
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_weight_grad(const at::Tensor& x_in, const at::Tensor& dy_in) {
+  TORCH_CHECK(x_in.dim() == 2 && dy_in.dim() == 2 && x_in.size(0) == dy_in.size(0),
+              "linear_weight_grad: x must be [M, K] and dy [M, N]; got x ", x_in.sizes(), ", dy ",
+              dy_in.sizes());
+  TORCH_CHECK(x_in.scalar_type() == at::kFloat && dy_in.scalar_type() == at::kFloat &&
+                  x_in.device().is_cpu() && dy_in.device().is_cpu(),
+              "linear_weight_grad: x and dy must be float32 CPU tensors");
+  if (!linear_weight_grad_fast() || x_in.size(0) == 0) {
+    return {at::mm(dy_in.t(), x_in), dy_in.sum(0)};
+  }
+  const int64_t M = x_in.size(0), K = x_in.size(1), N = dy_in.size(1);
+  const at::Tensor xT = x_in.t().contiguous();  // [K, M]: M (the contracted axis) contiguous
+  const at::Tensor dy = dy_in.contiguous();
+  at::Tensor dwT = at::empty({K, N}, dy.options());
+  at::Tensor db = at::empty({N}, dy.options());
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  blocked_grad_gemm(xT.data_ptr<float>(), M, dy.data_ptr<float>(), N, K, N, {{0, M}},
+                    dwT.data_ptr<float>(), db.data_ptr<float>());
+#endif
+  return {dwT.t().contiguous(), db};
+}
+
+}  // namespace cpu
+}  // namespace flashseq

@@ -32,7 +32,9 @@ def split(flat, lo, hi):
         return i
 
     objective = flat.objective
-    obj_atom = objective[0] if objective is not None and lo[objective[0]] != hi[objective[0]] else None
+    obj_atom = None
+    if objective is not None and lo[objective[0]] != hi[objective[0]]:
+        obj_atom = objective[0]
     obj_def = terms = None
     fixed = lo[objective[0]] if objective is not None and obj_atom is None else 0
     if obj_atom is not None:

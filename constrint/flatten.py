@@ -78,7 +78,8 @@ class Flat:
                         if value is not None:
                             break
                 else:
-                    if any(isinstance(x, Var) and lo[x.index] != hi[x.index] for x in (c.lhs, c.rhs)):
+                    sides = (c.lhs, c.rhs)
+                    if any(isinstance(x, Var) and lo[x.index] != hi[x.index] for x in sides):
                         left.append(c)
                     continue
                 i = side.index

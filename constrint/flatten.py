@@ -49,9 +49,10 @@ class Flat:
         self._linear_aux = {}
         self.linear_defs = {}  # auxiliary atom -> (propagator index, ((atom, coef), ...), const)
         self._product_outs = set()  # model variables that are the output of a product propagator
-        self._fix_equality_chains(model)
+        used = self._fix_equality_chains(model)
         for constraint in model.constraints:
-            self._add_constraint(constraint)
+            if id(constraint) not in used:
+                self._add_constraint(constraint)
         self.defined = _defined_variables(model, self.lo, self.hi)
         self.objective = None
         self.objective_const = None
@@ -65,8 +66,10 @@ class Flat:
         (`batch == 16`, then `rows == gates * head_dim` once both are known), before anything
         is flattened: the constants then fold into every expression that reads them (fewer
         products, shorter sums) and those constraints become checks on constants. A value
-        outside x's domain makes the model infeasible."""
+        outside x's domain makes the model infeasible. Returns the ids of the constraints that
+        fixed a variable (they hold by construction: nothing is left to flatten of them)."""
         lo, hi = self.lo, self.hi
+        used = set()
         pending = [c for c in model.constraints if isinstance(c, Compare) and c.op == "=="
                    and (isinstance(c.lhs, Var) or isinstance(c.rhs, Var))]
         while pending:
@@ -86,12 +89,14 @@ class Flat:
                 vals = self.vals[i]
                 if not lo[i] <= value <= hi[i] or (vals is not None and value not in vals):
                     self.infeasible = True
-                    return
+                    return used
                 lo[i] = hi[i] = value
                 self.vals[i] = None
+                used.add(id(c))
             if len(left) == len(pending):
                 break
             pending = left
+        return used
 
     def _restrict(self, i, lo, hi):
         """Narrow atom i's initial domain to [lo, hi] (empty: the model is infeasible)."""

@@ -6,6 +6,9 @@ are computed in float32, float64 in float64; the output has q's dtype.
 """
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 
 from . import validation as val
@@ -19,7 +22,26 @@ def _compute(q, *tensors):
     return [t.to(dtype) for t in (q, *tensors)]
 
 
-def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=None):
+def _use_triton_1d(backend, q) -> bool:
+    """Whether ``plstm_1d`` runs the Triton forward: "auto" on a CUDA float16/bfloat16/float32
+    call; "triton" wherever it can run (CUDA, or CPU under TRITON_INTERPRET=1), else one warning
+    and the PyTorch form."""
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
+    if backend == "torch":
+        return False
+    servable = q.dtype in (torch.float16, torch.bfloat16, torch.float32) and (
+        q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+    if backend == "auto":
+        return servable and q.device.type == "cuda"
+    if not servable:
+        warnings.warn(f"plstm_1d: the Triton back end serves float16/bfloat16/float32 on CUDA (or "
+                      f"under TRITON_INTERPRET=1); got {q.dtype} on {q.device}: using the PyTorch form",
+                      stacklevel=3)
+    return servable
+
+
+def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=None, backend="auto"):
     """pLSTM on a sequence: ``C_t = transition_t C_{t-1} + source_t k_t v_t^T`` and
     ``o_t = scale * q_t^T (mark_t C_{t-1} + direct_t k_t v_t^T)`` (node t reads the edge from
     t - 1; ``C_{-1} = 0``).
@@ -31,6 +53,9 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
             head (``transition_0`` and ``source_{T-1}`` are unused).
         scale: float. Default None: ``K ** -0.5``.
         chunk: int or None (planned). Steps per chunk of the parallel form.
+        backend: "auto" (Triton forward on CUDA for float16/bfloat16/float32, else PyTorch),
+            "torch" (the chunked PyTorch form) or "triton" (also on CPU under TRITON_INTERPRET=1).
+            The Triton back end's backward pass reruns the PyTorch form under autograd.
 
     Returns:
         o: [B, T, H, V], q's dtype. Differentiable in every tensor argument.
@@ -52,6 +77,10 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
     val.check_tile("chunk", chunk, 1)
     scale = K ** -0.5 if scale is None else float(scale)
     chunk = chunk or plan_plstm_1d(T, K, V, B * H, q.device.type).chunk
+    if _use_triton_1d(backend, q):
+        from .triton_1d import PLSTM1DTriton
+        gates = [g.float() for g in (source, transition, mark, direct)]
+        return PLSTM1DTriton.apply(q, k, v, *gates, scale, chunk)
     args = _compute(q, k, v, source, transition, mark, direct)
     return plstm_1d_chunked(*args, scale=scale, chunk=chunk).to(q.dtype)
 

@@ -77,8 +77,14 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
 
   // -- the block's recurrent weights -> registers, once (tagged loads, see device.cuh); last in
   // the prologue, so that little else is live while the fragments fill the registers ---------
-  const T* rtHead = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP;
+  // per-thread base (head, slice, lane's row and k) + per-register offsets that are compile-time
+  // constants when WM == 1 (layout.h: a_pair_row8, a_pair_k)
   const int gate_stride = p.heads * kT.DHP * kT.DHP;
+  // a warp's rows are whole gates (RW a multiple of BH): its first gate goes into the base too
+  constexpr bool kWarpWholeGates = kT.rows_per_warp() % kT.BH == 0;
+  const T* rtBase = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP +
+                    (kT.head_unit(slice, 0) + (lane >> 2)) * kT.DHP + 2 * (lane & 3) +
+                    (kWarpWholeGates ? kT.warp_m(warp) * (kT.rows_per_warp() / kT.BH) * gate_stride : 0);
   uint32_t rA[MT][KT][4];  // A fragments: [m tile][k tile][register], weights (k, k+1) each
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
@@ -86,10 +92,11 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
     for (int kt = 0; kt < KT; ++kt)
 #pragma unroll
       for (int reg = 0; reg < 4; ++reg) {
-        const RowCol rk = kT.a_elem(warp, mt, kt, lane, 2 * reg);  // element 2reg+1: (row, k+1)
-        const GateUnit gu = kT.row_gate_unit(rk.row);
-        const int off = gu.gate * gate_stride + kT.head_unit(slice, gu.unit) * kT.DHP + rk.col;
-        rA[mt][kt][reg] = load_weight_pair(rtHead + off);
+        const int row8 = kT.a_pair_row8(warp, mt, reg) -
+                         (kWarpWholeGates ? kT.warp_m(warp) * kT.rows_per_warp() : 0);
+        const GateUnit gu = kT.row_gate_unit(row8);
+        rA[mt][kt][reg] = load_weight_pair(rtBase + gu.gate * gate_stride + gu.unit * kT.DHP +
+                                           kT.a_pair_k(warp, kt, reg));
       }
 
   // -- the thread's (batch, unit) elements: states and lengths ----------------------------------

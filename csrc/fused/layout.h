@@ -134,6 +134,17 @@ struct Tiling {
             warp_k(warp) * k_per_warp() + K * kt + rc.col};
   }
 
+  // The kernels load A register `reg` (elements 2reg, 2reg+1; K == 16 only) of every lane as
+  // rows row8 + group and k = k_base + 2*(lane % 4), row8 a multiple of 8: since BH is one too,
+  // the 8 rows of a group never straddle two gates, so (gate, unit) = (row8 / BH, row8 % BH +
+  // group) and the address is a per-thread base plus a compile-time offset when WM == 1.
+  FLASHSEQ_LAYOUT_FN int a_pair_row8(int warp, int mt, int reg) const {
+    return warp_m(warp) * rows_per_warp() + 16 * mt + 8 * (reg & 1);
+  }
+  FLASHSEQ_LAYOUT_FN int a_pair_k(int warp, int kt, int reg) const {
+    return warp_k(warp) * k_per_warp() + K * kt + 8 * (reg >> 1);
+  }
+
   // -- B fragments (h^T from shared memory) ------------------------------------------------------
   // The shared h buffer is [BB][h_stride()] elements: row b holds h_prev[b, head, 0..DHP).
   // The padding (16 bytes) puts the 8 rows a fragment reads in distinct banks.

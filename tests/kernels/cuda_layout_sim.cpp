@@ -164,6 +164,12 @@ int main(int argc, char** argv) {
                   const RowCol first = t.a_elem(warp, mt, kt, lane, i & ~1);
                   if (t.K == 16 && (rk.row != first.row || rk.col != first.col + (i & 1)))
                     fail("A register pairs (row, k), (row, k+1)", i, 0);
+                  if (t.K == 16) {
+                    const int row8 = t.a_pair_row8(warp, mt, i / 2);
+                    if (first.row != row8 + lane / 4 || first.col != t.a_pair_k(warp, kt, i / 2) + 2 * (lane % 4) ||
+                        row8 % 8 != 0 || row8 % t.BH + 8 > t.BH)
+                      fail("A register base (row8 + group, k + 2 * thread in group)", i, 0);
+                  }
                 }
                 for (int i = 0; i < kB; ++i) bf[lane][i] = sh[t.b_smem_offset(warp, nt, kt, lane, i)];
               }

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "big_alloc.h"
 #include "fused_rnn_cpu.h"
 #include "onednn_gemm.h"
 #include "weight_grad.h"
@@ -248,10 +249,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   const at::Tensor h = h_in.contiguous(), states = states_in.contiguous();
   const at::Tensor saved_gates = saved_gates_in.contiguous();
   const at::Tensor saved_states = saved_states_in.contiguous();
-  at::Tensor dwx = at::empty({B, T, G, NH, DH}, h.options());
+  at::Tensor dwx = empty_big({B, T, G, NH, DH}, h.options());
   bool drh_is_dwx = false;
   dispatch_cell(cell, [&](auto c) { return drh_is_dwx = kDrhIsDwx<decltype(c)> && NH == 1; });
-  at::Tensor drh = drh_is_dwx ? dwx.view({NH, B, T, G * DH}) : at::empty({NH, B, T, G * DH}, h.options());
+  at::Tensor drh = drh_is_dwx ? dwx.view({NH, B, T, G * DH}) : empty_big({NH, B, T, G * DH}, h.options());
   at::Tensor len_c;
   if (lengths.has_value()) len_c = lengths->contiguous();
   const int64_t* len = lengths.has_value() ? len_c.data_ptr<int64_t>() : nullptr;
@@ -272,7 +273,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   // hT's block spills L2 and the whole d(W) is re-read per k-block, and at B=1 T=256.
   if (dtype == at::kFloat && use_avx512_tile() && DH <= 256 && B * T >= 2 * DH) {
     // hT [NH, DH, B*T]: the h each step started from, transposed (initial h, then the output h)
-    at::Tensor hT = at::empty({NH, DH, B * T}, h.options());
+    at::Tensor hT = empty_big({NH, DH, B * T}, h.options());
     const at::Tensor hT4 = hT.view({NH, DH, B, T});
     hT4.select(3, 0).copy_(states.select(0, 0).permute({1, 2, 0}));
     if (T > 1) hT4.narrow(3, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 3, 0, 1}));

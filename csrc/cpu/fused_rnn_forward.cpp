@@ -4,6 +4,7 @@
 
 #include <type_traits>
 
+#include "big_alloc.h"
 #include "fused_rnn_cpu.h"
 #include "pointwise_avx512.h"
 #include "step_gemm.h"
@@ -193,9 +194,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
   // clone: the loop updates carry in place and must never write into the caller's states.
   at::Tensor carry = states.permute({0, 2, 1, 3}).clone(at::MemoryFormat::Contiguous);
   at::Tensor rh = at::empty({NH, B, G * DH}, wx.options());
-  at::Tensor h = at::empty({B, T, NH, DH}, wx.options());
-  at::Tensor saved_gates = at::empty({save ? T : 0, NH, B, K, DH}, wx.options());
-  at::Tensor saved_states = at::empty({save ? T : 0, S - 1, NH, B, DH}, wx.options());
+  at::Tensor h = empty_big({B, T, NH, DH}, wx.options());
+  at::Tensor saved_gates = empty_big({save ? T : 0, NH, B, K, DH}, wx.options());
+  at::Tensor saved_states = empty_big({save ? T : 0, S - 1, NH, B, DH}, wx.options());
   at::Tensor len_c;
   if (lengths.has_value()) len_c = lengths->contiguous();
   const int64_t* len = lengths.has_value() ? len_c.data_ptr<int64_t>() : nullptr;

@@ -55,7 +55,7 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
         chunk: int or None (planned). Steps per chunk of the parallel form.
         backend: "auto" (Triton forward on CUDA for float16/bfloat16/float32, else PyTorch),
             "torch" (the chunked PyTorch form) or "triton" (also on CPU under TRITON_INTERPRET=1).
-            The Triton back end's backward pass reruns the PyTorch form under autograd.
+            The Triton back end has a forward and a backward kernel (chunk sizes from the plan).
 
     Returns:
         o: [B, T, H, V], q's dtype. Differentiable in every tensor argument.

@@ -9,7 +9,8 @@ def elman_step(wx_t, rh_t, states):
 
 
 def elman_partials(wx_t, rh_t, states):
-    """``elman_step``'s results and analytic local derivatives (layouts: ``PartialsFn`` in base.py)."""
+    """``elman_step``'s results and analytic local derivatives (layouts: ``PartialsFn``,
+    base.py)."""
     h = torch.tanh(wx_t[:, 0] + rh_t[:, 0])
     d_pre = (1 - h * h)[:, None, None]  # [B, 1, 1, NH, DH]
     return (h,), d_pre, d_pre, torch.zeros_like(d_pre)

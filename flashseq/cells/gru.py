@@ -19,7 +19,8 @@ def gru_step(wx_t, rh_t, states):
 
 
 def gru_partials(wx_t, rh_t, states):
-    """``gru_step``'s results and analytic local derivatives (layouts: ``PartialsFn`` in base.py)."""
+    """``gru_step``'s results and analytic local derivatives (layouts: ``PartialsFn``,
+    base.py)."""
     (h_prev,) = states
     r = torch.sigmoid(wx_t[:, 0] + rh_t[:, 0])
     z = torch.sigmoid(wx_t[:, 1] + rh_t[:, 1])

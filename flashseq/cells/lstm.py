@@ -17,7 +17,8 @@ def lstm_step(wx_t, rh_t, states):
 
 
 def lstm_partials(wx_t, rh_t, states):
-    """``lstm_step``'s results and analytic local derivatives (layouts: ``PartialsFn`` in base.py)."""
+    """``lstm_step``'s results and analytic local derivatives (layouts: ``PartialsFn``,
+    base.py)."""
     _, c_prev = states
     pre = wx_t + rh_t
     i = torch.sigmoid(pre[:, 0])
@@ -28,7 +29,8 @@ def lstm_partials(wx_t, rh_t, states):
     tc = torch.tanh(c)
     h = o * tc
     # d c / d pre per gate (o does not reach c)
-    dc = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g), torch.zeros_like(o)], 1)
+    dc = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g),
+                      torch.zeros_like(o)], 1)
     dh_dc = o * (1 - tc * tc)
     dh = dh_dc.unsqueeze(1) * dc
     dh[:, 3] = tc * o * (1 - o)

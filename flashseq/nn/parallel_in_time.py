@@ -13,7 +13,8 @@ from flashseq.kernels.parallel_rnn.problem import MAX_BLOCK_DH
 from .checks import check_bool
 
 
-def check_parallel_in_time(kind: str, flag, hidden_size: int, num_heads: int, proj_size: int) -> bool:
+def check_parallel_in_time(kind: str, flag, hidden_size: int, num_heads: int,
+                           proj_size: int) -> bool:
     """``flag`` as a bool; ValueError when the module's recurrent weights do not qualify."""
     flag = check_bool("parallel_in_time", flag)
     if not flag:
@@ -22,12 +23,14 @@ def check_parallel_in_time(kind: str, flag, hidden_size: int, num_heads: int, pr
     if head_dim > MAX_BLOCK_DH:
         heads = "" if kind != "LSTM" else f" or num_heads >= {-(-hidden_size // MAX_BLOCK_DH)}"
         raise ValueError(
-            f"{kind}: parallel_in_time=True needs structured recurrent weights, head-wise blocks of "
+            f"{kind}: parallel_in_time=True needs structured recurrent weights, head-wise "
+            "blocks of "
             f"DH = hidden_size / num_heads <= {MAX_BLOCK_DH} units; got hidden_size={hidden_size}, "
             f"num_heads={num_heads} (DH={head_dim}). Use hidden_size <= {MAX_BLOCK_DH}{heads}, "
             "or parallel_in_time=False")
     if proj_size:
-        raise ValueError(f"{kind}: parallel_in_time=True needs proj_size=0; got proj_size={proj_size}")
+        raise ValueError(f"{kind}: parallel_in_time=True needs proj_size=0; "
+                         f"got proj_size={proj_size}")
     return True
 
 

@@ -17,7 +17,8 @@ def test_parallel_rnn_suite_tiny_cpu(monkeypatch):
     rows = suite.run(torch.device("cpu"), quick=True, progress=lambda x: x)
     assert {r["provider"] for r in rows} == {"flashseq:parallel_rnn", "flashseq:fused_rnn"}
     par = [r for r in rows if r["provider"] == "flashseq:parallel_rnn"]
-    assert all(r["status"] == "ok" and r["newton_iterations"] >= 1 and not r["fell_back"] for r in par)
+    assert all(r["status"] == "ok" and r["newton_iterations"] >= 1 and not r["fell_back"]
+               for r in par)
     assert suite.summary(rows) == ["fwd: parallel never wins up to T = 32",
                                    f"fwd: speed-up at T = 32: 0.5x (ratio 2, "
                                    f"{par[0]['newton_iterations']} Newton iterations)"]

@@ -21,7 +21,8 @@ def check_against_sequential(cell, structure, B, T, NH, DH, dtype, seed, lengths
     inputs = make_inputs(cell, structure, B, T, NH, DH, dtype, seed)
     g = torch.Generator().manual_seed(seed + 1)
     d_h = torch.randn(B, T, NH, DH, generator=g, dtype=torch.float64).to(dtype)
-    d_last = torch.randn(CELLS[cell].num_states, B, NH, DH, generator=g, dtype=torch.float64).to(dtype)
+    S = CELLS[cell].num_states
+    d_last = torch.randn(S, B, NH, DH, generator=g, dtype=torch.float64).to(dtype)
     stats = ParallelRNNStats()
 
     def par(wx, r, b, states):

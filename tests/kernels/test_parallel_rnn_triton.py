@@ -77,7 +77,8 @@ def test_gpu_triton_parallel_equals_sequential(cell, structure):
     inputs = [t.cuda() for t in make_inputs(cell, structure, 4, 2048, 2, 8, torch.float32, 5)]
     d_h = torch.randn(4, 2048, 2, 8, device="cuda")
     d_last = torch.randn(inputs[3].shape, device="cuda")
-    run = lambda *a: parallel_rnn(*a, cell=cell, structure=structure, backend="triton")  # noqa: E731
+    def run(*a):
+        return parallel_rnn(*a, cell=cell, structure=structure, backend="triton")
     h, last, grads = outputs_and_grads(run, inputs, d_h, d_last)
     ref = outputs_and_grads(sequential(cell, structure), [t.double() for t in inputs],
                             d_h.double(), d_last.double())

@@ -57,12 +57,15 @@ def test_parallel_in_time_packed_input_and_hx():
 
 
 @pytest.mark.parametrize("make, error, match", [
-    (lambda: flashseq.LSTM(4, 64, parallel_in_time=True), ValueError, "DH = hidden_size / num_heads <= 16"),
-    (lambda: flashseq.LSTM(4, 64, num_heads=2, parallel_in_time=True), ValueError, "num_heads >= 4"),
+    (lambda: flashseq.LSTM(4, 64, parallel_in_time=True), ValueError,
+     "DH = hidden_size / num_heads <= 16"),
+    (lambda: flashseq.LSTM(4, 64, num_heads=2, parallel_in_time=True), ValueError,
+     "num_heads >= 4"),
     (lambda: flashseq.LSTM(4, 8, proj_size=4, parallel_in_time=True), ValueError, "proj_size=0"),
     (lambda: flashseq.GRU(4, 32, parallel_in_time=True), ValueError, "hidden_size <= 16"),
     (lambda: flashseq.RNN(4, 8, nonlinearity="relu", parallel_in_time=True), ValueError, "tanh"),
-    (lambda: flashseq.LSTM(4, 8, parallel_in_time="yes"), TypeError, "parallel_in_time must be a bool"),
+    (lambda: flashseq.LSTM(4, 8, parallel_in_time="yes"), TypeError,
+     "parallel_in_time must be a bool"),
 ], ids=["lstm-dense-64", "lstm-dh-32", "lstm-proj", "gru-32", "rnn-relu", "not-bool"])
 def test_parallel_in_time_needs_structured_weights(make, error, match):
     with pytest.raises(error, match=match):

@@ -79,9 +79,11 @@ def parallel_rnn(wx, r, b, states=None, *, cell, structure, lengths=None, max_it
     Examples:
         >>> import torch, flashseq
         >>> wx = torch.randn(2, 50, 4, 3, 8, dtype=torch.float64)   # LSTM, 3 heads of 8
-        >>> r, b = torch.randn(4, 3, 8, dtype=torch.float64) * 0.5, torch.zeros(4, 3, 8, dtype=torch.float64)
+        >>> r = torch.randn(4, 3, 8, dtype=torch.float64) * 0.5         # one weight per unit
+        >>> b = torch.zeros(4, 3, 8, dtype=torch.float64)
         >>> h, last = flashseq.ops.parallel_rnn(wx, r, b, cell="lstm", structure="diag")
-        >>> ref, _ = flashseq.ops.fused_rnn(wx, torch.diag_embed(r), b, cell="lstm", backend="reference")
+        >>> ref, _ = flashseq.ops.fused_rnn(wx, torch.diag_embed(r), b, cell="lstm",
+        ...                                 backend="reference")
         >>> bool((h - ref).abs().max() < 1e-12)
         True
     """

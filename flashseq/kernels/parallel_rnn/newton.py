@@ -140,6 +140,7 @@ class ParallelRNNFunction(torch.autograd.Function):
         J0 = J[:, 0]
         lam0 = lam_g[:, 0]
         d_x0 = (J0.transpose(-1, -2) @ lam0.unsqueeze(-1)).squeeze(-1)  # [N, m]
-        d_states0 = lin.from_groups(d_x0.unsqueeze(1), structure, B, S, NH, DH)[:, 0].transpose(0, 1)
+        d_states0 = lin.from_groups(d_x0.unsqueeze(1), structure, B, S, NH, DH)[:, 0]
+        d_states0 = d_states0.transpose(0, 1)
         # gradients in forward's argument order: wx, r, b, states0, X, valid, cell, structure, scan
         return d_wx, d_r, d_b, d_states0.contiguous(), None, None, None, None, None

@@ -81,11 +81,13 @@ def validate(wx, r, b, states, cell, structure, lengths, max_iters, tol, backend
     if lengths is not None:
         _tensor("lengths", lengths, 1, "[B] int64")
         if lengths.dtype not in (torch.int64, torch.int32):
-            raise TypeError(f"lengths must be an int64 (or int32) tensor [B]; got {_describe(lengths)}")
+            raise TypeError("lengths must be an int64 (or int32) tensor [B]; "
+                            f"got {_describe(lengths)}")
         if lengths.shape[0] != B:
             raise ValueError(f"lengths must have shape [B] = ({B},); got {_describe(lengths)}")
         if lengths.device.type != "cpu" and lengths.device != wx.device:
-            raise ValueError(f"lengths must be on the CPU or on wx's device; got {_describe(lengths)}")
+            raise ValueError("lengths must be on the CPU or on wx's device; "
+                             f"got {_describe(lengths)}")
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 0 or hi > T:
             raise ValueError(f"lengths must lie in 0..T = 0..{T}; got values in {lo}..{hi}")

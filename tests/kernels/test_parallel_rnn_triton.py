@@ -85,3 +85,14 @@ def test_gpu_triton_parallel_equals_sequential(cell, structure):
     for name, out, r in zip(("h", "last", "d_wx", "d_r", "d_b", "d_states"), (h, last, *grads),
                             (ref[0], ref[1], *ref[2])):
         assert_close(name, out, r, TOLERANCE[torch.float32])
+
+
+@pytest.mark.slow  # ~15 s: ptxas for 3 kernels x 4 group sizes x 2 architectures
+def test_scan_kernels_compile_for_sm90_and_sm80_without_spills():
+    from tests.cubin_reports import compile_reports
+    reports = compile_reports("flashseq.kernels.parallel_rnn.triton_compile",
+                              ["--m", "1", "--m", "2", "--m", "16", "--m", "32",
+                               "--arch", "90", "--arch", "80"], timeout=900)
+    assert len(reports) == 3 * 4 * 2
+    for r in reports:
+        assert r["stage"] == "cubin" and r["local_bytes"] == 0, r

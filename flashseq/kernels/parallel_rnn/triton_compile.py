@@ -28,7 +28,8 @@ def compile_for_target(m: int, arch: int, dtype=torch.float32, steps: int = 4096
     from . import triton_scan
 
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a subprocess)")
+        raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset "
+                           "(run it in a subprocess)")
     M, BG, BT = triton_scan._tiles(m, steps)
     constexprs = dict(M=M, BG=BG)
     pointer = {torch.float32: "*fp32", torch.float64: "*fp64"}[dtype]

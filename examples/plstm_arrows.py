@@ -165,7 +165,8 @@ def _train_and_evaluate(args) -> dict:
     print(f"accuracy at {args.size}x{args.size} (training size): {acc:.1%}   "
           f"at {2 * args.size}x{2 * args.size}: {acc2:.1%}   (chance 50%)")
     return {"accuracy": acc, "accuracy_2x": acc2, "first_loss": losses[0] if losses else None,
-            "last_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1), "seconds": time.time() - start}
+            "last_loss": sum(losses[-20:]) / max(len(losses[-20:]), 1),
+            "seconds": time.time() - start}
 
 
 if __name__ == "__main__":

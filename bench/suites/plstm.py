@@ -80,7 +80,9 @@ def smoke_status(name, device, dtype) -> str | None:
         ref = plstm_dag(*flat[:3], gs, gt, gm, flat[3], edges=edges, transition_edges=pairs)
     err = float((o.reshape(ref.shape) - ref).norm() / ref.norm())
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    return None if err <= tol else f"failed: smoke check vs plstm_dag: relative error {err:.2e} > {tol}"
+    if err <= tol:
+        return None
+    return f"failed: smoke check vs plstm_dag: relative error {err:.2e} > {tol}"
 
 
 def run(device, quick: bool, progress) -> list[dict]:

@@ -57,7 +57,8 @@ class _PLSTMBase(nn.Module):
         self.num_heads = checks.check_int("num_heads", num_heads, 1)
         if head_dim is None:
             if d_model % num_heads:
-                raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads}) "
+                raise ValueError(f"d_model ({d_model}) must be divisible by num_heads "
+                                 f"({num_heads}) "
                                  "unless head_dim is given")
             head_dim = d_model // num_heads
         self.head_dim = checks.check_int("head_dim", head_dim, 1)
@@ -114,7 +115,8 @@ class _PLSTMBase(nn.Module):
 
     def extra_repr(self):
         return (f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}, "
-                f"mode={self.mode!r}" + (f", chirality={self.chirality!r}" if self.mode == "D" else ""))
+                f"mode={self.mode!r}"
+                + (f", chirality={self.chirality!r}" if self.mode == "D" else ""))
 
 
 class pLSTM1d(_PLSTMBase):
@@ -135,8 +137,8 @@ class pLSTM1d(_PLSTMBase):
 
     def forward(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be [B, T, {self.d_model}]; got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be [B, T, {self.d_model}]; got {got}")
         q, k, v, g = self._project(x)
         trans = torch.sigmoid(g["transition"]) if self.mode == "P" else torch.tanh(g["transition"])
         o = ops.plstm_1d(q, k, v, torch.sigmoid(g["source"]), trans, torch.sigmoid(g["mark"]),
@@ -183,8 +185,8 @@ class pLSTM2d(_PLSTMBase):
 
     def forward(self, x):
         if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be [B, X, Y, {self.d_model}]; got "
-                             f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"x must be [B, X, Y, {self.d_model}]; got {got}")
         H = self.num_heads
         q, k, v, g = self._project(x)
         source, transition, mark, direct = self._gates(g)
@@ -194,7 +196,8 @@ class pLSTM2d(_PLSTMBase):
             parts = t.split(H, dim=3) if t.shape[3] == len(FLIPS) * H else [t] * len(FLIPS)
             return torch.cat([p.flip(f) if f else p for p, f in zip(parts, FLIPS)], dim=3)
 
-        o = ops.plstm_2d(per_direction(q), per_direction(k), per_direction(v), per_direction(source),
+        o = ops.plstm_2d(per_direction(q), per_direction(k), per_direction(v),
+                         per_direction(source),
                          per_direction(transition), per_direction(mark), per_direction(direct),
                          tile=self.tile)
         o = torch.stack([p.flip(f) if f else p for p, f in zip(o.split(H, dim=3), FLIPS)]).mean(0)

@@ -10,7 +10,8 @@ def line_problem(B, T, H, K, V, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, s=1.0):
-        return (s * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+        x = s * torch.randn(*shape, generator=g, dtype=torch.float64)
+        return x.to(dtype).requires_grad_()
 
     return dict(q=rnd(B, T, H, K), k=rnd(B, T, H, K), v=rnd(B, T, H, V), source=rnd(B, T, H),
                 transition=rnd(B, T, H, s=0.7), mark=rnd(B, T, H), direct=rnd(B, T, H))
@@ -20,7 +21,8 @@ def grid_problem(B, X, Y, H, K, V, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
 
     def rnd(*shape, s=1.0):
-        return (s * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype).requires_grad_()
+        x = s * torch.randn(*shape, generator=g, dtype=torch.float64)
+        return x.to(dtype).requires_grad_()
 
     return dict(q=rnd(B, X, Y, H, K), k=rnd(B, X, Y, H, K), v=rnd(B, X, Y, H, V),
                 source=rnd(B, X, Y, H, 2), transition=rnd(B, X, Y, H, 2, 2, s=0.5),
@@ -32,7 +34,8 @@ def line_as_dag(p):
     T = p["q"].shape[1]
     edges, pairs = line_dag(T)
     src, tr, mrk = line_gates_to_dag(p["source"], p["transition"], p["mark"])
-    return (p["q"], p["k"], p["v"], src, tr, mrk, p["direct"]), dict(edges=edges, transition_edges=pairs)
+    args = (p["q"], p["k"], p["v"], src, tr, mrk, p["direct"])
+    return args, dict(edges=edges, transition_edges=pairs)
 
 
 def grid_as_dag(p):

@@ -15,7 +15,8 @@ NAMES = ("q", "k", "v", "source", "transition", "mark", "direct")
 
 def _grads(out, inputs, seed=1):
     do = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return torch.autograd.grad(out, inputs, do.to(out.dtype), allow_unused=True, materialize_grads=True)
+    return torch.autograd.grad(out, inputs, do.to(out.dtype), allow_unused=True,
+                               materialize_grads=True)
 
 
 def _check_against_dag(out, ref, p, tol, reshape=None):
@@ -26,7 +27,7 @@ def _check_against_dag(out, ref, p, tol, reshape=None):
         assert_close(f"d{name}", g, g_ref, tol)
 
 
-@pytest.mark.parametrize("T,chunk", [(1, None), (13, 4), (16, 16), (37, None)], ids=lambda x: str(x))
+@pytest.mark.parametrize("T,chunk", [(1, None), (13, 4), (16, 16), (37, None)], ids=str)
 def test_1d_equals_dag_float64(T, chunk):
     p = line_problem(2, T, 2, 3, 5)
     out = plstm_1d(*(p[n] for n in NAMES), chunk=chunk)

@@ -22,8 +22,8 @@ def _run(fn, p, **kw):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=str)
 def test_plstm_2d_cuda(dtype, tol):
     p64 = grid_problem(2, 19, 13, 2, 64, 64, seed=1)
-    pc = {n: t.detach().to("cuda", dtype if n in ("q", "k", "v") else torch.float32).requires_grad_()
-          for n, t in p64.items()}
+    pc = {n: t.detach().to("cuda", dtype if n in ("q", "k", "v") else torch.float32)
+          .requires_grad_() for n, t in p64.items()}
     ref_in = {n: t.detach().cpu().double().requires_grad_() for n, t in pc.items()}  # same rounding
     out, grads = _run(plstm_2d, pc)
     ref, ref_grads = _run(plstm_2d, ref_in)
@@ -37,8 +37,8 @@ def test_plstm_1d_triton_cuda(dtype, tol):
     p64 = line_problem(2, 301, 4, 64, 64, seed=2)
     with torch.no_grad():
         p64["transition"].copy_(torch.tanh(p64["transition"]))
-    pc = {n: t.detach().to("cuda", dtype if n in ("q", "k", "v") else torch.float32).requires_grad_()
-          for n, t in p64.items()}
+    pc = {n: t.detach().to("cuda", dtype if n in ("q", "k", "v") else torch.float32)
+          .requires_grad_() for n, t in p64.items()}
     ref_in = {n: t.detach().cpu().double().requires_grad_() for n, t in pc.items()}
     out, grads = _run(plstm_1d, pc, backend="auto")
     ref, ref_grads = _run(plstm_1d, ref_in, backend="torch")

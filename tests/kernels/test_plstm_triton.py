@@ -37,7 +37,8 @@ def _problem(T, seed, zero_at=None):
 
 
 @needs_triton
-@pytest.mark.parametrize("T,chunk,zero_at", [(37, 16, None), (64, 32, None), (9, 16, None), (37, 16, 5),
+@pytest.mark.parametrize("T,chunk,zero_at", [(37, 16, None), (64, 32, None), (9, 16, None),
+                                             (37, 16, 5),
                                              (9, 16, 3)], ids=str)
 def test_triton_forward_and_gradients_equal_dag(T, chunk, zero_at):
     p64 = _problem(T, seed=T, zero_at=zero_at)

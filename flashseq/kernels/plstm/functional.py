@@ -36,7 +36,8 @@ def _use_triton_1d(backend, q) -> bool:
         return servable and q.device.type == "cuda"
     if not servable:
         warnings.warn(f"plstm_1d: the Triton back end serves float16/bfloat16/float32 on CUDA (or "
-                      f"under TRITON_INTERPRET=1); got {q.dtype} on {q.device}: using the PyTorch form",
+                      f"under TRITON_INTERPRET=1); got {q.dtype} on {q.device}: using the PyTorch "
+                      "form",
                       stacklevel=3)
     return servable
 
@@ -71,7 +72,8 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
         torch.Size([2, 10, 4, 16])
     """
     (B, T), H, K, V = val.check_qkv(q, k, v, "B, T")
-    for name, g in (("source", source), ("transition", transition), ("mark", mark), ("direct", direct)):
+    named = (("source", source), ("transition", transition), ("mark", mark), ("direct", direct))
+    for name, g in named:
         val.check_gate(name, g, (B, T, H), "[B, T, H]", q)
     val.check_scale(scale)
     val.check_tile("chunk", chunk, 1)
@@ -155,7 +157,8 @@ def plstm_dag(q, k, v, source, transition, mark, direct, *, edges, transition_ed
         scale: float. Default None: ``K ** -0.5``.
 
     Returns:
-        o: [B, N, H, V], q's dtype: ``o_n = scale * q_n^T (sum_{e -> n} mark_e C_e + direct_n k_n v_n^T)``,
+        o: [B, N, H, V], q's dtype:
+        ``o_n = scale * q_n^T (sum_{e -> n} mark_e C_e + direct_n k_n v_n^T)``,
         ``C_e = source_e k_a v_a^T + sum_{(f, e)} transition_p C_f`` for e leaving node a.
 
     Complexity: time O((N + E + P) * B * H * K * V), memory O(E * B * H * K * V) (every edge

@@ -52,7 +52,8 @@ def grid_dag(X: int, Y: int):
                 for i in range(2):
                     if ins[i] >= 0 and outs[o] >= 0:
                         pairs.append((int(ins[i]), int(outs[o])))
-    kind = torch.cat([torch.zeros(n_r, dtype=torch.long), torch.ones(d_from.numel(), dtype=torch.long)])
+    kind = torch.cat([torch.zeros(n_r, dtype=torch.long),
+                     torch.ones(d_from.numel(), dtype=torch.long)])
     return edges, torch.tensor(pairs, dtype=torch.long).reshape(-1, 2), kind
 
 

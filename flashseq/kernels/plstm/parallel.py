@@ -141,7 +141,8 @@ def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile):
             c_in = torch.cat([right[j], below], dim=2)            # [B, H, nb, K, V]
             qi, ki, vi = qt[:, :, i, j], kt[:, :, i, j], vt[:, :, i, j]
             scores = scale * (qi @ ki.transpose(-1, -2)) * gate[:, :, i, j]
-            o = scores @ vi + scale * torch.einsum("bhpi,bhpk,bhikv->bhpv", mark_in[:, :, i, j], qi, c_in)
+            read = torch.einsum("bhpi,bhpk,bhikv->bhpv", mark_in[:, :, i, j], qi, c_in)
+            o = scores @ vi + scale * read
             row_out.append(o)
             c_out = torch.einsum("bhei,bhikv->bhekv", leave_in[:, :, i, j], c_in) + \
                 torch.einsum("bhep,bhpk,bhpv->bhekv", leave_src[:, :, i, j], ki, vi)

@@ -63,9 +63,10 @@ def plstm1d_fwd_kernel(Q, K_, V_, S, TR, M, D, O, STATES, T, NC, scale,
         p_qk = row[:, None] * (H * DK) + i_h * DK + o_k[None, :]
         p_v = row[:, None] * (H * DV) + i_h * DV + o_v[None, :]
         p_g = row * H + i_h
-        b_q = tl.load(Q + p_qk, mask=m_t[:, None] & m_k[None, :], other=0.0).to(tl.float32)  # [BT, BK]
-        b_k = tl.load(K_ + p_qk, mask=m_t[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-        b_v = tl.load(V_ + p_v, mask=m_t[:, None] & m_v[None, :], other=0.0).to(tl.float32)  # [BT, BV]
+        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+        b_q = tl.load(Q + p_qk, mask=m_tk, other=0.0).to(tl.float32)   # [BT, BK]
+        b_k = tl.load(K_ + p_qk, mask=m_tk, other=0.0).to(tl.float32)
+        b_v = tl.load(V_ + p_v, mask=m_tv, other=0.0).to(tl.float32)   # [BT, BV]
         b_s = tl.load(S + p_g, mask=m_t, other=0.0).to(tl.float32)   # [BT]
         b_t = tl.load(TR + p_g, mask=m_t, other=1.0).to(tl.float32)
         b_m = tl.load(M + p_g, mask=m_t, other=0.0).to(tl.float32)
@@ -78,11 +79,13 @@ def plstm1d_fwd_kernel(Q, K_, V_, S, TR, M, D, O, STATES, T, NC, scale,
         b_o += (scale * b_m * enter)[:, None] * tl.dot(b_q, state, input_precision="ieee")
         tl.store(O + p_v, b_o.to(O.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         # state leaving the chunk: prod of all its t times the old one, plus every write carried on
-        state = total * state + tl.dot(tl.trans(b_k * (carry * b_s)[:, None]), b_v, input_precision="ieee")
+        state = total * state + tl.dot(tl.trans(b_k * (carry * b_s)[:, None]), b_v,
+                                       input_precision="ieee")
 
 
 @triton.jit
-def plstm1d_bwd_kernel(Q, K_, V_, S, TR, M, D, DO, STATES, DQ, DK_, DV_, DS, DT, DM, DD, T, NC, scale,
+def plstm1d_bwd_kernel(Q, K_, V_, S, TR, M, D, DO, STATES, DQ, DK_, DV_, DS, DT, DM, DD,
+                       T, NC, scale,
                        H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
     """One program per batch row x head walks the chunks backwards with dC, the gradient of the
@@ -129,7 +132,8 @@ def plstm1d_bwd_kernel(Q, K_, V_, S, TR, M, D, DO, STATES, DQ, DK_, DV_, DS, DT,
         b_dv = tl.dot(tl.trans(qk * gate), b_do, input_precision="ieee") + w[:, None] * k_dc
         b_dq = tl.dot(d_scores * gate, b_k, input_precision="ieee") * scale \
             + read[:, None] * tl.dot(b_do, tl.trans(c_in), input_precision="ieee")
-        b_dk = tl.dot(tl.trans(d_scores * gate), b_q, input_precision="ieee") * scale + w[:, None] * dc_v
+        b_dk = tl.dot(tl.trans(d_scores * gate), b_q, input_precision="ieee") * scale \
+            + w[:, None] * dc_v
         d_prop = d_gate * b_m[:, None] * b_s[None, :]
         b_dd = tl.sum(tl.where(diagonal, d_gate, 0.0), 1)
         b_dm = tl.sum(d_gate * prop * b_s[None, :], 1) + scale * enter * tl.sum(b_do * q_c, 1)
@@ -153,7 +157,8 @@ def plstm1d_bwd_kernel(Q, K_, V_, S, TR, M, D, DO, STATES, DQ, DK_, DV_, DS, DT,
         tl.store(DM + p_g, b_dm, mask=m_t)
         tl.store(DD + p_g, b_dd, mask=m_t)
         # dC entering this chunk: through the carried state and every node's read of it
-        d_state = total * d_state + tl.dot(tl.trans(b_q * read[:, None]), b_do, input_precision="ieee")
+        d_state = total * d_state + tl.dot(tl.trans(b_q * read[:, None]), b_do,
+                                           input_precision="ieee")
 
 
 def _pow2(n, low=16):
@@ -173,7 +178,8 @@ def plstm_1d_triton_fwd(q, k, v, source, transition, mark, direct, scale, chunk,
     BV = min(BV_full, 64)
     NC = triton.cdiv(T, BT)
     o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
-    states = torch.empty(B * H, NC, DK, DV, device=q.device, dtype=torch.float32) if keep_states else o
+    states = (torch.empty(B * H, NC, DK, DV, device=q.device, dtype=torch.float32)
+              if keep_states else o)
     grid = (triton.cdiv(DV, BV), B * H)
     plstm1d_fwd_kernel[grid](q, k, v, source, transition, mark, direct, o, states, T, NC, scale,
                              H=H, DK=DK, DV=DV, BT=BT, BK=BK, BV=BV, STORE_STATES=keep_states)
@@ -221,4 +227,5 @@ def _pytorch_backward(inputs, do, scale, chunk):
     inputs = [t.detach().requires_grad_() for t in inputs]
     with torch.enable_grad():
         o = plstm_1d_chunked(*(t.float() for t in inputs), scale=scale, chunk=chunk)
-        return torch.autograd.grad(o, inputs, do.to(o.dtype), allow_unused=True, materialize_grads=True)
+        return torch.autograd.grad(o, inputs, do.to(o.dtype), allow_unused=True,
+                                   materialize_grads=True)

@@ -19,7 +19,8 @@ def check_float(name, t, ndim, layout):
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D {layout}; got {describe(t)}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 {layout}; got {describe(t)}")
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 {layout}; "
+                        f"got {describe(t)}")
 
 
 def check_shape(name, t, expected, layout, device):
@@ -30,7 +31,8 @@ def check_shape(name, t, expected, layout, device):
 
 
 def check_qkv(q, k, v, lead: str):
-    """q, k [*lead, H, K], v [*lead, H, V] with the same leading sizes; returns (lead sizes, H, K, V)."""
+    """q, k [*lead, H, K], v [*lead, H, V] with the same leading sizes; returns
+    (lead sizes, H, K, V)."""
     nd = len(lead.split(", ")) + 2
     check_float("q", q, nd, f"[{lead}, H, K]")
     check_float("k", k, nd, f"[{lead}, H, K]")
@@ -51,7 +53,8 @@ def check_gate(name, t, expected, layout, q):
 
 def check_scale(scale):
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale must be a float or None (default K**-0.5); got {type(scale).__name__}")
+        raise TypeError(f"scale must be a float or None (default K**-0.5); "
+                        f"got {type(scale).__name__}")
 
 
 def check_tile(name, tile, ndim):
@@ -86,6 +89,7 @@ def check_graph(edges, pairs, num_nodes):
         meet = edges[pairs[:, 0], 1] == edges[pairs[:, 1], 0]
         if not bool(meet.all()):
             bad = int((~meet).nonzero()[0, 0])
-            raise ValueError(f"transition_edges[{bad}] = {pairs[bad].tolist()} joins edges that do not "
-                             f"meet at a node (the first must end where the second starts)")
+            raise ValueError(f"transition_edges[{bad}] = {pairs[bad].tolist()} joins edges "
+                             "that do not meet at a node (the first must end where the second "
+                             "starts)")
     return edges, pairs

@@ -5,7 +5,8 @@ GPU cases (``-m gpu``; bench/gpu_session.sh runs them, and the ``sanitizer`` cas
 compute-sanitizer): every cell, bf16 and fp16, DH 64/256/768 and 40 (padded to 48), NH*DH up to
 4096, with and without lengths. Each distinct plan is one JIT build; the fixture builds them all
 in parallel first. Forward only: the backward kernel does not exist yet, and a call that needs a
-gradient is refused (tested here too).
+gradient is refused (tested here too). The back end is opt-in (FLASHSEQ_CUDA_KERNELS=1) until
+these tests have passed on a GPU; the tests here opt in.
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -30,6 +31,19 @@ def _problem(cell="lstm", dtype=torch.bfloat16, needs_grad=False, device="cuda")
 def test_cpu_lists_no_cuda_backend_and_says_why():
     assert "cuda" not in available_backends("cpu")
     assert "CUDA tensors" in cuda.unavailable_reason(torch.device("cpu"))
+
+
+def test_cuda_backend_is_opt_in_until_verified_on_a_gpu(monkeypatch):
+    monkeypatch.delenv(cuda.OPT_IN, raising=False)
+    assert cuda.OPT_IN in cuda.unavailable_reason(torch.device("cuda"))
+    monkeypatch.setenv(cuda.OPT_IN, "1")
+    assert cuda.OPT_IN not in (cuda.unavailable_reason(torch.device("cuda")) or "")
+
+
+@pytest.fixture(autouse=True)
+def _opt_in(monkeypatch):
+    """The GPU tests use the kernels (opt-in while unverified, see cuda.OPT_IN)."""
+    monkeypatch.setenv(cuda.OPT_IN, "1")
 
 
 def test_refuses_dtypes_and_gradients_it_cannot_serve():

@@ -7,13 +7,15 @@ on disk under a key of every source and flag, built once under a file lock, chec
 load). A build that fails makes this back end refuse the call with the compiler's first error,
 so ``backend="auto"`` falls back to Triton with one warning.
 
-Serves today: bfloat16 / float16, forward only (no gradient: the backward kernel is not written
+Opt-in for now: only with FLASHSEQ_CUDA_KERNELS=1 (the kernels are compile-checked, not yet
+run on a GPU). Serves today: bfloat16 / float16, forward only (no gradient: the backward kernel is not written
 yet), compute capability 8.0 or newer, plans on the fused or split path. Everything else is
 refused with the reason, never run wrongly.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -23,9 +25,17 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MIN_CAPABILITY = (8, 0)
 
 
+# Until the kernels have passed their GPU tests, they run only when asked for: with the
+# variable unset this back end stays unavailable (as before it existed), and "auto" skips it.
+OPT_IN = "FLASHSEQ_CUDA_KERNELS"
+
+
 def unavailable_reason(device):
     if device.type != "cuda":
         return f"the CUDA kernels run on CUDA tensors; got {device.type}"
+    if os.environ.get(OPT_IN) != "1":
+        return (f"the CUDA kernels have not run on a GPU yet (compile-checked only); set {OPT_IN}=1 "
+                "to use them")
     if torch.version.cuda is None:
         return "this torch build has no CUDA support"
     if not torch.cuda.is_available():

@@ -119,13 +119,18 @@ def test_candidates_are_the_models_best_by_estimate():
     assert estimates == sorted(estimates)
     configs = [c for c, _ in found]
     assert len(set(configs)) == len(configs)
-    assert {c.step_gemm_max_batch for c in configs} == {0, cpu_config.BUILTIN_MAX_BATCH}
-    assert {c.threads for c in configs} == {1, 2}
+    # a knob set to what the loop does anyway stays None: the default is one candidate, once
+    assert cpu_config.DEFAULT in configs
+    assert {c.step_gemm_max_batch for c in configs} == {0, None}
+    assert {c.threads for c in configs} == {1, None}
     # the AVX-512 knob exists only for float32 on a CPU and build that have the tile
-    assert {c.avx512_tile for c in configs} == ({False, True} if cpu_config.avx512_available(
-        torch.float32) else {False})
+    assert {c.avx512_tile for c in configs} == ({False, None} if cpu_config.avx512_available(
+        torch.float32) else {None})
     f64 = cpu_config.candidates("lstm", 16, 1, 128, torch.float64, k=20, threads=2)
-    assert {c.avx512_tile for c, _ in f64} == {False}
+    assert {c.avx512_tile for c, _ in f64} == {None} and len(f64) == 4
+    # a bucket above the built-in crossover gets an explicit one covering the bucket
+    big = cpu_config.candidates("gru", 200, 1, 64, torch.float32, k=20, threads=1)
+    assert {c.step_gemm_max_batch for c, _ in big} == {0, 256}
     # k limits the list to the best k
     assert [c for c, _ in cpu_config.candidates("lstm", 16, 1, 128, torch.float32, k=3,
                                                threads=2)] == configs[:3]

@@ -88,7 +88,7 @@ def test_close_winners_are_retimed_in_alternation(programmed):
 def test_a_winner_not_faster_side_by_side_gives_way_to_the_default(programmed):
     medians, ratios, _ = programmed
     medians.update(default=10.0, a=9.0)
-    ratios[("a", "default")] = 1.02
+    ratios[("a", "default")] = 0.98  # within the noise margin: not worth a cache entry
     res = runner.tune_workload(FakeTarget(["a"]), W, runner.Settings(k=1))
     assert res.config == "default" and res.ratio_vs_untuned == 1.0
 

@@ -299,12 +299,18 @@ def build_model(cell: str, batch: int, heads: int, head_dim: int, dtype, threads
     return m, {"step": step, "avx": avx, "threads": thr}
 
 
-def config_of(values: dict, batch: int) -> CpuConfig:
+def config_of(values: dict, batch: int, avx512: bool, threads: int) -> CpuConfig:
     """The CpuConfig of a model point: the crossover that sends every batch of this bucket (up
-    to the power of two >= ``batch`` rows) to the chosen GEMM, the tile, and the thread cap."""
+    to the power of two >= ``batch`` rows) to the chosen GEMM, the tile, and the thread cap.
+    A knob whose choice is what the loop does anyway (the built-in crossover already covers the
+    bucket, the AVX-512 tile where it runs by default, all ``threads``) stays None, so a point
+    that changes nothing is DEFAULT itself and never timed twice."""
     rows = max(tuning.pow2_bucket(batch), BUILTIN_MAX_BATCH)
-    return CpuConfig(step_gemm_max_batch=rows if values["step"] else 0,
-                     avx512_tile=bool(values["avx"]), threads=int(values["threads"]))
+    step = (None if rows == BUILTIN_MAX_BATCH else rows) if values["step"] else 0
+    tile = None if values["avx"] or not avx512 else False
+    cap = int(values["threads"])
+    return CpuConfig(step_gemm_max_batch=step, avx512_tile=tile,
+                     threads=None if cap >= threads else cap)
 
 
 def candidates(cell: str, batch: int, heads: int, head_dim: int, dtype, k: int = 6,
@@ -312,11 +318,12 @@ def candidates(cell: str, batch: int, heads: int, head_dim: int, dtype, k: int =
     """The k best configs by the cost estimate, best first, as [(CpuConfig, estimate_ns)].
     ``threads`` defaults to the caller's ``torch.get_num_threads()``."""
     threads = torch.get_num_threads() if threads is None else threads
-    model, v = build_model(cell, batch, heads, head_dim, dtype, threads, avx512_available(dtype))
+    avx512 = avx512_available(dtype)
+    model, v = build_model(cell, batch, heads, head_dim, dtype, threads, avx512)
     out = []
     for sol in model.best(k, time_limit=time_limit):
         values = {name: sol[var] for name, var in v.items()}
-        out.append((config_of(values, batch), sol.objective))
+        out.append((config_of(values, batch, avx512, threads), sol.objective))
     return out
 
 

@@ -13,7 +13,7 @@ import torch
 
 from . import validation as val
 from .parallel import plstm_1d_chunked, plstm_2d_tiled
-from .plan import plan_plstm_1d, plan_plstm_2d
+from .plan import plan_plstm_1d, plan_plstm_2d, plan_plstm_2d_triton
 from .reference import plstm_dag_reference
 
 
@@ -22,10 +22,10 @@ def _compute(q, *tensors):
     return [t.to(dtype) for t in (q, *tensors)]
 
 
-def _use_triton_1d(backend, q) -> bool:
-    """Whether ``plstm_1d`` runs the Triton forward: "auto" on a CUDA float16/bfloat16/float32
-    call; "triton" wherever it can run (CUDA, or CPU under TRITON_INTERPRET=1), else one warning
-    and the PyTorch form."""
+def _use_triton(backend, q, op="plstm_1d") -> bool:
+    """Whether ``op`` (plstm_1d, plstm_2d) runs the Triton forward: "auto" on a CUDA
+    float16/bfloat16/float32 call; "triton" wherever it can run (CUDA, or CPU under
+    TRITON_INTERPRET=1), else one warning and the PyTorch form."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
     if backend == "torch":
@@ -35,7 +35,7 @@ def _use_triton_1d(backend, q) -> bool:
     if backend == "auto":
         return servable and q.device.type == "cuda"
     if not servable:
-        warnings.warn(f"plstm_1d: the Triton back end serves float16/bfloat16/float32 on CUDA (or "
+        warnings.warn(f"{op}: the Triton back end serves float16/bfloat16/float32 on CUDA (or "
                       f"under TRITON_INTERPRET=1); got {q.dtype} on {q.device}: using the PyTorch "
                       "form",
                       stacklevel=3)
@@ -79,7 +79,7 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
     val.check_tile("chunk", chunk, 1)
     scale = K ** -0.5 if scale is None else float(scale)
     chunk = chunk or plan_plstm_1d(T, K, V, B * H, q.device.type).chunk
-    if _use_triton_1d(backend, q):
+    if _use_triton(backend, q):
         from .triton_1d import PLSTM1DTriton
         gates = [g.float() for g in (source, transition, mark, direct)]
         return PLSTM1DTriton.apply(q, k, v, *gates, scale, chunk)
@@ -87,7 +87,8 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
     return plstm_1d_chunked(*args, scale=scale, chunk=chunk).to(q.dtype)
 
 
-def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None):
+def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None,
+             backend="auto"):
     """pLSTM on an X x Y grid, one orientation: edges go +x ("r") and +y ("d"); node (x, y)
     reads the r edge from (x-1, y) ("l") and the d edge from (x, y-1) ("u"):
 
@@ -106,7 +107,13 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
         mark: [B, X, Y, H, 2]: (l, u).
         direct: [B, X, Y, H].
         scale: float. Default None: ``K ** -0.5``.
-        tile: (BX, BY) or None (planned). X and Y need not be multiples of it.
+        tile: (BX, BY) or None (planned). X and Y need not be multiples of it. The Triton back
+            end rounds each side up to a power of two.
+        backend: "auto" (Triton forward on CUDA for float16/bfloat16/float32, else PyTorch),
+            "torch" (the tiled PyTorch form) or "triton" (also on CPU under TRITON_INTERPRET=1;
+            float64 warns once and uses PyTorch). The Triton back end runs the forward as one
+            kernel (``plan_plstm_2d_triton`` tiles); its backward recomputes the tiled PyTorch
+            form in float32 and differentiates it (PyTorch speed and memory).
 
     Returns:
         o: [B, X, Y, H, V], q's dtype. Equals ``plstm_dag`` on ``graphs.grid_dag(X, Y)``.
@@ -132,9 +139,18 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
     val.check_scale(scale)
     val.check_tile("tile", tile, 2)
     scale = K ** -0.5 if scale is None else float(scale)
+    torch_tile = tile
     if tile is None:
         plan = plan_plstm_2d(X, Y, K, V, B * H, q.device.type)
-        tile = (plan.BX, plan.BY)
+        torch_tile = (plan.BX, plan.BY)
+    if _use_triton(backend, q, "plstm_2d"):
+        from .triton_2d import PLSTM2DTriton
+        fast = plan_plstm_2d_triton(X, Y, K, V, B * H, q.device.type)
+        launch = dict(BV=fast.BV, num_warps=fast.num_warps)
+        tile = tuple(tile) if tile is not None else (fast.BX, fast.BY)
+        return PLSTM2DTriton.apply(q, k, v, source, transition, mark, direct, scale, tile,
+                                   tuple(torch_tile), launch)
+    tile = torch_tile
     args = _compute(q, k, v, source, transition, mark, direct)
     return plstm_2d_tiled(*args, scale=scale, tile=tuple(tile)).to(q.dtype)
 

@@ -47,7 +47,8 @@ def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR,
                        BX: tl.constexpr, BY: tl.constexpr, NP: tl.constexpr, NB: tl.constexpr,
                        BK: tl.constexpr, BV: tl.constexpr, BKS: tl.constexpr):
     """Q, K_ [B, X, Y, H, DK]; V_, O [B, X, Y, H, DV]; the nine gates [B, X, Y, H] fp32;
-    SCR [B*H, NY*BY + BX, DK, DV] fp32 zeros (the edge-state slots, see the module docstring).
+    SCR [B*H, NY*BY + BX, DK, DV] fp32, any content (the edge-state slots, see the module
+    docstring; the kernel zeroes its own).
     NP >= BX*BY and NB >= BX+BY are powers of two >= 16 (tl.dot's minimum)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -65,8 +66,10 @@ def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR,
     diagonal = o_p[:, None] == o_p[None, :]
     o_r = tl.arange(0, NB * BKS)             # rows (input i, k row) of the read block
     o_f = tl.arange(0, BKS * BV)             # columns (k row, v) of the update block
+    for y in range(0, YP):                   # nothing enters the first column of tiles
+        tl.store(SCR + base + y * DK * DV + o_kv, zeros_kv, mask=m_k[:, None] & m_v[None, :])
     for ti in range(0, NX):
-        for a in range(0, BX):               # nothing enters the top row of tiles
+        for a in range(0, BX):               # nor the top row of tiles
             tl.store(SCR + base + (YP + a) * DK * DV + o_kv, zeros_kv,
                      mask=m_k[:, None] & m_v[None, :])
         tl.debug_barrier()
@@ -169,22 +172,28 @@ def kernel_meta(tile, DK, DV, BV=None, BKS=None):
     return dict(BX=BX, BY=BY, NP=_pow2(BX * BY, 16), NB=NB, BK=_pow2(DK, 16), BV=BV, BKS=BKS)
 
 
-def plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile, meta=None):
+def plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile, BV=None,
+                        num_warps=8, BKS=None, out=None, scratch=None):
     """Launch the forward kernel; tensors as ``plstm_2d``. Returns o [B, X, Y, H, V], q's
-    dtype. ``tile`` is (BX, BY), rounded up to powers of two here."""
+    dtype. ``tile`` is (BX, BY), rounded up to powers of two here; BV, BKS default as
+    ``kernel_meta``. ``out`` and ``scratch`` (fp32 [B*H, cdiv(Y, BY) BY + BX, K, V]) may be
+    given (contiguous, any content: tests poison them); else they are allocated."""
     B, X, Y, H, DK = q.shape
     DV = v.shape[-1]
-    meta = meta or kernel_meta(tile, DK, DV)
+    if BKS is None and q.device.type == "cpu":   # the interpreter: fewer, larger K steps
+        BKS = _pow2(DK, 16)
+    meta = kernel_meta(tile, DK, DV, BV=BV, BKS=BKS)
     BX, BY, BV = meta["BX"], meta["BY"], meta["BV"]
     NX, NY = triton.cdiv(X, BX), triton.cdiv(Y, BY)
     gates = [g.float().contiguous() for g in (
         source[..., 0], source[..., 1], transition[..., 0, 0], transition[..., 0, 1],
         transition[..., 1, 0], transition[..., 1, 1], mark[..., 0], mark[..., 1], direct)]
-    o = torch.empty(B, X, Y, H, DV, device=q.device, dtype=q.dtype)
-    scratch = torch.zeros(B * H, NY * BY + BX, DK, DV, device=q.device, dtype=torch.float32)
+    o = torch.empty(B, X, Y, H, DV, device=q.device, dtype=q.dtype) if out is None else out
+    if scratch is None:
+        scratch = torch.empty(B * H, NY * BY + BX, DK, DV, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(DV, BV), B * H)
     plstm2d_fwd_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), *gates, o, scratch,
-                             X, Y, NX, NY, scale, H=H, DK=DK, DV=DV, **meta)
+                             X, Y, NX, NY, scale, H=H, DK=DK, DV=DV, num_warps=num_warps, **meta)
     return o
 
 
@@ -193,8 +202,9 @@ class PLSTM2DTriton(torch.autograd.Function):
     from the saved inputs."""
 
     @staticmethod
-    def forward(ctx, q, k, v, source, transition, mark, direct, scale, tile, torch_tile):
-        o = plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile)
+    def forward(ctx, q, k, v, source, transition, mark, direct, scale, tile, torch_tile,
+                launch):
+        o = plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile, **launch)
         ctx.save_for_backward(q, k, v, source, transition, mark, direct)
         ctx.scale, ctx.torch_tile = scale, torch_tile
         return o
@@ -207,4 +217,4 @@ class PLSTM2DTriton(torch.autograd.Function):
                                tile=ctx.torch_tile)
             grads = torch.autograd.grad(o, inputs, do.to(o.dtype), allow_unused=True,
                                         materialize_grads=True)
-        return (*grads, None, None, None)
+        return (*grads, None, None, None, None)

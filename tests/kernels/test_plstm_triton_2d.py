@@ -1,0 +1,121 @@
+"""plstm_2d's Triton forward (interpreter on CPU) against direct DAG propagation in float64:
+odd grids and tiles that do not divide them, P-mode and D-mode gates, exact-zero transitions,
+NaN-poisoned output and scratch, K rows in several steps; gradients through the recompute
+backward; bfloat16; back-end choice; the Triton tile plan's register limit."""
+import os
+import warnings
+
+import pytest
+import torch
+
+from flashseq.kernels.plstm import d_mode_2d, p_mode_2d, plstm_2d, plstm_dag
+from flashseq.kernels.plstm.plan import (TRITON_MAX_NODES, TRITON_MAX_REGISTERS,
+                                         plan_plstm_2d_triton, triton_2d_registers)
+from tests.helpers import assert_close
+from tests.kernels.plstm_cases import grid_as_dag, grid_problem
+
+NAMES = ("q", "k", "v", "source", "transition", "mark", "direct")
+needs_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or TRITON_INTERPRET=1 (tests/conftest.py sets it without CUDA)")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _problem(B, X, Y, H, K, V, mode, seed):
+    """A float64 grid problem with P-mode ("p"), D-mode ("dL"/"dR") or free ("free")
+    transitions; "zero" zeroes a few transitions exactly."""
+    p = grid_problem(B, X, Y, H, K, V, seed=seed)
+    g = torch.Generator().manual_seed(seed + 100)
+    shape = (B, X, Y, H)
+    with torch.no_grad():
+        if mode == "p":
+            orient, decay = torch.rand(*shape, generator=g), torch.rand(*shape, generator=g)
+            p["transition"].copy_(p_mode_2d(orient.double(), decay.double()))
+        elif mode in ("dL", "dR"):
+            pre = [torch.randn(*shape, generator=g, dtype=torch.float64) for _ in range(3)]
+            p["transition"].copy_(d_mode_2d(*pre, chirality=mode[1]))
+        elif mode == "zero":
+            p["transition"][:, 1, 2, :, 0, 0] = 0.0
+            p["transition"][:, 3, :, :, 1, 1] = 0.0
+    return p
+
+
+def _grads(out, inputs):
+    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    return torch.autograd.grad(out, inputs, do.to(out.device, out.dtype), allow_unused=True,
+                               materialize_grads=True)
+
+
+def _dag_ref(p64):
+    B, X, Y, H, _ = p64["q"].shape
+    args, kw = grid_as_dag(p64)
+    return plstm_dag(*args, **kw).reshape(B, X, Y, H, -1)
+
+
+@needs_triton
+@pytest.mark.parametrize("X,Y,tile,mode", [(5, 7, (2, 4), "p"), (5, 7, (4, 2), "dL"),
+                                           (6, 5, (4, 4), "dR"), (3, 9, (2, 8), "free"),
+                                           (5, 6, (4, 2), "zero")], ids=str)
+def test_forward_and_gradients_equal_dag(X, Y, tile, mode):
+    p64 = _problem(2, X, Y, 2, 8, 12, mode, seed=X * Y)
+    p32 = {n: t.detach().float().to(DEVICE).requires_grad_() for n, t in p64.items()}
+    out = plstm_2d(*(p32[n] for n in NAMES), tile=tile, backend="triton")
+    ref = _dag_ref(p64)
+    assert_close("o", out, ref, 1e-5)
+    grads = _grads(out, [p32[n] for n in NAMES])
+    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
+        assert_close(f"d{name}", g, g_ref, 1e-5)
+
+
+@needs_triton
+@pytest.mark.parametrize("tile,BKS", [((2, 4), 2), ((4, 4), 16), ((1, 2), 4)], ids=str)
+def test_poisoned_output_and_scratch_are_overwritten(tile, BKS):
+    """Every output element and every edge-state slot the kernel reads is written first;
+    BKS < K walks the K rows of the edge states in several steps."""
+    from flashseq.kernels.plstm.triton_2d import kernel_meta, plstm_2d_triton_fwd
+    B, X, Y, H, K, V = 1, 5, 7, 2, 16, 20
+    p64 = _problem(B, X, Y, H, K, V, "p", seed=3)
+    args = [p64[n].detach().float().to(DEVICE) for n in NAMES]
+    meta = kernel_meta(tile, K, V, BV=16, BKS=BKS)
+    slots = -(-Y // meta["BY"]) * meta["BY"] + meta["BX"]
+    out = torch.full((B, X, Y, H, V), float("nan"), device=DEVICE)
+    scratch = torch.full((B * H, slots, K, V), float("nan"), device=DEVICE)
+    o = plstm_2d_triton_fwd(*args, K ** -0.5, tile, BV=16, BKS=BKS, out=out, scratch=scratch)
+    assert o.data_ptr() == out.data_ptr()
+    assert not torch.isnan(o).any()
+    assert_close("o", o, _dag_ref(p64), 1e-5)
+
+
+@needs_triton
+def test_planned_tile_and_bfloat16():
+    p64 = _problem(1, 6, 6, 2, 16, 16, "p", seed=5)
+    pb = {n: t.detach().to(DEVICE, torch.bfloat16) for n, t in p64.items()}
+    out = plstm_2d(*(pb[n] for n in NAMES), backend="triton")
+    assert out.dtype == torch.bfloat16
+    ref = plstm_2d(*(pb[n].double() for n in NAMES), backend="torch")
+    assert_close("o", out, ref, 1e-2)
+
+
+def test_float64_with_triton_backend_warns_and_uses_pytorch():
+    p = {n: t.detach() for n, t in grid_problem(1, 3, 4, 1, 4, 4).items()}
+    with pytest.warns(UserWarning, match="plstm_2d: the Triton back end serves"):
+        out = plstm_2d(*(p[n] for n in NAMES), backend="triton")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ref = plstm_2d(*(p[n] for n in NAMES), backend="torch")
+    assert torch.equal(out, ref)
+
+
+def test_unknown_backend():
+    p = {n: t.detach() for n, t in grid_problem(1, 2, 2, 1, 2, 2).items()}
+    with pytest.raises(ValueError, match="backend must be 'auto', 'torch' or 'triton'"):
+        plstm_2d(*(p[n] for n in NAMES), backend="cuda")
+
+
+@pytest.mark.parametrize("X,K", [(32, 64), (64, 64), (128, 64), (7, 16), (128, 128)])
+def test_triton_plan_fits_registers_and_tl_dot(X, K):
+    plan = plan_plstm_2d_triton(X, X, K, K, 64, "cuda")
+    assert plan.BY in (16, 32), plan                # every sweep product is a tl.dot
+    assert plan.BX * plan.BY <= TRITON_MAX_NODES
+    assert plan.registers_per_thread == triton_2d_registers(plan.BX, plan.BY, K)
+    assert plan.registers_per_thread <= TRITON_MAX_REGISTERS

@@ -113,7 +113,7 @@ class RunStats:
 
 
 _last: list = [None]
-_parsed: dict = {}      # id(cache entry's config dict) -> (that dict, (CpuConfig, source))
+_memo: dict = {}        # id(tuning table) -> (that table, {shape key: (CpuConfig, source)})
 _override: list = [None]
 _calls = {"default": 0, "cache": 0, "override": 0}
 
@@ -170,20 +170,32 @@ def tuned_config(cell: str, batch: int, heads: int, head_dim: int, dtype, device
     entries = tuning.table(device)
     if not entries:  # the common case, kept cheap: no tuning file (or tuning off)
         return DEFAULT, "default"
+    # answers are kept per table (a reload makes a new one) and exact shape: no bucket, key or
+    # parse per call
+    memo_key = (cell, batch, heads, head_dim, dtype, torch.get_num_threads())
+    memo = _memo.get(id(entries))
+    if memo is None or memo[0] is not entries:
+        memo = _memo[id(entries)] = (entries, {})
+        if len(_memo) > 8:  # tables of earlier reloads
+            _memo.clear()
+            _memo[id(entries)] = memo
+    answer = memo[1].get(memo_key)
+    if answer is None:
+        answer = memo[1][memo_key] = _from_table(entries, cell, batch, heads, head_dim, dtype)
+    return answer
+
+
+def _from_table(entries, cell, batch, heads, head_dim, dtype):
     found = entries.get(tuning.entry_key(KERNEL, bucket(cell, batch, heads, head_dim),
                                          _dtype_name(dtype)))
     if found is None:
         return DEFAULT, "default"
-    parsed = _parsed.get(id(found))
-    if parsed is None or parsed[0] is not found:  # parse each entry once (dispatch runs this)
-        try:
-            parsed = (found, (CpuConfig.from_json(found), "cache"))
-        except (TypeError, ValueError) as err:
-            tuning.warn_once(f"flashseq: ignoring a tuning cache entry for {KERNEL} ({err}); "
-                             "the default configuration runs")
-            parsed = (found, (DEFAULT, "default"))
-        _parsed[id(found)] = parsed
-    return parsed[1]
+    try:
+        return CpuConfig.from_json(found), "cache"
+    except (TypeError, ValueError) as err:
+        tuning.warn_once(f"flashseq: ignoring a tuning cache entry for {KERNEL} ({err}); "
+                         "the default configuration runs")
+        return DEFAULT, "default"
 
 
 def for_call(cell: str, wx: torch.Tensor):

@@ -87,6 +87,11 @@ def plan_plstm_1d(T: int, K: int, V: int, batch_heads: int = 1, device: str = "c
 # [NP, BV], MB [NP, NB], LB [NB, NB], LS [NB, NP]; in the column sweep four [BY, NB + NP] blocks.
 # NP = max(16, BX BY), NB = max(16, pow2(BX + BY)). On CUDA BY is 16 or 32 so every product of
 # the sweep is a tl.dot (>= 16 on each side); tiles hold at most 64 nodes.
+# The estimate UNDER-COUNTS the real kernel (fp32 "ieee" dots run on FMA units and hold whole
+# operand rows per thread): at K = V = 64, bf16, the planned 4 x 16 tile (BV 32, 8 warps)
+# predicts 124 registers but ptxas gives 255 plus 880 B (sm_90) / 1584 B (sm_80) of stack;
+# 1 x 16 with BV 16 and 8 warps is the only measured tile without spills (250 registers).
+# tests/kernels/test_plstm_triton_compile.py records this.
 TRITON_WARPS = 8
 TRITON_MAX_REGISTERS = 255
 TRITON_BASE_REGISTERS = 24

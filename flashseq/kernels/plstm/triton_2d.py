@@ -66,11 +66,11 @@ def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR,
     diagonal = o_p[:, None] == o_p[None, :]
     o_r = tl.arange(0, NB * BKS)             # rows (input i, k row) of the read block
     o_f = tl.arange(0, BKS * BV)             # columns (k row, v) of the update block
-    for y in range(0, YP):                   # nothing enters the first column of tiles
-        tl.store(SCR + base + y * DK * DV + o_kv, zeros_kv, mask=m_k[:, None] & m_v[None, :])
+    for yy in range(0, YP):                  # nothing enters the first column of tiles
+        tl.store(SCR + base + yy * DK * DV + o_kv, zeros_kv, mask=m_k[:, None] & m_v[None, :])
     for ti in range(0, NX):
-        for a in range(0, BX):               # nor the top row of tiles
-            tl.store(SCR + base + (YP + a) * DK * DV + o_kv, zeros_kv,
+        for aa in range(0, BX):              # nor the top row of tiles
+            tl.store(SCR + base + (YP + aa) * DK * DV + o_kv, zeros_kv,
                      mask=m_k[:, None] & m_v[None, :])
         tl.debug_barrier()
         for tj in range(0, NY):
@@ -91,10 +91,10 @@ def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR,
             LB = tl.zeros([NB, NB], dtype=tl.float32)
             LS = tl.zeros([NB, NP], dtype=tl.float32)
             for a in tl.static_range(BX):
-                x = ti * BX + a
-                y = tj * BY + o_b
-                m_g = (y < Y) & (x < X)
-                p_g = ((i_b * X + x) * Y + y).to(tl.int64) * H + i_h
+                x_a = ti * BX + a
+                y_a = tj * BY + o_b
+                m_g = (y_a < Y) & (x_a < X)
+                p_g = ((i_b * X + x_a) * Y + y_a).to(tl.int64) * H + i_h
                 s_r = tl.load(SR + p_g, mask=m_g, other=0.0)
                 s_d = tl.load(SD + p_g, mask=m_g, other=0.0)
                 t_rl = tl.load(TRL + p_g, mask=m_g, other=0.0)

@@ -138,8 +138,9 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
     """The time of ``fn`` over the time of ``baseline``, timed in alternation.
 
     Two cases timed minutes apart on a shared machine can drift by 20% against each other;
-    alternating fn and baseline (fn, baseline, fn, baseline, ...) exposes both to the same
-    load, so the ratio of each pair is steadier than a ratio of two separate medians.
+    alternating fn and baseline (fn, baseline, baseline, fn, fn, baseline, ...) exposes both
+    to the same load, so the ratio of each pair is steadier than a ratio of two separate
+    medians; the order within a pair flips so neither side always runs first.
 
     Args:
         fn, baseline: the work to compare (no arguments, results ignored).
@@ -156,7 +157,7 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
         dict with ratio (median over pairs of fn / baseline), ratio_iqr, ratio_ci (the
         ``median_interval`` of the pair ratios, [low, high]), pairs (int), fn_ms,
         baseline_ms (median milliseconds per call of each) and pair_ms (per pair, [fn ms,
-        baseline ms] per call, in the order timed).
+        baseline ms] per call, pairs in the order timed).
     """
     if not callable(fn) or not callable(baseline):
         raise TypeError("fn and baseline must be callable with no arguments; got "
@@ -179,8 +180,15 @@ def measure_ratio(fn: Callable[[], object], baseline: Callable[[], object], *, d
             break
         if len(ratios) >= MIN_RUNS and elapsed >= min_run_time:
             break
-        a = _timed_calls(fn, calls, device, clock)
-        b = _timed_calls(baseline, calls, device, clock)
+        # Whichever side runs first in a pair pays for the other's cache and allocator
+        # footprint (identical calls measured 1.02-1.19 in a fixed order here), so the
+        # order flips every pair.
+        if len(ratios) % 2 == 0:
+            a = _timed_calls(fn, calls, device, clock)
+            b = _timed_calls(baseline, calls, device, clock)
+        else:
+            b = _timed_calls(baseline, calls, device, clock)
+            a = _timed_calls(fn, calls, device, clock)
         ratios.append(a / b)
         fn_ms.append(a * 1e3 / calls)
         base_ms.append(b * 1e3 / calls)

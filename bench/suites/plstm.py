@@ -1,5 +1,9 @@
 """Suite "plstm": the tiled 2D pLSTM (``flashseq.ops.plstm_2d``) against the dense einsum form.
 
+Providers: "flashseq:plstm_2d" (the tiled PyTorch form, ``backend="torch"``), on CUDA also
+"flashseq:plstm_2d-triton" (``backend="triton"``: the Triton forward kernel; its backward
+recomputes the PyTorch form), and "dense-einsum"; ratios are against the dense form.
+
 The dense form is the reference einsum algorithm: one tile covering the whole grid, i.e. the
 full [N, N] propagation matrix (N = X * Y) per batch row and head, applied as
 ``((q k^T) * G) v``; it is skipped where that matrix alone would pass ``DENSE_LIMIT_BYTES``.
@@ -16,8 +20,10 @@ import torch
 from bench import runner
 from bench.suites import CorrectnessError
 
-DESCRIPTION = ("pLSTM 2D grid: flashseq.ops.plstm_2d (planned tiles) vs the dense einsum form "
-               "(full N x N propagation matrix); CUDA B=16 H=4 DH=64 bf16, X=Y 32..128.")
+DESCRIPTION = ("pLSTM 2D grid: flashseq.ops.plstm_2d (planned tiles; PyTorch form, and on CUDA "
+               "the Triton forward) vs the dense einsum form (full N x N propagation matrix); "
+               "CUDA B=16 H=4 DH=64 bf16, X=Y 32..128.")
+TRITON = "flashseq:plstm_2d-triton"
 
 MODES = ("fwd", "fwd+bwd")
 GPU = dict(B=16, H=4, D=64, sizes=(32, 64, 128), dtype=torch.bfloat16)
@@ -48,8 +54,10 @@ def make_inputs(B, X, H, D, dtype, device, seed=0):
 def provider_fn(name, X):
     from flashseq.ops import plstm_2d
     if name == "dense-einsum":
-        return lambda *a: plstm_2d(*a, tile=(X, X))
-    return plstm_2d
+        return lambda *a: plstm_2d(*a, tile=(X, X), backend="torch")
+    if name == TRITON:
+        return lambda *a: plstm_2d(*a, backend="triton")
+    return lambda *a: plstm_2d(*a, backend="torch")
 
 
 def _timed(call, mode, args):
@@ -89,7 +97,7 @@ def run(device, quick: bool, progress) -> list[dict]:
     """Rows for every (size, mode, provider); workloads in the module docstring."""
     device = torch.device(device)
     grid = (GPU_QUICK if quick else GPU) if device.type == "cuda" else (CPU_QUICK if quick else CPU)
-    names = ("flashseq:plstm_2d", "dense-einsum")
+    names = ("flashseq:plstm_2d", "dense-einsum") + ((TRITON,) if device.type == "cuda" else ())
     status = {n: smoke_status(n, device, grid["dtype"]) for n in names}
     bad = [s for s in status.values() if s and s.startswith("failed")]
     if bad:  # never time a wrong kernel

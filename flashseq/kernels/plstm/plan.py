@@ -163,4 +163,5 @@ def plan_plstm_2d_triton(X: int, Y: int, K: int, V: int, batch_heads: int = 1,
                            f"(status {sol.status})")
     BX, BY = sol[bx], sol[by]
     return PLSTM2DTritonPlan(BX=BX, BY=BY, BV=BV, num_warps=TRITON_WARPS,
-                             registers_per_thread=triton_2d_registers(BX, BY, K), cost=sol.objective)
+                             registers_per_thread=triton_2d_registers(BX, BY, K),
+                             cost=sol.objective)

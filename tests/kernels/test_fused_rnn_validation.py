@@ -73,11 +73,24 @@ def test_auto_falls_back_with_one_warning(monkeypatch):
     """A faster back end that cannot serve the call is skipped with exactly one warning per reason."""
     monkeypatch.setattr(backends, "_warned", set())
     monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("cuda", "reference"))
+    monkeypatch.setenv("FLASHSEQ_CUDA_KERNELS", "1")  # opted in, so skipping it is a fallback
     with pytest.warns(RuntimeWarning, match="falling back to backend 'reference'"):
         h, _ = fused_rnn(**with_(backend="auto"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fused_rnn(**with_(backend="auto"))  # same reason: silent the second time
+    assert torch.isfinite(h).all()
+
+
+def test_auto_skips_an_experimental_backend_nobody_opted_into_silently(monkeypatch):
+    """Without FLASHSEQ_CUDA_KERNELS=1 the cuda back end is not a candidate of "auto", so
+    passing it over is no fallback and warns nothing (with the opt-in it does warn, above)."""
+    monkeypatch.setattr(backends, "_warned", set())
+    monkeypatch.setitem(backends.AUTO_ORDER, "cpu", ("cuda", "reference"))
+    monkeypatch.delenv("FLASHSEQ_CUDA_KERNELS", raising=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        h, _ = fused_rnn(**with_(backend="auto"))
     assert torch.isfinite(h).all()
 
 

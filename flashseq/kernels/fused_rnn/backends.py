@@ -15,6 +15,7 @@ Modules are imported lazily so that importing flashseq never imports Triton or b
 from __future__ import annotations
 
 import importlib
+import os
 import warnings
 
 import torch
@@ -55,6 +56,15 @@ def unavailable_reason(name: str, device: torch.device) -> str | None:
     except ImportError as err:  # e.g. triton not installed
         return f"cannot import {BACKEND_MODULES[name]}: {err}"
     return module.unavailable_reason(torch.device(device))
+
+
+def _not_opted_in(name: str) -> bool:
+    """True for a back end that runs only when its opt-in variable (module ``OPT_IN``) is 1."""
+    try:
+        opt_in = getattr(load(name), "OPT_IN", None)
+    except ImportError:
+        return False
+    return opt_in is not None and os.environ.get(opt_in) != "1"
 
 
 def available_backends(device=None) -> list[str]:
@@ -115,6 +125,8 @@ def choose_name(backend: str, problem: Problem) -> str:
         return backend
     skipped = []
     for name in AUTO_ORDER.get(problem.device.type, ("reference",)):
+        if _not_opted_in(name):
+            continue  # an experimental back end nobody asked for: skipping it is no fallback
         reason = unavailable_reason(name, problem.device) or load(name).unsupported_reason(problem)
         if reason is None:
             if skipped:

@@ -81,14 +81,16 @@ def jacobian(d_rh, d_states, r, structure, valid):
             eye = torch.eye(S, dtype=J.dtype, device=J.device)
             J = torch.where(valid.view(B, 1, 1, T, 1, 1), J, eye)
         return J.reshape(B * NH * DH, T, S, S)
-    # block: [B, T, S', NH, e, d] through r, then the direct diagonal part
-    through_r = torch.einsum("btsgne,gnde->btsned", d_rh, r)
+    # block, built in place in the group layout [B, NH, T, S', e, S, d] (rows (s', e), columns
+    # (s, d)): one einsum for the path through r, no permuted copy of the full J afterwards
     m = S * DH
-    J = torch.zeros(B, T, S, NH, DH, S, DH, dtype=d_rh.dtype, device=d_rh.device)
-    J[:, :, :, :, :, 0, :] = through_r
-    diag = torch.diagonal(J, dim1=4, dim2=6)  # view [B, T, S', NH, S, DH]
-    diag += d_states.permute(0, 1, 2, 4, 3, 5)
-    J = J.permute(0, 3, 1, 2, 4, 5, 6).reshape(B, NH, T, m, m)
+    J = d_rh.new_empty(B, NH, T, S, DH, S, DH)
+    J[:, :, :, :, :, 1:].zero_()
+    through_r = torch.einsum("btsgne,gnde->btsned", d_rh, r)  # [B, T, S', NH, e, d]
+    J[:, :, :, :, :, 0].copy_(through_r.permute(0, 3, 1, 2, 4, 5))
+    diag = torch.diagonal(J, dim1=4, dim2=6)        # view [B, NH, T, S', S, DH]
+    diag += d_states.permute(0, 4, 1, 2, 3, 5)
+    J = J.view(B, NH, T, m, m)
     if valid is not None:
         eye = torch.eye(m, dtype=J.dtype, device=J.device)
         J = torch.where(valid.view(B, 1, T, 1, 1), J, eye)

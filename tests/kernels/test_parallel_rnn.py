@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flashseq.cells import CELLS
-from flashseq.kernels.parallel_rnn import ParallelRNNStats, scan_torch
+from flashseq.kernels.parallel_rnn import ParallelRNNStats, newton, scan_torch
 from flashseq.ops import parallel_rnn
 from tests.helpers import TOLERANCE, assert_close, random_lengths
 from tests.kernels.parallel_rnn_cases import (NEWTON_CELLS, STRUCTURES, make_inputs,
@@ -114,6 +114,28 @@ def test_parallel_equals_sequential_lengths_and_nan_padding(cell, structure):
     for name, out, ref in zip(GRAD_NAMES, grads, grads_ref):
         assert_close(name, out, ref, 1e-10)
     assert torch.equal(last[:, 1], clean[3][:, 1])  # length 0 returns the initial states
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("cell", NEWTON_CELLS)
+def test_time_chunks_of_the_newton_correction(cell, structure, monkeypatch):
+    """On the CPU the correction is solved in time chunks, each scan starting from the previous
+    chunk's last value: force chunks of MIN_CHUNK_STEPS (T = 100: 3 full chunks and a partial
+    one), with lengths ending inside and across chunks."""
+    monkeypatch.setattr(newton, "CPU_CHUNK_ELEMENTS", 1)
+    wx = torch.zeros(2, 100, CELLS[cell].num_gates, 1, 3)
+    assert newton.chunk_steps(wx, CELLS[cell].num_states, structure) == newton.MIN_CHUNK_STEPS
+    # the correction itself (the end result alone would not show a wrong carry: any linear
+    # map in place of J still converges to the same solution, only more slowly)
+    inputs = [t.detach() for t in make_inputs(cell, structure, 3, 100, 1, 3, torch.float64, 2)]
+    X = torch.randn(3, 100, CELLS[cell].num_states, 1, 3, dtype=torch.float64) * 0.5
+    args = (*inputs, X, CELLS[cell], structure, None, scan_torch.affine_scan)
+    whole = newton.newton_correction(*args, 100, 1.0, out=torch.empty_like(X))
+    chunked = newton.newton_correction(*args, newton.MIN_CHUNK_STEPS, 1.0, out=torch.empty_like(X))
+    assert_close("chunked correction", chunked, whole, 1e-12)
+    check_against_sequential(cell, structure, B=3, T=100, NH=1, DH=3, dtype=torch.float64, seed=4)
+    check_against_sequential(cell, structure, B=3, T=100, NH=1, DH=3, dtype=torch.float64, seed=6,
+                             lengths=torch.tensor([100, 33, 70]))
 
 
 @pytest.mark.parametrize("structure", STRUCTURES)

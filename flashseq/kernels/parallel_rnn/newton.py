@@ -65,24 +65,23 @@ def newton_solve(wx, r, b, states0, *, cell, structure, valid, max_iters, tol, s
     """
     B, T, G, NH, DH = wx.shape
     S = states0.shape[0]
-    X = states0.transpose(0, 1).unsqueeze(1).expand(B, T, S, NH, DH).contiguous()
+    # a copy, never a view of states0 (X is updated in place)
+    X = states0.transpose(0, 1).unsqueeze(1).expand(B, T, S, NH, DH).clone(
+        memory_format=torch.contiguous_format)
     h_bound = max(1.0, float(states0[0].abs().max()))
-    zero = torch.zeros(1, dtype=wx.dtype, device=wx.device)
+    chunk = chunk_steps(wx, S, structure)
+    delta = torch.empty_like(X)
     for it in range(1, max_iters + 1):
-        X_prev = lin.previous(X, states0)
-        F, _, d_rh, d_states = lin.evaluate(wx, r, b, X_prev, cell, structure, valid)
-        J = lin.jacobian(d_rh, d_states, r, structure, valid)
-        residual = lin.to_groups(F - X, structure)
-        x0 = zero.expand(residual.shape[0], residual.shape[2])
         limit = BLOWUP * (1.0 + float(X.abs().max()))
         for damping in range(DAMPING_STEPS + 2):
-            delta = scan(J, residual, x0)
+            scale = 0.5 ** damping if damping <= DAMPING_STEPS else 0.0
+            newton_correction(wx, r, b, states0, X, cell, structure, valid, scan, chunk, scale,
+                              out=delta)
             change = float(delta.abs().max())
             if change <= limit:  # also False for NaN
                 break
             stats.damped_iterations += damping == 0
-            J = J * 0.5 if damping < DAMPING_STEPS else torch.zeros_like(J)
-        X = X + lin.from_groups(delta, structure, B, S, NH, DH)
+        X += delta
         X[:, :, 0].clamp_(-h_bound, h_bound)
         stats.iterations = it
         stats.max_delta.append(change)
@@ -93,6 +92,52 @@ def newton_solve(wx, r, b, states0, *, cell, structure, valid, max_iters, tol, s
             stats.converged = True
             return X
     return None
+
+
+# CPU: elements of J per time chunk of the Newton correction (~4 MB in float32). Whole-sequence
+# tensors cost more than their arithmetic there: every large allocation is fresh pages (page
+# faults) and every pass over them streams from memory, while a chunk stays in cache.
+CPU_CHUNK_ELEMENTS = 1 << 20
+MIN_CHUNK_STEPS = 32
+
+
+def chunk_steps(wx, S, structure):
+    """Time steps per chunk of ``newton_correction``: all of them on a GPU (the scan kernels want
+    the whole sequence), a cache-sized piece on the CPU."""
+    B, T, G, NH, DH = wx.shape
+    if wx.device.type != "cpu":
+        return T
+    m = S if structure == "diag" else S * DH
+    groups = B * NH * DH if structure == "diag" else B * NH
+    return min(T, max(MIN_CHUNK_STEPS, CPU_CHUNK_ELEMENTS // (groups * m * m)))
+
+
+def newton_correction(wx, r, b, states0, X, cell, structure, valid, scan, chunk, scale, out):
+    """The Newton correction of the guess X [B, T, S, NH, DH] into ``out`` (same shape):
+    ``d_t = scale J_t d_{t-1} + (F_t - X_t)``, ``d_{-1} = 0``, with F and J evaluated at X.
+
+    Computed in time chunks of ``chunk`` steps, each one parallel scan that starts from the
+    previous chunk's last correction: the same linear recurrence, solved exactly, with the
+    whole-sequence Jacobians never held at once.
+    """
+    B, T, G, NH, DH = wx.shape
+    S = X.shape[2]
+    carry = None
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        X_prev = lin.previous(X[:, :t1], states0) if t0 == 0 else X[:, t0 - 1:t1 - 1]
+        v = None if valid is None else valid[:, t0:t1]
+        F, _, d_rh, d_states = lin.evaluate(wx[:, t0:t1], r, b, X_prev, cell, structure, v)
+        J = lin.jacobian(d_rh, d_states, r, structure, v)
+        if scale != 1.0:
+            J = J * scale
+        residual = lin.to_groups(F.sub_(X[:, t0:t1]), structure)
+        if carry is None:
+            carry = residual.new_zeros(residual.shape[0], residual.shape[2])
+        d = scan(J, residual, carry)
+        carry = d[:, -1]
+        out[:, t0:t1] = lin.from_groups(d, structure, B, S, NH, DH)
+    return out
 
 
 class ParallelRNNFunction(torch.autograd.Function):

@@ -19,14 +19,15 @@ def _run(fn, p, **kw):
     return out, grads
 
 
+@pytest.mark.parametrize("backend", ["auto", "triton"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=str)
-def test_plstm_2d_cuda(dtype, tol):
+def test_plstm_2d_cuda(dtype, tol, backend):
     p64 = grid_problem(2, 19, 13, 2, 64, 64, seed=1)
     pc = {n: t.detach().to("cuda", dtype if n in ("q", "k", "v") else torch.float32)
           .requires_grad_() for n, t in p64.items()}
     ref_in = {n: t.detach().cpu().double().requires_grad_() for n, t in pc.items()}  # same rounding
-    out, grads = _run(plstm_2d, pc)
-    ref, ref_grads = _run(plstm_2d, ref_in)
+    out, grads = _run(plstm_2d, pc, backend=backend)
+    ref, ref_grads = _run(plstm_2d, ref_in, backend="torch")
     assert_close("o", out, ref, tol)
     for name, g, g_ref in zip(NAMES, grads, ref_grads):
         assert_close(f"d{name}", g, g_ref, tol)

@@ -22,10 +22,15 @@ def _compute(q, *tensors):
     return [t.to(dtype) for t in (q, *tensors)]
 
 
+# The plstm_2d kernel still spills registers at its planned tile (sm_80/sm_90 cubins) and has
+# not run on a GPU, so "auto" keeps the PyTorch form for it; backend="triton" asks for it.
+AUTO_TRITON_OPS = ("plstm_1d",)
+
+
 def _use_triton(backend, q, op="plstm_1d") -> bool:
     """Whether ``op`` (plstm_1d, plstm_2d) runs the Triton forward: "auto" on a CUDA
-    float16/bfloat16/float32 call; "triton" wherever it can run (CUDA, or CPU under
-    TRITON_INTERPRET=1), else one warning and the PyTorch form."""
+    float16/bfloat16/float32 call of an op in AUTO_TRITON_OPS; "triton" wherever it can run
+    (CUDA, or CPU under TRITON_INTERPRET=1), else one warning and the PyTorch form."""
     if backend not in ("auto", "torch", "triton"):
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
     if backend == "torch":
@@ -33,7 +38,7 @@ def _use_triton(backend, q, op="plstm_1d") -> bool:
     servable = q.dtype in (torch.float16, torch.bfloat16, torch.float32) and (
         q.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
     if backend == "auto":
-        return servable and q.device.type == "cuda"
+        return servable and q.device.type == "cuda" and op in AUTO_TRITON_OPS
     if not servable:
         warnings.warn(f"{op}: the Triton back end serves float16/bfloat16/float32 on CUDA (or "
                       f"under TRITON_INTERPRET=1); got {q.dtype} on {q.device}: using the PyTorch "
@@ -109,9 +114,10 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
         scale: float. Default None: ``K ** -0.5``.
         tile: (BX, BY) or None (planned). X and Y need not be multiples of it. The Triton back
             end rounds each side up to a power of two.
-        backend: "auto" (Triton forward on CUDA for float16/bfloat16/float32, else PyTorch),
-            "torch" (the tiled PyTorch form) or "triton" (also on CPU under TRITON_INTERPRET=1;
-            float64 warns once and uses PyTorch). The Triton back end runs the forward as one
+        backend: "auto" (the PyTorch form for now: the Triton kernel still spills registers
+            and has not run on a GPU), "torch" (the tiled PyTorch form) or "triton" (CUDA, or
+            CPU under TRITON_INTERPRET=1; float64 warns once and uses PyTorch). The Triton back
+            end runs the forward as one
             kernel (``plan_plstm_2d_triton`` tiles); its backward recomputes the tiled PyTorch
             form in float32 and differentiates it (PyTorch speed and memory).
 

@@ -81,8 +81,11 @@ class Flat:
                         if value is not None:
                             break
                 else:
-                    sides = (c.lhs, c.rhs)
-                    if any(isinstance(x, Var) and lo[x.index] != hi[x.index] for x in sides):
+                    # still open while a side is an unfixed variable (a loop, not any(): this
+                    # runs for most constraints of a model, twice)
+                    x, y = c.lhs, c.rhs
+                    if ((type(x) is Var and lo[x.index] != hi[x.index])
+                            or (type(y) is Var and lo[y.index] != hi[y.index])):
                         left.append(c)
                     continue
                 i = side.index
@@ -216,6 +219,10 @@ class Flat:
             out = {m: c for m, c in out.items() if c}
         elif isinstance(expr, Product):
             factors = expr.factors
+            out = self._monomial(factors)
+            if out is not None:
+                self._poly_cache[key] = (expr, out)
+                return out
             out = self._poly(factors[0])
             if len(out) > _MAX_EXPANSION:  # as 1 * first factor: too long, one atom
                 out = self._multiply({(): 1}, out)
@@ -227,6 +234,30 @@ class Flat:
             raise TypeError(f"not a constrint expression: {expr!r}")
         self._poly_cache[key] = (expr, out)  # keep expr alive so its id stays unique
         return out
+
+    def _monomial(self, factors):
+        """The polynomial of a product of variables and constants only (a tiling model's
+        `count * size`), built directly: the same {sorted atoms: coef} that multiplying the
+        factors' polynomials one by one gives, without a dict per factor and per step. None
+        when a factor is anything else."""
+        lo, hi = self.lo, self.hi
+        coef, atoms = 1, []
+        for f in factors:
+            kind = type(f)
+            if kind is Var:
+                i = f.index
+                if lo[i] == hi[i]:
+                    coef *= lo[i]
+                else:
+                    atoms.append(i)
+            elif kind is Const:
+                coef *= f.value
+            else:
+                return None
+        if not coef:
+            return {}
+        atoms.sort()
+        return {tuple(atoms): coef}
 
     def _multiply(self, p, q):
         if len(p) == 1 and len(q) == 1:  # monomial times monomial: most products of a model
@@ -256,7 +287,9 @@ class Flat:
                 continue
             atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
             terms[atom] = terms.get(atom, 0) + coef
-        return {a: c for a, c in terms.items() if c}, const
+        if 0 in terms.values():  # terms that cancelled (rare: the copy is skipped otherwise)
+            terms = {a: c for a, c in terms.items() if c}
+        return terms, const
 
     # ---- constraints and objective ----------------------------------------------------------
     def _add_constraint(self, constraint):
@@ -341,7 +374,12 @@ class Flat:
                 # a, b through it (Flat.value_preference)
                 mono = mono + (self._const_atom(coef),)
             self._product_outs.add(x)
-            nonneg = all(self.lo[i] >= 0 for i in mono)
+            lo = self.lo
+            nonneg = True
+            for i in mono:
+                if lo[i] < 0:
+                    nonneg = False
+                    break
             self.props.append(P.product_nonneg(x, mono, self.lo, self.hi) if nonneg
                               else P.Product(x, mono))
             self.defs.append(("product", x, mono))
@@ -464,7 +502,13 @@ def _free_variables(expr, lo, hi, out):
             out.add(expr.index)
     elif kind is not Const:
         for sub in expr.children():
-            _free_variables(sub, lo, hi, out)
+            # leaves here, not one call each (most children of a tiling model's products are)
+            kind = type(sub)
+            if kind is Var:
+                if lo[sub.index] != hi[sub.index]:
+                    out.add(sub.index)
+            elif kind is not Const:
+                _free_variables(sub, lo, hi, out)
 
 
 def _defined_variables(model, lo, hi):

@@ -10,6 +10,11 @@ A back end is a module with three functions:
     the computation, differentiable; ``states`` is always given and ``lengths`` is None or an
     int64 tensor on ``wx``'s device (the entry point normalises both).
 
+A module with ``SERVES_EXTRAS = True`` also serves the extra keyword arguments (dropout masks,
+zoneout, reset, return_all_states: extras.py) and the cells of ``REFERENCE_CELLS``; it receives
+them as ``fused_rnn(..., extras=Extras)``. Any other back end is refused a call that uses one
+(``Problem.extras`` not empty), before its own checks run.
+
 Modules are imported lazily so that importing flashseq never imports Triton or builds anything.
 """
 from __future__ import annotations
@@ -92,20 +97,40 @@ def choose(backend: str, problem: Problem):
         # builds, imports) are not traceable, and their answer is a constant of the graph.
         # Symbolic sizes (dynamic=True) take the eager path below, which breaks the graph.
         name = _choose_name_constant(backend, problem.cell.name, *sizes, problem.dtype,
-                                     str(problem.device), problem.has_lengths, problem.needs_grad)
+                                     str(problem.device), problem.has_lengths, problem.needs_grad,
+                                     problem.extras)
         return _loaded[name]
     return load(choose_name(backend, problem))
 
 
 @assume_constant_result
 def _choose_name_constant(backend, cell_name, batch, steps, heads, head_dim, dtype, device,
-                          has_lengths, needs_grad) -> str:
+                          has_lengths, needs_grad, extras=()) -> str:
     from flashseq.cells import get_cell
     problem = Problem(get_cell(cell_name), batch, steps, heads, head_dim, dtype,
-                      torch.device(device), has_lengths, needs_grad)
+                      torch.device(device), has_lengths, needs_grad, tuple(extras))
     name = choose_name(backend, problem)
     load(name)
     return name
+
+
+def _extras_reason(name: str, problem: Problem) -> str | None:
+    """Why back end ``name`` cannot serve the extras ``problem`` uses, else None."""
+    if not problem.extras:
+        return None
+    try:
+        if getattr(load(name), "SERVES_EXTRAS", False):
+            return None
+    except ImportError:
+        return None  # unavailable_reason says why
+    return (f"{', '.join(problem.extras)} not served by this back end yet "
+            f"(only by 'reference')")
+
+
+def _reason(name: str, problem: Problem) -> str | None:
+    # extras first: refusing them needs no compiler or extension build
+    return (_extras_reason(name, problem) or unavailable_reason(name, problem.device)
+            or load(name).unsupported_reason(problem))
 
 
 def choose_name(backend: str, problem: Problem) -> str:
@@ -119,7 +144,7 @@ def choose_name(backend: str, problem: Problem) -> str:
     if backend not in BACKEND_NAMES:
         raise ValueError(f"backend={backend!r} is not known; allowed: {list(BACKEND_NAMES)}")
     if backend != "auto":
-        reason = unavailable_reason(backend, problem.device) or load(backend).unsupported_reason(problem)
+        reason = _reason(backend, problem)
         if reason:
             raise NotImplementedError(f"fused_rnn backend {backend!r} cannot run this call: {reason}")
         return backend
@@ -127,7 +152,7 @@ def choose_name(backend: str, problem: Problem) -> str:
     for name in AUTO_ORDER.get(problem.device.type, ("reference",)):
         if _not_opted_in(name):
             continue  # an experimental back end nobody asked for: skipping it is no fallback
-        reason = unavailable_reason(name, problem.device) or load(name).unsupported_reason(problem)
+        reason = _reason(name, problem)
         if reason is None:
             if skipped:
                 _warn_once(f"flashseq.ops.fused_rnn: falling back to backend {name!r} "

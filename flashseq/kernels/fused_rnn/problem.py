@@ -30,6 +30,10 @@ class Problem:
     device: torch.device
     has_lengths: bool
     needs_grad: bool
+    # The extra keyword arguments in use ("dropconnect", "reset", ..., and "cell='...'" for a
+    # cell only the reference serves), in a fixed order; only a back end whose module has
+    # SERVES_EXTRAS = True runs a call where this is not empty (backends.py).
+    extras: tuple = ()
 
 
 def _describe(t: torch.Tensor) -> str:

@@ -70,13 +70,13 @@ class Flat:
         fixed a variable (they hold by construction: nothing is left to flatten of them)."""
         lo, hi = self.lo, self.hi
         used = set()
-        pending = [c for c in model.constraints if isinstance(c, Compare) and c.op == "=="
-                   and (isinstance(c.lhs, Var) or isinstance(c.rhs, Var))]
+        pending = [c for c in model.constraints if type(c) is Compare and c.op == "=="
+                   and (type(c.lhs) is Var or type(c.rhs) is Var)]
         while pending:
             left = []
             for c in pending:
                 for side, other in ((c.lhs, c.rhs), (c.rhs, c.lhs)):
-                    if isinstance(side, Var) and lo[side.index] != hi[side.index]:
+                    if type(side) is Var and lo[side.index] != hi[side.index]:
                         value = _constant(other, lo, hi)
                         if value is not None:
                             break
@@ -293,9 +293,10 @@ class Flat:
 
     # ---- constraints and objective ----------------------------------------------------------
     def _add_constraint(self, constraint):
-        if isinstance(constraint, Compare) and constraint.op == "==" and self._product_as_var(constraint):
+        is_compare = type(constraint) is Compare
+        if is_compare and constraint.op == "==" and self._product_as_var(constraint):
             return
-        if isinstance(constraint, Compare):
+        if is_compare:
             diff = dict(self._poly(constraint.lhs))
             for mono, c in self._poly(constraint.rhs).items():
                 diff[mono] = diff.get(mono, 0) - c
@@ -466,27 +467,43 @@ def value_preference(defs, objective, lo):
 
 def _constant(expr, lo, hi):
     """The value of `expr` when every variable it reads is fixed in lo/hi, else None."""
-    if isinstance(expr, Const):
+    # dispatch on the exact node type, variables among the children inline: this runs on every
+    # side of every equality at each pass of _fix_equality_chains
+    kind = type(expr)
+    if kind is Var:
+        i = expr.index
+        return lo[i] if lo[i] == hi[i] else None
+    if kind is Const:
         return expr.value
-    if isinstance(expr, Var):
-        return lo[expr.index] if lo[expr.index] == hi[expr.index] else None
-    if isinstance(expr, Sum):
-        out = expr.const
-        for coef, sub in expr.items:
-            value = _constant(sub, lo, hi)
-            if value is None:
-                return None
-            out += coef * value
-        return out
-    if isinstance(expr, Product):
+    if kind is Product:
         out = 1
         for sub in expr.factors:
-            value = _constant(sub, lo, hi)
-            if value is None:
-                return None
+            if type(sub) is Var:
+                i = sub.index
+                if lo[i] != hi[i]:
+                    return None
+                value = lo[i]
+            else:
+                value = _constant(sub, lo, hi)
+                if value is None:
+                    return None
             out *= value
         return out
-    if isinstance(expr, CDiv):
+    if kind is Sum:
+        out = expr.const
+        for coef, sub in expr.items:
+            if type(sub) is Var:
+                i = sub.index
+                if lo[i] != hi[i]:
+                    return None
+                value = lo[i]
+            else:
+                value = _constant(sub, lo, hi)
+                if value is None:
+                    return None
+            out += coef * value
+        return out
+    if kind is CDiv:
         num, den = _constant(expr.num, lo, hi), _constant(expr.den, lo, hi)
         if num is None or den is None or den <= 0:
             return None

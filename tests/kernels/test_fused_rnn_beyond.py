@@ -150,6 +150,18 @@ def test_reset_with_zoneout_matches_the_stepped_loop():
     assert_close("last_states", last, last_ref, 1e-12)
 
 
+def test_reset_past_a_rows_length_changes_nothing():
+    wx, r, b, states = _inputs("lstm")
+    lengths = torch.tensor([6, 2, 4])
+    reset = torch.zeros(3, 6, dtype=torch.bool)
+    reset[1, 3:] = True  # row 1 ends after step 1
+    reset[2, 5] = True   # row 2 ends after step 3
+    out = fused_rnn(wx, r, b, states, cell="lstm", lengths=lengths, reset=reset,
+                    backend="reference")
+    plain = fused_rnn(wx, r, b, states, cell="lstm", lengths=lengths, backend="reference")
+    assert torch.equal(out[0], plain[0]) and torch.equal(out[1], plain[1])
+
+
 # ---- LayerNorm cells -----------------------------------------------------------------------
 
 def _ln_heads(x):

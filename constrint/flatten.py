@@ -536,18 +536,24 @@ def _defined_variables(model, lo, hi):
     these too, and branching on them first would only multiply failing alternatives.
     """
     uses = {}  # defined variable -> indices of the unfixed variables its expression reads
+    read = set()  # union of uses' values: a variable no definition reads closes no cycle
     for c in model.constraints:
-        if not isinstance(c, Compare) or c.op != "==":
+        if type(c) is not Compare or c.op != "==":
             continue
         for side, other in ((c.lhs, c.rhs), (c.rhs, c.lhs)):
             # a variable fixed by now (an equality chain's constant) is no decision at all
-            if not isinstance(side, Var) or side.index in uses or lo[side.index] == hi[side.index]:
+            if type(side) is not Var or side.index in uses or lo[side.index] == hi[side.index]:
                 continue
             reads = set()
             _free_variables(other, lo, hi, reads)
-            if not _reaches(uses, reads, side.index):
-                uses[side.index] = reads
-                break
+            x = side.index
+            # the walk is needed only when some definition reads x (a path from `reads` back
+            # to x must end in one); in a tiling model few do, and the walks were half the time
+            if x in reads or (x in read and _reaches(uses, reads, x)):
+                continue
+            uses[x] = reads
+            read |= reads
+            break
     return frozenset(uses)
 
 

@@ -159,33 +159,43 @@ class ParallelRNNFunction(torch.autograd.Function):
         cell, structure = ctx.cell, ctx.structure
         B, T, G, NH, DH = wx.shape
         S = states0.shape[0]
-        X_prev = lin.previous(X, states0)
-        _, d_wx_p, d_rh_p, d_states = lin.evaluate(wx, r, b, X_prev, cell, structure, valid)
-        J = lin.jacobian(d_rh_p, d_states, r, structure, valid)
         g = torch.zeros_like(X)
         if d_h is not None:
             g[:, :, 0] = d_h if valid is None else d_h * valid.view(B, T, 1, 1)
         if d_last is not None:
             g[:, -1] += d_last.transpose(0, 1)
-        lam_g = ctx.scan_reverse(J, lin.to_groups(g, structure))  # [N, T, m]
-        lam = lin.from_groups(lam_g, structure, B, S, NH, DH)     # [B, T, S, NH, DH]
-        if valid is not None:
-            lam_local = lam * valid.view(B, T, 1, 1, 1)
-        else:
-            lam_local = lam
-        # local gradients of each step: sum over the new states s'
-        d_wx = (lam_local.unsqueeze(3) * d_wx_p).sum(2)  # [B, T, G, NH, DH]
-        d_rh = (lam_local.unsqueeze(3) * d_rh_p).sum(2)
-        h_prev = X_prev[:, :, 0]
-        if structure == "diag":
-            d_r = torch.einsum("btne,btgne->gne", h_prev, d_rh)
-        else:
-            d_r = torch.einsum("btnd,btgne->gnde", h_prev, d_rh)
-        d_b = d_rh.sum((0, 1))
-        J0 = J[:, 0]
-        lam0 = lam_g[:, 0]
-        d_x0 = (J0.transpose(-1, -2) @ lam0.unsqueeze(-1)).squeeze(-1)  # [N, m]
-        d_states0 = lin.from_groups(d_x0.unsqueeze(1), structure, B, S, NH, DH)[:, 0]
+        d_wx = torch.empty_like(wx)
+        d_r, d_b = torch.zeros_like(r), torch.zeros_like(b)
+        # time chunks from the last to the first, as the forward's corrections (chunk_steps):
+        # carry = J_{t1}^T lam_{t1}, what the later chunk's first step sends back to step t1 - 1;
+        # after the first chunk it is J_0^T lam_0, the initial states' gradient
+        chunk = chunk_steps(wx, S, structure)
+        carry = None
+        for t0 in reversed(range(0, T, chunk)):
+            t1 = min(T, t0 + chunk)
+            X_prev = lin.previous(X[:, :t1], states0) if t0 == 0 else X[:, t0 - 1:t1 - 1]
+            v = None if valid is None else valid[:, t0:t1]
+            _, d_wx_p, d_rh_p, d_states = lin.evaluate(wx[:, t0:t1], r, b, X_prev, cell,
+                                                       structure, v)
+            J = lin.jacobian(d_rh_p, d_states, r, structure, v)
+            g_c = lin.to_groups(g[:, t0:t1], structure).clone()
+            if carry is not None:
+                g_c[:, -1] += carry
+            lam_g = ctx.scan_reverse(J, g_c)                             # [N, t1 - t0, m]
+            carry = (J[:, 0].transpose(-1, -2) @ lam_g[:, 0].unsqueeze(-1)).squeeze(-1)
+            lam = lin.from_groups(lam_g, structure, B, S, NH, DH)       # [B, t1 - t0, S, NH, DH]
+            if v is not None:
+                lam = lam * v.view(B, t1 - t0, 1, 1, 1)
+            # local gradients of each step: sum over the new states s'
+            d_wx[:, t0:t1] = (lam.unsqueeze(3) * d_wx_p).sum(2)          # [B, t, G, NH, DH]
+            d_rh = (lam.unsqueeze(3) * d_rh_p).sum(2)
+            h_prev = X_prev[:, :, 0]
+            if structure == "diag":
+                d_r += torch.einsum("btne,btgne->gne", h_prev, d_rh)
+            else:
+                d_r += torch.einsum("btnd,btgne->gnde", h_prev, d_rh)
+            d_b += d_rh.sum((0, 1))
+        d_states0 = lin.from_groups(carry.unsqueeze(1), structure, B, S, NH, DH)[:, 0]
         d_states0 = d_states0.transpose(0, 1)
         # gradients in forward's argument order: wx, r, b, states0, X, valid, cell, structure, scan
         return d_wx, d_r, d_b, d_states0.contiguous(), None, None, None, None, None

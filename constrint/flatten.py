@@ -36,9 +36,10 @@ class Flat:
 
     def __init__(self, model):
         self.n_model = len(model.variables)
-        self.lo, self.hi, self.vals = [], [], []
-        for v in model.variables:
-            self._new_atom(v.lo, v.hi, v.values)
+        variables = model.variables
+        self.lo = [v.lo for v in variables]
+        self.hi = [v.hi for v in variables]
+        self.vals = [v.values for v in variables]
         self.props = []
         self.defs = []
         self.infeasible = False

@@ -6,6 +6,7 @@
 //   Wt      [NH, G*DH, DH]     Wt[n][g*DH + e][d] = r[g][n][d][e]
 //   drh     [NH, B, T, G*DH]   d(rh) of every step; zero where a row is past its length
 //   h_prev  [NH, B, T, DH]     the h each step started from (initial h, then the output h)
+// (drh and h_prev [NH, T, B, ...] and d(wx) time-major when h is time-major and no lengths.)
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -35,7 +36,8 @@ constexpr bool kDrhIsDwx = std::is_same_v<Cell, cells::LstmCell> ||
                            std::is_same_v<Cell, cells::ElmanCell>;
 
 template <typename Cell, typename scalar_t>
-void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h,
+void backward_loop(const scalar_t* dh_p, int64_t dh_sb, int64_t dh_st, at::Tensor& dcarry,
+                   const at::Tensor& h,
                    const at::Tensor& states, const at::Tensor& r, const at::Tensor& saved_gates,
                    const at::Tensor& saved_states, const int64_t* len, at::Tensor& dwx,
                    at::Tensor& drh, bool drh_is_dwx) {
@@ -44,13 +46,18 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
   using V = typename L::V;
   const int64_t B = h.size(0), T = h.size(1), NH = h.size(2), DH = h.size(3);
   const int64_t GDH = G * DH, rows = NH * B, state_stride = NH * B * DH;
-  const scalar_t* h_p = h.data_ptr<scalar_t>();                 // [B, T, NH, DH]
+  const scalar_t* h_p = h.data_ptr<scalar_t>();                 // [B, T, NH, DH], strided:
+  const int64_t h_sb = h.stride(0), h_st = h.stride(1);          // batch- or time-major
   const scalar_t* states_p = states.data_ptr<scalar_t>();       // [S, B, NH, DH]
   const scalar_t* gates_p = saved_gates.data_ptr<scalar_t>();   // [T, NH, B, K, DH]
   const scalar_t* sstates_p = saved_states.data_ptr<scalar_t>();  // [T, S-1, NH, B, DH]
   scalar_t* dcarry_p = dcarry.data_ptr<scalar_t>();             // [S, NH, B, DH]
-  scalar_t* dwx_p = dwx.data_ptr<scalar_t>();                   // [B, T, G, NH, DH]
-  scalar_t* drh_p = drh.data_ptr<scalar_t>();                   // [NH, B, T, G*DH]
+  // d(wx) [B, T, G, NH, DH] and d(rh) [NH, B, T, G*DH], strided: time-major when h is (and no
+  // lengths), so each step's rows are adjacent (fused_rnn_backward)
+  scalar_t* dwx_p = dwx.data_ptr<scalar_t>();
+  scalar_t* drh_p = drh.data_ptr<scalar_t>();
+  const int64_t dwx_sb = dwx.stride(0), dwx_st = dwx.stride(1);
+  const int64_t drh_sn = drh.stride(0), drh_sb = drh.stride(1), drh_st = drh.stride(2);
   at::Tensor dh_carry = dcarry.select(0, 0);                    // [NH, B, DH]
   at::Tensor dh_head0 = dh_carry.select(0, 0);                  // [B, DH]
   const int64_t grain = pointwise_grain(GDH);
@@ -63,8 +70,8 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / B, bi = row % B;
         const bool valid = len == nullptr || t < len[bi];
-        scalar_t* dwx_row = dwx_p + ((bi * T + t) * G * NH + n) * DH;  // + g*NH*DH + e
-        scalar_t* drh_row = drh_p + ((n * B + bi) * T + t) * GDH;      // + g*DH + e
+        scalar_t* dwx_row = dwx_p + bi * dwx_sb + t * dwx_st + n * DH;        // + g*NH*DH + e
+        scalar_t* drh_row = drh_p + n * drh_sn + bi * drh_sb + t * drh_st;  // + g*DH + e
         if (!valid) {  // the step passed the states through: their gradients pass through too
           for (int g = 0; g < G; ++g) {
             for (int64_t e = 0; e < DH; ++e) {
@@ -74,18 +81,20 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           }
           continue;
         }
-        const scalar_t* h_next_row = h_p + ((bi * T + t) * NH + n) * DH;
+        const scalar_t* h_next_row = h_p + bi * h_sb + t * h_st + n * DH;
         if (row + 1 < end) {  // the next row's batch-major data of this step (prefetch_span)
           const int64_t n1 = (row + 1) / B, b1 = (row + 1) % B;
-          const int64_t at1 = (b1 * T + t) * NH + n1;  // [B, T, NH] index of (b1, t, n1)
-          prefetch_span(h_p + at1 * DH, DH);
-          if (t > 0) prefetch_span(h_p + (at1 - NH) * DH, DH);
-          if (dh_p) prefetch_span(dh_p + at1 * DH, DH);
+          const scalar_t* h1 = h_p + b1 * h_sb + t * h_st + n1 * DH;
+          prefetch_span(h1, DH);
+          if (t > 0) prefetch_span(h1 - h_st, DH);
+          if (dh_p) prefetch_span(dh_p + b1 * dh_sb + t * dh_st + n1 * DH, DH);
           for (int g = 0; g < G; ++g)
-            prefetch_span(dwx_p + ((b1 * T + t) * G * NH + g * NH + n1) * DH, DH, /*for_write=*/true);
-          if (!drh_is_dwx) prefetch_span(drh_p + ((n1 * B + b1) * T + t) * GDH, GDH, /*for_write=*/true);
+            prefetch_span(dwx_p + b1 * dwx_sb + t * dwx_st + (g * NH + n1) * DH, DH,
+                          /*for_write=*/true);
+          if (!drh_is_dwx)
+            prefetch_span(drh_p + n1 * drh_sn + b1 * drh_sb + t * drh_st, GDH, /*for_write=*/true);
         }
-        const scalar_t* dh_row = dh_p ? dh_p + ((bi * T + t) * NH + n) * DH : nullptr;
+        const scalar_t* dh_row = dh_p ? dh_p + bi * dh_sb + t * dh_st + n * DH : nullptr;
         // States the step started from: the initial ones at t = 0, else those after step t-1.
         const scalar_t* prev_rows[S];
         int64_t prev_stride = 0;  // between consecutive states in prev_rows' source
@@ -94,7 +103,7 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
           prev_stride = B * NH * DH;
           for (int s = 1; s < S; ++s) prev_rows[s] = prev_rows[0] + s * prev_stride;
         } else {
-          prev_rows[0] = h_p + ((bi * T + t - 1) * NH + n) * DH;
+          prev_rows[0] = h_p + bi * h_sb + (t - 1) * h_st + n * DH;
           for (int s = 1; s < S; ++s)
             prev_rows[s] = sstates_p + (((t - 1) * (S - 1) + (s - 1)) * rows + row) * DH;
         }
@@ -139,12 +148,12 @@ void backward_loop(const scalar_t* dh_p, at::Tensor& dcarry, const at::Tensor& h
         Wt_panels = pack_panels(r.data_ptr<scalar_t>(), NH, r.stride(1), row_offset, col_offset,
                                 r.options());
       }
-      step_gemm<scalar_t>(NH, M, DH, GDH, drh_p + t * GDH, T * GDH, B * T * GDH, Wt_panels,
+      step_gemm<scalar_t>(NH, M, DH, GDH, drh_p + t * drh_st, drh_sb, drh_sn, Wt_panels,
                           dcarry_p, DH, B * DH, /*accumulate=*/true);
       continue;
     }
     if (!Wt.defined()) Wt = r.permute({1, 0, 3, 2}).reshape({NH, GDH, DH}).contiguous();
-    const at::Tensor drh_t = drh.select(2, t).narrow(1, 0, M);  // [NH, M, G*DH], row stride T*G*DH
+    const at::Tensor drh_t = drh.select(2, t).narrow(1, 0, M);  // [NH, M, G*DH], strided rows
     if (NH == 1) {
       dh_head0.narrow(0, 0, M).addmm_(drh_t.select(0, 0), Wt.select(0, 0));
     } else {
@@ -211,6 +220,14 @@ void weight_grad_avx512(const at::Tensor& hT, const at::Tensor& drh, const int64
 }
 #endif
 
+// x [B, T, NH, DH] as the loop reads it: any batch and step strides (the forward's time-major h
+// and the gradient reaching it are read in place), the (NH, DH) axes dense.
+at::Tensor dense_steps(const at::Tensor& x) {
+  const int64_t DH = x.size(3);
+  const bool dense_rows = (x.size(3) <= 1 || x.stride(3) == 1) && (x.size(2) <= 1 || x.stride(2) == DH);
+  return dense_rows ? x : x.contiguous();
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
@@ -235,7 +252,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   if (dh_in.has_value()) {
     TORCH_CHECK(dh_in->sizes() == h_in.sizes() && dh_in->scalar_type() == dtype,
                 "fused_rnn_cpu_backward: dh must match h ", h_in.sizes(), "; got ", dh_in->sizes());
-    dh = dh_in->contiguous();
+    dh = dense_steps(*dh_in);
   }
   at::Tensor dcarry;  // [S, NH, B, DH]: gradients of the running states
   if (d_last_in.has_value()) {
@@ -246,21 +263,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   } else {
     dcarry = at::zeros({S, NH, B, DH}, h_in.options());
   }
-  const at::Tensor h = h_in.contiguous(), states = states_in.contiguous();
+  const at::Tensor h = dense_steps(h_in), states = states_in.contiguous();
+  const bool len_is_none = !lengths.has_value();
   const at::Tensor saved_gates = saved_gates_in.contiguous();
   const at::Tensor saved_states = saved_states_in.contiguous();
-  at::Tensor dwx = empty_big({B, T, G, NH, DH}, h.options());
+  // A time-major h (the forward's output for a time-major wx) gets d(wx) time-major too, which
+  // the projection's backward then reads without a transposing copy, and d(rh) stored
+  // [NH, T, B, G*DH]; drh_rows is d(rh) as rows in memory order for the weight gradients, and
+  // hT / h_prev below list the rows in that same order. With lengths everything stays
+  // batch-major (the weight gradients then run per row over its own steps).
+  const bool time_major = len_is_none && B > 1 && T > 1 && h.stride(0) == NH * DH &&
+                          h.stride(1) == B * NH * DH;
+  at::Tensor dwx = time_major ? empty_big({T, B, G, NH, DH}, h.options()).transpose(0, 1)
+                              : empty_big({B, T, G, NH, DH}, h.options());
   bool drh_is_dwx = false;
   dispatch_cell(cell, [&](auto c) { return drh_is_dwx = kDrhIsDwx<decltype(c)> && NH == 1; });
-  at::Tensor drh = drh_is_dwx ? dwx.view({NH, B, T, G * DH}) : empty_big({NH, B, T, G * DH}, h.options());
+  at::Tensor drh_mem;  // d(rh) in memory order: [NH, B, T, G*DH], or [NH, T, B, G*DH] time-major
+  if (drh_is_dwx) {
+    drh_mem = time_major ? dwx.transpose(0, 1).view({NH, T, B, G * DH}) : dwx.view({NH, B, T, G * DH});
+  } else {
+    drh_mem = time_major ? empty_big({NH, T, B, G * DH}, h.options())
+                         : empty_big({NH, B, T, G * DH}, h.options());
+  }
+  at::Tensor drh = time_major ? drh_mem.transpose(1, 2) : drh_mem;  // [NH, B, T, G*DH] view
+  const at::Tensor drh_rows = drh_mem.view({NH, B * T, G * DH});
   at::Tensor len_c;
   if (lengths.has_value()) len_c = lengths->contiguous();
   const int64_t* len = lengths.has_value() ? len_c.data_ptr<int64_t>() : nullptr;
 
   AT_DISPATCH_FLOATING_TYPES(dtype, "fused_rnn_cpu_backward", [&] {
     const scalar_t* dh_p = dh.defined() ? dh.data_ptr<scalar_t>() : nullptr;
+    const int64_t dh_sb = dh.defined() ? dh.stride(0) : 0, dh_st = dh.defined() ? dh.stride(1) : 0;
     dispatch_cell(cell, [&](auto c) {
-      backward_loop<decltype(c), scalar_t>(dh_p, dcarry, h, states, r, saved_gates,
+      backward_loop<decltype(c), scalar_t>(dh_p, dh_sb, dh_st, dcarry, h, states, r, saved_gates,
                                            saved_states, len, dwx, drh, drh_is_dwx);
       return 0;
     });
@@ -274,12 +309,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   if (dtype == at::kFloat && use_avx512_tile() && DH <= 256 && B * T >= 2 * DH) {
     // hT [NH, DH, B*T]: the h each step started from, transposed (initial h, then the output h)
     at::Tensor hT = empty_big({NH, DH, B * T}, h.options());
-    const at::Tensor hT4 = hT.view({NH, DH, B, T});
-    hT4.select(3, 0).copy_(states.select(0, 0).permute({1, 2, 0}));
-    if (T > 1) hT4.narrow(3, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 3, 0, 1}));
+    if (time_major) {
+      const at::Tensor hT4 = hT.view({NH, DH, T, B});
+      hT4.select(2, 0).copy_(states.select(0, 0).permute({1, 2, 0}));
+      if (T > 1) hT4.narrow(2, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 3, 1, 0}));
+    } else {
+      const at::Tensor hT4 = hT.view({NH, DH, B, T});
+      hT4.select(3, 0).copy_(states.select(0, 0).permute({1, 2, 0}));
+      if (T > 1) hT4.narrow(3, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 3, 0, 1}));
+    }
     at::Tensor dW = at::empty({NH, DH, G * DH}, h.options());
     at::Tensor db_rows = at::empty({NH, G * DH}, h.options());
-    weight_grad_avx512(hT, drh.view({NH, B * T, G * DH}), len, B, T, dW, db_rows);
+    weight_grad_avx512(hT, drh_rows, len, B, T, dW, db_rows);
     dr.copy_(dW.view({NH, DH, G, DH}).permute({2, 0, 1, 3}));
     at::Tensor db = db_rows.view({NH, G, DH}).permute({1, 0, 2}).contiguous();
     at::Tensor dstates = dcarry.permute({0, 2, 1, 3}).contiguous();
@@ -287,17 +328,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   }
 #endif
   // d(r) and d(b) over all steps at once: per head h_{t-1}^T [DH, B*T] @ d(rh) [B*T, G*DH].
-  at::Tensor h_prev = at::empty({NH, B, T, DH}, h.options());
-  h_prev.select(2, 0).copy_(states.select(0, 0).permute({1, 0, 2}));
-  if (T > 1) h_prev.narrow(2, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 0, 1, 3}));
-  const at::Tensor drh_rows = drh.view({NH, B * T, G * DH});
+  // h_prev [NH, B, T, DH], or [NH, T, B, DH] time-major (no lengths then: only the row order
+  // matters, and it is drh_mem's)
+  at::Tensor h_prev;
+  if (time_major) {
+    h_prev = at::empty({NH, T, B, DH}, h.options());
+    h_prev.select(1, 0).copy_(states.select(0, 0).permute({1, 0, 2}));
+    if (T > 1) h_prev.narrow(1, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 1, 0, 3}));
+  } else {
+    h_prev = at::empty({NH, B, T, DH}, h.options());
+    h_prev.select(2, 0).copy_(states.select(0, 0).permute({1, 0, 2}));
+    if (T > 1) h_prev.narrow(2, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 0, 1, 3}));
+  }
   // d(r) in r's own strides (empty_like keeps them for a dense r): the modules pass a
   // transposed view of weight_hh as r, and a d(r) laid out like it reaches weight_hh.grad
   // through autograd's view functions without another copy. For such an r (d the fast axis)
   // the GEMM yields d(W)^T, whose memory order is then d(r)'s: the copy below is a straight one
   // instead of a transpose (H=128 under the profiler: 100 us vs 330 us).
   const bool transposed = dr.stride(2) < dr.stride(3);
-  const at::Tensor dW = recurrent_weight_grad(h_prev, drh, len, transposed);
+  const at::Tensor dW = recurrent_weight_grad(h_prev, drh_mem, len, transposed);
   dr.copy_(transposed ? dW.view({NH, G, DH, DH}).permute({1, 0, 3, 2})    // [NH, G*DH, DH]
                       : dW.view({NH, DH, G, DH}).permute({2, 0, 1, 3}));  // [NH, DH, G*DH]
 

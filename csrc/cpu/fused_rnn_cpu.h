@@ -68,6 +68,10 @@ inline void prefetch_span(const scalar_t* p, int64_t count, bool for_write = fal
 // unsorted ones the bound is still safe, only looser.
 std::vector<int64_t> live_rows(const int64_t* len, int64_t B, int64_t T);
 
+// Whether wx [B, T, G, NH, DH] (B, T > 1) is a view of a dense time-major [T, B, G, NH, DH]
+// buffer; the forward then returns h [B, T, NH, DH] as a view of a time-major buffer too.
+bool is_time_major(const at::Tensor& wx);
+
 // Returns (h [B,T,NH,DH], last_states [S,B,NH,DH], saved_gates, saved_states); the saved tensors
 // are empty unless `save`.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(

@@ -52,6 +52,13 @@ std::vector<int64_t> live_rows(const int64_t* len, int64_t B, int64_t T) {
   return live;
 }
 
+bool is_time_major(const at::Tensor& wx) {
+  const int64_t B = wx.size(0), T = wx.size(1), G = wx.size(2), NH = wx.size(3), DH = wx.size(4);
+  const int64_t row = G * NH * DH;
+  return B > 1 && T > 1 && wx.stride(4) == 1 && wx.stride(3) == DH && wx.stride(2) == NH * DH &&
+         wx.stride(0) == row && wx.stride(1) == B * row;
+}
+
 std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell) {
   return dispatch_cell(cell, [](auto c) {
     using Cell = decltype(c);
@@ -66,12 +73,16 @@ template <typename Cell, typename scalar_t>
 void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& bias,
                   at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,
                   at::Tensor& saved_gates, at::Tensor& saved_states, bool save) {
+  // wx [B, T, G, NH, DH] and h [B, T, NH, DH] are read and written through their batch and step
+  // strides (batch-major or a [B, T, ...] view of a time-major buffer, fused_rnn_forward); the
+  // axes after T are dense.
   constexpr int G = Cell::kNumGates, S = Cell::kNumStates, K = Cell::kNumSaved;
   using L = Lanes<scalar_t>;
   using V = typename L::V;
   const int64_t B = wx.size(0), T = wx.size(1), NH = wx.size(3), DH = wx.size(4);
   const int64_t GDH = G * DH, rows = NH * B, state_stride = NH * B * DH;
   const scalar_t* wx_p = wx.data_ptr<scalar_t>();      // [B, T, G, NH, DH]
+  const int64_t wx_sb = wx.stride(0), wx_st = wx.stride(1), h_sb = h.stride(0), h_st = h.stride(1);
   const scalar_t* bias_p = bias.data_ptr<scalar_t>();  // [NH, G*DH]
   const scalar_t* rh_p = rh.data_ptr<scalar_t>();      // [NH, B, G*DH]
   scalar_t* carry_p = carry.data_ptr<scalar_t>();      // [S, NH, B, DH]
@@ -116,7 +127,7 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / B, bi = row % B;
         const bool valid = len == nullptr || t < len[bi];
-        scalar_t* h_out = h_p + ((bi * T + t) * NH + n) * DH;
+        scalar_t* h_out = h_p + bi * h_sb + t * h_st + n * DH;
         scalar_t* carry_row = carry_p + row * DH;
         if (!valid) {  // states stay; output 0; the saved states repeat the previous ones
           for (int64_t e = 0; e < DH; ++e) h_out[e] = scalar_t(0);
@@ -128,12 +139,12 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
           }
           continue;
         }
-        const scalar_t* wx_row = wx_p + ((bi * T + t) * G * NH + n) * DH;  // + g*NH*DH + e
+        const scalar_t* wx_row = wx_p + bi * wx_sb + t * wx_st + n * DH;  // + g*NH*DH + e
         if (row + 1 < end) {  // the next row's input and output of this step (prefetch_span)
           const int64_t n1 = (row + 1) / B, b1 = (row + 1) % B;
-          const scalar_t* wx_next = wx_p + ((b1 * T + t) * G * NH + n1) * DH;
+          const scalar_t* wx_next = wx_p + b1 * wx_sb + t * wx_st + n1 * DH;
           for (int g = 0; g < G; ++g) prefetch_span(wx_next + g * NH * DH, DH);
-          prefetch_span(h_p + ((b1 * T + t) * NH + n1) * DH, DH, /*for_write=*/true);
+          prefetch_span(h_p + b1 * h_sb + t * h_st + n1 * DH, DH, /*for_write=*/true);
         }
         const scalar_t* rh_row = rh_p + row * GDH;                         // + g*DH + e
         const scalar_t* bias_row = bias_p + n * GDH;
@@ -189,12 +200,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
               "fused_rnn_cpu: b must be [G, NH, DH] = [", G, ", ", NH, ", ", DH, "] of wx's dtype; got ",
               b.sizes(), " ", b.scalar_type());
 
-  const at::Tensor wx = wx_in.contiguous();
+  // A time-major wx (a [B, T, ...] view of a [T, B, G, NH, DH] buffer: the projection of
+  // torch.nn's default [T, B, I] input) is read in place, and h is then written time-major too,
+  // so each step's rows are adjacent in memory (batch-major, they lie a row of T steps apart and
+  // every row's first load missed the caches). Anything else is made batch-major.
+  const bool time_major = is_time_major(wx_in);
+  const at::Tensor wx = time_major || wx_in.is_contiguous() ? wx_in : wx_in.contiguous();
   const at::Tensor bias = b.permute({1, 0, 2}).reshape({NH, G * DH}).contiguous();
   // clone: the loop updates carry in place and must never write into the caller's states.
   at::Tensor carry = states.permute({0, 2, 1, 3}).clone(at::MemoryFormat::Contiguous);
   at::Tensor rh = at::empty({NH, B, G * DH}, wx.options());
-  at::Tensor h = empty_big({B, T, NH, DH}, wx.options());
+  at::Tensor h = time_major ? empty_big({T, B, NH, DH}, wx.options()).transpose(0, 1)
+                            : empty_big({B, T, NH, DH}, wx.options());
   at::Tensor saved_gates = empty_big({save ? T : 0, NH, B, K, DH}, wx.options());
   at::Tensor saved_states = empty_big({save ? T : 0, S - 1, NH, B, DH}, wx.options());
   at::Tensor len_c;

@@ -336,7 +336,7 @@ class FusedRNNBase(nn.RNNBase):
         if wx is not None:
             return wx
         w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
-        return cpu_linear.linear(x, w_ih, b_ih)  # F.linear; oneDNN on CPU (its docstring)
+        return time_major_projection(x, w_ih, b_ih)
 
     def _run_direction(self, x, layer, direction, init, lengths, wx=None):
         """One layer and direction over x [B, T, F] (already reversed for direction 1), or over
@@ -366,6 +366,29 @@ class FusedRNNBase(nn.RNNBase):
             self._warned_not_fused = True
             warnings.warn(f"{type(self).__name__}: {what} has no fused kernel; running a per-step "
                           "PyTorch loop instead (correct, slower)", RuntimeWarning, stacklevel=4)
+
+
+# Whether a batch-major CPU input x [B, T, F] (batch_first) is copied time-major before its
+# projection, so that the loop gets a time-major wx too (time_major_projection). Off: measured
+# (LSTM, 1 thread, thread CPU time, paired with the batch-major path) the copies of x and of the
+# output cost more than the loop gains (1.02-1.05x at I=H=200 B=20 T=35 L=2, H=128 B=16 T=512).
+TIME_MAJOR_BATCH_FIRST = False
+
+
+def time_major_projection(x, weight, bias):
+    """``x @ weight.T + bias`` for x [B, T, F] -> [B, T, N], on CPU as a view of a time-major
+    [T, B, N] buffer. Why: the compiled loop reads each step's B rows of the projection; time-major
+    they are adjacent, batch-major they lie T*N values apart and each one's first load missed the
+    caches. A time-major x (torch.nn's default [T, B, F] input, or a previous layer's output) is
+    projected as it is; a batch-major one is copied time-major first (F values per position, fewer
+    than the N = G*H of the projection) when TIME_MAJOR_BATCH_FIRST. Elsewhere: F.linear's layout."""
+    if x.device.type == "cpu" and x.dim() == 3 and x.shape[0] > 1 and x.shape[1] > 1:
+        xt = x.transpose(0, 1)
+        if not xt.is_contiguous() and TIME_MAJOR_BATCH_FIRST:
+            xt = xt.contiguous()
+        if xt.is_contiguous():
+            return cpu_linear.linear(xt, weight, bias).transpose(0, 1)
+    return cpu_linear.linear(x, weight, bias)  # F.linear; oneDNN on CPU (its docstring)
 
 
 def reject_proj_size(kind: str, unknown: dict) -> None:

@@ -72,10 +72,20 @@ def _forward_loop(wx, r, b, states, lengths, cell, save):
 @torch.library.custom_op("flashseq::fused_rnn_cpu_fwd", mutates_args=())
 def fused_rnn_cpu_fwd(wx: Tensor, r: Tensor, b: Tensor, states: Tensor, lengths: Optional[Tensor],
                       cell: str, save: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Forward loop. Layouts as ``fused_rnn``; returns (h [B, T, NH, DH], last_states
+    """Forward loop. Layouts as ``fused_rnn``; returns (h [B, T, NH, DH] (time-major in memory
+    when wx is, ``is_time_major``), last_states
     [S, B, NH, DH], saved_gates [T, NH, B, K, DH], saved_states [T, S-1, NH, B, DH]), the saved
     tensors with T replaced by 0 unless ``save``."""
     return _forward_loop(wx, r, b, states, lengths, cell, save)
+
+
+def is_time_major(wx) -> bool:
+    """Whether wx [B, T, G, NH, DH] (B, T > 1) is a view of a dense [T, B, G, NH, DH] buffer, as
+    the projection of a time-major input gives it. The loop then reads each step's rows as
+    adjacent memory and returns h [B, T, NH, DH] as a view of a time-major buffer too."""
+    B, T, G, NH, DH = wx.shape
+    return (B > 1 and T > 1 and wx.stride()[2:] == (NH * DH, DH, 1)
+            and wx.stride(0) == G * NH * DH and wx.stride(1) == B * G * NH * DH)
 
 
 @fused_rnn_cpu_fwd.register_fake
@@ -83,7 +93,9 @@ def _fused_rnn_cpu_fwd_fake(wx, r, b, states, lengths, cell, save):
     B, T, _, NH, DH = wx.shape
     _, S, K = _layout(cell)
     steps = T if save else 0
-    return (wx.new_empty(B, T, NH, DH), wx.new_empty(S, B, NH, DH),
+    h = (wx.new_empty(T, B, NH, DH).transpose(0, 1) if is_time_major(wx)
+         else wx.new_empty(B, T, NH, DH))
+    return (h, wx.new_empty(S, B, NH, DH),
             wx.new_empty(steps, NH, B, K, DH), wx.new_empty(steps, S - 1, NH, B, DH))
 
 
@@ -92,7 +104,8 @@ def fused_rnn_cpu_bwd(dh: Optional[Tensor], d_last: Optional[Tensor], h: Tensor,
                       r: Tensor, saved_gates: Tensor, saved_states: Tensor,
                       lengths: Optional[Tensor], cell: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Backward loop: upstream dh [B, T, NH, DH] and d_last [S, B, NH, DH] (None = zero) and
-    what the forward saved -> (d_wx [B, T, G, NH, DH], d_r [G, NH, DH, DH] with r's strides
+    what the forward saved -> (d_wx [B, T, G, NH, DH] (time-major in memory when h is and
+    lengths is None), d_r [G, NH, DH, DH] with r's strides
     (``empty_like``), d_b [G, NH, DH], d_states [S, B, NH, DH])."""
     return _backward_loop(dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell)
 
@@ -114,7 +127,11 @@ def _eager(*tensors) -> bool:
 def _fused_rnn_cpu_bwd_fake(dh, d_last, h, states, r, saved_gates, saved_states, lengths, cell):
     B, T, NH, DH = h.shape
     G, S, _ = _layout(cell)
-    return (h.new_empty(B, T, G, NH, DH), torch.empty_like(r), r.new_empty(G, NH, DH),
+    time_major = (lengths is None and B > 1 and T > 1 and h.stride(0) == NH * DH
+                  and h.stride(1) == B * NH * DH)  # as the C++ backward decides
+    d_wx = (h.new_empty(T, B, G, NH, DH).transpose(0, 1) if time_major
+            else h.new_empty(B, T, G, NH, DH))
+    return (d_wx, torch.empty_like(r), r.new_empty(G, NH, DH),
             states.new_empty(S, B, NH, DH))
 
 

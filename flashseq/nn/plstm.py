@@ -15,11 +15,13 @@ Modes (Pöppel et al. 2025):
        kept) and transitions are tanh-bounded: each pair of nodes has at most one path.
 In 1D the two differ only in the transition's squashing: sigmoid (P) or tanh (D).
 
-Initialisation (as the reference implementation): every gate weight starts at zero, so the
+Initialisation (after the reference implementation): every gate weight starts at zero, so the
 gates start from their biases; orientation biases are spread over [-2, 2] across heads (heads
-start with different preferred directions), transition biases over [1, 4] (long memory), source
-and mark biases at 0 (0.5 after the sigmoid), direct bias 1; q/k/v use torch's default Linear
-init and the output projection a small normal init (std sqrt(2 / (5 C))).
+start with different preferred directions), P-mode decay biases over [4, 6] (0.98-0.998 per
+step: every direction reaches across the image), the other transition biases over [1, 4],
+source and mark biases at 0 (0.5 after the sigmoid), direct bias 1; q/k/v use torch's default
+Linear init and the output projection a small normal init (std sqrt(2 / (5 C))). In pLSTM2d
+each of the four directions is RMS-normalised per head before they are averaged.
 """
 from __future__ import annotations
 
@@ -78,7 +80,12 @@ class _PLSTMBase(nn.Module):
         H = self.num_heads
         if name == "orientation":
             return torch.linspace(-2.0, 2.0, H)
-        if name in ("transition", "decay", "straight_r", "straight_d", "turn"):
+        if name == "decay":
+            # P-mode: the orientation already spreads the heads; every head keeps long memory
+            # (sigmoid(4) = 0.982 per step) so a source still reaches across a grid of 16+ nodes
+            # (the image at twice the training size, too)
+            return torch.linspace(4.0, 6.0, H)
+        if name in ("transition", "straight_r", "straight_d", "turn"):
             return torch.linspace(1.0, 4.0, H)
         if name == "direct":
             return torch.ones(H)
@@ -106,10 +113,14 @@ class _PLSTMBase(nn.Module):
         pre = pre.unflatten(-1, (len(self.gate_names), self.directions * H))
         return q, k, v, dict(zip(self.gate_names, pre.unbind(-2)))
 
-    def _finish(self, o):
-        """o [..., H, D] -> RMS norm per head -> [..., C]."""
+    def _rms(self, o):
+        """RMS norm over the last dimension (float32+, no weight)."""
         o32 = o if o.dtype == torch.float64 else o.float()
-        o32 = o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+        return o32 * torch.rsqrt(o32.pow(2).mean(-1, keepdim=True) + self.norm_eps)
+
+    def _finish(self, o, normalised=False):
+        """o [..., H, D] -> RMS norm per head (unless ``normalised``), weight -> [..., C]."""
+        o32 = o if normalised else self._rms(o)
         o = (o32 * self.norm_weight.to(o32.dtype)).to(self.o_proj.weight.dtype)
         return self.o_proj(o.flatten(-2))
 
@@ -200,5 +211,10 @@ class pLSTM2d(_PLSTMBase):
                          per_direction(source),
                          per_direction(transition), per_direction(mark), per_direction(direct),
                          tile=self.tile)
-        o = torch.stack([p.flip(f) if f else p for p, f in zip(o.split(H, dim=3), FLIPS)]).mean(0)
-        return self._finish(o)
+        # each direction is normalised on its own before they are averaged (as the reference
+        # implementation): otherwise the direction whose quadrant holds the most state drowns the
+        # others, and a node near an edge hears almost only one direction
+        o = self._rms(o.unflatten(3, (len(FLIPS), H)))
+        o = torch.stack([o[:, :, :, i].flip(f) if f else o[:, :, :, i]
+                         for i, f in enumerate(FLIPS)]).mean(0)
+        return self._finish(o, normalised=True)

@@ -41,14 +41,17 @@ def test_2d_equals_four_directions_of_plstm_dag(mode, chirality):
                  transition=flip(transition[:, :, :, heads]), mark=flip(mark[:, :, :, heads]),
                  direct=flip(direct[:, :, :, heads]))
         args, kw = grid_as_dag(p)
-        outs.append(flip(plstm_dag(*args, **kw).reshape(2, 4, 5, H, -1)))
-    want = layer._finish(torch.stack(outs).mean(0))
+        out = flip(plstm_dag(*args, **kw).reshape(2, 4, 5, H, -1))
+        outs.append(out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + layer.norm_eps))
+    # every direction is RMS-normalised per head before the four are averaged
+    want = layer.o_proj((torch.stack(outs).mean(0) * layer.norm_weight).flatten(-2))
     assert_close("y", layer(x), want, 1e-12)
 
 
-def test_2d_sees_all_four_quadrants():
+@pytest.mark.parametrize("mode,chirality", [("P", "L"), ("D", "L"), ("D", "R")])
+def test_2d_sees_all_four_quadrants(mode, chirality):
     torch.manual_seed(2)
-    layer = flashseq.pLSTM2d(8, num_heads=2).double()
+    layer = flashseq.pLSTM2d(8, num_heads=2, mode=mode, chirality=chirality).double()
     x = torch.randn(1, 7, 7, 8, dtype=torch.float64, requires_grad=True)
     layer(x)[0, 3, 3].sum().backward()
     for corner in ((0, 0), (0, 6), (6, 0), (6, 6)):
@@ -70,7 +73,8 @@ def test_initialisation():
     assert layer.gate_proj.weight.abs().sum() == 0
     bias = layer.gate_proj.bias.reshape(5, 4, 4)     # (gate, direction, head)
     assert torch.allclose(bias[0, 0], torch.linspace(-2, 2, 4))          # orientation spread
-    assert torch.allclose(bias[1, 3], torch.linspace(1, 4, 4))           # decay: long memory
+    assert torch.allclose(bias[1, 3], torch.linspace(4, 6, 4))           # decay: long memory
+    assert torch.sigmoid(bias[1]).min() ** 16 > 0.7       # reaches across 16 nodes in every head
     x = torch.randn(1, 3, 3, 16)
     _, _, _, g = layer._project(x)
     _, transition, _, _ = layer._gates(g)

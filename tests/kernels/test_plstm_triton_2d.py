@@ -68,19 +68,20 @@ def test_forward_and_gradients_equal_dag(X, Y, tile, mode):
 
 
 @needs_triton
-@pytest.mark.parametrize("tile,BKS", [((2, 4), 2), ((4, 4), 16), ((1, 2), 4)], ids=str)
-def test_poisoned_output_and_scratch_are_overwritten(tile, BKS):
-    """Every output element and every edge-state slot the kernel reads is written first;
-    BKS < K walks the K rows of the edge states in several steps."""
-    from flashseq.kernels.plstm.triton_2d import kernel_meta, plstm_2d_triton_fwd
+@pytest.mark.parametrize("tile", [(2, 4), (4, 4), (1, 2)], ids=str)
+def test_poisoned_output_and_scratch_are_overwritten(tile):
+    """Every output element, every edge-state slot and every coefficient the kernel reads is
+    written first (the kernel walks the K rows of the edge states one at a time)."""
+    from flashseq.kernels.plstm.triton_2d import coef_shape, kernel_meta, plstm_2d_triton_fwd
     B, X, Y, H, K, V = 1, 5, 7, 2, 16, 20
     p64 = _problem(B, X, Y, H, K, V, "p", seed=3)
     args = [p64[n].detach().float().to(DEVICE) for n in NAMES]
-    meta = kernel_meta(tile, K, V, BV=16, BKS=BKS)
+    meta = kernel_meta(tile, K, V, BV=16)
     slots = -(-Y // meta["BY"]) * meta["BY"] + meta["BX"]
     out = torch.full((B, X, Y, H, V), float("nan"), device=DEVICE)
     scratch = torch.full((B * H, slots, K, V), float("nan"), device=DEVICE)
-    o = plstm_2d_triton_fwd(*args, K ** -0.5, tile, BV=16, BKS=BKS, out=out, scratch=scratch)
+    coef = torch.full(coef_shape(meta, B * H, V), float("nan"), device=DEVICE)
+    o = plstm_2d_triton_fwd(*args, K ** -0.5, tile, BV=16, out=out, scratch=scratch, coef=coef)
     assert o.data_ptr() == out.data_ptr()
     assert not torch.isnan(o).any()
     assert_close("o", o, _dag_ref(p64), 1e-5)

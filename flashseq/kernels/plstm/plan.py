@@ -82,23 +82,30 @@ def plan_plstm_1d(T: int, K: int, V: int, batch_heads: int = 1, device: str = "c
 
 # --- the Triton 2D kernel (``triton_2d.py``) ----------------------------------------------------
 # One program per (V block, batch row x head) walks every tile, so a tile's work is sequential
-# and its live fp32 blocks must fit one program's registers. Live at the peak (the intra-tile
-# step): the source coefficients MS [NP, NP] and q k^T [NP, NP], q and k [NP, BK], v and o
-# [NP, BV], MB [NP, NB], LB [NB, NB], LS [NB, NP]; in the column sweep four [BY, NB + NP] blocks.
+# and its live fp32 blocks must fit one program's registers. The kernel keeps the tile's
+# coefficients in a global slab (written by the column sweep, read back as tl.dot operands) and
+# walks the edge states one K row at a time, so the peak is the boundary step: MB [NP, NB],
+# LB [NB, NB], LS [NB, NP], and five [NP or NB, BV] blocks (o, v, k v, the entering and the
+# leaving state row) -- nothing scales with K (q k^T goes 32 columns of K at a time).
 # NP = max(16, BX BY), NB = max(16, pow2(BX + BY)). On CUDA BY is 16 or 32 so every product of
-# the sweep is a tl.dot (>= 16 on each side); tiles hold at most 64 nodes.
-# The estimate UNDER-COUNTS the real kernel (fp32 "ieee" dots run on FMA units and hold whole
-# operand rows per thread): at K = V = 64, bf16, the planned 4 x 16 tile (BV 32, 8 warps)
-# predicts 124 registers but ptxas gives 255 plus 880 B (sm_90) / 1584 B (sm_80) of stack;
-# 1 x 16 with BV 16 and 8 warps is the only measured tile without spills (250 registers).
-# tests/kernels/test_plstm_triton_compile.py records this.
+# the sweep is a tl.dot (>= 16 on each side).
+# Registers per thread are NOT those blocks over the threads: tl.dot operands are replicated
+# across warps and ptxas keeps addresses and masks. TRITON_REGISTERS_PER_BLOCK and
+# TRITON_BASE_REGISTERS are calibrated on ptxas (triton 3.7, bf16, 8 warps, sm_80 and sm_90,
+# K = V = 64 and 128; units = peak elements / 256 threads): 1 x 16 BV 16 (15 units) 202-218
+# registers and 2 x 16 BV 16 (22 units) 216-242, both without spills; 1 x 16 BV 32 (22 units)
+# 220; 2 x 16 BV 32 (32 units) 255 + 8 B spilled; 4 x 16 BV 16 (36 units) 255 + 120 B. The
+# model predicts 220 / 248 / 248 / 288 / 304, so it admits exactly the tiles that compiled
+# without spills. tests/kernels/test_plstm_triton_compile.py checks prediction >= measurement
+# and no spills for the planned tile.
 TRITON_WARPS = 8
 TRITON_MAX_REGISTERS = 255
-TRITON_BASE_REGISTERS = 24
+TRITON_BASE_REGISTERS = 160
+TRITON_REGISTERS_PER_BLOCK = 4     # registers per unit (one fp32 element per thread)
 TRITON_BX = (1, 2, 4, 8)
 TRITON_BY = {"cuda": (16, 32), "cpu": (2, 4, 8, 16, 32)}
 TRITON_MAX_NODES = 64
-TRITON_BV = 32
+TRITON_BV = 16
 
 
 @dataclass(frozen=True)
@@ -118,14 +125,18 @@ def _pow2_at_least(n: int, low: int) -> int:
     return max(low, 1 << max(n - 1, 0).bit_length())
 
 
+def _peak_elements(NP, NB, BV: int):
+    """fp32 elements live at the kernel's peak (the boundary step; see above)."""
+    return NP * NB + NB * NB + NB * NP + 3 * NP * BV + 2 * NB * BV
+
+
 def triton_2d_registers(BX: int, BY: int, K: int, BV: int = TRITON_BV,
                         num_warps: int = TRITON_WARPS) -> int:
-    """Predicted fp32 registers per thread of the Triton 2D kernel (the live blocks listed
-    above, spread over 32 * num_warps threads, plus addresses and counters)."""
-    NP, NB, BK = _pow2_at_least(BX * BY, 16), _pow2_at_least(BX + BY, 16), _pow2_at_least(K, 16)
-    sweep = 4 * BY * (NB + NP)
-    peak = 2 * NP * NP + 2 * NP * BK + 2 * NP * BV + NP * NB + NB * NB + NB * NP
-    return TRITON_BASE_REGISTERS + -(-max(peak, sweep + NP * NP + NP * NB) // (32 * num_warps))
+    """Predicted registers per thread of the Triton 2D kernel (ptxas-calibrated model above;
+    independent of K, which the kernel walks in steps)."""
+    NP, NB = _pow2_at_least(BX * BY, 16), _pow2_at_least(BX + BY, 16)
+    units = -(-_peak_elements(NP, NB, BV) // (32 * num_warps))
+    return TRITON_BASE_REGISTERS + TRITON_REGISTERS_PER_BLOCK * units
 
 
 @functools.lru_cache(maxsize=256)
@@ -134,14 +145,14 @@ def plan_plstm_2d_triton(X: int, Y: int, K: int, V: int, batch_heads: int = 1,
     """The cheapest tile of the Triton 2D kernel whose live blocks fit the registers.
 
     A constrint model over BX, BY and the padded sizes NP >= BX BY, NB >= BX + BY (powers of two
-    >= 16): registers per thread (``triton_2d_registers``, 8 warps) <= 255; cost per tile and
-    program: the column sweep BX (BY^2 + 2 NP BY) (NB + NP), the intra-tile products
-    NP^2 (K + BV) and the boundary read/update NB (NP + NB) K BV multiply-adds, plus
+    >= 16): predicted registers per thread (``triton_2d_registers``, 8 warps) <= 255; cost per
+    tile and program: the column sweep BX BY^2 (NB + NP), the intra-tile products
+    NP^2 (K + BV) and the boundary read/update (NP NB + NB (NB + NP)) K BV multiply-adds, plus
     ``STEP_COST`` for the tile's dependent steps; times the cdiv(X, BX) cdiv(Y, BY) tiles.
     ``device`` "cuda" keeps BY in {16, 32}; "cpu" (the interpreter) allows 2..32."""
     import constrint as ci
     kind = "cpu" if device == "cpu" else "cuda"
-    BK, BV = _pow2_at_least(K, 16), TRITON_BV
+    BV = TRITON_BV
     m = ci.Model()
     bx = m.int_var("BX", values=_fits(TRITON_BX, X))
     by = m.int_var("BY", values=_fits(TRITON_BY[kind], Y))
@@ -150,12 +161,11 @@ def plan_plstm_2d_triton(X: int, Y: int, K: int, V: int, batch_heads: int = 1,
     m.add(bx * by <= TRITON_MAX_NODES)
     m.add(n_p >= bx * by)
     m.add(n_b >= bx + by)
-    budget = (TRITON_MAX_REGISTERS - TRITON_BASE_REGISTERS) * 32 * TRITON_WARPS
-    m.add(2 * n_p * n_p + 2 * BK * n_p + 2 * BV * n_p + n_p * n_b + n_b * n_b + n_b * n_p
-          <= budget)
-    m.add(4 * by * (n_b + n_p) + n_p * n_p + n_p * n_b <= budget)
-    per_tile = (bx * (by * by + 2 * n_p * by) * (n_b + n_p) + n_p * n_p * (K + BV)
-                + n_b * (n_p + n_b) * K * BV)
+    threads = 32 * TRITON_WARPS
+    units = (TRITON_MAX_REGISTERS - TRITON_BASE_REGISTERS) // TRITON_REGISTERS_PER_BLOCK
+    m.add(_peak_elements(n_p, n_b, BV) <= units * threads)
+    per_tile = (bx * by * by * (n_b + n_p) + n_p * n_p * (K + BV)
+                + (n_p * n_b + n_b * (n_b + n_p)) * K * BV)
     m.minimize(ci.cdiv(X, bx) * ci.cdiv(Y, by) * (per_tile + STEP_COST[kind]))
     sol = m.solve()
     if not sol:

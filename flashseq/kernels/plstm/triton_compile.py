@@ -4,9 +4,9 @@ its resources.
 ``python -m flashseq.kernels.plstm.triton_compile --dim 64 --arch 90`` prints one JSON line per
 compiled kernel (K = V = dim, bf16 q/k/v/o, fp32 gates and scratch, the tile
 ``plan_plstm_2d_triton`` picks for a 64 x 64 grid with B * H = 64 on CUDA, its BV and warps):
-registers per thread, stack and local memory (spills) and shared memory of the cubin ptxas
-produced. Must run with TRITON_INTERPRET unset (the interpreter compiles nothing); the tests call
-it in a subprocess for that reason.
+registers per thread (and the plan's prediction), stack and local memory (spills) and shared
+memory of the cubin ptxas produced. Must run with TRITON_INTERPRET unset (the interpreter
+compiles nothing); the tests call it in a subprocess for that reason.
 """
 from __future__ import annotations
 
@@ -18,18 +18,20 @@ import torch
 
 from flashseq.kernels.fused_rnn.triton_compile import _TRITON_TYPES, _resource_usage
 
-FP32_PTRS = ("SR", "SD", "TRL", "TRU", "TDL", "TDU", "ML", "MU", "D", "SCR")
+FP32_PTRS = ("SR", "SD", "TRL", "TRU", "TDL", "TDU", "ML", "MU", "D", "SCR", "CF")
 SCALARS = {"X": "i32", "Y": "i32", "NX": "i32", "NY": "i32", "scale": "fp32"}
 GRID = 64           # the planned grid side
 BATCH_HEADS = 64    # B * H of the planned call (16 x 4, the benchmark's)
 
 
 def kernel_specs(dim: int, dtype: torch.dtype):
-    """[(kernel, signature, constexprs, num_warps)] of the 2D forward at K = V = dim."""
+    """[(kernel, signature, constexprs, num_warps, the plan's predicted registers)] of the 2D
+    forward at K = V = dim."""
     from .plan import plan_plstm_2d_triton
     from .triton_2d import kernel_meta, plstm2d_fwd_kernel
     plan = plan_plstm_2d_triton(GRID, GRID, dim, dim, BATCH_HEADS, "cuda")
-    constexprs = dict(H=4, DK=dim, DV=dim, **kernel_meta((plan.BX, plan.BY), dim, dim, BV=plan.BV))
+    meta = kernel_meta((plan.BX, plan.BY), dim, dim, BV=plan.BV, dtype=dtype)
+    constexprs = dict(H=4, DK=dim, DV=dim, **meta)
     dt = _TRITON_TYPES[dtype]
     sig = {}
     for name in plstm2d_fwd_kernel.arg_names:
@@ -39,7 +41,7 @@ def kernel_specs(dim: int, dtype: torch.dtype):
             sig[name] = SCALARS[name]
         else:
             sig[name] = "*fp32" if name in FP32_PTRS else "*" + dt
-    return [(plstm2d_fwd_kernel, sig, constexprs, plan.num_warps)]
+    return [(plstm2d_fwd_kernel, sig, constexprs, plan.num_warps, plan.registers_per_thread)]
 
 
 def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16) -> list[dict]:
@@ -51,14 +53,15 @@ def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16) -> list[dict]:
         raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a "
                            "subprocess)")
     reports = []
-    for kernel, sig, constexprs, num_warps in kernel_specs(dim, dtype):
+    for kernel, sig, constexprs, num_warps, planned in kernel_specs(dim, dtype):
         src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
         compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": num_warps, "num_stages": 1})
         report = {"kernel": kernel.__name__, "dim": dim, "arch": arch,
                   "dtype": str(dtype).replace("torch.", ""), "num_warps": num_warps,
-                  **{k: constexprs[k] for k in ("BX", "BY", "NP", "NB", "BV", "BKS")},
-                  "stage": "cubin", "shared": compiled.metadata.shared}
+                  **{k: constexprs[k] for k in ("BX", "BY", "NP", "NB", "BV", "PREC")},
+                  "planned_regs": planned, "stage": "cubin",
+                  "shared": compiled.metadata.shared}
         report.update(_resource_usage(compiled.asm["cubin"]))
         reports.append(report)
     return reports

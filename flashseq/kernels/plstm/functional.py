@@ -22,8 +22,8 @@ def _compute(q, *tensors):
     return [t.to(dtype) for t in (q, *tensors)]
 
 
-# The plstm_2d kernel still spills registers at its planned tile (sm_80/sm_90 cubins) and has
-# not run on a GPU, so "auto" keeps the PyTorch form for it; backend="triton" asks for it.
+# The plstm_2d kernel has not run on a GPU yet (only the interpreter and cubin compile checks),
+# so "auto" keeps the PyTorch form for it; backend="triton" asks for it.
 AUTO_TRITON_OPS = ("plstm_1d",)
 
 
@@ -114,8 +114,8 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
         scale: float. Default None: ``K ** -0.5``.
         tile: (BX, BY) or None (planned). X and Y need not be multiples of it. The Triton back
             end rounds each side up to a power of two.
-        backend: "auto" (the PyTorch form for now: the Triton kernel still spills registers
-            and has not run on a GPU), "torch" (the tiled PyTorch form) or "triton" (CUDA, or
+        backend: "auto" (the PyTorch form for now: the Triton kernel has not run on a GPU
+            yet), "torch" (the tiled PyTorch form) or "triton" (CUDA, or
             CPU under TRITON_INTERPRET=1; float64 warns once and uses PyTorch). The Triton back
             end runs the forward as one
             kernel (``plan_plstm_2d_triton`` tiles); its backward recomputes the tiled PyTorch

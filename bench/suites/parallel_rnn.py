@@ -5,8 +5,11 @@ LSTM, structure "block": B=16, heads of DH=8 (NH=4 on the CPU, NH=8 on CUDA). Ea
 the two calls in alternation (``bench.timing.measure_ratio``, median of per-pair ratios);
 ``ratio`` = parallel time / sequential time (below 1: parallel wins), ``newton_iterations`` the
 iterations the parallel call took on these inputs.
-CPU: float32, forward (no_grad), T in {256, 1024, 4096}: longer T are left to the GPU run to
-keep the suite short (a parallel call at T=4096 takes seconds on the CPU).
+CPU: float32, forward (no_grad), T in {256, ..., 65536}, one torch thread for both calls
+(``DEFAULT_CPU_THREADS``; ``--threads`` overrides): on the shared 2-core machine these results
+come from, two threads measured 20x slower for the parallel call (thousands of small parallel
+regions, each waiting for a core other processes hold) and 3.6x slower for the sequential one.
+A parallel call at T=65536 takes about a minute on the CPU.
 CUDA: bfloat16 inputs (Newton runs in float32), forward and forward+backward,
 T in {256, 1024, 4096, 16384, 65536}.
 Before anything is timed, parallel_rnn must match fused_rnn (backend "reference") on a small case.
@@ -21,7 +24,9 @@ from bench.timing import measure_ratio
 DESCRIPTION = ("Parallel-in-time LSTM (Newton + parallel scan, structure block, DH=8 heads, B=16) "
                "vs the sequential fused_rnn, same weights; ratio = parallel / sequential time.")
 
-CPU = dict(B=16, NH=4, DH=8, T=(256, 1024, 4096), dtype=torch.float32, modes=("fwd",))
+CPU = dict(B=16, NH=4, DH=8, T=(256, 1024, 4096, 16384, 65536), dtype=torch.float32,
+           modes=("fwd",))
+DEFAULT_CPU_THREADS = 1  # python -m bench applies it on CPU unless --threads is given
 CPU_QUICK = dict(B=2, NH=1, DH=8, T=(32,), dtype=torch.float32, modes=("fwd",))
 GPU = dict(B=16, NH=8, DH=8, T=(256, 1024, 4096, 16384, 65536), dtype=torch.bfloat16,
            modes=("fwd", "fwd+bwd"))

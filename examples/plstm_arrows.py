@@ -6,10 +6,26 @@ image side, so a model trained at S x S can be evaluated at 2S x 2S on the same 
 picture. A small classifier (a convolutional stem making one token per 4 x 4 pixels, a ViT-style
 block with pLSTM2d as its token mixer, mean and max pooling) is trained on CPU and its accuracy
 printed at the training size and at twice that size; chance is 50%. There are no position
-embeddings, so nothing in the model is tied to the training size. The default run takes a few
-minutes on one CPU thread (``--threads``).
+embeddings, so nothing in the model is tied to the training size. The default run (500 steps
+of 16 images) takes about a minute on one CPU thread (``--threads``).
 
-    python examples/plstm_arrows.py [--size 32] [--steps 500] [--batch 16] [--dim 16] [--mode P]
+What makes it learn in that budget: four heads per direction, so the P-mode orientation biases
+start at 16 different preferred angles (the arrow's state has to be carried along its own
+direction to reach the circle); a decay near 1 in every head (the circle can be a whole image
+side away); each direction normalised on its own before the four are averaged (inside
+``flashseq.pLSTM2d``). The default is D-mode: it leaves the loss plateau near log 2 sooner
+(~150 steps; P-mode ~200-250). Measured with the defaults on one CPU thread (accuracy on 512
+test images at 32 x 32 / at 64 x 64):
+
+    --mode D  seed 0: 72.5% / 56.2%   seed 1: 77.9% / 54.7%
+    --mode P  seed 0: 65.6% / 60.0%   seed 1: 63.1% / 54.9%   seed 2: 67.0% / 56.8%
+
+so the model clearly learns the task at the training size, while at twice the size it keeps
+only a few points above chance: this small, briefly trained model does not show the paper's
+extrapolation. A 1500-step P-mode schedule at learning rate 1e-2 stayed on the plateau for over
+1000 steps with seeds 0 and 1.
+
+    python examples/plstm_arrows.py [--size 32] [--steps 500] [--batch 16] [--dim 16] [--mode D]
 """
 from __future__ import annotations
 
@@ -78,10 +94,10 @@ def draw_arrows(n: int, size: int, generator: torch.Generator):
 class Block(nn.Module):
     """ViT-style block with pLSTM2d as the token mixer."""
 
-    def __init__(self, dim, heads, mode="P"):
+    def __init__(self, dim, heads, mode="P", tile=None):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.mixer = flashseq.pLSTM2d(dim, num_heads=heads, mode=mode)
+        self.mixer = flashseq.pLSTM2d(dim, num_heads=heads, mode=mode, tile=tile)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
 
     def forward(self, x):                  # [B, X, Y, C]
@@ -93,11 +109,11 @@ class ArrowClassifier(nn.Module):
     """Convolutional stem (one token per patch x patch pixels), pLSTM2d blocks, then mean and
     max pooling over the tokens."""
 
-    def __init__(self, dim=32, heads=2, depth=2, patch=4, mode="P"):
+    def __init__(self, dim=32, heads=4, depth=2, patch=4, mode="P", tile=None):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GELU(),
                                   nn.Conv2d(16, dim, patch, stride=patch))
-        self.blocks = nn.Sequential(*[Block(dim, heads, mode) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[Block(dim, heads, mode, tile) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(2 * dim, 2)
 
@@ -122,10 +138,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dim", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=2)
+    parser.add_argument("--heads", type=int, default=4,
+                        help="heads per direction; each starts with its own preferred angle")
     parser.add_argument("--patch", type=int, default=4)
-    parser.add_argument("--mode", choices=("P", "D"), default="P")
+    parser.add_argument("--mode", choices=("P", "D"), default="D",
+                        help="D learned faster at the training size in our runs, P held up "
+                             "slightly better at twice the size (numbers in the docstring)")
     parser.add_argument("--depth", type=int, default=1)
+    parser.add_argument("--tile", type=int, default=4,
+                        help="square tile of the parallel form (0: planned); 4 x 4 was the "
+                             "fastest on one CPU thread for the 8 x 8 token grid")
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--eval", type=int, default=512, help="test images per size")
     parser.add_argument("--seed", type=int, default=0)
@@ -142,7 +164,8 @@ def main(argv=None) -> dict:
 
 def _train_and_evaluate(args) -> dict:
     torch.manual_seed(args.seed)
-    model = ArrowClassifier(args.dim, args.heads, args.depth, args.patch, args.mode)
+    model = ArrowClassifier(args.dim, args.heads, args.depth, args.patch, args.mode,
+                            (args.tile, args.tile) if args.tile else None)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, args.lr, total_steps=max(args.steps, 1),
                                                 pct_start=0.1)

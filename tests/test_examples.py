@@ -89,7 +89,8 @@ def test_arrow_images_are_balanced_and_labelled_by_geometry():
     assert bool(((images == 0) | (images == 1)).all()) and images.sum((1, 2, 3)).min() > 10
 
 
-@pytest.mark.slow  # the full default run: a few minutes of CPU training
+@pytest.mark.slow  # the full default run: 500 steps, about a minute of CPU training
 def test_plstm_arrows_learns_better_than_chance():
+    # the default (D-mode, seed 0) measured 72.5% at 32x32, seed 1 77.9%; P-mode 63-67%
     result = load("plstm_arrows").main([])
-    assert result["accuracy"] > 0.58, result   # chance 0.5; 512 test images: sd 0.022
+    assert result["accuracy"] > 0.65, result   # chance 0.5; 512 test images: sd 0.022

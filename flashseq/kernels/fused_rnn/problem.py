@@ -13,8 +13,9 @@ import torch
 
 from flashseq._lazy_dynamo import assume_constant_result
 from flashseq.cells import Cell, get_cell
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from flashseq.kernels._checks import FLOAT_DTYPES  # noqa: F401 (re-exported)
+from flashseq.kernels._checks import check_float_dtype, check_like, check_tensor
+from flashseq.kernels._checks import describe as _describe
 
 
 @dataclass(frozen=True)
@@ -36,27 +37,14 @@ class Problem:
     extras: tuple = ()
 
 
-def _describe(t: torch.Tensor) -> str:
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 def _check_tensor(name, t, shape_doc, ndim, optional=False):
     if t is None and optional:
         return
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {shape_doc}; got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {shape_doc}; got {_describe(t)}")
+    check_tensor(name, t, ndim, shape_doc)
 
 
 def _check_like(name, t, wx, expected_shape, shape_doc):
-    if tuple(t.shape) != tuple(expected_shape):
-        raise ValueError(f"{name} must have shape {shape_doc} = {tuple(expected_shape)}; "
-                         f"got {_describe(t)}")
-    if t.dtype != wx.dtype:
-        raise TypeError(f"{name} must have wx's dtype {wx.dtype}; got {_describe(t)}")
-    if t.device != wx.device:
-        raise ValueError(f"{name} must be on wx's device {wx.device}; got {_describe(t)}")
+    check_like(name, t, wx, "wx", expected_shape, shape_doc)
 
 
 def validate(wx, r, b, states, cell, lengths) -> Problem:
@@ -65,8 +53,7 @@ def validate(wx, r, b, states, cell, lengths) -> Problem:
     G = cell.num_gates
     S = cell.num_states
     _check_tensor("wx", wx, "[B, T, G, NH, DH]", 5)
-    if wx.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"wx must be float16, bfloat16, float32 or float64; got {_describe(wx)}")
+    check_float_dtype("wx", wx)
     B, T, G_wx, NH, DH = wx.shape
     if G_wx != G:
         raise ValueError(f"wx's gate axis (dim 2) must be {G} for cell {cell.name!r} "

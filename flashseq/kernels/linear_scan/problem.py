@@ -10,7 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from flashseq.kernels._checks import FLOAT_DTYPES, check_device, describe
+from flashseq.kernels._checks import check_float_tensor as _tensor
+from flashseq.kernels._checks import check_scale as _check_scale
+from flashseq.kernels._checks import check_shape as _shape
+
 STATE_DTYPES = (torch.float32, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
 
@@ -38,37 +42,8 @@ class LinearProblem:
         return torch.float64 if self.dtype == torch.float64 else torch.float32
 
 
-def describe(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return f"type {type(t).__name__}"
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
-def _tensor(name, t, ndim, layout):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {layout}; got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}; got {describe(t)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 {layout}; "
-                        f"got {describe(t)}")
-
-
 def _same_device(name, t, q):
-    if t.device != q.device:
-        raise ValueError(f"{name} must be on q's device {q.device}; got {describe(t)}")
-
-
-def _shape(name, t, expected, layout):
-    if tuple(t.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}; got {describe(t)}")
-
-
-def _check_scale(scale):
-    if scale is None:
-        return
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None (default K**-0.5); got {type(scale).__name__}")
+    check_device(name, t, q.device, "q")
 
 
 def _check_cu_seqlens(cu_seqlens, B, T, q):
@@ -221,4 +196,4 @@ def resolve_scale(scale, K) -> float:
 
 
 __all__ = ["LinearProblem", "validate_gla", "validate_delta", "validate_mlstm", "resolve_scale",
-           "describe"]
+           "describe", "FLOAT_DTYPES"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 
 from flashseq.cells import get_cell
-from flashseq.kernels.fused_rnn.problem import FLOAT_DTYPES
+from flashseq.kernels._checks import check_float_dtype, check_like
+from flashseq.kernels._checks import check_tensor as _tensor
+from flashseq.kernels._checks import describe as _describe
 
 STRUCTURES = ("diag", "block")
 BACKENDS = ("auto", "reference", "triton")
@@ -15,26 +17,8 @@ DEFAULT_TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
 DEFAULT_MAX_ITERS = 64
 
 
-def _describe(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
-def _tensor(name, t, ndim, doc):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {doc}; got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {doc}; got {_describe(t)}")
-
-
 def _like(name, t, wx, shape, doc):
-    if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {doc} = {tuple(shape)}; got {_describe(t)}")
-    if t.dtype != wx.dtype:
-        raise TypeError(f"{name} must have wx's dtype {wx.dtype}; got {_describe(t)}")
-    if t.device != wx.device:
-        raise ValueError(f"{name} must be on wx's device {wx.device}; got {_describe(t)}")
+    check_like(name, t, wx, "wx", shape, doc)
 
 
 def validate(wx, r, b, states, cell, structure, lengths, max_iters, tol, backend):
@@ -49,8 +33,7 @@ def validate(wx, r, b, states, cell, structure, lengths, max_iters, tol, backend
                          "'lstm', 'gru', 'elman' (use fused_rnn for it)")
     G, S = cell.num_gates, cell.num_states
     _tensor("wx", wx, 5, "[B, T, G, NH, DH]")
-    if wx.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"wx must be float16, bfloat16, float32 or float64; got {_describe(wx)}")
+    check_float_dtype("wx", wx)
     B, T, G_wx, NH, DH = wx.shape
     if G_wx != G:
         raise ValueError(f"wx's gate axis (dim 2) must be {G} for cell {cell.name!r} "

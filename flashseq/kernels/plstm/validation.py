@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from flashseq.kernels._checks import FLOAT_DTYPES, check_device, check_scale, describe
+from flashseq.kernels._checks import check_float_tensor as check_float
+from flashseq.kernels._checks import check_shape as _check_shape
 
-
-def describe(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return f"type {type(t).__name__}"
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
-def check_float(name, t, ndim, layout):
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor {layout}; got {type(t).__name__}")
-    if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D {layout}; got {describe(t)}")
-    if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64 {layout}; "
-                        f"got {describe(t)}")
+__all__ = ["FLOAT_DTYPES", "describe", "check_float", "check_shape", "check_qkv", "check_gate",
+           "check_scale", "check_tile", "check_graph"]
 
 
 def check_shape(name, t, expected, layout, device):
-    if tuple(t.shape) != tuple(expected):
-        raise ValueError(f"{name} must have shape {layout} = {tuple(expected)}; got {describe(t)}")
-    if t.device != device:
-        raise ValueError(f"{name} must be on q's device {device}; got {describe(t)}")
+    """``t`` has shape ``expected`` (axes ``layout``) and lies on q's ``device``."""
+    _check_shape(name, t, expected, layout)
+    check_device(name, t, device, "q")
 
 
 def check_qkv(q, k, v, lead: str):
@@ -49,12 +37,6 @@ def check_qkv(q, k, v, lead: str):
 def check_gate(name, t, expected, layout, q):
     check_float(name, t, len(expected), layout)
     check_shape(name, t, expected, layout, q.device)
-
-
-def check_scale(scale):
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        raise TypeError(f"scale must be a float or None (default K**-0.5); "
-                        f"got {type(scale).__name__}")
 
 
 def check_tile(name, tile, ndim):

@@ -8,28 +8,16 @@ JIT functions); the tests call it in a subprocess for that reason.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import re
-import subprocess
-import tempfile
-
 import torch
 
-_TRITON_TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+from flashseq.kernels._triton_compile_common import (TRITON_TYPES, compile_cubin, dtype_name,
+                                                     require_compiler, resource_usage, run_cli,
+                                                     signature)
 
 
 def _signature(kernel, pointer_types: dict, scalar_names, constexprs: dict) -> dict:
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in scalar_names:
-            sig[name] = "i32"
-        else:
-            sig[name] = "*" + pointer_types.get(name, "fp32")
-    return sig
+    return signature(kernel, constexprs, dict.fromkeys(scalar_names, "i32"),
+                     lambda name: pointer_types.get(name, "fp32"))
 
 
 def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "h100",
@@ -55,7 +43,7 @@ def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "
     plan = plan_fused_rnn(cell, batch, heads, head_dim, dtype, gpu, "triton", max_onchip_bytes)
     if force_split:
         plan = dataclasses.replace(plan, path="split", BH=16, BK=plan.padded_head_dim)
-    dt = _TRITON_TYPES[dtype]
+    dt = TRITON_TYPES[dtype]
     DHP = plan.padded_head_dim
     common = dict(G=cell.num_gates, S=cell.num_states, BB=plan.BB, DHP=DHP, HAS_LEN=True,
                   PREC="ieee" if dtype == torch.float32 else "tf32")
@@ -78,23 +66,6 @@ def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "
     return specs, plan
 
 
-def _resource_usage(cubin: bytes) -> dict:
-    # registers and local memory (spills land there) of the cubin, read with the cuobjdump
-    # triton ships; triton's own metadata has no register count until loaded on a device
-    import triton
-
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        out = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True,
-                             text=True, check=True).stdout
-    fields = dict(re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", out))
-    return {"n_regs": int(fields["REG"]), "local_bytes": int(fields["LOCAL"]),
-            "stack_bytes": int(fields["STACK"])}
-
-
 def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfloat16,
                        max_onchip_bytes: int | None = None, force_split: bool = False) -> list[dict]:
     """Compile the planned forward and backward kernels for GPUTarget("cuda", arch, 32), as
@@ -103,22 +74,17 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
     Returns one dict per kernel: name, path, tiles, stage ("cubin": ptxas ran), n_regs,
     local_bytes (spills), stack_bytes, shared (bytes of dynamic shared memory).
     """
-    import triton
-    from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a subprocess)")
+    require_compiler()
     results = []
     specs, plan = kernel_specs(cell_name, head_dim, dtype, gpu="h100" if arch >= 90 else "a100",
                                max_onchip_bytes=max_onchip_bytes, force_split=force_split)
     for kernel, sig, constexprs, num_warps, num_stages in specs:
         assert isinstance(kernel, JITFunction)
-        src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages)
         report = {"kernel": kernel.__name__, "cell": cell_name, "head_dim": head_dim, "arch": arch,
-                  "dtype": str(dtype).replace("torch.", ""), "gpu": plan.gpu, "path": plan.path,
+                  "dtype": dtype_name(dtype), "gpu": plan.gpu, "path": plan.path,
                   "BB": plan.BB, "DHP": plan.padded_head_dim, "BH": plan.BH, "BK": constexprs.get("BK", plan.BK),
                   "num_warps": num_warps, "num_stages": num_stages,
                   "plan_registers": plan.registers_per_thread,
@@ -127,26 +93,22 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
                   # the split path's barrier: a gpu-scope release add, acquire reads
                   "barrier": (".gpu.release" in compiled.asm["ptx"]
                               and ".gpu.acquire" in compiled.asm["ptx"])}
-        report.update(_resource_usage(compiled.asm["cubin"]))
+        report.update(resource_usage(compiled.asm["cubin"]))
         results.append(report)
     return results
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", action="append", required=True)
-    parser.add_argument("--head-dim", type=int, action="append", required=True)
-    parser.add_argument("--arch", type=int, action="append", required=True)
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    parser.add_argument("--force-split", action="store_true",
-                        help="compile the split path's kernels (atomic per-step barrier)")
-    args = parser.parse_args(argv)
-    for cell in args.cell:
-        for dh in args.head_dim:
-            for arch in args.arch:
-                for rep in compile_for_target(cell, dh, arch, getattr(torch, args.dtype),
-                                              force_split=args.force_split):
-                    print(json.dumps(rep), flush=True)
+    def compile_one(args, cell, head_dim, arch):
+        return compile_for_target(cell, head_dim, arch, getattr(torch, args.dtype),
+                                  force_split=args.force_split)
+
+    def add_force_split(parser):
+        parser.add_argument("--force-split", action="store_true",
+                            help="compile the split path's kernels (atomic per-step barrier)")
+
+    run_cli(__doc__, [("--cell", str), ("--head-dim", int), ("--arch", int)],
+            ["float32", "float16", "bfloat16"], "bfloat16", compile_one, argv, add_force_split)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,11 @@ interpreter replaces the JIT functions); the tests call it in a subprocess for t
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-
 import torch
 
-from flashseq.kernels.fused_rnn.triton_compile import _TRITON_TYPES, _resource_usage
+from flashseq.kernels._triton_compile_common import (TRITON_TYPES, compile_cubin, dtype_name,
+                                                     require_compiler, resource_usage, run_cli,
+                                                     signature)
 
 
 PTR_TYPES = {"G": "fp32", "GC": "fp32", "H0": "fp32", "HT": "fp32", "DHT": "fp32", "DH0": "fp32",
@@ -33,15 +31,7 @@ SCALARS = {"scale": "fp32", "T": "i32", "NT_ALL": "i32"}
 def _signature(kernel, constexprs, dt, ptr_types=None):
     """Triton signature of ``kernel``; ``ptr_types`` overrides ``PTR_TYPES`` for this kernel."""
     types = dict(PTR_TYPES, **(ptr_types or {}))
-    sig = {}
-    for name in kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in SCALARS:
-            sig[name] = SCALARS[name]
-        else:
-            sig[name] = "*" + types.get(name, dt)
-    return sig
+    return signature(kernel, constexprs, SCALARS, lambda name: types.get(name, dt))
 
 
 def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
@@ -57,7 +47,7 @@ def kernel_specs(dim: int, dtype: torch.dtype, gpu: str = "h100"):
     from .triton_recurrent import (block_sizes, gla_recurrent_bwd_kernel_dkv,
                                    gla_recurrent_bwd_kernel_dq, gla_recurrent_fwd_kernel)
 
-    dt = _TRITON_TYPES[dtype]
+    dt = TRITON_TYPES[dtype]
     BK, BV = block_sizes(dim, dim)
     rec = dict(H=16, K=dim, V=dim, BK=BK, BV=BV, VARLEN=True)
     specs = []
@@ -173,41 +163,33 @@ def delta_chunk_specs(dim, dtype, gpu, dt):
 def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16, kernels="all") -> list[dict]:
     """Compile the kernels (``kernels``: "all", "recurrent" or "chunk") for
     GPUTarget("cuda", arch, 32); one report dict per kernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a subprocess)")
+    require_compiler()
     reports = []
     gpu = "h100" if arch >= 90 else "a100"
     for kernel, sig, constexprs, num_warps, num_stages in kernel_specs(dim, dtype, gpu):
         is_chunk = "chunk" in kernel.__name__
         if (kernels == "recurrent" and is_chunk) or (kernels == "chunk" and not is_chunk):
             continue
-        src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": num_stages})
+        compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages)
         report = {"kernel": kernel.__name__, "dim": dim, "arch": arch, "gpu": gpu,
-                  "dtype": str(dtype).replace("torch.", ""), "BT": constexprs.get("BT"),
+                  "dtype": dtype_name(dtype), "BT": constexprs.get("BT"),
                   "BK": constexprs.get("BK"), "BV": constexprs.get("BV"),
                   "NH": constexprs.get("NH"), "num_warps": num_warps,
                   "num_stages": num_stages, "stage": "cubin", "shared": compiled.metadata.shared}
-        report.update(_resource_usage(compiled.asm["cubin"]))
+        report.update(resource_usage(compiled.asm["cubin"]))
         reports.append(report)
     return reports
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kernels", choices=["all", "recurrent", "chunk"], default="all")
-    parser.add_argument("--dim", type=int, action="append", required=True)
-    parser.add_argument("--arch", type=int, action="append", required=True)
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args(argv)
-    for dim in args.dim:
-        for arch in args.arch:
-            for rep in compile_for_target(dim, arch, getattr(torch, args.dtype), args.kernels):
-                print(json.dumps(rep), flush=True)
+    def compile_one(args, dim, arch):
+        return compile_for_target(dim, arch, getattr(torch, args.dtype), args.kernels)
+
+    def add_kernels(parser):
+        parser.add_argument("--kernels", choices=["all", "recurrent", "chunk"], default="all")
+
+    run_cli(__doc__, [("--dim", int), ("--arch", int)], ["float32", "float16", "bfloat16"],
+            "bfloat16", compile_one, argv, add_kernels)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ compiles nothing); the tests call it in a subprocess for that reason.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-
 import torch
 
-from flashseq.kernels.fused_rnn.triton_compile import _TRITON_TYPES, _resource_usage
+from flashseq.kernels._triton_compile_common import (TRITON_TYPES, compile_cubin, dtype_name,
+                                                     require_compiler, resource_usage, run_cli,
+                                                     signature)
 
 FP32_PTRS = ("SR", "SD", "TRL", "TRU", "TDL", "TDU", "ML", "MU", "D", "SCR", "CF")
 SCALARS = {"X": "i32", "Y": "i32", "NX": "i32", "NY": "i32", "scale": "fp32"}
@@ -32,51 +30,34 @@ def kernel_specs(dim: int, dtype: torch.dtype):
     plan = plan_plstm_2d_triton(GRID, GRID, dim, dim, BATCH_HEADS, "cuda")
     meta = kernel_meta((plan.BX, plan.BY), dim, dim, BV=plan.BV, dtype=dtype)
     constexprs = dict(H=4, DK=dim, DV=dim, **meta)
-    dt = _TRITON_TYPES[dtype]
-    sig = {}
-    for name in plstm2d_fwd_kernel.arg_names:
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in SCALARS:
-            sig[name] = SCALARS[name]
-        else:
-            sig[name] = "*fp32" if name in FP32_PTRS else "*" + dt
+    dt = TRITON_TYPES[dtype]
+    sig = signature(plstm2d_fwd_kernel, constexprs, SCALARS,
+                    lambda name: "fp32" if name in FP32_PTRS else dt)
     return [(plstm2d_fwd_kernel, sig, constexprs, plan.num_warps, plan.registers_per_thread)]
 
 
 def compile_for_target(dim: int, arch: int, dtype=torch.bfloat16) -> list[dict]:
     """Compile for GPUTarget("cuda", arch, 32); one report dict per kernel."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        raise RuntimeError("compile_for_target needs TRITON_INTERPRET unset (run it in a "
-                           "subprocess)")
+    require_compiler()
     reports = []
     for kernel, sig, constexprs, num_warps, planned in kernel_specs(dim, dtype):
-        src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
-        compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                                  options={"num_warps": num_warps, "num_stages": 1})
+        compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages=1)
         report = {"kernel": kernel.__name__, "dim": dim, "arch": arch,
-                  "dtype": str(dtype).replace("torch.", ""), "num_warps": num_warps,
+                  "dtype": dtype_name(dtype), "num_warps": num_warps,
                   **{k: constexprs[k] for k in ("BX", "BY", "NP", "NB", "BV", "PREC")},
                   "planned_regs": planned, "stage": "cubin",
                   "shared": compiled.metadata.shared}
-        report.update(_resource_usage(compiled.asm["cubin"]))
+        report.update(resource_usage(compiled.asm["cubin"]))
         reports.append(report)
     return reports
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, action="append", required=True)
-    parser.add_argument("--arch", type=int, action="append", required=True)
-    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
-    args = parser.parse_args(argv)
-    for dim in args.dim:
-        for arch in args.arch:
-            for rep in compile_for_target(dim, arch, getattr(torch, args.dtype)):
-                print(json.dumps(rep), flush=True)
+    def compile_one(args, dim, arch):
+        return compile_for_target(dim, arch, getattr(torch, args.dtype))
+
+    run_cli(__doc__, [("--dim", int), ("--arch", int)], ["float32", "float16", "bfloat16"],
+            "bfloat16", compile_one, argv)
 
 
 if __name__ == "__main__":

@@ -67,50 +67,6 @@ def delta_gates(G, GC, o_t, m_t, last, i_h, H: tl.constexpr, BT: tl.constexpr,
 
 
 @triton.jit
-def delta_chunk_fwd_kernel_wy(K_, V_, BETA, G, GC, TM, W, UT, CHUNKS,
-                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                              HAS_G: tl.constexpr, PREC: tl.constexpr):
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0, eos = chunk_bounds(CHUNKS, i_c)
-    o_t, m_t, last = chunk_steps(t0, eos, BT)
-    o_c = tl.arange(0, BT)
-    b_g, _ = delta_gates(G, GC, o_t, m_t, last, i_h, H, BT, HAS_G, False)     # [BT]
-    if HAS_G:
-        tl.store(GC + o_t * H + i_h, b_g, mask=m_t)
-    b_beta = tl.load(BETA + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        b_k = tl.load(K_ + (o_t[:, None] * H + i_h) * K + o_k[None, :],
-                      mask=m_t[:, None] & (o_k < K)[None, :], other=0.0)           # [BT, BK]
-        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-    strict = o_c[:, None] > o_c[None, :]
-    b_a = tl.where(strict, b_beta[:, None] * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :],
-                                                               0.0)) * b_kk, 0.0)   # [BT, BT]
-    # T = (I + A)^-1, row i = e_i - A[i, :] T (rows < i already final, A strictly lower)
-    b_t = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
-    for i in range(1, BT):
-        a_i = tl.sum(tl.where((o_c == i)[:, None], b_a, 0.0), axis=0)            # [BT]
-        row = tl.sum(a_i[:, None] * b_t, axis=0)
-        b_t = tl.where((o_c == i)[:, None], b_t - row[None, :], b_t)
-    tl.store(TM + (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :], b_t)
-    b_bk = b_beta * tl.exp(b_g)                                                  # [BT]
-    for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_tk = m_t[:, None] & (o_k < K)[None, :]
-        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-        b_k = tl.load(K_ + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-        tl.store(W + p_tk, tl.dot(b_t, b_k * b_bk[:, None], input_precision=PREC), mask=m_tk)
-    for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_tv = m_t[:, None] & (o_v < V)[None, :]
-        p_tv = (o_t[:, None] * H + i_h) * V + o_v[None, :]
-        b_v = tl.load(V_ + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        tl.store(UT + p_tv, tl.dot(b_t, b_v * b_beta[:, None], input_precision=PREC), mask=m_tv)
-
-
-@triton.jit
 def rows_tile(P, row, n_left, i, D: tl.constexpr, H: tl.constexpr, BT: tl.constexpr,
               BD: tl.constexpr):
     """[BT, BD] tile at D block i of the [.., H, D] tensor P: the BT steps from packed row
@@ -149,6 +105,87 @@ def state_store(P, base, i, i_v, x, K: tl.constexpr, V: tl.constexpr, BK: tl.con
 
 
 @triton.jit
+def chunk_rows_at(t0, eos, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """(o_t, m_t, last, row, n_left) of the chunk from step t0 (sequence end eos), head i_h:
+    ``chunk_steps``, the packed row (step * H + head) of its first step and the steps its
+    sequence has from there on (``rows_tile``'s arguments)."""
+    o_t, m_t, last = chunk_steps(t0, eos, BT)
+    return o_t, m_t, last, t0 * H + i_h, eos - t0
+
+
+@triton.jit
+def chunk_rows(CHUNKS, i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """``chunk_rows_at`` of chunk i_c of the chunk table."""
+    t0, eos = chunk_bounds(CHUNKS, i_c)
+    return chunk_rows_at(t0, eos, i_h, H, BT)
+
+
+@triton.jit
+def chunk_program(CHUNKS, G, GC, i_c, i_h, H: tl.constexpr, BT: tl.constexpr,
+                  HAS_G: tl.constexpr, FROM_GC: tl.constexpr):
+    """(o_t, m_t, last, row, n_left, G [BT], G_last) of a per-chunk kernel's program on chunk
+    i_c, head i_h: ``chunk_rows`` and ``delta_gates``."""
+    o_t, m_t, last, row, n_left = chunk_rows(CHUNKS, i_c, i_h, H, BT)
+    b_g, b_glast = delta_gates(G, GC, o_t, m_t, last, i_h, H, BT, HAS_G, FROM_GC)
+    return o_t, m_t, last, row, n_left, b_g, b_glast
+
+
+@triton.jit
+def head_steps(P, o_t, m_t, i_h, H: tl.constexpr):
+    """[BT] fp32 of the [.., H] tensor P (beta, g's gradients) at steps o_t of head i_h."""
+    return tl.load(P + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def chunk_block_offsets(i_c, i_h, H: tl.constexpr, BT: tl.constexpr):
+    """[BT, BT] offsets of chunk i_c's, head i_h's block in a [NC, H, BT, BT] tensor."""
+    o_c = tl.arange(0, BT)
+    return (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :]
+
+
+@triton.jit
+def causal_decay(b_x, b_g, BT: tl.constexpr, STRICT: tl.constexpr):
+    """``b_x[r, s] exp(G_r - G_s)`` where s < r (STRICT) or s <= r, else 0 ([BT, BT])."""
+    o_c = tl.arange(0, BT)
+    if STRICT:
+        m = o_c[:, None] > o_c[None, :]
+    else:
+        m = o_c[:, None] >= o_c[None, :]
+    return tl.where(m, b_x * tl.exp(tl.where(m, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+
+
+@triton.jit
+def state_tiles_load(P, base, i_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr,
+                     BV: tl.constexpr, HAS: tl.constexpr):
+    """V block i_v of the [K, V] state at P + base as the state passes hold it: four [BK, BV]
+    fp32 tiles, K blocks 0..3 (K <= 4 BK); the tiles past K are zeros no caller touches."""
+    b_1 = state_load(P, base, 0, i_v, K, V, BK, BV, HAS)
+    b_2 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_3 = tl.zeros([BK, BV], dtype=tl.float32)
+    b_4 = tl.zeros([BK, BV], dtype=tl.float32)
+    if K > BK:
+        b_2 = state_load(P, base, 1, i_v, K, V, BK, BV, HAS)
+    if K > 2 * BK:
+        b_3 = state_load(P, base, 2, i_v, K, V, BK, BV, HAS)
+    if K > 3 * BK:
+        b_4 = state_load(P, base, 3, i_v, K, V, BK, BV, HAS)
+    return b_1, b_2, b_3, b_4
+
+
+@triton.jit
+def state_tiles_store(P, base, i_v, b_1, b_2, b_3, b_4, K: tl.constexpr, V: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr):
+    """Store the tiles of ``state_tiles_load`` (those within K) at P + base."""
+    state_store(P, base, 0, i_v, b_1, K, V, BK, BV)
+    if K > BK:
+        state_store(P, base, 1, i_v, b_2, K, V, BK, BV)
+    if K > 2 * BK:
+        state_store(P, base, 2, i_v, b_3, K, V, BK, BV)
+    if K > 3 * BK:
+        state_store(P, base, 3, i_v, b_4, K, V, BK, BV)
+
+
+@triton.jit
 def state_tile_update(b_h, i, K_, row, n_left, b_dec, b_keep, b_u, H: tl.constexpr,
                       K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
     """K block i of ``S_end = keep S_0 + (k dec)^T u``; dot operands in k's dtype."""
@@ -166,6 +203,74 @@ def w_times_state(W, row, n_left, i, b_h, dt: tl.constexpr, H: tl.constexpr, K: 
 
 
 @triton.jit
+def state_tiles_update(b_1, b_2, b_3, b_4, K_, row, n_left, b_dec, b_keep, b_u,
+                       H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                       PREC: tl.constexpr):
+    """``state_tile_update`` of each tile within K."""
+    b_1 = state_tile_update(b_1, 0, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK, PREC)
+    if K > BK:
+        b_2 = state_tile_update(b_2, 1, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK, PREC)
+    if K > 2 * BK:
+        b_3 = state_tile_update(b_3, 2, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK, PREC)
+    if K > 3 * BK:
+        b_4 = state_tile_update(b_4, 3, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK, PREC)
+    return b_1, b_2, b_3, b_4
+
+
+@triton.jit
+def pseudo_values(UT, W, row, n_left, i_v, b_1, b_2, b_3, b_4, dt: tl.constexpr,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                  BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+    """``u = u~ - w S_0`` [BT, BV] (V block i_v), S_0 the tiles of ``state_tiles_load``."""
+    b_u = rows_tile(UT, row, n_left, i_v, V, H, BT, BV) - w_times_state(
+        W, row, n_left, 0, b_1, dt, H, K, BT, BK, PREC)
+    if K > BK:
+        b_u -= w_times_state(W, row, n_left, 1, b_2, dt, H, K, BT, BK, PREC)
+    if K > 2 * BK:
+        b_u -= w_times_state(W, row, n_left, 2, b_3, dt, H, K, BT, BK, PREC)
+    if K > 3 * BK:
+        b_u -= w_times_state(W, row, n_left, 3, b_4, dt, H, K, BT, BK, PREC)
+    return b_u
+
+
+@triton.jit
+def delta_chunk_fwd_kernel_wy(K_, V_, BETA, G, GC, TM, W, UT, CHUNKS,
+                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                              HAS_G: tl.constexpr, PREC: tl.constexpr):
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    o_t, m_t, _, row, n_left, b_g, _ = chunk_program(CHUNKS, G, GC, i_c, i_h, H, BT, HAS_G,
+                                                     False)                    # b_g [BT]
+    o_c = tl.arange(0, BT)
+    if HAS_G:
+        tl.store(GC + o_t * H + i_h, b_g, mask=m_t)
+    b_beta = head_steps(BETA, o_t, m_t, i_h, H)
+    b_kk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)                      # [BT, BK]
+        b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    strict = o_c[:, None] > o_c[None, :]
+    b_a = tl.where(strict, b_beta[:, None] * tl.exp(tl.where(strict, b_g[:, None] - b_g[None, :],
+                                                               0.0)) * b_kk, 0.0)   # [BT, BT]
+    # T = (I + A)^-1, row i = e_i - A[i, :] T (rows < i already final, A strictly lower)
+    b_t = tl.where(o_c[:, None] == o_c[None, :], 1.0, 0.0)
+    for i in range(1, BT):
+        a_i = tl.sum(tl.where((o_c == i)[:, None], b_a, 0.0), axis=0)            # [BT]
+        row_i = tl.sum(a_i[:, None] * b_t, axis=0)
+        b_t = tl.where((o_c == i)[:, None], b_t - row_i[None, :], b_t)
+    tl.store(TM + chunk_block_offsets(i_c, i_h, H, BT), b_t)
+    b_bk = b_beta * tl.exp(b_g)                                                  # [BT]
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK).to(tl.float32)
+        store_rows_tile(W, row, n_left, i_k,
+                        tl.dot(b_t, b_k * b_bk[:, None], input_precision=PREC), K, H, BT, BK)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        b_v = rows_tile(V_, row, n_left, i_v, V, H, BT, BV).to(tl.float32)
+        store_rows_tile(UT, row, n_left, i_v,
+                        tl.dot(b_t, b_v * b_beta[:, None], input_precision=PREC), V, H, BT, BV)
+
+
+@triton.jit
 def delta_chunk_fwd_kernel_h(K_, W, UT, GC, H0, HS, U, HT, CU, CO,
                              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -175,56 +280,21 @@ def delta_chunk_fwd_kernel_h(K_, W, UT, GC, H0, HS, U, HT, CU, CO,
     _, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
     dt = K_.dtype.element_ty
     p_h0 = i_nh.to(tl.int64) * K * V
-    b_h1 = state_load(H0, p_h0, 0, i_v, K, V, BK, BV, HAS_H0)
-    if K > BK:
-        b_h2 = state_load(H0, p_h0, 1, i_v, K, V, BK, BV, HAS_H0)
-    if K > 2 * BK:
-        b_h3 = state_load(H0, p_h0, 2, i_v, K, V, BK, BV, HAS_H0)
-    if K > 3 * BK:
-        b_h4 = state_load(H0, p_h0, 3, i_v, K, V, BK, BV, HAS_H0)
+    b_h1, b_h2, b_h3, b_h4 = state_tiles_load(H0, p_h0, i_v, K, V, BK, BV, HAS_H0)
     for c in range(0, tl.cdiv(eos - bos, BT)):
-        p_hs = ((c0 + c) * H + i_h) * K * V
-        state_store(HS, p_hs, 0, i_v, b_h1, K, V, BK, BV)
-        if K > BK:
-            state_store(HS, p_hs, 1, i_v, b_h2, K, V, BK, BV)
-        if K > 2 * BK:
-            state_store(HS, p_hs, 2, i_v, b_h3, K, V, BK, BV)
-        if K > 3 * BK:
-            state_store(HS, p_hs, 3, i_v, b_h4, K, V, BK, BV)
-        t0 = bos + c * BT
-        row = t0 * H + i_h
-        n_left = eos - t0
-        o_t, m_t, last = chunk_steps(t0, eos, BT)
-        b_u = rows_tile(UT, row, n_left, i_v, V, H, BT, BV) - w_times_state(
-            W, row, n_left, 0, b_h1, dt, H, K, BT, BK, PREC)                    # [BT, BV]
-        if K > BK:
-            b_u -= w_times_state(W, row, n_left, 1, b_h2, dt, H, K, BT, BK, PREC)
-        if K > 2 * BK:
-            b_u -= w_times_state(W, row, n_left, 2, b_h3, dt, H, K, BT, BK, PREC)
-        if K > 3 * BK:
-            b_u -= w_times_state(W, row, n_left, 3, b_h4, dt, H, K, BT, BK, PREC)
+        state_tiles_store(HS, ((c0 + c) * H + i_h) * K * V, i_v, b_h1, b_h2, b_h3, b_h4,
+                          K, V, BK, BV)
+        o_t, m_t, last, row, n_left = chunk_rows_at(bos + c * BT, eos, i_h, H, BT)
+        b_u = pseudo_values(UT, W, row, n_left, i_v, b_h1, b_h2, b_h3, b_h4, dt, H, K, V, BT,
+                            BK, BV, PREC)                                       # [BT, BV]
         store_rows_tile(U, row, n_left, i_v, b_u, V, H, BT, BV)
         b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
         b_dec = tl.exp(b_glast - b_g)
         b_keep = tl.exp(b_glast)
-        b_h1 = state_tile_update(b_h1, 0, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK, PREC)
-        if K > BK:
-            b_h2 = state_tile_update(b_h2, 1, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK,
-                                     PREC)
-        if K > 2 * BK:
-            b_h3 = state_tile_update(b_h3, 2, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK,
-                                     PREC)
-        if K > 3 * BK:
-            b_h4 = state_tile_update(b_h4, 3, K_, row, n_left, b_dec, b_keep, b_u, H, K, BT, BK,
-                                     PREC)
+        b_h1, b_h2, b_h3, b_h4 = state_tiles_update(b_h1, b_h2, b_h3, b_h4, K_, row, n_left,
+                                                    b_dec, b_keep, b_u, H, K, BT, BK, PREC)
     if STORE_HT:
-        state_store(HT, p_h0, 0, i_v, b_h1, K, V, BK, BV)
-        if K > BK:
-            state_store(HT, p_h0, 1, i_v, b_h2, K, V, BK, BV)
-        if K > 2 * BK:
-            state_store(HT, p_h0, 2, i_v, b_h3, K, V, BK, BV)
-        if K > 3 * BK:
-            state_store(HT, p_h0, 3, i_v, b_h4, K, V, BK, BV)
+        state_tiles_store(HT, p_h0, i_v, b_h1, b_h2, b_h3, b_h4, K, V, BK, BV)
 
 
 @triton.jit
@@ -233,32 +303,28 @@ def delta_chunk_fwd_kernel_o(Q, K_, GC, HS, U, O, CHUNKS, scale,
                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                              HAS_G: tl.constexpr, PREC: tl.constexpr):
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos = chunk_bounds(CHUNKS, i_c)
-    o_t, m_t, last = chunk_steps(t0, eos, BT)
-    o_c = tl.arange(0, BT)
-    o_v = i_v * BV + tl.arange(0, BV)
-    m_v = o_v < V
-    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
+    _, _, _, row, n_left, b_g, _ = chunk_program(CHUNKS, GC, GC, i_c, i_h, H, BT, HAS_G, True)
     b_qk = tl.zeros([BT, BT], dtype=tl.float32)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
-    p_hs = HS + (i_c.to(tl.int64) * H + i_h) * K * V
+    p_hs = (i_c.to(tl.int64) * H + i_h) * K * V
     for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        p_tk = (o_t[:, None] * H + i_h) * K + o_k[None, :]
-        b_q = tl.load(Q + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)        # [BT, BK]
-        b_k = tl.load(K_ + p_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)
+        b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK)                        # [BT, BK]
+        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)
         b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-        b_hs = tl.load(p_hs + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
-                       other=0.0).to(tl.float32)                                    # [BK, BV]
+        b_hs = state_load(HS, p_hs, i_k, i_v, K, V, BK, BV, True)                   # [BK, BV]
         b_o += tl.dot(b_q.to(tl.float32), b_hs, input_precision=PREC)
-    incl = o_c[:, None] >= o_c[None, :]
-    b_p = tl.where(incl, b_qk * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
-    b_u = tl.load(U + (o_t[:, None] * H + i_h) * V + o_v[None, :],
-                  mask=m_t[:, None] & m_v[None, :], other=0.0)                      # [BT, BV]
+    b_p = causal_decay(b_qk, b_g, BT, False)
+    b_u = rows_tile(U, row, n_left, i_v, V, H, BT, BV)                            # [BT, BV]
     b_o = b_o * tl.exp(b_g)[:, None] + tl.dot(b_p, b_u, input_precision=PREC)
-    tl.store(O + (o_t[:, None] * H + i_h) * V + o_v[None, :], (scale * b_o).to(O.dtype.element_ty),
-             mask=m_t[:, None] & m_v[None, :])
+    store_rows_tile(O, row, n_left, i_v, scale * b_o, V, H, BT, BV)
+
+
+def chunk_launch_dims(q, v, cu_seqlens, tiles):
+    """(B, T, H, K, V, layout, N, NC) of a chunk launcher's inputs q [B, T, H, K] and
+    v [B, T, H, V]: ``chunk_layout`` (cu, CO, CHUNKS) with N sequences and NC chunks."""
+    B, T, H, K = q.shape
+    layout = chunk_layout(B, T, cu_seqlens, tiles[0], q.device)
+    return B, T, H, K, v.shape[-1], layout, layout[0].numel() - 1, layout[2].shape[0]
 
 
 def delta_chunk_prepare(k, v, beta, g, h0, layout, tiles, output_final_state):
@@ -293,14 +359,12 @@ def delta_chunk_prepare(k, v, beta, g, h0, layout, tiles, output_final_state):
 def delta_chunk_fwd(q, k, v, beta, g, h0, scale, cu_seqlens, output_final_state, tiles):
     """Launch the forward: (o [B, T, H, V], final [N, H, K, V] fp32 or None). Inputs
     [B, T, H, .] contiguous, beta and g [B, T, H]."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    _, _, H, K, V, layout, _, NC = chunk_launch_dims(q, v, cu_seqlens, tiles)
     BT, BK, BV, W = tiles
-    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
     gc, _, _, _, hs, u, ht = delta_chunk_prepare(k, v, beta, g, h0, layout, tiles,
                                                  output_final_state)
     o = torch.empty_like(v)
-    delta_chunk_fwd_kernel_o[(triton.cdiv(V, BV), layout[2].shape[0], H)](
+    delta_chunk_fwd_kernel_o[(triton.cdiv(V, BV), NC, H)](
         q, k, gc, hs, u, o, layout[2], scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
         HAS_G=g is not None, PREC=precision(q.dtype), num_warps=max(W, MIN_WARPS))
     return o, ht

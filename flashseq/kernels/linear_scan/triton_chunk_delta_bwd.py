@@ -26,10 +26,24 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import chunk_layout, precision
-from .triton_chunk_delta import (MIN_WARPS, delta_chunk_prepare, delta_gates, rows_tile,
-                                 state_block_v, state_load, state_store, store_rows_tile)
+from .triton_chunk import precision
+from .triton_chunk_delta import (MIN_WARPS, causal_decay, chunk_block_offsets, chunk_launch_dims,
+                                 chunk_program, chunk_rows_at, delta_chunk_prepare, delta_gates,
+                                 head_steps, rows_tile, state_block_v, state_load,
+                                 state_tiles_load, state_tiles_store, store_rows_tile)
 from .triton_common import chunk_bounds, chunk_state_program, chunk_steps
+
+
+@triton.jit
+def chunk_scores(Q, K_, row, n_left, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+                 BK: tl.constexpr, PREC: tl.constexpr):
+    """``q k^T`` [BT, BT] fp32 of the chunk from packed row ``row`` (``rows_tile``)."""
+    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK)
+        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)
+        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    return b_qk
 
 
 @triton.jit
@@ -40,19 +54,8 @@ def delta_chunk_bwd_kernel_du(Q, K_, GC, DO, DU, CHUNKS, scale,
     """The intra-chunk part of du, ``scale P^T do``, each chunk on its own (grid V/BV, NC, H);
     the reverse state pass adds the state's part."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos = chunk_bounds(CHUNKS, i_c)
-    o_t, m_t, last = chunk_steps(t0, eos, BT)
-    o_c = tl.arange(0, BT)
-    row = t0 * H + i_h
-    n_left = eos - t0
-    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
-    b_qk = tl.zeros([BT, BT], dtype=tl.float32)
-    for i_k in range(0, tl.cdiv(K, BK)):
-        b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK)
-        b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)
-        b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    incl = o_c[:, None] >= o_c[None, :]
-    b_p = tl.where(incl, b_qk * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)), 0.0)
+    _, _, _, row, n_left, b_g, _ = chunk_program(CHUNKS, GC, GC, i_c, i_h, H, BT, HAS_G, True)
+    b_p = causal_decay(chunk_scores(Q, K_, row, n_left, H, K, BT, BK, PREC), b_g, BT, False)
     b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV)                      # [BT, BV]
     b_du = scale * tl.dot(tl.trans(b_p).to(b_do.dtype), b_do, input_precision=PREC)
     store_rows_tile(DU, row, n_left, i_v, b_du, V, H, BT, BV)
@@ -84,6 +87,39 @@ def dstate_tile_update(b_dh, i, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H: 
 
 
 @triton.jit
+def du_with_state(b_du, K_, row, n_left, b_dec, b_1, b_2, b_3, b_4, H: tl.constexpr,
+                  K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """``du + (k dec) dS_1`` [BT, BV], dS_1 the tiles of ``state_tiles_load``."""
+    b_du += du_part(K_, row, n_left, 0, b_dec, b_1, H, K, BT, BK, PREC)
+    if K > BK:
+        b_du += du_part(K_, row, n_left, 1, b_dec, b_2, H, K, BT, BK, PREC)
+    if K > 2 * BK:
+        b_du += du_part(K_, row, n_left, 2, b_dec, b_3, H, K, BT, BK, PREC)
+    if K > 3 * BK:
+        b_du += du_part(K_, row, n_left, 3, b_dec, b_4, H, K, BT, BK, PREC)
+    return b_du
+
+
+@triton.jit
+def dstate_tiles_update(b_1, b_2, b_3, b_4, Q, W, row, n_left, b_qs, b_keep, b_do, b_du,
+                        H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                        PREC: tl.constexpr):
+    """``dstate_tile_update`` of each tile within K."""
+    b_1 = dstate_tile_update(b_1, 0, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H, K, BT, BK,
+                             PREC)
+    if K > BK:
+        b_2 = dstate_tile_update(b_2, 1, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H, K, BT,
+                                 BK, PREC)
+    if K > 2 * BK:
+        b_3 = dstate_tile_update(b_3, 2, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H, K, BT,
+                                 BK, PREC)
+    if K > 3 * BK:
+        b_4 = dstate_tile_update(b_4, 3, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H, K, BT,
+                                 BK, PREC)
+    return b_1, b_2, b_3, b_4
+
+
+@triton.jit
 def delta_chunk_bwd_kernel_dh(Q, K_, W, GC, DO, DHT, DHS, DU, DH0, CU, CO, scale,
                               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
@@ -92,62 +128,27 @@ def delta_chunk_bwd_kernel_dh(Q, K_, W, GC, DO, DHT, DHS, DU, DH0, CU, CO, scale
     # dS's V block i_v in up to four K blocks b_dh1..b_dh4 of BK (= 64) rows, as the forward
     _, i_v, i_nh, i_h, bos, eos, c0 = chunk_state_program(CU, CO, H)
     p_h0 = i_nh.to(tl.int64) * K * V
-    b_dh1 = state_load(DHT, p_h0, 0, i_v, K, V, BK, BV, HAS_DHT)
-    if K > BK:
-        b_dh2 = state_load(DHT, p_h0, 1, i_v, K, V, BK, BV, HAS_DHT)
-    if K > 2 * BK:
-        b_dh3 = state_load(DHT, p_h0, 2, i_v, K, V, BK, BV, HAS_DHT)
-    if K > 3 * BK:
-        b_dh4 = state_load(DHT, p_h0, 3, i_v, K, V, BK, BV, HAS_DHT)
+    b_dh1, b_dh2, b_dh3, b_dh4 = state_tiles_load(DHT, p_h0, i_v, K, V, BK, BV, HAS_DHT)
     NTn = tl.cdiv(eos - bos, BT)
     for j in range(0, NTn):
         c = NTn - 1 - j
-        p_dhs = ((c0 + c) * H + i_h) * K * V
-        state_store(DHS, p_dhs, 0, i_v, b_dh1, K, V, BK, BV)
-        if K > BK:
-            state_store(DHS, p_dhs, 1, i_v, b_dh2, K, V, BK, BV)
-        if K > 2 * BK:
-            state_store(DHS, p_dhs, 2, i_v, b_dh3, K, V, BK, BV)
-        if K > 3 * BK:
-            state_store(DHS, p_dhs, 3, i_v, b_dh4, K, V, BK, BV)
-        t0 = bos + c * BT
-        row = t0 * H + i_h
-        n_left = eos - t0
-        o_t, m_t, last = chunk_steps(t0, eos, BT)
+        state_tiles_store(DHS, ((c0 + c) * H + i_h) * K * V, i_v, b_dh1, b_dh2, b_dh3, b_dh4,
+                          K, V, BK, BV)
+        o_t, m_t, last, row, n_left = chunk_rows_at(bos + c * BT, eos, i_h, H, BT)
         b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
         b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV)                  # [BT, BV]
         b_dec = tl.exp(b_glast - b_g)
         # the intra-chunk part scale P^T do is already there (delta_chunk_bwd_kernel_du)
-        b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)
-        b_du += du_part(K_, row, n_left, 0, b_dec, b_dh1, H, K, BT, BK, PREC)
-        if K > BK:
-            b_du += du_part(K_, row, n_left, 1, b_dec, b_dh2, H, K, BT, BK, PREC)
-        if K > 2 * BK:
-            b_du += du_part(K_, row, n_left, 2, b_dec, b_dh3, H, K, BT, BK, PREC)
-        if K > 3 * BK:
-            b_du += du_part(K_, row, n_left, 3, b_dec, b_dh4, H, K, BT, BK, PREC)
+        b_du = du_with_state(rows_tile(DU, row, n_left, i_v, V, H, BT, BV), K_, row, n_left,
+                             b_dec, b_dh1, b_dh2, b_dh3, b_dh4, H, K, BT, BK, PREC)
         store_rows_tile(DU, row, n_left, i_v, b_du, V, H, BT, BV)
         b_qs = scale * tl.exp(b_g)
         b_keep = tl.exp(b_glast)
-        b_dh1 = dstate_tile_update(b_dh1, 0, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H, K,
-                                   BT, BK, PREC)
-        if K > BK:
-            b_dh2 = dstate_tile_update(b_dh2, 1, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H,
-                                       K, BT, BK, PREC)
-        if K > 2 * BK:
-            b_dh3 = dstate_tile_update(b_dh3, 2, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H,
-                                       K, BT, BK, PREC)
-        if K > 3 * BK:
-            b_dh4 = dstate_tile_update(b_dh4, 3, Q, W, row, n_left, b_qs, b_keep, b_do, b_du, H,
-                                       K, BT, BK, PREC)
+        b_dh1, b_dh2, b_dh3, b_dh4 = dstate_tiles_update(b_dh1, b_dh2, b_dh3, b_dh4, Q, W, row,
+                                                         n_left, b_qs, b_keep, b_do, b_du, H, K,
+                                                         BT, BK, PREC)
     if HAS_H0:
-        state_store(DH0, p_h0, 0, i_v, b_dh1, K, V, BK, BV)
-        if K > BK:
-            state_store(DH0, p_h0, 1, i_v, b_dh2, K, V, BK, BV)
-        if K > 2 * BK:
-            state_store(DH0, p_h0, 2, i_v, b_dh3, K, V, BK, BV)
-        if K > 3 * BK:
-            state_store(DH0, p_h0, 3, i_v, b_dh4, K, V, BK, BV)
+        state_tiles_store(DH0, p_h0, i_v, b_dh1, b_dh2, b_dh3, b_dh4, K, V, BK, BV)
 
 
 @triton.jit
@@ -158,28 +159,17 @@ def delta_chunk_bwd_kernel_dp(Q, K_, GC, U, DO, DG, DQK, CHUNKS, scale,
     """The gradient of the scores ``q k^T`` (``scale do u^T``, causal, decayed), and its
     G-gradient (the first writer of DG)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0, eos = chunk_bounds(CHUNKS, i_c)
-    o_t, m_t, last = chunk_steps(t0, eos, BT)
-    o_c = tl.arange(0, BT)
-    row = t0 * H + i_h
-    n_left = eos - t0
-    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
+    o_t, m_t, _, row, n_left, b_g, _ = chunk_program(CHUNKS, GC, GC, i_c, i_h, H, BT, HAS_G,
+                                                     True)
     b_dp = tl.zeros([BT, BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV).to(tl.float32)   # [BT, BV]
         b_u = rows_tile(U, row, n_left, i_v, V, H, BT, BV)
         b_dp += tl.dot(b_do, tl.trans(b_u), input_precision=PREC)
-    incl = o_c[:, None] >= o_c[None, :]
-    b_dp = tl.where(incl, scale * b_dp * tl.exp(tl.where(incl, b_g[:, None] - b_g[None, :], 0.0)),
-                    0.0)
-    tl.store(DQK + (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :], b_dp)
+    b_dp = causal_decay(scale * b_dp, b_g, BT, False)
+    tl.store(DQK + chunk_block_offsets(i_c, i_h, H, BT), b_dp)
     if HAS_G:
-        b_qk = tl.zeros([BT, BT], dtype=tl.float32)
-        for i_k in range(0, tl.cdiv(K, BK)):
-            b_q = rows_tile(Q, row, n_left, i_k, K, H, BT, BK)
-            b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)
-            b_qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-        b_dpp = b_dp * b_qk
+        b_dpp = b_dp * chunk_scores(Q, K_, row, n_left, H, K, BT, BK, PREC)
         tl.store(DG + o_t * H + i_h, tl.sum(b_dpp, axis=1) - tl.sum(b_dpp, axis=0), mask=m_t)
 
 
@@ -189,21 +179,18 @@ def delta_chunk_bwd_kernel_da(K_, V_, BETA, GC, TM, W, UT, DU, HS, DV, DB, DG, D
                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                               HAS_G: tl.constexpr, PREC: tl.constexpr):
     i_c, i_h = tl.program_id(0), tl.program_id(1)
-    t0, eos = chunk_bounds(CHUNKS, i_c)
-    o_t, m_t, last = chunk_steps(t0, eos, BT)
+    o_t, m_t, _, row, n_left, b_g, _ = chunk_program(CHUNKS, GC, GC, i_c, i_h, H, BT, HAS_G,
+                                                     True)
+    b_beta = head_steps(BETA, o_t, m_t, i_h, H)
     o_c = tl.arange(0, BT)
-    row = t0 * H + i_h
-    n_left = eos - t0
-    b_g, _ = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
-    b_beta = tl.load(BETA + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    p_bb = (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :]
+    p_bb = chunk_block_offsets(i_c, i_h, H, BT)
     b_t = tl.load(TM + p_bb)                                                   # [BT, BT]
-    p_hs = HS + (i_c.to(tl.int64) * H + i_h) * K * V
+    p_hs = (i_c.to(tl.int64) * H + i_h) * K * V
     b_da = tl.zeros([BT, BT], dtype=tl.float32)
     b_db = tl.zeros([BT], dtype=tl.float32)
     b_dg = tl.zeros([BT], dtype=tl.float32)
     if HAS_G:    # the scores' part (delta_chunk_bwd_kernel_dp)
-        b_dg += tl.load(DG + o_t * H + i_h, mask=m_t, other=0.0)
+        b_dg += head_steps(DG, o_t, m_t, i_h, H)
     for i_v in range(0, tl.cdiv(V, BV)):
         b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)                  # [BT, BV]
         b_dbv = tl.dot(tl.trans(b_t), b_du, input_precision=PREC)              # d(beta v)
@@ -215,17 +202,12 @@ def delta_chunk_bwd_kernel_da(K_, V_, BETA, GC, TM, W, UT, DU, HS, DV, DB, DG, D
     b_kk = tl.zeros([BT, BT], dtype=tl.float32)
     b_gam = tl.exp(b_g)
     for i_k in range(0, tl.cdiv(K, BK)):
-        o_k = i_k * BK + tl.arange(0, BK)
-        m_k = o_k < K
         b_k = rows_tile(K_, row, n_left, i_k, K, H, BT, BK)                    # [BT, BK]
         b_kk += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
         b_dw = tl.zeros([BT, BK], dtype=tl.float32)
         for i_v in range(0, tl.cdiv(V, BV)):
-            o_v = i_v * BV + tl.arange(0, BV)
-            m_v = o_v < V
             b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)              # [BT, BV]
-            b_hs = tl.load(p_hs + o_k[:, None] * V + o_v[None, :],
-                           mask=m_k[:, None] & m_v[None, :], other=0.0).to(tl.float32)
+            b_hs = state_load(HS, p_hs, i_k, i_v, K, V, BK, BV, True)          # [BK, BV]
             b_dw -= tl.dot(b_du, tl.trans(b_hs), input_precision=PREC)
         b_dbk = tl.dot(tl.trans(b_t), b_dw, input_precision=PREC)   # d(beta exp(G) k)
         b_da += tl.dot(b_dbk, tl.trans(rows_tile(W, row, n_left, i_k, K, H, BT, BK)),
@@ -253,35 +235,25 @@ def delta_chunk_bwd_kernel_dqk(Q, K_, BETA, GC, TM, U, DU, HS, DHS, DO, DKK, DQK
                                BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                                HAS_G: tl.constexpr, PREC: tl.constexpr):
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    t0, eos = chunk_bounds(CHUNKS, i_c)
-    o_t, m_t, last = chunk_steps(t0, eos, BT)
-    o_c = tl.arange(0, BT)
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    row = t0 * H + i_h
-    n_left = eos - t0
-    b_g, b_glast = delta_gates(GC, GC, o_t, m_t, last, i_h, H, BT, HAS_G, True)
-    b_beta = tl.load(BETA + o_t * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    o_t, m_t, last, row, n_left, b_g, b_glast = chunk_program(CHUNKS, GC, GC, i_c, i_h, H, BT,
+                                                              HAS_G, True)
+    b_beta = head_steps(BETA, o_t, m_t, i_h, H)
     p_state = (i_c.to(tl.int64) * H + i_h) * K * V
     b_dqs = tl.zeros([BT, BK], dtype=tl.float32)     # do S_0^T
     b_dks = tl.zeros([BT, BK], dtype=tl.float32)     # u dS_1^T
     b_dw = tl.zeros([BT, BK], dtype=tl.float32)
     b_hdh = tl.zeros([BK], dtype=tl.float32)         # <S_0, dS_1> of this K block, per row of S
     for i_v in range(0, tl.cdiv(V, BV)):
-        o_v = i_v * BV + tl.arange(0, BV)
-        m_v = o_v < V
         b_do = rows_tile(DO, row, n_left, i_v, V, H, BT, BV).to(tl.float32)   # [BT, BV]
         b_u = rows_tile(U, row, n_left, i_v, V, H, BT, BV)
         b_du = rows_tile(DU, row, n_left, i_v, V, H, BT, BV)
-        p_blk = o_k[:, None] * V + o_v[None, :]
-        m_blk = m_k[:, None] & m_v[None, :]
-        b_hs = tl.load(HS + p_state + p_blk, mask=m_blk, other=0.0).to(tl.float32)    # [BK, BV]
-        b_dhs = tl.load(DHS + p_state + p_blk, mask=m_blk, other=0.0).to(tl.float32)
+        b_hs = state_load(HS, p_state, i_k, i_v, K, V, BK, BV, True)              # [BK, BV]
+        b_dhs = state_load(DHS, p_state, i_k, i_v, K, V, BK, BV, True)
         b_dqs += tl.dot(b_do, tl.trans(b_hs), input_precision=PREC)
         b_dks += tl.dot(b_u, tl.trans(b_dhs), input_precision=PREC)
         b_dw -= tl.dot(b_du, tl.trans(b_hs), input_precision=PREC)
         b_hdh += tl.sum(b_hs * b_dhs, axis=1)
-    p_bb = (i_c.to(tl.int64) * H + i_h) * BT * BT + o_c[:, None] * BT + o_c[None, :]
+    p_bb = chunk_block_offsets(i_c, i_h, H, BT)
     b_t = tl.load(TM + p_bb)
     b_dkk = tl.load(DKK + p_bb)
     b_dqk = tl.load(DQK + p_bb)
@@ -311,7 +283,7 @@ def delta_chunk_bwd_kernel_dg(DG, DGK, DGOUT, CHUNKS, NT_ALL,
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     t0, eos = chunk_bounds(CHUNKS, i_c)
     o_t, m_t, _ = chunk_steps(t0, eos, BT)
-    b_dg = tl.load(DG + o_t * H + i_h, mask=m_t, other=0.0)
+    b_dg = head_steps(DG, o_t, m_t, i_h, H)
     for i_k in range(0, NK):
         b_dg += tl.load(DGK + (i_k * NT_ALL + o_t) * H + i_h, mask=m_t, other=0.0)
     b_rev = tl.sum(b_dg, axis=0) - tl.cumsum(b_dg, axis=0) + b_dg
@@ -321,12 +293,9 @@ def delta_chunk_bwd_kernel_dg(DG, DGK, DGOUT, CHUNKS, NT_ALL,
 def delta_chunk_bwd(q, k, v, beta, g, h0, do, dht, scale, cu_seqlens, tiles):
     """All gradients: (dq, dk, dv, dbeta fp32; dg fp32 or None; dh0 fp32 or None). Inputs as
     for ``delta_chunk_fwd``; do [B, T, H, V], dht [N, H, K, V] fp32 or None."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    BT, BK, BV, W = tiles
-    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
+    B, T, H, K, V, layout, N, NC = chunk_launch_dims(q, v, cu_seqlens, tiles)
     cu, co, chunks = layout
-    N, NC = cu.numel() - 1, chunks.shape[0]
+    BT, BK, BV, W = tiles
     prec = precision(q.dtype)
     has_g = g is not None
     f32 = dict(dtype=torch.float32)

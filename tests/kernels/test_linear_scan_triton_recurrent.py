@@ -17,7 +17,7 @@ import torch
 import flashseq
 from tests.conftest import HAS_CUDA
 from tests.helpers import assert_close, rel_err
-from tests.kernels.linear_scan_cases import cast, make_case
+from tests.kernels.linear_scan_cases import cast, check_delta_rule_beta2_long_finite, make_case
 from tests.kernels.test_linear_scan_triton import DEVICE, check
 
 pytestmark = pytest.mark.skipif(
@@ -145,22 +145,7 @@ def test_fused_recurrent_delta_rule_beta2_long_finite():
     """beta = 2 (every transition a reflection) over T = 4096: output, final state and every
     gradient finite, and the forward as close to the float64 reference as the float32 reference
     is, within 2x plus 1e-5. (Slow: about 40 s in the interpreter.)"""
-    gen = torch.Generator().manual_seed(0)
-    T = 4096
-    q, k, v = (torch.randn(1, T, 1, 16, generator=gen) for _ in range(3))
-    k = torch.nn.functional.normalize(k, dim=-1)
-    beta = torch.full((1, T, 1), 2.0)
-    leaves = [x.to(DEVICE).requires_grad_() for x in (q, k, v, beta)]
-    o, S = flashseq.ops.fused_recurrent_delta_rule(*leaves, output_final_state=True,
-                                                   backend="triton")
-    (o.sum() + S.sum()).backward()
-    for name, x in zip(("o", "S", "dq", "dk", "dv", "dbeta"), [o, S] + [t.grad for t in leaves]):
-        assert torch.isfinite(x).all(), name
-    refs = [flashseq.ops.fused_recurrent_delta_rule(
-        *(x.detach().to(dtype) for x in leaves), output_final_state=True, backend="reference")
-        for dtype in (torch.float32, torch.float64)]
-    for name, x, x32, x64 in zip(("o", "S"), (o, S), *refs):
-        assert_close(name, x, x64, 2 * rel_err(x32, x64) + 1e-5)
+    check_delta_rule_beta2_long_finite(flashseq.ops.fused_recurrent_delta_rule, DEVICE)
 
 
 @pytest.mark.slow

@@ -6,10 +6,11 @@ and ``RNN`` subclass ``torch.nn.LSTM``, ``GRU`` and ``RNN``. Importing flashseq 
 module classes as ``torch.load`` safe globals (see ``flashseq.nn``).
 """
 from . import cells, nn, ops
-from .nn import (GRU, LSTM, RNN, DeltaNet, GatedLinearAttention, convert, mLSTMLayer, pLSTM1d,
-                 pLSTM2d, sLSTM)
+from .nn import (GRU, LSTM, RNN, DeltaNet, GatedLinearAttention, LayerNormGRU, LayerNormLSTM,
+                 convert, mLSTMLayer, pLSTM1d, pLSTM2d, sLSTM)
 
 __version__ = "0.1.0"
 
 __all__ = ["cells", "ops", "nn", "LSTM", "GRU", "RNN", "sLSTM", "convert", "GatedLinearAttention",
-           "DeltaNet", "mLSTMLayer", "pLSTM1d", "pLSTM2d", "__version__"]
+           "DeltaNet", "mLSTMLayer", "pLSTM1d", "pLSTM2d", "LayerNormLSTM", "LayerNormGRU",
+           "__version__"]

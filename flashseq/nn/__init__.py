@@ -1,4 +1,5 @@
-"""Modules: torch-compatible LSTM/GRU/RNN twins, head-wise LSTM, sLSTM and ``convert``.
+"""Modules: torch-compatible LSTM/GRU/RNN twins, head-wise LSTM, sLSTM, LayerNorm LSTM/GRU and
+``convert``.
 
 Importing this package (``import flashseq`` does) registers the module classes as torch.load
 safe globals, so a whole model saved with ``torch.save(model)`` loads with ``weights_only=True``
@@ -9,13 +10,14 @@ import torch
 from .convert import convert
 from .errors import RNNInputError
 from .gru import GRU
+from .layernorm_rnn import LayerNormGRU, LayerNormLSTM
 from .linear_attention import DeltaNet, GatedLinearAttention, mLSTMLayer
 from .lstm import LSTM
 from .plstm import pLSTM1d, pLSTM2d
 from .rnn import RNN
 from .slstm import sLSTM
 
-torch.serialization.add_safe_globals([LSTM, GRU, RNN, sLSTM])
+torch.serialization.add_safe_globals([LSTM, GRU, RNN, sLSTM, LayerNormLSTM, LayerNormGRU])
 
 __all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError", "GatedLinearAttention",
-           "DeltaNet", "mLSTMLayer", "pLSTM1d", "pLSTM2d"]
+           "DeltaNet", "mLSTMLayer", "pLSTM1d", "pLSTM2d", "LayerNormLSTM", "LayerNormGRU"]

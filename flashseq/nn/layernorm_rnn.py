@@ -1,0 +1,308 @@
+"""LayerNorm LSTM and GRU modules (Ba, Kiros and Hinton 2016, "Layer Normalization",
+arXiv:1607.06450), with the recurrent regularisers of ``flashseq.ops.fused_rnn``.
+
+``LayerNormLSTM`` and ``LayerNormGRU`` take torch.nn.LSTM/GRU's arguments and parameters
+(``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}``, ``_reverse`` for the
+second direction; same shapes and gate order: LSTM i, f, g, o; GRU r, z, n) and return torch's
+shapes, but each step runs the cells ``"layernorm_lstm"`` / ``"layernorm_gru"``:
+
+    LSTM: pre = LN(x W_ih^T + b_ih) + LN(h_prev W_hh^T) + b_hh
+          c = sigmoid(f) * c_prev + sigmoid(i) * tanh(g),  h = sigmoid(o) * tanh(LN(c))
+    GRU:  a = LN(x W_ih^T + b_ih),  u = LN(h_prev W_hh^T) + b_hh
+          r = sigmoid(a_r + u_r),  z = sigmoid(a_z + u_z),  n = tanh(a_n + r * u_n)
+          h = (1 - z) * n + z * h_prev
+
+Each gate norm runs over all G * hidden_size pre-activations of a row together, LN(c) over the
+hidden_size units; unit gain, zero bias, eps 1e-5 (flashseq/cells/layernorm_lstm.py and
+layernorm_gru.py hold the cells and the reasons). ``bias_hh`` is added after the norm, so it is
+the bias that acts; ``bias_ih`` enters before the norm, which removes its mean.
+
+Per layer and direction the input projection ``x W_ih^T + b_ih`` is one GEMM over all steps and
+the recurrence one ``fused_rnn`` call with ``r[g, 0] = W_hh[g*H:(g+1)*H]^T``.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flashseq.kernels.fused_rnn import fused_rnn
+
+from . import checks
+from .errors import RNNInputError
+
+
+def _probability(name: str, p, upper_closed: bool) -> float:
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a float probability; got {type(p).__name__} {p!r}")
+    p = float(p)
+    if not (0.0 <= p <= 1.0 if upper_closed else 0.0 <= p < 1.0):
+        allowed = "[0, 1]" if upper_closed else "[0, 1) (p = 1 would drop everything)"
+        raise ValueError(f"{name} must lie in {allowed}; got {p!r}")
+    return p
+
+
+def _describe(t) -> str:
+    if not isinstance(t, torch.Tensor):
+        return type(t).__name__
+    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
+
+
+class _LayerNormRNNBase(nn.Module):
+    """What LayerNormLSTM and LayerNormGRU share; not used directly."""
+
+    _cell = ""
+    _gates = 0
+    _num_states = 1
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
+                 dropconnect=0.0, variational_dropout=0.0, zoneout=(0.0, 0.0), backend="auto"):
+        super().__init__()
+        kind = type(self).__name__
+        if proj_size != 0:
+            raise ValueError(f"proj_size is not supported by {kind} (only 0, no projection); "
+                             f"got proj_size={proj_size!r}")
+        self.input_size = checks.check_int("input_size", input_size, 1)
+        self.hidden_size = checks.check_int("hidden_size", hidden_size, 1)
+        self.num_layers = checks.check_int("num_layers", num_layers, 1)
+        self.bias = checks.check_bool("bias", bias)
+        self.batch_first = checks.check_bool("batch_first", batch_first)
+        self.dropout = checks.check_dropout(dropout)
+        self.bidirectional = checks.check_bool("bidirectional", bidirectional)
+        self.backend = checks.check_backend(backend)
+        self.dropconnect = _probability("dropconnect", dropconnect, upper_closed=False)
+        self.variational_dropout = _probability("variational_dropout", variational_dropout,
+                                                upper_closed=False)
+        if not isinstance(zoneout, (tuple, list)) or len(zoneout) != 2:
+            raise TypeError(f"zoneout must be a pair (p_h, p_c) of probabilities in [0, 1]; got "
+                            f"{type(zoneout).__name__} {zoneout!r}")
+        p_h = _probability("zoneout[0] (p_h)", zoneout[0], upper_closed=True)
+        p_c = _probability("zoneout[1] (p_c)", zoneout[1], upper_closed=True)
+        if p_c > 0 and self._num_states == 1:
+            raise ValueError(f"zoneout[1] (p_c) = {p_c} but {kind} has no cell state; use "
+                             "zoneout=(p_h, 0.0)")
+        self.zoneout = (p_h, p_c)
+        if self.dropout > 0 and self.num_layers == 1:
+            warnings.warn("dropout is applied to the output of every layer but the last, so "
+                          f"dropout={self.dropout} with num_layers=1 has no effect", stacklevel=3)
+
+        G, H = self._gates, self.hidden_size
+        factory = {"device": device, "dtype": dtype}
+        self._flat_weights_names: list[str] = []
+        for layer in range(self.num_layers):
+            layer_in = self.input_size if layer == 0 else H * self.num_directions
+            for direction in range(self.num_directions):
+                suffix = "_reverse" if direction else ""
+                shapes = {f"weight_ih_l{layer}{suffix}": (G * H, layer_in),
+                          f"weight_hh_l{layer}{suffix}": (G * H, H)}
+                if self.bias:
+                    shapes[f"bias_ih_l{layer}{suffix}"] = (G * H,)
+                    shapes[f"bias_hh_l{layer}{suffix}"] = (G * H,)
+                for name, shape in shapes.items():
+                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
+                self._flat_weights_names.extend(shapes)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
+    @property
+    def cell(self) -> str:
+        """The fused_rnn cell this module runs."""
+        return self._cell
+
+    def reset_parameters(self) -> None:
+        """torch.nn.LSTM/GRU's initialisation: every parameter U(-1/sqrt(H), 1/sqrt(H))."""
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def extra_repr(self) -> str:
+        parts = [f"{self.input_size}, {self.hidden_size}"]
+        defaults = {"num_layers": 1, "bias": True, "batch_first": False, "dropout": 0.0,
+                    "bidirectional": False, "dropconnect": 0.0, "variational_dropout": 0.0,
+                    "zoneout": (0.0, 0.0), "backend": "auto"}
+        for name, default in defaults.items():
+            value = getattr(self, name)
+            if value != default:
+                parts.append(f"{name}={value!r}")
+        return ", ".join(parts)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input, hx=None):
+        """Run the sequence.
+
+        Args:
+            input: [T, B, input_size] ([B, T, input_size] with batch_first) or unbatched
+                [T, input_size]. PackedSequence is not supported.
+            hx: initial states, each [num_layers * num_directions, B, hidden_size]
+                ([num_layers * num_directions, hidden_size] for unbatched input); LayerNormLSTM
+                takes a tuple (h0, c0), LayerNormGRU one tensor h0. Default: None, zeros.
+
+        Returns:
+            output: [T, B, D * hidden_size] ([B, T, ...] with batch_first, [T, D * hidden_size]
+                unbatched), D = 2 if bidirectional else 1: the last layer's h at every step.
+            final states in hx's layout: (h_n, c_n) for LayerNormLSTM, h_n for LayerNormGRU.
+
+        In training mode the dropconnect, variational and zoneout masks are drawn from torch's
+        default generator (``torch.manual_seed`` makes them reproducible); eval mode applies
+        none of them, nor the inter-layer ``dropout``.
+        """
+        kind = type(self).__name__
+        if not isinstance(input, torch.Tensor):
+            raise TypeError(f"{kind}: input must be a torch.Tensor [T, B, input_size] or "
+                            f"[T, input_size] (PackedSequence is not supported); got "
+                            f"{type(input).__name__}")
+        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
+            raise RNNInputError(f"{kind}: input must be [T, B, input_size] ([B, T, input_size] "
+                                f"with batch_first) or [T, input_size] with input_size="
+                                f"{self.input_size}; got {_describe(input)}")
+        weight = self.weight_ih_l0
+        if input.dtype != weight.dtype or input.device != weight.device:
+            raise RNNInputError(f"{kind}: input must have the parameters' dtype {weight.dtype} "
+                                f"and device {weight.device}; got {_describe(input)}")
+        batched = input.dim() == 3
+        batch_dim = 0 if self.batch_first else 1
+        x = input if batched else input.unsqueeze(batch_dim)
+        x = x if self.batch_first else x.transpose(0, 1)  # [B, T, F]
+        B, T = x.shape[:2]
+        if T == 0 or B == 0:
+            raise RNNInputError(f"{kind}: input must have at least one time step and one row; "
+                                f"got {_describe(input)}")
+        states = None if hx is None else self._check_hx(hx, B, batched, x)
+
+        finals = []
+        for layer in range(self.num_layers):
+            outs = []
+            for direction in range(self.num_directions):
+                k = layer * self.num_directions + direction
+                init = None if states is None else torch.stack([s[k] for s in states])
+                layer_in = x.flip(1) if direction else x
+                out, last = self._run_direction(layer_in, layer, direction, init)
+                outs.append(out.flip(1) if direction else out)
+                finals.append(last)
+            x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
+            if self.training and self.dropout > 0 and layer + 1 < self.num_layers:
+                x = F.dropout(x, self.dropout, training=True)
+        finals = [torch.stack(per_state) for per_state in zip(*finals)]  # S x [L*D, B, H]
+        out = x if self.batch_first else x.transpose(0, 1)
+        if not batched:
+            out = out.squeeze(batch_dim)
+            finals = [s.squeeze(1) for s in finals]
+        return out.contiguous(), self._join_hx(finals)
+
+    def _run_direction(self, x, layer, direction, init):
+        """x [B, T, F] (time-reversed for direction 1), init [S, B, H] or None.
+        Returns out [B, T, H] and the list of S final states [B, H]."""
+        suffix = "_reverse" if direction else ""
+        w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
+        w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
+        b_ih = getattr(self, f"bias_ih_l{layer}{suffix}", None)
+        b_hh = getattr(self, f"bias_hh_l{layer}{suffix}", None)
+        G, H = self._gates, self.hidden_size
+        B, T = x.shape[:2]
+        wx = F.linear(x, w_ih, b_ih).view(B, T, G, 1, H)
+        r = w_hh.view(G, H, H).transpose(1, 2).unsqueeze(1)  # [G, 1, H, H], r[g, 0] = W_g^T
+        b = b_hh.view(G, 1, H) if b_hh is not None else wx.new_zeros(G, 1, H)
+        states = None if init is None else init.view(self._num_states, B, 1, H)
+        train = self.training
+        h, last = fused_rnn(
+            wx, r, b, states, cell=self._cell, backend=self.backend,
+            dropconnect=self.dropconnect if train else 0.0,
+            variational_dropout=self.variational_dropout if train else 0.0,
+            zoneout=self.zoneout if train else (0.0, 0.0))
+        return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]
+
+    def _check_hx(self, hx, B, batched, x) -> list:
+        kind = type(self).__name__
+        states = self._split_hx(hx)
+        LD = self.num_layers * self.num_directions
+        expected = (LD, B, self.hidden_size) if batched else (LD, self.hidden_size)
+        for i, name in enumerate(self._hx_names()):
+            s = states[i]
+            if not isinstance(s, torch.Tensor):
+                raise TypeError(f"{kind}: {name} must be a torch.Tensor; got {type(s).__name__}")
+            if tuple(s.shape) != expected:
+                raise RNNInputError(f"{kind}: {name} must have shape [num_layers * num_directions"
+                                    f"{', B' if batched else ''}, hidden_size] = {expected}; got "
+                                    f"{_describe(s)}")
+            if s.dtype != x.dtype or s.device != x.device:
+                raise RNNInputError(f"{kind}: {name} must have the input's dtype {x.dtype} and "
+                                    f"device {x.device}; got {_describe(s)}")
+            states[i] = s if batched else s.unsqueeze(1)
+        return states
+
+
+class LayerNormLSTM(_LayerNormRNNBase):
+    """LayerNorm LSTM (Ba, Kiros and Hinton 2016) with torch.nn.LSTM's arguments and shapes.
+
+    ``LayerNormLSTM(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, *, dropconnect=0.0, variational_dropout=0.0,
+    zoneout=(0.0, 0.0), backend="auto")``; ``proj_size`` other than 0 is a ValueError.
+
+    Each step: ``pre = LN(x W_ih^T + b_ih) + LN(h_prev W_hh^T) + b_hh`` (each LN over the
+    4 * hidden_size gate pre-activations of a row), ``c = sigmoid(f) c_prev + sigmoid(i) tanh(g)``,
+    ``h = sigmoid(o) tanh(LN(c))`` (LN over hidden_size); unit gain, zero bias, eps 1e-5.
+
+    ``dropconnect`` (one mask on W_hh per sequence), ``variational_dropout`` (one mask per row on
+    h_{t-1} entering the recurrence) and ``zoneout=(p_h, p_c)`` (per step and unit, keep the
+    previous h / c) act in training mode only; semantics as ``flashseq.ops.fused_rnn``.
+
+    forward(input, hx=None) -> (output, (h_n, c_n)): input [T, B, input_size] ([B, T, ...] with
+    batch_first, or unbatched [T, input_size]); h0, c0, h_n, c_n [num_layers * D, B, hidden_size]
+    (no B axis unbatched); output [T, B, D * hidden_size], D = 2 if bidirectional else 1.
+    """
+
+    _cell = "layernorm_lstm"
+    _gates = 4
+    _num_states = 2
+
+    def _split_hx(self, hx) -> list:
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise TypeError(f"LayerNormLSTM: hx must be a tuple (h0, c0); got {type(hx).__name__}")
+        return list(hx)
+
+    def _join_hx(self, states):
+        return states[0], states[1]
+
+    def _hx_names(self):
+        return ["h0", "c0"]
+
+
+class LayerNormGRU(_LayerNormRNNBase):
+    """LayerNorm GRU, the norm placed as in Ba, Kiros and Hinton 2016's LayerNorm LSTM, with
+    torch.nn.GRU's arguments and shapes.
+
+    ``LayerNormGRU(input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+    dropout=0.0, bidirectional=False, *, dropconnect=0.0, variational_dropout=0.0,
+    zoneout=(0.0, 0.0), backend="auto")``; ``proj_size`` other than 0 is a ValueError, and
+    zoneout's p_c must be 0 (a GRU has no cell state).
+
+    Each step: ``a = LN(x W_ih^T + b_ih)``, ``u = LN(h_prev W_hh^T) + b_hh`` (each LN over the
+    3 * hidden_size gate pre-activations of a row), ``r = sigmoid(a_r + u_r)``,
+    ``z = sigmoid(a_z + u_z)``, ``n = tanh(a_n + r * u_n)``, ``h = (1 - z) n + z h_prev``;
+    unit gain, zero bias, eps 1e-5. The regularisers act in training mode only.
+
+    forward(input, hx=None) -> (output, h_n): input [T, B, input_size] ([B, T, ...] with
+    batch_first, or unbatched [T, input_size]); h0, h_n [num_layers * D, B, hidden_size] (no B
+    axis unbatched); output [T, B, D * hidden_size], D = 2 if bidirectional else 1.
+    """
+
+    _cell = "layernorm_gru"
+    _gates = 3
+    _num_states = 1
+
+    def _split_hx(self, hx) -> list:
+        return [hx]
+
+    def _join_hx(self, states):
+        return states[0]
+
+    def _hx_names(self):
+        return ["hx"]

@@ -46,12 +46,6 @@ def _probability(name: str, p, upper_closed: bool) -> float:
     return p
 
 
-def _describe(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return type(t).__name__
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 class _LayerNormRNNBase(nn.Module):
     """What LayerNormLSTM and LayerNormGRU share; not used directly."""
 
@@ -155,26 +149,9 @@ class _LayerNormRNNBase(nn.Module):
         none of them, nor the inter-layer ``dropout``.
         """
         kind = type(self).__name__
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"{kind}: input must be a torch.Tensor [T, B, input_size] or "
-                            f"[T, input_size] (PackedSequence is not supported); got "
-                            f"{type(input).__name__}")
-        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
-            raise RNNInputError(f"{kind}: input must be [T, B, input_size] ([B, T, input_size] "
-                                f"with batch_first) or [T, input_size] with input_size="
-                                f"{self.input_size}; got {_describe(input)}")
-        weight = self.weight_ih_l0
-        if input.dtype != weight.dtype or input.device != weight.device:
-            raise RNNInputError(f"{kind}: input must have the parameters' dtype {weight.dtype} "
-                                f"and device {weight.device}; got {_describe(input)}")
-        batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        x = input if batched else input.unsqueeze(batch_dim)
-        x = x if self.batch_first else x.transpose(0, 1)  # [B, T, F]
+        x, batched = checks.sequence_input(kind, input, self.input_size, self.weight_ih_l0,
+                                           self.batch_first)  # [B, T, F]
         B, T = x.shape[:2]
-        if T == 0 or B == 0:
-            raise RNNInputError(f"{kind}: input must have at least one time step and one row; "
-                                f"got {_describe(input)}")
         states = None if hx is None else self._check_hx(hx, B, batched, x)
 
         finals = []
@@ -193,7 +170,7 @@ class _LayerNormRNNBase(nn.Module):
         finals = [torch.stack(per_state) for per_state in zip(*finals)]  # S x [L*D, B, H]
         out = x if self.batch_first else x.transpose(0, 1)
         if not batched:
-            out = out.squeeze(batch_dim)
+            out = out.squeeze(0 if self.batch_first else 1)
             finals = [s.squeeze(1) for s in finals]
         return out.contiguous(), self._join_hx(finals)
 
@@ -231,10 +208,10 @@ class _LayerNormRNNBase(nn.Module):
             if tuple(s.shape) != expected:
                 raise RNNInputError(f"{kind}: {name} must have shape [num_layers * num_directions"
                                     f"{', B' if batched else ''}, hidden_size] = {expected}; got "
-                                    f"{_describe(s)}")
+                                    f"{checks.describe(s)}")
             if s.dtype != x.dtype or s.device != x.device:
                 raise RNNInputError(f"{kind}: {name} must have the input's dtype {x.dtype} and "
-                                    f"device {x.device}; got {_describe(s)}")
+                                    f"device {x.device}; got {checks.describe(s)}")
             states[i] = s if batched else s.unsqueeze(1)
         return states
 

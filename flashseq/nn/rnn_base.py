@@ -62,12 +62,6 @@ def _exporting() -> bool:
     return torch.compiler.is_compiling() and torch.onnx.is_in_onnx_export()
 
 
-def _describe(t) -> str:
-    if not isinstance(t, torch.Tensor):
-        return f"{type(t).__name__}"
-    return f"shape {tuple(t.shape)}, dtype {t.dtype}, device {t.device}"
-
-
 class FusedRNNBase(nn.RNNBase):
     """Base of the torch-compatible modules; see the module docstring. Not used directly.
 
@@ -212,7 +206,7 @@ class FusedRNNBase(nn.RNNBase):
             lengths = None
         B, T = x.shape[:2]
         if T == 0:
-            raise RNNInputError(f"input must have at least one time step; got {_describe(input)}")
+            raise RNNInputError(f"input must have at least one time step; got {checks.describe(input)}")
         states = None
         if hx is not None:
             states = self._check_hx(hx, B, batched, x)
@@ -238,17 +232,17 @@ class FusedRNNBase(nn.RNNBase):
             raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor or a PackedSequence; "
                             f"got {type(x).__name__}")
         if (ndim is not None and x.dim() != ndim) or (ndim is None and x.dim() not in (2, 3)):
-            raise RNNInputError(f"{type(self).__name__}: {doc} expected; got {_describe(x)}")
+            raise RNNInputError(f"{type(self).__name__}: {doc} expected; got {checks.describe(x)}")
         if x.shape[-1] != self.input_size:
             raise RNNInputError(f"{type(self).__name__}: input.size(-1) must equal input_size="
-                                f"{self.input_size}; got {_describe(x)}")
+                                f"{self.input_size}; got {checks.describe(x)}")
         if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
             raise RNNInputError(f"{type(self).__name__}: input dtype must match the parameters' dtype "
                                 f"{weight.dtype} (convert the input or the module with .to()); "
-                                f"got {_describe(x)}")
+                                f"got {checks.describe(x)}")
         if x.device != weight.device:
             raise RNNInputError(f"{type(self).__name__}: input must be on the parameters' device "
-                                f"{weight.device}; got {_describe(x)}")
+                                f"{weight.device}; got {checks.describe(x)}")
 
     def _check_hx(self, hx, B, batched, x) -> list:
         states = self._split_hx(hx)
@@ -263,11 +257,11 @@ class FusedRNNBase(nn.RNNBase):
                 "[num_layers * num_directions, size] (unbatched input)"
             if tuple(s.shape) != expected:
                 raise RNNInputError(f"{type(self).__name__}: {name} must have shape {doc} = "
-                                    f"{expected}; got {_describe(s)}")
+                                    f"{expected}; got {checks.describe(s)}")
             autocast = torch.is_autocast_enabled(x.device.type)  # states follow wx's dtype then
             if (s.dtype != x.dtype and not autocast) or s.device != x.device:
                 raise RNNInputError(f"{type(self).__name__}: {name} must have the input's dtype "
-                                    f"{x.dtype} and device {x.device}; got {_describe(s)}")
+                                    f"{x.dtype} and device {x.device}; got {checks.describe(s)}")
             states[i] = s if batched else s.unsqueeze(1)
         return states
 

@@ -97,25 +97,9 @@ class sLSTM(nn.Module):  # noqa: N801 (the model's published name)
 
     def forward(self, input, states=None):
         """See the class docstring: input [T, B, I] -> (output [T, B, H], states [L, 4, B, H])."""
-        weight = self.weight_ih_l0
-        if not isinstance(input, torch.Tensor):
-            raise TypeError(f"sLSTM: input must be a torch.Tensor [T, B, input_size]; got "
-                            f"{type(input).__name__} (PackedSequence is not supported)")
-        if input.dim() not in (2, 3) or input.shape[-1] != self.input_size:
-            raise RNNInputError(f"sLSTM: input must be [T, B, {self.input_size}] (batch_first: "
-                                f"[B, T, {self.input_size}]) or unbatched [T, {self.input_size}]; "
-                                f"got shape {tuple(input.shape)}")
-        if input.dtype != weight.dtype or input.device != weight.device:
-            raise RNNInputError(f"sLSTM: input must have the parameters' dtype {weight.dtype} and "
-                                f"device {weight.device}; got {input.dtype} on {input.device}")
-        batched = input.dim() == 3
-        batch_dim = 0 if self.batch_first else 1
-        x = input if batched else input.unsqueeze(batch_dim)
-        x = x if self.batch_first else x.transpose(0, 1)  # [B, T, I]
+        x, batched = checks.sequence_input("sLSTM", input, self.input_size, self.weight_ih_l0,
+                                           self.batch_first)  # [B, T, I]
         B, T = x.shape[:2]
-        if T == 0 or B == 0:
-            raise RNNInputError(f"sLSTM: input needs T >= 1 steps and B >= 1 rows; got shape "
-                                f"{tuple(input.shape)}")
         H, NH = self.hidden_size, self.num_heads
         DH = H // NH
         if states is not None:
@@ -144,5 +128,5 @@ class sLSTM(nn.Module):  # noqa: N801 (the model's published name)
         out = x if self.batch_first else x.transpose(0, 1)
         finals = torch.stack(finals)  # [L, 4, B, H]
         if not batched:
-            out, finals = out.squeeze(batch_dim), finals.squeeze(2)
+            out, finals = out.squeeze(0 if self.batch_first else 1), finals.squeeze(2)
         return out.contiguous(), finals

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flashseq.hardware import GPUSpec
 from flashseq.kernels.fused_rnn.plan import (BASE_REGISTERS, ELEMENT_BYTES, HBM_LATENCY_PS,
                                              REGISTER_GRANULE, _cdiv_int, byte_costs, _next_pow2, check_dtype,
                                              check_gpu, check_positive)

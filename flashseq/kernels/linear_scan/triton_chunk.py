@@ -159,6 +159,14 @@ def chunk_layout(B, T, cu_seqlens, BT, device):
     return as_tensor(bounds), as_tensor(offsets), as_tensor(starts)
 
 
+def chunk_launch_dims(q, v, cu_seqlens, tiles):
+    """(B, T, H, K, V, layout, N, NC) of a chunk launcher's inputs q [B, T, H, K] and
+    v [B, T, H, V]: ``chunk_layout`` (cu, CO, CHUNKS) with N sequences and NC chunks."""
+    B, T, H, K = q.shape
+    layout = chunk_layout(B, T, cu_seqlens, tiles[0], q.device)
+    return B, T, H, K, v.shape[-1], layout, layout[0].numel() - 1, layout[2].shape[0]
+
+
 def precision(dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
@@ -190,10 +198,8 @@ def gla_chunk_cumsum(g, layout, BT, BK):
 
 def gla_chunk_fwd(q, k, v, g, h0, scale, cu_seqlens, output_final_state, tiles):
     """Launch the three forward kernels: (o [B, T, H, V], final [N, H, K, V] fp32 or None)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    B, T, H, K, V, layout, _, _ = chunk_launch_dims(q, v, cu_seqlens, tiles)
     BT, BK, BV, W = tiles
-    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
     gc = gla_chunk_cumsum(g, layout, BT, BK)
     hs, ht = gla_chunk_states(k, v, gc, h0, layout, tiles, output_final_state, q.dtype)
     o = torch.empty_like(v)

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import (BC, MIN_WARPS_SCORES, chunk_layout, gla_chunk_cumsum, gla_chunk_scores,
+from .triton_chunk import (BC, MIN_WARPS_SCORES, chunk_launch_dims, gla_chunk_cumsum, gla_chunk_scores,
                            gla_chunk_states, precision)
 from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
 
@@ -118,8 +118,6 @@ def gla_chunk_bwd_kernel_dqk(Q, K_, V_, GC, DO, HS, DHS, DQ, DK, CHUNKS, scale,
         m_rk = m_r[:, None] & m_k[None, :]
         p_rk = (o_r[:, None] * H + i_h) * K + o_k[None, :]
         b_gr = tl.load(GC + p_rk, mask=m_rk, other=0.0)                       # [BC, BK]
-        b_qr = tl.load(Q + p_rk, mask=m_rk, other=0.0).to(tl.float32)
-        b_kr = tl.load(K_ + p_rk, mask=m_rk, other=0.0).to(tl.float32)
         # dA rows of this group [BC, BT] and dA columns of this group [BT, BC]; inter terms
         b_dA_rows = tl.zeros([BC, BT], dtype=tl.float32)
         b_dA_cols = tl.zeros([BT, BC], dtype=tl.float32)
@@ -183,12 +181,9 @@ def gla_chunk_bwd_kernel_dqk(Q, K_, V_, GC, DO, HS, DHS, DQ, DK, CHUNKS, scale,
 
 def gla_chunk_bwd(q, k, v, g, h0, do, dht, scale, cu_seqlens, tiles):
     """All gradients but g's: (dq fp32, dk fp32, dv, dh0 fp32 or None)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    B, T, H, K, V, layout, N, NC = chunk_launch_dims(q, v, cu_seqlens, tiles)
     BT, BK, BV, W = tiles
-    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
     cu, co, chunks = layout
-    N, NC = cu.numel() - 1, chunks.shape[0]
     prec = precision(q.dtype)
     gc = gla_chunk_cumsum(g, layout, BT, BK)
     hs, _ = gla_chunk_states(k, v, gc, h0, layout, tiles, False, q.dtype)

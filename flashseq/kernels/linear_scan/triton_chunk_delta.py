@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import chunk_layout, precision
+from .triton_chunk import chunk_launch_dims, precision
 from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, load_state, state_tile
 
 # The state passes hold a program's [K, BV] block of the state as up to four [STATE_BK, BV]
@@ -317,14 +317,6 @@ def delta_chunk_fwd_kernel_o(Q, K_, GC, HS, U, O, CHUNKS, scale,
     b_u = rows_tile(U, row, n_left, i_v, V, H, BT, BV)                            # [BT, BV]
     b_o = b_o * tl.exp(b_g)[:, None] + tl.dot(b_p, b_u, input_precision=PREC)
     store_rows_tile(O, row, n_left, i_v, scale * b_o, V, H, BT, BV)
-
-
-def chunk_launch_dims(q, v, cu_seqlens, tiles):
-    """(B, T, H, K, V, layout, N, NC) of a chunk launcher's inputs q [B, T, H, K] and
-    v [B, T, H, V]: ``chunk_layout`` (cu, CO, CHUNKS) with N sequences and NC chunks."""
-    B, T, H, K = q.shape
-    layout = chunk_layout(B, T, cu_seqlens, tiles[0], q.device)
-    return B, T, H, K, v.shape[-1], layout, layout[0].numel() - 1, layout[2].shape[0]
 
 
 def delta_chunk_prepare(k, v, beta, g, h0, layout, tiles, output_final_state):

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import MIN_WARPS_SCORES, chunk_layout, precision
+from .triton_chunk import MIN_WARPS_SCORES, chunk_launch_dims, precision
 from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
 from .triton_recurrent_mlstm import EPS, _logsigmoid
 
@@ -181,10 +181,8 @@ def mlstm_chunk_gates(i, f, layout, BT):
 def mlstm_chunk_fwd(q, k, v, i, f, C0, n0, m0, scale, cu_seqlens, output_final_state, tiles):
     """Launch the forward: (o, m_t [B, T, H] fp32, qn_t [B, T, H] fp32, final (C, n, m) or
     Nones)."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    B, T, H, K, V, layout, _, _ = chunk_launch_dims(q, v, cu_seqlens, tiles)
     BT, BK, BV, W = tiles
-    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
     fc, best = mlstm_chunk_gates(i, f, layout, BT)
     hs, ns, ms, final = mlstm_chunk_states(k, v, i, fc, best, C0, n0, m0, layout, tiles,
                                            output_final_state)

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_chunk import MIN_WARPS_SCORES, chunk_layout, precision
+from .triton_chunk import MIN_WARPS_SCORES, chunk_launch_dims, precision
 from .triton_chunk_mlstm import mlstm_chunk_gates, mlstm_chunk_states, mlstm_chunk_weights
 from .triton_common import chunk_bounds, chunk_state_program, chunk_steps, state_tile
 
@@ -167,12 +167,9 @@ def mlstm_chunk_bwd(q, k, v, i, f, C0, n0, m0, mstep, rden, dqn, do, dCT, dnT, s
     """Launch the backward: (dq, dk fp32 [B, T, H, K], dv, dC0, dn0 fp32 or None). ``mstep`` is
     the forward's m_t; ``rden`` = 1 / den_t and ``dqn`` [B, T, H] fp32 as in the step kernels'
     backward; dCT and dnT both given or both None."""
-    B, T, H, K = q.shape
-    V = v.shape[-1]
+    B, T, H, K, V, layout, N, NC = chunk_launch_dims(q, v, cu_seqlens, tiles)
     BT, BK, BV, W = tiles
-    layout = chunk_layout(B, T, cu_seqlens, BT, q.device)
     cu, co, chunks = layout
-    N, NC = cu.numel() - 1, chunks.shape[0]
     fc, best = mlstm_chunk_gates(i, f, layout, BT)
     hs, ns, ms, _ = mlstm_chunk_states(k, v, i, fc, best, C0, n0, m0, layout, tiles, False)
     dhs, dns = torch.empty_like(hs), torch.empty_like(ns)

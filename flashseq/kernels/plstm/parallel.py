@@ -7,14 +7,19 @@ boundaries. The full N x N propagation matrix is never formed: a block of n node
 
 1D (chunk L): inside a chunk, the state leaving node i is P[i, j] = prod_{j < l <= i} t_l times
 what node j wrote, so node i reads (through its mark) m_i P[i-1, j] s_j k_j v_j^T; the state that
-enters the next chunk is prod(t) C_in + sum_j P[L-1, j] s_j k_j v_j^T.
+enters the next chunk is prod(t) C_in + sum_j P[L-1, j] s_j k_j v_j^T. These (prod(t), update)
+summaries of all chunks are merged hierarchically (``chunk_states_tree``: log2(NC) rounds of an
+associative combine, O(NC log NC) combines) into every chunk's entering state, so no step walks
+the chunks one by one.
 
 2D (tile BX x BY): the tile's inputs are its BX * BY sources plus BY states entering from the
 left and BX from the top. Sweeping the tile column by column (x), the d-edges of one column
 are a line recurrence along y (solved with ``line_matrix`` of the t_du gates), and the r-edges
 then follow pointwise; the result gives, for every node's mark read and every edge leaving the
 tile, its coefficients over those inputs. Tiles are then visited in order with their
-[BX + BY, K, V] boundary states. Autograd differentiates all of it.
+[BX + BY, K, V] boundary states (no hierarchical merge across tiles in 2D: a tile's entering
+states depend on two neighbours, so the tile walk stays sequential, nX * nY steps). Autograd
+differentiates all of it.
 """
 from __future__ import annotations
 
@@ -40,8 +45,46 @@ def _pad_to(x: torch.Tensor, dim: int, size: int) -> torch.Tensor:
     return torch.cat([x, x.new_zeros(shape)], dim=dim)
 
 
-def plstm_1d_chunked(q, k, v, source, transition, mark, direct, scale, chunk):
-    """q, k [B, T, H, K], v [B, T, H, V], gates [B, T, H] (compute dtype) -> o [B, T, H, V]."""
+def chunk_states_sequential(decay: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """decay [..., NC], update [..., NC, K, V] -> the state entering every chunk [..., NC, K, V]
+    of ``C_c = decay_c C_{c-1} + update_c`` (``C_{-1} = 0``), one chunk after the other."""
+    state = torch.zeros_like(update[..., 0, :, :])
+    entering = []
+    for c in range(update.shape[-3]):
+        entering.append(state)
+        state = decay[..., c, None, None] * state + update[..., c, :, :]
+    return torch.stack(entering, dim=-3)
+
+
+def chunk_states_tree(decay: torch.Tensor, update: torch.Tensor) -> torch.Tensor:
+    """``chunk_states_sequential`` as a log-depth scan over the chunks.
+
+    Chunk summaries (a, U) (the chunk's transition product and the state it leaves when entered
+    with zero) compose associatively: (a1, U1) then (a2, U2) is (a2 a1, a2 U1 + U2). Round r
+    combines every chunk's running summary with the one 2^r chunks before it (an inclusive
+    Hillis-Steele scan): ceil(log2 NC) rounds of independent combines, O(NC log NC) in all.
+    Exact with zero or negative decays (only products and sums)."""
+    NC = update.shape[-3]
+    a, u = decay, update
+    shift = 1
+    while shift < NC:
+        a_prev = torch.cat([torch.ones_like(a[..., :shift]), a[..., :-shift]], dim=-1)
+        u_prev = torch.cat([torch.zeros_like(u[..., :shift, :, :]), u[..., :-shift, :, :]],
+                           dim=-3)
+        u = a[..., None, None] * u_prev + u
+        a = a * a_prev
+        shift *= 2
+    # u[c] is now the state leaving chunk c; chunk c enters with the one leaving c - 1
+    return torch.cat([torch.zeros_like(u[..., :1, :, :]), u[..., :-1, :, :]], dim=-3)
+
+
+CHUNK_MERGES = {"tree": chunk_states_tree, "sequential": chunk_states_sequential}
+
+
+def plstm_1d_chunked(q, k, v, source, transition, mark, direct, scale, chunk, merge="tree"):
+    """q, k [B, T, H, K], v [B, T, H, V], gates [B, T, H] (compute dtype) -> o [B, T, H, V].
+    ``merge``: how the chunk summaries are combined into every chunk's entering state,
+    "tree" (``chunk_states_tree``, log depth) or "sequential"."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     L = chunk
@@ -64,13 +107,10 @@ def plstm_1d_chunked(q, k, v, source, transition, mark, direct, scale, chunk):
     enter_prev = torch.cat([torch.ones_like(enter[..., :1]), enter[..., :-1]], dim=-1)
     read_in = scale * m * enter_prev                             # [B, H, NC, L]
     write_out = P[..., -1, :] * s                                # [B, H, NC, L]
-    state = q.new_zeros(B, H, K, V)
-    o_inter = []
-    for c in range(NC):
-        o_inter.append(read_in[:, :, c, :, None] * (qb[:, :, c] @ state))
-        state = enter[:, :, c, -1, None, None] * state + \
-            (kb[:, :, c] * write_out[:, :, c, :, None]).transpose(-1, -2) @ vb[:, :, c]
-    o = o_intra + torch.stack(o_inter, dim=2)
+    # chunk summaries: C_out = decay C_in + update, merged over the chunks
+    update = (kb * write_out[..., None]).transpose(-1, -2) @ vb   # [B, H, NC, K, V]
+    entering = CHUNK_MERGES[merge](enter[..., -1], update)         # [B, H, NC, K, V]
+    o = o_intra + read_in[..., None] * (qb @ entering)
     return o.permute(0, 2, 3, 1, 4).reshape(B, NC * L, H, V)[:, :T]
 
 

@@ -5,6 +5,11 @@ a per-step barrier or one launch per step; ``plan.plan_fused_rnn`` decides (``tr
 Runs on CUDA tensors, or on CPU tensors under ``TRITON_INTERPRET=1`` (slow; for tests; float16
 and float32 only there: the interpreter computes bfloat16 dots wrongly, so bfloat16 is refused).
 Triton itself is imported only when a call runs, so ``import flashseq`` never imports it.
+
+Serves the extras (dropconnect, variational dropout, zoneout, reset, return_all_states) and the
+LayerNorm cells on the persistent path (``triton_extras``); a call with them whose head the plan
+splits over programs (large DH) is refused with the reason, so ``"auto"`` falls back to the
+reference back end with one warning and ``backend="triton"`` raises ``NotImplementedError``.
 """
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ import os
 import torch
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+# fused_rnn receives ``extras=`` (backends.py) for the extras and the LayerNorm cells
+SERVES_EXTRAS = True
 
 
 def _interpreting() -> bool:
@@ -51,14 +59,32 @@ def unsupported_reason(problem):
     if problem.cell.num_gates > 4 or problem.cell.num_states > 4:
         return f"cell {problem.cell.name!r} has more than 4 gates or states"
     from flashseq.cells.triton import TRITON_CELLS
-    if problem.cell.name not in TRITON_CELLS:
+    from .triton_extras import NORM_CELLS
+    if problem.cell.name not in TRITON_CELLS and problem.cell.name not in NORM_CELLS:
         return f"cell {problem.cell.name!r} has no Triton functions (flashseq/cells/triton/)"
+    if problem.extras:
+        return _extras_path_reason(problem)
     return None
 
 
-def fused_rnn(wx, r, b, states, *, cell, lengths):
-    from .triton_function import fused_rnn_triton
-    return fused_rnn_triton(wx, r, b, states, cell=cell, lengths=lengths)
+def _extras_path_reason(problem):
+    # the extras kernels are persistent only: ask the plan whether the head fits one program
+    from .triton_extras import base_cell_name, split_reason
+    from .triton_function import _cached_plan, gpu_spec
+    from .triton_tuned import tuned_plan
+    cell = base_cell_name(problem.cell.name)
+    plan = _cached_plan(cell, problem.batch, problem.heads, problem.head_dim, problem.dtype,
+                        gpu_spec(problem.device), None)
+    return split_reason(tuned_plan(plan, problem.device))
+
+
+def fused_rnn(wx, r, b, states, *, cell, lengths, extras=None):
+    from .triton_extras import NORM_CELLS
+    if extras is None and cell.name not in NORM_CELLS:
+        from .triton_function import fused_rnn_triton
+        return fused_rnn_triton(wx, r, b, states, cell=cell, lengths=lengths)
+    from .triton_extras import fused_rnn_triton_extras
+    return fused_rnn_triton_extras(wx, r, b, states, cell=cell, lengths=lengths, extras=extras)
 
 
 def workspace_bytes(problem):

@@ -4,7 +4,6 @@ Only model variables are branched on: every auxiliary variable is a function of 
 propagators fix it (and check its constraints) once its operands are fixed.
 """
 import time
-from collections import deque
 
 from .domain import DomainStore
 
@@ -41,38 +40,35 @@ class Search:
         self.split_ends = first_point and flat.objective is None
         self.st = DomainStore(flat.lo, flat.hi, flat.vals)
         self.props = flat.props
-        # watchers[e]: the propagators to wake on bound event e (DomainStore), ascending. Most
-        # propagators wake on both events of a variable: one list per variable serves both
-        # (read only), and only the events that some propagator with `events` reads get a list
-        # of their own (building the lists was a tenth of a first point's search set-up)
+        # wake[e]: the propagators to wake on bound event e (DomainStore), as a bit set (bit k:
+        # propagator k); the queue is one int of the same bits. Most propagators wake on both
+        # events of a variable; those with `events` only on the bounds they read
         n = len(flat.lo)
-        by_var = [[] for _ in range(n)]
-        by_event = {}
-        selective = []  # propagators with `events`
+        by_var = [0] * n
+        wake = [0] * (2 * n)
+        degree = [0] * n  # propagators reading each variable (branching order)
         for k, prop in enumerate(self.props):
+            bit = 1 << k
             events = getattr(prop, "events", None)
-            if events is None:
-                for i in set(prop.watch):
-                    by_var[i].append(k)
-            else:
-                selective.append(prop)
-                for e in set(events):
-                    by_event.setdefault(e, []).append(k)
-        watchers = [None] * (2 * n)
-        watchers[0::2] = by_var
-        watchers[1::2] = by_var
-        for e, ks in by_event.items():
-            watchers[e] = sorted(watchers[e] + ks)
-        degree = [len(ks) for ks in by_var]  # propagators reading each variable (branching order)
-        for prop in selective:
             for i in set(prop.watch):
                 degree[i] += 1
+                if events is None:
+                    by_var[i] |= bit
+            if events is not None:
+                for e in events:
+                    wake[e] |= bit
+        for i, bits in enumerate(by_var):
+            if bits:
+                wake[2 * i] |= bits
+                wake[2 * i + 1] |= bits
         self.degree = degree
-        self.watchers = watchers
+        self.wake = wake
         self.funcs = [prop.propagate for prop in self.props]
-        self.idempotent = [getattr(prop, "idempotent", False) for prop in self.props]
-        self.in_queue = [False] * len(self.props)
-        self.queue = deque()
+        # an idempotent propagator leaves itself at its own fixed point, so its own changes
+        # must not wake it again: its bit is masked out of what its run wakes
+        self.keep_mask = [~(1 << k) if getattr(prop, "idempotent", False) else -1
+                          for k, prop in enumerate(self.props)]
+        self.pending = 0  # bit set of the propagators queued to run
         # the model variables to fix: all of them, or those of one part (components.Part)
         branch = getattr(flat, "branch", range(flat.n_model))
         self.decision_groups = (tuple(i for i in branch if i not in flat.defined),
@@ -91,59 +87,46 @@ class Search:
         self.stack = []  # dfs frames [mark, variable, alternatives, next position]
 
     # ---- propagation ----------------------------------------------------------------------
-    def _enqueue_changed(self):
-        st = self.st
-        in_queue, queue, watchers = self.in_queue, self.queue, self.watchers
-        for i in st.changed:
-            for k in watchers[i]:
-                if not in_queue[k]:
-                    in_queue[k] = True
-                    queue.append(k)
-        st.changed.clear()
-
     def propagate(self):
-        """Run the queued propagators to a fixed point; False if a domain became empty.
-        Raises TimeUp past the deadline (the queue is then left as it was: the search is over)."""
+        """Run the queued propagators to a fixed point, lowest index first; False if a domain
+        became empty. Raises TimeUp past the deadline (the queue is then left as it was: the
+        search is over)."""
         st = self.st
-        props, queue, in_queue, watchers = self.props, self.queue, self.in_queue, self.watchers
+        wake = self.wake
         changed = st.changed
+        pending = self.pending
         if changed:
-            self._enqueue_changed()
+            for e in changed:
+                pending |= wake[e]
+            changed.clear()
         runs = self.runs
         check_at = self.check_at
-        funcs, idempotent = self.funcs, self.idempotent
-        while queue:
+        funcs, keep_mask = self.funcs, self.keep_mask
+        while pending:
             if runs >= check_at:
                 self.runs = runs
+                self.pending = pending
                 self._check()
                 check_at = self.check_at
-            k = queue.popleft()
-            # an idempotent propagator leaves itself at its own fixed point, so its own changes
-            # must not wake it again: it stays marked as queued while they are dispatched
-            idem = idempotent[k]
-            in_queue[k] = idem
+            low = pending & -pending
+            pending ^= low
+            k = low.bit_length() - 1
             runs += 1
             result = funcs[k](st)
             if not result:
-                in_queue[k] = False
-                for q in queue:
-                    in_queue[q] = False
-                queue.clear()
+                self.pending = 0
                 changed.clear()
                 self.runs = runs
                 return False
             if changed:
-                for i in changed:
-                    for q in watchers[i]:
-                        if not in_queue[q]:
-                            in_queue[q] = True
-                            queue.append(q)
+                woken = 0
+                for e in changed:
+                    woken |= wake[e]
+                pending |= woken & keep_mask[k]
                 changed.clear()
-            if idem:
-                if result is True:
-                    in_queue[k] = False
-                else:  # AGAIN: it stopped short of its fixed point
-                    queue.append(k)
+            if result is not True:  # AGAIN: it stopped short of its own fixed point
+                pending |= low
+        self.pending = 0
         self.runs = runs
         return True
 
@@ -157,9 +140,7 @@ class Search:
         """Propagate every constraint once from the initial domains."""
         if self.flat.infeasible:
             return False
-        for k in range(len(self.props)):
-            self.in_queue[k] = True
-            self.queue.append(k)
+        self.pending = (1 << len(self.props)) - 1
         self.rooted = self.propagate()
         return self.rooted
 

@@ -81,9 +81,8 @@ class Part:
         self.n_model = flat.n_model
         self.lo, self.hi, self.vals = list(lo), list(hi), list(vals)
         self.props = []
-        consts = {}
         for k in props:
-            prop = _simplified(flat.props[k], lo, hi, consts, self)
+            prop = _simplified(flat.props[k], lo, hi)
             if prop is not None:
                 self.props.append(prop)
         self.defined = flat.defined
@@ -112,18 +111,8 @@ class Part:
     def value_preference(self, lo=None):
         return value_preference(self.defs, self.objective, self.lo if lo is None else lo)
 
-    def const_atom(self, value, consts):
-        """An atom fixed to `value` (one per value and part)."""
-        atom = consts.get(value)
-        if atom is None:
-            atom = consts[value] = len(self.lo)
-            self.lo.append(value)
-            self.hi.append(value)
-            self.vals.append(None)
-        return atom
 
-
-def _simplified(prop, lo, hi, consts, part):
+def _simplified(prop, lo, hi):
     """`prop` with the atoms the root fixed folded in (into a linear right-hand side, a product's
     constant factor), or None when it can narrow nothing any more: a linear constraint, product
     or ceiling division left with one unfixed atom bounds it to an interval, which the root's
@@ -143,7 +132,7 @@ def _simplified(prop, lo, hi, consts, part):
         return P.LinearLe(idx, coefs, rhs) if kind is P.LinearLe else linear_eq(idx, coefs, rhs)
     if kind is P.ProductNonneg or kind is P.ProductNonneg2:
         if kind is P.ProductNonneg:
-            out, c, factors = prop.out, 1, prop.factors
+            out, c, factors = prop.out, prop.coef, prop.factors
         else:
             out, c, factors = prop.out, prop.coef, (prop.x, prop.y)
         rest = []
@@ -160,7 +149,7 @@ def _simplified(prop, lo, hi, consts, part):
             return prop
         if len(rest) == 2:
             return P.ProductNonneg2(out, rest[0], rest[1], c)
-        return P.ProductNonneg(out, rest + [part.const_atom(c, consts)] if c != 1 else rest)
+        return P.ProductNonneg(out, rest, c)
     if kind is P.CeilDiv and sum(lo[i] != hi[i] for i in prop.watch) <= 1:
         return None
     return prop

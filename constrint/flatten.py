@@ -518,15 +518,24 @@ def _free_variables(expr, lo, hi, out):
     if kind is Var:
         if lo[expr.index] != hi[expr.index]:
             out.add(expr.index)
-    elif kind is not Const:
-        for sub in expr.children():
-            # leaves here, not one call each (most children of a tiling model's products are)
-            kind = type(sub)
-            if kind is Var:
-                if lo[sub.index] != hi[sub.index]:
-                    out.add(sub.index)
-            elif kind is not Const:
-                _free_variables(sub, lo, hi, out)
+        return
+    if kind is Const:
+        return
+    # the children straight from the node's fields (children() builds a tuple), and leaves
+    # here, not one call each (most children of a tiling model's products are)
+    if kind is Sum:
+        subs = [sub for _, sub in expr.items]
+    elif kind is Product:
+        subs = expr.factors
+    else:
+        subs = expr.children()
+    for sub in subs:
+        kind = type(sub)
+        if kind is Var:
+            if lo[sub.index] != hi[sub.index]:
+                out.add(sub.index)
+        elif kind is not Const:
+            _free_variables(sub, lo, hi, out)
 
 
 def _defined_variables(model, lo, hi):

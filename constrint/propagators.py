@@ -200,21 +200,24 @@ class LinearNe:
 
 
 class ProductNonneg:
-    """out == x1 * ... * xk where no factor can be negative (the tiling models' case)."""
-    __slots__ = ("out", "factors", "watch")
+    """out == coef * x1 * ... * xk where no factor can be negative (the tiling models' case) and
+    coef >= 1 is the product of the factors known when the model was flattened."""
+    __slots__ = ("out", "factors", "coef", "watch")
     idempotent = True
 
-    def __init__(self, out, factors):
+    def __init__(self, out, factors, coef=1):
         self.out = out
         self.factors = tuple(factors)
+        self.coef = coef
         self.watch = (out,) + self.factors
 
     def propagate(self, st):
         lo, hi, trail = st.lo, st.hi, st.trail
         factors = self.factors
         out = self.out
+        coef = self.coef
         for _ in range(_MAX_PASSES):
-            plo = phi = 1
+            plo = phi = coef
             for i in factors:
                 plo *= lo[i]
                 phi *= hi[i]
@@ -230,8 +233,12 @@ class ProductNonneg:
                 # bounds of the other factors' product, from the bounds at entry (still valid:
                 # narrowing earlier factors only makes these looser, never wrong)
                 xl, xh = lo[i], hi[i]
-                rest_lo = plo // xl if xl else _product_except(lo, factors, pos)
-                rest_hi = phi // xh if xh else 0
+                if xl == xh:
+                    # a fixed factor: out's bounds from the product, set above, already hold
+                    # what narrowing it would check
+                    continue
+                rest_lo = plo // xl if xl else coef * _product_except(lo, factors, pos)
+                rest_hi = phi // xh
                 if rest_hi and olo > xl * rest_hi and not st.set_lo(i, -(-olo // rest_hi)):
                     return False
                 if rest_lo and ohi < xh * rest_lo and not st.set_hi(i, ohi // rest_lo):
@@ -253,33 +260,48 @@ class ProductNonneg2:
         self.watch = (out, x, y)
 
     def propagate(self, st):
-        lo, hi, trail = st.lo, st.hi, st.trail
+        lo, hi = st.lo, st.hi
         out, x, y, c = self.out, self.x, self.y, self.coef
-        for _ in range(_MAX_PASSES):
+        passes = _MAX_PASSES
+        while passes:
+            passes -= 1
             xl, xh = lo[x], hi[x]
             yl, yh = c * lo[y], c * hi[y]  # bounds of c * y
             plo, phi = xl * yl, xh * yh
-            if plo > lo[out] and not st.set_lo(out, plo):
-                return False
-            if phi < hi[out] and not st.set_hi(out, phi):
-                return False
             olo, ohi = lo[out], hi[out]
+            if plo > olo:
+                if not st.set_lo(out, plo):
+                    return False
+                olo = lo[out]
+            if phi < ohi:
+                if not st.set_hi(out, phi):
+                    return False
+                ohi = hi[out]
             if olo == plo and ohi == phi:
                 return True
-            mark = len(trail)
-            # x in [olo / (c yh), ohi / (c yl)], then y against the narrowed x
-            if yh and olo > xl * yh and not st.set_lo(x, -(-olo // yh)):
-                return False
-            if yl and ohi < xh * yl and not st.set_hi(x, ohi // yl):
-                return False
+            # x in [olo / (c yh), ohi / (c yl)], then y against the narrowed x; each condition
+            # below holds only where its setter really moves a bound
+            narrowed = False
+            if yh and olo > xl * yh:
+                if not st.set_lo(x, -(-olo // yh)):
+                    return False
+                narrowed = True
+            if yl and ohi < xh * yl:
+                if not st.set_hi(x, ohi // yl):
+                    return False
+                narrowed = True
             xl, xh = c * lo[x], c * hi[x]  # bounds of c * x
             yl, yh = lo[y], hi[y]
-            if xh and olo > yl * xh and not st.set_lo(y, -(-olo // xh)):
-                return False
-            if xl and ohi < yh * xl and not st.set_hi(y, ohi // xl):
-                return False
-            if len(trail) == mark:
-                return True
+            if xh and olo > yl * xh:
+                if not st.set_lo(y, -(-olo // xh)):
+                    return False
+                narrowed = True
+            if xl and ohi < yh * xl:
+                if not st.set_hi(y, ohi // xl):
+                    return False
+                narrowed = True
+            if not narrowed:
+                return True  # x and y unchanged: out's bounds from them are as computed
         return AGAIN
 
 
@@ -292,8 +314,11 @@ def product_nonneg(out, factors, lo, hi):
             coef *= lo[i]
         else:
             free.append(i)
-    if len(free) == 2 and coef >= 1:
-        return ProductNonneg2(out, free[0], free[1], coef)
+    if coef >= 1:
+        if len(free) == 2:
+            return ProductNonneg2(out, free[0], free[1], coef)
+        if len(free) > 2:
+            return ProductNonneg(out, free, coef)
     return ProductNonneg(out, factors)
 
 

@@ -44,23 +44,25 @@ class Search:
         # propagator k); the queue is one int of the same bits. Most propagators wake on both
         # events of a variable; those with `events` only on the bounds they read
         n = len(flat.lo)
-        by_var = [0] * n
-        wake = [0] * (2 * n)
-        degree = [0] * n  # propagators reading each variable (branching order)
+        by_var = [0] * n  # propagators waking on both events of each variable
+        read_by = [0] * n  # propagators reading each variable (with `events` or not)
+        by_event = [0] * (2 * n)  # propagators with `events`, per event
         for k, prop in enumerate(self.props):
             bit = 1 << k
             events = getattr(prop, "events", None)
-            for i in set(prop.watch):
-                degree[i] += 1
-                if events is None:
+            if events is None:
+                for i in prop.watch:
                     by_var[i] |= bit
-            if events is not None:
+            else:
                 for e in events:
-                    wake[e] |= bit
-        for i, bits in enumerate(by_var):
-            if bits:
-                wake[2 * i] |= bits
-                wake[2 * i + 1] |= bits
+                    by_event[e] |= bit
+                for i in prop.watch:
+                    read_by[i] |= bit
+        wake = [0] * (2 * n)
+        wake[0::2] = [b | e for b, e in zip(by_var, by_event[0::2])]
+        wake[1::2] = [b | e for b, e in zip(by_var, by_event[1::2])]
+        # how many propagators read each variable (branching order)
+        degree = [(b | r).bit_count() for b, r in zip(by_var, read_by)]
         self.degree = degree
         self.wake = wake
         self.funcs = [prop.propagate for prop in self.props]

@@ -298,29 +298,46 @@ class Flat:
         if is_compare and constraint.op == "==" and self._product_as_var(constraint):
             return
         if is_compare:
-            diff = dict(self._poly(constraint.lhs))
-            for mono, c in self._poly(constraint.rhs).items():
-                diff[mono] = diff.get(mono, 0) - c
-            terms, const = self._linear({m: c for m, c in diff.items() if c})
             op = constraint.op
-            rhs = -const  # constraint: sum(terms) op rhs
-            if op in (">=", ">"):
-                terms = {a: -c for a, c in terms.items()}
-                rhs = -rhs
-            if op in ("<", ">"):
+            left = self._poly(constraint.lhs)
+            right = self._poly(constraint.rhs)
+            if right and not left.keys().isdisjoint(right):
+                # a monomial on both sides: subtract first (if it cancels, it needs no atom)
+                diff = dict(left)
+                for mono, c in right.items():
+                    diff[mono] = diff.get(mono, 0) - c
+                left, right = {m: c for m, c in diff.items() if c}, {}
+            # constraint: sum(terms) op rhs, with >= and > turned around into <= and <
+            sign = -1 if op == ">=" or op == ">" else 1
+            terms = {}
+            rhs = 0
+            get = terms.get
+            for mono, c in left.items():
+                if mono:
+                    atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
+                    terms[atom] = get(atom, 0) + sign * c
+                else:
+                    rhs -= sign * c
+            for mono, c in right.items():
+                if mono:
+                    atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
+                    terms[atom] = get(atom, 0) - sign * c
+                else:
+                    rhs += sign * c
+            if 0 in terms.values():  # terms that cancelled (a monomial that is a variable)
+                terms = {a: c for a, c in terms.items() if c}
+            if op == "<" or op == ">":
                 rhs -= 1
             if not terms:
-                ok = {"==": 0 == rhs, "!=": 0 != rhs}.get(op, 0 <= rhs)
+                ok = (0 == rhs) if op == "==" else (0 != rhs) if op == "!=" else (0 <= rhs)
                 self.infeasible |= not ok
                 return
-            g = 0
-            for c in terms.values():
-                g = gcd(g, c)
+            g = gcd(*terms.values())
             if g > 1:
                 # divide through by the coefficients' gcd: 2x - 2y == 1 has no integer point (bounds
                 # alone would creep one step a pass across the whole range to find that), 2x + 4y
                 # <= 7 is x + 2y <= 3, and 2x != 3 always holds
-                if rhs % g and op in ("==", "!="):
+                if rhs % g and (op == "==" or op == "!="):
                     self.infeasible |= op == "=="
                     return
                 terms = {a: c // g for a, c in terms.items()}
@@ -335,7 +352,7 @@ class Flat:
                 else:
                     self._restrict(i, -(rhs // -a), self.hi[i])
                 return
-            cls = {"==": linear_eq, "!=": P.LinearNe}.get(op, P.LinearLe)
+            cls = linear_eq if op == "==" else P.LinearNe if op == "!=" else P.LinearLe
             self.props.append(cls(list(terms), list(terms.values()), rhs))
         else:
             divisor = self._atom_of(self._poly(constraint.divisor))

@@ -4,6 +4,7 @@
 #include <torch/extension.h>
 
 #include "fused_rnn_cpu.h"
+#include "fused_rnn_extras.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 #include "weight_grad.h"
@@ -83,6 +84,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("x"), py::arg("dy"));
   m.def("_linear_weight_grad_fast", &flashseq::cpu::linear_weight_grad_fast,
         "whether linear_weight_grad runs its AVX-512 kernel on this CPU now");
+  m.def("fused_rnn_extras_forward", &flashseq::cpu::fused_rnn_extras_forward,
+        "fused_rnn forward with variational/zoneout/reset masks and the LayerNorm cells: (wx, r, "
+        "b, states, lengths, variational, zoneout, reset, cell, save, all_states) -> (h, "
+        "last_states, all_states, hin_all, hr_all)",
+        py::arg("wx"), py::arg("r"), py::arg("b"), py::arg("states"), py::arg("lengths"),
+        py::arg("variational"), py::arg("zoneout"), py::arg("reset"), py::arg("cell"),
+        py::arg("save"), py::arg("all_states"));
+  m.def("fused_rnn_extras_backward", &flashseq::cpu::fused_rnn_extras_backward,
+        "backward of fused_rnn_extras_forward: (dh, d_last_states, d_all_states, wx, r, b, "
+        "states, all_states, hin_all, hr_all, lengths, variational, zoneout, reset, cell) -> "
+        "(d_wx, d_r, d_b, d_states)",
+        py::arg("dh"), py::arg("d_last_states"), py::arg("d_all_states"), py::arg("wx"),
+        py::arg("r"), py::arg("b"), py::arg("states"), py::arg("all_states"), py::arg("hin_all"),
+        py::arg("hr_all"), py::arg("lengths"), py::arg("variational"), py::arg("zoneout"),
+        py::arg("reset"), py::arg("cell"));
+  m.def("extras_cell_layout", &flashseq::cpu::extras_cell_layout,
+        "(num_gates, num_states) of a cell of the extras loop (LayerNorm cells included)",
+        py::arg("cell"));
   m.def("cell_layout", &flashseq::cpu::cell_layout,
         "(num_gates, num_states, num_saved) of a cell as the compiled loop stores it",
         py::arg("cell"));

@@ -221,6 +221,9 @@ def test_layernorm_cell_gradcheck(cell_name):
 
 def test_layernorm_cell_auto_falls_back_to_reference_with_one_warning(monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
+    # the cpu back end serves the LayerNorm cells (test_fused_rnn_beyond_cpu.py): one that
+    # does not declare SERVES_EXTRAS is simulated here to check the fallback itself
+    monkeypatch.setattr(backends.load("cpu"), "SERVES_EXTRAS", False)
     wx, r, b, states = _inputs("layernorm_lstm")
     with pytest.warns(RuntimeWarning, match="layernorm_lstm") as record:
         auto = fused_rnn(wx, r, b, states, cell="layernorm_lstm")
@@ -336,6 +339,8 @@ def test_cell_zoneout_is_refused_for_a_cell_with_h_only():
 
 def test_auto_on_cpu_falls_back_to_reference_with_one_warning(monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
+    # as above: the cpu back end serves the extras; a back end that does not is simulated
+    monkeypatch.setattr(backends.load("cpu"), "SERVES_EXTRAS", False)
     wx, r, b, states = _inputs("lstm")
     kwargs = dict(dropconnect=0.2, generator=torch.Generator().manual_seed(1))
     with pytest.warns(RuntimeWarning, match="dropconnect") as record:
@@ -347,7 +352,8 @@ def test_auto_on_cpu_falls_back_to_reference_with_one_warning(monkeypatch):
     assert torch.equal(auto[0], ref[0])
 
 
-# the triton back end serves the extras (test_fused_rnn_beyond_triton.py)
+# the triton and cpu back ends serve the extras (test_fused_rnn_beyond_triton.py,
+# test_fused_rnn_beyond_cpu.py): a back end without SERVES_EXTRAS is simulated on cpu
 @pytest.mark.parametrize("backend", ["cpu"])
 @pytest.mark.parametrize("kwargs, match", [
     (dict(reset=torch.zeros(3, 6, dtype=torch.bool)), "reset"),
@@ -355,7 +361,8 @@ def test_auto_on_cpu_falls_back_to_reference_with_one_warning(monkeypatch):
     (dict(variational_dropout=0.1), "variational_dropout"),
     (dict(cell="layernorm_gru"), "layernorm_gru"),
 ])
-def test_named_fast_back_end_refuses_the_extras(backend, kwargs, match):
+def test_named_fast_back_end_refuses_the_extras(backend, kwargs, match, monkeypatch):
+    monkeypatch.setattr(backends.load(backend), "SERVES_EXTRAS", False)
     kwargs = {"cell": "lstm", **kwargs}
     wx, r, b, states = _inputs(kwargs["cell"])
     with pytest.raises(NotImplementedError, match=match):

@@ -209,5 +209,5 @@ def test_auto_fallback_warns_at_most_once(monkeypatch):
             m(x)
     falls = [w for w in caught if "falling back" in str(w.message)]
     assert len(falls) <= 1
-    if "cpu" in backends.available_backends("cpu"):  # a faster back end was skipped: say so once
-        assert len(falls) == 1 and "layernorm_lstm" in str(falls[0].message)
+    if "cpu" in backends.available_backends("cpu"):  # the cpu back end serves the cell: no fallback
+        assert not falls

@@ -40,10 +40,14 @@ from torch import Tensor
 
 from flashseq import _jit
 
-from . import cpu_config
+from . import cpu_config, cpu_extras
 from .double_backward import reference_backward
 
 SERVED_DTYPES = (torch.float32, torch.float64)
+
+# The extras (dropconnect, variational dropout, zoneout, reset, return_all_states) and the
+# LayerNorm cells run on the extras loop of cpu_extras.py; fused_rnn routes them there.
+SERVES_EXTRAS = True
 
 
 def unavailable_reason(device):
@@ -168,9 +172,12 @@ class FusedRnnCpuFunction(torch.autograd.Function):
         return d_wx, d_r, d_b, d_states, None, None, None, None
 
 
-def fused_rnn(wx, r, b, states, *, cell, lengths):
+def fused_rnn(wx, r, b, states, *, cell, lengths, extras=None):
     """``fused_rnn`` on the compiled CPU loop; arguments and results as
-    ``flashseq.ops.fused_rnn`` (layouts in its docstring), ``states`` always given."""
+    ``flashseq.ops.fused_rnn`` (layouts in its docstring), ``states`` always given. A call with
+    ``extras`` (extras.Extras) or a LayerNorm cell runs on cpu_extras.py's loop."""
+    if extras is not None or cell.name in cpu_extras.LAYERNORM_CELLS:
+        return cpu_extras.fused_rnn(wx, r, b, states, cell=cell, lengths=lengths, extras=extras)
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (wx, r, b, states))
     # Any strides are fine: the C++ side re-lays r, b and states out for its loop anyway, so a
     # .contiguous() here would only add a copy (r from a permuted nn.LSTM weight is 4 MB at H=512).
@@ -183,6 +190,8 @@ def workspace_bytes(problem):
     """Bytes the forward allocates: h [B, T, NH, DH] and the last states and, when a gradient
     is needed, saved_gates [T, NH, B, K, DH] and saved_states [T, S-1, NH, B, DH], all in wx's
     dtype (the C++ loop indexes with int64: memory is the only limit)."""
+    if problem.extras:  # extras or a LayerNorm cell: cpu_extras.py's loop
+        return cpu_extras.workspace_bytes(problem)
     unit = problem.batch * problem.heads * problem.head_dim * problem.dtype.itemsize
     S = problem.cell.num_states
     need = (problem.steps + S) * unit

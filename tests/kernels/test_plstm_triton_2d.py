@@ -1,7 +1,8 @@
-"""plstm_2d's Triton forward (interpreter on CPU) against direct DAG propagation in float64:
-odd grids and tiles that do not divide them, P-mode and D-mode gates, exact-zero transitions,
-NaN-poisoned output and scratch, K rows in several steps; gradients through the recompute
-backward; bfloat16; back-end choice; the Triton tile plan's register limit."""
+"""plstm_2d's Triton forward and backward kernels (interpreter on CPU) against direct DAG
+propagation in float64: odd grids and tiles that do not divide them, P-mode and D-mode gates,
+exact-zero transitions, several V blocks, every gradient; NaN-poisoned output and scratch, K rows
+in several steps; float16 and bfloat16; back-end choice; the Triton tile plan's register limit.
+Sizes are small: the interpreter runs every program of both kernels on the CPU."""
 import os
 import warnings
 
@@ -52,12 +53,19 @@ def _dag_ref(p64):
     return plstm_dag(*args, **kw).reshape(B, X, Y, H, -1)
 
 
+# (X, Y, tile, mode, K, V): V = 20 runs two V blocks of 16 (dq, dk and the gate gradients are
+# summed over them); K = 3 and 5 are not powers of two
+GRAD_CASES = [(5, 7, (2, 4), "p", 4, 20), (5, 7, (4, 2), "dL", 3, 6), (6, 5, (4, 4), "dR", 4, 5),
+              (3, 9, (2, 8), "free", 5, 4), (5, 6, (4, 2), "zero", 4, 6)]
+
+
 @needs_triton
-@pytest.mark.parametrize("X,Y,tile,mode", [(5, 7, (2, 4), "p"), (5, 7, (4, 2), "dL"),
-                                           (6, 5, (4, 4), "dR"), (3, 9, (2, 8), "free"),
-                                           (5, 6, (4, 2), "zero")], ids=str)
-def test_forward_and_gradients_equal_dag(X, Y, tile, mode):
-    p64 = _problem(2, X, Y, 2, 8, 12, mode, seed=X * Y)
+@pytest.mark.parametrize("X,Y,tile,mode,K,V", GRAD_CASES, ids=str)
+def test_forward_and_gradients_equal_dag(X, Y, tile, mode, K, V, nan_poison_empty):
+    """Forward kernel and backward kernel (plstm2d_bwd_kernel + the coefficient gradients)
+    against plstm_dag's autograd in float64, every input's gradient; every buffer the kernels
+    allocate starts as NaN."""
+    p64 = _problem(1, X, Y, 2, K, V, mode, seed=X * Y)
     p32 = {n: t.detach().float().to(DEVICE).requires_grad_() for n, t in p64.items()}
     out = plstm_2d(*(p32[n] for n in NAMES), tile=tile, backend="triton")
     ref = _dag_ref(p64)
@@ -65,6 +73,47 @@ def test_forward_and_gradients_equal_dag(X, Y, tile, mode):
     grads = _grads(out, [p32[n] for n in NAMES])
     for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
         assert_close(f"d{name}", g, g_ref, 1e-5)
+
+
+@needs_triton
+def test_backward_runs_the_triton_kernel(monkeypatch):
+    """The gradients come from the backward kernel, not a PyTorch recompute of the outputs."""
+    from flashseq.kernels.plstm import parallel, triton_2d_bwd
+    launches = []
+    kernel = triton_2d_bwd.plstm2d_bwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    def no_tiled_form(*args, **kwargs):
+        raise AssertionError("the Triton backward recomputed the PyTorch tiled form")
+
+    monkeypatch.setattr(triton_2d_bwd, "plstm2d_bwd_kernel", Spy())
+    monkeypatch.setattr(parallel, "plstm_2d_tiled", no_tiled_form)
+    p = {n: t.detach().float().to(DEVICE).requires_grad_()
+         for n, t in _problem(1, 3, 3, 1, 2, 3, "p", seed=1).items()}
+    out = plstm_2d(*(p[n] for n in NAMES), tile=(2, 2), backend="triton")
+    out.sum().backward()
+    assert launches == [(1, 1)]
+    assert all(p[n].grad is not None and torch.isfinite(p[n].grad).all() for n in NAMES)
+
+
+@needs_triton
+def test_float16_forward_and_gradients():
+    p64 = _problem(1, 5, 3, 2, 8, 8, "dL", seed=11)
+    p16 = {n: t.detach().to(DEVICE, torch.float16).requires_grad_() for n, t in p64.items()}
+    out = plstm_2d(*(p16[n] for n in NAMES), tile=(2, 2), backend="triton")
+    assert out.dtype == torch.float16
+    # the reference sees the same (float16-rounded) inputs, in float64
+    p_ref = {n: t.detach().double().requires_grad_() for n, t in p16.items()}
+    ref = _dag_ref(p_ref)
+    assert_close("o", out, ref, 1e-2)
+    grads = _grads(out, [p16[n] for n in NAMES])
+    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p_ref[n] for n in NAMES])):
+        assert g.dtype == torch.float16
+        assert_close(f"d{name}", g, g_ref, 1e-2)
 
 
 @needs_triton
@@ -113,10 +162,13 @@ def test_unknown_backend():
         plstm_2d(*(p[n] for n in NAMES), backend="cuda")
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 @pytest.mark.parametrize("X,K", [(32, 64), (64, 64), (128, 64), (7, 16), (128, 128)])
-def test_triton_plan_fits_registers_and_tl_dot(X, K):
-    plan = plan_plstm_2d_triton(X, X, K, K, 64, "cuda")
+def test_triton_plan_fits_registers_and_tl_dot(X, K, dtype):
+    plan = plan_plstm_2d_triton(X, X, K, K, 64, "cuda", dtype)
     assert plan.BY in (16, 32), plan                # every sweep product is a tl.dot
     assert plan.BX * plan.BY <= TRITON_MAX_NODES
-    assert plan.registers_per_thread == triton_2d_registers(plan.BX, plan.BY, K)
+    assert plan.registers_per_thread == triton_2d_registers(plan.BX, plan.BY, K, dtype=dtype)
     assert plan.registers_per_thread <= TRITON_MAX_REGISTERS
+    # float32 (tl.dot "ieee", FMA loops on sm_80) runs 4 warps: 8 spilled there
+    assert plan.num_warps == (4 if dtype == "float32" else 8)

@@ -117,9 +117,11 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
         backend: "auto" (the PyTorch form for now: the Triton kernel has not run on a GPU
             yet), "torch" (the tiled PyTorch form) or "triton" (CUDA, or
             CPU under TRITON_INTERPRET=1; float64 warns once and uses PyTorch). The Triton back
-            end runs the forward as one
-            kernel (``plan_plstm_2d_triton`` tiles); its backward recomputes the tiled PyTorch
-            form in float32 and differentiates it (PyTorch speed and memory).
+            end runs the forward as one kernel (``plan_plstm_2d_triton`` tiles) and the
+            backward as one kernel walking the tiles in reverse with the boundary adjoints; it
+            keeps every tile's BX + BY entering [K, V] states (fp32) from the forward for it,
+            and the gate gradients come from differentiating the tiles' coefficients in
+            PyTorch (no q, k, v involved).
 
     Returns:
         o: [B, X, Y, H, V], q's dtype. Equals ``plstm_dag`` on ``graphs.grid_dag(X, Y)``.
@@ -145,18 +147,16 @@ def plstm_2d(q, k, v, source, transition, mark, direct, *, scale=None, tile=None
     val.check_scale(scale)
     val.check_tile("tile", tile, 2)
     scale = K ** -0.5 if scale is None else float(scale)
-    torch_tile = tile
-    if tile is None:
-        plan = plan_plstm_2d(X, Y, K, V, B * H, q.device.type)
-        torch_tile = (plan.BX, plan.BY)
     if _use_triton(backend, q, "plstm_2d"):
         from .triton_2d import PLSTM2DTriton
-        fast = plan_plstm_2d_triton(X, Y, K, V, B * H, q.device.type)
+        fast = plan_plstm_2d_triton(X, Y, K, V, B * H, q.device.type,
+                                    str(q.dtype).replace("torch.", ""))
         launch = dict(BV=fast.BV, num_warps=fast.num_warps)
         tile = tuple(tile) if tile is not None else (fast.BX, fast.BY)
-        return PLSTM2DTriton.apply(q, k, v, source, transition, mark, direct, scale, tile,
-                                   tuple(torch_tile), launch)
-    tile = torch_tile
+        return PLSTM2DTriton.apply(q, k, v, source, transition, mark, direct, scale, tile, launch)
+    if tile is None:
+        plan = plan_plstm_2d(X, Y, K, V, B * H, q.device.type)
+        tile = (plan.BX, plan.BY)
     args = _compute(q, k, v, source, transition, mark, direct)
     return plstm_2d_tiled(*args, scale=scale, tile=tuple(tile)).to(q.dtype)
 

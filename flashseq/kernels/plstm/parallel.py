@@ -144,6 +144,29 @@ def _tile_coefficients(s_r, s_d, t_rl, t_ru, t_dl, t_du, m_l, m_u):
     return marks, leaving
 
 
+def _grid_tiles(x: torch.Tensor, tile) -> torch.Tensor:
+    """[B, X, Y, H, *rest] -> [B, H, nX, nY, BX, BY, *rest], zero-padded to whole tiles."""
+    B, X, Y, H = x.shape[:4]
+    BX, BY = tile
+    nX, nY = -(-X // BX), -(-Y // BY)
+    x = _pad_to(_pad_to(x, 1, nX * BX), 2, nY * BY)
+    x = x.reshape(B, nX, BX, nY, BY, H, *x.shape[4:])
+    return x.permute(0, 5, 1, 3, 2, 4, *range(6, x.dim()))
+
+
+def tile_coefficients_2d(source, transition, mark, tile):
+    """Every tile's propagation coefficients from ``plstm_2d``'s gates (source, mark
+    [B, X, Y, H, 2], transition [B, X, Y, H, 2, 2]) for a (BX, BY) tile: (marks
+    [B, H, nX, nY, BX*BY, n_in], leaving [B, H, nX, nY, BX+BY, n_in]) with n_in = BY + BX +
+    BX*BY (columns: BY left states, BX top states, the node sources; rows of ``leaving``: BY r
+    edges out on the right, then BX d edges out at the bottom). No q, k, v: one tile's
+    coefficients cost O(BX BY^2 n_in) and all tiles are built at once."""
+    gates = [_grid_tiles(g, tile) for g in (
+        source[..., 0], source[..., 1], transition[..., 0, 0], transition[..., 0, 1],
+        transition[..., 1, 0], transition[..., 1, 1], mark[..., 0], mark[..., 1])]
+    return _tile_coefficients(*gates)
+
+
 def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile):
     """q, k [B, X, Y, H, K], v [B, X, Y, H, V], source, mark [B, X, Y, H, 2], transition
     [B, X, Y, H, 2, 2] ([out r/d, in l/u]), direct [B, X, Y, H] -> o [B, X, Y, H, V]."""
@@ -153,16 +176,10 @@ def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile):
     nX, nY = -(-X // BX), -(-Y // BY)
     nb, n = BX + BY, BX * BY
 
-    def tiles(x):           # [B, X, Y, H, *rest] -> [B, H, nX, nY, BX, BY, *rest]
-        x = _pad_to(_pad_to(x, 1, nX * BX), 2, nY * BY)
-        x = x.reshape(B, nX, BX, nY, BY, H, *x.shape[4:])
-        rest = list(range(6, x.dim()))
-        return x.permute(0, 5, 1, 3, 2, 4, *rest)
+    def tiles(x):
+        return _grid_tiles(x, tile)
 
-    gates = [tiles(g) for g in (source[..., 0], source[..., 1], transition[..., 0, 0],
-                                transition[..., 0, 1], transition[..., 1, 0], transition[..., 1, 1],
-                                mark[..., 0], mark[..., 1])]
-    marks, leaving = _tile_coefficients(*gates)
+    marks, leaving = tile_coefficients_2d(source, transition, mark, tile)
     mark_in, mark_src = marks[..., :nb], marks[..., nb:]         # [B, H, nX, nY, n, nb | n]
     leave_in, leave_src = leaving[..., :nb], leaving[..., nb:]   # [B, H, nX, nY, nb, nb | n]
     d = tiles(direct).reshape(B, H, nX, nY, n)

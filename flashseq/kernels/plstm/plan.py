@@ -98,9 +98,17 @@ def plan_plstm_1d(T: int, K: int, V: int, batch_heads: int = 1, device: str = "c
 # model predicts 220 / 248 / 248 / 288 / 304, so it admits exactly the tiles that compiled
 # without spills. tests/kernels/test_plstm_triton_compile.py checks prediction >= measurement
 # and no spills for the planned tile.
+# float32 inputs run tl.dot "ieee", which sm_80 lowers to FMA loops instead of mma: at 8 warps
+# the 2 x 16 BV 16 tile then takes 255 registers + 16 B of stack on sm_80 (178 on sm_90), and
+# 1 x 16 128 registers + 16 B of stack (a ptxas call frame). At 4 warps 2 x 16 compiles without
+# spills: sm_80 252 (K = V = 64) / 255 (128) registers, sm_90 245. Units for float32 are per 128
+# threads; TRITON_BASE_REGISTERS_FP32 makes the model meet those measurements (2 x 16: 44 units,
+# predicted 255), so 2 x 16 is the largest float32 tile it admits.
 TRITON_WARPS = 8
+TRITON_WARPS_FP32 = 4
 TRITON_MAX_REGISTERS = 255
 TRITON_BASE_REGISTERS = 160
+TRITON_BASE_REGISTERS_FP32 = 79
 TRITON_REGISTERS_PER_BLOCK = 4     # registers per unit (one fp32 element per thread)
 TRITON_BX = (1, 2, 4, 8)
 TRITON_BY = {"cuda": (16, 32), "cpu": (2, 4, 8, 16, 32)}
@@ -130,22 +138,32 @@ def _peak_elements(NP, NB, BV: int):
     return NP * NB + NB * NB + NB * NP + 3 * NP * BV + 2 * NB * BV
 
 
+def _register_model(dtype: str):
+    """(warps, base registers) of the Triton 2D forward for q's dtype name."""
+    if dtype == "float32":
+        return TRITON_WARPS_FP32, TRITON_BASE_REGISTERS_FP32
+    return TRITON_WARPS, TRITON_BASE_REGISTERS
+
+
 def triton_2d_registers(BX: int, BY: int, K: int, BV: int = TRITON_BV,
-                        num_warps: int = TRITON_WARPS) -> int:
-    """Predicted registers per thread of the Triton 2D kernel (ptxas-calibrated model above;
+                        dtype: str = "bfloat16") -> int:
+    """Predicted registers per thread of the Triton 2D kernel for q's dtype name
+    ("float32", "bfloat16", "float16"), at that dtype's warps (ptxas-calibrated model above;
     independent of K, which the kernel walks in steps)."""
+    num_warps, base = _register_model(dtype)
     NP, NB = _pow2_at_least(BX * BY, 16), _pow2_at_least(BX + BY, 16)
     units = -(-_peak_elements(NP, NB, BV) // (32 * num_warps))
-    return TRITON_BASE_REGISTERS + TRITON_REGISTERS_PER_BLOCK * units
+    return base + TRITON_REGISTERS_PER_BLOCK * units
 
 
 @functools.lru_cache(maxsize=256)
 def plan_plstm_2d_triton(X: int, Y: int, K: int, V: int, batch_heads: int = 1,
-                         device: str = "cuda") -> PLSTM2DTritonPlan:
+                         device: str = "cuda", dtype: str = "bfloat16") -> PLSTM2DTritonPlan:
     """The cheapest tile of the Triton 2D kernel whose live blocks fit the registers.
 
     A constrint model over BX, BY and the padded sizes NP >= BX BY, NB >= BX + BY (powers of two
-    >= 16): predicted registers per thread (``triton_2d_registers``, 8 warps) <= 255; cost per
+    >= 16): predicted registers per thread (``triton_2d_registers``: 8 warps for 16-bit q,
+    4 for ``dtype`` "float32") <= 255; cost per
     tile and program: the column sweep BX BY^2 (NB + NP), the intra-tile products
     NP^2 (K + BV) and the boundary read/update (NP NB + NB (NB + NP)) K BV multiply-adds, plus
     ``STEP_COST`` for the tile's dependent steps; times the cdiv(X, BX) cdiv(Y, BY) tiles.
@@ -161,8 +179,9 @@ def plan_plstm_2d_triton(X: int, Y: int, K: int, V: int, batch_heads: int = 1,
     m.add(bx * by <= TRITON_MAX_NODES)
     m.add(n_p >= bx * by)
     m.add(n_b >= bx + by)
-    threads = 32 * TRITON_WARPS
-    units = (TRITON_MAX_REGISTERS - TRITON_BASE_REGISTERS) // TRITON_REGISTERS_PER_BLOCK
+    num_warps, base = _register_model(dtype)
+    threads = 32 * num_warps
+    units = (TRITON_MAX_REGISTERS - base) // TRITON_REGISTERS_PER_BLOCK
     m.add(_peak_elements(n_p, n_b, BV) <= units * threads)
     per_tile = (bx * by * by * (n_b + n_p) + n_p * n_p * (K + BV)
                 + (n_p * n_b + n_b * (n_b + n_p)) * K * BV)
@@ -172,6 +191,6 @@ def plan_plstm_2d_triton(X: int, Y: int, K: int, V: int, batch_heads: int = 1,
         raise RuntimeError(f"no Triton pLSTM 2D tile for X={X}, Y={Y}, K={K} "
                            f"(status {sol.status})")
     BX, BY = sol[bx], sol[by]
-    return PLSTM2DTritonPlan(BX=BX, BY=BY, BV=BV, num_warps=TRITON_WARPS,
-                             registers_per_thread=triton_2d_registers(BX, BY, K),
+    return PLSTM2DTritonPlan(BX=BX, BY=BY, BV=BV, num_warps=num_warps,
+                             registers_per_thread=triton_2d_registers(BX, BY, K, dtype=dtype),
                              cost=sol.objective)

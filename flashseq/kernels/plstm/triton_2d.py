@@ -1,4 +1,4 @@
-"""Triton forward of ``plstm_2d``; the backward recomputes with the tiled PyTorch form.
+"""Triton forward of ``plstm_2d`` and the tile coefficient sweep its backward shares.
 
 One program per (V block, batch row x head) visits the grid's BX x BY tiles in order (x tiles
 outer, y tiles inner). For each tile it builds the tile's propagation coefficients on the fly by
@@ -20,9 +20,9 @@ entering states and overwrites them with its leaving ones one K row at a time ([
 blocks), so nothing live scales with K. All products accumulate in fp32; tl.dot runs "ieee"
 for fp32 inputs and "tf32" for bf16/fp16 ones (bf16 values are exact in tf32).
 
-The backward (``PLSTM2DTriton.backward``) differentiates ``plstm_2d_tiled`` (the PyTorch form)
-recomputed from the saved inputs in fp32: correct for every gate value, but at the PyTorch
-form's speed and memory. Imported only when a call asks for the Triton back end.
+The backward kernel is in ``triton_2d_bwd.py``; for it the forward can keep every tile's
+BX + BY entering states (``keep_states``). Imported only when a call asks for the Triton back
+end.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .parallel import plstm_2d_tiled
 from .triton_1d import _products
 
 
@@ -47,20 +46,72 @@ def _mm(a, b, M: tl.constexpr, KK: tl.constexpr, N: tl.constexpr, PREC: tl.const
 
 
 @triton.jit
-def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR, CF,
+def tile_coefficient_sweep(cf, SR, SD, TRL, TRU, TDL, TDU, ML, MU, i_b, i_h, ti, tj, X, Y,
+                           H: tl.constexpr, BX: tl.constexpr, BY: tl.constexpr,
+                           NP: tl.constexpr, NB: tl.constexpr, PREC: tl.constexpr):
+    """Write tile (ti, tj)'s coefficients to the slab ``cf`` ([NP + NB, NB + NP] fp32): rows
+    p < BX*BY the mark reads of node p (NB boundary columns MB, then NP source columns MS), rows
+    NP + e the leaving edges (LB, LS); the rows and columns past BX*BY / BX+BY stay unwritten
+    (readers mask them). The forward and the backward kernel share it."""
+    o_b = tl.arange(0, BY)
+    o_i = tl.arange(0, NB)
+    o_p = tl.arange(0, NP)
+    CW: tl.constexpr = NB + NP
+    left_b = (o_b[:, None] == o_i[None, :]).to(tl.float32)               # [BY, NB]
+    left_s = tl.zeros([BY, NP], dtype=tl.float32)
+    for a in range(0, BX):
+        x_a = ti * BX + a
+        y_a = tj * BY + o_b
+        m_g = (y_a < Y) & (x_a < X)
+        p_g = ((i_b * X + x_a) * Y + y_a).to(tl.int64) * H + i_h
+        s_r = tl.load(SR + p_g, mask=m_g, other=0.0)
+        s_d = tl.load(SD + p_g, mask=m_g, other=0.0)
+        t_rl = tl.load(TRL + p_g, mask=m_g, other=0.0)
+        t_ru = tl.load(TRU + p_g, mask=m_g, other=0.0)
+        t_dl = tl.load(TDL + p_g, mask=m_g, other=0.0)
+        t_du = tl.load(TDU + p_g, mask=m_g, other=0.0)
+        m_l = tl.load(ML + p_g, mask=m_g, other=0.0)
+        m_u = tl.load(MU + p_g, mask=m_g, other=0.0)
+        unit = (o_p[None, :] == a * BY + o_b[:, None]).to(tl.float32)   # [BY, NP]
+        top_b = (o_i == BY + a).to(tl.float32)                          # [NB]
+        # d edges of column a: D_b = t_du[b] D_{b-1} + drive_b, D_{-1} = the top edge
+        drive_b = t_dl[:, None] * left_b
+        drive_s = t_dl[:, None] * left_s + s_d[:, None] * unit
+        prop, enter, carry, total = _products(t_du, o_b, BY)
+        up_b = _mm(prop, drive_b, BY, BY, NB, PREC) + enter[:, None] * top_b[None, :]
+        up_s = _mm(prop, drive_s, BY, BY, NP, PREC)                          # u edges in
+        bot_b = tl.sum(carry[:, None] * drive_b, 0) + total * top_b     # D_{BY-1}
+        bot_s = tl.sum(carry[:, None] * drive_s, 0)
+        # rows a * BY + b of the mark reads and row NP + BY + a (the d edge leaving
+        # through the bottom) of the leaving edges, straight to the coefficient slab
+        c_row = cf + (a * BY + o_b)[:, None] * CW
+        tl.store(c_row + o_i[None, :], m_l[:, None] * left_b + m_u[:, None] * up_b)
+        tl.store(c_row + NB + o_p[None, :], m_l[:, None] * left_s + m_u[:, None] * up_s)
+        tl.store(cf + (NP + BY + a) * CW + o_i, bot_b)
+        tl.store(cf + (NP + BY + a) * CW + NB + o_p, bot_s)
+        left_b = t_rl[:, None] * left_b + t_ru[:, None] * up_b
+        left_s = t_rl[:, None] * left_s + t_ru[:, None] * up_s + s_r[:, None] * unit
+    c_row = cf + (NP + o_b)[:, None] * CW                               # r edges out
+    tl.store(c_row + o_i[None, :], left_b)
+    tl.store(c_row + NB + o_p[None, :], left_s)
+
+
+@triton.jit
+def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR, CF, STATES,
                        X, Y, NX, NY, scale,
                        H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                        BX: tl.constexpr, BY: tl.constexpr, NP: tl.constexpr, NB: tl.constexpr,
-                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr):
+                       BK: tl.constexpr, BV: tl.constexpr, PREC: tl.constexpr,
+                       STORE_STATES: tl.constexpr):
     """Q, K_ [B, X, Y, H, DK]; V_, O [B, X, Y, H, DV]; the nine gates [B, X, Y, H] fp32;
     SCR [B*H, NY*BY + BX, DK, DV] fp32, any content (the edge-state slots, see the module
     docstring; the kernel zeroes its own); CF ``coef_shape`` fp32, any content (the coefficient
     slab; every entry read is written first). BK: K columns per q k^T step; PREC: tl.dot
-    precision.
+    precision. STORE_STATES: write every tile's BX + BY entering states to STATES
+    [B*H, NX*NY, BX+BY, DK, DV] fp32 (for the backward kernel).
     NP >= BX*BY and NB >= BX+BY are powers of two >= 16 (tl.dot's minimum)."""
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    o_b = tl.arange(0, BY)
     o_i = tl.arange(0, NB)                   # tile inputs: BY left (r) edges, then BX top (d)
     o_p = tl.arange(0, NP)                   # tile nodes, p = a * BY + b
     o_k = tl.arange(0, BK)
@@ -86,44 +137,8 @@ def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR,
             y_p = tj * BY + o_p % BY
             m_p = (o_p < BX * BY) & (x_p < X) & (y_p < Y)
             row_p = ((i_b * X + x_p) * Y + y_p).to(tl.int64)
-            # --- the tile's coefficients, column by column --------------------------------
-            left_b = (o_b[:, None] == o_i[None, :]).to(tl.float32)               # [BY, NB]
-            left_s = tl.zeros([BY, NP], dtype=tl.float32)
-            for a in range(0, BX):
-                x_a = ti * BX + a
-                y_a = tj * BY + o_b
-                m_g = (y_a < Y) & (x_a < X)
-                p_g = ((i_b * X + x_a) * Y + y_a).to(tl.int64) * H + i_h
-                s_r = tl.load(SR + p_g, mask=m_g, other=0.0)
-                s_d = tl.load(SD + p_g, mask=m_g, other=0.0)
-                t_rl = tl.load(TRL + p_g, mask=m_g, other=0.0)
-                t_ru = tl.load(TRU + p_g, mask=m_g, other=0.0)
-                t_dl = tl.load(TDL + p_g, mask=m_g, other=0.0)
-                t_du = tl.load(TDU + p_g, mask=m_g, other=0.0)
-                m_l = tl.load(ML + p_g, mask=m_g, other=0.0)
-                m_u = tl.load(MU + p_g, mask=m_g, other=0.0)
-                unit = (o_p[None, :] == a * BY + o_b[:, None]).to(tl.float32)   # [BY, NP]
-                top_b = (o_i == BY + a).to(tl.float32)                          # [NB]
-                # d edges of column a: D_b = t_du[b] D_{b-1} + drive_b, D_{-1} = the top edge
-                drive_b = t_dl[:, None] * left_b
-                drive_s = t_dl[:, None] * left_s + s_d[:, None] * unit
-                prop, enter, carry, total = _products(t_du, o_b, BY)
-                up_b = _mm(prop, drive_b, BY, BY, NB, PREC) + enter[:, None] * top_b[None, :]
-                up_s = _mm(prop, drive_s, BY, BY, NP, PREC)                          # u edges in
-                bot_b = tl.sum(carry[:, None] * drive_b, 0) + total * top_b     # D_{BY-1}
-                bot_s = tl.sum(carry[:, None] * drive_s, 0)
-                # rows a * BY + b of the mark reads and row NP + BY + a (the d edge leaving
-                # through the bottom) of the leaving edges, straight to the coefficient slab
-                c_row = cf + (a * BY + o_b)[:, None] * CW
-                tl.store(c_row + o_i[None, :], m_l[:, None] * left_b + m_u[:, None] * up_b)
-                tl.store(c_row + NB + o_p[None, :], m_l[:, None] * left_s + m_u[:, None] * up_s)
-                tl.store(cf + (NP + BY + a) * CW + o_i, bot_b)
-                tl.store(cf + (NP + BY + a) * CW + NB + o_p, bot_s)
-                left_b = t_rl[:, None] * left_b + t_ru[:, None] * up_b
-                left_s = t_rl[:, None] * left_s + t_ru[:, None] * up_s + s_r[:, None] * unit
-            c_row = cf + (NP + o_b)[:, None] * CW                               # r edges out
-            tl.store(c_row + o_i[None, :], left_b)
-            tl.store(c_row + NB + o_p[None, :], left_s)
+            tile_coefficient_sweep(cf, SR, SD, TRL, TRU, TDL, TDU, ML, MU, i_b, i_h, ti, tj, X, Y,
+                                   H, BX, BY, NP, NB, PREC)
             tl.debug_barrier()               # the coefficients are read back in other layouts
             m_row = (o_p < BX * BY)[:, None]
             MS = tl.load(cf + o_p[:, None] * CW + NB + o_p[None, :], mask=m_row, other=0.0)
@@ -150,8 +165,12 @@ def plstm2d_fwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, O, SCR,
             # one K row of every entering state at a time: [NB, BV] blocks and tl.dot shapes,
             # nothing of size K kept live (the row is read, then overwritten by the leaving one);
             # MB, LB, LS are re-read from the slab (cache hits) rather than pinned in registers
+            p_st = ((i_bh * NX + ti) * NY + tj).to(tl.int64) * (nb * DK * DV) + \
+                o_i[:, None] * (DK * DV) + o_v[None, :]
             for kr in range(0, DK):
                 c_in = tl.load(SCR + p_c + kr * DV, mask=m_c, other=0.0)              # [NB, BV]
+                if STORE_STATES:
+                    tl.store(STATES + p_st + kr * DV, c_in, mask=m_c)
                 MB = tl.load(cf + o_p[:, None] * CW + o_i[None, :], mask=m_row, other=0.0)
                 LB = tl.load(cf + (NP + o_i)[:, None] * CW + o_i[None, :], mask=m_lv, other=0.0)
                 LS = tl.load(cf + (NP + o_i)[:, None] * CW + NB + o_p[None, :], mask=m_lv,
@@ -189,51 +208,60 @@ def coef_shape(meta, batch_heads, DV):
     return (triton.cdiv(DV, meta["BV"]) * batch_heads, NP + NB, NB + NP)
 
 
+def split_gates(source, transition, mark, direct):
+    """The nine per-node gates the kernels read, each [B, X, Y, H] fp32 contiguous: s_r, s_d,
+    t_rl, t_ru, t_dl, t_du, m_l, m_u, direct."""
+    return [g.float().contiguous() for g in (
+        source[..., 0], source[..., 1], transition[..., 0, 0], transition[..., 0, 1],
+        transition[..., 1, 0], transition[..., 1, 1], mark[..., 0], mark[..., 1], direct)]
+
+
 def plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile, BV=None,
-                        num_warps=8, out=None, scratch=None, coef=None):
+                        num_warps=8, out=None, scratch=None, coef=None, keep_states=False):
     """Launch the forward kernel; tensors as ``plstm_2d``. Returns o [B, X, Y, H, V], q's
-    dtype. ``tile`` is (BX, BY), rounded up to powers of two here; BV defaults as
-    ``kernel_meta``. ``out``, ``scratch`` (fp32 [B*H, cdiv(Y, BY) BY + BX, K, V]) and ``coef``
-    (fp32, ``coef_shape``) may be given (contiguous, any content: tests poison them); else they
-    are allocated."""
+    dtype, or (o, states) with ``keep_states``: states [B*H, NX*NY, BX+BY, K, V] fp32, every
+    tile's entering edge states (for ``triton_2d_bwd``). ``tile`` is (BX, BY), rounded up to
+    powers of two here; BV defaults as ``kernel_meta``. ``out``, ``scratch`` (fp32
+    [B*H, cdiv(Y, BY) BY + BX, K, V]) and ``coef`` (fp32, ``coef_shape``) may be given
+    (contiguous, any content: tests poison them); else they are allocated."""
     B, X, Y, H, DK = q.shape
     DV = v.shape[-1]
     meta = kernel_meta(tile, DK, DV, BV=BV, dtype=q.dtype)
     BX, BY, BV = meta["BX"], meta["BY"], meta["BV"]
     NX, NY = triton.cdiv(X, BX), triton.cdiv(Y, BY)
-    gates = [g.float().contiguous() for g in (
-        source[..., 0], source[..., 1], transition[..., 0, 0], transition[..., 0, 1],
-        transition[..., 1, 0], transition[..., 1, 1], mark[..., 0], mark[..., 1], direct)]
+    gates = split_gates(source, transition, mark, direct)
     o = torch.empty(B, X, Y, H, DV, device=q.device, dtype=q.dtype) if out is None else out
     if scratch is None:
         scratch = torch.empty(B * H, NY * BY + BX, DK, DV, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(DV, BV), B * H)
     if coef is None:
         coef = torch.empty(coef_shape(meta, B * H, DV), device=q.device, dtype=torch.float32)
+    states = (torch.empty(B * H, NX * NY, BX + BY, DK, DV, device=q.device, dtype=torch.float32)
+              if keep_states else scratch)
     plstm2d_fwd_kernel[grid](q.contiguous(), k.contiguous(), v.contiguous(), *gates, o, scratch,
-                             coef,
-                             X, Y, NX, NY, scale, H=H, DK=DK, DV=DV, num_warps=num_warps, **meta)
-    return o
+                             coef, states, X, Y, NX, NY, scale, H=H, DK=DK, DV=DV,
+                             STORE_STATES=keep_states, num_warps=num_warps, **meta)
+    return (o, states) if keep_states else o
 
 
 class PLSTM2DTriton(torch.autograd.Function):
-    """Triton forward; the backward differentiates the tiled PyTorch form (fp32) recomputed
-    from the saved inputs."""
+    """Triton forward and backward (``triton_2d_bwd``); the forward keeps every tile's entering
+    edge states for the backward when a gradient is needed."""
 
     @staticmethod
-    def forward(ctx, q, k, v, source, transition, mark, direct, scale, tile, torch_tile,
-                launch):
-        o = plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile, **launch)
-        ctx.save_for_backward(q, k, v, source, transition, mark, direct)
-        ctx.scale, ctx.torch_tile = scale, torch_tile
+    def forward(ctx, q, k, v, source, transition, mark, direct, scale, tile, launch):
+        keep = any(ctx.needs_input_grad[:7])
+        out = plstm_2d_triton_fwd(q, k, v, source, transition, mark, direct, scale, tile,
+                                  keep_states=keep, **launch)
+        o, states = out if keep else (out, None)
+        ctx.save_for_backward(q, k, v, source, transition, mark, direct, states)
+        ctx.scale, ctx.tile, ctx.launch = scale, tile, launch
         return o
 
     @staticmethod
     def backward(ctx, do):
-        inputs = [t.detach().requires_grad_() for t in ctx.saved_tensors]
-        with torch.enable_grad():
-            o = plstm_2d_tiled(*(t.float() for t in inputs), scale=ctx.scale,
-                               tile=ctx.torch_tile)
-            grads = torch.autograd.grad(o, inputs, do.to(o.dtype), allow_unused=True,
-                                        materialize_grads=True)
-        return (*grads, None, None, None, None)
+        from .triton_2d_bwd import plstm_2d_triton_bwd
+        *inputs, states = ctx.saved_tensors
+        grads = plstm_2d_triton_bwd(*inputs, do, states, ctx.scale, ctx.tile, **ctx.launch)
+        # dq, dk, dv, dsource, dtransition, dmark, ddirect; scale, tile, launch
+        return (*grads, None, None, None)

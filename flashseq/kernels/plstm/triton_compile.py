@@ -2,8 +2,9 @@
 its resources.
 
 ``python -m flashseq.kernels.plstm.triton_compile --dim 64 --arch 90`` prints one JSON line per
-compiled kernel (K = V = dim, bf16 q/k/v/o, fp32 gates and scratch, the tile
-``plan_plstm_2d_triton`` picks for a 64 x 64 grid with B * H = 64 on CUDA, its BV and warps):
+compiled kernel (K = V = dim, q/k/v/o of ``--dtype`` (default bfloat16), fp32 gates and scratch,
+the tile ``plan_plstm_2d_triton`` picks for that dtype on a 64 x 64 grid with B * H = 64 on
+CUDA, its BV and warps; the forward as trained, keeping its states for the backward):
 registers per thread (and the plan's prediction), stack and local memory (spills) and shared
 memory of the cubin ptxas produced. Must run with TRITON_INTERPRET unset (the interpreter
 compiles nothing); the tests call it in a subprocess for that reason.
@@ -16,7 +17,7 @@ from flashseq.kernels._triton_compile_common import (TRITON_TYPES, compile_cubin
                                                      require_compiler, resource_usage, run_cli,
                                                      signature)
 
-FP32_PTRS = ("SR", "SD", "TRL", "TRU", "TDL", "TDU", "ML", "MU", "D", "SCR", "CF")
+FP32_PTRS = ("SR", "SD", "TRL", "TRU", "TDL", "TDU", "ML", "MU", "D", "SCR", "CF", "STATES")
 SCALARS = {"X": "i32", "Y": "i32", "NX": "i32", "NY": "i32", "scale": "fp32"}
 GRID = 64           # the planned grid side
 BATCH_HEADS = 64    # B * H of the planned call (16 x 4, the benchmark's)
@@ -27,9 +28,9 @@ def kernel_specs(dim: int, dtype: torch.dtype):
     forward at K = V = dim."""
     from .plan import plan_plstm_2d_triton
     from .triton_2d import kernel_meta, plstm2d_fwd_kernel
-    plan = plan_plstm_2d_triton(GRID, GRID, dim, dim, BATCH_HEADS, "cuda")
+    plan = plan_plstm_2d_triton(GRID, GRID, dim, dim, BATCH_HEADS, "cuda", dtype_name(dtype))
     meta = kernel_meta((plan.BX, plan.BY), dim, dim, BV=plan.BV, dtype=dtype)
-    constexprs = dict(H=4, DK=dim, DV=dim, **meta)
+    constexprs = dict(H=4, DK=dim, DV=dim, STORE_STATES=True, **meta)
     dt = TRITON_TYPES[dtype]
     sig = signature(plstm2d_fwd_kernel, constexprs, SCALARS,
                     lambda name: "fp32" if name in FP32_PTRS else dt)

@@ -1,8 +1,10 @@
 """Variable domains for the search: an interval per variable plus an optional sorted value tuple,
 with a trail so backtracking undoes changes instead of copying the store at every node.
 
-Changes are announced as bound events in `changed`: 2*i when variable i's lower bound rose, 2*i+1
-when its upper bound fell, so a propagator can wake only on the bounds it reads.
+Every change is a bound event, 2*i when variable i's lower bound rose and 2*i+1 when its upper
+bound fell, so a propagator can wake only on the bounds it reads: `wake[e]` is the bit set of the
+propagators (bit k: propagator k) event e wakes, and each change ORs it into `woken`, which the
+search's queue takes.
 
 Within one node a bound may move many times (x - y >= 1 with y - x >= 0 over a wide range moves
 both bounds by one a pass); compact() then drops the entries undo would not need, so the trail
@@ -19,14 +21,16 @@ class DomainStore:
     Every setter returns False when the domain becomes empty (the store is then left as it was
     for that variable) and records the old state on the trail otherwise.
     """
-    __slots__ = ("lo", "hi", "vals", "trail", "changed", "base")
+    __slots__ = ("lo", "hi", "vals", "trail", "wake", "woken", "base")
 
-    def __init__(self, lo, hi, vals):
+    def __init__(self, lo, hi, vals, wake=None):
         self.lo = list(lo)
         self.hi = list(hi)
         self.vals = list(vals)
         self.trail = []
-        self.changed = []  # bound events (2i: lo rose, 2i+1: hi fell) not yet read by the queue
+        # wake[e]: bit set of the propagators bound event e wakes (none without a search)
+        self.wake = wake if wake is not None else [0] * (2 * len(self.lo))
+        self.woken = 0  # propagators woken by changes not yet taken by the queue
         self.base = 0  # trail length at the last mark() or undo(): no live mark lies above it
 
     def mark(self):
@@ -61,7 +65,7 @@ class DomainStore:
             lo[i] = old_lo
             hi[i] = old_hi
             vals[i] = old_vals
-        self.changed.clear()
+        self.woken = 0
 
     def domains_since(self, mark):
         """[(i, lo, hi, vals)] now, of every variable changed since `mark` (for replay)."""
@@ -90,7 +94,7 @@ class DomainStore:
             return False
         vs = self.vals[i]
         self.trail.append((i, old, hi, vs))
-        self.changed.append(2 * i)
+        self.woken |= self.wake[2 * i]
         if vs is not None:
             vs = vs[bisect_left(vs, value):]
             self.vals[i] = vs
@@ -109,7 +113,7 @@ class DomainStore:
             return False
         vs = self.vals[i]
         self.trail.append((i, lo, old, vs))
-        self.changed.append(2 * i + 1)
+        self.woken |= self.wake[2 * i + 1]
         if vs is not None:
             vs = vs[:bisect_right(vs, value)]
             self.vals[i] = vs
@@ -131,9 +135,9 @@ class DomainStore:
             return True
         self.trail.append((i, lo, hi, vs))
         if value > lo:
-            self.changed.append(2 * i)
+            self.woken |= self.wake[2 * i]
         if value < hi:
-            self.changed.append(2 * i + 1)
+            self.woken |= self.wake[2 * i + 1]
         self.lo[i] = self.hi[i] = value
         if vs is not None:
             self.vals[i] = (value,)
@@ -151,13 +155,13 @@ class DomainStore:
         lo, hi = self.lo[i], self.hi[i]
         self.trail.append((i, lo, hi, vs))
         if allowed[-1] < hi:
-            self.changed.append(2 * i + 1)
+            self.woken |= self.wake[2 * i + 1]
             if allowed[0] > lo:
-                self.changed.append(2 * i)
+                self.woken |= self.wake[2 * i]
         else:
             # a lower bound that rose, or only holes: value-set readers (Divides) watch both
             # events of their variables, bound readers are merely woken once for nothing
-            self.changed.append(2 * i)
+            self.woken |= self.wake[2 * i]
         self.vals[i] = allowed
         self.lo[i] = allowed[0]
         self.hi[i] = allowed[-1]

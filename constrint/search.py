@@ -38,7 +38,6 @@ class Search:
         self.flat = flat
         # only one point wanted, no objective: wide ranges split at an end (_alternatives)
         self.split_ends = first_point and flat.objective is None
-        self.st = DomainStore(flat.lo, flat.hi, flat.vals)
         self.props = flat.props
         # wake[e]: the propagators to wake on bound event e (DomainStore), as a bit set (bit k:
         # propagator k); the queue is one int of the same bits. Most propagators wake on both
@@ -64,7 +63,7 @@ class Search:
         # how many propagators read each variable (branching order)
         degree = [(b | r).bit_count() for b, r in zip(by_var, read_by)]
         self.degree = degree
-        self.wake = wake
+        self.st = DomainStore(flat.lo, flat.hi, flat.vals, wake)
         self.funcs = [prop.propagate for prop in self.props]
         # an idempotent propagator leaves itself at its own fixed point, so its own changes
         # must not wake it again: its bit is masked out of what its run wakes
@@ -94,13 +93,8 @@ class Search:
         became empty. Raises TimeUp past the deadline (the queue is then left as it was: the
         search is over)."""
         st = self.st
-        wake = self.wake
-        changed = st.changed
-        pending = self.pending
-        if changed:
-            for e in changed:
-                pending |= wake[e]
-            changed.clear()
+        pending = self.pending | st.woken
+        st.woken = 0
         runs = self.runs
         check_at = self.check_at
         funcs, keep_mask = self.funcs, self.keep_mask
@@ -116,16 +110,13 @@ class Search:
             runs += 1
             result = funcs[k](st)
             if not result:
-                self.pending = 0
-                changed.clear()
+                self.pending = st.woken = 0
                 self.runs = runs
                 return False
-            if changed:
-                woken = 0
-                for e in changed:
-                    woken |= wake[e]
+            woken = st.woken
+            if woken:
                 pending |= woken & keep_mask[k]
-                changed.clear()
+                st.woken = 0
             if result is not True:  # AGAIN: it stopped short of its own fixed point
                 pending |= low
         self.pending = 0

@@ -3,7 +3,9 @@
 ``python -m flashseq.kernels.fused_rnn.triton_compile --cell lstm --head-dim 64 --arch 90``
 prints one JSON line per kernel: the stage reached ("cubin": ptxas ran), registers per
 thread, local memory (spills), shared memory, and the tiles it was compiled for, so the numbers can be
-compared with the plan. Must run with TRITON_INTERPRET unset (the interpreter replaces the
+compared with the plan. ``--extras`` compiles the extras kernels instead (``triton_extras_fwd``/
+``triton_extras_bwd`` with every extra on: lengths, variational, zoneout, reset, all states; the
+LayerNorm cells ``layernorm_lstm``/``layernorm_gru`` only this way). Must run with TRITON_INTERPRET unset (the interpreter replaces the
 JIT functions); the tests call it in a subprocess for that reason.
 """
 from __future__ import annotations
@@ -12,7 +14,7 @@ import torch
 
 from flashseq.kernels._triton_compile_common import (TRITON_TYPES, compile_cubin, dtype_name,
                                                      require_compiler, resource_usage, run_cli,
-                                                     signature)
+                                                     signature, step_loop_report)
 
 
 def _signature(kernel, pointer_types: dict, scalar_names, constexprs: dict) -> dict:
@@ -22,10 +24,13 @@ def _signature(kernel, pointer_types: dict, scalar_names, constexprs: dict) -> d
 
 def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "h100",
                  batch: int = 16, heads: int = 1, max_onchip_bytes: int | None = None,
-                 force_split: bool = False):
+                 force_split: bool = False, extras: bool = False):
     """[(kernel, signature, constexprs, num_warps, num_stages)] of the forward and backward
     kernels the plan picks for this cell / head size / dtype on ``gpu``, and the plan.
-    ``force_split``: the split path's kernels (per-step barrier) with 16-unit slices instead."""
+    ``force_split``: the split path's kernels (per-step barrier) with 16-unit slices instead.
+    ``extras``: the extras kernels with every extra on (persistent path only)."""
+    if extras:
+        return _extras_specs(cell_name, head_dim, dtype, gpu, batch, heads)
     import dataclasses
 
     from flashseq.cells import get_cell
@@ -66,8 +71,42 @@ def kernel_specs(cell_name: str, head_dim: int, dtype: torch.dtype, gpu: str = "
     return specs, plan
 
 
+def _extras_specs(cell_name, head_dim, dtype, gpu, batch, heads):
+    from flashseq.cells import get_cell
+    from flashseq.cells.triton import get_triton_cell
+
+    from .plan import plan_fused_rnn
+    from .triton_extras import NORM_CELLS, base_cell_name, extras_fwd_warps, split_reason
+    from .triton_extras_bwd import fused_rnn_bwd_extras_kernel
+    from .triton_extras_fwd import fused_rnn_fwd_extras_kernel
+    from .triton_function import _bwd_warps
+
+    base = base_cell_name(cell_name)
+    cell, tcell = get_cell(base), get_triton_cell(base)
+    plan = plan_fused_rnn(cell, batch, heads, head_dim, dtype, gpu, "triton", None)
+    reason = split_reason(plan)
+    if reason:
+        raise ValueError(f"--extras: {reason}")
+    dt = TRITON_TYPES[dtype]
+    common = dict(G=cell.num_gates, S=cell.num_states, BB=plan.BB, DHP=plan.padded_head_dim,
+                  NORM=cell_name in NORM_CELLS, NORM_C=NORM_CELLS.get(cell_name, ("", False))[1],
+                  HAS_LEN=True, HAS_VAR=True, HAS_ZONE=True, HAS_RESET=True, ALL_STATES=True,
+                  PREC="ieee" if dtype == torch.float32 else "tf32")
+    ptr = {"WX": dt, "R": dt, "BIAS": dt, "S0": dt, "H": dt, "SLAST": dt, "ALL": dt, "VAR": dt,
+           "LEN": "i64", "DHO": dt, "ZONE": "u8", "RESET": "u8"}
+    scalars = ("B", "T", "NH", "DH")
+    fwd_c = dict(common, CELL=tcell.fwd, SAVE=True)
+    bwd_c = dict(common, CELL=tcell.bwd)
+    fwd, bwd = fused_rnn_fwd_extras_kernel, fused_rnn_bwd_extras_kernel
+    specs = [(fwd, _signature(fwd, ptr, scalars, fwd_c), fwd_c, extras_fwd_warps(plan),
+              plan.num_stages),
+             (bwd, _signature(bwd, ptr, scalars, bwd_c), bwd_c, _bwd_warps(plan), plan.num_stages)]
+    return specs, plan
+
+
 def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfloat16,
-                       max_onchip_bytes: int | None = None, force_split: bool = False) -> list[dict]:
+                       max_onchip_bytes: int | None = None, force_split: bool = False,
+                       extras: bool = False) -> list[dict]:
     """Compile the planned forward and backward kernels for GPUTarget("cuda", arch, 32), as
     planned for an H100 (arch >= 90) or an A100 (arch 80), batch 16, one head.
 
@@ -79,11 +118,12 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
     require_compiler()
     results = []
     specs, plan = kernel_specs(cell_name, head_dim, dtype, gpu="h100" if arch >= 90 else "a100",
-                               max_onchip_bytes=max_onchip_bytes, force_split=force_split)
+                               max_onchip_bytes=max_onchip_bytes, force_split=force_split,
+                               extras=extras)
     for kernel, sig, constexprs, num_warps, num_stages in specs:
         assert isinstance(kernel, JITFunction)
         compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages)
-        report = {"kernel": kernel.__name__, "cell": cell_name, "head_dim": head_dim, "arch": arch,
+        report = {"kernel": kernel.__name__, "cell": cell_name, "extras": extras, "head_dim": head_dim, "arch": arch,
                   "dtype": dtype_name(dtype), "gpu": plan.gpu, "path": plan.path,
                   "BB": plan.BB, "DHP": plan.padded_head_dim, "BH": plan.BH, "BK": constexprs.get("BK", plan.BK),
                   "num_warps": num_warps, "num_stages": num_stages,
@@ -94,6 +134,7 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
                   "barrier": (".gpu.release" in compiled.asm["ptx"]
                               and ".gpu.acquire" in compiled.asm["ptx"])}
         report.update(resource_usage(compiled.asm["cubin"]))
+        report.update(step_loop_report(compiled, sig))
         results.append(report)
     return results
 
@@ -101,11 +142,13 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
 def main(argv=None):
     def compile_one(args, cell, head_dim, arch):
         return compile_for_target(cell, head_dim, arch, getattr(torch, args.dtype),
-                                  force_split=args.force_split)
+                                  force_split=args.force_split, extras=args.extras)
 
     def add_force_split(parser):
         parser.add_argument("--force-split", action="store_true",
                             help="compile the split path's kernels (atomic per-step barrier)")
+        parser.add_argument("--extras", action="store_true",
+                            help="compile the extras kernels with every extra on")
 
     run_cli(__doc__, [("--cell", str), ("--head-dim", int), ("--arch", int)],
             ["float32", "float16", "bfloat16"], "bfloat16", compile_one, argv, add_force_split)

@@ -22,7 +22,7 @@ import torch
 from flashseq.cells import get_cell
 
 from .reference import fused_rnn_reference
-from .triton_function import _cdiv, _dense, _fwd_warps, _bwd_warps, _precision, plan_tiles
+from .triton_function import _bwd_warps, _cdiv, _dense, _fwd_warps, _precision, plan_tiles
 
 # the LayerNorm cells: (the cell whose pointwise Triton step they use, NORM_C)
 NORM_CELLS = {"layernorm_lstm": ("lstm", True), "layernorm_gru": ("gru", False)}
@@ -39,6 +39,12 @@ def split_reason(plan) -> Optional[str]:
         return None
     return (f"the extras and the LayerNorm cells run on the persistent kernel only; head size "
             f"{plan.head_dim} takes the {plan.path!r} path ({plan.reason})")
+
+
+def extras_fwd_warps(plan) -> int:
+    """Warps of the extras forward: the plain forward's. (cuobjdump, bf16 DH 64 sm_90: doubling
+    them to 16 caps the registers at 128 and spills more, 168 B for the LSTM against 8 B.)"""
+    return _fwd_warps(plan)
 
 
 def _flags(cell, lengths, var, zone, reset, all_states):
@@ -88,7 +94,7 @@ def fused_rnn_fwd_extras(wx, r, b, states, lengths, var, zone, reset, cell, all_
         _or(_u8(reset), dummy), h, last, _or_empty(every, dummy), rh_st, hr_st, s_st,
         B, T, NH, DH,
         CELL=tcell.fwd, G=G, S=S, BB=plan.BB, DHP=plan.padded_head_dim, SAVE=save,
-        PREC=_precision(wx.dtype), num_warps=_fwd_warps(plan), num_stages=plan.num_stages,
+        PREC=_precision(wx.dtype), num_warps=extras_fwd_warps(plan), num_stages=plan.num_stages,
         **flags)
     return h, last, every, rh_st, hr_st, s_st
 

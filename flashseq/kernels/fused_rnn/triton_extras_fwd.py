@@ -116,6 +116,8 @@ def fused_rnn_fwd_extras_kernel(
         u2 = hr2
         u3 = hr3
         if NORM:
+            if SAVE:  # the raw products too (now, so they need not stay live): the norm's backward
+                _store_gates(HR_ST, o_wx, o_d, m_bd, hd, G, hr0, hr1, hr2, hr3)
             u0, u1, u2, u3, _ = norm_gates(hr0, hr1, hr2, hr3, m_d, n_gates, G)
             a0, a1, a2, a3, _ = norm_gates(a0, a1, a2, a3, m_d, n_gates, G)
         rh0 = u0 + b_bias0[None, :]
@@ -150,8 +152,6 @@ def fused_rnn_fwd_extras_kernel(
                           n0, n1, n2, n3)
         if SAVE:
             _store_gates(RH_ST, o_wx, o_d, m_bd, hd, G, rh0, rh1, rh2, rh3)
-            if NORM:  # the raw products too: the backward of the norm needs them
-                _store_gates(HR_ST, o_wx, o_d, m_bd, hd, G, hr0, hr1, hr2, hr3)
             _store_states(S_ST + (t + 1) * S * state_size, o_state, o_d, m_bd, state_size, S,
                           n0, n1, n2, n3)
         b_s0 = n0

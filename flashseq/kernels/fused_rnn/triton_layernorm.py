@@ -15,7 +15,7 @@ import triton.language as tl
 
 from flashseq.cells.triton.activations import tanh
 
-EPS = 1e-5
+EPS = tl.constexpr(1e-5)  # a global a jit function may read must be a constexpr
 
 
 @triton.jit

@@ -155,6 +155,10 @@ class Search:
         st = self.st
         lo, hi, vals = st.lo, st.hi, st.vals
         degree = self.degree
+        # each group is sorted by degree, most first (dfs): once an enumerable variable is
+        # found, the scan stops at the first variable of a lower degree (the choice was ~8% of a
+        # FlashRNN-class first point when every node scanned every variable); ties as in index
+        # order
         for group in self.decision_groups:
             best, best_degree, best_size = None, -1, 0
             wide, wide_size = None, None
@@ -162,17 +166,19 @@ class Search:
                 a, b = lo[i], hi[i]
                 if a == b:
                     continue
+                d = degree[i]
+                if d < best_degree:
+                    break
                 vs = vals[i]
                 if vs is not None:
                     size = len(vs)
                 elif b - a < _ENUMERATE_RANGE:
                     size = b - a + 1
                 else:
-                    if wide is None or b - a < wide_size:
+                    if wide is None or b - a < wide_size or (b - a == wide_size and i < wide):
                         wide, wide_size = i, b - a
                     continue
-                d = degree[i]
-                if d > best_degree or (d == best_degree and size > best_size):
+                if d > best_degree or size > best_size:
                     best, best_degree, best_size = i, d, size
             if best is not None:
                 return best
@@ -258,8 +264,10 @@ class Search:
         if self.objective_atom is not None:
             self.prefer = self.flat.value_preference(self.root_lo)
         # what the root fixed is never a decision: _choose need not look at it again
-        self.decision_groups = tuple(tuple(i for i in group if st.lo[i] != st.hi[i])
-                                     for group in self.decision_groups)
+        self.decision_groups = tuple(
+            tuple(sorted((i for i in group if st.lo[i] != st.hi[i]), key=self.degree.__getitem__,
+                         reverse=True))
+            for group in self.decision_groups)
         stack = self.stack = []
         deadline = self.deadline
         while True:

@@ -1,7 +1,7 @@
 """The Triton plstm_2d forward kernel compiles for real GPU targets without a GPU.
 
-At K = V = 64 and 128 in bf16, with the tile, BV and warps ``plan_plstm_2d_triton`` picks for a
-64 x 64 grid (B * H = 64), the kernel goes through triton.compile to a cubin for
+At K = V = 64 and 128 in bf16 and fp32, with the tile, BV and warps ``plan_plstm_2d_triton``
+picks for each on a 64 x 64 grid (B * H = 64), the kernel goes through triton.compile to a cubin for
 GPUTarget("cuda", 90, 32) and ("cuda", 80, 32) in a subprocess with TRITON_INTERPRET unset;
 registers, spills (stack / local memory) and shared memory come from cuobjdump on the cubin
 (``pytest -s`` prints them). The planned kernel must not spill, and the plan's register model
@@ -15,6 +15,7 @@ from tests.cubin_reports import compile_reports
 
 ARCHS = (90, 80)
 DIMS = (64, 128)
+DTYPES = ("bfloat16", "float32")
 
 pytest.importorskip("triton")
 
@@ -26,27 +27,30 @@ def reports():
         args += ["--dim", str(dim)]
     for arch in ARCHS:
         args += ["--arch", str(arch)]
-    reps = compile_reports("flashseq.kernels.plstm.triton_compile", args, timeout=1800)
+    reps = []
+    for dtype in DTYPES:
+        reps += compile_reports("flashseq.kernels.plstm.triton_compile", args + ["--dtype", dtype],
+                                timeout=1800)
     for rep in reps:
         print(f"{rep['kernel']} K=V={rep['dim']} sm_{rep['arch']} BX={rep['BX']} BY={rep['BY']} "
               f"BV={rep['BV']} warps={rep['num_warps']} {rep['PREC']} | regs {rep['n_regs']} "
               f"(plan {rep['planned_regs']}) stack {rep['stack_bytes']} "
               f"local {rep['local_bytes']} | shared {rep['shared']}")
-    return {(rep["dim"], rep["arch"]): rep for rep in reps}
+    return {(rep["dim"], rep["arch"], rep["dtype"]): rep for rep in reps}
 
 
-CASES = [(dim, arch) for dim in DIMS for arch in ARCHS]
+CASES = [(dim, arch, dtype) for dtype in DTYPES for dim in DIMS for arch in ARCHS]
 
 
 def _ids(case):
-    return f"K{case[0]}-sm{case[1]}"
+    return f"K{case[0]}-sm{case[1]}-{case[2]}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_plstm_2d_kernel_compiles_to_cubin(reports, case):
     rep = reports[case]
-    assert rep["stage"] == "cubin" and rep["dtype"] == "bfloat16"
+    assert rep["stage"] == "cubin" and rep["dtype"] == case[2]
     assert 0 < rep["n_regs"] <= 255, rep
     assert rep["shared"] <= (227 if case[1] == 90 else 163) * 1024, rep
 

@@ -167,9 +167,46 @@ def tile_coefficients_2d(source, transition, mark, tile):
     return _tile_coefficients(*gates)
 
 
-def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile):
+def tile_chain_sequential(M: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """M [..., n, a, a], U [..., n, a, K, V] -> the state entering every link [..., n, a, K, V]
+    of ``D_j = M_j D_{j-1} + U_j`` (``D_{-1} = 0``; D holds ``a`` edge states), one after the
+    other."""
+    state = torch.zeros_like(U[..., 0, :, :, :])
+    entering = []
+    for j in range(U.shape[-4]):
+        entering.append(state)
+        state = torch.einsum("...ab,...bkv->...akv", M[..., j, :, :], state) + U[..., j, :, :, :]
+    return torch.stack(entering, dim=-4)
+
+
+def tile_chain_tree(M: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """``tile_chain_sequential`` as a log-depth scan: summaries (M, U) compose associatively,
+    (M1, U1) then (M2, U2) = (M2 M1, M2 U1 + U2) (``chunk_states_tree`` with matrix decays)."""
+    n = U.shape[-4]
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device).expand_as(M[..., :1, :, :])
+    shift = 1
+    while shift < n:
+        M_prev = torch.cat([eye.expand_as(M[..., :shift, :, :]), M[..., :-shift, :, :]], dim=-3)
+        U_prev = torch.cat([torch.zeros_like(U[..., :shift, :, :, :]), U[..., :-shift, :, :, :]],
+                           dim=-4)
+        U = torch.einsum("...ab,...bkv->...akv", M, U_prev) + U
+        M = M @ M_prev
+        shift *= 2
+    return torch.cat([torch.zeros_like(U[..., :1, :, :, :]), U[..., :-1, :, :, :]], dim=-4)
+
+
+TILE_CHAINS = {"tree": tile_chain_tree, "sequential": tile_chain_sequential}
+
+
+def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile, merge="tree"):
     """q, k [B, X, Y, H, K], v [B, X, Y, H, V], source, mark [B, X, Y, H, 2], transition
-    [B, X, Y, H, 2, 2] ([out r/d, in l/u]), direct [B, X, Y, H] -> o [B, X, Y, H, V]."""
+    [B, X, Y, H, 2, 2] ([out r/d, in l/u]), direct [B, X, Y, H] -> o [B, X, Y, H, V].
+
+    The tile rows (x) are walked in order. Within a row, the r states entering every tile are
+    known from the row before, so the d states passed down the row's tiles form a chain
+    ``D_j = L_dd[j] D_{j-1} + (L_dl[j] R_j + sources)`` with [BX, BX] matrix links: ``merge``
+    "tree" merges it by a log-depth scan (``tile_chain_tree``), "sequential" walks it; then
+    every tile of the row is computed at once. nX sequential steps of depth log2(nY)."""
     B, X, Y, H, K = q.shape
     V = v.shape[-1]
     BX, BY = tile
@@ -186,25 +223,21 @@ def plstm_2d_tiled(q, k, v, source, transition, mark, direct, scale, tile):
     qt = tiles(q).reshape(B, H, nX, nY, n, K)
     kt = tiles(k).reshape(B, H, nX, nY, n, K)
     vt = tiles(v).reshape(B, H, nX, nY, n, V)
-    gate = mark_src + torch.diag_embed(d)
-    zeros_r = q.new_zeros(B, H, BY, K, V)
-    zeros_d = q.new_zeros(B, H, BX, K, V)
-    right = [zeros_r] * nY                     # r states leaving the tile to the left, per row
+    scores = scale * (qt @ kt.transpose(-1, -2)) * (mark_src + torch.diag_embed(d))
+    o_src = scores @ vt                                          # [B, H, nX, nY, n, V]
+    written = torch.einsum("bhxyep,bhxypk,bhxypv->bhxyekv", leave_src, kt, vt)
+    right = q.new_zeros(B, H, nY, BY, K, V)        # r states entering the row's tiles
     outs = []
     for i in range(nX):
-        below = zeros_d                        # d states leaving the tile above
-        row_out = []
-        for j in range(nY):
-            c_in = torch.cat([right[j], below], dim=2)            # [B, H, nb, K, V]
-            qi, ki, vi = qt[:, :, i, j], kt[:, :, i, j], vt[:, :, i, j]
-            scores = scale * (qi @ ki.transpose(-1, -2)) * gate[:, :, i, j]
-            read = torch.einsum("bhpi,bhpk,bhikv->bhpv", mark_in[:, :, i, j], qi, c_in)
-            o = scores @ vi + scale * read
-            row_out.append(o)
-            c_out = torch.einsum("bhei,bhikv->bhekv", leave_in[:, :, i, j], c_in) + \
-                torch.einsum("bhep,bhpk,bhpv->bhekv", leave_src[:, :, i, j], ki, vi)
-            right[j], below = c_out[:, :, :BY], c_out[:, :, BY:]
-        outs.append(torch.stack(row_out, dim=2))
+        L = leave_in[:, :, i]                                    # [B, H, nY, nb, nb]
+        drive = torch.einsum("bhyei,bhyikv->bhyekv", L[..., BY:, :BY], right) + \
+            written[:, :, i, :, BY:]                             # [B, H, nY, BX, K, V]
+        below = TILE_CHAINS[merge](L[..., BY:, BY:], drive)      # d states entering each tile
+        c_in = torch.cat([right, below], dim=-3)                 # [B, H, nY, nb, K, V]
+        read = torch.einsum("bhypi,bhypk,bhyikv->bhypv", mark_in[:, :, i], qt[:, :, i], c_in)
+        outs.append(o_src[:, :, i] + scale * read)
+        right = torch.einsum("bhyei,bhyikv->bhyekv", L[..., :BY, :], c_in) + \
+            written[:, :, i, :, :BY]
     o = torch.stack(outs, dim=2).reshape(B, H, nX, nY, BX, BY, V)
     o = o.permute(0, 2, 4, 3, 5, 1, 6).reshape(B, nX * BX, nY * BY, H, V)
     return o[:, :X, :Y]

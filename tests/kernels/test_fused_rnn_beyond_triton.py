@@ -171,3 +171,20 @@ def test_split_head_plan_is_refused_by_name_and_falls_back_under_auto(monkeypatc
     assert len([w for w in record if "falling back" in str(w.message)]) == 1
     ref = fused_rnn(wx, r, b, states, cell="lstm", backend="reference", return_all_states=True)
     assert all(torch.equal(a, b) for a, b in zip(auto, ref))
+
+
+def test_extras_custom_ops_have_matching_fake_implementations():
+    """torch.compile traces the extras through their custom ops' fake (meta) implementations:
+    those must give the real kernels' shapes, dtypes and strides (forward and backward)."""
+    inputs, _, lens = _case("layernorm_lstm")
+    wx, r, b, states = [x.float() for x in inputs]
+    zone = torch.rand(T, 2, B, NH, DH, device=DEVICE) < 0.3
+    var = torch.full((B, NH, DH), 2.0, device=DEVICE)
+    fwd_args = (wx, r, b, states, lens, var, zone, _reset(), "layernorm_lstm", True, True)
+    torch.library.opcheck(torch.ops.flashseq.fused_rnn_triton_extras_fwd.default, fwd_args,
+                          test_utils=("test_schema", "test_faketensor"))
+    h, last, every, rh_st, hr_st, s_st = torch.ops.flashseq.fused_rnn_triton_extras_fwd(*fwd_args)
+    bwd_args = (torch.ones_like(h), torch.ones_like(last), torch.ones_like(every), wx, r, rh_st,
+                hr_st, s_st, lens, var, zone, _reset(), "layernorm_lstm")
+    torch.library.opcheck(torch.ops.flashseq.fused_rnn_triton_extras_bwd.default, bwd_args,
+                          test_utils=("test_schema", "test_faketensor"))

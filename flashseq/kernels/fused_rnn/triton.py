@@ -90,10 +90,14 @@ def fused_rnn(wx, r, b, states, *, cell, lengths, extras=None):
 def workspace_bytes(problem):
     """Bytes the forward allocates: h [B, T, NH, DH] and the last states in wx's dtype and,
     when a gradient is needed, the saved rh [B, T, G, NH, DH] and the state sequence
-    [T+1, S, B, NH, DH] in float32. (Kernel offsets are int64: memory is the only limit.)"""
+    [T+1, S, B, NH, DH] in float32. (Kernel offsets are int64: memory is the only limit.)
+    With return_all_states also every step's states [T, S, B, NH, DH] in wx's dtype; with a
+    LayerNorm cell and a gradient also the raw products h @ r [B, T, G, NH, DH] in float32."""
     B, T, NH, DH = problem.batch, problem.steps, problem.heads, problem.head_dim
     G, S = problem.cell.num_gates, problem.cell.num_states
-    need = (T + S) * B * NH * DH * problem.dtype.itemsize
+    outputs = T + S + (T * S if "return_all_states" in problem.extras else 0)
+    need = outputs * B * NH * DH * problem.dtype.itemsize
     if problem.needs_grad:
-        need += (T * G + (T + 1) * S) * B * NH * DH * 4
+        saved_gates = 2 * G if problem.cell.name.startswith("layernorm_") else G
+        need += (T * saved_gates + (T + 1) * S) * B * NH * DH * 4
     return need

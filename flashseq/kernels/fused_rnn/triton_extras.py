@@ -182,7 +182,7 @@ def _bwd_op(dh: torch.Tensor, dlast: torch.Tensor, dall: Optional[torch.Tensor],
     h_in = recurrent_inputs(s_st, wx, var, reset)
     dr = torch.einsum("tbnk,btgnj->gnkj", h_in, dhr)
     db = drh.sum(dim=(0, 1))
-    return dwx.to(wx.dtype), dr.to(r.dtype), db.to(r.dtype), ds0.to(wx.dtype)
+    return dwx.to(wx.dtype), dr.to(r.dtype).contiguous(), db.to(r.dtype), ds0.to(wx.dtype)
 
 
 @_bwd_op.register_fake

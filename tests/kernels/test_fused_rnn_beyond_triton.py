@@ -188,3 +188,44 @@ def test_extras_custom_ops_have_matching_fake_implementations():
                 hr_st, s_st, lens, var, zone, _reset(), "layernorm_lstm")
     torch.library.opcheck(torch.ops.flashseq.fused_rnn_triton_extras_bwd.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
+
+
+def _triton(cell_name, wx, r, b, states, **kwargs):
+    return fused_rnn(wx, r, b, states, cell=cell_name, backend="triton", **kwargs)
+
+
+def test_zoneout_one_keeps_the_initial_states():
+    inputs, _, _ = _case("lstm", lengths=False)
+    wx, r, b, states = [x.float() for x in inputs]
+    h, last = _triton("lstm", wx, r, b, states, zoneout=(1.0, 1.0))
+    assert torch.equal(last, states)
+    assert torch.equal(h, states[0].unsqueeze(1).expand_as(h))
+
+
+def test_reset_at_k_equals_two_runs_split_at_k():
+    inputs, _, _ = _case("layernorm_gru", lengths=False)
+    wx, r, b, states = [x.float() for x in inputs]
+    k = 2
+    reset = torch.zeros(B, T, dtype=torch.bool, device=DEVICE)
+    reset[:, k] = True
+    h, last = _triton("layernorm_gru", wx, r, b, states, reset=reset)
+    h_a, _ = _triton("layernorm_gru", wx[:, :k], r, b, states)
+    h_b, last_b = _triton("layernorm_gru", wx[:, k:], r, b, states)
+    assert_close("h before k", h[:, :k], h_a, 1e-6)
+    assert_close("h from k", h[:, k:], h_b, 1e-6)
+    assert_close("last", last, last_b, 1e-6)
+
+
+def test_nan_past_the_lengths_reaches_nothing():
+    """wx past a row's length is never read by the extras kernels (LN of a NaN row would
+    otherwise poison the whole row's norm): outputs and gradients equal the clean call's."""
+    inputs, upstream, lens = _case("layernorm_lstm", seed=5)
+    poisoned = inputs[0].clone()
+    for row, n in enumerate(lens.tolist()):
+        poisoned[row, n:] = float("nan")
+    kwargs = _all_extras("layernorm_lstm")
+    clean = _run("triton", "layernorm_lstm", inputs, upstream, lens, torch.float32, **kwargs)
+    dirty = _run("triton", "layernorm_lstm", (poisoned, *inputs[1:]), upstream, lens,
+                 torch.float32, **kwargs)
+    for a, b in zip(dirty, clean):
+        assert torch.equal(a, b)

@@ -79,8 +79,8 @@ def _extras_path_reason(problem):
 
 
 def fused_rnn(wx, r, b, states, *, cell, lengths, extras=None):
-    from .triton_extras import NORM_CELLS
-    if extras is None and cell.name not in NORM_CELLS:
+    # the plain kernels unless an extra or a LayerNorm cell (a NormCell) asks for the others
+    if extras is None and getattr(cell, "normalize_recurrent", None) is None:
         from .triton_function import fused_rnn_triton
         return fused_rnn_triton(wx, r, b, states, cell=cell, lengths=lengths)
     from .triton_extras import fused_rnn_triton_extras

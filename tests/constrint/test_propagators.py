@@ -21,7 +21,7 @@ def _feasible(kind, params, point):
         coefs, rhs = params
         return sum(c * v for c, v in zip(coefs, point)) != rhs
     if kind in ("product", "product_nonneg"):
-        out = 1
+        out = params[0] if params else 1  # ProductNonneg's constant coefficient
         for v in point[1:]:
             out *= v
         return point[0] == out
@@ -55,8 +55,11 @@ def _random_case(rng, kind):
         low = 0 if kind == "product_nonneg" else -4
         factors = [dom(low, 5) for _ in range(k)]
         out = dom(-30 if low else 0, 40)
-        cls = P.ProductNonneg if kind == "product_nonneg" else P.Product
-        return cls(0, list(range(1, k + 1))), [out] + factors, None
+        if kind == "product":
+            return P.Product(0, list(range(1, k + 1))), [out] + factors, None
+        # a constant coefficient: the factors fixed when the model was flattened
+        coef = rng.choice((1, 1, 2, 3))
+        return P.ProductNonneg(0, list(range(1, k + 1)), coef), [out] + factors, (coef,)
     if kind == "product_nonneg2":
         coef = rng.choice((1, 1, 2, 3, 8))
         return P.ProductNonneg2(0, 1, 2, coef), [dom(0, 60), dom(0, 5), dom(0, 5)], (coef,)

@@ -23,27 +23,17 @@ the recurrence one ``fused_rnn`` call with ``r[g, 0] = W_hh[g*H:(g+1)*H]^T``.
 from __future__ import annotations
 
 import math
-import numbers
 import warnings
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from flashseq.kernels.fused_rnn import fused_rnn
 
-from . import checks
+from . import beyond, checks, sequences
 from .errors import RNNInputError
-
-
-def _probability(name: str, p, upper_closed: bool) -> float:
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} must be a float probability; got {type(p).__name__} {p!r}")
-    p = float(p)
-    if not (0.0 <= p <= 1.0 if upper_closed else 0.0 <= p < 1.0):
-        allowed = "[0, 1]" if upper_closed else "[0, 1) (p = 1 would drop everything)"
-        raise ValueError(f"{name} must lie in {allowed}; got {p!r}")
-    return p
 
 
 class _LayerNormRNNBase(nn.Module):
@@ -69,18 +59,8 @@ class _LayerNormRNNBase(nn.Module):
         self.dropout = checks.check_dropout(dropout)
         self.bidirectional = checks.check_bool("bidirectional", bidirectional)
         self.backend = checks.check_backend(backend)
-        self.dropconnect = _probability("dropconnect", dropconnect, upper_closed=False)
-        self.variational_dropout = _probability("variational_dropout", variational_dropout,
-                                                upper_closed=False)
-        if not isinstance(zoneout, (tuple, list)) or len(zoneout) != 2:
-            raise TypeError(f"zoneout must be a pair (p_h, p_c) of probabilities in [0, 1]; got "
-                            f"{type(zoneout).__name__} {zoneout!r}")
-        p_h = _probability("zoneout[0] (p_h)", zoneout[0], upper_closed=True)
-        p_c = _probability("zoneout[1] (p_c)", zoneout[1], upper_closed=True)
-        if p_c > 0 and self._num_states == 1:
-            raise ValueError(f"zoneout[1] (p_c) = {p_c} but {kind} has no cell state; use "
-                             "zoneout=(p_h, 0.0)")
-        self.zoneout = (p_h, p_c)
+        self.dropconnect, self.variational_dropout, self.zoneout = beyond.check_regularisers(
+            kind, dropconnect, variational_dropout, zoneout, self._num_states)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn("dropout is applied to the output of every layer but the last, so "
                           f"dropout={self.dropout} with num_layers=1 has no effect", stacklevel=3)
@@ -129,30 +109,64 @@ class _LayerNormRNNBase(nn.Module):
         return ", ".join(parts)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, reset=None, generator=None):
         """Run the sequence.
 
         Args:
-            input: [T, B, input_size] ([B, T, input_size] with batch_first) or unbatched
-                [T, input_size]. PackedSequence is not supported.
+            input: [T, B, input_size] ([B, T, input_size] with batch_first), unbatched
+                [T, input_size], or a PackedSequence (sorted or not) of [N, input_size] rows.
             hx: initial states, each [num_layers * num_directions, B, hidden_size]
                 ([num_layers * num_directions, hidden_size] for unbatched input); LayerNormLSTM
                 takes a tuple (h0, c0), LayerNormGRU one tensor h0. Default: None, zeros.
+            reset (keyword-only): [B, T] bool ([T] unbatched; for a PackedSequence B rows in
+                the original order, T its longest length), on the CPU or the input's device,
+                or None. ``reset[b, t]`` starts a new sequence at step t of row b: the states
+                go back to their initial value before step t (the reverse direction's before
+                step t - 1), in every layer. Default: None.
+            generator (keyword-only): torch.Generator on the input's device the masks are
+                drawn from in training mode, or None (torch's default generator).
 
         Returns:
             output: [T, B, D * hidden_size] ([B, T, ...] with batch_first, [T, D * hidden_size]
-                unbatched), D = 2 if bidirectional else 1: the last layer's h at every step.
-            final states in hx's layout: (h_n, c_n) for LayerNormLSTM, h_n for LayerNormGRU.
+                unbatched, a PackedSequence for packed input), D = 2 if bidirectional else 1:
+                the last layer's h at every step.
+            final states in hx's layout: (h_n, c_n) for LayerNormLSTM, h_n for LayerNormGRU
+                (each row's states after its last step for packed input).
 
-        In training mode the dropconnect, variational and zoneout masks are drawn from torch's
-        default generator (``torch.manual_seed`` makes them reproducible); eval mode applies
-        none of them, nor the inter-layer ``dropout``.
+        In training mode the dropconnect, variational and zoneout masks are drawn from
+        ``generator`` (torch's default one when None: ``torch.manual_seed`` then makes them
+        reproducible), one draw per layer and direction in the order layer 0 forward, layer 0
+        reverse, layer 1 forward, ...; eval mode applies none of them, nor the inter-layer
+        ``dropout``.
         """
         kind = type(self).__name__
-        x, batched = checks.sequence_input(kind, input, self.input_size, self.weight_ih_l0,
-                                           self.batch_first)  # [B, T, F]
+        packed = isinstance(input, PackedSequence)
+        lengths = row_index = None
+        if packed:
+            x, lengths, row_index = self._packed_input(input)
+            batched = True
+        else:
+            x, batched = checks.sequence_input(kind, input, self.input_size, self.weight_ih_l0,
+                                               self.batch_first)  # [B, T, F]
         B, T = x.shape[:2]
         states = None if hx is None else self._check_hx(hx, B, batched, x)
+        reset = beyond.check_reset(kind, reset, B, T, batched, x.device)
+        if packed and input.sorted_indices is not None:
+            if states is not None:
+                states = [s.index_select(1, input.sorted_indices) for s in states]
+            if reset is not None:
+                reset = reset.index_select(0, input.sorted_indices.to(reset.device))
+        regs = beyond.regularisers(self)
+        if reset is not None or regs != beyond.OFF:
+            beyond.check_generator(kind, generator, x.device)
+        reverse_index = None
+        if self.bidirectional and lengths is not None:
+            lengths = lengths.to(x.device)
+            reverse_index = sequences.reversal_index(lengths, B, T, x.device)
+        kwargs = [beyond.fused_kwargs(regs, reset, generator)]
+        if self.bidirectional:
+            back = None if reset is None else beyond.reverse_reset(reset, lengths, reverse_index)
+            kwargs.append(beyond.fused_kwargs(regs, back, generator))
 
         finals = []
         for layer in range(self.num_layers):
@@ -160,22 +174,43 @@ class _LayerNormRNNBase(nn.Module):
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 init = None if states is None else torch.stack([s[k] for s in states])
-                layer_in = x.flip(1) if direction else x
-                out, last = self._run_direction(layer_in, layer, direction, init)
-                outs.append(out.flip(1) if direction else out)
+                layer_in = sequences.reverse_time(x, reverse_index) if direction else x
+                out, last = self._run_direction(layer_in, layer, direction, init, lengths,
+                                                kwargs[direction])
+                outs.append(sequences.reverse_time(out, reverse_index) if direction else out)
                 finals.append(last)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
             if self.training and self.dropout > 0 and layer + 1 < self.num_layers:
                 x = F.dropout(x, self.dropout, training=True)
         finals = [torch.stack(per_state) for per_state in zip(*finals)]  # S x [L*D, B, H]
+        if packed:
+            if input.unsorted_indices is not None:
+                finals = [s.index_select(1, input.unsorted_indices) for s in finals]
+            data = sequences.padded_to_packed(x, row_index)
+            return sequences.repack(data, input), self._join_hx(finals)
         out = x if self.batch_first else x.transpose(0, 1)
         if not batched:
             out = out.squeeze(0 if self.batch_first else 1)
             finals = [s.squeeze(1) for s in finals]
         return out.contiguous(), self._join_hx(finals)
 
-    def _run_direction(self, x, layer, direction, init):
-        """x [B, T, F] (time-reversed for direction 1), init [S, B, H] or None.
+    def _packed_input(self, input: PackedSequence):
+        """A PackedSequence's rows checked and padded: (x [B, T, F] in sorted row order,
+        lengths [B] int64 on the CPU, row index for ``sequences.padded_to_packed``)."""
+        kind = type(self).__name__
+        data, weight = input.data, self.weight_ih_l0
+        if data.dim() != 2 or data.shape[-1] != self.input_size:
+            raise RNNInputError(f"{kind}: PackedSequence.data must be [N, input_size] with "
+                                f"input_size={self.input_size}; got {checks.describe(data)}")
+        if data.dtype != weight.dtype or data.device != weight.device:
+            raise RNNInputError(f"{kind}: PackedSequence.data must have the parameters' dtype "
+                                f"{weight.dtype} and device {weight.device}; got "
+                                f"{checks.describe(data)}")
+        return sequences.packed_to_padded(data, input.batch_sizes)
+
+    def _run_direction(self, x, layer, direction, init, lengths=None, extras=None):
+        """x [B, T, F] (time-reversed for direction 1), init [S, B, H] or None, lengths [B] or
+        None, extras: fused_rnn's keyword arguments beyond torch.nn (``beyond.fused_kwargs``).
         Returns out [B, T, H] and the list of S final states [B, H]."""
         suffix = "_reverse" if direction else ""
         w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
@@ -188,12 +223,8 @@ class _LayerNormRNNBase(nn.Module):
         r = w_hh.view(G, H, H).transpose(1, 2).unsqueeze(1)  # [G, 1, H, H], r[g, 0] = W_g^T
         b = b_hh.view(G, 1, H) if b_hh is not None else wx.new_zeros(G, 1, H)
         states = None if init is None else init.view(self._num_states, B, 1, H)
-        train = self.training
-        h, last = fused_rnn(
-            wx, r, b, states, cell=self._cell, backend=self.backend,
-            dropconnect=self.dropconnect if train else 0.0,
-            variational_dropout=self.variational_dropout if train else 0.0,
-            zoneout=self.zoneout if train else (0.0, 0.0))
+        h, last = fused_rnn(wx, r, b, states, cell=self._cell, lengths=lengths,
+                            backend=self.backend, **(extras or {}))
         return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]
 
     def _check_hx(self, hx, B, batched, x) -> list:
@@ -231,9 +262,12 @@ class LayerNormLSTM(_LayerNormRNNBase):
     h_{t-1} entering the recurrence) and ``zoneout=(p_h, p_c)`` (per step and unit, keep the
     previous h / c) act in training mode only; semantics as ``flashseq.ops.fused_rnn``.
 
-    forward(input, hx=None) -> (output, (h_n, c_n)): input [T, B, input_size] ([B, T, ...] with
-    batch_first, or unbatched [T, input_size]); h0, c0, h_n, c_n [num_layers * D, B, hidden_size]
-    (no B axis unbatched); output [T, B, D * hidden_size], D = 2 if bidirectional else 1.
+    forward(input, hx=None, *, reset=None, generator=None) -> (output, (h_n, c_n)): input
+    [T, B, input_size] ([B, T, ...] with batch_first, unbatched [T, input_size], or a
+    PackedSequence); h0, c0, h_n, c_n [num_layers * D, B, hidden_size] (no B axis unbatched);
+    output [T, B, D * hidden_size] (a PackedSequence for packed input), D = 2 if bidirectional
+    else 1; ``reset`` [B, T] bool starts new sequences, ``generator`` draws the masks (see
+    ``forward``).
     """
 
     _cell = "layernorm_lstm"
@@ -266,9 +300,11 @@ class LayerNormGRU(_LayerNormRNNBase):
     ``z = sigmoid(a_z + u_z)``, ``n = tanh(a_n + r * u_n)``, ``h = (1 - z) n + z h_prev``;
     unit gain, zero bias, eps 1e-5. The regularisers act in training mode only.
 
-    forward(input, hx=None) -> (output, h_n): input [T, B, input_size] ([B, T, ...] with
-    batch_first, or unbatched [T, input_size]); h0, h_n [num_layers * D, B, hidden_size] (no B
-    axis unbatched); output [T, B, D * hidden_size], D = 2 if bidirectional else 1.
+    forward(input, hx=None, *, reset=None, generator=None) -> (output, h_n): input
+    [T, B, input_size] ([B, T, ...] with batch_first, unbatched [T, input_size], or a
+    PackedSequence); h0, h_n [num_layers * D, B, hidden_size] (no B axis unbatched); output
+    [T, B, D * hidden_size] (a PackedSequence for packed input), D = 2 if bidirectional else 1;
+    ``reset`` and ``generator`` as LayerNormLSTM's.
     """
 
     _cell = "layernorm_gru"

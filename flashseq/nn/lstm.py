@@ -34,6 +34,18 @@ class LSTM(FusedRNNBase, nn.LSTM):
             blocks of DH = hidden_size / num_heads <= 16 units, and proj_size=0 (ValueError
             otherwise). Default: False.
 
+        dropconnect, variational_dropout, zoneout: recurrent regularisers applied in training
+            mode only (eval applies none): dropconnect p, one Bernoulli mask on the recurrent
+            weights per sequence; variational_dropout p, one mask per row on h_{t-1} where it
+            enters the recurrence; zoneout (p_h, p_c), per step and unit keep the previous h / c.
+            Semantics as ``flashseq.ops.fused_rnn``; masks drawn from forward's ``generator``.
+            Need the fused recurrence (not proj_size > 0 nor parallel_in_time; ValueError).
+            Defaults 0.0, 0.0, (0.0, 0.0): none, exactly torch.nn.LSTM.
+
+    forward(input, hx=None, *, reset=None, generator=None): torch's two arguments, plus
+    ``reset`` [B, T] bool (a new sequence starts where True) and the ``generator`` of the masks;
+    see ``FusedRNNBase.forward``.
+
     Parameters are initialised U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as torch's.
     ``proj_size > 0`` has no fused cell (the projected h feeds back): it runs a per-step PyTorch
     loop and warns once per module.
@@ -43,11 +55,15 @@ class LSTM(FusedRNNBase, nn.LSTM):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend="auto", num_heads=1, parallel_in_time=False):
+                 backend="auto", num_heads=1, parallel_in_time=False, dropconnect=0.0,
+                 variational_dropout=0.0, zoneout=(0.0, 0.0)):
         super().__init__("LSTM", input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, proj_size, device, dtype, backend=backend, num_heads=num_heads)
+                         bidirectional, proj_size, device, dtype, backend=backend, num_heads=num_heads,
+                         dropconnect=dropconnect, variational_dropout=variational_dropout,
+                         zoneout=zoneout)
         self.parallel_in_time = pit.check_parallel_in_time(
             "LSTM", parallel_in_time, self.hidden_size, self.num_heads, self.proj_size)
+        self._check_regularisers_servable()
 
     def _state_sizes(self):
         return [self.proj_size or self.hidden_size, self.hidden_size]
@@ -64,11 +80,11 @@ class LSTM(FusedRNNBase, nn.LSTM):
     def _join_hx(self, states):
         return tuple(states)
 
-    def _run_direction(self, x, layer, direction, init, lengths, wx=None):
+    def _run_direction(self, x, layer, direction, init, lengths, wx=None, extras=None):
         if getattr(self, "parallel_in_time", False):  # absent in modules pickled before it
             return pit.run_direction(self, x, layer, direction, init, lengths, wx)
         if not self.proj_size:
-            return super()._run_direction(x, layer, direction, init, lengths, wx)
+            return super()._run_direction(x, layer, direction, init, lengths, wx, extras)
         self._warn_not_fused("LSTM with proj_size > 0")
         _, w_hh, _, b_hh, w_hr = self._layer_weights(layer, direction)
         wx = self._input_projection(x, wx, layer, direction)  # [B, T, 4H]

@@ -45,7 +45,7 @@ from torch.nn.utils.rnn import PackedSequence
 from flashseq.kernels.fused_rnn import fused_rnn
 from flashseq.kernels.fused_rnn import cpu_linear
 
-from . import checks, sequences
+from . import beyond, checks, sequences
 from .errors import RNNInputError
 
 # mode -> (fused_rnn cell or None when no fused cell exists, gate count)
@@ -71,7 +71,8 @@ class FusedRNNBase(nn.RNNBase):
 
     def __init__(self, mode, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
                  dropout=0.0, bidirectional=False, proj_size=0, device=None, dtype=None, *,
-                 backend="auto", num_heads=1):
+                 backend="auto", num_heads=1, dropconnect=0.0, variational_dropout=0.0,
+                 zoneout=(0.0, 0.0)):
         # Not RNNBase.__init__: its checks have other messages and it cannot make the head-wise
         # weight_hh. What it would set up is set up here, under the same names.
         nn.Module.__init__(self)
@@ -91,6 +92,9 @@ class FusedRNNBase(nn.RNNBase):
                              f"for no projection; got proj_size={self.proj_size}")
         self.backend = checks.check_backend(backend)
         self.num_heads = checks.check_heads(self.hidden_size, num_heads)
+        self.dropconnect, self.variational_dropout, self.zoneout = beyond.check_regularisers(
+            type(self).__name__, dropconnect, variational_dropout, zoneout,
+            2 if mode == "LSTM" else 1)
         if self.num_heads > 1 and self.proj_size:
             raise ValueError(f"proj_size > 0 needs num_heads=1; got proj_size={self.proj_size}, "
                              f"num_heads={self.num_heads}")
@@ -147,10 +151,12 @@ class FusedRNNBase(nn.RNNBase):
         are (there is no cuDNN weight buffer to compact)."""
 
     def extra_repr(self) -> str:
-        """torch's ``extra_repr``, then ``num_heads`` and ``backend`` when not the defaults."""
+        """torch's ``extra_repr``, then ``num_heads``, the regularisers and ``backend`` when not
+        the defaults."""
         parts = [super().extra_repr()]
         if self.num_heads != 1:
             parts.append(f"num_heads={self.num_heads}")
+        parts += beyond.regularisers_repr(self)
         if self.backend != "auto":
             parts.append(f"backend={self.backend!r}")
         return ", ".join(parts)
@@ -171,7 +177,7 @@ class FusedRNNBase(nn.RNNBase):
         return ["hx"]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input, hx=None):
+    def forward(self, input, hx=None, *, reset=None, generator=None):
         """Run the recurrence; same inputs and outputs as the torch twin.
 
         Args:
@@ -180,6 +186,15 @@ class FusedRNNBase(nn.RNNBase):
             hx: initial states, [num_layers * num_directions, B, size] each ([.., size] without
                 the B axis for unbatched input); LSTM takes a tuple (h0, c0), h0 of size
                 proj_size or hidden_size, c0 of size hidden_size. Default: None, zeros.
+            reset (keyword-only): [B, T] bool ([T] for unbatched input; batch-first or not,
+                and for a PackedSequence B rows in the original order, T its longest length),
+                on the CPU or the input's device, or None. ``reset[b, t]`` starts a new
+                sequence at step t of row b: every layer's states go back to their initial
+                value (``hx``, else zeros) before step t, and the reverse direction's before
+                step t - 1, so the result equals separate calls on the pieces. Default: None.
+            generator (keyword-only): torch.Generator on the input's device the dropconnect,
+                variational and zoneout masks are drawn from (training mode), or None for
+                torch's default generator. Default: None.
 
         Returns:
             output: [T, B, D * out] ([B, T, ...] with batch_first; a PackedSequence for packed
@@ -187,10 +202,20 @@ class FusedRNNBase(nn.RNNBase):
             final states: same layout as hx (LSTM: a tuple (h_n, c_n)).
 
         Under ``torch.jit.trace`` or ONNX export a module with num_heads=1 runs torch.nn's forward
-        (see the module docstring).
+        (see the module docstring); there ``reset`` and the regularisers in training mode raise
+        ValueError (a trace would keep one draw of the masks as constants).
         """
+        regs = beyond.regularisers(self)
+        extras_used = reset is not None or regs != beyond.OFF
         if self.num_heads == 1 and _exporting():
+            if extras_used:
+                raise ValueError(f"{type(self).__name__}: reset and the dropconnect / "
+                                 "variational_dropout / zoneout masks cannot be traced or "
+                                 "exported; call .eval() and pass reset=None")
             return super().forward(input, hx)
+        if extras_used:
+            self._check_extras_servable()
+            beyond.check_generator(type(self).__name__, generator, self.weight_ih_l0.device)
         packed = isinstance(input, PackedSequence)
         weight = self.weight_ih_l0
         if packed:
@@ -212,9 +237,14 @@ class FusedRNNBase(nn.RNNBase):
             states = self._check_hx(hx, B, batched, x)
             if packed and input.sorted_indices is not None:
                 states = [s.index_select(1, input.sorted_indices) for s in states]
+        reset = beyond.check_reset(type(self).__name__, reset, B, T, batched, x.device)
+        if reset is not None and packed and input.sorted_indices is not None:
+            reset = reset.index_select(0, input.sorted_indices.to(reset.device))
+        extras = (regs, reset, generator) if extras_used else None
 
         # Packed input: every layer projects only the N packed rows (not B*T padded positions).
-        out, finals = self._run_layers(x, states, lengths, (input.data, row_index) if packed else None)
+        out, finals = self._run_layers(x, states, lengths, (input.data, row_index) if packed else None,
+                                       extras)
 
         if packed:
             if input.unsorted_indices is not None:
@@ -270,9 +300,10 @@ class FusedRNNBase(nn.RNNBase):
         get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)  # noqa: E731
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr")
 
-    def _run_layers(self, x, states, lengths, packed_rows=None):
+    def _run_layers(self, x, states, lengths, packed_rows=None, extras=None):
         """x [B, T, F]; states: list of S tensors [L*D, B, size] or None; lengths [B] or None;
-        packed_rows: (PackedSequence.data [N, F], its row index from packed_to_padded) or None.
+        packed_rows: (PackedSequence.data [N, F], its row index from packed_to_padded) or None;
+        extras: None, or (regularisers, reset [B, T] or None, generator) of beyond.py.
         Returns output [B, T, D*out] and the list of S final-state tensors [L*D, B, size]."""
         B, T = x.shape[:2]
         if B == 0:  # fused_rnn needs B >= 1
@@ -280,6 +311,13 @@ class FusedRNNBase(nn.RNNBase):
         if lengths is not None:
             lengths = lengths.to(x.device)
         reverse_index = sequences.reversal_index(lengths, B, T, x.device) if self.bidirectional else None
+        kwargs = [{}, {}]  # fused_rnn keyword arguments of each direction
+        if extras is not None:
+            regs, reset, generator = extras
+            kwargs[0] = beyond.fused_kwargs(regs, reset, generator)
+            if self.bidirectional:
+                back = None if reset is None else beyond.reverse_reset(reset, lengths, reverse_index)
+                kwargs[1] = beyond.fused_kwargs(regs, back, generator)
         finals = []
         for layer in range(self.num_layers):
             outs = []
@@ -296,7 +334,8 @@ class FusedRNNBase(nn.RNNBase):
                     layer_in = None
                 else:
                     layer_in = sequences.reverse_time(x, reverse_index) if direction else x
-                out, last = self._run_direction(layer_in, layer, direction, init, lengths, wx)
+                out, last = self._run_direction(layer_in, layer, direction, init, lengths, wx,
+                                                kwargs[direction])
                 outs.append(sequences.reverse_time(out, reverse_index) if direction else out)
                 finals.append(last)
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
@@ -332,10 +371,12 @@ class FusedRNNBase(nn.RNNBase):
         w_ih, _, b_ih, _, _ = self._layer_weights(layer, direction)
         return time_major_projection(x, w_ih, b_ih)
 
-    def _run_direction(self, x, layer, direction, init, lengths, wx=None):
+    def _run_direction(self, x, layer, direction, init, lengths, wx=None, extras=None):
         """One layer and direction over x [B, T, F] (already reversed for direction 1), or over
         its precomputed input projection wx [B, T, G*H] (then x is None).
-        init: list of S tensors [B, size] or None. Returns out [B, T, out], list of S [B, size]."""
+        init: list of S tensors [B, size] or None; extras: fused_rnn keyword arguments beyond
+        torch.nn (``beyond.fused_kwargs``; empty or None for the plain call).
+        Returns out [B, T, out], list of S [B, size]."""
         _, w_hh, _, b_hh, _ = self._layer_weights(layer, direction)
         wx = self._input_projection(x, wx, layer, direction)  # [B, T, G*H]
         B, T = wx.shape[:2]
@@ -352,8 +393,31 @@ class FusedRNNBase(nn.RNNBase):
         if states is not None and states.dtype != wx.dtype:
             states = states.to(wx.dtype)
         h, last = fused_rnn(wx.view(B, T, G, NH, DH), r, b, states, cell=self.cell,
-                            lengths=lengths, backend=self.backend)
+                            lengths=lengths, backend=self.backend, **(extras or {}))
         return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]
+
+    def _not_fused_reason(self) -> str | None:
+        """Why this module's recurrence does not run in fused_rnn (then it cannot apply the
+        options beyond torch.nn), or None."""
+        if getattr(self, "parallel_in_time", False):
+            return "parallel_in_time=True (parallel_rnn)"
+        if self.cell is None:
+            return "nonlinearity='relu' (a per-step PyTorch loop)"
+        if self.proj_size:
+            return "proj_size > 0 (a per-step PyTorch loop)"
+        return None
+
+    def _check_regularisers_servable(self) -> None:
+        """At construction: ValueError when a regulariser is set on a module without fused_rnn."""
+        if (self.dropconnect, self.variational_dropout, self.zoneout) != beyond.OFF:
+            self._check_extras_servable()
+
+    def _check_extras_servable(self) -> None:
+        """ValueError when the module uses reset or a regulariser but does not run fused_rnn."""
+        reason = self._not_fused_reason()
+        if reason:
+            raise ValueError(f"{type(self).__name__}: dropconnect, variational_dropout, zoneout "
+                             f"and reset need the fused_rnn recurrence; this module runs {reason}")
 
     def _warn_not_fused(self, what: str):
         if not self._warned_not_fused:

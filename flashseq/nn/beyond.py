@@ -1,0 +1,149 @@
+"""The "beyond torch.nn" options of the recurrent modules: their checks and the per-call
+keyword arguments they become for ``flashseq.ops.fused_rnn``.
+
+Constructor (kept on the module): ``dropconnect``, ``variational_dropout`` and ``zoneout``
+probabilities, applied in training mode only. Forward (per call): ``reset`` [B, T] bool and the
+``generator`` the masks are drawn from. The masks' shapes, order and semantics are fused_rnn's
+(flashseq/kernels/fused_rnn/extras.py); a module with several layers or two directions makes one
+fused_rnn call per layer and direction, in the order layer 0 forward, layer 0 reverse, layer 1
+forward, ..., each drawing its own masks from the same generator, so one generator state gives
+the whole forward's masks.
+
+``reset[b, t] = True`` means a new sequence starts at step t of row b: the forward direction
+sets the states back to their initial value (``hx``, else zeros) before step t, and the reverse
+direction, which meets the steps in the opposite order, before step t - 1. A module given a
+reset at step k therefore returns what two separate calls on the steps before and from k would
+(each starting from ``hx``), in every layer and both directions.
+"""
+from __future__ import annotations
+
+import numbers
+
+import torch
+
+from . import sequences
+from .errors import RNNInputError
+
+OFF = (0.0, 0.0, (0.0, 0.0))  # (dropconnect, variational_dropout, zoneout) that change nothing
+
+
+def check_probability(name: str, p, upper_closed: bool) -> float:
+    """``p`` as a float in [0, 1] (``upper_closed``) or [0, 1); TypeError / ValueError naming
+    ``name`` otherwise."""
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a float probability; got {type(p).__name__} {p!r}")
+    p = float(p)
+    if not (0.0 <= p <= 1.0 if upper_closed else 0.0 <= p < 1.0):
+        allowed = "[0, 1]" if upper_closed else "[0, 1) (p = 1 would drop everything)"
+        raise ValueError(f"{name} must lie in {allowed}; got {p!r}")
+    return p
+
+
+def check_regularisers(kind: str, dropconnect, variational_dropout, zoneout, num_states: int):
+    """The constructor's three regularisers checked: ``(dropconnect, variational_dropout,
+    (p_h, p_c))`` as floats. ``num_states`` is the cell's state count (1: h only, so p_c must
+    be 0)."""
+    p_dc = check_probability("dropconnect", dropconnect, upper_closed=False)
+    p_var = check_probability("variational_dropout", variational_dropout, upper_closed=False)
+    if not isinstance(zoneout, (tuple, list)) or len(zoneout) != 2:
+        raise TypeError(f"zoneout must be a pair (p_h, p_c) of probabilities in [0, 1]; got "
+                        f"{type(zoneout).__name__} {zoneout!r}")
+    p_h = check_probability("zoneout[0] (p_h)", zoneout[0], upper_closed=True)
+    p_c = check_probability("zoneout[1] (p_c)", zoneout[1], upper_closed=True)
+    if p_c > 0 and num_states == 1:
+        raise ValueError(f"zoneout[1] (p_c) = {p_c} but {kind} has no cell state; use "
+                         "zoneout=(p_h, 0.0)")
+    return p_dc, p_var, (p_h, p_c)
+
+
+def regularisers(module) -> tuple:
+    """The module's (dropconnect, variational_dropout, zoneout), ``OFF`` in eval mode or for a
+    module pickled before it had them."""
+    if not module.training:
+        return OFF
+    return (getattr(module, "dropconnect", 0.0), getattr(module, "variational_dropout", 0.0),
+            tuple(getattr(module, "zoneout", (0.0, 0.0))))
+
+
+def regularisers_repr(module) -> list[str]:
+    """``name=value`` for each regulariser that is not off (for ``extra_repr``)."""
+    parts = []
+    for name, off in zip(("dropconnect", "variational_dropout", "zoneout"), OFF):
+        value = getattr(module, name, off)
+        if tuple(value) != off if isinstance(value, (tuple, list)) else value != off:
+            parts.append(f"{name}={value!r}")
+    return parts
+
+
+def check_generator(kind: str, generator, device) -> None:
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"{kind}: generator must be a torch.Generator or None; got "
+                        f"{type(generator).__name__}")
+    if torch.device(generator.device).type != torch.device(device).type:
+        raise ValueError(f"{kind}: generator must be on the input's device {device} (the masks "
+                         f"are drawn there); got a generator on {generator.device}")
+
+
+def check_reset(kind: str, reset, batch: int, steps: int, batched: bool, device):
+    """``reset`` as a [B, T] bool tensor, or None.
+
+    Accepted: [B, T] bool for batched input (whatever batch_first says; for a PackedSequence B
+    is the batch size and T the longest length, rows in the original, unsorted order), [T] for
+    unbatched input; on the CPU or the input's device. Raises TypeError / RNNInputError (a
+    ValueError) naming ``reset``.
+    """
+    if reset is None:
+        return None
+    if not isinstance(reset, torch.Tensor):
+        raise TypeError(f"{kind}: reset must be a bool torch.Tensor [B, T] or None; got "
+                        f"{type(reset).__name__}")
+    if reset.dtype != torch.bool:
+        raise TypeError(f"{kind}: reset must have dtype torch.bool; got shape "
+                        f"{tuple(reset.shape)}, dtype {reset.dtype}")
+    expected = (batch, steps) if batched else (steps,)
+    if tuple(reset.shape) != expected:
+        doc = "[B, T]" if batched else "[T] (unbatched input)"
+        raise RNNInputError(f"{kind}: reset must have shape {doc} = {expected}; got shape "
+                            f"{tuple(reset.shape)}")
+    if reset.device.type != "cpu" and reset.device != torch.device(device):
+        raise RNNInputError(f"{kind}: reset must be on the CPU or the input's device {device}; "
+                            f"got device {reset.device}")
+    return reset if batched else reset.unsqueeze(0)
+
+
+def reverse_reset(reset: torch.Tensor, lengths, reverse_index) -> torch.Tensor:
+    """The reset mask of the reverse direction, in its own (reversed) step order.
+
+    A sequence starting at step t means the reverse direction, which runs t-1 after t, must
+    start afresh at t - 1: the mask moves one step back (a reset at a row's step 0 says nothing
+    to it), then takes the reverse direction's order (``sequences.reverse_time``; with
+    ``lengths`` only each row's valid steps are reversed).
+    """
+    shifted = torch.zeros_like(reset)
+    shifted[:, :-1] = reset[:, 1:]
+    if lengths is not None:  # a flag past a row's end must not move into its valid steps
+        steps = torch.arange(reset.shape[1], device=reset.device)
+        shifted &= steps.unsqueeze(0) < lengths.to(reset.device).unsqueeze(1) - 1
+    if reverse_index is not None:
+        reverse_index = reverse_index.to(reset.device)
+    return sequences.reverse_time(shifted.unsqueeze(-1), reverse_index).squeeze(-1)
+
+
+def fused_kwargs(regs: tuple, reset, generator) -> dict:
+    """fused_rnn keyword arguments for one layer and direction: only those in use, so a call
+    without any is exactly the plain call."""
+    p_dc, p_var, zone = regs
+    kwargs = {}
+    if p_dc > 0:
+        kwargs["dropconnect"] = p_dc
+    if p_var > 0:
+        kwargs["variational_dropout"] = p_var
+    if zone[0] > 0 or zone[1] > 0:
+        kwargs["zoneout"] = zone
+    if reset is not None:
+        kwargs["reset"] = reset
+    if kwargs and generator is not None:
+        kwargs["generator"] = generator
+    return kwargs

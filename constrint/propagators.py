@@ -21,12 +21,20 @@ AGAIN = 2
 _MAX_PASSES = 8
 
 
+class Propagator:
+    """Base of the propagators: `events` None (wake on every change of a watched variable) and
+    not idempotent unless a class says otherwise."""
+    __slots__ = ()
+    events = None
+    idempotent = False
+
+
 def _ceil_div(a, b):
     """ceil(a / b) for any signs (b != 0)."""
     return -((-a) // b)
 
 
-class LinearLe:
+class LinearLe(Propagator):
     """sum(coefs[k] * x[idx[k]]) <= rhs."""
     __slots__ = ("terms", "rhs", "watch", "events")
     idempotent = True  # narrowing moves only bounds the least sum does not read
@@ -57,7 +65,7 @@ class LinearLe:
         return True
 
 
-class LinearEq:
+class LinearEq(Propagator):
     """sum(coefs[k] * x[idx[k]]) == rhs, bounds in both directions, repeated to its fixed point."""
     __slots__ = ("terms", "rhs", "watch")
     idempotent = True
@@ -130,7 +138,7 @@ def _residue_possible(st, terms, rhs):
     return rhs % g == 0 if g else rhs == 0
 
 
-class LinearEq2:
+class LinearEq2(Propagator):
     """a * x + b * y == rhs: the common two-term case of LinearEq (e.g. aux == 8 * x + 3)."""
     __slots__ = ("x", "a", "y", "b", "rhs", "watch")
     idempotent = True
@@ -169,7 +177,7 @@ class LinearEq2:
         return AGAIN
 
 
-class LinearNe:
+class LinearNe(Propagator):
     """sum(coefs[k] * x[idx[k]]) != rhs: acts once at most one variable is unfixed."""
     __slots__ = ("terms", "rhs", "watch")
     idempotent = True  # removing the one forbidden value leaves nothing more to do
@@ -199,7 +207,7 @@ class LinearNe:
         return st.remove(i, rest // a)
 
 
-class ProductNonneg:
+class ProductNonneg(Propagator):
     """out == coef * x1 * ... * xk where no factor can be negative (the tiling models' case) and
     coef >= 1 is the product of the factors known when the model was flattened."""
     __slots__ = ("out", "factors", "coef", "watch")
@@ -248,7 +256,7 @@ class ProductNonneg:
         return AGAIN
 
 
-class ProductNonneg2:
+class ProductNonneg2(Propagator):
     """out == coef * x * y with x, y >= 0 and a constant coef >= 1: the commonest product (a
     tile = count * size), one call per run where ProductNonneg dispatched to it (two-factor runs
     were half of all propagator runs on the FlashRNN-class models)."""
@@ -336,7 +344,7 @@ def _mul_interval(a_lo, a_hi, b_lo, b_hi):
     return min(c), max(c)
 
 
-class Product:
+class Product(Propagator):
     """out == x1 * ... * xk for factors of any sign (interval arithmetic)."""
     __slots__ = ("out", "factors", "watch")
 
@@ -369,7 +377,7 @@ class Product:
         return True
 
 
-class CeilDiv:
+class CeilDiv(Propagator):
     """out == ceil(num / den) with den > 0 (checked when the model is flattened)."""
     __slots__ = ("out", "num", "den", "watch")
     idempotent = True
@@ -438,7 +446,7 @@ def divisors(n):
     return tuple(small + large[::-1])
 
 
-class Divides:
+class Divides(Propagator):
     """dividend % divisor == 0 with divisor > 0 (checked when the model is flattened)."""
     __slots__ = ("divisor", "dividend", "watch")
 

@@ -46,9 +46,13 @@ class Search:
         by_var = [0] * n  # propagators waking on both events of each variable
         read_by = [0] * n  # propagators reading each variable (with `events` or not)
         by_event = [0] * (2 * n)  # propagators with `events`, per event
-        for k, prop in enumerate(self.props):
-            bit = 1 << k
-            events = getattr(prop, "events", None)
+        funcs = []
+        # an idempotent propagator leaves itself at its own fixed point, so its own changes
+        # must not wake it again: its bit is masked out of what its run wakes
+        keep_mask = []
+        bit = 1
+        for prop in self.props:
+            events = prop.events
             if events is None:
                 for i in prop.watch:
                     by_var[i] |= bit
@@ -57,18 +61,17 @@ class Search:
                     by_event[e] |= bit
                 for i in prop.watch:
                     read_by[i] |= bit
+            funcs.append(prop.propagate)
+            keep_mask.append(~bit if prop.idempotent else -1)
+            bit <<= 1
         wake = [0] * (2 * n)
         wake[0::2] = [b | e for b, e in zip(by_var, by_event[0::2])]
         wake[1::2] = [b | e for b, e in zip(by_var, by_event[1::2])]
         # how many propagators read each variable (branching order)
-        degree = [(b | r).bit_count() for b, r in zip(by_var, read_by)]
-        self.degree = degree
+        self.degree = [(b | r).bit_count() for b, r in zip(by_var, read_by)]
         self.st = DomainStore(flat.lo, flat.hi, flat.vals, wake)
-        self.funcs = [prop.propagate for prop in self.props]
-        # an idempotent propagator leaves itself at its own fixed point, so its own changes
-        # must not wake it again: its bit is masked out of what its run wakes
-        self.keep_mask = [~(1 << k) if getattr(prop, "idempotent", False) else -1
-                          for k, prop in enumerate(self.props)]
+        self.funcs = funcs
+        self.keep_mask = keep_mask
         self.pending = 0  # bit set of the propagators queued to run
         # the model variables to fix: all of them, or those of one part (components.Part)
         branch = getattr(flat, "branch", range(flat.n_model))

@@ -1,15 +1,16 @@
 """Suite "plstm": the tiled 2D pLSTM (``flashseq.ops.plstm_2d``) against the dense einsum form.
 
 Providers: "flashseq:plstm_2d" (the tiled PyTorch form, ``backend="torch"``), on CUDA also
-"flashseq:plstm_2d-triton" (``backend="triton"``: the Triton forward kernel; its backward
-recomputes the PyTorch form), and "dense-einsum"; ratios are against the dense form.
+"flashseq:plstm_2d-triton" (``backend="triton"``: the Triton forward and backward kernels), and
+"dense-einsum"; ratios are against the dense form.
 
 The dense form is the reference einsum algorithm: one tile covering the whole grid, i.e. the
 full [N, N] propagation matrix (N = X * Y) per batch row and head, applied as
 ``((q k^T) * G) v``; it is skipped where that matrix alone would pass ``DENSE_LIMIT_BYTES``.
 CUDA: B=16, H=4, DH=64, X = Y in {32, 64, 128}, bfloat16 inputs (fp32 accumulation inside),
 forward and forward+backward. CPU: B=2, H=2, DH=16, X = Y in {8, 16}, float32.
-Both providers pass a check against ``plstm_dag`` (float64) on a small grid before timing.
+Every provider passes a check against ``plstm_dag`` (float64) on a small grid before timing:
+the output and, as fwd+bwd is timed, every input's gradient.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from bench import runner
 from bench.suites import CorrectnessError
 
 DESCRIPTION = ("pLSTM 2D grid: flashseq.ops.plstm_2d (planned tiles; PyTorch form, and on CUDA "
-               "the Triton forward) vs the dense einsum form (full N x N propagation matrix); "
+               "the Triton kernels) vs the dense einsum form (full N x N propagation matrix); "
                "CUDA B=16 H=4 DH=64 bf16, X=Y 32..128.")
 TRITON = "flashseq:plstm_2d-triton"
 
@@ -75,22 +76,29 @@ def _timed(call, mode, args):
 
 
 def smoke_status(name, device, dtype) -> str | None:
-    """None if the provider matches ``plstm_dag`` in float64 on a 6 x 6 grid."""
+    """None if the provider matches ``plstm_dag`` in float64 on a 6 x 6 grid, output and
+    gradients."""
     from flashseq.kernels.plstm import grid_dag, grid_gates_to_dag, plstm_dag
     X, B, H, D = 6, 1, 2, 16
-    args = [a.detach() for a in make_inputs(B, X, H, D, dtype, device, seed=1)]
-    with torch.no_grad():
-        o = provider_fn(name, X)(*args).double()
-        q, k, v, s, t, m, d = (a.double() for a in args)
-        edges, pairs, kind = grid_dag(X, X)
-        gs, gt, gm = grid_gates_to_dag(s, t, m, edges, pairs, kind, X)
-        flat = [a.reshape(B, X * X, *a.shape[3:]) for a in (q, k, v, d)]
-        ref = plstm_dag(*flat[:3], gs, gt, gm, flat[3], edges=edges, transition_edges=pairs)
-    err = float((o.reshape(ref.shape) - ref).norm() / ref.norm())
+    args = [a.detach().requires_grad_() for a in make_inputs(B, X, H, D, dtype, device, seed=1)]
+    ref_args = [a.detach().double().requires_grad_() for a in args]
+    o = provider_fn(name, X)(*args)
+    q, k, v, s, t, m, d = ref_args
+    edges, pairs, kind = grid_dag(X, X)
+    gs, gt, gm = grid_gates_to_dag(s, t, m, edges, pairs, kind, X)
+    flat = [a.reshape(B, X * X, *a.shape[3:]) for a in (q, k, v, d)]
+    ref = plstm_dag(*flat[:3], gs, gt, gm, flat[3], edges=edges, transition_edges=pairs)
+    ref = ref.reshape(o.shape)
+    do = torch.randn(o.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grads = torch.autograd.grad(o, args, do.to(o.device, o.dtype))
+    ref_grads = torch.autograd.grad(ref, ref_args, do.to(ref.device))
     tol = 1e-5 if dtype == torch.float32 else 2e-2
-    if err <= tol:
-        return None
-    return f"failed: smoke check vs plstm_dag: relative error {err:.2e} > {tol}"
+    names = ("o", "dq", "dk", "dv", "dsource", "dtransition", "dmark", "ddirect")
+    for what, out, want in zip(names, (o, *grads), (ref, *ref_grads)):
+        err = float((out.detach().double() - want.detach()).norm() / want.detach().norm())
+        if not err <= tol:
+            return f"failed: smoke check vs plstm_dag: {what} relative error {err:.2e} > {tol}"
+    return None
 
 
 def run(device, quick: bool, progress) -> list[dict]:

@@ -1,4 +1,4 @@
-"""The Triton plstm_2d forward kernel compiles for real GPU targets without a GPU.
+"""The Triton plstm_2d forward and backward kernels compile for real GPU targets without a GPU.
 
 At K = V = 64 and 128 in bf16 and fp32, with the tile, BV and warps ``plan_plstm_2d_triton``
 picks for each on a 64 x 64 grid (B * H = 64), the kernel goes through triton.compile to a cubin for
@@ -6,7 +6,8 @@ GPUTarget("cuda", 90, 32) and ("cuda", 80, 32) in a subprocess with TRITON_INTER
 registers, spills (stack / local memory) and shared memory come from cuobjdump on the cubin
 (``pytest -s`` prints them). The planned kernel must not spill, and the plan's register model
 must not predict fewer registers than ptxas allocates (else the plan could pick a tile that
-spills). Compiling takes ~10-20 s per target on a 2-core machine: marked slow.
+spills). The backward kernel is compiled at the same tile; it still spills there (a strict
+xfail records it). Compiling takes ~10-20 s per kernel and target on a 2-core machine: slow.
 """
 
 import pytest
@@ -36,7 +37,7 @@ def reports():
               f"BV={rep['BV']} warps={rep['num_warps']} {rep['PREC']} | regs {rep['n_regs']} "
               f"(plan {rep['planned_regs']}) stack {rep['stack_bytes']} "
               f"local {rep['local_bytes']} | shared {rep['shared']}")
-    return {(rep["dim"], rep["arch"], rep["dtype"]): rep for rep in reps}
+    return {(rep["kernel"], rep["dim"], rep["arch"], rep["dtype"]): rep for rep in reps}
 
 
 CASES = [(dim, arch, dtype) for dtype in DTYPES for dim in DIMS for arch in ARCHS]
@@ -49,7 +50,7 @@ def _ids(case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_plstm_2d_kernel_compiles_to_cubin(reports, case):
-    rep = reports[case]
+    rep = reports[("plstm2d_fwd_kernel", *case)]
     assert rep["stage"] == "cubin" and rep["dtype"] == case[2]
     assert 0 < rep["n_regs"] <= 255, rep
     assert rep["shared"] <= (227 if case[1] == 90 else 163) * 1024, rep
@@ -58,13 +59,32 @@ def test_plstm_2d_kernel_compiles_to_cubin(reports, case):
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_plstm_2d_kernel_does_not_spill(reports, case):
-    rep = reports[case]
+    rep = reports[("plstm2d_fwd_kernel", *case)]
     assert rep["stack_bytes"] == 0 and rep["local_bytes"] == 0, f"spills: {rep}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_plan_register_model_covers_ptxas(reports, case):
-    rep = reports[case]
+    rep = reports[("plstm2d_fwd_kernel", *case)]
     assert rep["planned_regs"] >= rep["n_regs"], rep
     assert rep["planned_regs"] <= 255, rep
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_plstm_2d_backward_kernel_compiles_to_cubin(reports, case):
+    rep = reports[("plstm2d_bwd_kernel", *case)]
+    assert rep["stage"] == "cubin" and rep["dtype"] == case[2]
+    assert 0 < rep["n_regs"] <= 255, rep
+    assert rep["shared"] <= (227 if case[1] == 90 else 163) * 1024, rep
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="the backward kernel spills at the forward's planned tile "
+                   "(255 registers + 176-368 B of stack in bf16, 664-1176 B in fp32, sm_80/sm_90, "
+                   "K=V=64/128); no register model for it yet")
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_plstm_2d_backward_kernel_does_not_spill(reports, case):
+    rep = reports[("plstm2d_bwd_kernel", *case)]
+    assert rep["stack_bytes"] == 0 and rep["local_bytes"] == 0, f"spills: {rep}"

@@ -117,35 +117,51 @@ def plstm2d_bwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, DO, STA
                 tl.store(DK_ + p_dq[:, None] + kc + o_k[None, :],
                          _mm(tl.trans(d_qk), b_q, NP, NP, BK, PREC), mask=m_pk)
             tl.debug_barrier()               # the K-column updates below re-read dq, dk
-            m_lv = (o_i < nb)[:, None]
             slot_i = tl.where(o_i < BY, tj * BY + o_i, YP + o_i - BY).to(tl.int64)
             p_c = base + slot_i[:, None] * (DK * DV) + o_v[None, :]
             m_c = (o_i < nb)[:, None] & m_v[None, :]
             p_st = ((i_bh * NX + ti) * NY + tj).to(tl.int64) * (nb * DK * DV) + \
                 o_i[:, None] * (DK * DV) + o_v[None, :]
             p_col = row_p * (H * DK) + i_h * DK
-            d_mb = tl.zeros([NP, NB], dtype=tl.float32)
-            d_lb = tl.zeros([NB, NB], dtype=tl.float32)
-            d_ls = tl.zeros([NB, NP], dtype=tl.float32)
-            # one K row of the entering states and of the leaving adjoints at a time
+            # dMB, dLB, dLS accumulate in the dcoef slab (this program's own block), not in
+            # registers: three more [32, 32] fp32 accumulators spilled on sm_80/sm_90
+            p_dmb = p_dcf + o_p[:, None] * CW + o_i[None, :]
+            p_dlb = p_dcf + (NP + o_i)[:, None] * CW + o_i[None, :]
+            p_dls = p_dcf + (NP + o_i)[:, None] * CW + NB + o_p[None, :]
+            tl.store(p_dmb, tl.zeros([NP, NB], dtype=tl.float32))
+            tl.store(p_dlb, tl.zeros([NB, NB], dtype=tl.float32))
+            tl.store(p_dls, tl.zeros([NB, NP], dtype=tl.float32))
+            # one K row of the entering states and of the leaving adjoints at a time. The
+            # coefficients, C_in and v, do are read transposed straight from memory where a
+            # product needs them so (tl.trans of register blocks cost registers)
+            b_vT = tl.load(V_ + tl.trans(p_v), mask=tl.trans(m_pv), other=0.0).to(tl.float32)
+            b_doT = tl.load(DO + tl.trans(p_v), mask=tl.trans(m_pv), other=0.0).to(tl.float32)
+            m_pT = (o_p < BX * BY)[None, :]                                      # [1, NP]
+            m_lT = (o_i < nb)[None, :]
+            p_stT = ((i_bh * NX + ti) * NY + tj).to(tl.int64) * (nb * DK * DV) + \
+                o_i[None, :] * (DK * DV) + o_v[:, None]                             # [BV, NB]
+            m_cT = (o_i < nb)[None, :] & m_v[:, None]
             for kr in range(0, DK):
                 c_in = tl.load(STATES + p_st + kr * DV, mask=m_c, other=0.0)         # [NB, BV]
+                c_inT = tl.load(STATES + p_stT + kr * DV, mask=m_cT, other=0.0)     # [BV, NB]
                 dc_out = tl.load(SCR + p_c + kr * DV, mask=m_c, other=0.0)          # [NB, BV]
-                MB = tl.load(cf + o_p[:, None] * CW + o_i[None, :], mask=m_row, other=0.0)
-                LB = tl.load(cf + (NP + o_i)[:, None] * CW + o_i[None, :], mask=m_lv, other=0.0)
-                LS = tl.load(cf + (NP + o_i)[:, None] * CW + NB + o_p[None, :], mask=m_lv,
-                             other=0.0)
+                MBT = tl.load(cf + o_p[None, :] * CW + o_i[:, None], mask=m_pT, other=0.0)
+                LBT = tl.load(cf + (NP + o_i)[None, :] * CW + o_i[:, None], mask=m_lT, other=0.0)
+                LST = tl.load(cf + (NP + o_i)[None, :] * CW + NB + o_p[:, None], mask=m_lT,
+                              other=0.0)                                             # [NP, NB]
                 q_c = tl.load(Q + p_col + kr, mask=m_p, other=0.0).to(tl.float32)    # [NP]
                 k_c = tl.load(K_ + p_col + kr, mask=m_p, other=0.0).to(tl.float32)
                 q_do = (scale * q_c)[:, None] * b_do                                  # [NP, BV]
-                dc_in = (_mm(tl.trans(LB), dc_out, NB, NB, BV, PREC)
-                         + _mm(tl.trans(MB), q_do, NB, NP, BV, PREC))                 # [NB, BV]
-                ls_dc = _mm(tl.trans(LS), dc_out, NP, NB, BV, PREC)                  # [NP, BV]
+                dc_in = (_mm(LBT, dc_out, NB, NB, BV, PREC)
+                         + _mm(MBT, q_do, NB, NP, BV, PREC))                          # [NB, BV]
+                ls_dc = _mm(LST, dc_out, NP, NB, BV, PREC)                           # [NP, BV]
                 b_dv += k_c[:, None] * ls_dc
-                d_mb += _mm(q_do, tl.trans(c_in), NP, BV, NB, PREC)
-                d_lb += _mm(dc_out, tl.trans(c_in), NB, BV, NB, PREC)
-                d_ls += k_c[None, :] * _mm(dc_out, tl.trans(b_v), NB, BV, NP, PREC)
-                dq_c = scale * tl.sum(_mm(MB, c_in, NP, NB, BV, PREC) * b_do, 1)      # [NP]
+                tl.store(p_dmb, tl.load(p_dmb) + _mm(q_do, c_inT, NP, BV, NB, PREC))
+                tl.store(p_dlb, tl.load(p_dlb) + _mm(dc_out, c_inT, NB, BV, NB, PREC))
+                tl.store(p_dls, tl.load(p_dls)
+                         + k_c[None, :] * _mm(dc_out, b_vT, NB, BV, NP, PREC))
+                # dq_p += scale sum_i MB[p, i] (C_in[i] . do_p)
+                dq_c = scale * tl.sum(MBT * _mm(c_in, b_doT, NB, BV, NP, PREC), 0)   # [NP]
                 dk_c = tl.sum(ls_dc * b_v, 1)
                 dq_c += tl.load(DQ + p_dq + kr, mask=m_p, other=0.0)
                 dk_c += tl.load(DK_ + p_dq + kr, mask=m_p, other=0.0)
@@ -154,9 +170,6 @@ def plstm2d_bwd_kernel(Q, K_, V_, SR, SD, TRL, TRU, TDL, TDU, ML, MU, D, DO, STA
                 tl.store(DQ + p_dq + kr, dq_c, mask=m_p)
                 tl.store(DK_ + p_dq + kr, dk_c, mask=m_p)
             tl.store(DV_ + p_v, b_dv, mask=m_pv)
-            tl.store(p_dcf + o_p[:, None] * CW + o_i[None, :], d_mb)
-            tl.store(p_dcf + (NP + o_i)[:, None] * CW + o_i[None, :], d_lb)
-            tl.store(p_dcf + (NP + o_i)[:, None] * CW + NB + o_p[None, :], d_ls)
             tl.debug_barrier()               # the next tile reads the dC this one wrote
 
 

@@ -229,3 +229,21 @@ def test_nan_past_the_lengths_reaches_nothing():
                  torch.float32, **kwargs)
     for a, b in zip(dirty, clean):
         assert torch.equal(a, b)
+
+
+def test_create_graph_backward_differentiates_the_reference_with_the_same_masks():
+    """Under create_graph=True the extras backward is the reference loop's with the masks the
+    forward drew: a second derivative through it equals the reference back end's."""
+    inputs, upstream, lens = _case("layernorm_gru", seed=2)
+    kwargs = _all_extras("layernorm_gru")
+    results = []
+    for backend in ("triton", "reference"):
+        leaves = [x.detach().float().requires_grad_() for x in inputs]
+        out = fused_rnn(*leaves, cell="layernorm_gru", lengths=lens, backend=backend,
+                        generator=torch.Generator(DEVICE).manual_seed(4), **kwargs)
+        loss = sum((o * u.float()).sum() for o, u in zip(out, upstream))
+        d_wx, d_r = torch.autograd.grad(loss, leaves[:2], create_graph=True)
+        second = torch.autograd.grad((d_wx * d_wx).sum() + d_r.sum(), leaves[1])[0]
+        results.append((d_wx, d_r, second))
+    for name, a, b in zip(("d wx", "d r", "d2"), *results):
+        assert_close(f"create_graph {name}", a, b, 1e-5)

@@ -50,8 +50,8 @@ def fused_rnn_bwd_extras_kernel(
     hd = NH * DH
     state_size = B.to(tl.int64) * hd
     o_state = o_b * hd + i_n * DH
-    n_gates = (G * DH).to(tl.float32)
-    n_units = DH.to(tl.float32)
+    n_gates = G * DH * 1.0
+    n_units = DH * 1.0
 
     # r_g^T of the head on chip: element (j, k) is r[g, n, k, j]
     p_rt = R + i_n * DH * DH + o_d[None, :] * DH + o_d[:, None]

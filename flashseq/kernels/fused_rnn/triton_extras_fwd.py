@@ -70,8 +70,8 @@ def fused_rnn_fwd_extras_kernel(
     hd = NH * DH
     o_state = o_b * hd + i_n * DH  # [BB]
     state_size = B.to(tl.int64) * hd
-    n_gates = (G * DH).to(tl.float32)  # the count of a gate norm
-    n_units = DH.to(tl.float32)  # the count of LN(c)
+    n_gates = G * DH * 1.0  # the count of a gate norm (not .to: DH may be a constant 1)
+    n_units = DH * 1.0  # the count of LN(c)
 
     p_r = R + i_n * DH * DH + o_d[:, None] * DH + o_d[None, :]
     m_r = m_d[:, None] & m_d[None, :]

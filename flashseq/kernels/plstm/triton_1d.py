@@ -203,13 +203,19 @@ def plstm_1d_triton_bwd(q, k, v, source, transition, mark, direct, do, states, s
 
 class PLSTM1DTriton(torch.autograd.Function):
     """Triton forward and backward; exact-zero transitions (whose gradient the kernel's t dt / t
-    cannot give) take the backward of the chunked PyTorch form instead."""
+    cannot give) take the backward of the chunked PyTorch form instead. ``merge`` "sequential"
+    (one program walks the chunks) or "tree" (``triton_1d_tree``: chunk-parallel programs and a
+    log-depth scan of the chunk summaries); both feed the same backward kernel."""
 
     @staticmethod
-    def forward(ctx, q, k, v, source, transition, mark, direct, scale, chunk):
+    def forward(ctx, q, k, v, source, transition, mark, direct, scale, chunk, merge="sequential"):
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         gates = [g.contiguous() for g in (source, transition, mark, direct)]
-        o, states = plstm_1d_triton_fwd(q, k, v, *gates, scale, chunk, keep_states=True)
+        if merge == "tree":
+            from .triton_1d_tree import plstm_1d_triton_fwd_tree
+            o, states = plstm_1d_triton_fwd_tree(q, k, v, *gates, scale, chunk)
+        else:
+            o, states = plstm_1d_triton_fwd(q, k, v, *gates, scale, chunk, keep_states=True)
         ctx.save_for_backward(q, k, v, *gates, states)
         ctx.scale, ctx.chunk = scale, chunk
         return o
@@ -217,10 +223,11 @@ class PLSTM1DTriton(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         *inputs, states = ctx.saved_tensors
+        # dq, dk, dv, dsource, dtransition, dmark, ddirect; scale, chunk, merge
         if not bool((inputs[4] != 0).all()):
-            return (*_pytorch_backward(inputs, do, ctx.scale, ctx.chunk), None, None)
+            return (*_pytorch_backward(inputs, do, ctx.scale, ctx.chunk), None, None, None)
         grads = plstm_1d_triton_bwd(*inputs, do, states, ctx.scale, ctx.chunk)
-        return (*grads, None, None)
+        return (*grads, None, None, None)
 
 
 def _pytorch_backward(inputs, do, scale, chunk):

@@ -36,10 +36,13 @@ std::vector<int64_t> launch_shape(int64_t batch, int64_t heads) {
 // wx [B, T, G, NH, DH], rt [G, NH, DHP, DHP] (transposed, zero-padded, contiguous), b [G, NH, DH],
 // states0 [S, B, NH, DH], lengths [B] int64 or None, h [B, T, NH, DH] and last [S, B, NH, DH]
 // (written), xchg [2, NH, tiles*BB, DHP] and barrier [tiles*NH] int32 zeros (split heads
-// without a cluster; otherwise any tensors, unused).
+// without a cluster; otherwise any tensors, unused); save_gates / save_states: the save mode
+// for the backward (both or neither), fp32 contiguous [T, kNumSaved, B, NH, DH] (may be empty
+// when the cell saves nothing) and [T, S, B, NH, DH] (csrc/fused/layout_bwd.h saved_offset).
 void forward(const at::Tensor& wx, const at::Tensor& rt, const at::Tensor& b,
              const at::Tensor& states0, const c10::optional<at::Tensor>& lengths, at::Tensor& h,
-             at::Tensor& last, at::Tensor& xchg, at::Tensor& barrier) {
+             at::Tensor& last, at::Tensor& xchg, at::Tensor& barrier,
+             const c10::optional<at::Tensor>& save_gates, const c10::optional<at::Tensor>& save_states) {
   TORCH_CHECK(wx.is_cuda(), "wx must be a CUDA tensor; got ", wx.device());
   for (auto [t, name] : {std::pair{&rt, "rt"}, {&b, "b"}, {&states0, "states0"}, {&h, "h"},
                          {&last, "last_states"}})
@@ -82,6 +85,20 @@ void forward(const at::Tensor& wx, const at::Tensor& rt, const at::Tensor& b,
                 "barrier must be contiguous int32 [tiles*NH] zeros");
     p.xchg = xchg.data_ptr();
     p.barrier = reinterpret_cast<unsigned*>(barrier.data_ptr<int>());
+  }
+  TORCH_CHECK(save_gates.has_value() == save_states.has_value(),
+              "save_gates and save_states go together (the backward needs both)");
+  if (save_states.has_value()) {
+    const int64_t per_step = static_cast<int64_t>(p.batch) * p.heads * p.head_dim;
+    for (auto [t, name] : {std::pair{&*save_gates, "save_gates"}, {&*save_states, "save_states"}}) {
+      TORCH_CHECK(t->is_cuda() && t->device() == wx.device() && t->scalar_type() == at::kFloat &&
+                      t->is_contiguous() && t->numel() % (per_step * std::max(p.steps, 1)) == 0,
+                  name, " must be a contiguous float32 [T, X, B, NH, DH] tensor on ", wx.device());
+    }
+    TORCH_CHECK(save_states->numel() >= per_step * p.steps * last.size(0),
+                "save_states must be [T, S, B, NH, DH]");
+    p.save_gates = save_gates->numel() > 0 ? save_gates->data_ptr<float>() : nullptr;
+    p.save_states = save_states->data_ptr<float>();
   }
   const cudaError_t err = flashseq::fused::launch_fused_rnn_fwd(p, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, "fused_rnn CUDA forward launch failed: ", cudaGetErrorString(err));

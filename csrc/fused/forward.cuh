@@ -23,6 +23,7 @@
 #include "../cells/slstm.h"
 #include "device.cuh"
 #include "layout.h"
+#include "layout_bwd.h"  // saved_offset (save mode)
 #include "params.h"
 
 namespace flashseq {
@@ -52,6 +53,12 @@ __device__ __forceinline__ const typename E::T* elem_ptr(const void* base, long 
 // FLASHSEQ_MAX_REGS (the plan's predicted registers per thread) caps ptxas's allocation: left
 // free, ptxas spends registers it does not need on hoisting loads (up to 255), which would hide
 // whether the kernel fits the plan's budget. With the cap, 0 spill bytes is the proof.
+#if defined(FLASHSEQ_FWD_SAVE) && FLASHSEQ_FWD_SAVE
+constexpr bool kSaveForBackward = true;
+#else
+constexpr bool kSaveForBackward = false;
+#endif
+
 #if defined(FLASHSEQ_MAX_REGS)
 #define FLASHSEQ_FWD_BOUNDS __maxnreg__(FLASHSEQ_MAX_REGS)
 #else
@@ -201,6 +208,15 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
         Cell::forward(wx[j], rh, st[j], next, saved);
 #pragma unroll
         for (int s = 0; s < S; ++s) st[j][s] = next[s];
+        // save mode (backward.cuh): compiled in only with FLASHSEQ_FWD_SAVE=1 (training builds)
+        if (kSaveForBackward && p.save_states != nullptr && bg < B && unit < DH) {
+#pragma unroll
+          for (int s = 0; s < S; ++s)
+            p.save_states[saved_offset(t, s, S, B, p.heads, DH, bg, head_s, unit)] = next[s];
+#pragma unroll
+          for (int x = 0; x < Cell::kNumSaved; ++x)
+            p.save_gates[saved_offset(t, x, Cell::kNumSaved, B, p.heads, DH, bg, head_s, unit)] = saved[x];
+        }
       }
       const bool live = bg < B && unit < DH;
       if (live) {

@@ -24,6 +24,11 @@ struct FwdParams {
   long long last_stride[4];
   void* xchg;                // [2, NH, tiles_b * BB, DHP] h exchange (blocks per head > 1 only)
   unsigned* barrier;         // [tiles_b * NH] step counters, zero at launch (idem)
+  // save mode (for the backward, csrc/fused/backward.cuh), both nullptr otherwise: fp32,
+  // contiguous [T, X, B, NH, DH] (layout_bwd.h saved_offset), the cell's saved values
+  // (X = kNumSaved; unused when 0) and the states after each step (X = kNumStates)
+  float* save_gates;
+  float* save_states;
   int batch, steps, heads, head_dim;
 };
 

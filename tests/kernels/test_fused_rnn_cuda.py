@@ -4,8 +4,9 @@ the forward against the float64 reference.
 GPU cases (``-m gpu``; bench/gpu_session.sh runs them, and the ``sanitizer`` case again under
 compute-sanitizer): every cell, bf16 and fp16, DH 64/256/768 and 40 (padded to 48), NH*DH up to
 4096, with and without lengths. Each distinct plan is one JIT build; the fixture builds them all
-in parallel first. Forward only: the backward kernel does not exist yet, and a call that needs a
-gradient is refused (tested here too). The back end is opt-in (FLASHSEQ_CUDA_KERNELS=1) until
+in parallel first. Gradients (the save-mode forward + the persistent backward kernel +
+the d(r)/d(b) product, flashseq/kernels/fused_rnn/cuda_function.py) against float64 autograd
+of the reference, for every case. The back end is opt-in (FLASHSEQ_CUDA_KERNELS=1) until
 these tests have passed on a GPU; the tests here opt in.
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +47,25 @@ def _opt_in(monkeypatch):
     monkeypatch.setenv(cuda.OPT_IN, "1")
 
 
-def test_refuses_dtypes_and_gradients_it_cannot_serve():
+def test_refuses_dtypes_it_cannot_serve():
     assert "float32" in cuda.unsupported_reason(_problem(dtype=torch.float32))
-    assert "backward" in cuda.unsupported_reason(_problem(needs_grad=True))
+    assert "float32" in cuda.unsupported_reason(_problem(dtype=torch.float32, needs_grad=True))
+
+
+def test_gradient_builds_are_the_save_mode_forward_and_the_backward():
+    """A call with a gradient needs two more instantiations of the same plan: the forward with
+    FLASHSEQ_FWD_SAVE=1 and the backward kernel with its own binding and register cap."""
+    from flashseq.kernels.fused_rnn.cuda_compile import backward_defines
+    plan = plan_fused_rnn("lstm", 16, 1, 256, torch.bfloat16, "h100", backend="cuda")
+    fwd, save = cuda.extension_spec(plan, "sm_90a"), cuda.extension_spec(plan, "sm_90a", "forward_save")
+    bwd = cuda.extension_spec(plan, "sm_90a", "backward")
+    assert "-DFLASHSEQ_FWD_SAVE=1" in save.cuda_cflags and "-DFLASHSEQ_FWD_SAVE=1" not in fwd.cuda_cflags
+    assert [s.rsplit("/", 1)[-1] for s in bwd.sources] == ["fused_rnn_cuda_bwd.cpp", "fused_rnn_bwd.cu"]
+    assert f"-DFLASHSEQ_MAX_REGS={backward_defines(plan)['FLASHSEQ_MAX_REGS']}" in bwd.cuda_cflags
+    assert "-DFLASHSEQ_CLUSTER=1" in bwd.cuda_cflags  # the H100 plan's split head: a cluster
+    assert len({fwd.key(), save.key(), bwd.key()}) == 3
+    with pytest.raises(ValueError, match="kind"):
+        cuda.extension_spec(plan, "sm_90a", "sideways")
 
 
 def test_extension_spec_names_the_plan_instantiation():
@@ -77,7 +94,8 @@ def built():
     keys = set()
     for cell, B, T, NH, DH, dtype, _ in _cases():
         plan = cuda._plan(cell, B, NH, DH, dtype, torch.device("cuda"))
-        keys.add(cuda._spec_key(plan, cuda._arch(torch.device("cuda"))))
+        for kind in ("forward", "forward_save", "backward"):
+            keys.add(cuda._spec_key(plan, cuda._arch(torch.device("cuda")), kind))
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = dict(zip(keys, pool.map(cuda._extension, keys)))
     errors = [err for _, err in results.values() if err]
@@ -121,14 +139,40 @@ def test_forward_matches_float64_reference(built, nan_poison_empty, cell, B, T, 
 
 
 @pytest.mark.gpu
-def test_auto_picks_cuda_without_gradient_and_falls_back_with_one(built, monkeypatch):
+@pytest.mark.parametrize("cell, B, T, NH, DH, dtype, lengths", _cases(),
+                         ids=[f"{c}-B{b}T{t}NH{n}DH{d}-{str(dt)[6:]}-{'len' if ln else 'full'}"
+                              for c, b, t, n, d, dt, ln in _cases()])
+def test_gradients_match_float64_reference(built, nan_poison_empty, cell, B, T, NH, DH, dtype,
+                                           lengths):
+    """d(wx), d(r), d(b), d(states) of a random linear loss of h and the last states."""
+    gen = torch.Generator().manual_seed(B * 1000 + DH + T + 1)
+    (wx, r, b, states), lens = _inputs(cell, B, T, NH, DH, dtype, lengths, gen)
+    lens = None if lens is None else lens.cuda()
+    dh = torch.randn(B, T, NH, DH, generator=gen).cuda()
+    dlast = torch.randn(states.shape, generator=gen).cuda()
+    leaves = [t.detach().requires_grad_(True) for t in (wx, r, b, states)]
+    h, last = fused_rnn(*leaves, cell=cell, lengths=lens, backend="cuda")
+    ((h.float() * dh).sum() + (last.float() * dlast).sum()).backward()
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in (wx, r, b, states)]
+    h_ref, last_ref = fused_rnn_reference(*ref_leaves, cell=get_cell(cell), lengths=lens)
+    ((h_ref * dh.double()).sum() + (last_ref * dlast.double()).sum()).backward()
+    for name, got, ref in zip(("wx", "r", "b", "states"), leaves, ref_leaves):
+        assert got.grad is not None and torch.isfinite(got.grad).all(), name
+        assert _rel(got.grad, ref.grad) <= 1e-2, (name, _rel(got.grad, ref.grad))
+    if lens is not None:  # steps past a row's length get no gradient
+        t = torch.arange(T, device="cuda").view(1, T, 1, 1, 1)
+        assert (leaves[0].grad.masked_select(t >= lens.view(B, 1, 1, 1, 1)) == 0).all()
+
+
+@pytest.mark.gpu
+def test_auto_picks_cuda_with_and_without_gradient(built, monkeypatch):
     monkeypatch.setattr(backends, "_warned", set())
     gen = torch.Generator().manual_seed(7)
     (wx, r, b, states), _ = _inputs("lstm", 5, 23, 2, 64, torch.bfloat16, False, gen)
     assert backends.choose_name("auto", _problem()) == "cuda"
+    assert backends.choose_name("auto", _problem(needs_grad=True)) == "cuda"
     wx.requires_grad_(True)
-    with pytest.warns(RuntimeWarning, match="falling back to backend 'triton'"):
-        h, _ = fused_rnn(wx, r, b, states, cell="lstm", backend="auto")
+    h, _ = fused_rnn(wx, r, b, states, cell="lstm", backend="auto")
     h.float().sum().backward()
     assert torch.isfinite(wx.grad).all()
 
@@ -146,3 +190,9 @@ def test_one_split_and_one_fused_case_under_the_sanitizer():
         h_ref, _ = fused_rnn_reference(wx.double(), r.double(), b.double(), states.double(),
                                        cell=get_cell(cell), lengths=lens.cuda())
         assert _rel(h, h_ref) <= 1e-2
+        # the backward kernel too (save-mode forward, reversed loop, partial exchange)
+        leaves = [t.detach().requires_grad_(True) for t in (wx, r, b, states)]
+        h, last = fused_rnn(*leaves, cell=cell, lengths=lens.cuda(), backend="cuda")
+        (h.float().sum() + last.float().sum()).backward()
+        torch.cuda.synchronize()
+        assert all(torch.isfinite(t.grad).all() for t in leaves)

@@ -8,8 +8,9 @@ load). A build that fails makes this back end refuse the call with the compiler'
 so ``backend="auto"`` falls back to Triton with one warning.
 
 Opt-in for now: only with FLASHSEQ_CUDA_KERNELS=1 (the kernels are compile-checked, not yet
-run on a GPU). Serves today: bfloat16 / float16, forward only (no gradient: the backward kernel is not written
-yet), compute capability 8.0 or newer, plans on the fused or split path. Everything else is
+run on a GPU). Serves today: bfloat16 / float16, forward and backward (the persistent backward
+kernel, flashseq/kernels/fused_rnn/cuda_function.py), compute capability 8.0 or newer, plans on
+the fused or split path. Everything else is
 refused with the reason, never run wrongly.
 """
 from __future__ import annotations
@@ -52,14 +53,18 @@ def unavailable_reason(device):
 def unsupported_reason(problem):
     if problem.dtype not in SUPPORTED_DTYPES:
         return f"dtype {problem.dtype} is not served yet (allowed: float16, bfloat16)"
-    if problem.needs_grad:
-        return "the CUDA backward kernel is not built yet: it serves calls without gradients only"
     plan = _plan(problem.cell.name, problem.batch, problem.heads, problem.head_dim,
                  problem.dtype, problem.device)
     if plan.path not in ("fused", "split"):
         return f"the plan takes the {plan.path} path, which has no CUDA kernel ({plan.reason})"
-    _, error = _extension(_spec_key(plan, _arch(problem.device)))
-    return error
+    arch = _arch(problem.device)
+    # with a gradient: the forward in save mode and the backward kernel (csrc/fused/backward.cuh)
+    kinds = ("forward_save", "backward") if problem.needs_grad else ("forward",)
+    for kind in kinds:
+        _, error = _extension(_spec_key(plan, arch, kind))
+        if error:
+            return error
+    return None
 
 
 def _arch(device) -> str:
@@ -75,11 +80,19 @@ def _plan(cell, batch, heads, head_dim, dtype, device):
     return plan_fused_rnn(cell, batch, heads, head_dim, dtype, hardware.detect(device), backend="cuda")
 
 
-def extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
-    """The extension of one plan's forward instantiation for ``arch`` ("sm_80", "sm_90a", ...)."""
+def extension_spec(plan, arch: str, kind: str = "forward") -> _jit.ExtensionSpec:
+    """The extension of one plan's instantiation for ``arch`` ("sm_80", "sm_90a", ...): kind
+    "forward" (inference), "forward_save" (the forward that saves what the backward reads) or
+    "backward" (csrc/fused/fused_rnn_bwd.cu with its binding)."""
     from .cuda_compile import forward_defines, forward_sources
 
-    defines = forward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a")
+    if kind == "backward":
+        from .cuda_function import backward_extension_spec
+        return backward_extension_spec(plan, arch)
+    if kind not in ("forward", "forward_save"):
+        raise ValueError(f"kind must be 'forward', 'forward_save' or 'backward'; got {kind!r}")
+    defines = forward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a",
+                              save=kind == "forward_save")
     gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
                else f"-gencode=arch=compute_{arch[3:]},code={arch}")
     sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda.cpp"),
@@ -93,17 +106,17 @@ def extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
                      *(f"-D{k}={v}" for k, v in sorted(defines.items()))))
 
 
-def _spec_key(plan, arch):
+def _spec_key(plan, arch, kind="forward"):
     # a hashable stand-in for the spec (lru_cache key); the spec itself is rebuilt from it
-    return (plan, arch)
+    return (plan, arch, kind)
 
 
 @functools.lru_cache(maxsize=64)
 def _extension(key):
     """(module, None) or (None, why the build failed), once per process and plan."""
-    plan, arch = key
+    plan, arch, kind = key
     try:
-        return _jit.load_extension(extension_spec(plan, arch)), None
+        return _jit.load_extension(extension_spec(plan, arch, kind)), None
     except Exception as err:  # a failed build refuses the call (auto falls back), never crashes
         lines = str(err).strip().splitlines() or [type(err).__name__]
         first = next((ln for ln in lines if "error" in ln), lines[0]).strip()
@@ -111,12 +124,30 @@ def _extension(key):
 
 
 def fused_rnn(wx, r, b, states, *, cell, lengths):
-    """Forward of ``flashseq.ops.fused_rnn`` (layouts there) through the persistent kernel."""
-    B, T, G, NH, DH = wx.shape
-    plan = _plan(cell.name, B, NH, DH, wx.dtype, wx.device)
-    ext, error = _extension(_spec_key(plan, _arch(wx.device)))
+    """``flashseq.ops.fused_rnn`` (layouts there) through the persistent kernels; differentiable
+    (flashseq/kernels/fused_rnn/cuda_function.py) when a gradient is needed."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (wx, r, b, states)):
+        from .cuda_function import fused_rnn_with_grad
+        return fused_rnn_with_grad(wx, r, b, states, cell=cell, lengths=lengths)
+    return run_forward(wx, r, b, states, cell=cell, lengths=lengths)
+
+
+def extension(plan, arch: str, kind: str = "forward"):
+    """The built module of ``extension_spec(plan, arch, kind)``; NotImplementedError with the
+    build's first error when it failed."""
+    ext, error = _extension(_spec_key(plan, arch, kind))
     if ext is None:
         raise NotImplementedError(error)
+    return ext
+
+
+def run_forward(wx, r, b, states, *, cell, lengths, save_gates=None, save_states=None):
+    """(h, last_states) from the forward kernel; with ``save_gates``/``save_states`` (fp32
+    [T, kNumSaved, B, NH, DH] / [T, S, B, NH, DH], zero-filled) the save-mode build, which also
+    writes what the backward kernel reads (csrc/fused/layout_bwd.h ``saved_offset``)."""
+    B, T, G, NH, DH = wx.shape
+    plan = _plan(cell.name, B, NH, DH, wx.dtype, wx.device)
+    ext = extension(plan, _arch(wx.device), "forward" if save_states is None else "forward_save")
     _, grid_b, _, _, blocks_per_head, BB, DHP, cluster = ext.launch_shape(B, NH)
     # weights transposed and zero-padded, so each mma fragment register is one 32-bit load
     rt = wx.new_zeros(G, NH, DHP, DHP)
@@ -130,5 +161,5 @@ def fused_rnn(wx, r, b, states, *, cell, lengths):
         xchg = wx.new_empty(0)
         barrier = torch.zeros(0, dtype=torch.int32, device=wx.device)
     ext.forward(wx, rt, b, states, None if lengths is None else lengths.contiguous(), h, last,
-                xchg, barrier)
+                xchg, barrier, save_gates, save_states)
     return h, last

@@ -1,6 +1,7 @@
 """The CUDA fused_rnn kernels compiled to cubins with plain nvcc, and what ptxas and the SASS say.
 
-``compile_forward(plan, arch)`` builds csrc/fused/fused_rnn_fwd.cu for one plan (cell, dtype,
+``compile_forward(plan, arch)`` builds csrc/fused/fused_rnn_fwd.cu (``compile_backward``:
+fused_rnn_bwd.cu, the backward kernel of the same plan) for one plan (cell, dtype,
 tiles, exchange) and one target (``sm_80``, ``sm_90a``) with ``-Xptxas -v``, cached on disk
 (flashseq/kernels/fused_rnn/cuda_build.py, keyed by the sources' content and the flags), and
 returns a ``CubinReport``: registers, spill bytes, stack frame and shared memory from ptxas, and
@@ -32,13 +33,14 @@ def forward_sources() -> list[pathlib.Path]:
         FUSED_DIR / "fused_rnn_fwd.cu"] + sorted((_jit.CSRC_DIR / "cells").glob("*.h"))
 
 
-def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True
-                    ) -> dict[str, str]:
+def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True,
+                    save: bool = False) -> dict[str, str]:
     """-D values instantiating the forward kernel for a CUDA ``FusedRNNPlan`` (bf16/fp16).
 
     cluster: exchange h inside a cluster (sm_90a); default: as the plan says.
     cap_registers: cap ptxas at the plan's predicted registers per thread (FLASHSEQ_MAX_REGS,
         see csrc/fused/forward.cuh); False leaves ptxas free (up to 255).
+    save: compile in the save mode for the backward (FLASHSEQ_FWD_SAVE, training builds).
     """
     if plan.backend != "cuda" or plan.path not in ("fused", "split"):
         raise ValueError(f"the CUDA kernels serve CUDA plans on the fused/split path; got "
@@ -50,7 +52,26 @@ def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = 
             "FLASHSEQ_BB": str(plan.BB), "FLASHSEQ_BH": str(plan.BH),
             "FLASHSEQ_WM": str(plan.warps_m), "FLASHSEQ_WK": str(plan.warps_n),
             "FLASHSEQ_DHP": str(plan.padded_head_dim), "FLASHSEQ_CLUSTER": str(int(clus)),
+            **({"FLASHSEQ_FWD_SAVE": "1"} if save else {}),
             **({"FLASHSEQ_MAX_REGS": str(plan.registers_per_thread)} if cap_registers else {})}
+
+
+def backward_sources() -> list[pathlib.Path]:
+    """Every file the backward kernel's compile reads (its cache key)."""
+    return sorted(FUSED_DIR.glob("*.h")) + sorted(FUSED_DIR.glob("*.cuh")) + [
+        FUSED_DIR / "fused_rnn_bwd.cu"] + sorted((_jit.CSRC_DIR / "cells").glob("*.h"))
+
+
+def backward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True
+                     ) -> dict[str, str]:
+    """-D values of the backward kernel for a CUDA plan: the forward's tiles (same blocks), the
+    register cap at ``plan.backward_cuda_registers(plan)``."""
+    from .plan import backward_cuda_registers
+
+    defines = forward_defines(plan, cluster=cluster, cap_registers=False)
+    if cap_registers:
+        defines["FLASHSEQ_MAX_REGS"] = str(backward_cuda_registers(plan))
+    return defines
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,14 +147,26 @@ def _nvcc_version(nvcc: str) -> str:
 
 
 def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registers: bool = True,
-                    extra_flags: tuple[str, ...] = ()) -> CubinReport:
+                    extra_flags: tuple[str, ...] = (), save: bool = False) -> CubinReport:
     """Compile the forward kernel of ``plan`` for ``arch`` ("sm_80" | "sm_90a"); cached.
-    ``cluster`` and ``cap_registers`` as in ``forward_defines``."""
+    ``cluster``, ``cap_registers`` and ``save`` as in ``forward_defines``."""
+    defines = forward_defines(plan, cluster=cluster, cap_registers=cap_registers, save=save)
+    return _compile("fused_rnn_fwd", forward_sources(), defines, arch, extra_flags)
+
+
+def compile_backward(plan, arch: str, *, cluster: bool | None = None, cap_registers: bool = True,
+                     extra_flags: tuple[str, ...] = ()) -> CubinReport:
+    """Compile the backward kernel (csrc/fused/fused_rnn_bwd.cu) of ``plan`` for ``arch``;
+    cached. Capped at ``backward_registers(plan)``; ``cluster`` as in ``forward_defines``."""
+    defines = backward_defines(plan, cluster=cluster, cap_registers=cap_registers)
+    return _compile("fused_rnn_bwd", backward_sources(), defines, arch, extra_flags)
+
+
+def _compile(name: str, sources, defines: dict, arch: str, extra_flags) -> CubinReport:
     import time
 
     if arch not in ARCH_FLAGS:
         raise ValueError(f"arch must be one of {sorted(ARCH_FLAGS)}; got {arch!r}")
-    defines = forward_defines(plan, cluster=cluster, cap_registers=cap_registers)
     if defines["FLASHSEQ_CLUSTER"] == "1" and arch != "sm_90a":
         raise ValueError("the cluster exchange needs sm_90a")
     nvcc = cuda_build.find_tool("nvcc")
@@ -145,10 +178,10 @@ def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registe
 
     def build(dst):
         start = time.monotonic()
-        done = cuda_build.run_tool([nvcc, *flags, str(FUSED_DIR / "fused_rnn_fwd.cu"), "-o", str(dst)])
+        done = cuda_build.run_tool([nvcc, *flags, str(FUSED_DIR / f"{name}.cu"), "-o", str(dst)])
         seconds = time.monotonic() - start
         text = done.stdout + done.stderr
-        kernel = [blk for blk in text.split("Compiling entry function") if "fused_rnn_fwd_kernel" in blk]
+        kernel = [blk for blk in text.split("Compiling entry function") if f"{name}_kernel" in blk]
         if len(kernel) != 1:
             raise cuda_build.BuildError(f"no single kernel entry in the ptxas report:\n{text}")
         regs = _PTXAS_REGS.search(kernel[0])
@@ -157,7 +190,7 @@ def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registe
                 "spill_store_bytes": int(spill.group(2)), "spill_load_bytes": int(spill.group(3)),
                 "compile_s": round(seconds, 2)}
 
-    path, meta = cuda_build.cached_build("fused_rnn_fwd", forward_sources(), [flags, _nvcc_version(nvcc)],
+    path, meta = cuda_build.cached_build(name, sources, [flags, _nvcc_version(nvcc)],
                                          build, ".cubin")
     # the SASS is read again on every call (cheap), so a change of analyse_sass needs no rebuild
     sass = analyse_sass(cuda_build.run_tool([cuobjdump, "-sass", str(path)]).stdout)

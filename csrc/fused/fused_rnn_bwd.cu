@@ -1,0 +1,66 @@
+// One instantiation of the persistent backward kernel and its launcher, chosen by the same -D
+// flags as the forward's (csrc/fused/fused_rnn_fwd.cu): FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM,
+// _WK, _DHP, _CLUSTER, optional _MAX_REGS.
+#include <cuda_runtime.h>
+
+#include "backward.cuh"
+#include "launch_bwd.h"
+
+#if !defined(FLASHSEQ_CELL) || !defined(FLASHSEQ_ELEM) || !defined(FLASHSEQ_BB) ||         \
+    !defined(FLASHSEQ_BH) || !defined(FLASHSEQ_WM) || !defined(FLASHSEQ_WK) ||             \
+    !defined(FLASHSEQ_DHP) || !defined(FLASHSEQ_CLUSTER)
+#error "fused_rnn_bwd.cu needs FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM, _WK, _DHP and _CLUSTER"
+#endif
+
+namespace flashseq {
+namespace fused {
+
+using BwdCell = cells::FLASHSEQ_CELL;
+using BwdElem = FLASHSEQ_ELEM;
+using BTraits = BwdTraits<BwdCell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
+                          FLASHSEQ_CLUSTER != 0>;
+
+FwdLaunch bwd_launch_shape(int batch, int heads) {
+  constexpr Tiling kT = BTraits::kTiling.f;
+  return {heads * kT.P, (batch + kT.BB - 1) / kT.BB, kT.threads(), BTraits::kSmemBytes, kT.P, kT.BB,
+          kT.DHP, BTraits::kClusterExchange ? 1 : 0};
+}
+
+// As the forward: a cluster launch on sm_90a, a cooperative launch when a head's blocks meet
+// through global memory (they must all be resident), a plain launch otherwise.
+cudaError_t launch_fused_rnn_bwd(const BwdParams& params, cudaStream_t stream) {
+  auto kernel = fused_rnn_bwd_kernel<BwdCell, BwdElem, BTraits>;
+  const FwdLaunch shape = bwd_launch_shape(params.batch, params.heads);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         shape.smem_bytes);
+  if (err != cudaSuccess) return err;
+  const dim3 grid(shape.grid_x, shape.grid_y), block(shape.threads);
+  if (BTraits::kClusterExchange) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+    if (err != cudaSuccess) return err;
+    cudaLaunchConfig_t config = {};
+    config.gridDim = grid;
+    config.blockDim = block;
+    config.dynamicSmemBytes = shape.smem_bytes;
+    config.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = shape.blocks_per_head;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    config.attrs = attr;
+    config.numAttrs = 1;
+    return cudaLaunchKernelEx(&config, kernel, params);
+  }
+  if (shape.blocks_per_head > 1) {
+    BwdParams copy = params;
+    void* args[] = {&copy};
+    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args,
+                                       shape.smem_bytes, stream);
+  }
+  kernel<<<grid, block, shape.smem_bytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace fused
+}  // namespace flashseq

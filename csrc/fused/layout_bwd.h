@@ -1,0 +1,143 @@
+// Index math of the persistent fused_rnn BACKWARD kernel (csrc/fused/backward.cuh): which warp
+// holds which fragment of the transposed recurrent weights, where the gate gradients and the
+// partial sums live in shared memory, and how the partial d(h_prev) of the P blocks of a head
+// meet. Plain C++17 like layout.h (whose Tiling and mma lane tables it reuses), so the host
+// simulation (tests/kernels/cuda_layout_sim_bwd.cpp) runs the same functions as the kernel.
+//
+// The block slicing is the forward plan's: block (head, slice, batch tile) owns the units
+// e in [slice*BH, (slice+1)*BH) of the head, all G gates, and keeps r[g, head, k, e] for all k
+// on chip. Per reversed step it knows dg[b, (g, e)] = d(rh) of its own units only, so the
+// product it can form is the partial
+//   D[k, b] = sum_{(g, e) of the block} A[k, (g, e)] * Bop[(g, e), b],
+//   A[k, (g, e)] = r[g, head, k, e]   (weights as the mma A operand: rows k, registers),
+//   Bop[(g, e), b] = dg[b, g, e]      (the mma B operand, read from shared memory),
+// over all DHP rows k; d(h_prev)[b, k] is the sum of the P blocks' partials. Rows k make the
+// mma M side (DHP, a multiple of 16) and the block's G*BH gate columns its K side (a multiple
+// of 16 by the forward's own rule), so every forward plan serves, BH = 8 included.
+// The block's W = WM*WK warps are regrouped as WMB x WKB: WMB = gcd(W, DHP/16) warps over the
+// rows k, WKB = W / WMB warps splitting the G*BH reduction (their partials meet in shared
+// memory). Warp w = (wmb, wkb): wmb = w % WMB, wkb = w / WMB.
+#pragma once
+
+#include "layout.h"
+
+namespace flashseq {
+namespace fused {
+
+// What the forward saves for the backward (save mode, FwdParams::save_*), fp32 and contiguous:
+// per step t, X values per (batch row, head, unit): the cell's saved values (X = kNumSaved) and
+// the states after the step (X = kNumStates). Steps past a row's length are not written.
+FLASHSEQ_LAYOUT_FN long long saved_offset(int t, int x, int X, int batch, int heads, int head_dim,
+                                          int b, int head, int unit) {
+  return (((static_cast<long long>(t) * X + x) * batch + b) * heads + head) * head_dim + unit;
+}
+
+FLASHSEQ_LAYOUT_FN int gcd_int(int a, int b) { return b == 0 ? a : gcd_int(b, a % b); }
+
+struct BwdTiling {
+  Tiling f;  // the forward's tiling (same plan, same blocks)
+  int wmb;   // WMB, stored: a data member of a constexpr tiling folds to a constant in the
+             // kernel, where a (recursive) gcd call would be evaluated at run time
+
+  FLASHSEQ_LAYOUT_FN static BwdTiling of(const Tiling& fwd) {
+    return {fwd, gcd_int(fwd.warps(), fwd.DHP / 16)};
+  }
+  FLASHSEQ_LAYOUT_FN int warps() const { return f.warps(); }
+  FLASHSEQ_LAYOUT_FN int threads() const { return f.threads(); }
+  FLASHSEQ_LAYOUT_FN int WMB() const { return wmb; }
+  FLASHSEQ_LAYOUT_FN int WKB() const { return f.warps() / WMB(); }
+  FLASHSEQ_LAYOUT_FN int cols() const { return f.G * f.BH; }  // reduction: the block's gate columns
+  FLASHSEQ_LAYOUT_FN int rows_per_warp() const { return f.DHP / WMB(); }
+  FLASHSEQ_LAYOUT_FN int m_tiles() const { return rows_per_warp() / 16; }
+  FLASHSEQ_LAYOUT_FN int k_per_warp() const { return cols() / WKB(); }
+  FLASHSEQ_LAYOUT_FN int k_tiles() const { return k_per_warp() / f.K; }
+  FLASHSEQ_LAYOUT_FN int n_tiles() const { return f.BB / 8; }
+  // 32-bit registers of the weight fragments per lane: the forward's count (same elements)
+  FLASHSEQ_LAYOUT_FN int a_regs() const { return m_tiles() * k_tiles() * 4; }
+
+  FLASHSEQ_LAYOUT_FN const char* invalid() const {
+    return f.invalid()                         ? f.invalid()
+           : (f.K != 16) ? "the backward kernel serves 16-bit operands (mma K = 16) only"
+           : (cols() % (WKB() * f.K) != 0) ? "G*BH must split into WKB warps of whole K tiles"
+           : nullptr;
+  }
+
+  FLASHSEQ_LAYOUT_FN int warp_m(int warp) const { return warp % WMB(); }
+  FLASHSEQ_LAYOUT_FN int warp_k(int warp) const { return warp / WMB(); }
+
+  // gate columns: gate-major, col = gate * BH + unit (the forward's gate-row order)
+  FLASHSEQ_LAYOUT_FN GateUnit col_gate_unit(int col) const { return {col / f.BH, col % f.BH}; }
+
+  // -- A fragments (weights, transposed view): element i of lane `lane` in fragment (mt, kt) of
+  // warp `warp` is A[row k, col (g, e)] = r[g, head, k, slice*BH + e] ------------------------------
+  FLASHSEQ_LAYOUT_FN RowCol a_elem(int warp, int mt, int kt, int lane, int i) const {
+    const RowCol rc = MmaShape<16>::a(lane, i);
+    return {warp_m(warp) * rows_per_warp() + 16 * mt + rc.row,
+            warp_k(warp) * k_per_warp() + 16 * kt + rc.col};
+  }
+  // The kernel loads A register `reg` (elements 2reg, 2reg+1: columns col8 + 2*(lane%4) + 0/1,
+  // row row8 + lane/4) with one 32-bit load from the zero-padded r [G, NH, DHP, DHP] (not
+  // transposed: units e are contiguous). col8 is a multiple of 8 and so is BH: the 8 columns of
+  // a group share one gate, and the two elements of a register are adjacent units of it.
+  FLASHSEQ_LAYOUT_FN int a_pair_row8(int warp, int mt, int reg) const {
+    return warp_m(warp) * rows_per_warp() + 16 * mt + 8 * (reg & 1);
+  }
+  FLASHSEQ_LAYOUT_FN int a_pair_col8(int warp, int kt, int reg) const {
+    return warp_k(warp) * k_per_warp() + 16 * kt + 8 * (reg >> 1);
+  }
+  // element offset of r[g, head, k, slice*BH + unit] in the padded r
+  FLASHSEQ_LAYOUT_FN long long r_offset(int heads, int head, int slice, int gate, int k, int unit) const {
+    return ((static_cast<long long>(gate) * heads + head) * f.DHP + k) * f.DHP + f.head_unit(slice, unit);
+  }
+
+  // -- B fragments: the block's gate gradients dg in shared memory, [BB][dg_stride()] 16-bit
+  // elements, row b holding (g, e) gate-major; 16 bytes of padding as in the forward's h buffer
+  FLASHSEQ_LAYOUT_FN int dg_stride() const { return cols() + 16 / f.elem_bytes; }
+  FLASHSEQ_LAYOUT_FN int dg_elems() const { return f.BB * dg_stride(); }
+  FLASHSEQ_LAYOUT_FN int dg_offset(int b, int col) const { return b * dg_stride() + col; }
+  FLASHSEQ_LAYOUT_FN RowCol b_elem(int warp, int nt, int kt, int lane, int i) const {
+    const RowCol kn = MmaShape<16>::b(lane, i);
+    return {warp_k(warp) * k_per_warp() + 16 * kt + kn.row, 8 * nt + kn.col};
+  }
+  FLASHSEQ_LAYOUT_FN int b_smem_offset(int warp, int nt, int kt, int lane, int i) const {
+    return dg_offset(b_elem(warp, nt, kt, lane, i).col, b_elem(warp, nt, kt, lane, i).row);
+  }
+
+  // -- C fragments: (row k, batch row) of element i of lane `lane` in accumulator (mt, nt) ----
+  FLASHSEQ_LAYOUT_FN RowCol c_elem(int warp, int mt, int nt, int lane, int i) const {
+    const RowCol rc = MmaShape<16>::c(lane, i);
+    return {warp_m(warp) * rows_per_warp() + 16 * mt + rc.row, 8 * nt + rc.col};
+  }
+  // partial sums in shared memory, double-buffered by step parity (peers of a cluster read the
+  // previous step's buffer while this block fills the other): [2][WKB][BB][part_stride()] fp32
+  FLASHSEQ_LAYOUT_FN int part_stride() const { return f.DHP + ((4 - f.DHP) % 32 + 32) % 32; }
+  FLASHSEQ_LAYOUT_FN int part_buffer_elems() const { return WKB() * f.BB * part_stride(); }
+  FLASHSEQ_LAYOUT_FN int part_offset(int parity, int wk, int b, int k) const {
+    return ((parity * WKB() + wk) * f.BB + b) * part_stride() + k;
+  }
+  FLASHSEQ_LAYOUT_FN int c_smem_offset(int parity, int warp, int mt, int nt, int lane, int i) const {
+    return part_offset(parity, warp_k(warp), c_elem(warp, mt, nt, lane, i).col,
+                       c_elem(warp, mt, nt, lane, i).row);
+  }
+
+  // -- the P blocks' partials of one head meet (P > 1) ------------------------------------------
+  // Block `slice` needs d(h_prev)[b, k] only for its own units k = slice*BH + unit (the units
+  // whose pointwise backward it runs next step): it sums, in the fixed order peer = 0..P-1 and
+  // wk = 0..WKB-1 (deterministic), the peers' partials at row k.
+  // Cluster (sm_90a): the peers' shared partial buffers, at part_offset(parity, wk, b, k).
+  // Global memory: each block publishes its WKB-summed partial [BB][DHP] to an fp32 buffer
+  // [2][NH][P][tiles_b*BB][DHP]; after the head's flag barrier the readers sum the P slices.
+  FLASHSEQ_LAYOUT_FN long long xpart_offset(int parity, int heads, int padded_batch, int head,
+                                            int peer, int batch, int k) const {
+    return (((static_cast<long long>(parity) * heads + head) * f.P + peer) * padded_batch + batch) *
+               f.DHP + k;
+  }
+  FLASHSEQ_LAYOUT_FN long long xpart_elems(int heads, int padded_batch) const {
+    return 2LL * heads * f.P * padded_batch * f.DHP;
+  }
+  // row k of the partials that block `slice` reads for its unit `unit`
+  FLASHSEQ_LAYOUT_FN int own_row(int slice, int unit) const { return f.head_unit(slice, unit); }
+};
+
+}  // namespace fused
+}  // namespace flashseq

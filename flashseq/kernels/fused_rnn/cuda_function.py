@@ -1,0 +1,101 @@
+"""Gradients of ``backend="cuda"``: the save-mode forward, the persistent backward kernel, and
+d(r), d(b) as one product over all steps.
+
+The forward runs the save-mode build of the forward kernel (``FLASHSEQ_FWD_SAVE=1``), which also
+writes, in fp32, the cell's saved values per step ``[T, kNumSaved, B, NH, DH]`` and the states
+after each step ``[T, S, B, NH, DH]``. The backward kernel (csrc/fused/backward.cuh, same plan and
+blocks as the forward) walks the steps in reverse with the recurrent weights on chip and returns
+d(wx), d(initial states) and d(rh) per step (fp32). The weight gradients need no recurrence:
+    d(r)[g, n, k, e] = sum_{b, t} h_{t-1}[b, n, k] * d(rh_t)[b, g, n, e],
+    d(b)[g, n, e]    = sum_{b, t} d(rh_t)[b, g, n, e],
+one GEMM and one sum here, with h_{t-1} from the saved fp32 states (h_{-1} = the initial h).
+Rows past their length have d(rh) = 0, so they add nothing.
+"""
+from __future__ import annotations
+
+import torch
+
+from flashseq import _jit
+
+from . import cuda
+
+
+def backward_extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
+    """The extension of one plan's backward instantiation for ``arch`` ("sm_80", "sm_90a")."""
+    from .cuda_compile import backward_defines, backward_sources
+
+    defines = backward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a")
+    gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
+               else f"-gencode=arch=compute_{arch[3:]},code={arch}")
+    sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda_bwd.cpp"),
+               str(_jit.CSRC_DIR / "fused" / "fused_rnn_bwd.cu"))
+    depends = tuple(str(p) for p in backward_sources() if str(p) not in sources)
+    return _jit.ExtensionSpec(
+        name="flashseq_cuda_bwd", sources=sources, depends=depends, include_dirs=(str(_jit.CSRC_DIR),),
+        cflags=("-O3",),
+        cuda_cflags=("-O3", "-std=c++17", gencode, *(f"-D{k}={v}" for k, v in sorted(defines.items()))))
+
+
+# values the forward saves per step for the backward (csrc/cells: kNumSaved)
+SAVED_PER_STEP = {"lstm": 4, "gru": 4, "slstm": 4, "elman": 0}
+
+
+class FusedRNNCudaFunction(torch.autograd.Function):
+    """(h [B, T, NH, DH], last [S, B, NH, DH]) = fused_rnn(wx, r, b, states); layouts as
+    ``flashseq.ops.fused_rnn``. Gradients for wx, r, b and states."""
+
+    @staticmethod
+    def forward(ctx, wx, r, b, states, lengths, cell):
+        B, T, G, NH, DH = wx.shape
+        S = cell.num_states
+        f32 = dict(dtype=torch.float32, device=wx.device)
+        # zero-filled: steps past a row's length are not written, and d(r) multiplies them by 0
+        save_gates = torch.zeros(T, SAVED_PER_STEP[cell.name], B, NH, DH, **f32)
+        save_states = torch.zeros(T, S, B, NH, DH, **f32)
+        h, last = cuda.run_forward(wx, r, b, states, cell=cell, lengths=lengths,
+                                   save_gates=save_gates, save_states=save_states)
+        ctx.cell = cell
+        ctx.save_for_backward(r, states, lengths, save_gates, save_states)
+        return h, last
+
+    @staticmethod
+    def backward(ctx, dh, dlast):
+        r, states, lengths, save_gates, save_states = ctx.saved_tensors
+        cell = ctx.cell
+        G, NH, DH = r.shape[0], r.shape[1], r.shape[2]
+        S, B = states.shape[0], states.shape[1]
+        T = save_states.shape[0]
+        dtype, device = r.dtype, r.device
+        dh = torch.zeros(B, T, NH, DH, dtype=dtype, device=device) if dh is None else dh.to(dtype)
+        dlast = torch.zeros(S, B, NH, DH, dtype=dtype, device=device) if dlast is None else dlast.to(dtype)
+        plan = cuda._plan(cell.name, B, NH, DH, dtype, device)
+        ext = cuda.extension(plan, cuda._arch(device), "backward")
+        _, grid_b, _, _, blocks_per_head, BB, DHP, cluster = ext.launch_shape(B, NH)
+        # r zero-padded, not transposed: a fragment register holds two adjacent units e
+        rp = r.new_zeros(G, NH, DHP, DHP)
+        rp[:, :, :DH, :DH] = r
+        dwx = torch.empty(B, T, G, NH, DH, dtype=dtype, device=device)
+        drh = torch.empty(B, T, G, NH, DH, dtype=torch.float32, device=device)
+        dstates = torch.empty(S, B, NH, DH, dtype=dtype, device=device)
+        if blocks_per_head > 1 and not cluster:
+            xpart = torch.empty(2, NH, blocks_per_head, grid_b * BB, DHP, dtype=torch.float32, device=device)
+            barrier = torch.zeros(grid_b * NH, dtype=torch.int32, device=device)
+        else:
+            xpart = torch.empty(0, dtype=torch.float32, device=device)
+            barrier = torch.zeros(0, dtype=torch.int32, device=device)
+        ext.backward(rp, save_gates, save_states, states, lengths, dh, dlast, dwx, drh, dstates,
+                     xpart, barrier)
+        # h_{t-1} per step, fp32: the initial h, then the saved h of steps 0..T-2
+        h_prev = torch.cat([states[:1].float(), save_states[:-1, 0]], dim=0)  # [T, B, NH, DH]
+        dr = torch.einsum("tbnk,btgne->gnke", h_prev, drh).to(dtype)
+        db = drh.sum(dim=(0, 1)).to(dtype)
+        return dwx, dr, db, dstates, None, None
+
+
+def fused_rnn_with_grad(wx, r, b, states, *, cell, lengths):
+    """``flashseq.ops.fused_rnn`` through the persistent kernels, differentiable in wx, r, b and
+    states (``lengths`` None or int64 [B] on wx's device)."""
+    if wx.shape[1] == 0:
+        raise ValueError(f"wx must have at least one step for the CUDA backward; got shape {tuple(wx.shape)}")
+    lens = None if lengths is None else lengths.contiguous()
+    return FusedRNNCudaFunction.apply(wx, r, b, states, lens, cell)

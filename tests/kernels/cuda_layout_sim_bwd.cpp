@@ -1,0 +1,240 @@
+// Host simulation of one reversed step's product in the persistent CUDA backward kernel, built
+// with g++ by tests/kernels/test_cuda_layout_bwd.py. Every block, warp and lane runs the index
+// functions of csrc/fused/layout_bwd.h exactly as csrc/fused/backward.cuh calls them: the
+// pointwise threads' d(rh) into the shared buffer, the weight fragments loaded as 32-bit pairs
+// from the zero-padded r, the d(rh) fragments read as 32-bit pairs from shared memory, the
+// partial sums into the parity buffers, and the meeting of the P blocks' partials (a cluster's
+// distributed shared memory, or the fp32 global buffer). The tensor-core instruction itself is
+// emulated from lane tables the Python test transcribes from the PTX documentation.
+// Output: dh[b, n, k] = sum_{g, e} dg[b, g, n, e] * r[g, n, k, e] as the kernel would form it;
+// a nonzero exit code and a message when an element is written twice or never.
+//
+// Usage: cuda_layout_sim_bwd <input file> <output file>. Input (little-endian):
+//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode(0: global exchange, 1: cluster)
+//   int32 a_tab[32][8][2], b_tab[32][4][2], c_tab[32][4][2]   (row, col) per lane and element
+//   float64 r[G][NH][DH][DH], dg[B][G][NH][DH]
+// Output: float64 dh[B][NH][DH].
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include "../../csrc/fused/layout_bwd.h"
+
+using flashseq::fused::BatchUnit;
+using flashseq::fused::BwdTiling;
+using flashseq::fused::GateUnit;
+using flashseq::fused::RowCol;
+using flashseq::fused::Tiling;
+
+namespace {
+
+int failures = 0;
+
+void fail(const char* what, long long index, int count) {
+  if (failures++ < 10) std::fprintf(stderr, "%s: element %lld written %d times\n", what, index, count);
+}
+
+void expect_once(const char* what, const std::vector<int>& counts) {
+  for (size_t i = 0; i < counts.size(); ++i)
+    if (counts[i] != 1) fail(what, static_cast<long long>(i), counts[i]);
+}
+
+template <typename T>
+void read(FILE* f, T* dst, size_t n) {
+  if (std::fread(dst, sizeof(T), n, f) != n) {
+    std::fprintf(stderr, "short input\n");
+    std::exit(2);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 3) return 2;
+  FILE* in = std::fopen(argv[1], "rb");
+  if (!in) return 2;
+  int hdr[13];
+  read(in, hdr, 13);
+  const Tiling ft{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8]};
+  const BwdTiling t = BwdTiling::of(ft);
+  const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12];
+  if (const char* why = t.invalid()) {
+    std::fprintf(stderr, "invalid tiling: %s\n", why);
+    return 3;
+  }
+  std::vector<int> a_tab(32 * 8 * 2), b_tab(32 * 4 * 2), c_tab(32 * 4 * 2);
+  read(in, a_tab.data(), a_tab.size());
+  read(in, b_tab.data(), b_tab.size());
+  read(in, c_tab.data(), c_tab.size());
+  const int G = ft.G, DHP = ft.DHP, BB = ft.BB, BH = ft.BH, P = ft.P;
+  std::vector<double> r(static_cast<size_t>(G) * NH * DH * DH), dg(static_cast<size_t>(B) * G * NH * DH);
+  read(in, r.data(), r.size());
+  read(in, dg.data(), dg.size());
+  std::fclose(in);
+
+  // the zero-padded r [G][NH][DHP][DHP] the Python side builds (not transposed)
+  std::vector<double> rp(static_cast<size_t>(G) * NH * DHP * DHP, 0.0);
+  for (int g = 0; g < G; ++g)
+    for (int n = 0; n < NH; ++n)
+      for (int k = 0; k < DH; ++k)
+        for (int e = 0; e < DH; ++e)
+          rp[((static_cast<size_t>(g) * NH + n) * DHP + k) * DHP + e] =
+              r[((static_cast<size_t>(g) * NH + n) * DH + k) * DH + e];
+
+  const int tiles_b = (B + BB - 1) / BB, padded_b = tiles_b * BB;
+  const int parity = 1;  // the step's parity (i & 1); the gather reads the same buffer
+  const int W = t.warps(), MT = t.m_tiles(), KT = t.k_tiles(), NT = t.n_tiles();
+  // every block's shared partial buffers [2][WKB][BB][part_stride], indexed by block
+  const int n_blocks_x = NH * P;
+  std::vector<std::vector<double>> part(static_cast<size_t>(n_blocks_x) * tiles_b,
+                                        std::vector<double>(2 * t.part_buffer_elems(), -1e300));
+  std::vector<std::vector<int>> part_count(part.size(), std::vector<int>(2 * t.part_buffer_elems(), 0));
+
+  for (int by = 0; by < tiles_b; ++by)
+    for (int bx = 0; bx < n_blocks_x; ++bx) {
+      const int head = ft.block_head(bx), slice = ft.block_slice(bx);
+      // 1. pointwise threads put d(rh) of their (batch, unit) elements into shared memory
+      std::vector<double> sDg(t.dg_elems(), -1e300);
+      std::vector<int> dg_count(t.dg_elems(), 0);
+      const int EL = ft.elems_per_thread();
+      for (int tid = 0; tid < t.threads(); ++tid)
+        for (int j = 0; j < EL; ++j) {
+          if (!ft.elem_valid(tid, j)) continue;
+          const BatchUnit e = ft.elem(tid, j);
+          const int bg = ft.batch_row(by, e.b), unit = ft.head_unit(slice, e.unit);
+          const bool live = bg < B && unit < DH;
+          for (int g = 0; g < G; ++g) {
+            const int off = t.dg_offset(e.b, g * BH + e.unit);
+            sDg[off] = live ? dg[((static_cast<size_t>(bg) * G + g) * NH + head) * DH + unit] : 0.0;
+            dg_count[off]++;
+          }
+        }
+      for (int b = 0; b < BB; ++b)
+        for (int col = 0; col < t.cols(); ++col)
+          if (dg_count[t.dg_offset(b, col)] != 1) fail("d(rh) buffer", t.dg_offset(b, col), dg_count[t.dg_offset(b, col)]);
+
+      // 2. each warp's fragments and its emulated mma
+      std::vector<double>& sPart = part[static_cast<size_t>(by) * n_blocks_x + bx];
+      std::vector<int>& pcount = part_count[static_cast<size_t>(by) * n_blocks_x + bx];
+      for (int warp = 0; warp < W; ++warp)
+        for (int mt = 0; mt < MT; ++mt)
+          for (int nt = 0; nt < NT; ++nt) {
+            double acc[32][4] = {};
+            for (int kt = 0; kt < KT; ++kt) {
+              // A registers as the kernel loads them: pair (2reg, 2reg+1) at one address
+              double Atile[16][16], Btile[16][8];
+              int a_seen[16][16] = {}, b_seen[16][8] = {};
+              for (int lane = 0; lane < 32; ++lane) {
+                for (int reg = 0; reg < 4; ++reg) {
+                  const int row = t.a_pair_row8(warp, mt, reg) + (lane >> 2);
+                  const GateUnit gu = t.col_gate_unit(t.a_pair_col8(warp, kt, reg));
+                  const long long off = t.r_offset(NH, head, slice, gu.gate, row, gu.unit + 2 * (lane & 3));
+                  for (int h = 0; h < 2; ++h) {
+                    const int i = 2 * reg + h;
+                    const int tr = a_tab[(lane * 8 + i) * 2], tc = a_tab[(lane * 8 + i) * 2 + 1];
+                    Atile[tr][tc] = rp[off + h];
+                    a_seen[tr][tc]++;
+                  }
+                }
+                // B: 32-bit pairs at elements 0 and 2
+                for (int pr = 0; pr < 2; ++pr) {
+                  const int off = t.b_smem_offset(warp, nt, kt, lane, 2 * pr);
+                  for (int h = 0; h < 2; ++h) {
+                    const int i = 2 * pr + h;
+                    const int tk = b_tab[(lane * 4 + i) * 2], tn = b_tab[(lane * 4 + i) * 2 + 1];
+                    Btile[tk][tn] = sDg[off + h];
+                    b_seen[tk][tn]++;
+                  }
+                }
+              }
+              for (int x = 0; x < 16; ++x)
+                for (int y = 0; y < 16; ++y)
+                  if (a_seen[x][y] != 1) fail("A tile", x * 16 + y, a_seen[x][y]);
+              for (int x = 0; x < 16; ++x)
+                for (int y = 0; y < 8; ++y)
+                  if (b_seen[x][y] != 1) fail("B tile", x * 8 + y, b_seen[x][y]);
+              for (int lane = 0; lane < 32; ++lane)
+                for (int i = 0; i < 4; ++i) {
+                  const int cr = c_tab[(lane * 4 + i) * 2], cc = c_tab[(lane * 4 + i) * 2 + 1];
+                  double s = 0.0;
+                  for (int kk = 0; kk < 16; ++kk) s += Atile[cr][kk] * Btile[kk][cc];
+                  acc[lane][i] += s;
+                }
+            }
+            for (int lane = 0; lane < 32; ++lane)
+              for (int i = 0; i < 4; ++i) {
+                const int off = t.c_smem_offset(parity, warp, mt, nt, lane, i);
+                sPart[off] = acc[lane][i];
+                pcount[off]++;
+              }
+          }
+      for (int wk = 0; wk < t.WKB(); ++wk)
+        for (int b = 0; b < BB; ++b)
+          for (int k = 0; k < DHP; ++k) {
+            const int off = t.part_offset(parity, wk, b, k);
+            if (pcount[off] != 1) fail("partial sums", off, pcount[off]);
+          }
+    }
+
+  // 3. the global exchange: each block publishes its WKB-summed partial [BB][DHP]
+  std::vector<double> xpart(static_cast<size_t>(t.xpart_elems(NH, padded_b)), -1e300);
+  std::vector<int> xcount(xpart.size(), 0);
+  if (!cluster && P > 1)
+    for (int by = 0; by < tiles_b; ++by)
+      for (int bx = 0; bx < n_blocks_x; ++bx) {
+        const std::vector<double>& sPart = part[static_cast<size_t>(by) * n_blocks_x + bx];
+        for (int idx = 0; idx < BB * DHP; ++idx) {
+          const int b = idx / DHP, k = idx % DHP;
+          double s = 0.0;
+          for (int wk = 0; wk < t.WKB(); ++wk) s += sPart[t.part_offset(parity, wk, b, k)];
+          const long long off = t.xpart_offset(parity, NH, padded_b, ft.block_head(bx), ft.block_slice(bx),
+                                               ft.batch_row(by, b), k);
+          xpart[off] = s;
+          xcount[off]++;
+        }
+      }
+
+  // 4. the gather of each block's own units (the next step's pointwise threads)
+  std::vector<double> out(static_cast<size_t>(B) * NH * DH, 0.0);
+  std::vector<int> out_count(out.size(), 0);
+  for (int by = 0; by < tiles_b; ++by)
+    for (int bx = 0; bx < n_blocks_x; ++bx) {
+      const int head = ft.block_head(bx), slice = ft.block_slice(bx);
+      for (int tid = 0; tid < t.threads(); ++tid)
+        for (int j = 0; j < ft.elems_per_thread(); ++j) {
+          if (!ft.elem_valid(tid, j)) continue;
+          const BatchUnit e = ft.elem(tid, j);
+          const int bg = ft.batch_row(by, e.b), unit = ft.head_unit(slice, e.unit);
+          if (bg >= B || unit >= DH) continue;
+          const int k = t.own_row(slice, e.unit);
+          double s = 0.0;
+          if (P == 1) {
+            const std::vector<double>& sPart = part[static_cast<size_t>(by) * n_blocks_x + bx];
+            for (int wk = 0; wk < t.WKB(); ++wk) s += sPart[t.part_offset(parity, wk, e.b, k)];
+          } else if (cluster) {
+            for (int peer = 0; peer < P; ++peer) {
+              // the peer of rank `peer` in this head's cluster: block head*P + peer of this tile
+              const std::vector<double>& pp = part[static_cast<size_t>(by) * n_blocks_x + head * P + peer];
+              for (int wk = 0; wk < t.WKB(); ++wk) s += pp[t.part_offset(parity, wk, e.b, k)];
+            }
+          } else {
+            for (int peer = 0; peer < P; ++peer) {
+              const long long off = t.xpart_offset(parity, NH, padded_b, head, peer, bg, k);
+              if (xcount[off] != 1) fail("exchange read", off, xcount[off]);
+              s += xpart[off];
+            }
+          }
+          const size_t o = (static_cast<size_t>(bg) * NH + head) * DH + unit;
+          out[o] = s;
+          out_count[o]++;
+        }
+    }
+  expect_once("d(h_prev)", out_count);
+
+  FILE* f = std::fopen(argv[2], "wb");
+  if (!f) return 2;
+  std::fwrite(out.data(), sizeof(double), out.size(), f);
+  std::fclose(f);
+  if (failures) std::fprintf(stderr, "%d layout failures\n", failures);
+  return failures ? 1 : 0;
+}

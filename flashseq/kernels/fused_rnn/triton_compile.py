@@ -3,10 +3,12 @@
 ``python -m flashseq.kernels.fused_rnn.triton_compile --cell lstm --head-dim 64 --arch 90``
 prints one JSON line per kernel: the stage reached ("cubin": ptxas ran), registers per
 thread, local memory (spills), shared memory, and the tiles it was compiled for, so the numbers can be
-compared with the plan. ``--extras`` compiles the extras kernels instead (``triton_extras_fwd``/
-``triton_extras_bwd`` with every extra on: lengths, variational, zoneout, reset, all states; the
-LayerNorm cells ``layernorm_lstm``/``layernorm_gru`` only this way). Must run with TRITON_INTERPRET unset (the interpreter replaces the
+compared with the plan. Must run with TRITON_INTERPRET unset (the interpreter replaces the
 JIT functions); the tests call it in a subprocess for that reason.
+
+``--extras`` compiles the extras kernels instead (``triton_extras_fwd``/``triton_extras_bwd``
+with every extra on: lengths, variational, zoneout, reset, all states); the LayerNorm cells
+``layernorm_lstm``/``layernorm_gru`` compile only this way.
 """
 from __future__ import annotations
 
@@ -123,7 +125,8 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
     for kernel, sig, constexprs, num_warps, num_stages in specs:
         assert isinstance(kernel, JITFunction)
         compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages)
-        report = {"kernel": kernel.__name__, "cell": cell_name, "extras": extras, "head_dim": head_dim, "arch": arch,
+        report = {"kernel": kernel.__name__, "cell": cell_name, "extras": extras,
+                  "head_dim": head_dim, "arch": arch,
                   "dtype": dtype_name(dtype), "gpu": plan.gpu, "path": plan.path,
                   "BB": plan.BB, "DHP": plan.padded_head_dim, "BH": plan.BH, "BK": constexprs.get("BK", plan.BK),
                   "num_warps": num_warps, "num_stages": num_stages,

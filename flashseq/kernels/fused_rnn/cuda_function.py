@@ -85,11 +85,17 @@ class FusedRNNCudaFunction(torch.autograd.Function):
             barrier = torch.zeros(0, dtype=torch.int32, device=device)
         ext.backward(rp, save_gates, save_states, states, lengths, dh, dlast, dwx, drh, dstates,
                      xpart, barrier)
-        # h_{t-1} per step, fp32: the initial h, then the saved h of steps 0..T-2
-        h_prev = torch.cat([states[:1].float(), save_states[:-1, 0]], dim=0)  # [T, B, NH, DH]
-        dr = torch.einsum("tbnk,btgne->gnke", h_prev, drh).to(dtype)
-        db = drh.sum(dim=(0, 1)).to(dtype)
-        return dwx, dr, db, dstates, None, None
+        dr, db = weight_gradients(states, save_states, drh)
+        return dwx, dr.to(dtype), db.to(dtype), dstates, None, None
+
+
+def weight_gradients(states, save_states, drh):
+    """(d(r) [G, NH, DH, DH], d(b) [G, NH, DH]) in save_states' dtype from the initial states
+    [S, B, NH, DH], the states after each step [T, S, B, NH, DH] and d(rh) [B, T, G, NH, DH]:
+    d(r)[g, n, k, e] = sum_{b, t} h_{t-1}[b, n, k] d(rh_t)[b, g, n, e], d(b) = sum_{b, t} d(rh)."""
+    # h_{t-1} per step: the initial h, then the saved h of steps 0..T-2
+    h_prev = torch.cat([states[:1].to(save_states.dtype), save_states[:-1, 0]], dim=0)  # [T, B, NH, DH]
+    return torch.einsum("tbnk,btgne->gnke", h_prev, drh), drh.sum(dim=(0, 1))
 
 
 def fused_rnn_with_grad(wx, r, b, states, *, cell, lengths):

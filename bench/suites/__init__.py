@@ -21,6 +21,7 @@ SUITES = {
     "plstm": "bench.suites.plstm",
     "microbench": "bench.suites.microbench",
     "parallel_rnn": "bench.suites.parallel_rnn",
+    "beyond": "bench.suites.beyond",
 }
 
 

@@ -1,8 +1,9 @@
 // Per-row math of the extras loop (fused_rnn_extras.h): one (head, batch) row of one step,
-// forward and backward, for the plain cells (through their headers in csrc/cells/, one scalar at
-// a time) and for the LayerNorm cells, whose norms reduce over the row and so do not fit the
-// headers' per-unit contract. The LayerNorm placement is that of flashseq/cells/layernorm_lstm.py
-// and layernorm_gru.py (unit gain, zero bias, eps 1e-5, biased variance):
+// forward and backward, for the plain cells (through their headers in csrc/cells/) and for the
+// LayerNorm cells, whose norms reduce over the row and so do not fit the headers' per-unit
+// contract. Units go one SIMD vector at a time (vec_lanes.h), the norms' sums in double. The
+// LayerNorm placement is that of flashseq/cells/layernorm_lstm.py and layernorm_gru.py (unit
+// gain, zero bias, eps 1e-5, biased variance):
 //   LSTM: pre = LN(wx) + (LN(hr) + b), c = f*c_prev + i*g, h = o*tanh(LN(c))
 //   GRU:  a = LN(wx), u = LN(hr) + b, then torch.nn.GRU's cell on (a, u)
 // with LN over the G*DH pre-activations of the head (wx's and hr's separately) and over the DH
@@ -10,6 +11,7 @@
 // normalised values.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -17,6 +19,7 @@
 #include "cells/gru.h"
 #include "cells/lstm.h"
 #include "cells/slstm.h"
+#include "vec_lanes.h"
 
 namespace flashseq {
 namespace cpu {
@@ -78,7 +81,7 @@ inline void normalize_backward(const scalar_t* y, scalar_t rstd, const scalar_t*
     out[(i / DH) * gs + i % DH] = static_cast<scalar_t>(rstd * (dy[i] - mean_dy - y[i] * mean_dyy));
 }
 
-// A cell of csrc/cells/ applied unit by unit.
+// A cell of csrc/cells/ applied to SIMD vectors of consecutive units (vec_lanes.h).
 template <typename Cell>
 struct PlainRows {
   static constexpr int kNumGates = Cell::kNumGates, kNumStates = Cell::kNumStates;
@@ -87,16 +90,19 @@ struct PlainRows {
   template <typename scalar_t>
   static void forward(const RowIn<scalar_t>& in, scalar_t* const* next) {
     constexpr int G = kNumGates, S = kNumStates, K = Cell::kNumSaved;
+    using L = Lanes<scalar_t>;
+    using V = typename L::V;
     const int64_t DH = in.DH;
-    for (int64_t e = 0; e < DH; ++e) {
-      scalar_t wx_v[G], rh_v[G], prev_v[S], next_v[S], saved[K > 0 ? K : 1];
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      V wx_v[G], rh_v[G], prev_v[S], next_v[S], saved[K > 0 ? K : 1];
       for (int g = 0; g < G; ++g) {
-        wx_v[g] = in.wx[g * in.wx_gs + e];
-        rh_v[g] = in.hr[g * DH + e] + in.bias[g * DH + e];
+        wx_v[g] = L::load(in.wx + g * in.wx_gs + e, cnt);
+        rh_v[g] = L::load(in.hr + g * DH + e, cnt) + L::load(in.bias + g * DH + e, cnt);
       }
-      for (int s = 0; s < S; ++s) prev_v[s] = in.prev[s][e];
+      for (int s = 0; s < S; ++s) prev_v[s] = L::load(in.prev[s] + e, cnt);
       Cell::forward(wx_v, rh_v, prev_v, next_v, saved);
-      for (int s = 0; s < S; ++s) next[s][e] = next_v[s];
+      for (int s = 0; s < S; ++s) L::store(next_v[s], next[s] + e, cnt);
     }
   }
 
@@ -104,26 +110,29 @@ struct PlainRows {
   static void backward(const RowIn<scalar_t>& in, const scalar_t* const* dnext,
                        const RowGrad<scalar_t>& out) {
     constexpr int G = kNumGates, S = kNumStates, K = Cell::kNumSaved;
+    using L = Lanes<scalar_t>;
+    using V = typename L::V;
     const int64_t DH = in.DH;
-    for (int64_t e = 0; e < DH; ++e) {
-      scalar_t wx_v[G], rh_v[G], prev_v[S], next_v[S], saved[K > 0 ? K : 1], dnext_v[S],
-          dwx_v[G], drh_v[G], dprev_v[S];
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      V wx_v[G], rh_v[G], prev_v[S], next_v[S], saved[K > 0 ? K : 1], dnext_v[S], dwx_v[G],
+          drh_v[G], dprev_v[S];
       for (int g = 0; g < G; ++g) {
-        wx_v[g] = in.wx[g * in.wx_gs + e];
-        rh_v[g] = in.hr[g * DH + e] + in.bias[g * DH + e];
+        wx_v[g] = L::load(in.wx + g * in.wx_gs + e, cnt);
+        rh_v[g] = L::load(in.hr + g * DH + e, cnt) + L::load(in.bias + g * DH + e, cnt);
       }
       for (int s = 0; s < S; ++s) {
-        prev_v[s] = in.prev[s][e];
-        dnext_v[s] = dnext[s][e];
+        prev_v[s] = L::load(in.prev[s] + e, cnt);
+        dnext_v[s] = L::load(dnext[s] + e, cnt);
       }
       Cell::forward(wx_v, rh_v, prev_v, next_v, saved);
       Cell::backward(saved, prev_v, next_v[0], dnext_v, dwx_v, drh_v, dprev_v);
       for (int g = 0; g < G; ++g) {
-        out.dwx[g * out.dwx_gs + e] = dwx_v[g];
-        out.dhr[g * DH + e] = drh_v[g];
-        out.db_acc[g * DH + e] += drh_v[g];
+        L::store(dwx_v[g], out.dwx + g * out.dwx_gs + e, cnt);
+        L::store(drh_v[g], out.dhr + g * DH + e, cnt);
+        L::store(L::load(out.db_acc + g * DH + e, cnt) + drh_v[g], out.db_acc + g * DH + e, cnt);
       }
-      for (int s = 0; s < S; ++s) out.dprev[s][e] = dprev_v[s];
+      for (int s = 0; s < S; ++s) L::store(dprev_v[s], out.dprev[s] + e, cnt);
     }
   }
 };
@@ -147,41 +156,49 @@ struct LayerNormGruRows {
 
   template <typename scalar_t>
   static void forward(const RowIn<scalar_t>& in, scalar_t* const* next) {
+    using L = Lanes<scalar_t>;
+    using V = typename L::V;
     const int64_t DH = in.DH, GDH = kNumGates * DH;
     scalar_t *a = in.scratch, *xu = a + GDH, rstd_a, rstd_u;
     normalize_inputs(in, kNumGates, a, xu, rstd_a, rstd_u);
-    for (int64_t e = 0; e < DH; ++e) {
-      scalar_t wx_v[3], rh_v[3], prev_v[1] = {in.prev[0][e]}, next_v[1], saved[Cell::kNumSaved];
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      V wx_v[3], rh_v[3], prev_v[1] = {L::load(in.prev[0] + e, cnt)}, next_v[1],
+          saved[Cell::kNumSaved];
       for (int g = 0; g < 3; ++g) {
-        wx_v[g] = a[g * DH + e];
-        rh_v[g] = xu[g * DH + e] + in.bias[g * DH + e];
+        wx_v[g] = L::load(a + g * DH + e, cnt);
+        rh_v[g] = L::load(xu + g * DH + e, cnt) + L::load(in.bias + g * DH + e, cnt);
       }
       Cell::forward(wx_v, rh_v, prev_v, next_v, saved);
-      next[0][e] = next_v[0];
+      L::store(next_v[0], next[0] + e, cnt);
     }
   }
 
   template <typename scalar_t>
   static void backward(const RowIn<scalar_t>& in, const scalar_t* const* dnext,
                        const RowGrad<scalar_t>& out) {
+    using L = Lanes<scalar_t>;
+    using V = typename L::V;
     const int64_t DH = in.DH, GDH = kNumGates * DH;
     scalar_t *a = in.scratch, *xu = a + GDH, *da = xu + GDH, *du = da + GDH, rstd_a, rstd_u;
     normalize_inputs(in, kNumGates, a, xu, rstd_a, rstd_u);
-    for (int64_t e = 0; e < DH; ++e) {
-      scalar_t wx_v[3], rh_v[3], prev_v[1] = {in.prev[0][e]}, next_v[1], saved[Cell::kNumSaved],
-          dnext_v[1] = {dnext[0][e]}, da_v[3], du_v[3], dprev_v[1];
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      V wx_v[3], rh_v[3], prev_v[1] = {L::load(in.prev[0] + e, cnt)}, next_v[1],
+          saved[Cell::kNumSaved], dnext_v[1] = {L::load(dnext[0] + e, cnt)}, da_v[3], du_v[3],
+          dprev_v[1];
       for (int g = 0; g < 3; ++g) {
-        wx_v[g] = a[g * DH + e];
-        rh_v[g] = xu[g * DH + e] + in.bias[g * DH + e];
+        wx_v[g] = L::load(a + g * DH + e, cnt);
+        rh_v[g] = L::load(xu + g * DH + e, cnt) + L::load(in.bias + g * DH + e, cnt);
       }
       Cell::forward(wx_v, rh_v, prev_v, next_v, saved);
       Cell::backward(saved, prev_v, next_v[0], dnext_v, da_v, du_v, dprev_v);
       for (int g = 0; g < 3; ++g) {
-        da[g * DH + e] = da_v[g];
-        du[g * DH + e] = du_v[g];
-        out.db_acc[g * DH + e] += du_v[g];
+        L::store(da_v[g], da + g * DH + e, cnt);
+        L::store(du_v[g], du + g * DH + e, cnt);
+        L::store(L::load(out.db_acc + g * DH + e, cnt) + du_v[g], out.db_acc + g * DH + e, cnt);
       }
-      out.dprev[0][e] = dprev_v[0];
+      L::store(dprev_v[0], out.dprev[0] + e, cnt);
     }
     normalize_backward(xu, rstd_u, du, GDH, out.dhr, DH, DH);
     normalize_backward(a, rstd_a, da, GDH, out.dwx, DH, out.dwx_gs);
@@ -196,29 +213,40 @@ struct LayerNormLstmRows {
   template <typename scalar_t>
   static scalar_t cell_state(const RowIn<scalar_t>& in, scalar_t* a, const scalar_t* xu,
                              scalar_t* c, scalar_t* cn) {
+    using L = Lanes<scalar_t>;
+    using V = typename L::V;
     const int64_t DH = in.DH, GDH = kNumGates * DH;
     for (int64_t k = 0; k < GDH; ++k) a[k] = a[k] + (xu[k] + in.bias[k]);
-    for (int64_t e = 0; e < DH; ++e) {
-      const scalar_t i = cells::sigmoid(a[e]), f = cells::sigmoid(a[DH + e]);
-      const scalar_t g = cells::tanh_of(a[2 * DH + e]);
-      c[e] = cn[e] = f * in.prev[1][e] + i * g;
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      const V i = cells::sigmoid(L::load(a + e, cnt)), f = cells::sigmoid(L::load(a + DH + e, cnt));
+      const V g = cells::tanh_of(L::load(a + 2 * DH + e, cnt));
+      const V c_v = f * L::load(in.prev[1] + e, cnt) + i * g;
+      L::store(c_v, c + e, cnt);
+      L::store(c_v, cn + e, cnt);
     }
     return normalize(cn, DH);
   }
 
   template <typename scalar_t>
   static void forward(const RowIn<scalar_t>& in, scalar_t* const* next) {
+    using L = Lanes<scalar_t>;
     const int64_t DH = in.DH, GDH = kNumGates * DH;
     scalar_t *a = in.scratch, *xu = a + GDH, *cn = xu + GDH, rstd_a, rstd_u;
     normalize_inputs(in, kNumGates, a, xu, rstd_a, rstd_u);
     cell_state(in, a, xu, next[1], cn);
-    for (int64_t e = 0; e < DH; ++e)
-      next[0][e] = cells::sigmoid(a[3 * DH + e]) * cells::tanh_of(cn[e]);
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      L::store(cells::sigmoid(L::load(a + 3 * DH + e, cnt)) * cells::tanh_of(L::load(cn + e, cnt)),
+               next[0] + e, cnt);
+    }
   }
 
   template <typename scalar_t>
   static void backward(const RowIn<scalar_t>& in, const scalar_t* const* dnext,
                        const RowGrad<scalar_t>& out) {
+    using L = Lanes<scalar_t>;
+    using V = typename L::V;
     const int64_t DH = in.DH, GDH = kNumGates * DH;
     scalar_t *a = in.scratch, *xu = a + GDH, *pre = a, *dpre = xu + GDH, *c = dpre + GDH,
              *cn = c + DH, *dcn = cn + DH, *dc = dcn + DH, rstd_a, rstd_u;
@@ -226,22 +254,28 @@ struct LayerNormLstmRows {
     normalize_inputs(in, kNumGates, a, xu, rstd_a, rstd_u);
     for (int64_t k = 0; k < GDH; ++k) a_hat[k] = a[k];
     const scalar_t rstd_c = cell_state(in, pre, xu, c, cn);
-    for (int64_t e = 0; e < DH; ++e) {
-      const scalar_t o = cells::sigmoid(pre[3 * DH + e]), tc = cells::tanh_of(cn[e]);
-      dcn[e] = dnext[0][e] * o * (scalar_t(1) - tc * tc);
+    const V one(1);
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      const V o = cells::sigmoid(L::load(pre + 3 * DH + e, cnt));
+      const V tc = cells::tanh_of(L::load(cn + e, cnt));
+      L::store(L::load(dnext[0] + e, cnt) * o * (one - tc * tc), dcn + e, cnt);
     }
     normalize_backward(cn, rstd_c, dcn, DH, dc, DH, DH);
-    for (int64_t e = 0; e < DH; ++e) {
-      const scalar_t i = cells::sigmoid(pre[e]), f = cells::sigmoid(pre[DH + e]);
-      const scalar_t g = cells::tanh_of(pre[2 * DH + e]), o = cells::sigmoid(pre[3 * DH + e]);
-      const scalar_t tc = cells::tanh_of(cn[e]), c_prev = in.prev[1][e];
-      const scalar_t d_c = dnext[1][e] + dc[e];
-      dpre[e] = d_c * g * i * (scalar_t(1) - i);
-      dpre[DH + e] = d_c * c_prev * f * (scalar_t(1) - f);
-      dpre[2 * DH + e] = d_c * i * (scalar_t(1) - g * g);
-      dpre[3 * DH + e] = dnext[0][e] * tc * o * (scalar_t(1) - o);
-      out.dprev[0][e] = scalar_t(0);
-      out.dprev[1][e] = d_c * f;
+    for (int64_t e = 0; e < DH; e += L::kWidth) {
+      const int64_t cnt = std::min<int64_t>(L::kWidth, DH - e);
+      const V i = cells::sigmoid(L::load(pre + e, cnt)), f = cells::sigmoid(L::load(pre + DH + e, cnt));
+      const V g = cells::tanh_of(L::load(pre + 2 * DH + e, cnt));
+      const V o = cells::sigmoid(L::load(pre + 3 * DH + e, cnt));
+      const V tc = cells::tanh_of(L::load(cn + e, cnt)), c_prev = L::load(in.prev[1] + e, cnt);
+      const V dh = L::load(dnext[0] + e, cnt);
+      const V d_c = L::load(dnext[1] + e, cnt) + L::load(dc + e, cnt);
+      L::store(d_c * g * i * (one - i), dpre + e, cnt);
+      L::store(d_c * c_prev * f * (one - f), dpre + DH + e, cnt);
+      L::store(d_c * i * (one - g * g), dpre + 2 * DH + e, cnt);
+      L::store(dh * tc * o * (one - o), dpre + 3 * DH + e, cnt);
+      L::store(V(0), out.dprev[0] + e, cnt);
+      L::store(d_c * f, out.dprev[1] + e, cnt);
     }
     for (int64_t k = 0; k < GDH; ++k) out.db_acc[k] += dpre[k];
     normalize_backward(xu, rstd_u, dpre, GDH, out.dhr, DH, DH);

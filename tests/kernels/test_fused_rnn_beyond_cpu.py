@@ -185,3 +185,32 @@ def test_auto_on_cpu_serves_the_extras_without_fallback(monkeypatch):
     cpu = fused_rnn(*inputs, cell="layernorm_lstm", backend="cpu", zoneout=(0.2, 0.2),
                     generator=torch.Generator().manual_seed(1))
     assert torch.equal(auto[0], cpu[0])
+
+
+def test_extras_path_traces_as_one_graph():
+    """cpu_extras' custom ops (fake implementations) and autograd Function under torch.compile
+    with fullgraph=True, a LayerNorm cell with every mask and every step's states."""
+    from flashseq.kernels.fused_rnn import cpu_extras
+    from flashseq.kernels.fused_rnn.extras import Extras
+    from flashseq.kernels.fused_rnn.reference import fused_rnn_reference
+
+    cell = get_cell("layernorm_lstm")
+    wx, r, b, states = make_rnn_inputs(cell, 3, 4, 1, 4, seed=12)
+    g = torch.Generator().manual_seed(0)
+    extras = Extras(variational=(torch.rand(3, 1, 4, generator=g) > 0.3).double() / 0.7,
+                    zoneout=torch.rand(4, 2, 3, 1, 4, generator=g) < 0.3,
+                    reset=torch.rand(3, 4, generator=g) < 0.3, return_all_states=True)
+    lengths = torch.tensor([4, 0, 2])
+
+    def loss_fn(fn, wx, r, b, states):
+        h, last, every = fn(wx, r, b, states, cell=cell, lengths=lengths, extras=extras)
+        return h.sum() + (last * last).sum() + every[1].sum()
+
+    compiled = torch.compile(lambda *ts: loss_fn(cpu_extras.fused_rnn, *ts), backend="aot_eager",
+                             fullgraph=True)
+    leaves = [t.clone().requires_grad_() for t in (wx, r, b, states)]
+    grads = torch.autograd.grad(compiled(*leaves), leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in (wx, r, b, states)]
+    grads_ref = torch.autograd.grad(loss_fn(fused_rnn_reference, *ref_leaves), ref_leaves)
+    for name, got, exp in zip(("d wx", "d r", "d b", "d states"), grads, grads_ref):
+        assert_close(name, got, exp, 1e-12)

@@ -107,7 +107,7 @@ def _eager(*tensors) -> bool:
             and all(t is None or type(t) is Tensor for t in tensors))
 
 
-def _reference_backward(ctx, inputs, upstream):
+def _reference_backward(ctx, inputs, upstream, masks):
     """Differentiable gradients through the reference loop with the same masks (create_graph=True);
     as double_backward.reference_backward, plus the masks and every step's states."""
     needs = ctx.needs_input_grad[:4]
@@ -116,7 +116,7 @@ def _reference_backward(ctx, inputs, upstream):
     result = [None] * 4
     if not wanted or not pairs:
         return tuple(result)
-    lengths, variational, zoneout, reset = ctx.masks
+    lengths, variational, zoneout, reset = masks
     extras = Extras(variational=variational, zoneout=zoneout, reset=reset, return_all_states=True)
     with torch.enable_grad():
         wx, r, b, states = inputs
@@ -142,19 +142,20 @@ class FusedRnnCpuExtrasFunction(torch.autograd.Function):
         h, last, all_states, hin_all, hr_all = forward(wx, r, b, states, lengths, variational,
                                                        zoneout, reset, cell, save, every)
         if save:
-            ctx.save_for_backward(wx, r, b, states, all_states, hin_all, hr_all)
-        ctx.masks = (lengths, variational, zoneout, reset)
+            ctx.save_for_backward(wx, r, b, states, all_states, hin_all, hr_all, lengths,
+                                  variational, zoneout, reset)
         ctx.cell = cell
         ctx.set_materialize_grads(False)  # a missing upstream gradient stays None: no zeros
         return h, last, all_states
 
     @staticmethod
     def backward(ctx, dh, d_last, d_all):
-        wx, r, b, states, all_states, hin_all, hr_all = ctx.saved_tensors
+        (wx, r, b, states, all_states, hin_all, hr_all, lengths, variational, zoneout,
+         reset) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: a backward autograd can differentiate
-            grads = _reference_backward(ctx, (wx, r, b, states), (dh, d_last, d_all))
+            grads = _reference_backward(ctx, (wx, r, b, states), (dh, d_last, d_all),
+                                        (lengths, variational, zoneout, reset))
         else:
-            lengths, variational, zoneout, reset = ctx.masks
             args = (dh, d_last, d_all, wx, r, b, states, all_states, hin_all, hr_all, lengths,
                     variational, zoneout, reset, ctx.cell)
             backward = _backward_loop if _eager(*args[:-1]) else fused_rnn_cpu_extras_bwd

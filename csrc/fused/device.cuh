@@ -127,5 +127,74 @@ __device__ __forceinline__ void cluster_barrier() {
 }
 #endif
 
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// ---- wgmma (sm_90a only): warpgroup MMA, D[64 x N] (+)= A[64 x 16] (registers) * B[16 x N]
+// (shared memory, descriptor from layout.h's Tiling::g_desc_b), fp32 D. Asynchronous: issue
+// after wgmma_fence(), then wgmma_commit() and wgmma_wait() before D is read.
+
+// Orders this thread's earlier register writes (A, D) before the wgmma that reads them.
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+// Waits until no committed group is pending: the accumulators may be read.
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+}
+// The compiler must neither read an accumulator before wgmma_wait() nor move its writes past
+// wgmma_fence(): an empty asm that "modifies" it pins it between the two.
+__device__ __forceinline__ void pin_register(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+
+// Generic-proxy stores to shared memory (h) made visible to the async proxy (wgmma's operand
+// reads); each writing thread runs it after its stores and before the barrier.
+__device__ __forceinline__ void fence_smem_for_wgmma() {
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
+// D += A * B, scale-d = 1 (the accumulators start at zero), no negation, B not transposed.
+#define FLASHSEQ_WGMMA_N8(NAME, TYPES)                                                          \
+  __device__ __forceinline__ void NAME(float (&d)[4], const uint32_t (&a)[4], uint64_t desc) {  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32" TYPES " {%0,%1,%2,%3}, "           \
+                 "{%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}"                                             \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                               \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                      \
+  }
+#define FLASHSEQ_WGMMA_N16(NAME, TYPES)                                                         \
+  __device__ __forceinline__ void NAME(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {  \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                    \
+                 "wgmma.mma_async.sync.aligned.m64n16k16.f32" TYPES " {%0,%1,%2,%3,%4,%5,%6,%7}, " \
+                 "{%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}"                                          \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),      \
+                   "+f"(d[6]), "+f"(d[7])                                                       \
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                      \
+  }
+FLASHSEQ_WGMMA_N8(wgmma_bf16, ".bf16.bf16")
+FLASHSEQ_WGMMA_N16(wgmma_bf16, ".bf16.bf16")
+FLASHSEQ_WGMMA_N8(wgmma_f16, ".f16.f16")
+FLASHSEQ_WGMMA_N16(wgmma_f16, ".f16.f16")
+#undef FLASHSEQ_WGMMA_N8
+#undef FLASHSEQ_WGMMA_N16
+
+template <class E>
+struct Wgmma;
+template <>
+struct Wgmma<Bf16> {
+  template <int N>
+  static __device__ __forceinline__ void run(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_bf16(d, a, desc);
+  }
+};
+template <>
+struct Wgmma<Fp16> {
+  template <int N>
+  static __device__ __forceinline__ void run(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_f16(d, a, desc);
+  }
+};
+#endif
+
 }  // namespace fused
 }  // namespace flashseq

@@ -29,15 +29,17 @@
 namespace flashseq {
 namespace fused {
 
-template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster>
+template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false>
 struct FwdTraits {
   static constexpr int kGates = Cell::kNumGates;
   static constexpr int kStates = Cell::kNumStates;
   static constexpr int kSaved = Cell::kNumSaved > 0 ? Cell::kNumSaved : 1;
-  static constexpr Tiling kTiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, 16, 2};
+  static constexpr Tiling kTiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, 16, 2, kWgmma ? 1 : 0};
   static constexpr bool kClusterExchange = kCluster;
+  static constexpr bool kGmma = kWgmma;  // the product through wgmma (sm_90a), see layout.h
   static constexpr int kThreads = kTiling.threads();
-  // shared memory: two h buffers [BB][h_stride] (16-bit) + the partial sums [WK][BB][stride]
+  // shared memory: two h buffers (16-bit; [BB][h_stride], or core matrices with wgmma) + the
+  // partial sums [k_slices][BB][stride]
   static constexpr int kHBytes = 2 * kTiling.h_buffer_elems() * 2;
   static constexpr int kSmemBytes = kHBytes + kTiling.partial_elems() * 4;
   static_assert(kTiling.invalid() == nullptr, "tiling rejected by layout.h (Tiling::invalid)");
@@ -48,6 +50,15 @@ struct FwdTraits {
 template <class Traits, class E>
 __device__ __forceinline__ const typename E::T* elem_ptr(const void* base, long long offset) {
   return static_cast<const typename E::T*>(base) + offset;
+}
+
+// This thread's h stores to shared memory, visible to the next step's wgmma (the async proxy)
+// after the barrier that follows; nothing to do for mma.sync (ordinary shared loads).
+template <class Traits>
+__device__ __forceinline__ void smem_ready_for_product() {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if constexpr (Traits::kGmma) fence_smem_for_wgmma();
+#endif
 }
 
 // FLASHSEQ_MAX_REGS (the plan's predicted registers per thread) caps ptxas's allocation: left
@@ -73,7 +84,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
   constexpr int MT = kT.m_tiles(), KT = kT.k_tiles(), NT = kT.n_tiles();
   constexpr int EL = kT.elems_per_thread(), P = kT.P;
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];
   T* sH = reinterpret_cast<T*>(smem);                               // [2][BB][h_stride]
   float* sPartial = reinterpret_cast<float*>(smem + Traits::kHBytes);  // [WK][BB][stride]
 
@@ -92,7 +103,36 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
   const T* rtBase = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP +
                     (kT.head_unit(slice, 0) + (lane >> 2)) * kT.DHP + 2 * (lane & 3) +
                     (kWarpWholeGates ? kT.warp_m(warp) * (kT.rows_per_warp() / kT.BH) * gate_stride : 0);
-  uint32_t rA[MT][KT][4];  // A fragments: [m tile][k tile][register], weights (k, k+1) each
+  // A fragments: [m tile][k tile][register], weights (k, k+1) each (wgmma: 64-row m tiles, the
+  // warpgroup's k steps; rows past G*BH are zero)
+  constexpr int AM = Traits::kGmma ? kT.g_m_tiles() : MT, AK = Traits::kGmma ? kT.g_k_steps() : KT;
+  uint32_t rA[AM][AK][4];
+  if constexpr (Traits::kGmma) {
+    const T* rtHead = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP +
+                      kT.head_unit(slice, 0) * kT.DHP + 2 * (lane & 3);
+    // one run-time row base per (m tile, row half), then its k steps at compile-time offsets:
+    // a single pointer is live at a time (ptxas spilled the prologue when all were)
+#pragma unroll
+    for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        // padding rows (past G*BH) load row 0's weights, unconditionally, and keep zeros:
+        // predicated loads made ptxas materialise (and spill) one address per load
+        const int row8 = kT.g_a_pair_row8(warp, mt, half);
+        const bool live = row8 < kT.rows();
+        const GateUnit gu = kT.row_gate_unit(live ? row8 : 0);  // 8 rows never straddle two gates
+        const T* rowp = rtHead + gu.gate * gate_stride + (gu.unit + (lane >> 2)) * kT.DHP +
+                        kT.g_a_pair_k(warp, 0, half);
+#pragma unroll
+        for (int kt = 0; kt < AK; ++kt)
+#pragma unroll
+          for (int reg = half; reg < 4; reg += 2) {
+            const uint32_t w = load_weight_pair(rowp + (kT.g_a_pair_k(warp, kt, reg) -
+                                                        kT.g_a_pair_k(warp, 0, half)));
+            rA[mt][kt][reg] = live ? w : 0u;
+          }
+      }
+  } else {
 #pragma unroll
   for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -105,6 +145,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
         rA[mt][kt][reg] = load_weight_pair(rtBase + gu.gate * gate_stride + gu.unit * kT.DHP +
                                            kT.a_pair_k(warp, kt, reg));
       }
+  }
 
   // -- the thread's (batch, unit) elements: states and lengths ----------------------------------
   float st[EL][S];
@@ -133,6 +174,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
                                               k * p.states0_stride[3]);
     sH[kT.h_offset(b, k)] = v;
   }
+  smem_ready_for_product<Traits>();
   __syncthreads();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if constexpr (Traits::kClusterExchange) cluster_barrier();  // peers' shared memory exists
@@ -148,6 +190,38 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
     const T* sCur = sH + (t & 1) * kT.h_buffer_elems();
     T* sNext = sH + ((t + 1) & 1) * kT.h_buffer_elems();
 
+    if constexpr (Traits::kGmma) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+      // 2'. wgmma: this warpgroup's K slice for all 64-row tiles, B = h^T from sCur through the
+      // descriptor; one commit group, waited for before the partial sums are stored
+      constexpr int N = kT.BB;
+      float gacc[AM][N / 2];
+#pragma unroll
+      for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+          gacc[mt][i] = 0.f;
+          pin_register(gacc[mt][i]);
+        }
+      const unsigned buf = static_cast<unsigned>(__cvta_generic_to_shared(sCur));
+      const int wg = warp_s >> 2;
+      wgmma_fence();
+#pragma unroll
+      for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+        for (int kt = 0; kt < AK; ++kt) Wgmma<E>::template run<N>(gacc[mt], rA[mt][kt], kT.g_desc_b(buf, wg, kt));
+      wgmma_commit();
+      wgmma_wait();
+#pragma unroll
+      for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+          pin_register(gacc[mt][i]);
+          if (kT.g_c_elem(warp_s, mt, lane_s, i).row < kT.rows())
+            sPartial[kT.g_c_smem_offset(warp_s, mt, lane_s, i)] = gacc[mt][i];
+        }
+#endif
+    } else {
     // 2. partial products of this warp_s's rows over its K slice_s: [MT x 16 rows] x [NT x 8 batch]
     float acc[MT][NT][4];
 #pragma unroll
@@ -172,6 +246,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int i = 0; i < 4; ++i) sPartial[kT.c_smem_offset(warp_s, mt, nt, lane_s, i)] = acc[mt][nt][i];
+    }
     __syncthreads();
 
     // 1. wx of this step (after the product: its fragments and accumulators are dead by now)
@@ -202,7 +277,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
           float sum = E::to_float(__ldg(elem_ptr<Traits, E>(
               p.bias, g * p.bias_stride[0] + head_s * p.bias_stride[1] + unit * p.bias_stride[2])));
 #pragma unroll
-          for (int wk = 0; wk < kT.WK; ++wk) sum += sPartial[kT.partial_offset(wk, e.b, kT.gate_row(g, e.unit))];
+          for (int wk = 0; wk < kT.k_slices(); ++wk) sum += sPartial[kT.partial_offset(wk, e.b, kT.gate_row(g, e.unit))];
           rh[g] = sum;
         }
         Cell::forward(wx[j], rh, st[j], next, saved);
@@ -235,6 +310,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
 
     // 4b. everyone's h_t in this block's next buffer
     if constexpr (P == 1) {
+      smem_ready_for_product<Traits>();
       __syncthreads();
     } else if constexpr (Traits::kClusterExchange) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -250,6 +326,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
           *reinterpret_cast<uint4*>(local) = cluster_load_16(cluster_map(local, owner));
         }
       }
+      smem_ready_for_product<Traits>();
       __syncthreads();
 #endif
     } else {
@@ -264,6 +341,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
         *reinterpret_cast<uint4*>(sNext + kT.h_offset(bk.row, bk.col)) =
             load_exchanged_16(src + bk.row * kT.DHP + bk.col);
       }
+      smem_ready_for_product<Traits>();
       __syncthreads();
     }
   }

@@ -3,6 +3,7 @@
 //   -DFLASHSEQ_CELL=LstmCell|GruCell|SlstmCell|ElmanCell  -DFLASHSEQ_ELEM=Bf16|Fp16
 //   -DFLASHSEQ_BB= -DFLASHSEQ_BH= -DFLASHSEQ_WM= -DFLASHSEQ_WK= -DFLASHSEQ_DHP=
 //   -DFLASHSEQ_CLUSTER=0|1   (1: h exchanged inside a thread-block cluster; sm_90a only)
+//   -DFLASHSEQ_GMMA=0|1      (1: the step's product through wgmma; sm_90a only; default 0)
 #include <cuda_runtime.h>
 
 #include "forward.cuh"
@@ -14,13 +15,20 @@
 #error "fused_rnn_fwd.cu needs FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM, _WK, _DHP and _CLUSTER"
 #endif
 
+#if !defined(FLASHSEQ_GMMA)
+#define FLASHSEQ_GMMA 0
+#endif
+#if FLASHSEQ_GMMA && defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "FLASHSEQ_GMMA=1 needs sm_90a (wgmma)"
+#endif
+
 namespace flashseq {
 namespace fused {
 
 using Cell = cells::FLASHSEQ_CELL;
 using Elem = FLASHSEQ_ELEM;
 using Traits = FwdTraits<Cell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
-                         FLASHSEQ_CLUSTER != 0>;
+                         FLASHSEQ_CLUSTER != 0, FLASHSEQ_GMMA != 0>;
 
 FwdLaunch fwd_launch_shape(int batch, int heads) {
   constexpr Tiling kT = Traits::kTiling;

@@ -90,6 +90,9 @@ struct Tiling {
   int P;    // blocks per head (DHP / BH)
   int K;    // mma K: 16 (bf16/fp16) or 8 (tf32)
   int elem_bytes;  // bytes of one h element in shared memory (2 or 4)
+  // 1: the sm_90a product uses wgmma (warpgroup MMA, see "wgmma" below), which changes the warp
+  // roles, the h buffer's layout and the number of partial sums; 0: mma.sync.
+  int gmma = 0;
 
   FLASHSEQ_LAYOUT_FN int warps() const { return WM * WK; }
   FLASHSEQ_LAYOUT_FN int threads() const { return 32 * WM * WK; }
@@ -115,6 +118,7 @@ struct Tiling {
            : (rows() % (16 * WM) != 0) ? "G*BH must split into WM warps of whole 16-row tiles"
            : (DHP % (WK * K) != 0) ? "DHP must split into WK warps of whole K tiles"
            : (threads() > 1024) ? "at most 1024 threads per block"
+           : gmma ? gmma_invalid()
            : nullptr;
   }
 
@@ -148,9 +152,12 @@ struct Tiling {
   // -- B fragments (h^T from shared memory) ------------------------------------------------------
   // The shared h buffer is [BB][h_stride()] elements: row b holds h_prev[b, head, 0..DHP).
   // The padding (16 bytes) puts the 8 rows a fragment reads in distinct banks.
+  // With gmma the buffer is in wgmma's core-matrix layout instead (g_h_offset below).
   FLASHSEQ_LAYOUT_FN int h_stride() const { return DHP + 16 / elem_bytes; }
-  FLASHSEQ_LAYOUT_FN int h_buffer_elems() const { return BB * h_stride(); }
-  FLASHSEQ_LAYOUT_FN int h_offset(int b, int k) const { return b * h_stride() + k; }
+  FLASHSEQ_LAYOUT_FN int h_buffer_elems() const { return gmma ? BB * DHP : BB * h_stride(); }
+  FLASHSEQ_LAYOUT_FN int h_offset(int b, int k) const {
+    return gmma ? g_h_offset(b, k) : b * h_stride() + k;
+  }
   // Element i of lane `lane` in fragment (nt, kt) of warp `warp`: (k, batch row).
   FLASHSEQ_LAYOUT_FN RowCol b_elem(int warp, int nt, int kt, int lane, int i) const {
     const RowCol kn = K == 16 ? MmaShape<16>::b(lane, i) : MmaShape<8>::b(lane, i);
@@ -163,7 +170,9 @@ struct Tiling {
   // -- C fragments (fp32 partial sums) -> shared [WK][BB][partial_stride()] ------------------------
   // Row stride = 4 (mod 32) words: the lanes of one store (8 rows x 4 column pairs) hit 32 banks.
   FLASHSEQ_LAYOUT_FN int partial_stride() const { return rows() + ((4 - rows()) % 32 + 32) % 32; }
-  FLASHSEQ_LAYOUT_FN int partial_elems() const { return WK * BB * partial_stride(); }
+  // one [BB][partial_stride()] slab per K slice: WK warps (mma.sync) or warpgroups (wgmma)
+  FLASHSEQ_LAYOUT_FN int k_slices() const { return gmma ? warpgroups() : WK; }
+  FLASHSEQ_LAYOUT_FN int partial_elems() const { return k_slices() * BB * partial_stride(); }
   FLASHSEQ_LAYOUT_FN int partial_offset(int wk, int b, int row) const {
     return (wk * BB + b) * partial_stride() + row;
   }
@@ -219,6 +228,70 @@ struct Tiling {
   FLASHSEQ_LAYOUT_FN int pieces() const { return BB * DHP / 8; }
   FLASHSEQ_LAYOUT_FN RowCol piece(int i) const { return {i / (DHP / 8), 8 * (i % (DHP / 8))}; }
   FLASHSEQ_LAYOUT_FN int piece_owner(int k) const { return k / BH; }
+
+  // -- wgmma (sm_90a, gmma == 1) ----------------------------------------------------------------
+  // wgmma.mma_async.m64nNk16 runs on a warpgroup (4 consecutive warps): D[64 x N] += A[64 x 16] *
+  // B[16 x N], A (the weights) from registers, B (h^T, N = BB) from shared memory through a
+  // matrix descriptor, D fp32 in registers. The warps() / 4 warpgroups split the reduction over
+  // DHP (warpgroup wg owns k in [wg*KG, (wg+1)*KG), KG = DHP / warpgroups()); inside one, warp w
+  // (= warp % 4) owns rows 16w..16w+15 of every 64-row tile of the gate rows. Rows past G*BH
+  // (the last tile's padding) hold zero weights and their sums are dropped.
+  FLASHSEQ_LAYOUT_FN int warpgroups() const { return warps() / 4; }
+  FLASHSEQ_LAYOUT_FN int g_m_tiles() const { return (rows() + 63) / 64; }
+  FLASHSEQ_LAYOUT_FN int g_k_per_wg() const { return DHP / warpgroups(); }
+  FLASHSEQ_LAYOUT_FN int g_k_steps() const { return g_k_per_wg() / 16; }
+  FLASHSEQ_LAYOUT_FN int g_a_regs() const { return g_m_tiles() * g_k_steps() * 4; }
+  FLASHSEQ_LAYOUT_FN int g_c_elems() const { return BB / 2; }  // fp32 D per thread and m tile
+  FLASHSEQ_LAYOUT_FN const char* gmma_invalid() const {
+    return (K != 16 || elem_bytes != 2) ? "wgmma path: 16-bit operands only"
+           : (warps() % 4 != 0) ? "wgmma path: the block's warps must form whole warpgroups"
+           : (DHP % (16 * warpgroups()) != 0) ? "wgmma path: DHP must split into the warpgroups' K steps"
+           : (BB != 8 && BB != 16) ? "wgmma path: N = BB must be 8 or 16 (the kernels' instructions)"
+           : nullptr;
+  }
+  // A: per warp the same 16x16 fragment as mma.m16n8k16 (PTX ISA, "Register fragments" of
+  // wgmma .m64nNk16: warp w of the warpgroup holds rows 16w..16w+15).
+  FLASHSEQ_LAYOUT_FN RowCol g_a_elem(int warp, int mt, int kt, int lane, int i) const {
+    const RowCol rc = MmaShape<16>::a(lane, i);
+    return {64 * mt + 16 * (warp % 4) + rc.row, (warp / 4) * g_k_per_wg() + 16 * kt + rc.col};
+  }
+  // Register `reg` (elements 2reg, 2reg+1) of every lane: row row8 + lane/4, k k + 2*(lane%4).
+  FLASHSEQ_LAYOUT_FN int g_a_pair_row8(int warp, int mt, int reg) const {
+    return 64 * mt + 16 * (warp % 4) + 8 * (reg & 1);
+  }
+  FLASHSEQ_LAYOUT_FN int g_a_pair_k(int warp, int kt, int reg) const {
+    return (warp / 4) * g_k_per_wg() + 16 * kt + 8 * (reg >> 1);
+  }
+  // D element i of lane `lane` (warp `warp`) in m tile mt: (gate row, batch row). Per 8 columns
+  // the m16n8 C layout, rows offset by 16 * (warp % 4).
+  FLASHSEQ_LAYOUT_FN RowCol g_c_elem(int warp, int mt, int lane, int i) const {
+    return {64 * mt + 16 * (warp % 4) + (lane >> 2) + 8 * ((i >> 1) & 1),
+            8 * (i >> 2) + 2 * (lane & 3) + (i & 1)};
+  }
+  FLASHSEQ_LAYOUT_FN int g_c_smem_offset(int warp, int mt, int lane, int i) const {
+    return partial_offset(warp / 4, g_c_elem(warp, mt, lane, i).col, g_c_elem(warp, mt, lane, i).row);
+  }
+
+  // B = h^T (K x N, k contiguous: "K-major", no transpose) in the canonical layout without
+  // swizzling: 8x8 "core matrices" (8 batch rows x 8 consecutive k, 16 bytes per row, 128
+  // contiguous bytes); core matrices along k are g_lbo_bytes() apart, along the batch
+  // g_sbo_bytes() apart. 16-byte pieces of 8 consecutive k of one row stay contiguous, so the
+  // exchange copies work unchanged.
+  FLASHSEQ_LAYOUT_FN int g_h_offset(int b, int k) const {
+    return ((b / 8) * (DHP / 8) + k / 8) * 64 + (b % 8) * 8 + k % 8;
+  }
+  FLASHSEQ_LAYOUT_FN int g_lbo_bytes() const { return 128; }
+  FLASHSEQ_LAYOUT_FN int g_sbo_bytes() const { return (DHP / 8) * 128; }
+  // The 64-bit shared-memory matrix descriptor of B for k step kt of warpgroup wg, the h buffer
+  // at shared-memory byte address `buffer` (16-byte aligned). PTX ISA "Matrix Descriptor
+  // Format": bits 0-13 start address >> 4, 16-29 leading dimension byte offset >> 4, 32-45
+  // stride dimension byte offset >> 4, 49-51 base offset (0), 62-63 swizzle mode (0: none).
+  FLASHSEQ_LAYOUT_FN unsigned long long g_desc_b(unsigned buffer, int wg, int kt) const {
+    const unsigned start = buffer + 2u * static_cast<unsigned>(g_h_offset(0, wg * g_k_per_wg() + 16 * kt));
+    return static_cast<unsigned long long>((start & 0x3FFFFu) >> 4) |
+           (static_cast<unsigned long long>((g_lbo_bytes() >> 4) & 0x3FFF) << 16) |
+           (static_cast<unsigned long long>((g_sbo_bytes() >> 4) & 0x3FFF) << 32);
+  }
 };
 
 }  // namespace fused

@@ -6,9 +6,15 @@
 // documentation. Output: rh[b, g, n, e] = sum_k h[b, n, k] * r[g, n, k, e] as the kernel would
 // see it, plus a nonzero exit code and a message when an element is written twice or never.
 //
+// With gmma = 1 (the sm_90a wgmma path) the product is one warpgroup-wide m64nNk16 per (m tile,
+// k step): A from the lanes' registers (layout.h), B read from the shared h buffer through the
+// matrix descriptor layout.h encodes, decoded here by the PTX ISA's rules (wgmma_read_b below,
+// written from the ISA, not from layout.h), D scattered to the threads by the Python tables.
+//
 // Usage: cuda_layout_sim <input file> <output file>. Input (little-endian):
-//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode(0: global exchange, 1: cluster)
-//   int32 a_tab[32][A][2], b_tab[32][Bn][2], c_tab[32][4][2]   (row, col) per lane and element
+//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode(0: global exchange, 1: cluster) gmma
+//   gmma == 0: int32 a_tab[32][A][2], b_tab[32][Bn][2], c_tab[32][4][2]  (row, col) per lane
+//   gmma == 1: int32 a_tab[128][8][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
 //   float64 r[G][NH][DH][DH], h[B][NH][DH]
 // Output: float64 rh[B][G][NH][DH].
 #include <cstdio>
@@ -41,25 +47,51 @@ void read(FILE* f, T* dst, size_t n) {
   }
 }
 
+// wgmma's B operand (K x N, K-major, 16-bit elements) as the tensor core reads it from shared
+// memory (PTX ISA, "Matrix Descriptor Format" and the canonical K-major layout without
+// swizzling): the descriptor holds start address >> 4 (bits 0-13), the leading dimension byte
+// offset >> 4 (16-29: between core matrices adjacent in K), the stride dimension byte offset >> 4
+// (32-45: between core matrices adjacent in N), base offset (49-51) and swizzle mode (62-63).
+// A core matrix is 8 rows (n) of 16 contiguous bytes (8 k), the rows 16 bytes apart.
+// Returns the byte address of element (k, n), or -1 for a descriptor this model does not cover.
+long long wgmma_b_address(unsigned long long desc, int k, int n) {
+  const long long start = static_cast<long long>(desc & 0x3FFF) << 4;
+  const long long lbo = static_cast<long long>((desc >> 16) & 0x3FFF) << 4;
+  const long long sbo = static_cast<long long>((desc >> 32) & 0x3FFF) << 4;
+  if (((desc >> 49) & 7) != 0 || (desc >> 62) != 0) return -1;  // base offset, swizzling
+  return start + (n / 8) * sbo + (k / 8) * lbo + (n % 8) * 16 + (k % 8) * 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 3) return 2;
   FILE* in = std::fopen(argv[1], "rb");
   if (!in) return 2;
-  int hdr[13];
-  read(in, hdr, 13);
-  const Tiling t{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8]};
+  int hdr[14];
+  read(in, hdr, 14);
+  const Tiling t{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8], hdr[13]};
   const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12];
   if (const char* why = t.invalid()) {
     std::fprintf(stderr, "invalid tiling: %s\n", why);
     return 3;
   }
   const int kA = t.K / 2, kB = t.K / 4;  // elements per lane: 8/4 (k16), 4/2 (k8)
-  std::vector<int> a_tab(32 * kA * 2), b_tab(32 * kB * 2), c_tab(32 * 4 * 2);
-  read(in, a_tab.data(), a_tab.size());
-  read(in, b_tab.data(), b_tab.size());
-  read(in, c_tab.data(), c_tab.size());
+  const int kD = t.BB / 2;  // wgmma D elements per thread and m tile
+  std::vector<int> a_tab, b_tab, c_tab, ga_tab, gd_tab;
+  if (t.gmma) {
+    ga_tab.resize(128 * 8 * 2);
+    gd_tab.resize(128 * kD * 2);
+    read(in, ga_tab.data(), ga_tab.size());
+    read(in, gd_tab.data(), gd_tab.size());
+  } else {
+    a_tab.resize(32 * kA * 2);
+    b_tab.resize(32 * kB * 2);
+    c_tab.resize(32 * 4 * 2);
+    read(in, a_tab.data(), a_tab.size());
+    read(in, b_tab.data(), b_tab.size());
+    read(in, c_tab.data(), c_tab.size());
+  }
   const int G = t.G;
   std::vector<double> r(static_cast<size_t>(G) * NH * DH * DH), h(static_cast<size_t>(B) * NH * DH);
   read(in, r.data(), r.size());
@@ -145,7 +177,60 @@ int main(int argc, char** argv) {
       std::vector<double> partial(t.partial_elems(), -1e300);
       std::vector<int> partial_count(partial.size(), 0);
       std::vector<int> a_count(static_cast<size_t>(t.rows()) * t.DHP, 0);
-      for (int warp = 0; warp < t.warps(); ++warp)
+      // weight of block gate row `row`, input k (zero in the padding)
+      auto weight = [&](int row, int k) {
+        const auto gu = t.row_gate_unit(row);
+        const int unit = t.head_unit(slice, gu.unit);
+        return (row < t.rows() && unit < DH && k < DH) ? R(gu.gate, n, k, unit) : 0.0;
+      };
+      if (t.gmma) {
+        // the h buffer at a nonzero shared-memory address, so the descriptor's start field counts
+        const unsigned base = 1024;
+        for (int wg = 0; wg < t.warpgroups(); ++wg)
+          for (int mt = 0; mt < t.g_m_tiles(); ++mt) {
+            std::vector<double> D(64 * t.BB, 0.0);
+            for (int kt = 0; kt < t.g_k_steps(); ++kt) {
+              double A[64][16] = {};
+              for (int th = 0; th < 128; ++th) {
+                const int warp = 4 * wg + th / 32, lane = th % 32;
+                for (int i = 0; i < 8; ++i) {
+                  const RowCol rk = t.g_a_elem(warp, mt, kt, lane, i);
+                  if (rk.row < t.rows()) a_count[static_cast<size_t>(rk.row) * t.DHP + rk.col]++;
+                  // the kernel loads (2r, 2r+1) as one word at row row8 + lane/4, k + 2*(lane%4)
+                  const RowCol first = t.g_a_elem(warp, mt, kt, lane, i & ~1);
+                  const int row8 = t.g_a_pair_row8(warp, mt, i / 2);
+                  if (rk.row != first.row || rk.col != first.col + (i & 1) ||
+                      first.row != row8 + lane / 4 ||
+                      first.col != t.g_a_pair_k(warp, kt, i / 2) + 2 * (lane % 4) || row8 % 8 != 0 ||
+                      (row8 < t.rows() && row8 % t.BH + 8 > t.BH))
+                    fail("wgmma A register (row8 + group, k + 2 * thread in group)", i, 0);
+                  A[ga_tab[(th * 8 + i) * 2]][ga_tab[(th * 8 + i) * 2 + 1]] = weight(rk.row, rk.col);
+                }
+              }
+              const unsigned long long desc = t.g_desc_b(base, wg, kt);
+              for (int k = 0; k < 16; ++k)
+                for (int col = 0; col < t.BB; ++col) {
+                  const long long addr = wgmma_b_address(desc, k, col) - base;
+                  if (addr < 0 || addr % 2 != 0 || addr / 2 >= t.h_buffer_elems()) {
+                    fail("wgmma B address outside the h buffer", addr, 0);
+                    continue;
+                  }
+                  for (int row = 0; row < 64; ++row) D[row * t.BB + col] += A[row][k] * sh[addr / 2];
+                }
+            }
+            for (int th = 0; th < 128; ++th) {
+              const int warp = 4 * wg + th / 32, lane = th % 32;
+              for (int i = 0; i < kD; ++i) {
+                const double v = D[gd_tab[(th * kD + i) * 2] * t.BB + gd_tab[(th * kD + i) * 2 + 1]];
+                if (t.g_c_elem(warp, mt, lane, i).row >= t.rows()) continue;  // padding rows
+                const int o = t.g_c_smem_offset(warp, mt, lane, i);
+                partial[o] = v;
+                partial_count[o]++;
+              }
+            }
+          }
+      }
+      for (int warp = 0; warp < (t.gmma ? 0 : t.warps()); ++warp)
         for (int mt = 0; mt < t.m_tiles(); ++mt)
           for (int nt = 0; nt < t.n_tiles(); ++nt) {
             double acc[32][4] = {};
@@ -193,7 +278,7 @@ int main(int argc, char** argv) {
               }
           }
       expect_once("weight slice (A fragments)", a_count);
-      for (int wk = 0; wk < t.WK; ++wk)
+      for (int wk = 0; wk < t.k_slices(); ++wk)
         for (int b = 0; b < t.BB; ++b)
           for (int row = 0; row < t.rows(); ++row) {
             const int o = t.partial_offset(wk, b, row);
@@ -208,7 +293,7 @@ int main(int argc, char** argv) {
           if (bg >= B || unit >= DH) continue;
           for (int g = 0; g < G; ++g) {
             double s = 0;
-            for (int wk = 0; wk < t.WK; ++wk) s += partial[t.partial_offset(wk, e.b, t.gate_row(g, e.unit))];
+            for (int wk = 0; wk < t.k_slices(); ++wk) s += partial[t.partial_offset(wk, e.b, t.gate_row(g, e.unit))];
             const size_t o = ((static_cast<size_t>(bg) * G + g) * NH + n) * DH + unit;
             out[o] = s;
             out_count[o]++;

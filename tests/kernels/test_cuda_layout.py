@@ -8,6 +8,12 @@ the partial sums of the split reduction and the pointwise threads' (batch, unit)
 tensor-core instruction is emulated from the lane tables below, transcribed from the PTX ISA's
 fragment figures independently of layout.h. The result must equal h @ r exactly (small integer
 inputs), and the simulation fails on any element written twice or never.
+
+The sm_90a path (wgmma) is simulated the same way for every H100 plan: warpgroup-wide
+m64nNk16 products, A from the lanes' registers, B = h^T read from the shared h buffer at the
+addresses the PTX ISA gives for the matrix descriptor layout.h encodes (the simulation decodes
+it: start address, leading and stride byte offsets, canonical K-major layout without
+swizzling), D spread over the warpgroup's threads by the ISA's table below.
 """
 import pathlib
 import shutil
@@ -18,7 +24,7 @@ import pytest
 import torch
 
 from flashseq.cells import CELLS
-from flashseq.kernels.fused_rnn import cuda_build
+from flashseq.kernels.fused_rnn import cuda_build, cuda_compile
 from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -48,6 +54,24 @@ def _ptx_tables(k: int):
     return {"a": a, "b": b, "c": c}
 
 
+def _wgmma_tables(n: int):
+    """{'a': [128][8] (row, col) of A (64 x 16), 'd': [128][n/2] (row, col) of D (64 x n)} for
+    wgmma.m64nNk16 with 16-bit A in registers (PTX ISA, "Register fragments" of wgmma
+    .m64nNk16): thread = 32 * warp + 4 * groupID + tig, warp = 0..3 of the warpgroup."""
+    a, d = [], []
+    for thread in range(128):
+        warp, lane = divmod(thread, 32)
+        group, tig = divmod(lane, 4)
+        top = 16 * warp + group
+        # A: a0 a1 (row top, cols 2t, 2t+1), a2 a3 (top+8), a4 a5 (top, cols +8), a6 a7 (top+8, +8)
+        rows = [top, top, top + 8, top + 8] * 2
+        cols = [2 * tig, 2 * tig + 1] * 2 + [2 * tig + 8, 2 * tig + 9] * 2
+        a.append(list(zip(rows, cols)))
+        # D: per 8 columns, d(4j) d(4j+1) at row top, d(4j+2) d(4j+3) at top+8; cols 8j + 2t (+1)
+        d.append([(top + 8 * ((i // 2) % 2), 8 * (i // 4) + 2 * tig + i % 2) for i in range(n // 2)])
+    return {"a": a, "d": d}
+
+
 def test_ptx_tables_cover_each_operand_once():
     """The transcription itself: every element of A, B and C held by exactly one lane."""
     for k in (16, 8):
@@ -58,6 +82,14 @@ def test_ptx_tables_cover_each_operand_once():
                 for row, col in lane:
                     seen[row, col] += 1
             assert bool((seen == 1).all()), (k, name)
+    for n in (8, 16):
+        t = _wgmma_tables(n)
+        for name, shape in (("a", (64, 16)), ("d", (64, n))):
+            seen = torch.zeros(shape, dtype=torch.int64)
+            for thread in t[name]:
+                for row, col in thread:
+                    seen[row, col] += 1
+            assert bool((seen == 1).all()), (n, name)
 
 
 @pytest.fixture(scope="module")
@@ -73,21 +105,24 @@ def sim_binary():
     return path
 
 
-def _tiling(plan):
+def _tiling(plan, gmma=0):
     k = 8 if plan.dtype in ("tf32", "float32") else 16
     return dict(G=CELLS[plan.cell].num_gates, BB=plan.BB, BH=plan.BH, WM=plan.warps_m,
                 WK=plan.warps_n, DHP=plan.padded_head_dim, P=plan.programs_per_head, K=k,
-                elem_bytes=4 if k == 8 else 2)
+                elem_bytes=4 if k == 8 else 2, gmma=gmma)
 
 
 def _simulate(binary, tmp_path, tiling, r, h, cluster):
     """rh [B, G, NH, DH] (float64) as the simulated kernel computes it."""
     G, NH, DH = r.shape[0], r.shape[1], r.shape[2]
     B = h.shape[0]
-    tables = _ptx_tables(tiling["K"])
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
-    ints = torch.tensor(header + [B, NH, DH, int(cluster)], dtype=torch.int32)
-    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in ("a", "b", "c")]
+    ints = torch.tensor(header + [B, NH, DH, int(cluster), tiling.get("gmma", 0)], dtype=torch.int32)
+    if tiling.get("gmma", 0):
+        tables, names = _wgmma_tables(tiling["BB"]), ("a", "d")
+    else:
+        tables, names = _ptx_tables(tiling["K"]), ("a", "b", "c")
+    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in names]
     inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
     with open(inp, "wb") as f:
         for part in (ints, *tabs):
@@ -109,14 +144,18 @@ def _plans():
                     assert plan.path in ("fused", "split"), plan
                     key = (dh, tuple(sorted(_tiling(plan).items())), plan.cluster_size > 1)
                     cases.setdefault(key, f"{cell}-{gpu}-{dtype}-DH{dh}")
+                    if gpu == "h100" and cuda_compile.wgmma_serves(plan):  # sm_90a: wgmma
+                        key = (dh, tuple(sorted(_tiling(plan, gmma=1).items())), plan.cluster_size > 1)
+                        cases.setdefault(key, f"{cell}-{gpu}-{dtype}-DH{dh}-wgmma")
     return [pytest.param(dh, dict(t), clus, id=name) for (dh, t, clus), name in cases.items()]
 
 
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _plans())
 def test_fragments_reassemble_the_product(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
     """Every distinct CUDA tiling the solver picks (4 cells, H100/A100, bf16/tf32, DH 64, 256,
-    768 and 40, which pads to 48) with both exchanges, batch 13 (a partial batch tile) and two
-    heads (one at DH 768, to keep the inputs small)."""
+    768 and 40, which pads to 48; the H100 16-bit plans also on the wgmma path) with both
+    exchanges, batch 13 (a partial batch tile) and two heads (one at DH 768, to keep the inputs
+    small)."""
     gen = torch.Generator().manual_seed(head_dim * 7919 + tiling["BH"] * 31 + tiling["WK"])
     heads = 1 if head_dim == 768 else 2
     G, B = tiling["G"], 13
@@ -148,3 +187,27 @@ def test_simulation_catches_a_wrong_table(sim_binary, tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "_ptx_tables", bad)
     got = _simulate(sim_binary, tmp_path, tiling, r, h, cluster=False)
     assert not torch.equal(got, torch.einsum("bnk,gnke->bgne", h, r))
+
+
+@pytest.mark.parametrize("fault", ["a_rows", "d_rows"])
+def test_simulation_catches_a_wrong_wgmma_table(sim_binary, tmp_path, monkeypatch, fault):
+    """The wgmma check can fail: exchanging the row blocks of two warps in the A table, or the
+    two 8-row halves of the D table, makes the simulated product differ from h @ r."""
+    tiling = dict(G=4, BB=8, BH=32, WM=1, WK=4, DHP=256, P=8, K=16, elem_bytes=2, gmma=1)
+    gen = torch.Generator().manual_seed(1)
+    r = torch.randint(-3, 4, (4, 1, 256, 256), generator=gen).double()
+    h = torch.randint(-3, 4, (8, 1, 256), generator=gen).double()
+    good = _wgmma_tables
+
+    def bad(n):
+        t = good(n)
+        if fault == "a_rows":
+            t["a"] = [[(row ^ 16, col) for row, col in th] for th in t["a"]]
+        else:
+            t["d"] = [[(row ^ 8, col) for row, col in th] for th in t["d"]]
+        return t
+
+    want = torch.einsum("bnk,gnke->bgne", h, r)
+    assert torch.equal(_simulate(sim_binary, tmp_path, tiling, r, h, cluster=True), want)
+    monkeypatch.setattr(sys.modules[__name__], "_wgmma_tables", bad)
+    assert not torch.equal(_simulate(sim_binary, tmp_path, tiling, r, h, cluster=True), want)

@@ -84,7 +84,7 @@ def extension_spec(plan, arch: str, kind: str = "forward") -> _jit.ExtensionSpec
     """The extension of one plan's instantiation for ``arch`` ("sm_80", "sm_90a", ...): kind
     "forward" (inference), "forward_save" (the forward that saves what the backward reads) or
     "backward" (csrc/fused/fused_rnn_bwd.cu with its binding)."""
-    from .cuda_compile import forward_defines, forward_sources
+    from .cuda_compile import forward_defines, forward_sources, uses_wgmma
 
     if kind == "backward":
         from .cuda_function import backward_extension_spec
@@ -92,7 +92,7 @@ def extension_spec(plan, arch: str, kind: str = "forward") -> _jit.ExtensionSpec
     if kind not in ("forward", "forward_save"):
         raise ValueError(f"kind must be 'forward', 'forward_save' or 'backward'; got {kind!r}")
     defines = forward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a",
-                              save=kind == "forward_save")
+                              gmma=uses_wgmma(arch, plan), save=kind == "forward_save")
     gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
                else f"-gencode=arch=compute_{arch[3:]},code={arch}")
     sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda.cpp"),

@@ -17,6 +17,8 @@ import re
 
 from flashseq import _jit
 from flashseq.cells import get_cell
+from flashseq.kernels._triton_compile_common import (  # shared with the Triton checks
+    SASS_TENSOR_OPS, sass_loops)
 
 from . import cuda_build
 
@@ -34,12 +36,13 @@ def forward_sources() -> list[pathlib.Path]:
 
 
 def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True,
-                    save: bool = False) -> dict[str, str]:
+                    gmma: bool = False, save: bool = False) -> dict[str, str]:
     """-D values instantiating the forward kernel for a CUDA ``FusedRNNPlan`` (bf16/fp16).
 
     cluster: exchange h inside a cluster (sm_90a); default: as the plan says.
     cap_registers: cap ptxas at the plan's predicted registers per thread (FLASHSEQ_MAX_REGS,
         see csrc/fused/forward.cuh); False leaves ptxas free (up to 255).
+    gmma: the step's product through wgmma (FLASHSEQ_GMMA, sm_90a only; see csrc/fused/layout.h).
     save: compile in the save mode for the backward (FLASHSEQ_FWD_SAVE, training builds).
     """
     if plan.backend != "cuda" or plan.path not in ("fused", "split"):
@@ -52,7 +55,7 @@ def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = 
             "FLASHSEQ_BB": str(plan.BB), "FLASHSEQ_BH": str(plan.BH),
             "FLASHSEQ_WM": str(plan.warps_m), "FLASHSEQ_WK": str(plan.warps_n),
             "FLASHSEQ_DHP": str(plan.padded_head_dim), "FLASHSEQ_CLUSTER": str(int(clus)),
-            **({"FLASHSEQ_FWD_SAVE": "1"} if save else {}),
+            "FLASHSEQ_GMMA": str(int(gmma)), **({"FLASHSEQ_FWD_SAVE": "1"} if save else {}),
             **({"FLASHSEQ_MAX_REGS": str(plan.registers_per_thread)} if cap_registers else {})}
 
 
@@ -91,6 +94,7 @@ class CubinReport:
     local_memory_ops: int          # LDL/STL anywhere
     local_memory_ops_in_loop: int  # LDL/STL inside the step loop
     cubin: str
+    wgmma_serialized: tuple = ()   # ptxas's reasons for running the wgmmas one at a time (C7512)
 
 
 _PTXAS_REGS = re.compile(r"Used (\d+) registers")
@@ -98,19 +102,7 @@ _PTXAS_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (
 # the recurrent weights' loads: LDG with the L1::no_allocate tag (SASS ".NA"), e.g.
 # "LDG.E.NA.CONSTANT"; no other load of the kernels carries it (csrc/fused/device.cuh)
 _WEIGHT_LOAD = re.compile(r"\bLDG(\.\w+)*\.NA\b")
-_SASS_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-
-
-def sass_loops(sass: str) -> tuple[list[tuple[int, str]], list[tuple[int, int]]]:
-    """(instructions as (address, text), loops as (start, end) address ranges): a loop is a
-    branch back to an earlier address, covering [target, branch]."""
-    instrs = [(int(m.group(1), 16), m.group(2)) for m in _SASS_LINE.finditer(sass)]
-    loops = []
-    for addr, text in instrs:
-        m = re.search(r"\bBRA\b.*?(0x[0-9a-f]+)", text)
-        if m and int(m.group(1), 16) < addr:
-            loops.append((int(m.group(1), 16), addr))
-    return instrs, loops
+_WGMMA_SERIALIZED = re.compile(r"wgmma\.mma_async instructions are serialized due to ([^'\n]*?) for")
 
 
 def analyse_sass(sass: str) -> dict:
@@ -118,7 +110,7 @@ def analyse_sass(sass: str) -> dict:
     instructions (LDL/STL: spills) inside the loops that hold tensor-core instructions, i.e. the
     step loop, and in the whole kernel."""
     instrs, loops = sass_loops(sass)
-    is_mma = re.compile(r"\b(HMMA|HGMMA)\b")
+    is_mma = SASS_TENSOR_OPS
     mma_loops = [(a, b) for a, b in loops if any(a <= x <= b and is_mma.search(t) for x, t in instrs)]
 
     def in_loop(x):
@@ -150,7 +142,8 @@ def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registe
                     extra_flags: tuple[str, ...] = (), save: bool = False) -> CubinReport:
     """Compile the forward kernel of ``plan`` for ``arch`` ("sm_80" | "sm_90a"); cached.
     ``cluster``, ``cap_registers`` and ``save`` as in ``forward_defines``."""
-    defines = forward_defines(plan, cluster=cluster, cap_registers=cap_registers, save=save)
+    defines = forward_defines(plan, cluster=cluster, cap_registers=cap_registers,
+                              gmma=uses_wgmma(arch, plan), save=save)
     return _compile("fused_rnn_fwd", forward_sources(), defines, arch, extra_flags)
 
 
@@ -181,14 +174,17 @@ def _compile(name: str, sources, defines: dict, arch: str, extra_flags) -> Cubin
         done = cuda_build.run_tool([nvcc, *flags, str(FUSED_DIR / f"{name}.cu"), "-o", str(dst)])
         seconds = time.monotonic() - start
         text = done.stdout + done.stderr
-        kernel = [blk for blk in text.split("Compiling entry function") if f"{name}_kernel" in blk]
+        # (the text before the first entry may name the kernel too, in ptxas's warnings)
+        kernel = [blk for blk in text.split("Compiling entry function")[1:] if f"{name}_kernel" in blk]
         if len(kernel) != 1:
             raise cuda_build.BuildError(f"no single kernel entry in the ptxas report:\n{text}")
         regs = _PTXAS_REGS.search(kernel[0])
         spill = _PTXAS_SPILL.search(kernel[0])
         return {"registers": int(regs.group(1)), "stack_bytes": int(spill.group(1)),
                 "spill_store_bytes": int(spill.group(2)), "spill_load_bytes": int(spill.group(3)),
-                "compile_s": round(seconds, 2)}
+                "compile_s": round(seconds, 2),
+                # ptxas C7512: "wgmma.mma_async instructions are serialized due to ..."
+                "wgmma_serialized": _WGMMA_SERIALIZED.findall(text)}
 
     path, meta = cuda_build.cached_build(name, sources, [flags, _nvcc_version(nvcc)],
                                          build, ".cubin")
@@ -201,11 +197,32 @@ def _compile(name: str, sources, defines: dict, arch: str, extra_flags) -> Cubin
                        weight_loads_in_loop=sass["weight_loads_in_loop"],
                        weight_loads_total=sass["weight_loads_total"],
                        local_memory_ops=sass["local_memory_ops"],
-                       local_memory_ops_in_loop=sass["local_memory_ops_in_loop"], cubin=str(path))
+                       local_memory_ops_in_loop=sass["local_memory_ops_in_loop"], cubin=str(path),
+                       wgmma_serialized=tuple(meta.get("wgmma_serialized", ())))
 
 
-def expected_weight_loads(plan) -> int:
-    """32-bit weight loads per thread in the kernel's prologue: one per A-fragment register."""
+def wgmma_serves(plan) -> bool:
+    """The plan's tiling fits the wgmma path (csrc/fused/layout.h ``gmma_invalid``): 16-bit
+    operands, whole warpgroups (warps a multiple of 4) each taking whole k steps of 16, and
+    N = BB of 8 or 16."""
+    warps = plan.warps_m * plan.warps_n
+    return (plan.dtype in ELEM_TYPES and warps % 4 == 0 and plan.BB in (8, 16)
+            and plan.padded_head_dim % (16 * (warps // 4)) == 0)
+
+
+def uses_wgmma(arch: str, plan=None) -> bool:
+    """The forward kernel's product runs on wgmma (HGMMA) for this target: sm_90a, when the
+    plan's tiling fits (``wgmma_serves``; otherwise mma.sync, as on sm_80)."""
+    return arch == "sm_90a" and (plan is None or wgmma_serves(plan))
+
+
+def expected_weight_loads(plan, arch: str = "sm_80") -> int:
+    """32-bit weight loads per thread in the kernel's prologue: one per A-fragment register
+    (wgmma: 64-row tiles over the warpgroup's K slice, csrc/fused/layout.h ``g_a_regs``)."""
     G = get_cell(plan.cell).num_gates
+    if uses_wgmma(arch, plan):
+        warpgroups = plan.warps_m * plan.warps_n // 4
+        m_tiles = -(-G * plan.BH // 64)
+        return m_tiles * (plan.padded_head_dim // (16 * warpgroups)) * 4
     rows_per_warp = G * plan.BH // plan.warps_m
     return (rows_per_warp // 16) * (plan.padded_head_dim // (16 * plan.warps_n)) * 4

@@ -22,8 +22,9 @@ def _compute(q, *tensors):
     return [t.to(dtype) for t in (q, *tensors)]
 
 
-# The plstm_2d kernel has not run on a GPU yet (only the interpreter and cubin compile checks),
-# so "auto" keeps the PyTorch form for it; backend="triton" asks for it.
+# The plstm_2d kernels (forward and backward) have not run on a GPU yet (only the interpreter
+# and cubin compile checks; the backward still spills), so "auto" keeps the PyTorch form for it;
+# backend="triton" asks for them.
 AUTO_TRITON_OPS = ("plstm_1d",)
 
 

@@ -1,4 +1,4 @@
-"""pLSTM on CUDA (run by ``pytest -m gpu``): plstm_2d and plstm_1d (Triton forward) against the
+"""pLSTM on CUDA (run by ``pytest -m gpu``): plstm_2d and plstm_1d (Triton kernels) against the
 float64 CPU computation, forward and gradients, at bench-like head sizes."""
 import pytest
 import torch
@@ -42,6 +42,24 @@ def test_plstm_1d_triton_cuda(dtype, tol):
           .requires_grad_() for n, t in p64.items()}
     ref_in = {n: t.detach().cpu().double().requires_grad_() for n, t in pc.items()}
     out, grads = _run(plstm_1d, pc, backend="auto")
+    ref, ref_grads = _run(plstm_1d, ref_in, backend="torch")
+    assert_close("o", out, ref, tol)
+    for name, g, g_ref in zip(NAMES, grads, ref_grads):
+        assert_close(f"d{name}", g, g_ref, tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=str)
+def test_plstm_1d_triton_tree_merge_cuda(dtype, tol):
+    """The chunk-parallel forward (log-depth merge of the chunk summaries) and the backward
+    kernel, through PLSTM1DTriton(merge="tree")."""
+    from flashseq.kernels.plstm.triton_1d import PLSTM1DTriton
+    p64 = line_problem(2, 301, 4, 64, 64, seed=3)
+    with torch.no_grad():
+        p64["transition"].copy_(torch.tanh(p64["transition"]))
+    pc = {n: t.detach().to("cuda", dtype if n in ("q", "k", "v") else torch.float32)
+          .requires_grad_() for n, t in p64.items()}
+    ref_in = {n: t.detach().cpu().double().requires_grad_() for n, t in pc.items()}
+    out, grads = _run(lambda *a: PLSTM1DTriton.apply(*a, 64 ** -0.5, 64, "tree"), pc)
     ref, ref_grads = _run(plstm_1d, ref_in, backend="torch")
     assert_close("o", out, ref, tol)
     for name, g, g_ref in zip(NAMES, grads, ref_grads):

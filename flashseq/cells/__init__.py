@@ -1,7 +1,8 @@
 """Registry of recurrent cells. Adding a cell: one file here, one line in ``CELLS``.
 
-``CELLS`` holds the cells every ``fused_rnn`` back end serves; ``REFERENCE_CELLS`` those only the
-reference back end serves so far (the LayerNorm cells). ``get_cell`` finds both.
+``CELLS`` holds the cells every ``fused_rnn`` back end serves; ``REFERENCE_CELLS`` the LayerNorm
+cells, served by the back ends that declare ``SERVES_EXTRAS`` (reference, cpu, triton; not yet
+the CUDA kernels). ``get_cell`` finds both.
 """
 from .base import Cell
 from .elman import ELMAN

@@ -34,7 +34,8 @@ def fused_rnn(wx, r, b, states=None, *, cell, lengths=None, backend="auto", drop
             Also "layernorm_lstm" (as "lstm") and "layernorm_gru" (as "gru"): the input and
             the recurrent gate pre-activations are layer-normalised per head before ``b`` is
             added, and c too before its tanh for the LSTM (placement and reference in
-            flashseq/cells/layernorm_lstm.py); served by the "reference" back end only so far.
+            flashseq/cells/layernorm_lstm.py); served by "reference", "cpu" and "triton" (the
+            persistent kernel; heads the plan splits over programs fall back).
         lengths: [B] int64 (CPU or wx's device) with values in 0..T, any order, or None.
             Steps at or past a row's length leave its states unchanged and output zeros.
             Default: None, every row runs all T steps.
@@ -43,9 +44,9 @@ def fused_rnn(wx, r, b, states=None, *, cell, lengths=None, backend="auto", drop
             when it skips a faster one. Default: "auto".
 
     The keyword arguments below go beyond torch.nn; all default off, and a call using none of
-    them is the plain call on every back end. So far only the "reference" back end serves them
-    ("auto" falls back to it with one warning naming the argument; another named back end
-    raises ``NotImplementedError``). The masks are applied whenever a probability is > 0
+    them is the plain call on every back end. The "reference", "cpu" and "triton" back ends
+    serve them, inside their time loops (a configuration one cannot serve: "auto" falls back
+    with one warning naming the argument, the named back end raises ``NotImplementedError``). The masks are applied whenever a probability is > 0
     (there is no training flag here: pass 0 in evaluation). They are drawn up front from
     ``generator`` in a fixed order and shape, documented in
     flashseq/kernels/fused_rnn/extras.py, so the same generator state gives the same masks.

@@ -124,7 +124,7 @@ def _extras_reason(name: str, problem: Problem) -> str | None:
     except ImportError:
         return None  # unavailable_reason says why
     return (f"{', '.join(problem.extras)} not served by this back end yet "
-            f"(only by 'reference')")
+            f"('reference', 'cpu' and 'triton' serve them)")
 
 
 def _reason(name: str, problem: Problem) -> str | None:

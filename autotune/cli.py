@@ -70,8 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"comma-separated cells of fused_rnn: {', '.join(wl.OPS)}, or "
                              "fused_rnn for all (default: lstm,gru)")
     parser.add_argument("--shapes", default="small",
-                        help="a preset (small, default) or comma-separated BxTxH / BxTxNHxDH "
-                             "shapes, e.g. 16x64x128,16x1024x12x64 (default: small)")
+                        help="a preset (small, default; on a GPU also fused_rnn and "
+                             "fused_rnn-tiny, the fused_rnn benchmark's shapes) or "
+                             "comma-separated BxTxH / BxTxNHxDH shapes, e.g. "
+                             "16x64x128,16x1024x12x64 (default: small)")
     parser.add_argument("--dtype", default=None, choices=("float32", "float64", "float16",
                                                           "bfloat16"),
                         help="default: float32 on CPU, bfloat16 on a GPU")
@@ -88,10 +90,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "time nothing, write nothing")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write the results table as JSON to PATH")
+    parser.add_argument("--md", type=Path, default=None, metavar="PATH",
+                        help="also write the results table as Markdown to PATH")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
                         help="stop starting new candidates after this many seconds (exit 3 if "
                              "some workloads were left)")
     return parser
+
+
+def device_text(identity: dict) -> str:
+    """One line naming the device of a cache identity (GPU name and capability, or CPU model)."""
+    if identity.get("kind") == "cuda":
+        cap = ".".join(str(c) for c in identity.get("capability") or ())
+        return f"{identity.get('name')} (sm {cap}, CUDA {identity.get('cuda')})"
+    return f"{identity.get('model')} ({identity.get('isa')})"
 
 
 def resolve_gpu(name: str):
@@ -133,22 +145,32 @@ def progress_bar(total: int):
 
 
 def _speedup(ratio) -> str:
+    if isinstance(ratio, str):  # "n/a (why)": the peer could not run
+        return ratio.replace("|", "/")
     return "-" if ratio is None else f"{1 / ratio:.2f}x"
 
 
-def format_table(results, peer_name: str) -> str:
+def format_table(results, peer_names) -> str:
     """The final table (Markdown): best config, time, speed-up over the untuned configuration
-    and over the peer (both from alternating timings: median of per-pair ratios, inverted)."""
-    lines = ["| workload | best config | time ms | untuned ms | speed-up vs untuned | "
-             f"speed-up vs {peer_name} |", "|---|---|---:|---:|---:|---:|"]
+    and over each peer (from alternating timings: median of per-pair ratios, inverted); a peer
+    that could not run shows "n/a (why)"."""
+    if isinstance(peer_names, str):
+        peer_names = (peer_names,)
+    peer_names = tuple(peer_names)
+    head = "".join(f" speed-up vs {p} |" for p in peer_names)
+    lines = ["| workload | best config | time ms | untuned ms | speed-up vs untuned |" + head,
+             "|---|---|---:|---:|---:|" + "---:|" * len(peer_names)]
     for r in results:
         if r.time_ms is None:
             why = r.error or r.skipped or "not tuned"
-            lines.append(f"| {r.workload.label} | {why} | - | - | - | - |")
+            lines.append(f"| {r.workload.label} | {why} | - | - | - |" + " - |" * len(peer_names))
             continue
+        ratios = getattr(r, "peer_ratios", None) or {}
+        if not ratios and len(peer_names) == 1:
+            ratios = {peer_names[0]: r.ratio_vs_peer}
+        cells = "".join(f" {_speedup(ratios.get(p))} |" for p in peer_names)
         lines.append(f"| {r.workload.label} | {r.config_text} | {r.time_ms:.3f} | "
-                     f"{r.untuned_ms:.3f} | {_speedup(r.ratio_vs_untuned)} | "
-                     f"{_speedup(r.ratio_vs_peer)} |")
+                     f"{r.untuned_ms:.3f} | {_speedup(r.ratio_vs_untuned)} |" + cells)
     return "\n".join(lines)
 
 
@@ -186,7 +208,7 @@ def dry_run_gpu(spec, work, k: int) -> None:
                   f"predicted {c['predicted_step_ns']:.0f} ns/step")
 
 
-def run_tuning(target, work, args, peer_name: str) -> int:
+def run_tuning(target, work, args) -> int:
     from . import cache, runner
 
     settings = runner.Settings(k=args.candidates)
@@ -201,18 +223,26 @@ def run_tuning(target, work, args, peer_name: str) -> int:
     path = None
     if done:
         path = cache.record(target.identity(), [runner.entry(target, r) for r in done], folder)
-    print(format_table(results, peer_name))
+    table = format_table(results, target.peer_names)
+    print(table)
     import torch
-    print(f"\n{len(done)} of {len(results)} workloads tuned in {time.monotonic() - start:.0f} s "
-          f"({torch.get_num_threads()} torch threads)"
-          + (f"; cache: {path}" if path else "; nothing recorded"))
+    footer = (f"{len(done)} of {len(results)} workloads tuned in {time.monotonic() - start:.0f} s "
+              f"({torch.get_num_threads()} torch threads)")
+    print(f"\n{footer}" + (f"; cache: {path}" if path else "; nothing recorded"))
     if args.cache is not None and Path(args.cache).resolve() != default_cache_dir().resolve():
         print(f"note: dispatch reads {default_cache_dir()}; set FLASHSEQ_CACHE_DIR so that "
               "its tune/ folder is this one to use these results")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": target.identity(),
+                                         "peers": list(target.peer_names),
                                          "results": [r.to_json() for r in results]}, indent=1))
+    if args.md is not None:
+        args.md.parent.mkdir(parents=True, exist_ok=True)
+        args.md.write_text(f"# flashseq-tune on {device_text(target.identity())}\n\n"
+                           f"Command: `flashseq-tune {' '.join(args.argv)}`\n\n{table}\n\n"
+                           f"{footer}. Speed-ups are medians of per-pair ratios (the two calls "
+                           "timed in alternation), forward + backward.\n")
     # a candidate whose output differs from the default's is a kernel bug: fail loudly
     if any(r.error or r.rejected for r in results):
         for r in results:
@@ -227,6 +257,7 @@ def run_tuning(target, work, args, peer_name: str) -> int:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.candidates < 1:
         parser.error("--candidates must be >= 1")
     if args.budget is not None and not args.budget > 0:
@@ -257,7 +288,7 @@ def main(argv=None) -> int:
             return EXIT_USAGE
         _jit.extension()  # a first-use build happens here, not inside the first timing
         from .targets import CpuTarget
-        return run_tuning(CpuTarget(), work, args, "torch.nn")
+        return run_tuning(CpuTarget(), work, args)
     try:
         spec, present = resolve_gpu(args.gpu or "auto")
     except ValueError as err:
@@ -273,7 +304,7 @@ def main(argv=None) -> int:
               "here; use --dry-run to see the candidates")
         return EXIT_USAGE
     from .targets import GpuTarget
-    return run_tuning(GpuTarget(spec), work, args, "cuDNN")
+    return run_tuning(GpuTarget(spec), work, args)
 
 
 if __name__ == "__main__":

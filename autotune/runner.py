@@ -12,8 +12,9 @@ Per workload (``tune_workload``):
    the median of per-pair ratios decides (the noise check);
 5. the winner is timed against the default in alternation (``ratio_vs_untuned``, < 1 is faster);
    a winner not at least ``KEEP_MARGIN`` faster than the default is replaced by the default;
-6. where a peer exists, flashseq's module under the winner against the torch.nn module, in
-   alternation (``ratio_vs_peer``).
+6. each of the target's peers (``target.peers``: torch.nn on CPU; cuDNN and FlashRNN on a GPU)
+   against flashseq under the winner, in alternation (``peer_ratios[name]``; a peer that cannot
+   run holds "n/a (why)"; ``ratio_vs_peer`` is the first peer's ratio).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class Result:
     untuned_ms: float | None = None
     ratio_vs_untuned: float | None = None
     ratio_vs_peer: float | None = None
+    peer_ratios: dict = field(default_factory=dict)  # peer name -> ratio or "n/a (why)"
     candidates: int = 0
     rejected: list = field(default_factory=list)
     error: str | None = None
@@ -45,6 +47,7 @@ class Result:
                 "head_dim": w.head_dim, "dtype": w.dtype, "config": self.config_text,
                 "time_ms": self.time_ms, "untuned_ms": self.untuned_ms,
                 "ratio_vs_untuned": self.ratio_vs_untuned, "ratio_vs_peer": self.ratio_vs_peer,
+                "peers": dict(self.peer_ratios),
                 "candidates": self.candidates, "rejected": self.rejected, "error": self.error,
                 "skipped": self.skipped}
 
@@ -112,10 +115,22 @@ def tune_workload(target, w, settings: Settings, tick=lambda: None, deadline=Non
         res.ratio_vs_untuned = 1.0
     res.config, res.time_ms = best, best_ms
     res.config_text = target.describe(best)
-    calls = target.peer_calls(w, best)
-    if calls is not None:
-        res.ratio_vs_peer = timing.paired_ratio(*calls, device,
-                                                min_time=settings.pair_time)["ratio"]
+    if hasattr(target, "peers"):
+        found = target.peers(w, best)
+    else:  # a target with one unnamed peer
+        found = [("peer", target.peer_calls(w, best))]
+    for name, calls in found:
+        if calls is None or isinstance(calls, str):
+            res.peer_ratios[name] = calls or "n/a"
+            continue
+        try:
+            res.peer_ratios[name] = timing.paired_ratio(*calls, device,
+                                                        min_time=settings.pair_time)["ratio"]
+        except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
+            # a peer's failure is the peer's row, not a failed tuning run
+            res.peer_ratios[name] = f"n/a ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})"
+    first = next(iter(res.peer_ratios.values()), None)
+    res.ratio_vs_peer = None if isinstance(first, str) else first
     return res
 
 

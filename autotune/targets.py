@@ -7,9 +7,15 @@ configuration forced with the back end's ``override``), a correctness check of a
 against the default configuration, and the peer comparison.
 
 ``CpuTarget``: the compiled CPU loop's knobs (``cpu_config``); peer torch.nn.LSTM/GRU/RNN.
-``GpuTarget``: the Triton back end's tiles (``triton_tuned``); peer torch.nn on CUDA (cuDNN).
+``GpuTarget``: the Triton back end's tiles (``triton_tuned``); peers torch.nn on CUDA (cuDNN)
+and, when ``import flashrnn`` works, FlashRNN (through the benchmark suite's adapter in
+``bench/peers.py``, so from a checkout). A peer that cannot run is reported as "n/a (why)".
 """
 from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
 
 import torch
 
@@ -27,6 +33,21 @@ CHECK_TOLERANCE = {"float32": 1e-5, "float64": 1e-12, "float16": 1e-2, "bfloat16
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     ref64 = ref.double()
     return float((out.double() - ref64).norm() / ref64.norm().clamp_min(1e-30))
+
+
+@contextlib.contextmanager
+def tuning_off():
+    """``FLASHSEQ_TUNING=off`` inside the block: dispatch ignores the tuning cache (the
+    "untuned" plan), whatever the cache holds."""
+    saved = os.environ.get(tuning.ENV)
+    os.environ[tuning.ENV] = "off"
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(tuning.ENV, None)
+        else:
+            os.environ[tuning.ENV] = saved
 
 
 class _Inputs:
@@ -109,8 +130,9 @@ class _Target:
         dtype = getattr(torch, w.dtype)
         H = w.head_dim
         torch.manual_seed(0)
-        ours = getattr(flashseq, PEER_MODULES[w.cell])(H, H, batch_first=True).to(self.device,
-                                                                                  dtype)
+        # the target's back end, so the tuned configuration is the one that runs
+        ours = getattr(flashseq, PEER_MODULES[w.cell])(H, H, batch_first=True,
+                                                       backend=self.backend).to(self.device, dtype)
         peer = getattr(torch.nn, PEER_MODULES[w.cell])(H, H, batch_first=True).to(self.device,
                                                                                   dtype)
         peer.load_state_dict(ours.state_dict())
@@ -124,6 +146,16 @@ class _Target:
                     torch.autograd.grad(out, (x, *module.parameters()), grad)
             return go
         return run(ours, config), run(peer, None)
+
+    peer_names = ("torch.nn",)
+
+    def peers(self, w: Workload, config) -> list:
+        """[(peer name, (ours, peer) calls or "n/a (why)")] in ``peer_names`` order."""
+        calls = self.peer_calls(w, config)
+        if calls is None:
+            why = ("several heads" if w.heads != 1 else f"no {w.cell} module")
+            calls = f"n/a (torch.nn: {why})"
+        return [(self.peer_names[0], calls)]
 
 
 class CpuTarget(_Target):
@@ -168,9 +200,6 @@ class GpuTarget(_Target):
     def default(self):
         return None  # the plan as plan_fused_rnn makes it
 
-    def _override(self, config):
-        return triton_tuned.override(config)
-
     def bucket(self, w: Workload) -> dict:
         return triton_tuned.bucket_of(w.cell, w.batch, w.heads, w.head_dim)
 
@@ -178,6 +207,21 @@ class GpuTarget(_Target):
         found = gpu_candidates(w.cell, w.batch, w.heads, w.head_dim, getattr(torch, w.dtype),
                                self.spec, k=k)
         return [{f: c[f] for f in PLAN_FIELDS} for c in found]
+
+    def _override(self, config):
+        if not config:  # the plan itself: neither an override nor a cache entry may apply
+            stack = contextlib.ExitStack()
+            stack.enter_context(triton_tuned.override(None))
+            stack.enter_context(tuning_off())
+            return stack
+        return triton_tuned.override(config)
+
+    peer_names = ("cuDNN", "FlashRNN")
+
+    def peers(self, w: Workload, config) -> list:
+        """cuDNN (torch.nn on CUDA; one head only) and FlashRNN (lstm, when it imports)."""
+        cudnn = super().peers(w, config)[0][1]
+        return [("cuDNN", cudnn), ("FlashRNN", flashrnn_peer(self, w, config))]
 
     def to_json(self, config) -> dict:
         return dict(config or {})
@@ -189,4 +233,46 @@ class GpuTarget(_Target):
                 f"warps={config['num_warps']} stages={config['num_stages']}")
 
 
-__all__ = ["CpuTarget", "GpuTarget", "rel_err"]
+FLASHRNN_BACKEND = "cuda_fused"
+
+
+def flashrnn_reason(cell: str) -> str | None:
+    """Why FlashRNN is no peer of ``cell`` here ("n/a (...)"), or None."""
+    if importlib.util.find_spec("flashrnn") is None:
+        return "n/a (flashrnn not installed)"
+    try:
+        from bench import peers
+    except ImportError:
+        return "n/a (the FlashRNN comparison uses bench/peers.py: run from a flashseq checkout)"
+    problem = peers.import_reason("flashrnn")
+    if problem:
+        return f"n/a ({problem})"
+    if cell != "lstm":
+        return f"n/a (the FlashRNN comparison covers lstm, not {cell})"
+    return None
+
+
+def flashrnn_peer(target: _Target, w: Workload, config):
+    """(ours, FlashRNN) forward + backward on the same x and weights, projection GEMM included
+    on both sides (the fused_rnn suite's adapters, ``bench.rnn_workloads.fused_rnn_call`` and
+    ``bench.peers.flashrnn_call``), ours under ``config``; or "n/a (why)"."""
+    why = flashrnn_reason(w.cell)
+    if why:
+        return why
+    from bench import peers
+    from bench.rnn_workloads import LSTMWorkload, fused_rnn_call, make_tensors
+
+    H = w.heads * w.head_dim
+    lw = LSTMWorkload(B=w.batch, T=w.steps, I=H, H=H, NH=w.heads, mode="fwd+bwd",
+                      dtype=getattr(torch, w.dtype), device=target.device)
+    tensors = make_tensors(lw)
+    ours_fn = fused_rnn_call(lw, tensors, target.backend)
+
+    def ours():
+        with target._override(config):
+            return ours_fn()
+    return ours, peers.flashrnn_call(lw, tensors, FLASHRNN_BACKEND)
+
+
+__all__ = ["CpuTarget", "GpuTarget", "rel_err", "tuning_off", "flashrnn_reason",
+           "flashrnn_peer"]

@@ -17,9 +17,15 @@ CPU_PRESETS = {
                 (256, 32, 1, 128)),
 }
 # GPU presets: the head-wise workloads (B=16, T=1024, H=768 as NH x DH) and a short one.
+# "fused_rnn" is the shape list of the fused_rnn benchmark suite on CUDA (bench/suites/
+# fused_rnn.py; a test keeps the two equal) and "fused_rnn-tiny" that of its --tiny run, so the
+# suite's flashseq:triton rows run what the tuner recorded (the cache bucket ignores T).
+_FUSED_RNN_HEAD_DIMS = (16, 32, 64, 128, 256, 384, 768)
 GPU_PRESETS = {
     "small": ((16, 256, 12, 64), (16, 256, 1, 768)),
-    "default": tuple((16, 1024, 768 // dh, dh) for dh in (16, 32, 64, 128, 256, 384, 768)),
+    "default": tuple((16, 1024, 768 // dh, dh) for dh in _FUSED_RNN_HEAD_DIMS),
+    "fused_rnn": tuple((16, 1024, 768 // dh, dh) for dh in _FUSED_RNN_HEAD_DIMS),
+    "fused_rnn-tiny": tuple((16, 64, 768 // dh, dh) for dh in (64, 768)),
 }
 
 

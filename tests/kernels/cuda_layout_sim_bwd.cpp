@@ -10,7 +10,8 @@
 // a nonzero exit code and a message when an element is written twice or never.
 //
 // Usage: cuda_layout_sim_bwd <input file> <output file>. Input (little-endian):
-//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode(0: global exchange, 1: cluster)
+//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode (bit 0: cluster exchange, else global;
+//   bit 1: the step's parity, which double buffer the partial sums use)
 //   int32 a_tab[32][8][2], b_tab[32][4][2], c_tab[32][4][2]   (row, col) per lane and element
 //   float64 r[G][NH][DH][DH], dg[B][G][NH][DH]
 // Output: float64 dh[B][NH][DH].
@@ -57,7 +58,7 @@ int main(int argc, char** argv) {
   read(in, hdr, 13);
   const Tiling ft{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8]};
   const BwdTiling t = BwdTiling::of(ft);
-  const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12];
+  const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12] & 1;
   if (const char* why = t.invalid()) {
     std::fprintf(stderr, "invalid tiling: %s\n", why);
     return 3;
@@ -82,7 +83,7 @@ int main(int argc, char** argv) {
               r[((static_cast<size_t>(g) * NH + n) * DH + k) * DH + e];
 
   const int tiles_b = (B + BB - 1) / BB, padded_b = tiles_b * BB;
-  const int parity = 1;  // the step's parity (i & 1); the gather reads the same buffer
+  const int parity = (hdr[12] >> 1) & 1;  // the step's (i & 1); the gather reads the same buffer
   const int W = t.warps(), MT = t.m_tiles(), KT = t.k_tiles(), NT = t.n_tiles();
   // every block's shared partial buffers [2][WKB][BB][part_stride], indexed by block
   const int n_blocks_x = NH * P;
@@ -164,6 +165,7 @@ int main(int argc, char** argv) {
             for (int lane = 0; lane < 32; ++lane)
               for (int i = 0; i < 4; ++i) {
                 const int off = t.c_smem_offset(parity, warp, mt, nt, lane, i);
+                if (off / t.part_buffer_elems() != parity) fail("partial sums outside the parity's buffer", off, 0);
                 sPart[off] = acc[lane][i];
                 pcount[off]++;
               }
@@ -189,6 +191,7 @@ int main(int argc, char** argv) {
           for (int wk = 0; wk < t.WKB(); ++wk) s += sPart[t.part_offset(parity, wk, b, k)];
           const long long off = t.xpart_offset(parity, NH, padded_b, ft.block_head(bx), ft.block_slice(bx),
                                                ft.batch_row(by, b), k);
+          if (off / (t.xpart_elems(NH, padded_b) / 2) != parity) fail("exchange outside the parity's half", off, 0);
           xpart[off] = s;
           xcount[off]++;
         }

@@ -8,7 +8,8 @@ partial sums of each block and of its split reduction, and the sum of the P bloc
 for each block's own units (a cluster's distributed shared memory, or the fp32 global buffer).
 The tensor core is emulated from the PTX lane tables of tests/kernels/test_cuda_layout.py. The
 result must equal d(h_prev)[b, n, k] = sum_{g, e} d(rh)[b, g, n, e] * r[g, n, k, e] exactly
-(small integer inputs); the simulation fails on any element written twice or never.
+(small integer inputs), with either parity of the double-buffered partials; the simulation
+fails on any element written twice or never, or outside its parity's buffer.
 """
 import shutil
 import subprocess
@@ -39,14 +40,14 @@ def sim_binary():
     return path
 
 
-def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None):
+def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
     """d(h_prev) [B, NH, DH] (float64) as the simulated backward step forms it from d(rh)
     ``dg`` [B, G, NH, DH] and ``r`` [G, NH, DH, DH]."""
     NH, DH = r.shape[1], r.shape[2]
     B = dg.shape[0]
     tables = tables or _ptx_tables(16)
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
-    ints = torch.tensor(header + [B, NH, DH, int(cluster)], dtype=torch.int32)
+    ints = torch.tensor(header + [B, NH, DH, int(cluster) | (parity << 1)], dtype=torch.int32)
     tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in ("a", "b", "c")]
     inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
     with open(inp, "wb") as f:
@@ -67,17 +68,17 @@ def _bwd_plans():
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _bwd_plans())
 def test_backward_fragments_reassemble_dh_prev(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
     """Every distinct bf16 CUDA tiling the solver picks (4 cells, H100/A100, DH 64, 256, 768 and
-    40), both exchanges, batch 13 (a partial batch tile), two heads (one at DH 768)."""
+    40), both exchanges and both step parities, batch 13 (a partial batch tile), two heads (one at DH 768)."""
     gen = torch.Generator().manual_seed(head_dim * 104729 + tiling["BH"] * 37 + tiling["WK"])
     heads = 1 if head_dim == 768 else 2
     G, B = tiling["G"], 13
     r = torch.randint(-3, 4, (G, heads, head_dim, head_dim), generator=gen).double()
     dg = torch.randint(-3, 4, (B, G, heads, head_dim), generator=gen).double()
     want = torch.einsum("bgne,gnke->bnk", dg, r)
-    for cluster in (False, True):
-        got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster)
-        assert torch.equal(got, want), (f"cluster={cluster}: {int((got != want).sum())} of "
-                                        f"{want.numel()} elements differ")
+    for cluster, parity in ((False, 0), (False, 1), (True, 0), (True, 1)):
+        got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster, parity=parity)
+        assert torch.equal(got, want), (f"cluster={cluster} parity={parity}: "
+                                        f"{int((got != want).sum())} of {want.numel()} elements differ")
     assert int((want != 0).sum()) > want.numel() // 2
 
 

@@ -314,3 +314,14 @@ def test_bad_reset_and_generator_raise_naming_the_argument(kind):
     with pytest.raises(TypeError, match="generator"):
         m.train()
         make(kind, 3, 4, dropconnect=0.1)(x, generator=0)
+
+
+def test_tracing_refuses_masks_and_resets():
+    """torch.jit.trace runs torch.nn's forward, which has no masks: training-mode regularisers
+    or a reset raise instead of being dropped (or frozen into the trace); eval traces."""
+    m = flashseq.LSTM(3, 4, dropconnect=0.2)
+    x = torch.randn(4, 2, 3)
+    with pytest.raises(ValueError, match=r"\.eval\(\)"):
+        torch.jit.trace(m, x)
+    traced = torch.jit.trace(m.eval(), x)
+    assert torch.allclose(traced(x)[0], m(x)[0])

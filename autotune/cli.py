@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "time nothing, write nothing")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="also write the results table as JSON to PATH")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (for logs)")
     parser.add_argument("--md", type=Path, default=None, metavar="PATH",
                         help="also write the results table as Markdown to PATH")
     parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
@@ -212,12 +214,13 @@ def run_tuning(target, work, args) -> int:
     from . import cache, runner
 
     settings = runner.Settings(k=args.candidates)
-    bar = progress_bar(len(work) * args.candidates)
+    bar = None if args.no_progress else progress_bar(len(work) * args.candidates)
     start = time.monotonic()
     try:
         results = runner.tune(target, work, settings, progress=bar, budget_s=args.budget)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     done = [r for r in results if r.time_ms is not None]
     folder = args.cache or default_cache_dir()
     path = None

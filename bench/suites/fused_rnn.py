@@ -5,6 +5,10 @@ forward and forward+backward; flashseq "cpu" (and flashseq.LSTM when it exists) 
 torch.nn.LSTM, ratio = time / torch.nn.LSTM's time (target <= 1.05).
 CUDA (Triton issue): B=16, T=1024, H=768 as NH x DH for DH in {16, ..., 768}, bfloat16;
 flashseq "triton"/"cuda", torch.nn.LSTM (cuDNN, NH=1 only), FlashRNN cuda_fused/triton_fused.
+"flashseq:triton" runs what dispatch chooses, with the tuning cache of ``$FLASHSEQ_CACHE_DIR``
+(``flashseq-tune --gpu auto --shapes fused_rnn`` writes it; bench/gpu_session.sh tunes first);
+"flashseq:triton-untuned" is the same call with ``FLASHSEQ_TUNING=off`` (the plan's tiles), and
+the column ``ratio_untuned`` is each row's time over the untuned row's.
 Every provider gets the same x and weights and includes the input projection GEMM.
 The full CPU run is estimated at 3-5 minutes on a quiet 2-core machine (48 measurements, each
 >= 1 s and >= 5 runs, capped near 30 s by bench.timing); not yet timed on a quiet machine.
@@ -95,9 +99,29 @@ def _run_cpu(device, quick, progress) -> list[dict]:
     return runner.add_ratios(rows, BASELINE)
 
 
+def _untuned(name):
+    """The fused_rnn call of back end ``name`` with the tuning cache ignored on every call."""
+    from autotune.targets import tuning_off
+
+    def build(data):
+        fn = fused_rnn_call(*data, name)
+
+        def run():
+            with tuning_off():
+                return fn()
+        return run
+    return build
+
+
+UNTUNED = "flashseq:triton-untuned"
+
+
 def gpu_providers(device, dtype) -> list[runner.Provider]:
-    out = [runner.Provider(f"flashseq:{n}", _fused(n), status=backend_status(n, device, dtype))
-           for n in ("triton", "cuda")]
+    triton_status = backend_status("triton", device, dtype)
+    out = [runner.Provider("flashseq:triton", _fused("triton"), status=triton_status),
+           runner.Provider(UNTUNED, _untuned("triton"), status=triton_status),
+           runner.Provider("flashseq:cuda", _fused("cuda"),
+                           status=backend_status("cuda", device, dtype))]
     flashrnn_reason = peers.flashrnn_reason(device)
     for fb in peers.FLASHRNN_BACKENDS:
         out.append(runner.Provider(f"flashrnn:{fb}",
@@ -123,6 +147,7 @@ def _run_gpu(device, quick, progress) -> list[dict]:
                                  min_run_time=0.05 if quick else 0.5,
                                  extra={"mode": w.mode, "NH": w.NH, "DH": w.DH})
     runner.add_ratios(rows, BASELINE)
+    runner.add_ratios(rows, UNTUNED, column="ratio_untuned")
     return runner.add_ratios(rows, "flashrnn:cuda_fused", column="ratio_flashrnn")
 
 

@@ -116,6 +116,17 @@ def test_cpu_tuning_records_a_cache_dispatch_reads(tune_cache, quick, tmp_path, 
 
 
 @needs_cpu_loop
+def test_md_writes_the_table_with_the_device_and_command(tune_cache, quick, tmp_path, capsys):
+    out_md = tmp_path / "tune.md"
+    assert cli.main(TINY + ["--no-progress", "--md", str(out_md)]) == 0
+    text = out_md.read_text()
+    assert text.startswith("# flashseq-tune on ") and "--ops lstm" in text
+    assert "| lstm B=2 T=4 H=8 float32 |" in text and "speed-up vs torch.nn |" in text
+    assert "1 of 1 workloads tuned" in text
+    assert "candidates]" not in capsys.readouterr().err  # --no-progress: no bar
+
+
+@needs_cpu_loop
 def test_budget_exhausted_exits_3(tune_cache, quick, capsys):
     assert cli.main(TINY + ["--budget", "1e-9"]) == cli.EXIT_BUDGET == 3
     assert "budget reached" in capsys.readouterr().out

@@ -16,7 +16,9 @@ def test_gpu_session_dry_run_lists_every_step(tmp_path):
     script = ROOT / "bench" / "gpu_session.sh"
     assert os.access(script, os.X_OK)
     subprocess.run(["bash", "-n", str(script)], check=True)
-    env = {**os.environ, "FLASHSEQ_PEER_WHEELS": str(tmp_path)}
+    env = {**os.environ, "FLASHSEQ_PEER_WHEELS": str(tmp_path),
+           "FLASHSEQ_SESSION_CACHE": str(tmp_path / "session")}
+    env.pop("FLASHSEQ_GPU_SLUG", None)
     done = subprocess.run(["bash", str(script), "--dry-run", "--tiny"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -26,6 +28,37 @@ def test_gpu_session_dry_run_lists_every_step(tmp_path):
     assert f"no wheels in {tmp_path}" in out
     for suite in SUITES:
         assert f"-m bench {suite} --tiny" in out and f"{suite}.json" in out and f"{suite}.md" in out
+    # the tuner runs before the suites, over the fused_rnn suite's tiny shapes, into the cache
+    # the suites' dispatch reads ($FLASHSEQ_CACHE_DIR/tune), and its results land in the folder
+    lines = out.splitlines()
+    tune = next(i for i, line in enumerate(lines) if line.startswith("[dry-run] tune:"))
+    first_suite = next(i for i, line in enumerate(lines) if line.startswith("[dry-run] bench-"))
+    assert tune < first_suite
+    step = lines[tune]
+    cache = str(tmp_path / "session" / "tune")
+    assert "-m autotune.cli --gpu auto --ops lstm --shapes fused_rnn-tiny" in step
+    assert "--budget" in step and f"--cache {cache}" in step
+    assert "dry-run/tune.json" in step and "dry-run/tune.md" in step
+    assert f"{cache}/cuda-*.json to bench/results/dry-run/tune_cache.json" in out
+    readme = next(i for i, line in enumerate(lines) if "-m bench.readme_table" in line)
+    assert readme > max(i for i, line in enumerate(lines) if line.startswith("[dry-run] bench-"))
+    assert "--out bench/results/dry-run/README_table.md" in lines[readme]
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_session_dry_run_full_size_tunes_the_full_shape_list_and_no_tune_skips(tmp_path):
+    script = ROOT / "bench" / "gpu_session.sh"
+    env = {**os.environ, "FLASHSEQ_PEER_WHEELS": str(tmp_path), "FLASHSEQ_GPU_SLUG": "x"}
+    full = subprocess.run(["bash", str(script), "--dry-run", "--suites", "fused_rnn"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert full.returncode == 0, full.stderr
+    step = next(line for line in full.stdout.splitlines() if line.startswith("[dry-run] tune:"))
+    assert "--shapes fused_rnn " in step and "--budget" in step
+    skipped = subprocess.run(["bash", str(script), "--dry-run", "--no-tune", "--suites",
+                              "fused_rnn"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert skipped.returncode == 0, skipped.stderr
+    assert "[dry-run] tune:" not in skipped.stdout and "tune: skipped (--no-tune)" in skipped.stdout
 
 
 @pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU machine has nvidia-smi")

@@ -1,0 +1,152 @@
+"""The GPU half of the tuner, checked on the CPU: the fused_rnn presets equal the benchmark
+suite's shapes, the untuned default really ignores the cache, the peer list (cuDNN, FlashRNN
+present or absent) reaches the results and the table, and the suite's untuned provider."""
+import importlib.machinery
+import sys
+import types
+
+import pytest
+import torch
+
+from autotune import cli, runner, targets, timing
+from autotune.workloads import Workload, parse_shapes
+from bench.suites import fused_rnn as suite
+from flashseq import hardware, tuning
+from flashseq.kernels.fused_rnn import triton_tuned
+
+H100 = hardware.GPUSpec.from_name("h100")
+
+
+def test_gpu_presets_are_the_fused_rnn_suites_shapes():
+    full = [(suite.GPU_B, suite.GPU_T, suite.GPU_H // dh, dh) for dh in suite.GPU_HEAD_DIMS]
+    tiny = [(suite.GPU_B, suite.GPU_QUICK["T"], suite.GPU_H // dh, dh)
+            for dh in suite.GPU_QUICK["head_dims"]]
+    assert parse_shapes("fused_rnn", "gpu") == full
+    assert parse_shapes("fused_rnn-tiny", "gpu") == tiny
+
+
+def test_gpu_default_is_timed_with_the_cache_ignored(monkeypatch):
+    monkeypatch.delenv(tuning.ENV, raising=False)
+    target = targets.GpuTarget(H100, device="cpu")
+    with target._override(target.default()):
+        # the plan itself: neither the tuner's override nor a cache entry applies
+        assert not tuning.enabled() and triton_tuned._override[0] is None
+    assert tuning.enabled()
+    config = {"path": "fused", "BB": 16}
+    with target._override(config):
+        assert tuning.enabled() and triton_tuned._override[0] == config
+    assert triton_tuned._override[0] is None
+
+
+def test_gpu_peers_without_flashrnn_say_why(monkeypatch):
+    real = targets.importlib.util.find_spec
+    monkeypatch.setattr(targets.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flashrnn" else real(name, *a))
+    found = targets.GpuTarget(H100, device="cpu").peers(Workload("lstm", 2, 3, 2, 8,
+                                                                 "float32"), None)
+    assert [name for name, _ in found] == ["cuDNN", "FlashRNN"]
+    assert found[0][1] == "n/a (torch.nn: several heads)"
+    assert found[1][1] == "n/a (flashrnn not installed)"
+
+
+@pytest.fixture
+def fake_flashrnn(monkeypatch):
+    """A module named flashrnn with FlashRNN's call signature; records its calls."""
+    calls = []
+
+    def flashrnn(wx, r, b, states=None, function="lstm", backend="cuda_fused", dtype="bfloat16"):
+        calls.append({"shape": tuple(wx.shape), "function": function, "backend": backend,
+                      "dtype": dtype})
+        h = torch.tanh(wx.sum(2) + r.sum() * 0 + b.sum() * 0)
+        return torch.stack([h, h]), None
+
+    module = types.ModuleType("flashrnn")
+    module.flashrnn = flashrnn
+    module.__spec__ = importlib.machinery.ModuleSpec("flashrnn", None)
+    monkeypatch.setitem(sys.modules, "flashrnn", module)
+    return calls
+
+
+def test_gpu_peers_with_flashrnn_time_both_sides(fake_flashrnn, monkeypatch):
+    target = targets.GpuTarget(H100, device="cpu")
+    target.backend = "reference"  # ours runs on this CPU; the GPU runs "triton"
+    entered = []
+    monkeypatch.setattr(target, "_override", lambda c: entered.append(c) or
+                        targets.contextlib.nullcontext())
+    config = {"path": "fused", "BB": 16}
+    w = Workload("lstm", 2, 3, 2, 8, "float32")
+    name, calls = target.peers(w, config)[1]
+    assert name == "FlashRNN" and callable(calls[0]) and callable(calls[1])
+    calls[1]()  # FlashRNN forward + backward on the suite's tensors
+    assert fake_flashrnn == [{"shape": (2, 3, 4, 2, 8), "function": "lstm",
+                              "backend": "cuda_fused", "dtype": "float32"}]
+    calls[0]()  # ours under the tuned configuration
+    assert entered == [config]
+    gru = target.peers(Workload("gru", 2, 3, 2, 8, "float32"), config)[1][1]
+    assert gru == "n/a (the FlashRNN comparison covers lstm, not gru)"
+
+
+class PeerTarget:
+    """A target whose configs are names, with a timed peer and one that cannot run."""
+
+    device = torch.device("cpu")
+    kernel = "fake"
+    peer_names = ("cuDNN", "FlashRNN")
+
+    def default(self):
+        return "default"
+
+    def candidates(self, w, k):
+        return []
+
+    def check(self, w, c):
+        return None
+
+    def call(self, w, c):
+        return lambda: c
+
+    def describe(self, c):
+        return c
+
+    def peers(self, w, c):
+        return [("cuDNN", (lambda: "ours", lambda: "cudnn")),
+                ("FlashRNN", "n/a (flashrnn not installed)")]
+
+
+def test_results_and_table_carry_every_peer(monkeypatch):
+    monkeypatch.setattr(timing, "median_ms", lambda fn, device, **kw: {"median_ms": 2.0})
+    monkeypatch.setattr(timing, "paired_ratio", lambda a, b, device, **kw: {"ratio": 0.5})
+    res = runner.tune_workload(PeerTarget(), Workload("lstm", 2, 3, 1, 8, "bfloat16"),
+                               runner.Settings(k=1))
+    assert res.peer_ratios == {"cuDNN": 0.5, "FlashRNN": "n/a (flashrnn not installed)"}
+    assert res.ratio_vs_peer == 0.5 and res.to_json()["peers"] == res.peer_ratios
+    table = cli.format_table([res], PeerTarget.peer_names)
+    head, _, row = table.splitlines()
+    assert head.endswith("| speed-up vs cuDNN | speed-up vs FlashRNN |")
+    assert row.endswith("| 2.00x | n/a (flashrnn not installed) |")
+
+
+def test_a_failing_peer_is_its_own_cell_not_a_failed_workload(monkeypatch):
+    monkeypatch.setattr(timing, "median_ms", lambda fn, device, **kw: {"median_ms": 2.0})
+
+    def paired_ratio(a, b, device, **kw):
+        raise RuntimeError("peer kernel failed")
+    monkeypatch.setattr(timing, "paired_ratio", paired_ratio)
+    res = runner.tune_workload(PeerTarget(), Workload("lstm", 2, 3, 1, 8, "bfloat16"),
+                               runner.Settings(k=1))
+    assert res.error is None and res.ratio_vs_peer is None
+    assert res.peer_ratios["cuDNN"] == "n/a (RuntimeError: peer kernel failed)"
+
+
+def test_suite_times_triton_tuned_and_untuned(monkeypatch):
+    monkeypatch.delenv(tuning.ENV, raising=False)
+    monkeypatch.setattr(suite, "backend_status", lambda *a, **k: None)
+    seen = []
+    monkeypatch.setattr(suite, "fused_rnn_call",
+                        lambda w, t, name: lambda: seen.append((name, tuning.enabled())))
+    providers = {p.name: p for p in suite.gpu_providers("cpu", torch.bfloat16)}
+    assert {"flashseq:triton", suite.UNTUNED, "flashseq:cuda"} <= set(providers)
+    providers["flashseq:triton"].build((None, None))()
+    providers[suite.UNTUNED].build((None, None))()
+    assert seen == [("triton", True), ("triton", False)]
+    assert tuning.enabled()  # restored after the untuned call

@@ -147,9 +147,9 @@ if [ "$tune" = 0 ]; then
     note_step tune "skipped (--no-tune): the suites run the plans' own tiles"
 else
     if [ -n "$quick" ]; then
-        tune_args=(--shapes fused_rnn-tiny -k 3 --budget 60)
+        tune_args=(--shapes fused_rnn-tiny -k 2 --budget 45)
     else
-        tune_args=(--shapes fused_rnn -k 6 --budget 240)
+        tune_args=(--shapes fused_rnn -k 4 --budget 180)
     fi
     allow_rc="3" run_step tune "$py" -m autotune.cli --gpu auto --ops lstm "${tune_args[@]}" \
         --no-progress --cache "$tune_cache" --json "$out/tune.json" --md "$out/tune.md"

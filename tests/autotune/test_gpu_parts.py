@@ -2,6 +2,7 @@
 suite's shapes, the untuned default really ignores the cache, the peer list (cuDNN, FlashRNN
 present or absent) reaches the results and the table, and the suite's untuned provider."""
 import importlib.machinery
+import json
 import sys
 import types
 
@@ -150,3 +151,33 @@ def test_suite_times_triton_tuned_and_untuned(monkeypatch):
     providers[suite.UNTUNED].build((None, None))()
     assert seen == [("triton", True), ("triton", False)]
     assert tuning.enabled()  # restored after the untuned call
+
+
+def test_gpu_loop_end_to_end_on_the_interpreter(tune_cache, monkeypatch, tmp_path, capsys):
+    """run_tuning with the GPU target on this CPU (Triton interpreter; timings programmed, the
+    candidates' outputs really checked): table with both peers, JSON, Markdown and a cache
+    entry under fused_rnn.triton that dispatch's lookup returns."""
+    times = iter([3.0, 2.0, 1.0])  # default, then the two candidates: the second one wins
+    monkeypatch.setattr(timing, "median_ms", lambda fn, device, **kw: {"median_ms": next(times)})
+    monkeypatch.setattr(timing, "paired_ratio", lambda a, b, device, **kw: {"ratio": 0.5})
+    real = targets.importlib.util.find_spec
+    monkeypatch.setattr(targets.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "flashrnn" else real(name, *a))
+    target = targets.GpuTarget(H100, device="cpu")
+    w = Workload("lstm", 2, 3, 2, 16, "float32")
+    argv = ["--gpu", "h100", "-k", "2", "--no-progress", "--json", str(tmp_path / "tune.json"),
+            "--md", str(tmp_path / "tune.md")]
+    args = cli.build_parser().parse_args(argv)
+    args.argv = argv
+    assert cli.run_tuning(target, [w], args) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert "| speed-up vs cuDNN | speed-up vs FlashRNN |" in out
+    assert "| 2.00x | n/a (torch.nn: several heads) | n/a (flashrnn not installed) |" in out
+    winner = target.candidates(w, 2)[1]
+    results = json.loads((tmp_path / "tune.json").read_text())
+    assert results["peers"] == ["cuDNN", "FlashRNN"]
+    assert results["results"][0]["config"] == target.describe(winner)
+    assert "speed-up vs FlashRNN" in (tmp_path / "tune.md").read_text()
+    tuning.reload()
+    assert tuning.lookup(triton_tuned.KERNEL, "cpu", triton_tuned.bucket_of("lstm", 2, 2, 16),
+                         "float32") == winner

@@ -9,11 +9,18 @@
 namespace flashseq {
 namespace fused {
 
-// bf16 / fp16 operands, fp32 accumulation and states.
+// Element types: T in memory, fp32 accumulation and states. kMmaK: K of the mma.sync shape
+// (layout.h MmaShape). operand(): a value of h as the product's B operand (shared memory, the
+// exchange); weight_operand(): one 32-bit A register as loaded from the weights.
+
+// bf16 / fp16: mma.sync m16n8k16, operands used as stored.
 struct Bf16 {
   using T = __nv_bfloat16;
+  static constexpr int kMmaK = 16;
   static __device__ __forceinline__ float to_float(T x) { return __bfloat162float(x); }
   static __device__ __forceinline__ T from_float(float x) { return __float2bfloat16_rn(x); }
+  static __device__ __forceinline__ T operand(T x) { return x; }
+  static __device__ __forceinline__ uint32_t weight_operand(uint32_t w) { return w; }
   // D += A * B, m16n8k16, A row-major (weights), B column-major (h^T), fp32 C/D
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
@@ -26,11 +33,42 @@ struct Bf16 {
 
 struct Fp16 {
   using T = __half;
+  static constexpr int kMmaK = 16;
   static __device__ __forceinline__ float to_float(T x) { return __half2float(x); }
   static __device__ __forceinline__ T from_float(float x) { return __float2half_rn(x); }
+  static __device__ __forceinline__ T operand(T x) { return x; }
+  static __device__ __forceinline__ uint32_t weight_operand(uint32_t w) { return w; }
   static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                              uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+};
+
+// fp32 inputs, outputs and states; the product on tf32 tensor cores (mma.sync m16n8k8, on
+// sm_80 and sm_90a alike: wgmma is kept to 16-bit operands), fp32 accumulation. Operands are
+// rounded to tf32 (nearest, ties away) once: the weights when loaded, h when stored for the
+// next product; the tensor core would otherwise truncate the low mantissa bits.
+struct Fp32 {
+  using T = float;
+  static constexpr int kMmaK = 8;
+  static __device__ __forceinline__ float to_float(T x) { return x; }
+  static __device__ __forceinline__ T from_float(float x) { return x; }
+  static __device__ __forceinline__ uint32_t to_tf32(float x) {
+    uint32_t r;
+    asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+    return r;
+  }
+  static __device__ __forceinline__ T operand(T x) { return __uint_as_float(to_tf32(x)); }
+  static __device__ __forceinline__ uint32_t weight_operand(uint32_t w) {
+    return to_tf32(__uint_as_float(w));
+  }
+  // D += A * B, m16n8k8 tf32: A 16x8 (4 registers, one element each), B 8x8 (2), fp32 C/D
+  static __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                             uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
@@ -54,7 +92,8 @@ __device__ __forceinline__ int fresh_ctaid_y() {
   return v;
 }
 
-// The recurrent weights are the only loads with L1::no_allocate (SASS: LDG.E...NA.CONSTANT):
+// The recurrent weights (two 16-bit or one fp32 value per load) are the only loads with
+// L1::no_allocate (SASS: LDG.E...NA.CONSTANT):
 // tests/kernels/test_cuda_compile.py finds them by that tag and proves none sits in the step
 // loop. Every other load of the kernels must not use this qualifier.
 __device__ __forceinline__ uint32_t load_weight_pair(const void* p) {

@@ -29,18 +29,21 @@
 namespace flashseq {
 namespace fused {
 
-template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false>
+// kElemBytes: bytes of one element (2: bf16/fp16, mma K 16; 4: fp32 on tf32, mma K 8).
+template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false,
+          int kElemBytes = 2>
 struct FwdTraits {
   static constexpr int kGates = Cell::kNumGates;
   static constexpr int kStates = Cell::kNumStates;
   static constexpr int kSaved = Cell::kNumSaved > 0 ? Cell::kNumSaved : 1;
-  static constexpr Tiling kTiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, 16, 2, kWgmma ? 1 : 0};
+  static constexpr Tiling kTiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, kElemBytes == 4 ? 8 : 16,
+                                  kElemBytes, kWgmma ? 1 : 0};
   static constexpr bool kClusterExchange = kCluster;
   static constexpr bool kGmma = kWgmma;  // the product through wgmma (sm_90a), see layout.h
   static constexpr int kThreads = kTiling.threads();
-  // shared memory: two h buffers (16-bit; [BB][h_stride], or core matrices with wgmma) + the
+  // shared memory: two h buffers (elements; [BB][h_stride], or core matrices with wgmma) + the
   // partial sums [k_slices][BB][stride]
-  static constexpr int kHBytes = 2 * kTiling.h_buffer_elems() * 2;
+  static constexpr int kHBytes = 2 * kTiling.h_buffer_elems() * kElemBytes;
   static constexpr int kSmemBytes = kHBytes + kTiling.partial_elems() * 4;
   static_assert(kTiling.invalid() == nullptr, "tiling rejected by layout.h (Tiling::invalid)");
   static_assert(DHP % BH == 0, "BH must divide DHP");
@@ -101,7 +104,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
   // a warp's rows are whole gates (RW a multiple of BH): its first gate goes into the base too
   constexpr bool kWarpWholeGates = kT.rows_per_warp() % kT.BH == 0;
   const T* rtBase = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP +
-                    (kT.head_unit(slice, 0) + (lane >> 2)) * kT.DHP + 2 * (lane & 3) +
+                    (kT.head_unit(slice, 0) + (lane >> 2)) * kT.DHP + kT.a_lane_k(lane) +
                     (kWarpWholeGates ? kT.warp_m(warp) * (kT.rows_per_warp() / kT.BH) * gate_stride : 0);
   // A fragments: [m tile][k tile][register], weights (k, k+1) each (wgmma: 64-row m tiles, the
   // warpgroup's k steps; rows past G*BH are zero)
@@ -133,17 +136,24 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
           }
       }
   } else {
+    static_assert(E::kMmaK == kT.K, "the element type's mma shape must match the tiling's K");
+    // one row base per (m tile, row half: registers reg & 1), then its k steps at compile-time
+    // offsets: when a warp's rows are not whole gates, each base is a run-time choice, and ptxas
+    // spilled the prologue with all of them live (GRU DH 64 on sm_80)
 #pragma unroll
-  for (int mt = 0; mt < MT; ++mt)
+    for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-    for (int kt = 0; kt < KT; ++kt)
-#pragma unroll
-      for (int reg = 0; reg < 4; ++reg) {
-        const int row8 = kT.a_pair_row8(warp, mt, reg) -
+      for (int half = 0; half < 2; ++half) {
+        const int row8 = kT.a_pair_row8(warp, mt, half) -
                          (kWarpWholeGates ? kT.warp_m(warp) * kT.rows_per_warp() : 0);
         const GateUnit gu = kT.row_gate_unit(row8);
-        rA[mt][kt][reg] = load_weight_pair(rtBase + gu.gate * gate_stride + gu.unit * kT.DHP +
-                                           kT.a_pair_k(warp, kt, reg));
+        const T* rowp = rtBase + gu.gate * gate_stride + gu.unit * kT.DHP + kT.a_pair_k(warp, 0, half);
+#pragma unroll
+        for (int kt = 0; kt < KT; ++kt)
+#pragma unroll
+          for (int reg = half; reg < 4; reg += 2)
+            rA[mt][kt][reg] = E::weight_operand(load_weight_pair(
+                rowp + (kT.a_pair_k(warp, kt, reg) - kT.a_pair_k(warp, 0, half))));
       }
   }
 
@@ -172,7 +182,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
     if (bg < B && k < DH)
       v = *elem_ptr<Traits, E>(p.states0, bg * p.states0_stride[1] + head * p.states0_stride[2] +
                                               k * p.states0_stride[3]);
-    sH[kT.h_offset(b, k)] = v;
+    sH[kT.h_offset(b, k)] = E::operand(v);
   }
   smem_ready_for_product<Traits>();
   __syncthreads();
@@ -234,9 +244,11 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
     for (int kt = 0; kt < KT; ++kt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        // B fragment: elements (0,1) and (2,3) are adjacent k of one batch row: 32-bit reads
+        // B fragment, two 32-bit reads: 16-bit, elements (0,1) and (2,3) are adjacent k of one
+        // batch row; tf32, elements 0 and 1 are one value each
+        constexpr int kB1 = kT.K == 16 ? 2 : 1;
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, 0));
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, 2));
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, kB1));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) E::mma(acc[mt][nt], rA[mt][kt], b0, b1);
       }
@@ -300,7 +312,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
         *out = E::from_float(t < len[j] ? st[j][0] : 0.f);
       }
       // padded units and rows hold h = 0, so they add nothing to the next product
-      const T hval = E::from_float(live ? st[j][0] : 0.f);
+      const T hval = E::operand(E::from_float(live ? st[j][0] : 0.f));
       if constexpr (P == 1 || Traits::kClusterExchange) {
         sNext[kT.dsmem_offset(slice_s, e.b, e.unit)] = hval;  // own slice, own buffer
       } else {

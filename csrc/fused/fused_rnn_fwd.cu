@@ -1,9 +1,9 @@
 // One instantiation of the persistent forward kernel and its launcher, chosen by -D flags so
 // each (cell, dtype, tiles, exchange) is its own small compile (the JIT cache key):
-//   -DFLASHSEQ_CELL=LstmCell|GruCell|SlstmCell|ElmanCell  -DFLASHSEQ_ELEM=Bf16|Fp16
+//   -DFLASHSEQ_CELL=LstmCell|GruCell|SlstmCell|ElmanCell  -DFLASHSEQ_ELEM=Bf16|Fp16|Fp32
 //   -DFLASHSEQ_BB= -DFLASHSEQ_BH= -DFLASHSEQ_WM= -DFLASHSEQ_WK= -DFLASHSEQ_DHP=
 //   -DFLASHSEQ_CLUSTER=0|1   (1: h exchanged inside a thread-block cluster; sm_90a only)
-//   -DFLASHSEQ_GMMA=0|1      (1: the step's product through wgmma; sm_90a only; default 0)
+//   -DFLASHSEQ_GMMA=0|1      (1: the step's product through wgmma; sm_90a, 16-bit only; default 0)
 #include <cuda_runtime.h>
 
 #include "forward.cuh"
@@ -28,7 +28,7 @@ namespace fused {
 using Cell = cells::FLASHSEQ_CELL;
 using Elem = FLASHSEQ_ELEM;
 using Traits = FwdTraits<Cell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
-                         FLASHSEQ_CLUSTER != 0, FLASHSEQ_GMMA != 0>;
+                         FLASHSEQ_CLUSTER != 0, FLASHSEQ_GMMA != 0, sizeof(Elem::T)>;
 
 FwdLaunch fwd_launch_shape(int batch, int heads) {
   constexpr Tiling kT = Traits::kTiling;

@@ -138,16 +138,18 @@ struct Tiling {
             warp_k(warp) * k_per_warp() + K * kt + rc.col};
   }
 
-  // The kernels load A register `reg` (elements 2reg, 2reg+1; K == 16 only) of every lane as
-  // rows row8 + group and k = k_base + 2*(lane % 4), row8 a multiple of 8: since BH is one too,
+  // The kernels load A register `reg` of every lane (K == 16: elements 2reg, 2reg+1, one 32-bit
+  // word of two 16-bit weights; K == 8: element reg, one fp32 weight) as row row8 + group and
+  // k = a_pair_k + a_lane_k(lane), row8 a multiple of 8: since BH is one too,
   // the 8 rows of a group never straddle two gates, so (gate, unit) = (row8 / BH, row8 % BH +
   // group) and the address is a per-thread base plus a compile-time offset when WM == 1.
   FLASHSEQ_LAYOUT_FN int a_pair_row8(int warp, int mt, int reg) const {
     return warp_m(warp) * rows_per_warp() + 16 * mt + 8 * (reg & 1);
   }
   FLASHSEQ_LAYOUT_FN int a_pair_k(int warp, int kt, int reg) const {
-    return warp_k(warp) * k_per_warp() + K * kt + 8 * (reg >> 1);
+    return warp_k(warp) * k_per_warp() + K * kt + (K / 2) * (reg >> 1);
   }
+  FLASHSEQ_LAYOUT_FN int a_lane_k(int lane) const { return K == 16 ? 2 * (lane & 3) : (lane & 3); }
 
   // -- B fragments (h^T from shared memory) ------------------------------------------------------
   // The shared h buffer is [BB][h_stride()] elements: row b holds h_prev[b, head, 0..DHP).
@@ -224,9 +226,13 @@ struct Tiling {
   }
 
   // Copying h into the shared buffer (from global memory, or from the cluster's peers) goes in
-  // 16-byte pieces of 8 consecutive k of one batch row; a piece never straddles two slices.
-  FLASHSEQ_LAYOUT_FN int pieces() const { return BB * DHP / 8; }
-  FLASHSEQ_LAYOUT_FN RowCol piece(int i) const { return {i / (DHP / 8), 8 * (i % (DHP / 8))}; }
+  // 16-byte pieces of piece_elems() consecutive k of one batch row (8 16-bit or 4 fp32 values);
+  // a piece never straddles two slices.
+  FLASHSEQ_LAYOUT_FN int piece_elems() const { return 16 / elem_bytes; }
+  FLASHSEQ_LAYOUT_FN int pieces() const { return BB * DHP / piece_elems(); }
+  FLASHSEQ_LAYOUT_FN RowCol piece(int i) const {
+    return {i / (DHP / piece_elems()), piece_elems() * (i % (DHP / piece_elems()))};
+  }
   FLASHSEQ_LAYOUT_FN int piece_owner(int k) const { return k / BH; }
 
   // -- wgmma (sm_90a, gmma == 1) ----------------------------------------------------------------

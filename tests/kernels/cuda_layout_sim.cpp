@@ -148,8 +148,10 @@ int main(int argc, char** argv) {
         for (int i = 0; i < t.pieces(); ++i) {
           const RowCol bk = t.piece(i);
           const int owner = t.piece_owner(bk.col);
-          for (int q = 0; q < 8; ++q) {
+          for (int q = 0; q < t.piece_elems(); ++q) {
             const int o = t.h_offset(bk.row, bk.col + q);
+            // the kernel copies a piece as one 16-byte word: contiguous in shared memory
+            if (o != t.h_offset(bk.row, bk.col) + q) fail("piece not contiguous in shared memory", i, 0);
             sh[o] = peer[owner][o];
             sh_count[o]++;
             if (t.piece_owner(bk.col + q) != owner) fail("piece straddles two slices", i, 2);
@@ -159,8 +161,9 @@ int main(int argc, char** argv) {
         const long long tile = t.xchg_offset(parity, NH, padded_b, n, t.batch_row(by, 0), 0);
         for (int i = 0; i < t.pieces(); ++i) {
           const RowCol bk = t.piece(i);
-          for (int q = 0; q < 8; ++q) {
+          for (int q = 0; q < t.piece_elems(); ++q) {
             const int o = t.h_offset(bk.row, bk.col + q);
+            if (o != t.h_offset(bk.row, bk.col) + q) fail("piece not contiguous in shared memory", i, 0);
             // the kernel reads the tile's rows as one contiguous [BB, DHP] block
             if (tile + bk.row * t.DHP + bk.col + q !=
                 t.xchg_offset(parity, NH, padded_b, n, t.batch_row(by, bk.row), bk.col + q))
@@ -246,14 +249,16 @@ int main(int argc, char** argv) {
                   if (nt == 0) a_count[static_cast<size_t>(rk.row) * t.DHP + rk.col]++;
                   // 16-bit operands: the kernel loads elements (2r, 2r+1) as one 32-bit word of
                   // rt[g, n, e, k..k+1]
-                  const RowCol first = t.a_elem(warp, mt, kt, lane, i & ~1);
+                  const RowCol first = t.K == 16 ? t.a_elem(warp, mt, kt, lane, i & ~1) : rk;
                   if (t.K == 16 && (rk.row != first.row || rk.col != first.col + (i & 1)))
                     fail("A register pairs (row, k), (row, k+1)", i, 0);
-                  if (t.K == 16) {
-                    const int row8 = t.a_pair_row8(warp, mt, i / 2);
-                    if (first.row != row8 + lane / 4 || first.col != t.a_pair_k(warp, kt, i / 2) + 2 * (lane % 4) ||
+                  {
+                    // the address the kernel loads register `reg` from (16-bit: the pair's first)
+                    const int reg = t.K == 16 ? i / 2 : i;
+                    const int row8 = t.a_pair_row8(warp, mt, reg);
+                    if (first.row != row8 + lane / 4 || first.col != t.a_pair_k(warp, kt, reg) + t.a_lane_k(lane) ||
                         row8 % 8 != 0 || row8 % t.BH + 8 > t.BH)
-                      fail("A register base (row8 + group, k + 2 * thread in group)", i, 0);
+                      fail("A register base (row8 + group, a_pair_k + a_lane_k)", i, 0);
                   }
                 }
                 for (int i = 0; i < kB; ++i) bf[lane][i] = sh[t.b_smem_offset(warp, nt, kt, lane, i)];

@@ -1,17 +1,18 @@
 """The CUDA persistent kernels compile for sm_80 and sm_90a at the solver's plans, inside the
 plan's register budget, with tensor cores in the step loop and the weights on chip.
 
-For every cell x dtype (bf16, fp16) x DH in (64, 256, 768), the plan for batch 16, one head
-(A100 plan for sm_80, H100 plan for sm_90a, whose split heads exchange h inside a cluster) is
-compiled with nvcc -Xptxas -v, capped at the plan's predicted registers per thread. Asserted:
-registers <= the plan's prediction; in the SASS (cuobjdump) the loop around the tensor-core
-instructions holds HMMA on sm_80 (mma.sync) and HGMMA on sm_90a (wgmma, and no HMMA: the whole
-product is on the warpgroup path), no load of the recurrent weights (their loads carry a tag no
-other load has, csrc/fused/device.cuh) and no local memory, and every tagged load is in the
-prologue (one per fragment register); ptxas reports 0 spill bytes and no stack frame (known
-exceptions: PROLOGUE_SPILLS, strict xfail). On sm_90a the weights stay in registers (wgmma's A
-operand) and h is read from shared memory (B, through a matrix descriptor), so "on chip" is the
-same proof on both targets.
+For every cell x dtype (bf16, fp16, fp32) x DH in (64, 256, 768), the plan for batch 16, one
+head (A100 plan for sm_80, H100 plan for sm_90a, whose split heads exchange h inside a cluster;
+fp32 inputs are planned as tf32, the tensor-core type their product runs on) is compiled with
+nvcc -Xptxas -v, capped at the plan's predicted registers per thread. Asserted: registers <= the
+plan's prediction; in the SASS (cuobjdump) the loop around the tensor-core instructions holds
+HMMA on sm_80 (mma.sync; tf32 m16n8k8 for fp32) and, on sm_90a, HGMMA and no HMMA for the 16-bit
+plans (wgmma: the whole product is on the warpgroup path) and HMMA for fp32 (tf32 stays on
+mma.sync), no load of the recurrent weights (their loads carry a tag no other load has,
+csrc/fused/device.cuh) and no local memory, and every tagged load is in the prologue (one per
+fragment register); ptxas reports 0 spill bytes and no stack frame. On sm_90a the weights stay
+in registers (wgmma's A operand) and h is read from shared memory (B, through a matrix
+descriptor), so "on chip" is the same proof on both targets.
 Cubins are cached under $FLASHSEQ_CACHE_DIR keyed by the sources and flags, so a rerun with
 unchanged sources compiles nothing. ``pytest -s`` prints each kernel's numbers.
 """
@@ -30,7 +31,7 @@ pytestmark = [pytest.mark.nvcc,
                                  reason="needs cuobjdump (CUDA toolkit or Triton's copy)")]
 
 HEAD_DIMS = (64, 256, 768)
-DTYPES = ("bfloat16", "float16")
+DTYPES = ("bfloat16", "float16", "float32")
 TARGETS = {"sm_80": "a100", "sm_90a": "h100"}
 
 
@@ -39,23 +40,9 @@ def _cases():
             for dtype in DTYPES for dh in HEAD_DIMS]
 
 
-# Measured 2026-12 (nvcc 13.0): at the plan's register cap ptxas spills in the prologue (while
-# the weight fragments fill the registers) for this A100 plan (2 x 2 warps: a warp's 96 gate
-# rows are not whole gates of 64 units, so its rows' gates are a run-time choice); its step loop
-# has no local memory (test_weights_stay_on_chip_in_the_step_loop). To fix: stage the weights
-# through shared memory, or give the plan's CUDA register model the prologue's cost.
-PROLOGUE_SPILLS = {("gru", 64, "sm_80"): "16 B"}
-
-
-def _params(known_failures=False):
-    out = []
-    for cell, dtype, dh, arch in _cases():
-        marks = ()
-        if known_failures and (cell, dh, arch) in PROLOGUE_SPILLS:
-            marks = pytest.mark.xfail(strict=True, reason=f"ptxas spills {PROLOGUE_SPILLS[cell, dh, arch]} "
-                                      "in the prologue at the plan's register cap")
-        out.append(pytest.param(cell, dtype, dh, arch, marks=marks, id=f"{cell}-{dtype}-DH{dh}-{arch}"))
-    return out
+def _params():
+    return [pytest.param(cell, dtype, dh, arch, id=f"{cell}-{dtype}-DH{dh}-{arch}")
+            for cell, dtype, dh, arch in _cases()]
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +50,8 @@ def reports():
     """{(cell, dtype, DH, arch): (plan, CubinReport)}, compiled by a small pool in parallel."""
     def one(case):
         cell, dtype, dh, arch = case
-        plan = plan_fused_rnn(cell, 16, 1, dh, dtype, TARGETS[arch], backend="cuda")
+        plan = plan_fused_rnn(cell, 16, 1, dh, cuda_compile.plan_dtype(dtype), TARGETS[arch],
+                              backend="cuda")
         return case, plan, cuda_compile.compile_forward(plan, arch)
 
     start = time.monotonic()
@@ -86,19 +74,21 @@ def reports():
 
 @pytest.mark.parametrize("cell, dtype, DH, arch", _params())
 def test_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
-    """Tensor cores in the step loop (HMMA on sm_80; on sm_90a HGMMA, no HMMA, and ptxas does not
-    serialise the wgmmas for lack of registers, its warning C7512), no weight
-    load and no local memory in it, every weight load in the prologue, registers within the
-    plan's prediction."""
+    """Tensor cores in the step loop (HMMA on sm_80 and for fp32 on sm_90a; for 16-bit on sm_90a
+    HGMMA, no HMMA, and ptxas does not serialise the wgmmas for lack of registers, its warning
+    C7512), no weight load and no local memory in it, every weight load in the prologue,
+    registers within the plan's prediction."""
     plan, rep = reports[(cell, dtype, DH, arch)]
     assert 0 < rep.registers <= plan.registers_per_thread, rep
     assert rep.local_memory_ops_in_loop == 0, f"spills inside the step loop: {rep}"
-    if arch == "sm_90a":
+    assert rep.defines["FLASHSEQ_ELEM"] == {"bfloat16": "Bf16", "float16": "Fp16", "float32": "Fp32"}[dtype]
+    if arch == "sm_90a" and dtype != "float32":
         assert rep.defines["FLASHSEQ_GMMA"] == "1", rep
         assert rep.tensor_ops_in_loop["HGMMA"] > 0, f"no HGMMA in the step loop: {rep}"
         assert rep.tensor_ops_in_loop["HMMA"] == 0, f"mma.sync left in the sm_90a loop: {rep}"
         assert not rep.wgmma_serialized, f"ptxas serialises the wgmmas (C7512): {rep}"
-    else:
+    else:  # mma.sync (fp32: tf32 m16n8k8)
+        assert rep.defines["FLASHSEQ_GMMA"] == "0", rep
         assert rep.tensor_ops_in_loop["HMMA"] > 0, f"no HMMA in the step loop: {rep}"
     assert rep.weight_loads_in_loop == 0, f"recurrent weights loaded inside the step loop: {rep}"
     assert rep.weight_loads_total == cuda_compile.expected_weight_loads(plan, arch), rep
@@ -106,7 +96,7 @@ def test_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
         assert rep.defines["FLASHSEQ_CLUSTER"] == "1"
 
 
-@pytest.mark.parametrize("cell, dtype, DH, arch", _params(known_failures=True))
+@pytest.mark.parametrize("cell, dtype, DH, arch", _params())
 def test_no_spills_at_the_plan_register_budget(reports, cell, dtype, DH, arch):
     """ptxas: 0 spill bytes and no stack frame anywhere in the kernel."""
     plan, rep = reports[(cell, dtype, DH, arch)]

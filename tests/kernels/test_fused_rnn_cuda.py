@@ -3,10 +3,11 @@ the forward against the float64 reference.
 
 GPU cases (``-m gpu``; bench/gpu_session.sh runs them, and the ``sanitizer`` case again under
 compute-sanitizer): every cell, bf16 and fp16, DH 64/256/768 and 40 (padded to 48), NH*DH up to
-4096, with and without lengths. Each distinct plan is one JIT build; the fixture builds them all
-in parallel first. Gradients (the save-mode forward + the persistent backward kernel +
+4096, with and without lengths; fp32 (tf32 tensor cores, relative error <= 5e-4) at DH 64, 256
+(NH*DH 4096) and 768, forward only. Each distinct plan is one JIT build; the fixture builds them
+all in parallel first. Gradients (the save-mode forward + the persistent backward kernel +
 the d(r)/d(b) product, flashseq/kernels/fused_rnn/cuda_function.py) against float64 autograd
-of the reference, for every case. The back end is opt-in (FLASHSEQ_CUDA_KERNELS=1) until
+of the reference, for every 16-bit case. The back end is opt-in (FLASHSEQ_CUDA_KERNELS=1) until
 these tests have passed on a GPU; the tests here opt in.
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,11 @@ from flashseq.kernels.fused_rnn.reference import fused_rnn_reference
 
 # (B, T, NH, DH, dtype): batch tiles partly filled, padded DH, NH*DH = 4096
 SHAPES = [(5, 23, 2, 64, torch.bfloat16), (9, 17, 1, 768, torch.bfloat16),
-          (3, 11, 16, 256, torch.float16), (4, 13, 1, 40, torch.bfloat16)]
+          (3, 11, 16, 256, torch.float16), (4, 13, 1, 40, torch.bfloat16),
+          (5, 23, 2, 64, torch.float32), (3, 11, 16, 256, torch.float32),
+          (9, 17, 1, 768, torch.float32)]
+# relative error bounds: 16-bit inputs; float32 runs its product on tf32 tensor cores
+TOLERANCE = {torch.bfloat16: 1e-2, torch.float16: 1e-2, torch.float32: 5e-4}
 
 
 def _problem(cell="lstm", dtype=torch.bfloat16, needs_grad=False, device="cuda"):
@@ -48,8 +53,25 @@ def _opt_in(monkeypatch):
 
 
 def test_refuses_dtypes_it_cannot_serve():
-    assert "float32" in cuda.unsupported_reason(_problem(dtype=torch.float32))
+    """float64 never; float32 only without a gradient (no float32 backward kernel yet)."""
+    assert "float64" in cuda.unsupported_reason(_problem(dtype=torch.float64))
     assert "float32" in cuda.unsupported_reason(_problem(dtype=torch.float32, needs_grad=True))
+    assert torch.float32 in cuda.SUPPORTED_DTYPES and torch.float32 not in cuda.GRAD_DTYPES
+
+
+def test_float32_plans_are_the_tf32_instantiation():
+    """A float32 problem gets the tf32 plan (4-byte elements: twice the weight registers of
+    bf16) and the Fp32 element type (mma.sync m16n8k8 tf32), never wgmma, also on sm_90a."""
+    from flashseq.kernels.fused_rnn.cuda_compile import expected_weight_loads
+    for gpu, arch in (("a100", "sm_80"), ("h100", "sm_90a")):
+        plan = plan_fused_rnn("gru", 16, 1, 64, "tf32", gpu, backend="cuda")
+        half = plan_fused_rnn("gru", 16, 1, 64, torch.bfloat16, gpu, backend="cuda")
+        spec = cuda.extension_spec(plan, arch)
+        assert "-DFLASHSEQ_ELEM=Fp32" in spec.cuda_cflags and "-DFLASHSEQ_GMMA=0" in spec.cuda_cflags
+        assert plan.onchip_weight_bytes == 2 * half.onchip_weight_bytes * plan.BH // half.BH
+        assert plan.registers_per_thread > half.registers_per_thread
+        assert expected_weight_loads(plan, arch) == 4 * (3 * plan.BH // plan.warps_m // 16) * (
+            plan.padded_head_dim // (8 * plan.warps_n))
 
 
 def test_gradient_builds_are_the_save_mode_forward_and_the_backward():
@@ -83,9 +105,9 @@ def test_extension_spec_names_the_plan_instantiation():
     assert spec.key() != cuda.extension_spec(a, "sm_80").key()
 
 
-def _cases():
+def _cases(grad=False):
     return [(cell, *shape, lengths) for cell in sorted(CELLS) for shape in SHAPES
-            for lengths in (False, True)]
+            for lengths in (False, True) if not grad or shape[-1] in cuda.GRAD_DTYPES]
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +116,7 @@ def built():
     keys = set()
     for cell, B, T, NH, DH, dtype, _ in _cases():
         plan = cuda._plan(cell, B, NH, DH, dtype, torch.device("cuda"))
-        for kind in ("forward", "forward_save", "backward"):
+        for kind in ("forward", "forward_save", "backward") if dtype in cuda.GRAD_DTYPES else ("forward",):
             keys.add(cuda._spec_key(plan, cuda._arch(torch.device("cuda")), kind))
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = dict(zip(keys, pool.map(cuda._extension, keys)))
@@ -131,17 +153,18 @@ def test_forward_matches_float64_reference(built, nan_poison_empty, cell, B, T, 
                                           cell=get_cell(cell), lengths=None if lens is None else lens.cuda())
     h, last = fused_rnn(wx, r, b, states, cell=cell, lengths=lens, backend="cuda")
     assert torch.isfinite(h).all() and torch.isfinite(last).all()
-    assert _rel(h, h_ref) <= 1e-2, _rel(h, h_ref)
-    assert _rel(last, last_ref) <= 1e-2, _rel(last, last_ref)
+    assert h.dtype == dtype and last.dtype == dtype
+    assert _rel(h, h_ref) <= TOLERANCE[dtype], _rel(h, h_ref)
+    assert _rel(last, last_ref) <= TOLERANCE[dtype], _rel(last, last_ref)
     if lens is not None:
         t = torch.arange(T, device="cuda").view(1, T, 1, 1)
         assert (h.masked_select(t >= lens.cuda().view(B, 1, 1, 1)) == 0).all()
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("cell, B, T, NH, DH, dtype, lengths", _cases(),
+@pytest.mark.parametrize("cell, B, T, NH, DH, dtype, lengths", _cases(grad=True),
                          ids=[f"{c}-B{b}T{t}NH{n}DH{d}-{str(dt)[6:]}-{'len' if ln else 'full'}"
-                              for c, b, t, n, d, dt, ln in _cases()])
+                              for c, b, t, n, d, dt, ln in _cases(grad=True)])
 def test_gradients_match_float64_reference(built, nan_poison_empty, cell, B, T, NH, DH, dtype,
                                            lengths):
     """d(wx), d(r), d(b), d(states) of a random linear loss of h and the last states."""

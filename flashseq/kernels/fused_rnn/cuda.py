@@ -9,8 +9,9 @@ so ``backend="auto"`` falls back to Triton with one warning.
 
 Opt-in for now: only with FLASHSEQ_CUDA_KERNELS=1 (the kernels are compile-checked, not yet
 run on a GPU). Serves today: bfloat16 / float16, forward and backward (the persistent backward
-kernel, flashseq/kernels/fused_rnn/cuda_function.py), compute capability 8.0 or newer, plans on
-the fused or split path. Everything else is
+kernel, flashseq/kernels/fused_rnn/cuda_function.py); float32, forward only, its product on tf32
+tensor cores (inputs rounded to tf32, fp32 accumulation and states: tf32 accuracy, about 5e-4
+relative); compute capability 8.0 or newer, plans on the fused or split path. Everything else is
 refused with the reason, never run wrongly.
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ import torch
 
 from flashseq import _jit
 
-SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+GRAD_DTYPES = (torch.float16, torch.bfloat16)  # the backward kernel's (csrc/fused/backward.cuh)
 MIN_CAPABILITY = (8, 0)
 
 
@@ -52,7 +54,10 @@ def unavailable_reason(device):
 
 def unsupported_reason(problem):
     if problem.dtype not in SUPPORTED_DTYPES:
-        return f"dtype {problem.dtype} is not served yet (allowed: float16, bfloat16)"
+        return f"dtype {problem.dtype} is not served yet (allowed: float16, bfloat16, float32)"
+    if problem.needs_grad and problem.dtype not in GRAD_DTYPES:
+        return (f"gradients in {problem.dtype} are not served yet: the backward kernel takes "
+                "float16/bfloat16 (a float32 forward without gradient runs, on tf32 tensor cores)")
     plan = _plan(problem.cell.name, problem.batch, problem.heads, problem.head_dim,
                  problem.dtype, problem.device)
     if plan.path not in ("fused", "split"):
@@ -77,6 +82,8 @@ def _plan(cell, batch, heads, head_dim, dtype, device):
     from flashseq import hardware
 
     from .plan import plan_fused_rnn
+    # float32 inputs run on tf32 tensor cores: the tf32 plan (cuda_compile.plan_dtype)
+    dtype = "tf32" if dtype == torch.float32 else dtype
     return plan_fused_rnn(cell, batch, heads, head_dim, dtype, hardware.detect(device), backend="cuda")
 
 

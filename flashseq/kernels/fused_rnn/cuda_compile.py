@@ -23,10 +23,19 @@ from flashseq.kernels._triton_compile_common import (  # shared with the Triton 
 from . import cuda_build
 
 CELL_TYPES = {"lstm": "LstmCell", "gru": "GruCell", "slstm": "SlstmCell", "elman": "ElmanCell"}
-ELEM_TYPES = {"bfloat16": "Bf16", "float16": "Fp16"}
+# float32 inputs run on tf32 tensor cores (mma.sync m16n8k8, fp32 accumulation): their CUDA plan
+# is made for "tf32" (cuda.plan_dtype); a plan made for "float32" has the same tiles and registers
+ELEM_TYPES = {"bfloat16": "Bf16", "float16": "Fp16", "tf32": "Fp32", "float32": "Fp32"}
+SIXTEEN_BIT = ("bfloat16", "float16")
 ARCH_FLAGS = {"sm_80": ["-arch=sm_80"], "sm_90a": ["-gencode=arch=compute_90a,code=sm_90a"]}
 NVCC_FLAGS = ["-std=c++17", "-O3", "-cubin", "-Xptxas", "-v", "-lineinfo"]
 FUSED_DIR = _jit.CSRC_DIR / "fused"
+
+
+def plan_dtype(dtype: str) -> str:
+    """The dtype a CUDA plan is made for, from the inputs' dtype name: float32 inputs run on tf32
+    tensor cores, so their plan is the "tf32" one (the tensor-core rate, 4-byte elements)."""
+    return "tf32" if dtype == "float32" else dtype
 
 
 def forward_sources() -> list[pathlib.Path]:
@@ -37,7 +46,8 @@ def forward_sources() -> list[pathlib.Path]:
 
 def forward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True,
                     gmma: bool = False, save: bool = False) -> dict[str, str]:
-    """-D values instantiating the forward kernel for a CUDA ``FusedRNNPlan`` (bf16/fp16).
+    """-D values instantiating the forward kernel for a CUDA ``FusedRNNPlan`` (bf16/fp16, and
+    tf32/float32: fp32 elements on tf32 tensor cores).
 
     cluster: exchange h inside a cluster (sm_90a); default: as the plan says.
     cap_registers: cap ptxas at the plan's predicted registers per thread (FLASHSEQ_MAX_REGS,
@@ -206,7 +216,7 @@ def wgmma_serves(plan) -> bool:
     operands, whole warpgroups (warps a multiple of 4) each taking whole k steps of 16, and
     N = BB of 8 or 16."""
     warps = plan.warps_m * plan.warps_n
-    return (plan.dtype in ELEM_TYPES and warps % 4 == 0 and plan.BB in (8, 16)
+    return (plan.dtype in SIXTEEN_BIT and warps % 4 == 0 and plan.BB in (8, 16)
             and plan.padded_head_dim % (16 * (warps // 4)) == 0)
 
 
@@ -218,11 +228,13 @@ def uses_wgmma(arch: str, plan=None) -> bool:
 
 def expected_weight_loads(plan, arch: str = "sm_80") -> int:
     """32-bit weight loads per thread in the kernel's prologue: one per A-fragment register
-    (wgmma: 64-row tiles over the warpgroup's K slice, csrc/fused/layout.h ``g_a_regs``)."""
+    (wgmma: 64-row tiles over the warpgroup's K slice, csrc/fused/layout.h ``g_a_regs``; fp32
+    elements on tf32: K tiles of 8, so twice the registers of 16-bit ones)."""
     G = get_cell(plan.cell).num_gates
     if uses_wgmma(arch, plan):
         warpgroups = plan.warps_m * plan.warps_n // 4
         m_tiles = -(-G * plan.BH // 64)
         return m_tiles * (plan.padded_head_dim // (16 * warpgroups)) * 4
     rows_per_warp = G * plan.BH // plan.warps_m
-    return (rows_per_warp // 16) * (plan.padded_head_dim // (16 * plan.warps_n)) * 4
+    k = 16 if plan.dtype in SIXTEEN_BIT else 8
+    return (rows_per_warp // 16) * (plan.padded_head_dim // (k * plan.warps_n)) * 4

@@ -241,11 +241,15 @@ def run_tuning(target, work, args) -> int:
                                          "peers": list(target.peer_names),
                                          "results": [r.to_json() for r in results]}, indent=1))
     if args.md is not None:
+        from .targets import PEER_NOTES
+
+        notes = "".join(f"- {p}: {PEER_NOTES[p]}\n" for p in target.peer_names
+                        if p in PEER_NOTES)
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(f"# flashseq-tune on {device_text(target.identity())}\n\n"
                            f"Command: `flashseq-tune {' '.join(args.argv)}`\n\n{table}\n\n"
                            f"{footer}. Speed-ups are medians of per-pair ratios (the two calls "
-                           "timed in alternation), forward + backward.\n")
+                           "timed in alternation), forward + backward.\n\n" + notes)
     # a candidate whose output differs from the default's is a kernel bug: fail loudly
     if any(r.error or r.rejected for r in results):
         for r in results:

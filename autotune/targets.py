@@ -27,6 +27,15 @@ from .candidates import PLAN_FIELDS, gpu_candidates
 from .workloads import Workload
 
 PEER_MODULES = {"lstm": "LSTM", "gru": "GRU", "elman": "RNN"}
+# What each peer column compares (the tuner's Markdown says it under the table).
+PEER_NOTES = {
+    "torch.nn": "flashseq's module (the tuned back end) vs the torch.nn module with the same "
+                "weights, one head only",
+    "cuDNN": "flashseq's module on the Triton back end vs torch.nn on CUDA (cuDNN) with the "
+             "same weights, one head only",
+    "FlashRNN": "the fused_rnn benchmark's calls (input projection included on both sides): "
+                "flashseq Triton vs FlashRNN cuda_fused, lstm only",
+}
 CHECK_TOLERANCE = {"float32": 1e-5, "float64": 1e-12, "float16": 1e-2, "bfloat16": 1e-2}
 
 

@@ -123,7 +123,10 @@ def render(folder) -> str | None:
                 f"results in `{folder.as_posix().rstrip('/')}/`.", ""]
     if tune is not None:
         out += ["Tuning (`flashseq-tune --gpu auto --shapes fused_rnn`, forward + backward; "
-                "speed-ups are medians of per-pair ratios, the two calls timed in alternation):",
+                "speed-ups are medians of per-pair ratios, the two calls timed in alternation; "
+                "cuDNN: flashseq.LSTM vs torch.nn.LSTM with the same weights, one head only; "
+                "FlashRNN: the fused_rnn benchmark's calls, input projection included on both "
+                "sides):",
                 "", tune_table(tune), ""]
     if suite is not None:
         table, notes = fused_rnn_table(suite)

@@ -177,7 +177,8 @@ def test_gpu_loop_end_to_end_on_the_interpreter(tune_cache, monkeypatch, tmp_pat
     results = json.loads((tmp_path / "tune.json").read_text())
     assert results["peers"] == ["cuDNN", "FlashRNN"]
     assert results["results"][0]["config"] == target.describe(winner)
-    assert "speed-up vs FlashRNN" in (tmp_path / "tune.md").read_text()
+    md = (tmp_path / "tune.md").read_text()
+    assert "speed-up vs FlashRNN" in md and "- FlashRNN: the fused_rnn benchmark's calls" in md
     tuning.reload()
     assert tuning.lookup(triton_tuned.KERNEL, "cpu", triton_tuned.bucket_of("lstm", 2, 2, 16),
                          "float32") == winner

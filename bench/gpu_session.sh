@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
         --out) shift; out="${1:?--out needs a folder}" ;;
         --suites) shift; only_suites="${1:?--suites needs suite names}" ;;
         --no-tune) tune=0 ;;
-        -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "gpu_session: unknown argument '$1' (allowed: --tiny --dry-run --out DIR --suites LIST --no-tune)" >&2; exit 2 ;;
     esac
     shift

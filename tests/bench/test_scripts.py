@@ -73,3 +73,48 @@ def test_gpu_session_rejects_unknown_arguments():
     done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), "--bogus"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "--bogus" in done.stderr
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_gpu_session_tunes_into_the_cache_the_suites_read(tmp_path):
+    """The script's real (not dry-run) path with stand-ins for nvidia-smi and python: the tune
+    step gets the session cache, its exit 3 (budget reached) counts as done, the cache file is
+    copied into the results folder, the suite runs with FLASHSEQ_CACHE_DIR at that cache, and
+    the README table step reads the folder."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'NVIDIA Fake GPU'\n")
+    calls = tmp_path / "calls.log"
+    (bin_dir / "fake-python").write_text(f"""#!/usr/bin/env bash
+echo "$* | FLASHSEQ_CACHE_DIR=$FLASHSEQ_CACHE_DIR" >> {calls}
+if [ "$1 $2" = "-m autotune.cli" ]; then
+    while [ $# -gt 0 ]; do
+        if [ "$1" = --cache ]; then mkdir -p "$2"; echo '{{"layout": 1}}' > "$2/cuda-0123.json"; fi
+        shift
+    done
+    exit 3
+fi
+exit 0
+""")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    out = tmp_path / "results"
+    session = tmp_path / "session"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "PYTHON": str(bin_dir / "fake-python"), "FLASHSEQ_PEER_WHEELS": str(tmp_path),
+           "FLASHSEQ_SESSION_CACHE": str(session)}
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu_session.sh"), "--out", str(out),
+                           "--suites", "fused_rnn"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = calls.read_text().splitlines()
+    tune = next(i for i, line in enumerate(lines) if line.startswith("-m autotune.cli --gpu auto"))
+    suite = next(i for i, line in enumerate(lines) if line.startswith("-m bench fused_rnn"))
+    readme = next(i for i, line in enumerate(lines) if line.startswith("-m bench.readme_table"))
+    assert tune < suite < readme
+    assert f"--cache {session}/tune" in lines[tune]
+    assert lines[suite].endswith(f"FLASHSEQ_CACHE_DIR={session}")
+    assert (out / "tune_cache.json").read_text().strip() == '{"layout": 1}'
+    summary = (out / "SUMMARY.md").read_text()
+    assert "| tune |" in summary and "ok (exit 3 allowed)" in summary
+    assert "0 step(s) failed" in summary

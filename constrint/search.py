@@ -43,8 +43,9 @@ class Search:
         # propagator k); the queue is one int of the same bits. Most propagators wake on both
         # events of a variable; those with `events` only on the bounds they read. Popping the
         # lowest bit runs definitions before their readers (flattening appends them first):
-        # 10% fewer runs than first in first out on the FlashRNN-class first points. Each int
-        # operation costs ~1 ns per 30 propagators: cheaper than a deque up to thousands
+        # 10% fewer runs than first in first out on the FlashRNN-class first points. A pop
+        # grows with the model: ~0.07 us at 63 propagators, ~0.09 us at 630, ~0.8 us at 6,300
+        # (measured), so a model of thousands of propagators pays more per run than with a deque
         n = len(flat.lo)
         by_var = [0] * n  # propagators waking on both events of each variable
         read_by = [0] * n  # propagators reading each variable (with `events` or not)

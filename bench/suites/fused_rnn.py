@@ -7,8 +7,10 @@ CUDA (Triton issue): B=16, T=1024, H=768 as NH x DH for DH in {16, ..., 768}, bf
 flashseq "triton"/"cuda", torch.nn.LSTM (cuDNN, NH=1 only), FlashRNN cuda_fused/triton_fused.
 "flashseq:triton" runs what dispatch chooses, with the tuning cache of ``$FLASHSEQ_CACHE_DIR``
 (``flashseq-tune --gpu auto --shapes fused_rnn`` writes it; bench/gpu_session.sh tunes first);
-"flashseq:triton-untuned" is the same call with ``FLASHSEQ_TUNING=off`` (the plan's tiles), and
-the column ``ratio_untuned`` is each row's time over the untuned row's.
+"flashseq:triton-untuned" is the same call with ``FLASHSEQ_TUNING=off`` (the plan's tiles); the
+column ``ratio_untuned`` is each row's median over the untuned row's, and on the tuned row
+``ratio_untuned_paired`` (with ``paired_iqr``) times the two in alternation
+(``bench.timing.measure_ratio``, the median of per-pair ratios): the number to quote.
 Every provider gets the same x and weights and includes the input projection GEMM.
 The full CPU run is estimated at 3-5 minutes on a quiet 2-core machine (48 measurements, each
 >= 1 s and >= 5 runs, capped near 30 s by bench.timing); not yet timed on a quiet machine.
@@ -19,7 +21,7 @@ import itertools
 
 import torch
 
-from bench import peers, runner, smoke
+from bench import peers, runner, smoke, timing
 from bench.rnn_workloads import (MODES, LSTMWorkload, flashseq_module_call, fused_rnn_call,
                                  make_tensors, torch_lstm_call)
 from bench.suites import CorrectnessError
@@ -130,6 +132,26 @@ def gpu_providers(device, dtype) -> list[runner.Provider]:
     return out
 
 
+def paired_untuned(rows: list[dict], providers, data, device, min_run_time: float) -> None:
+    """Time flashseq:triton against its untuned twin in alternation for one case's ``rows``
+    (when both ran) and put the ratio on the tuned row; every row gets the two columns."""
+    by = {r["provider"]: r for r in rows}
+    for r in rows:
+        r.setdefault("ratio_untuned_paired", None)
+        r.setdefault("paired_iqr", None)
+    tuned, untuned = by.get("flashseq:triton"), by.get(UNTUNED)
+    if not (tuned and untuned and tuned.get("median_ms") and untuned.get("median_ms")):
+        return
+    build = {p.name: p.build for p in providers}
+    try:
+        pair = timing.measure_ratio(build["flashseq:triton"](data), build[UNTUNED](data),
+                                    device=device, min_run_time=min_run_time)
+    except (RuntimeError, ValueError) as err:  # timed once already: say so, keep the rows
+        tuned["status"] = f"{tuned.get('status') or 'ok'}; paired timing failed: {err}"[:300]
+        return
+    tuned["ratio_untuned_paired"], tuned["paired_iqr"] = pair["ratio"], pair["ratio_iqr"]
+
+
 def _run_gpu(device, quick, progress) -> list[dict]:
     dtype = torch.bfloat16
     T = GPU_QUICK["T"] if quick else GPU_T
@@ -143,9 +165,12 @@ def _run_gpu(device, quick, progress) -> list[dict]:
     for w in progress(cases):
         # cuDNN has no head-wise recurrence: it is only a peer at NH = 1
         case_providers = providers + [cudnn] if w.NH == 1 else providers
-        rows += runner.time_case(w.case, (w, make_tensors(w)), case_providers, device=device,
-                                 min_run_time=0.05 if quick else 0.5,
-                                 extra={"mode": w.mode, "NH": w.NH, "DH": w.DH})
+        data = (w, make_tensors(w))
+        case_rows = runner.time_case(w.case, data, case_providers, device=device,
+                                     min_run_time=0.05 if quick else 0.5,
+                                     extra={"mode": w.mode, "NH": w.NH, "DH": w.DH})
+        paired_untuned(case_rows, case_providers, data, device, 0.05 if quick else 0.5)
+        rows += case_rows
     runner.add_ratios(rows, BASELINE)
     runner.add_ratios(rows, UNTUNED, column="ratio_untuned")
     return runner.add_ratios(rows, "flashrnn:cuda_fused", column="ratio_flashrnn")

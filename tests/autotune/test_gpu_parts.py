@@ -182,3 +182,21 @@ def test_gpu_loop_end_to_end_on_the_interpreter(tune_cache, monkeypatch, tmp_pat
     tuning.reload()
     assert tuning.lookup(triton_tuned.KERNEL, "cpu", triton_tuned.bucket_of("lstm", 2, 2, 16),
                          "float32") == winner
+
+
+def test_suite_pairs_tuned_with_untuned_in_alternation(monkeypatch):
+    asked = []
+    monkeypatch.setattr(suite.timing, "measure_ratio", lambda fn, base, **kw:
+                        asked.append((fn(), base())) or {"ratio": 0.8, "ratio_iqr": 0.01})
+    providers = [suite.runner.Provider("flashseq:triton", lambda d: lambda: "tuned"),
+                 suite.runner.Provider(suite.UNTUNED, lambda d: lambda: "untuned")]
+    rows = [{"case": "c", "provider": "flashseq:triton", "median_ms": 1.0, "status": "ok"},
+            {"case": "c", "provider": suite.UNTUNED, "median_ms": 1.2, "status": "ok"}]
+    suite.paired_untuned(rows, providers, None, "cpu", 0.01)
+    assert asked == [("tuned", "untuned")]
+    assert rows[0]["ratio_untuned_paired"] == 0.8 and rows[0]["paired_iqr"] == 0.01
+    assert rows[1]["ratio_untuned_paired"] is None
+    rows[1]["median_ms"] = None  # the untuned row did not run: nothing to pair
+    rows[0]["ratio_untuned_paired"] = None
+    suite.paired_untuned(rows, providers, None, "cpu", 0.01)
+    assert len(asked) == 1 and rows[0]["ratio_untuned_paired"] is None

@@ -27,7 +27,7 @@ def _suite_json():
     case = "lstm B=16 T=1024 H=768 NH=12 DH=64 bfloat16 fwd+bwd"
     rows = [
         {"case": case, "provider": "flashseq:triton", "median_ms": 3.0, "ratio_untuned": 0.75,
-         "status": "ok"},
+         "ratio_untuned_paired": 0.8, "status": "ok"},
         {"case": case, "provider": "flashseq:triton-untuned", "median_ms": 4.0,
          "ratio_untuned": 1.0, "status": "ok"},
         {"case": case, "provider": "flashseq:cuda", "median_ms": None,
@@ -60,8 +60,15 @@ def test_renders_both_tables_from_a_results_folder(tmp_path):
     assert ("| case | flashseq Triton, tuned ms | flashseq Triton, untuned ms | flashseq CUDA ms "
             "| FlashRNN cuda_fused ms | tuned / untuned |") in lines
     assert ("| lstm B=16 T=1024 H=768 NH=12 DH=64 bfloat16 fwd+bwd | 3.000 | 4.000 | skipped | "
-            "6.000 | 0.750 |") in lines
+            "6.000 | 0.800 |") in lines
     assert "- flashseq:cuda: skipped: the CUDA back end is opt-in" in lines
+
+
+def test_without_a_paired_ratio_the_medians_ratio_is_marked(tmp_path):
+    data = _suite_json()
+    del data["rows"][0]["ratio_untuned_paired"]
+    (tmp_path / "fused_rnn.json").write_text(json.dumps(data))
+    assert "| 0.750 (medians) |" in readme_table.render(tmp_path)
 
 
 def test_one_file_is_enough_and_none_exits_1(tmp_path, capsys):

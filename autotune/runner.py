@@ -123,6 +123,9 @@ def tune_workload(target, w, settings: Settings, tick=lambda: None, deadline=Non
         if calls is None or isinstance(calls, str):
             res.peer_ratios[name] = calls or "n/a"
             continue
+        if deadline is not None and time.monotonic() > deadline:  # a peer's first call may
+            res.peer_ratios[name] = "n/a (budget reached)"        # compile for minutes
+            continue
         try:
             res.peer_ratios[name] = timing.paired_ratio(*calls, device,
                                                         min_time=settings.pair_time)["ratio"]

@@ -200,3 +200,12 @@ def test_suite_pairs_tuned_with_untuned_in_alternation(monkeypatch):
     rows[0]["ratio_untuned_paired"] = None
     suite.paired_untuned(rows, providers, None, "cpu", 0.01)
     assert len(asked) == 1 and rows[0]["ratio_untuned_paired"] is None
+
+
+def test_peers_are_not_timed_once_the_budget_is_spent(monkeypatch):
+    monkeypatch.setattr(timing, "median_ms", lambda fn, device, **kw: {"median_ms": 2.0})
+    monkeypatch.setattr(timing, "paired_ratio", lambda a, b, device, **kw: {"ratio": 0.5})
+    res = runner.tune_workload(PeerTarget(), Workload("lstm", 2, 3, 1, 8, "bfloat16"),
+                               runner.Settings(k=1), deadline=0.0)
+    assert res.peer_ratios == {"cuDNN": "n/a (budget reached)",
+                               "FlashRNN": "n/a (flashrnn not installed)"}

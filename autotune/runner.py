@@ -131,7 +131,8 @@ def tune_workload(target, w, settings: Settings, tick=lambda: None, deadline=Non
                                                         min_time=settings.pair_time)["ratio"]
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as err:
             # a peer's failure is the peer's row, not a failed tuning run
-            res.peer_ratios[name] = f"n/a ({type(err).__name__}: {(str(err).splitlines() or [''])[0][:120]})"
+            first_line = (str(err).splitlines() or [""])[0][:120]
+            res.peer_ratios[name] = f"n/a ({type(err).__name__}: {first_line})"
     first = next(iter(res.peer_ratios.values()), None)
     res.ratio_vs_peer = None if isinstance(first, str) else first
     return res

@@ -238,6 +238,7 @@ def run_tuning(target, work, args) -> int:
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"device": target.identity(),
+                                         "command": "flashseq-tune " + " ".join(args.argv),
                                          "peers": list(target.peer_names),
                                          "results": [r.to_json() for r in results]}, indent=1))
     if args.md is not None:

@@ -128,7 +128,8 @@ def render(folder) -> str | None:
         out += [f"Commit {machine['flashseq_commit'][:10]}, {suite.get('timestamp_utc', '')}; "
                 f"results in `{folder.as_posix().rstrip('/')}/`.", ""]
     if tune is not None:
-        out += ["Tuning (`flashseq-tune --gpu auto --shapes fused_rnn`, forward + backward; "
+        command = tune.get("command") or "flashseq-tune --gpu auto --shapes fused_rnn"
+        out += [f"Tuning (`{command}`, forward + backward; "
                 "speed-ups are medians of per-pair ratios, the two calls timed in alternation; "
                 "cuDNN: flashseq.LSTM vs torch.nn.LSTM with the same weights, one head only; "
                 "FlashRNN: the fused_rnn benchmark's calls, input projection included on both "

@@ -176,6 +176,7 @@ def test_gpu_loop_end_to_end_on_the_interpreter(tune_cache, monkeypatch, tmp_pat
     winner = target.candidates(w, 2)[1]
     results = json.loads((tmp_path / "tune.json").read_text())
     assert results["peers"] == ["cuDNN", "FlashRNN"]
+    assert results["command"] == "flashseq-tune " + " ".join(argv)
     assert results["results"][0]["config"] == target.describe(winner)
     md = (tmp_path / "tune.md").read_text()
     assert "speed-up vs FlashRNN" in md and "- FlashRNN: the fused_rnn benchmark's calls" in md

@@ -9,6 +9,7 @@ def _tune_json():
             "rejected": [], "error": None, "skipped": None}
     return {"device": {"kind": "cuda", "name": "NVIDIA H100 80GB HBM3"},
             "peers": ["cuDNN", "FlashRNN"],
+            "command": "flashseq-tune --gpu auto --ops lstm --shapes fused_rnn-tiny",
             "results": [
                 {**base, "heads": 12, "head_dim": 64, "config": "fused BB=16 BH=64 warps=4 "
                  "stages=2", "time_ms": 1.5, "untuned_ms": 2.0, "ratio_vs_untuned": 0.8,
@@ -47,6 +48,7 @@ def test_renders_both_tables_from_a_results_folder(tmp_path):
     text = out_file.read_text()
     assert text.startswith("### fused_rnn on NVIDIA H100 80GB HBM3")
     assert "Commit 0123456789" in text
+    assert "Tuning (`flashseq-tune --gpu auto --ops lstm --shapes fused_rnn-tiny`" in text
     lines = text.splitlines()
     assert ("| shape | tuned config | tuned ms | untuned ms | speed-up vs untuned | "
             "speed-up vs cuDNN | speed-up vs FlashRNN |") in lines

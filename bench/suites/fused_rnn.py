@@ -12,6 +12,11 @@ column ``ratio_untuned`` is each row's median over the untuned row's, and on the
 ``ratio_untuned_paired`` (with ``paired_iqr``) times the two in alternation
 (``bench.timing.measure_ratio``, the median of per-pair ratios): the number to quote.
 Every provider gets the same x and weights and includes the input projection GEMM.
+"flashseq:cuda-barrier-floor" (CUDA, forward rows only) runs the cuda provider's persistent
+step loop with its barriers and no work (csrc/fused/barrier_floor.cu, same plan and launch
+shape, no projection GEMM): ``ratio_floor`` is each row's median over it, and ``step_us`` every
+timed row's median per step (median / T), so the cuda forward's step stands beside its floor.
+It is skipped wherever the cuda provider is (not opted in, no GPU).
 The full CPU run is estimated at 3-5 minutes on a quiet 2-core machine (48 measurements, each
 >= 1 s and >= 5 runs, capped near 30 s by bench.timing); not yet timed on a quiet machine.
 """
@@ -118,12 +123,35 @@ def _untuned(name):
 UNTUNED = "flashseq:triton-untuned"
 
 
+FLOOR = "flashseq:cuda-barrier-floor"
+
+
+def _barrier_floor(data):
+    """The cuda forward's empty step loop (flashseq/kernels/fused_rnn/cuda_floor.py) for the
+    workload; NotImplementedError (row skipped) where the CUDA back end cannot run."""
+    from flashseq.kernels.fused_rnn.cuda_floor import barrier_floor_call
+
+    w = data[0]
+    return barrier_floor_call("lstm", w.B, w.T, w.NH, w.DH, w.dtype, w.device)
+
+
+def add_step_times(rows: list[dict], steps: int) -> list[dict]:
+    """Set ``step_us`` = median per step in microseconds (None if untimed); status stays last."""
+    for r in rows:
+        status = r.pop("status", None)
+        r["step_us"] = r["median_ms"] * 1e3 / steps if r.get("median_ms") else None
+        if status is not None:
+            r["status"] = status
+    return rows
+
+
 def gpu_providers(device, dtype) -> list[runner.Provider]:
     triton_status = backend_status("triton", device, dtype)
+    cuda_status = backend_status("cuda", device, dtype)
     out = [runner.Provider("flashseq:triton", _fused("triton"), status=triton_status),
            runner.Provider(UNTUNED, _untuned("triton"), status=triton_status),
-           runner.Provider("flashseq:cuda", _fused("cuda"),
-                           status=backend_status("cuda", device, dtype))]
+           runner.Provider("flashseq:cuda", _fused("cuda"), status=cuda_status),
+           runner.Provider(FLOOR, _barrier_floor, status=cuda_status)]
     flashrnn_reason = peers.flashrnn_reason(device)
     for fb in peers.FLASHRNN_BACKENDS:
         out.append(runner.Provider(f"flashrnn:{fb}",
@@ -165,6 +193,8 @@ def _run_gpu(device, quick, progress) -> list[dict]:
     for w in progress(cases):
         # cuDNN has no head-wise recurrence: it is only a peer at NH = 1
         case_providers = providers + [cudnn] if w.NH == 1 else providers
+        # the floor is the forward's loop: forward rows only
+        case_providers = [p for p in case_providers if p.name != FLOOR or w.mode == "fwd"]
         data = (w, make_tensors(w))
         case_rows = runner.time_case(w.case, data, case_providers, device=device,
                                      min_run_time=0.05 if quick else 0.5,
@@ -173,6 +203,8 @@ def _run_gpu(device, quick, progress) -> list[dict]:
         rows += case_rows
     runner.add_ratios(rows, BASELINE)
     runner.add_ratios(rows, UNTUNED, column="ratio_untuned")
+    runner.add_ratios(rows, FLOOR, column="ratio_floor")
+    add_step_times(rows, T)
     return runner.add_ratios(rows, "flashrnn:cuda_fused", column="ratio_flashrnn")
 
 

@@ -104,6 +104,41 @@ def test_no_spills_at_the_plan_register_budget(reports, cell, dtype, DH, arch):
     assert rep.local_memory_ops == 0, rep
 
 
+# ---- the barrier-cost floor (csrc/fused/barrier_floor.cu) ----------------------------------------
+@pytest.mark.parametrize("arch, cluster", [("sm_80", False), ("sm_90a", False), ("sm_90a", True)])
+def test_barrier_floor_is_the_step_loop_barriers_without_work(arch, cluster):
+    """The empty persistent loop the benchmark measures the forward against: no spills, and its
+    step loop holds the forward's barriers (two block barriers; the head's cluster barrier, or
+    the flag barrier's release add and acquire poll) and nothing of the work (no tensor core,
+    no shared or local memory)."""
+    rep, ops = cuda_compile.compile_barrier_floor(arch, cluster)
+    print(f"\nbarrier floor {arch} cluster={int(cluster)}: regs {rep.registers} | loop {ops}")
+    assert rep.spill_store_bytes == 0 and rep.stack_bytes == 0 and rep.local_memory_ops == 0, rep
+    assert ops["block_barrier"] >= 2, ops
+    if cluster:
+        assert ops["cluster_arrive"] == 1 and ops["cluster_wait"] == 1 and ops["flag_add"] == 0, ops
+    else:
+        assert ops["flag_add"] == 1 and ops["flag_poll"] >= 1 and ops["cluster_arrive"] == 0, ops
+    assert ops["tensor"] == 0 and ops["shared_memory"] == 0 and ops["local_memory"] == 0, ops
+
+
+def test_floor_sass_reading_finds_the_barriers():
+    """The floor check can fail: a listing without the cluster barrier or with an HMMA in the
+    loop is seen as such."""
+    listing = """
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0020*/                   UCGABAR_ARV ;
+        /*0030*/                   UCGABAR_WAIT ;
+        /*0040*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0050*/              @P0 BRA 0x10 ;
+        /*0060*/                   EXIT ;
+"""
+    ops = cuda_compile.analyse_floor_sass(listing)
+    assert ops["block_barrier"] == 2 and ops["cluster_arrive"] == 1 and ops["tensor"] == 0
+    worse = cuda_compile.analyse_floor_sass(listing.replace("UCGABAR_ARV", "HMMA.16816.F32.BF16 R8, R12, R16, R8"))
+    assert worse["cluster_arrive"] == 0 and worse["tensor"] == 1
+
+
 # ---- the SASS reading itself, on hand-made listings -------------------------------------------
 _LOOP_WITH_WEIGHT_LOAD = """
         /*0010*/                   LDG.E.NA.CONSTANT R4, [R2.64] ;

@@ -1,7 +1,8 @@
 """The CUDA fused_rnn kernels compiled to cubins with plain nvcc, and what ptxas and the SASS say.
 
 ``compile_forward(plan, arch)`` builds csrc/fused/fused_rnn_fwd.cu (``compile_backward``:
-fused_rnn_bwd.cu, the backward kernel of the same plan) for one plan (cell, dtype,
+fused_rnn_bwd.cu, the backward kernel of the same plan; ``compile_barrier_floor``:
+barrier_floor.cu, the empty step loop) for one plan (cell, dtype,
 tiles, exchange) and one target (``sm_80``, ``sm_90a``) with ``-Xptxas -v``, cached on disk
 (flashseq/kernels/fused_rnn/cuda_build.py, keyed by the sources' content and the flags), and
 returns a ``CubinReport``: registers, spill bytes, stack frame and shared memory from ptxas, and
@@ -209,6 +210,38 @@ def _compile(name: str, sources, defines: dict, arch: str, extra_flags) -> Cubin
                        local_memory_ops=sass["local_memory_ops"],
                        local_memory_ops_in_loop=sass["local_memory_ops_in_loop"], cubin=str(path),
                        wgmma_serialized=tuple(meta.get("wgmma_serialized", ())))
+
+
+def floor_sources() -> list[pathlib.Path]:
+    """Every file the barrier-floor kernel's compile reads (its cache key)."""
+    return [FUSED_DIR / "barrier_floor.cu", FUSED_DIR / "device.cuh", FUSED_DIR / "launch_floor.h"]
+
+
+# the synchronisation instructions of the step barriers, by kind
+_FLOOR_OPS = {"block_barrier": r"\bBAR\.SYNC\b", "cluster_arrive": r"\bUCGABAR_ARV\b",
+              "cluster_wait": r"\bUCGABAR_WAIT\b", "flag_add": r"\bREDG?\.E\.ADD\b",
+              "flag_poll": r"\bLDG\.E\.STRONG\.GPU\b", "tensor": SASS_TENSOR_OPS.pattern,
+              "shared_memory": r"\b(LDS|STS|LDSM)\b", "local_memory": r"\b(LDL|STL)\b"}
+
+
+def analyse_floor_sass(sass: str) -> dict:
+    """Counts of each ``_FLOOR_OPS`` kind inside the kernel's outermost loop (the step loop):
+    the barriers it must hold, and work it must not (tensor cores, shared or local memory)."""
+    instrs, loops = sass_loops(sass)
+    if not loops:
+        return {kind: 0 for kind in _FLOOR_OPS}
+    start, end = max(loops, key=lambda ab: ab[1] - ab[0])
+    inside = [t for x, t in instrs if start <= x <= end]
+    return {kind: sum(bool(re.search(rx, t)) for t in inside) for kind, rx in _FLOOR_OPS.items()}
+
+
+def compile_barrier_floor(arch: str, cluster: bool) -> tuple[CubinReport, dict]:
+    """Compile csrc/fused/barrier_floor.cu (the forward's step loop and barriers, no work) for
+    ``arch``; cached. Returns ptxas's report and ``analyse_floor_sass`` of its SASS."""
+    rep = _compile("barrier_floor", floor_sources(), {"FLASHSEQ_CLUSTER": str(int(cluster))},
+                   arch, ())
+    cuobjdump = cuda_build.find_tool("cuobjdump")
+    return rep, analyse_floor_sass(cuda_build.run_tool([cuobjdump, "-sass", rep.cubin]).stdout)
 
 
 def wgmma_serves(plan) -> bool:

@@ -15,6 +15,7 @@
 // independent FMA chains (enough to cover 2 FMA units x 5 cycles latency).
 #pragma once
 
+#include <cstdlib>
 #include <type_traits>
 #include <vector>
 
@@ -63,16 +64,32 @@ at::Tensor pack_panels(const scalar_t* src, int64_t H, int64_t head_stride,
   const int64_t K = static_cast<int64_t>(row_offset.size());
   const int64_t N = static_cast<int64_t>(col_offset.size());
   const int64_t panels = (N + P - 1) / P;
-  at::Tensor packed = at::zeros({H, panels, K, P}, options);
+  at::Tensor packed = at::empty({H, panels, K, P}, options);
   scalar_t* out = packed.data_ptr<scalar_t>();
+  // Read along whichever axis of the source is closer to contiguous: the forward packs r with
+  // its d axis dense (a transposed view of weight_hh), where a k-outer loop read one value per
+  // cache line (3% of an LSTM forward at H=200 T=35 under perf).
+  const bool columns_outer = K > 1 && N > 1 &&
+                             std::abs(row_offset[1] - row_offset[0]) < std::abs(col_offset[1] - col_offset[0]);
   at::parallel_for(0, H * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t h = i / panels, n0 = (i % panels) * P, cols = std::min(P, N - n0);
       const int64_t* cols_at = col_offset.data() + n0;
+      const scalar_t* head = src + h * head_stride;
       scalar_t* dst = out + i * K * P;
-      for (int64_t k = 0; k < K; ++k) {
-        const scalar_t* row = src + h * head_stride + row_offset[k];
-        for (int64_t c = 0; c < cols; ++c) dst[k * P + c] = row[cols_at[c]];
+      if (columns_outer) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const scalar_t* col = head + cols_at[c];
+          for (int64_t k = 0; k < K; ++k) dst[k * P + c] = col[row_offset[k]];
+        }
+      } else {
+        for (int64_t k = 0; k < K; ++k) {
+          const scalar_t* row = head + row_offset[k];
+          for (int64_t c = 0; c < cols; ++c) dst[k * P + c] = row[cols_at[c]];
+        }
+      }
+      for (int64_t k = 0; k < K && cols < P; ++k) {  // zero past column N: the tiles read it
+        for (int64_t c = cols; c < P; ++c) dst[k * P + c] = scalar_t(0);
       }
     }
   });

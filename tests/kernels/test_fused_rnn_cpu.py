@@ -379,3 +379,34 @@ def test_weight_gradient_over_many_rows(cell_name, NH, with_lengths):
     # of 4. The LSTM with one head also stores d(wx) once and reads it back as d(rh).
     check_against_reference(CELLS[cell_name], torch.float32, B=6, T=100, NH=NH, DH=37,
                             with_lengths=with_lengths, with_states=True, seed=29)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
+@pytest.mark.parametrize("DH", [20, 50], ids=lambda d: f"DH{d}")
+def test_paired_pointwise_tails(cell_name, DH):
+    """The AVX-512 pointwise passes run 32 units at a time (two vectors) and a last 16: DH=20
+    leaves a pair whose second vector is partly masked, DH=50 a full pair then a partial one."""
+    check_against_reference(CELLS[cell_name], torch.float32, B=3, T=4, NH=1, DH=DH,
+                            with_lengths=True, with_states=True, seed=7)
+
+
+def test_reused_big_buffers_hold_no_stale_values():
+    """Buffers of 4 MB and more are kept when freed and handed to the next call
+    (csrc/cpu/big_alloc.cpp): a second call of the same size gets the first call's memory back
+    and must still return only its own values, including the zeros past each row's length."""
+    cell, B, T, NH, DH = CELLS["lstm"], 64, 66, 1, 256  # h: 4.1 MB
+    results = []
+    for seed in (1, 2):
+        wx, r, b, states = make_rnn_inputs(cell, B, T, NH, DH, dtype=torch.float32,
+                                           with_states=True, seed=seed)
+        lengths = random_lengths(B, T, seed=seed) if seed == 2 else None
+        with torch.no_grad():
+            h, last = flashseq.ops.fused_rnn(wx, r, b, states, cell="lstm", lengths=lengths,
+                                             backend="cpu")
+            h_ref, last_ref = fused_rnn_reference(wx.double(), r.double(), b.double(),
+                                                  states.double(), cell=cell, lengths=lengths)
+        assert_close("h", h, h_ref, TOLERANCE[torch.float32])
+        assert_close("last_states", last, last_ref, TOLERANCE[torch.float32])
+        results.append(h.untyped_storage().data_ptr())
+        del h, last  # frees the 4 MB h for the second call
+    assert results[0] == results[1], "the second call did not reuse the first call's h buffer"

@@ -52,9 +52,15 @@ def _opt_in(monkeypatch):
     monkeypatch.setenv(cuda.OPT_IN, "1")
 
 
-def test_refuses_dtypes_it_cannot_serve():
-    """float64 never; float32 only without a gradient (no float32 backward kernel yet)."""
+def test_refuses_dtypes_it_cannot_serve(monkeypatch):
+    """float64 never; float32 only without a gradient (no float32 backward kernel yet) and only
+    where torch allows tf32 (torch.backends.cuda.matmul.allow_tf32, off by default: "auto"
+    then keeps Triton's IEEE float32)."""
     assert "float64" in cuda.unsupported_reason(_problem(dtype=torch.float64))
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert "allow_tf32" in cuda.unsupported_reason(_problem(dtype=torch.float32))
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    assert cuda.tf32_allowed()
     assert "float32" in cuda.unsupported_reason(_problem(dtype=torch.float32, needs_grad=True))
     assert torch.float32 in cuda.SUPPORTED_DTYPES and torch.float32 not in cuda.GRAD_DTYPES
 
@@ -145,8 +151,9 @@ def _rel(out, ref):
 @pytest.mark.parametrize("cell, B, T, NH, DH, dtype, lengths", _cases(),
                          ids=[f"{c}-B{b}T{t}NH{n}DH{d}-{str(dt)[6:]}-{'len' if ln else 'full'}"
                               for c, b, t, n, d, dt, ln in _cases()])
-def test_forward_matches_float64_reference(built, nan_poison_empty, cell, B, T, NH, DH, dtype,
-                                           lengths):
+def test_forward_matches_float64_reference(built, nan_poison_empty, monkeypatch, cell, B, T, NH,
+                                           DH, dtype, lengths):
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # float32 runs on tf32
     gen = torch.Generator().manual_seed(B * 1000 + DH + T)
     (wx, r, b, states), lens = _inputs(cell, B, T, NH, DH, dtype, lengths, gen)
     h_ref, last_ref = fused_rnn_reference(wx.double(), r.double(), b.double(), states.double(),

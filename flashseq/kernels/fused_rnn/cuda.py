@@ -11,7 +11,9 @@ Opt-in for now: only with FLASHSEQ_CUDA_KERNELS=1 (the kernels are compile-check
 run on a GPU). Serves today: bfloat16 / float16, forward and backward (the persistent backward
 kernel, flashseq/kernels/fused_rnn/cuda_function.py); float32, forward only, its product on tf32
 tensor cores (inputs rounded to tf32, fp32 accumulation and states: tf32 accuracy, about 5e-4
-relative); compute capability 8.0 or newer, plans on the fused or split path. Everything else is
+relative), so only where torch allows tf32 in float32 matrix products
+(``torch.backends.cuda.matmul.allow_tf32 = True``; otherwise refused, and "auto" takes the
+Triton kernels, which compute float32 in IEEE fp32); compute capability 8.0 or newer, plans on the fused or split path. Everything else is
 refused with the reason, never run wrongly.
 """
 from __future__ import annotations
@@ -55,6 +57,9 @@ def unavailable_reason(device):
 def unsupported_reason(problem):
     if problem.dtype not in SUPPORTED_DTYPES:
         return f"dtype {problem.dtype} is not served yet (allowed: float16, bfloat16, float32)"
+    if problem.dtype == torch.float32 and not tf32_allowed():
+        return ("float32 runs on tf32 tensor cores here (about 5e-4 relative error), which torch "
+                "allows only with torch.backends.cuda.matmul.allow_tf32 = True; it is False")
     if problem.needs_grad and problem.dtype not in GRAD_DTYPES:
         return (f"gradients in {problem.dtype} are not served yet: the backward kernel takes "
                 "float16/bfloat16 (a float32 forward without gradient runs, on tf32 tensor cores)")
@@ -70,6 +75,12 @@ def unsupported_reason(problem):
         if error:
             return error
     return None
+
+
+def tf32_allowed() -> bool:
+    """torch's switch for tf32 in float32 matrix products (off by default), which the float32
+    kernels follow: they round their operands to tf32."""
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 def _arch(device) -> str:

@@ -247,8 +247,10 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
         // B fragment, two 32-bit reads: 16-bit, elements (0,1) and (2,3) are adjacent k of one
         // batch row; tf32, elements 0 and 1 are one value each
         constexpr int kB1 = kT.K == 16 ? 2 : 1;
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, 0));
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, kB1));
+        const uint32_t b0 =
+            *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, 0));
+        const uint32_t b1 =
+            *reinterpret_cast<const uint32_t*>(sCur + kT.b_smem_offset(warp_s, nt, kt, lane_s, kB1));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) E::mma(acc[mt][nt], rA[mt][kt], b0, b1);
       }

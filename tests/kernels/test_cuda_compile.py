@@ -81,7 +81,8 @@ def test_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
     plan, rep = reports[(cell, dtype, DH, arch)]
     assert 0 < rep.registers <= plan.registers_per_thread, rep
     assert rep.local_memory_ops_in_loop == 0, f"spills inside the step loop: {rep}"
-    assert rep.defines["FLASHSEQ_ELEM"] == {"bfloat16": "Bf16", "float16": "Fp16", "float32": "Fp32"}[dtype]
+    assert rep.defines["FLASHSEQ_ELEM"] == {"bfloat16": "Bf16", "float16": "Fp16",
+                                            "float32": "Fp32"}[dtype]
     if arch == "sm_90a" and dtype != "float32":
         assert rep.defines["FLASHSEQ_GMMA"] == "1", rep
         assert rep.tensor_ops_in_loop["HGMMA"] > 0, f"no HGMMA in the step loop: {rep}"

@@ -13,8 +13,8 @@ kernel, flashseq/kernels/fused_rnn/cuda_function.py); float32, forward only, its
 tensor cores (inputs rounded to tf32, fp32 accumulation and states: tf32 accuracy, about 5e-4
 relative), so only where torch allows tf32 in float32 matrix products
 (``torch.backends.cuda.matmul.allow_tf32 = True``; otherwise refused, and "auto" takes the
-Triton kernels, which compute float32 in IEEE fp32); compute capability 8.0 or newer, plans on the fused or split path. Everything else is
-refused with the reason, never run wrongly.
+Triton kernels, which compute float32 in IEEE fp32); compute capability 8.0 or newer, plans on
+the fused or split path. Everything else is refused with the reason, never run wrongly.
 """
 from __future__ import annotations
 

@@ -10,6 +10,9 @@ I=H=200 B=20 T=35 L=2; I=64 H=256 B=32 T=200 L=2; I=H=512 B=16 T=128; I=H=128 B=
 I=H=256 B=1 T=256; I=H=1024 B=8 T=64. Modes "fwd" (under ``torch.no_grad()``) and "fwd+bwd"
 (gradients of x and every weight for a fixed random upstream gradient). Each at every thread
 count of ``THREADS`` (``torch.set_num_threads``; ``FLASHSEQ_BENCH_THREADS="1,2"`` overrides).
+``FLASHSEQ_BENCH_CPU_TIME=1`` times the one-thread cases by process CPU time instead of the wall
+clock (column "clock"), which time slices lost to other processes on a shared machine do not
+change.
 
 Ragged batches: for two shapes the same batch is also given as a PackedSequence, lengths spread
 over 1..T in shuffled order, and "ratio_packed_paired" is flashseq's packed call over its own
@@ -193,6 +196,14 @@ def thread_counts() -> tuple[int, ...]:
     return counts
 
 
+def cpu_clock(threads: int) -> bool:
+    """Whether to time by this process's CPU time instead of the wall clock: when
+    $FLASHSEQ_BENCH_CPU_TIME is 1 and the case runs on one thread. Why: on a shared machine a
+    call loses time slices to others' work, and a one-thread call's own CPU time does not (all
+    of both modules' work then runs on this thread, so the two sides are measured alike)."""
+    return threads == 1 and os.environ.get("FLASHSEQ_BENCH_CPU_TIME", "0") == "1"
+
+
 def load_average() -> float | None:
     """The 1-minute load average (None where the OS does not report one)."""
     try:
@@ -206,10 +217,12 @@ def paired_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:
     ref, ours = make_modules(case)
     provider = f"flashseq.{case.kind.upper()} @{threads}T"
     row = {"case": case.name, "provider": provider, "threads": threads, "mode": case.mode,
-           "layout": case.layout, "load1": load_average()}
+           "layout": case.layout, "load1": load_average(),
+           "clock": "cpu" if cpu_clock(threads) else "wall"}
     try:
         r = timing.measure_ratio(timed_call(ours, case), timed_call(ref, case),
-                                 device=case.device, min_run_time=min_run_time)
+                                 device=case.device, min_run_time=min_run_time,
+                                 cpu_time=cpu_clock(threads))
     except Exception as err:  # one failing case is reported in its row, the others still run
         return {**row, "median_ms": None, "status": f"failed: {type(err).__name__}: {err}"}
     return {**row, "median_ms": r["fn_ms"], "torch_ms": r["baseline_ms"], "ratio": r["ratio"],
@@ -222,10 +235,12 @@ def packed_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:
     padded = replace(case, layout="padded")
     provider = f"flashseq.{case.kind.upper()} @{threads}T"
     row = {"case": case.name, "provider": provider, "threads": threads, "mode": case.mode,
-           "layout": case.layout, "load1": load_average()}
+           "layout": case.layout, "load1": load_average(),
+           "clock": "cpu" if cpu_clock(threads) else "wall"}
     try:
         r = timing.measure_ratio(timed_call(ours, case), timed_call(ours, padded),
-                                 device=case.device, min_run_time=min_run_time)
+                                 device=case.device, min_run_time=min_run_time,
+                                 cpu_time=cpu_clock(threads))
     except Exception as err:
         return {**row, "median_ms": None, "status": f"failed: {type(err).__name__}: {err}"}
     return {**row, "median_ms": r["fn_ms"], "padded_ms": r["baseline_ms"],

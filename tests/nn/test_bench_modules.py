@@ -44,7 +44,7 @@ def test_cases_hold_the_issue_shapes_both_kinds_and_modes():
 def test_paired_row_is_a_paired_ratio_against_torch(monkeypatch):
     calls = []
 
-    def fake_measure_ratio(fn, baseline, *, device, min_run_time):
+    def fake_measure_ratio(fn, baseline, *, device, min_run_time, cpu_time=False):
         calls.append((fn, baseline))
         return {"ratio": 0.8, "ratio_iqr": 0.05, "pairs": 7, "fn_ms": 4.0, "baseline_ms": 5.0}
 
@@ -74,3 +74,20 @@ def test_thread_counts_from_the_environment(monkeypatch):
     monkeypatch.setenv("FLASHSEQ_BENCH_THREADS", "two")
     with pytest.raises(ValueError, match="FLASHSEQ_BENCH_THREADS"):
         modules.thread_counts()
+
+
+def test_cpu_clock_only_at_one_thread_when_asked(monkeypatch):
+    calls = []
+
+    def fake_measure_ratio(fn, baseline, *, device, min_run_time, cpu_time=False):
+        calls.append(cpu_time)
+        return {"ratio": 1.0, "ratio_iqr": 0.0, "pairs": 5, "fn_ms": 1.0, "baseline_ms": 1.0}
+
+    monkeypatch.setattr(modules.timing, "measure_ratio", fake_measure_ratio)
+    case = modules.ModuleCase("lstm", 2, 3, 4, "padded", "fwd", torch.device("cpu"))
+    monkeypatch.setenv("FLASHSEQ_BENCH_CPU_TIME", "1")
+    rows = [modules.paired_row(case, 1, 0.01), modules.paired_row(case, 2, 0.01)]
+    monkeypatch.delenv("FLASHSEQ_BENCH_CPU_TIME")
+    rows.append(modules.paired_row(case, 1, 0.01))
+    assert calls == [True, False, False]
+    assert [r["clock"] for r in rows] == ["cpu", "wall", "wall"]

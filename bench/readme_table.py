@@ -149,7 +149,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.readme_table",
                                      description="Render a GPU results folder (tune.json, "
                                                  "fused_rnn.json) as the README's Markdown.")
-    parser.add_argument("folder", type=Path, help="e.g. bench/results/nvidia-h100-80gb-hbm3")
+    parser.add_argument("folder", type=Path, help="a results folder bench/gpu_session.sh wrote (bench/results/<gpu>)")
     parser.add_argument("--out", type=Path, default=None, help="write here instead of stdout")
     args = parser.parse_args(argv)
     text = render(args.folder)

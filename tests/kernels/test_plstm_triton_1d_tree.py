@@ -18,8 +18,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs CUDA or TRITON_INTERPRET=1 (tests/conftest.py sets it without CUDA)")
 
 
-def _problem(T, seed, zero_at=None):
-    p = line_problem(1, T, 2, 4, 6, seed=seed)
+def _problem(T, seed, zero_at=None, K=4, V=6):
+    p = line_problem(1, T, 2, K, V, seed=seed)
     with torch.no_grad():
         p["transition"].copy_(torch.tanh(2 * p["transition"]))       # D-mode: signs in (-1, 1)
         if zero_at is not None:
@@ -64,3 +64,16 @@ def test_autograd_function_with_tree_merge():
     grads = torch.autograd.grad(out, [p32[n] for n in NAMES], do.float().to(DEVICE))
     for name, g, g_ref in zip(NAMES, grads, torch.autograd.grad(ref, [p64[n] for n in NAMES], do)):
         assert_close(f"d{name}", g, g_ref, 1e-5)
+
+
+def test_tree_forward_with_several_value_blocks():
+    """V = 36: three V blocks of 16 per chunk (the last partial) in every tree kernel."""
+    from flashseq.kernels.plstm.triton_1d import plstm_1d_triton_fwd
+    from flashseq.kernels.plstm.triton_1d_tree import plstm_1d_triton_fwd_tree
+    p64 = _problem(37, seed=8, K=20, V=36)
+    args = [p64[n].detach().float().to(DEVICE).contiguous() for n in NAMES]
+    o_tree, st_tree = plstm_1d_triton_fwd_tree(*args, 0.5, 16)
+    o_seq, st_seq = plstm_1d_triton_fwd(*args, 0.5, 16, keep_states=True)
+    assert_close("states", st_tree, st_seq, 1e-5)
+    dag_args, kw = line_as_dag(p64)
+    assert_close("o", o_tree, plstm_dag(*dag_args, **kw, scale=0.5), 1e-5)

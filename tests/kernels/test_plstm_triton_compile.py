@@ -8,6 +8,11 @@ registers, spills (stack / local memory) and shared memory come from cuobjdump o
 must not predict fewer registers than ptxas allocates (else the plan could pick a tile that
 spills). The backward kernel is compiled at the same tile; it still spills there (a strict
 xfail records it). Compiling takes ~10-20 s per kernel and target on a 2-core machine: slow.
+
+The plstm_1d kernels (sequential forward, backward, the tree forward's summary, scan and output)
+compile the same way at the chunk ``plan_plstm_1d_triton`` picks on CUDA, K = V = 64 and 128,
+bf16 and fp32, sm_80 and sm_90, and must not spill (slow); the backward, the tightest, is also
+compiled once (K = V = 64, bf16, sm_80) in the default run.
 """
 
 import pytest
@@ -87,4 +92,55 @@ def test_plstm_2d_backward_kernel_compiles_to_cubin(reports, case):
 @pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_plstm_2d_backward_kernel_does_not_spill(reports, case):
     rep = reports[("plstm2d_bwd_kernel", *case)]
+    assert rep["stack_bytes"] == 0 and rep["local_bytes"] == 0, f"spills: {rep}"
+
+
+# ---- plstm_1d ------------------------------------------------------------------------------------
+KERNELS_1D = ("plstm1d_fwd_kernel", "plstm1d_bwd_kernel", "plstm1d_fwd_kernel_summary",
+              "plstm1d_fwd_kernel_scan", "plstm1d_fwd_kernel_output")
+
+
+def _print_1d(reps):
+    for rep in reps:
+        print(f"{rep['kernel']} K=V={rep['dim']} sm_{rep['arch']} {rep['dtype']} "
+              f"BT={rep.get('BT')} BV={rep['BV']} warps={rep['num_warps']} | regs {rep['n_regs']} "
+              f"stack {rep['stack_bytes']} local {rep['local_bytes']} | shared {rep['shared']}")
+
+
+@pytest.fixture(scope="module")
+def reports_1d():
+    args = ["--family", "1d"]
+    for dim in DIMS:
+        args += ["--dim", str(dim)]
+    for arch in ARCHS:
+        args += ["--arch", str(arch)]
+    reps = []
+    for dtype in DTYPES:
+        reps += compile_reports("flashseq.kernels.plstm.triton_compile", args + ["--dtype", dtype],
+                                timeout=1800)
+    _print_1d(reps)
+    return {(rep["kernel"], rep["dim"], rep["arch"], rep["dtype"]): rep for rep in reps}
+
+
+CASES_1D = [(kernel, *case) for kernel in KERNELS_1D for case in CASES]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES_1D, ids=lambda c: f"{c[0]}-{_ids(c[1:])}")
+def test_plstm_1d_kernels_do_not_spill(reports_1d, case):
+    rep = reports_1d[case]
+    assert rep["stage"] == "cubin" and 0 < rep["n_regs"] <= 255, rep
+    assert rep["shared"] <= (227 if case[2] == 90 else 163) * 1024, rep
+    assert rep["stack_bytes"] == 0 and rep["local_bytes"] == 0, f"spills: {rep}"
+
+
+def test_plstm_1d_backward_does_not_spill_at_planned_chunk():
+    # the backward holds the most; ptxas puts a kernel that cannot fit 255 registers at 32
+    # registers and spills nearly everything (as the whole-K, whole-V backward did: 19 KB)
+    reps = compile_reports("flashseq.kernels.plstm.triton_compile",
+                           ["--family", "1d", "--dim", "64", "--arch", "80", "--dtype",
+                            "bfloat16", "--kernel", "plstm1d_bwd_kernel"], timeout=600)
+    _print_1d(reps)
+    assert [rep["kernel"] for rep in reps] == ["plstm1d_bwd_kernel"]
+    rep = reps[0]
     assert rep["stack_bytes"] == 0 and rep["local_bytes"] == 0, f"spills: {rep}"

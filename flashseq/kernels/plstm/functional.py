@@ -13,7 +13,7 @@ import torch
 
 from . import validation as val
 from .parallel import plstm_1d_chunked, plstm_2d_tiled
-from .plan import plan_plstm_1d, plan_plstm_2d, plan_plstm_2d_triton
+from .plan import plan_plstm_1d, plan_plstm_1d_triton, plan_plstm_2d, plan_plstm_2d_triton
 from .reference import plstm_dag_reference
 
 
@@ -59,7 +59,8 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
         source, transition, mark, direct: [B, T, H] float, q's device. Scalar gates per step and
             head (``transition_0`` and ``source_{T-1}`` are unused).
         scale: float. Default None: ``K ** -0.5``.
-        chunk: int or None (planned). Steps per chunk of the parallel form.
+        chunk: int or None (planned). Steps per chunk of the parallel form (the Triton back
+            end plans at most 16 on CUDA: longer chunks spill its kernels' registers).
         backend: "auto" (Triton forward on CUDA for float16/bfloat16/float32, else PyTorch),
             "torch" (the chunked PyTorch form) or "triton" (also on CPU under TRITON_INTERPRET=1).
             The Triton back end has a forward and a backward kernel (chunk sizes from the plan).
@@ -84,11 +85,13 @@ def plstm_1d(q, k, v, source, transition, mark, direct, *, scale=None, chunk=Non
     val.check_scale(scale)
     val.check_tile("chunk", chunk, 1)
     scale = K ** -0.5 if scale is None else float(scale)
-    chunk = chunk or plan_plstm_1d(T, K, V, B * H, q.device.type).chunk
     if _use_triton(backend, q):
         from .triton_1d import PLSTM1DTriton
+        chunk = chunk or plan_plstm_1d_triton(T, K, V, B * H, q.device.type,
+                                              str(q.dtype).replace("torch.", "")).chunk
         gates = [g.float() for g in (source, transition, mark, direct)]
         return PLSTM1DTriton.apply(q, k, v, *gates, scale, chunk)
+    chunk = chunk or plan_plstm_1d(T, K, V, B * H, q.device.type).chunk
     args = _compute(q, k, v, source, transition, mark, direct)
     return plstm_1d_chunked(*args, scale=scale, chunk=chunk).to(q.dtype)
 

@@ -80,6 +80,32 @@ def plan_plstm_1d(T: int, K: int, V: int, batch_heads: int = 1, device: str = "c
     return PLSTM1DPlan(chunk=sol[L], cost=sol.objective)
 
 
+# The Triton 1D kernels (``triton_1d.py``, ``triton_1d_tree.py``) hold [BT, BT], [BT, 16] and
+# [16, 16] blocks per program (K is walked 16 rows at a time in the backward, V split in blocks of
+# 16); ptxas (triton 3.7, 4 warps, sm_80 and sm_90, bf16 and fp32, K = V = 64 and 128) fits the
+# backward without spills at BT = 16 (251-255 registers) and spills at BT = 32 (40-400 B), so on
+# CUDA the chunk of a Triton call is at most 16. tests/kernels/test_plstm_triton_compile.py
+# checks every 1D kernel at the planned chunk for spills.
+TRITON_1D_MAX_CHUNK = {"cuda": 16}
+
+
+@functools.lru_cache(maxsize=256)
+def plan_plstm_1d_triton(T: int, K: int, V: int, batch_heads: int = 1, device: str = "cuda",
+                         dtype: str = "bfloat16") -> PLSTM1DPlan:
+    """The chunk of a Triton ``plstm_1d`` call: ``plan_plstm_1d``'s cheapest chunk among those
+    whose kernels fit the registers on ``device`` ("cpu", the interpreter, has no limit; any
+    other device is costed as "cuda"). ``dtype`` (q's, by name) is accepted for symmetry with
+    the 2D plan: both 16-bit and float32 fit at the same chunk."""
+    kind = "cpu" if device == "cpu" else "cuda"
+    cap = TRITON_1D_MAX_CHUNK.get(kind)
+    plan = plan_plstm_1d(T, K, V, batch_heads, device)
+    if cap is None or plan.chunk <= cap:
+        return plan
+    step = STEP_COST.get(device, STEP_COST["cuda"])
+    cost = -(-T // cap) * (batch_heads * (cap * cap * (K + V) + 2 * cap * K * V) + step)
+    return PLSTM1DPlan(chunk=cap, cost=cost)
+
+
 # --- the Triton 2D kernel (``triton_2d.py``) ----------------------------------------------------
 # One program per (V block, batch row x head) walks every tile, so a tile's work is sequential
 # and its live fp32 blocks must fit one program's registers. The kernel keeps the tile's

@@ -3,7 +3,9 @@ keeping its fp32 [K, BV] state in registers and building each chunk's propagatio
 from cumulative log-products of the transitions (zeros and signs counted separately, so exact
 zero and negative D-mode gates are served); it keeps each chunk's entering state for the
 backward kernel, which walks the chunks in reverse with the state's gradient (one program per
-batch row x head, whole K and V). Exact-zero transitions take the PyTorch backward instead.
+V block x batch row x head, K walked in steps; the V blocks' partial gradients of q, k and the
+gates are summed on the host). Exact-zero transitions take the PyTorch backward instead.
+Tile sizes and warps: ``kernel_meta_1d``; chunk on CUDA: ``plan.plan_plstm_1d_triton``.
 
 Imported only when a call asks for the Triton back end.
 """
@@ -44,7 +46,7 @@ def _products(b_t, o_i, BT: tl.constexpr):
 def plstm1d_fwd_kernel(Q, K_, V_, S, TR, M, D, O, STATES, T, NC, scale,
                        H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
                        BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-                       STORE_STATES: tl.constexpr):
+                       STORE_STATES: tl.constexpr, PREC: tl.constexpr):
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
     o_k = tl.arange(0, BK)
@@ -74,95 +76,168 @@ def plstm1d_fwd_kernel(Q, K_, V_, S, TR, M, D, O, STATES, T, NC, scale,
         # prop[i, j]: what node i reads of node j's write; enter[i]: of the entering state
         prop, enter, carry, total = _products(b_t, o_i, BT)
         gate = b_m[:, None] * prop * b_s[None, :] + tl.where(diagonal, b_d[:, None], 0.0)
-        scores = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * scale * gate
-        b_o = tl.dot(scores, b_v, input_precision="ieee")
-        b_o += (scale * b_m * enter)[:, None] * tl.dot(b_q, state, input_precision="ieee")
+        # 16-bit q, k are exact in tf32: q k^T's products are exact either way
+        scores = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale * gate
+        b_o = tl.dot(scores, b_v, input_precision=PREC)
+        b_o += (scale * b_m * enter)[:, None] * tl.dot(b_q, state,
+                                                       input_precision=PREC)
         tl.store(O + p_v, b_o.to(O.dtype.element_ty), mask=m_t[:, None] & m_v[None, :])
         # state leaving the chunk: prod of all its t times the old one, plus every write carried on
-        state = total * state + tl.dot(tl.trans(b_k * (carry * b_s)[:, None]), b_v,
-                                       input_precision="ieee")
+        state = total * state + tl.dot(tl.trans(b_k * (carry * b_s)[:, None]),
+                                       b_v, input_precision=PREC)
 
 
 @triton.jit
-def plstm1d_bwd_kernel(Q, K_, V_, S, TR, M, D, DO, STATES, DQ, DK_, DV_, DS, DT, DM, DD,
+def plstm1d_bwd_kernel(Q, K_, V_, S, TR, M, D, DO, STATES, DC, DQ, DK_, DV_, DS, DT, DM, DD,
                        T, NC, scale,
                        H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """One program per batch row x head walks the chunks backwards with dC, the gradient of the
-    state leaving the chunk. Transition gradients come as t_l dt_l (every product's gradient
-    times the product, summed over the products containing t_l), then divided by t_l: the host
-    sends exact-zero transitions to the PyTorch backward instead."""
-    i_bh = tl.program_id(0)
+                       BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                       BKK: tl.constexpr, PREC: tl.constexpr):
+    """One program per (V block, batch row x head) walks the chunks backwards with its columns of
+    dC, the gradient of the state leaving the chunk (dC's columns are independent), kept in
+    DC [B*H, 2, DK, DV] fp32 (this chunk's and the next one's, alternating) and read BKK rows
+    of K at a time with the matching columns of q, k and the entering state: no program holds
+    more than [BT, BKK], [BKK, BV], [BT, BV] and [BT, BT] blocks. dv is the block's own; dq, dk
+    and the gate gradients are sums over V, so each V block writes its partial sum into its
+    own slot of DQ, DK_, DS, DT, DM, DD ([V blocks, ...], summed by the host). Transition
+    gradients come as t_l dt_l (every product's gradient times the product, summed over the
+    products containing t_l), then divided by t_l: the host sends exact-zero transitions to
+    the PyTorch backward instead."""
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    o_k, o_v, o_i = tl.arange(0, BK), tl.arange(0, BV), tl.arange(0, BT)
-    m_k, m_v = o_k < DK, o_v < DV
-    m_kv = m_k[:, None] & m_v[None, :]
+    rows = (tl.num_programs(1) // H).to(tl.int64) * T * H            # B * T * H
+    DQ += i_v * rows * DK
+    DK_ += i_v * rows * DK
+    DS += i_v * rows
+    DT += i_v * rows
+    DM += i_v * rows
+    DD += i_v * rows
+    DC += i_bh.to(tl.int64) * 2 * DK * DV
+    o_kk, o_i = tl.arange(0, BKK), tl.arange(0, BT)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < DV
     diagonal = o_i[:, None] == o_i[None, :]
     before = (o_i[:, None] < o_i[None, :]).to(tl.float32)             # [j, l]: j < l
-    d_state = tl.zeros([BK, BV], dtype=tl.float32)                    # dC of the leaving state
+    for k0 in range(0, DK, BKK):                                      # dC leaving the last chunk
+        p_kv = (k0 + o_kk)[:, None] * DV + o_v[None, :]
+        tl.store(DC + p_kv, tl.zeros([BKK, BV], dtype=tl.float32),
+                 mask=((k0 + o_kk) < DK)[:, None] & m_v[None, :])
+    tl.debug_barrier()
     for cc in range(0, NC):
         c = NC - 1 - cc
+        dc_in = DC + (cc % 2) * (DK * DV)                             # dC leaving chunk c
+        dc_out = DC + ((cc + 1) % 2) * (DK * DV)                      # dC entering it
         o_t = c * BT + o_i
         m_t = o_t < T
         row = (i_b * T + o_t).to(tl.int64)
-        p_qk = row[:, None] * (H * DK) + i_h * DK + o_k[None, :]
         p_v = row[:, None] * (H * DV) + i_h * DV + o_v[None, :]
         p_g = row * H + i_h
-        m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
-        b_q = tl.load(Q + p_qk, mask=m_tk, other=0.0).to(tl.float32)
-        b_k = tl.load(K_ + p_qk, mask=m_tk, other=0.0).to(tl.float32)
+        m_tv = m_t[:, None] & m_v[None, :]
         b_v = tl.load(V_ + p_v, mask=m_tv, other=0.0).to(tl.float32)
         b_do = tl.load(DO + p_v, mask=m_tv, other=0.0).to(tl.float32)
         b_s = tl.load(S + p_g, mask=m_t, other=0.0).to(tl.float32)
         b_t = tl.load(TR + p_g, mask=m_t, other=1.0).to(tl.float32)
         b_m = tl.load(M + p_g, mask=m_t, other=0.0).to(tl.float32)
         b_d = tl.load(D + p_g, mask=m_t, other=0.0).to(tl.float32)
-        p_st = (i_bh.to(tl.int64) * NC + c) * (DK * DV) + o_k[:, None] * DV + o_v[None, :]
-        c_in = tl.load(STATES + p_st, mask=m_kv, other=0.0)            # [BK, BV]
+        st = STATES + (i_bh.to(tl.int64) * NC + c) * (DK * DV)
         prop, enter, carry, total = _products(b_t, o_i, BT)
-        qk = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * scale           # [BT, BT]
+        qk = tl.zeros([BT, BT], dtype=tl.float32)
+        for k0 in range(0, DK, BKK):
+            p_qk = row[:, None] * (H * DK) + i_h * DK + (k0 + o_kk)[None, :]
+            m_tk = m_t[:, None] & ((k0 + o_kk) < DK)[None, :]
+            b_q = tl.load(Q + p_qk, mask=m_tk, other=0.0).to(tl.float32)
+            b_k = tl.load(K_ + p_qk, mask=m_tk, other=0.0).to(tl.float32)
+            qk += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        qk *= scale                                                              # [BT, BT]
         gate = b_m[:, None] * prop * b_s[None, :] + tl.where(diagonal, b_d[:, None], 0.0)
-        d_scores = tl.dot(b_do, tl.trans(b_v), input_precision="ieee")            # dA [BT, BT]
-        d_gate = d_scores * qk
+        d_scores = tl.dot(b_do, tl.trans(b_v), input_precision=PREC)            # dA [BT, BT]
+        dsg = d_scores * gate
         w = carry * b_s
-        k_dc = tl.dot(b_k, d_state, input_precision="ieee")                       # [BT, BV]
-        dc_v = tl.dot(b_v, tl.trans(d_state), input_precision="ieee")             # [BT, BK]
-        q_c = tl.dot(b_q, c_in, input_precision="ieee")                           # [BT, BV]
         read = scale * b_m * enter                                                # [BT]
-        b_dv = tl.dot(tl.trans(qk * gate), b_do, input_precision="ieee") + w[:, None] * k_dc
-        b_dq = tl.dot(d_scores * gate, b_k, input_precision="ieee") * scale \
-            + read[:, None] * tl.dot(b_do, tl.trans(c_in), input_precision="ieee")
-        b_dk = tl.dot(tl.trans(d_scores * gate), b_q, input_precision="ieee") * scale \
-            + w[:, None] * dc_v
+        k_dc = tl.zeros([BT, BV], dtype=tl.float32)                               # k dC
+        q_c = tl.zeros([BT, BV], dtype=tl.float32)                                # q C_in
+        d_total = 0.0
+        for k0 in range(0, DK, BKK):
+            p_qk = row[:, None] * (H * DK) + i_h * DK + (k0 + o_kk)[None, :]
+            m_kk = (k0 + o_kk) < DK
+            m_tk = m_t[:, None] & m_kk[None, :]
+            p_kv = (k0 + o_kk)[:, None] * DV + o_v[None, :]
+            m_kv = m_kk[:, None] & m_v[None, :]
+            b_q = tl.load(Q + p_qk, mask=m_tk, other=0.0).to(tl.float32)           # [BT, BKK]
+            b_k = tl.load(K_ + p_qk, mask=m_tk, other=0.0).to(tl.float32)
+            c_in = tl.load(st + p_kv, mask=m_kv, other=0.0)                         # [BKK, BV]
+            d_state = tl.load(dc_in + p_kv, mask=m_kv, other=0.0)
+            k_dc += tl.dot(b_k, d_state, input_precision=PREC)
+            q_c += tl.dot(b_q, c_in, input_precision=PREC)
+            d_total += tl.sum(tl.sum(d_state * c_in, 1), 0)
+            b_dq = tl.dot(dsg, b_k, input_precision=PREC) * scale \
+                + read[:, None] * tl.dot(b_do, tl.trans(c_in), input_precision=PREC)
+            tl.store(DQ + p_qk, b_dq, mask=m_tk)
+            b_dk = tl.dot(tl.trans(dsg), b_q, input_precision=PREC) * scale \
+                + w[:, None] * tl.dot(b_v, tl.trans(d_state), input_precision=PREC)
+            tl.store(DK_ + p_qk, b_dk, mask=m_tk)
+            # dC entering this chunk: through the carried state and every node's read of it
+            d_enter_c = total * d_state + tl.dot(tl.trans(b_q * read[:, None]), b_do,
+                                                 input_precision=PREC)
+            tl.store(dc_out + p_kv, d_enter_c, mask=m_kv)
+        b_dv = tl.dot(tl.trans(qk * gate), b_do, input_precision=PREC) + w[:, None] * k_dc
+        tl.store(DV_ + p_v, b_dv, mask=m_tv)
+        do_qc = tl.sum(b_do * q_c, 1)
+        d_carry = tl.sum(k_dc * b_v, 1)                                           # k_j^T dC v_j
+        d_gate = d_scores * qk
         d_prop = d_gate * b_m[:, None] * b_s[None, :]
         b_dd = tl.sum(tl.where(diagonal, d_gate, 0.0), 1)
-        b_dm = tl.sum(d_gate * prop * b_s[None, :], 1) + scale * enter * tl.sum(b_do * q_c, 1)
-        d_carry = tl.sum(k_dc * b_v, 1)                                           # k_j^T dC v_j
+        b_dm = tl.sum(d_gate * prop * b_s[None, :], 1) + scale * enter * do_qc
         b_ds = tl.sum(d_gate * b_m[:, None] * prop, 0) + carry * d_carry
-        d_enter = scale * b_m * tl.sum(b_do * q_c, 1)
-        d_total = tl.sum(tl.sum(d_state * c_in, 1), 0)
+        d_enter = scale * b_m * do_qc
         # t_l dt_l: products over j < l < i (prop), l < i (enter), j < l (carry), all l (total)
         f = d_prop * prop
         r_prop = tl.sum(tl.where(o_i[:, None] > o_i[None, :],
-                                 tl.dot(f, before, input_precision="ieee"), 0.0), 0)
+                                 tl.dot(f, before, input_precision=PREC), 0.0), 0)
         r_enter = tl.sum(tl.where(o_i[:, None] > o_i[None, :], (d_enter * enter)[:, None], 0.0), 0)
         r_carry = tl.sum(before * (d_carry * b_s * carry)[:, None], 0)
         r = r_prop + r_enter + r_carry + d_total * total
         b_dt = r / tl.where(b_t == 0.0, 1.0, b_t)
-        tl.store(DQ + p_qk, b_dq, mask=m_tk)
-        tl.store(DK_ + p_qk, b_dk, mask=m_tk)
-        tl.store(DV_ + p_v, b_dv, mask=m_tv)
         tl.store(DS + p_g, b_ds, mask=m_t)
         tl.store(DT + p_g, b_dt, mask=m_t)
         tl.store(DM + p_g, b_dm, mask=m_t)
         tl.store(DD + p_g, b_dd, mask=m_t)
-        # dC entering this chunk: through the carried state and every node's read of it
-        d_state = total * d_state + tl.dot(tl.trans(b_q * read[:, None]), b_do,
-                                           input_precision="ieee")
+        tl.debug_barrier()      # the next chunk reads dc_out, written by other threads
 
 
 def _pow2(n, low=16):
     return max(low, triton.next_power_of_2(n))
+
+
+# Tiles of the 1D kernels on CUDA (tests/kernels/test_plstm_triton_compile.py compiles them for
+# sm_80 and sm_90 and checks for spills): tl.dot picks one mma layout with every warp along the
+# chunk's rows for a chain of products, so a chunk shorter than 16 rows per warp replicates its
+# [BT, K or V] blocks in every warp. The forward kernels hold q, k [BT, K] and the state
+# [K, BV]; the backward walks K BWD_BKK rows at a time (its dC in a global scratch), so nothing
+# it holds scales with K. fp32 inputs run tl.dot "ieee", FMA loops without mma layouts (no
+# replication), whose operands at K = 128 need 8 warps in the forward kernels (4: 80-264 B of
+# stack); 16-bit inputs run tf32 mma at 4 warps. Measured on ptxas (triton 3.7, chunk 16): no
+# spills for K = V = 64 and 128, bf16 and fp32, sm_80 and sm_90.
+FWD_BV = 16
+BWD_BV = 16
+BWD_BKK = 16
+NUM_WARPS_1D = 4
+NUM_WARPS_1D_FWD_FP32 = 8
+
+
+def kernel_meta_1d(chunk, DK, DV, dtype=torch.float32, backward=False):
+    """Compile-time sizes and launch warps of the 1D kernels for a chunk, head dims DK, DV and
+    q's dtype: dict of BT (chunk rounded up to a power of two >= 16), BK, BV (the V columns of
+    one program), PREC (tl.dot precision of fp32 operands: "ieee" for fp32 inputs, "tf32" for
+    16-bit ones, within their tolerance) and num_warps."""
+    BT, BK, BV = _tiles(chunk, DK, DV)
+    meta = dict(BT=BT, BK=BK, BV=min(BV, BWD_BV if backward else FWD_BV),
+                PREC="ieee" if dtype == torch.float32 else "tf32",
+                num_warps=(NUM_WARPS_1D_FWD_FP32 if dtype == torch.float32 and not backward
+                           else NUM_WARPS_1D))
+    if backward:
+        meta["BKK"] = min(BK, BWD_BKK)
+    return meta
 
 
 def _tiles(chunk, DK, DV):
@@ -174,15 +249,14 @@ def plstm_1d_triton_fwd(q, k, v, source, transition, mark, direct, scale, chunk,
     states [B*H, NC, K, V] fp32, each chunk's entering state, or None unless keep_states."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    BT, BK, BV_full = _tiles(chunk, DK, DV)
-    BV = min(BV_full, 64)
-    NC = triton.cdiv(T, BT)
+    meta = kernel_meta_1d(chunk, DK, DV, q.dtype)
+    NC = triton.cdiv(T, meta["BT"])
     o = torch.empty(B, T, H, DV, device=q.device, dtype=q.dtype)
     states = (torch.empty(B * H, NC, DK, DV, device=q.device, dtype=torch.float32)
               if keep_states else o)
-    grid = (triton.cdiv(DV, BV), B * H)
+    grid = (triton.cdiv(DV, meta["BV"]), B * H)
     plstm1d_fwd_kernel[grid](q, k, v, source, transition, mark, direct, o, states, T, NC, scale,
-                             H=H, DK=DK, DV=DV, BT=BT, BK=BK, BV=BV, STORE_STATES=keep_states)
+                             H=H, DK=DK, DV=DV, STORE_STATES=keep_states, **meta)
     return o, (states if keep_states else None)
 
 
@@ -190,15 +264,20 @@ def plstm_1d_triton_bwd(q, k, v, source, transition, mark, direct, do, states, s
     """Launch the backward kernel: gradients of q, k, v (their dtype) and of the gates (fp32)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    BT, BK, BV = _tiles(chunk, DK, DV)
-    NC = triton.cdiv(T, BT)
-    dq, dk = (torch.empty(B, T, H, DK, device=q.device, dtype=torch.float32) for _ in range(2))
-    dv = torch.empty(B, T, H, DV, device=q.device, dtype=torch.float32)
-    dgates = [torch.empty(B, T, H, device=q.device, dtype=torch.float32) for _ in range(4)]
-    plstm1d_bwd_kernel[(B * H,)](q, k, v, source, transition, mark, direct, do.contiguous(), states,
-                                 dq, dk, dv, *dgates, T, NC, scale,
-                                 H=H, DK=DK, DV=DV, BT=BT, BK=BK, BV=BV)
-    return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), *dgates)
+    meta = kernel_meta_1d(chunk, DK, DV, q.dtype, backward=True)
+    NC = triton.cdiv(T, meta["BT"])
+    n_v = triton.cdiv(DV, meta["BV"])
+    dev, f32 = q.device, torch.float32
+    dq, dk = (torch.empty(n_v, B, T, H, DK, device=dev, dtype=f32) for _ in range(2))
+    dv = torch.empty(B, T, H, DV, device=dev, dtype=f32)
+    dgates = [torch.empty(n_v, B, T, H, device=dev, dtype=f32) for _ in range(4)]
+    d_state = torch.empty(B * H, 2, DK, DV, device=dev, dtype=f32)
+    plstm1d_bwd_kernel[(n_v, B * H)](q, k, v, source, transition, mark, direct, do.contiguous(),
+                                     states, d_state, dq, dk, dv, *dgates, T, NC, scale, H=H,
+                                     DK=DK, DV=DV, **meta)
+    # the V blocks' partial sums, added in a fixed order
+    return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v.dtype),
+            *(g.sum(0) for g in dgates))
 
 
 class PLSTM1DTriton(torch.autograd.Function):

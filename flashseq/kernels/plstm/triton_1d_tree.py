@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_1d import _products, _tiles
+from .triton_1d import _products, kernel_meta_1d
 
 
 @triton.jit
@@ -43,7 +43,8 @@ def _chunk_rows(T, c, i_b, i_h, H: tl.constexpr, DK: tl.constexpr, DV: tl.conste
 @triton.jit
 def plstm1d_fwd_kernel_summary(K_, V_, S, TR, UPD, DEC, T, NC,
                                H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                               BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                               PREC: tl.constexpr):
     """Grid (V blocks, B*H, NC). UPD [B*H, NC, DK, DV], DEC [B*H, NC] fp32: chunk c's U and a."""
     i_v, i_bh, c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -55,7 +56,7 @@ def plstm1d_fwd_kernel_summary(K_, V_, S, TR, UPD, DEC, T, NC,
     b_s = tl.load(S + p_g, mask=m_t, other=0.0).to(tl.float32)
     b_t = tl.load(TR + p_g, mask=m_t, other=1.0).to(tl.float32)
     prop, enter, carry, total = _products(b_t, tl.arange(0, BT), BT)
-    upd = tl.dot(tl.trans(b_k * (carry * b_s)[:, None]), b_v, input_precision="ieee")  # [BK, BV]
+    upd = tl.dot(tl.trans(b_k * (carry * b_s)[:, None]), b_v, input_precision=PREC)  # [BK, BV]
     o_k = tl.arange(0, BK)
     slot = (i_bh.to(tl.int64) * NC + c)
     tl.store(UPD + slot * (DK * DV) + o_k[:, None] * DV + o_v[None, :], upd,
@@ -89,7 +90,8 @@ def plstm1d_fwd_kernel_scan(UPD_IN, DEC_IN, UPD_OUT, DEC_OUT, NC, shift,
 @triton.jit
 def plstm1d_fwd_kernel_output(Q, K_, V_, S, TR, M, D, O, UPD, STATES, T, NC, scale,
                               H: tl.constexpr, DK: tl.constexpr, DV: tl.constexpr,
-                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+                              BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+                              PREC: tl.constexpr):
     """Grid (V blocks, B*H, NC). UPD: the scanned (inclusive) states [B*H, NC, DK, DV]; chunk c
     enters with UPD[c - 1] (zero for c = 0), stores it to STATES [B*H, NC, DK, DV] and writes
     its outputs O [B, T, H, DV]."""
@@ -115,9 +117,11 @@ def plstm1d_fwd_kernel_output(Q, K_, V_, S, TR, M, D, O, UPD, STATES, T, NC, sca
     prop, enter, carry, total = _products(b_t, o_i, BT)
     gate = b_m[:, None] * prop * b_s[None, :] + tl.where(o_i[:, None] == o_i[None, :],
                                                          b_d[:, None], 0.0)
-    scores = tl.dot(b_q, tl.trans(b_k), input_precision="ieee") * scale * gate
-    b_o = tl.dot(scores, b_v, input_precision="ieee")
-    b_o += (scale * b_m * enter)[:, None] * tl.dot(b_q, state, input_precision="ieee")
+    # 16-bit q, k are exact in tf32: q k^T's products are exact either way
+    scores = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * scale * gate
+    b_o = tl.dot(scores, b_v, input_precision=PREC)
+    b_o += (scale * b_m * enter)[:, None] * tl.dot(b_q, state,
+                                                   input_precision=PREC)
     tl.store(O + p_v, b_o.to(O.dtype.element_ty), mask=m_tv)
 
 
@@ -127,16 +131,17 @@ def plstm_1d_triton_fwd_tree(q, k, v, source, transition, mark, direct, scale, c
     merged by the log-depth scan (module docstring)."""
     B, T, H, DK = q.shape
     DV = v.shape[-1]
-    BT, BK, BV_full = _tiles(chunk, DK, DV)
-    BV = min(BV_full, 64)
+    meta = kernel_meta_1d(chunk, DK, DV, q.dtype)
+    BT, BK, BV, warps = meta["BT"], meta["BK"], meta["BV"], meta["num_warps"]
     NC = triton.cdiv(T, BT)
     dev, f32 = q.device, torch.float32
     grid = (triton.cdiv(DV, BV), B * H, NC)
     upd = [torch.empty(B * H, NC, DK, DV, device=dev, dtype=f32) for _ in range(2)]
     dec = [torch.empty(B * H, NC, device=dev, dtype=f32) for _ in range(2)]
-    sizes = dict(DK=DK, DV=DV, BK=BK, BV=BV)
-    plstm1d_fwd_kernel_summary[grid](k, v, source, transition, upd[0], dec[0], T, NC, H=H,
-                                     BT=BT, **sizes)
+    sizes = dict(DK=DK, DV=DV, BK=BK, BV=BV, num_warps=warps)
+    dots = dict(H=H, BT=BT, PREC=meta["PREC"])
+    plstm1d_fwd_kernel_summary[grid](k, v, source, transition, upd[0], dec[0], T, NC,
+                                     **dots, **sizes)
     cur, shift = 0, 1
     while shift < NC:
         plstm1d_fwd_kernel_scan[grid](upd[cur], dec[cur], upd[1 - cur], dec[1 - cur], NC, shift,
@@ -145,5 +150,5 @@ def plstm_1d_triton_fwd_tree(q, k, v, source, transition, mark, direct, scale, c
     o = torch.empty(B, T, H, DV, device=dev, dtype=q.dtype)
     states = torch.empty(B * H, NC, DK, DV, device=dev, dtype=f32)
     plstm1d_fwd_kernel_output[grid](q, k, v, source, transition, mark, direct, o, upd[cur],
-                                    states, T, NC, scale, H=H, BT=BT, **sizes)
+                                    states, T, NC, scale, **dots, **sizes)
     return o, states

@@ -20,14 +20,17 @@ namespace {
 
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kMinBytes = size_t(4) << 20;
+constexpr size_t kMinBytes = size_t(256) << 10;  // smaller ones: the default allocator
+constexpr size_t kHugeMinBytes = size_t(4) << 20;  // from here on 2 MB-aligned, MADV_HUGEPAGE
+constexpr size_t kPage = size_t(4) << 10;
 // Freed blocks kept for the next call, at most this many bytes and blocks in all. Why: even on
 // huge pages a fresh block is zeroed by the kernel on first touch; the buffers of one call are
 // the same sizes as the last call's, so reusing them skips the faults and the zeroing (LSTM
 // I=64 H=256 B=32 T=200 L=2 forward: 640 page faults and 1.5-3 ms of system time per call).
-// The cost: up to kMaxCachedBytes stay allocated between calls.
+// From 256 KB on: the packed weight panels and a short sequence's h (0.5-1 MB at H=200-256) were
+// fresh pages on every call too. The cost: up to kMaxCachedBytes stay allocated between calls.
 constexpr size_t kMaxCachedBytes = size_t(256) << 20;
-constexpr size_t kMaxCachedBlocks = 16;
+constexpr size_t kMaxCachedBlocks = 32;
 
 struct Block {
   void* p;
@@ -90,14 +93,17 @@ class HugePageAllocator final : public c10::Allocator {
  public:
   c10::DataPtr allocate(size_t bytes) override {
     if (bytes < kMinBytes) return c10::GetCPUAllocator()->allocate(bytes);
-    const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+    const bool huge = bytes >= kHugeMinBytes;
+    const size_t unit = huge ? kHugePage : kPage;
+    const size_t rounded = (bytes + unit - 1) / unit * unit;
     Block block = take_cached(rounded);  // its own size may exceed `rounded`
     if (block.p == nullptr) {
-      if (posix_memalign(&block.p, kHugePage, rounded) != 0 || block.p == nullptr) {
+      if (posix_memalign(&block.p, unit, rounded) != 0 || block.p == nullptr) {
         return c10::GetCPUAllocator()->allocate(bytes);  // the default path reports the failure
       }
       block.bytes = rounded;
-      madvise(block.p, rounded, MADV_HUGEPAGE);  // advice only: without THP the pages stay 4 KB
+      // advice only: without THP the pages stay 4 KB
+      if (huge) madvise(block.p, rounded, MADV_HUGEPAGE);
     }
     return {block.p, new Block(block), &release_block, c10::Device(c10::DeviceType::CPU)};
   }

@@ -7,7 +7,7 @@ namespace flashseq {
 namespace cpu {
 
 // at::empty(sizes, options) for a CPU tensor, with memory of 4 MB and more aligned to 2 MB and
-// marked MADV_HUGEPAGE where Linux offers it (smaller ones, and other systems, take the default
+// marked MADV_HUGEPAGE where Linux offers it (below 256 KB, and on other systems, the default
 // CPU allocator). Why: the loop's outputs and saved tensors are fresh tens of MB on every call,
 // and first touching them cost more than computing them: on the dev VM a fresh 26 MB buffer
 // took 13 ms of page faults in 4 KB pages against 2.4 ms in 2 MB ones (thread CPU time,

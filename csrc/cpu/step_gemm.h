@@ -26,6 +26,7 @@
 #include <immintrin.h>
 #endif
 
+#include "big_alloc.h"
 #include "step_gemm_avx512.h"
 #include "vec_lanes.h"
 
@@ -64,7 +65,7 @@ at::Tensor pack_panels(const scalar_t* src, int64_t H, int64_t head_stride,
   const int64_t K = static_cast<int64_t>(row_offset.size());
   const int64_t N = static_cast<int64_t>(col_offset.size());
   const int64_t panels = (N + P - 1) / P;
-  at::Tensor packed = at::empty({H, panels, K, P}, options);
+  at::Tensor packed = empty_big({H, panels, K, P}, options);  // reused across calls
   scalar_t* out = packed.data_ptr<scalar_t>();
   // Read along whichever axis of the source is closer to contiguous: the forward packs r with
   // its d axis dense (a transposed view of weight_hh), where a k-outer loop read one value per

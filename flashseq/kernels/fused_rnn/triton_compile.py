@@ -7,8 +7,9 @@ compared with the plan. Must run with TRITON_INTERPRET unset (the interpreter re
 JIT functions); the tests call it in a subprocess for that reason.
 
 ``--extras`` compiles the extras kernels instead (``triton_extras_fwd``/``triton_extras_bwd``
-with every extra on: lengths, variational, zoneout, reset, all states); the LayerNorm cells
-``layernorm_lstm``/``layernorm_gru`` compile only this way.
+with every extra on: lengths, variational, zoneout, reset, all states) at their own launch
+(``triton_extras.extras_launch``); the LayerNorm cells ``layernorm_lstm``/``layernorm_gru``
+compile only this way. A head size they do not serve prints a line with "skipped" instead.
 """
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ import torch
 from flashseq.kernels._triton_compile_common import (TRITON_TYPES, compile_cubin, dtype_name,
                                                      require_compiler, resource_usage, run_cli,
                                                      signature, step_loop_report)
+
+
+class ExtrasNotServed(ValueError):
+    """``--extras`` for a head the plan does not run on the persistent kernel."""
 
 
 def _signature(kernel, pointer_types: dict, scalar_names, constexprs: dict) -> dict:
@@ -78,32 +83,39 @@ def _extras_specs(cell_name, head_dim, dtype, gpu, batch, heads):
     from flashseq.cells.triton import get_triton_cell
 
     from .plan import plan_fused_rnn
-    from .triton_extras import NORM_CELLS, base_cell_name, extras_fwd_warps, split_reason
+    from .triton_extras import NORM_CELLS, base_cell_name, extras_launch, split_reason
     from .triton_extras_bwd import fused_rnn_bwd_extras_kernel
     from .triton_extras_fwd import fused_rnn_fwd_extras_kernel
-    from .triton_function import _bwd_warps
 
     base = base_cell_name(cell_name)
     cell, tcell = get_cell(base), get_triton_cell(base)
     plan = plan_fused_rnn(cell, batch, heads, head_dim, dtype, gpu, "triton", None)
     reason = split_reason(plan)
     if reason:
-        raise ValueError(f"--extras: {reason}")
+        raise ExtrasNotServed(f"--extras: {reason}")
     dt = TRITON_TYPES[dtype]
     common = dict(G=cell.num_gates, S=cell.num_states, BB=plan.BB, DHP=plan.padded_head_dim,
                   NORM=cell_name in NORM_CELLS, NORM_C=NORM_CELLS.get(cell_name, ("", False))[1],
                   HAS_LEN=True, HAS_VAR=True, HAS_ZONE=True, HAS_RESET=True, ALL_STATES=True,
-                  PREC="ieee" if dtype == torch.float32 else "tf32")
+                  PREC="ieee" if dtype == torch.float32 else "tf32", WIDE=False)
     ptr = {"WX": dt, "R": dt, "BIAS": dt, "S0": dt, "H": dt, "SLAST": dt, "ALL": dt, "VAR": dt,
            "LEN": "i64", "DHO": dt, "ZONE": "u8", "RESET": "u8"}
     scalars = ("B", "T", "NH", "DH")
     fwd_c = dict(common, CELL=tcell.fwd, SAVE=True)
     bwd_c = dict(common, CELL=tcell.bwd)
     fwd, bwd = fused_rnn_fwd_extras_kernel, fused_rnn_bwd_extras_kernel
-    specs = [(fwd, _signature(fwd, ptr, scalars, fwd_c), fwd_c, extras_fwd_warps(plan),
-              plan.num_stages),
-             (bwd, _signature(bwd, ptr, scalars, bwd_c), bwd_c, _bwd_warps(plan), plan.num_stages)]
+    specs = [(kernel, _signature(kernel, ptr, scalars, constexprs), constexprs,
+              extras_launch(plan, cell_name, kernel is bwd)["num_warps"],
+              extras_launch(plan, cell_name, kernel is bwd)["num_stages"])
+             for kernel, constexprs in ((fwd, fwd_c), (bwd, bwd_c))]
     return specs, plan
+
+
+def _compile_extras(kernel, sig, constexprs, arch, launch: dict):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    src = triton.compiler.ASTSource(fn=kernel, signature=sig, constexprs=constexprs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=launch)
 
 
 def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfloat16,
@@ -117,6 +129,8 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
     """
     from triton.runtime.jit import JITFunction
 
+    from .triton_extras import extras_launch
+
     require_compiler()
     results = []
     specs, plan = kernel_specs(cell_name, head_dim, dtype, gpu="h100" if arch >= 90 else "a100",
@@ -124,12 +138,17 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
                                extras=extras)
     for kernel, sig, constexprs, num_warps, num_stages in specs:
         assert isinstance(kernel, JITFunction)
-        compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages)
+        if extras:  # their launch (triton_extras.extras_launch) may also cap the registers
+            compiled = _compile_extras(kernel, sig, constexprs, arch,
+                                       extras_launch(plan, cell_name, "bwd" in kernel.__name__))
+        else:
+            compiled = compile_cubin(kernel, sig, constexprs, arch, num_warps, num_stages)
         report = {"kernel": kernel.__name__, "cell": cell_name, "extras": extras,
                   "head_dim": head_dim, "arch": arch,
                   "dtype": dtype_name(dtype), "gpu": plan.gpu, "path": plan.path,
                   "BB": plan.BB, "DHP": plan.padded_head_dim, "BH": plan.BH, "BK": constexprs.get("BK", plan.BK),
                   "num_warps": num_warps, "num_stages": num_stages,
+                  "maxnreg": compiled.metadata.maxnreg if extras else None,
                   "plan_registers": plan.registers_per_thread,
                   "plan_shared": plan.shared_memory_bytes,
                   "stage": "cubin", "shared": compiled.metadata.shared,
@@ -144,8 +163,12 @@ def compile_for_target(cell_name: str, head_dim: int, arch: int, dtype=torch.bfl
 
 def main(argv=None):
     def compile_one(args, cell, head_dim, arch):
-        return compile_for_target(cell, head_dim, arch, getattr(torch, args.dtype),
-                                  force_split=args.force_split, extras=args.extras)
+        try:
+            return compile_for_target(cell, head_dim, arch, getattr(torch, args.dtype),
+                                      force_split=args.force_split, extras=args.extras)
+        except ExtrasNotServed as exc:  # a head the extras kernels do not run: say so, go on
+            return [{"kernel": None, "cell": cell, "extras": True, "head_dim": head_dim,
+                     "arch": arch, "dtype": args.dtype, "skipped": str(exc)}]
 
     def add_force_split(parser):
         parser.add_argument("--force-split", action="store_true",

@@ -22,7 +22,7 @@ import torch
 from flashseq.cells import get_cell
 
 from .reference import fused_rnn_reference
-from .triton_function import _bwd_warps, _cdiv, _dense, _fwd_warps, _precision, plan_tiles
+from .triton_function import _cdiv, _dense, _precision, plan_tiles
 
 # the LayerNorm cells: (the cell whose pointwise Triton step they use, NORM_C)
 NORM_CELLS = {"layernorm_lstm": ("lstm", True), "layernorm_gru": ("gru", False)}
@@ -41,10 +41,43 @@ def split_reason(plan) -> Optional[str]:
             f"{plan.head_dim} takes the {plan.path!r} path ({plan.reason})")
 
 
-def extras_fwd_warps(plan) -> int:
-    """Warps of the extras forward: the plain forward's. (cuobjdump, bf16 DH 64 sm_90: doubling
-    them to 16 caps the registers at 128 and spills more, 168 B for the LSTM against 8 B.)"""
-    return _fwd_warps(plan)
+# The extras kernels' launch: their own warps and stages rather than the plan's (whose register
+# model counts the plain kernels only), chosen from cuobjdump on sm_80/sm_90 cubins with every
+# extra on (tests/kernels/test_fused_rnn_triton_extras_compile.py). Spills (stack bytes) at the
+# plan's warps, bf16 DH 64: forward 8-136, backward 8-448 (16 warps: at most 128 registers per
+# thread). 8 warps (255 registers) for both; 16 for the light forwards (Elman, float32 GRU at DH
+# 64+), where ptxas otherwise settles at 128 registers (two blocks per SM) and spills 8-16 B.
+# Capping the registers at 255 (maxnreg) makes ptxas use them where it otherwise settles at 128
+# and spills (GRU fp16 DH 16 forward: 8 B at 128, none at 164; sLSTM fp32 DH 32 backward: 16 B,
+# none at 182), but moves its choices elsewhere (sLSTM DH 64 forward 16 B, LSTM DH 64 backward
+# 8 B), so only the launches measured to need it take it: (cell, padded DH, dtype, backward).
+EXTRAS_WARPS = 8
+EXTRAS_MAX_REGISTERS = 255
+_CAPPED_LAUNCHES = {("gru", 16, "float16", False), ("slstm", 32, "float32", True)}
+# Software pipelining (num_stages > 1) keeps the next step's loads in registers: the extras
+# backward spills with it (bf16 DH 64 sm_90: LSTM 32 B at 3 stages, 0 at 1) and the step's
+# products have no loaded operand to pipeline.
+EXTRAS_STAGES = 1
+
+
+def extras_launch(plan, cell_name: str, backward: bool = False) -> dict:
+    """num_warps, num_stages and (where measured to help) maxnreg of an extras kernel launch
+    for ``plan`` (the base cell's) and the cell ``cell_name``."""
+    light = cell_name == "elman" or (cell_name == "gru" and plan.dtype == "float32")
+    wide_head = plan.padded_head_dim >= 64
+    warps = 2 * EXTRAS_WARPS if light and wide_head and not backward else EXTRAS_WARPS
+    launch = dict(num_warps=warps, num_stages=EXTRAS_STAGES)
+    if (cell_name, plan.padded_head_dim, plan.dtype, backward) in _CAPPED_LAUNCHES:
+        launch["maxnreg"] = EXTRAS_MAX_REGISTERS
+    return launch
+
+
+def needs_wide_offsets(wx, r, num_states: int) -> bool:
+    """Whether an extras launch on wx [B,T,G,NH,DH], r must compute offsets in int64 (a tensor
+    it indexes, the largest being wx and the [T+1,S,B,NH,DH] states, has 2**31 elements or
+    more); int32 offsets take fewer registers."""
+    B, T, _, NH, DH = wx.shape
+    return max(wx.numel(), r.numel(), (T + 1) * num_states * B * NH * DH) >= 2 ** 31
 
 
 def _flags(cell, lengths, var, zone, reset, all_states):
@@ -74,8 +107,9 @@ def fused_rnn_fwd_extras(wx, r, b, states, lengths, var, zone, reset, cell, all_
     """wx [B,T,G,NH,DH], r [G,NH,DH,DH] (dropconnect applied), b [G,NH,DH], states
     [S,B,NH,DH], lengths [B] int64, var [B,NH,DH], zone [T,S,B,NH,DH] bool, reset [B,T] bool
     (each None when unused). Returns h [B,T,NH,DH], last [S,B,NH,DH], all [T,S,B,NH,DH]
-    (wx's dtype; empty unless ``all_states``) and, if ``save``, rh_st and (NORM) hr_st
-    [B,T,G,NH,DH] and s_st [T+1,S,B,NH,DH] fp32 (else empty)."""
+    (wx's dtype; empty unless ``all_states``) and, if ``save``, rh_st [B,T,G,NH,DH], (NORM)
+    hr_st (flat: LN(h @ r) [B,T,G,NH,DH] then its 1/std [B,T,NH]) and s_st [T+1,S,B,NH,DH],
+    all fp32 (else empty)."""
     from .triton_extras_fwd import fused_rnn_fwd_extras_kernel
     B, T, G, NH, DH = wx.shape
     S = cell.num_states
@@ -86,43 +120,62 @@ def fused_rnn_fwd_extras(wx, r, b, states, lengths, var, zone, reset, cell, all_
     every = wx.new_empty((T, S, B, NH, DH) if all_states else (0,))
     gates = (B, T, G, NH, DH)
     rh_st = wx.new_empty(gates if save else (0,), dtype=torch.float32)
-    hr_st = wx.new_empty(gates if save and flags["NORM"] else (0,), dtype=torch.float32)
+    hr_st = wx.new_empty(_hr_numel(wx) if save and flags["NORM"] else 0, dtype=torch.float32)
     s_st = wx.new_empty((T + 1, S, B, NH, DH) if save else (0,), dtype=torch.float32)
     dummy = wx
     fused_rnn_fwd_extras_kernel[(_cdiv(B, plan.BB), NH)](
         wx, r, b, states, _or(lengths, dummy), _or(var, dummy), _or(_u8(zone), dummy),
-        _or(_u8(reset), dummy), h, last, _or_empty(every, dummy), rh_st, hr_st, s_st,
+        _or(_u8(reset), dummy), h, last, _or_empty(every, dummy), rh_st,
+        *_split_hr(hr_st, wx, dummy), s_st,
         B, T, NH, DH,
         CELL=tcell.fwd, G=G, S=S, BB=plan.BB, DHP=plan.padded_head_dim, SAVE=save,
-        PREC=_precision(wx.dtype), num_warps=extras_fwd_warps(plan), num_stages=plan.num_stages,
+        PREC=_precision(wx.dtype), WIDE=needs_wide_offsets(wx, r, S),
+        **extras_launch(plan, cell.name),
         **flags)
     return h, last, every, rh_st, hr_st, s_st
 
 
 def fused_rnn_bwd_extras(dh, dlast, dall, wx, r, rh_st, hr_st, s_st, lengths, var, zone, reset,
                          cell):
-    """d wx, d rh, d hr ([B,T,G,NH,DH] fp32; d hr is d rh without a norm) and d states0
+    """d wx (with a norm: d LN(wx), see ``norm_gates_backward``), d rh, d hr ([B,T,G,NH,DH]
+    fp32; d hr is d rh without a norm) and d states0
     [S,B,NH,DH] fp32 from the gradients of h, last and (or None) all_states."""
     from .triton_extras_bwd import fused_rnn_bwd_extras_kernel
     B, T, G, NH, DH = wx.shape
     S = cell.num_states
     plan = _plan(cell, wx)
     base, tcell, flags = _flags(cell, lengths, var, zone, reset, dall is not None)
-    dwx = wx.new_empty(B, T, G, NH, DH, dtype=torch.float32)
-    drh = torch.empty_like(dwx)
-    dhr = torch.empty_like(dwx) if flags["NORM"] else drh
+    drh = wx.new_empty(B, T, G, NH, DH, dtype=torch.float32)
+    # LayerNorm LSTM: d LN(wx) = d rh, so the kernel writes only DRH
+    dwx = drh if flags["NORM_C"] else torch.empty_like(drh)
+    dhr = torch.empty_like(drh) if flags["NORM"] else drh
     ds0 = wx.new_empty(S, B, NH, DH, dtype=torch.float32)
     dummy = wx
     fused_rnn_bwd_extras_kernel[(_cdiv(B, plan.BB), NH)](
-        wx, r, rh_st, _or_empty(hr_st, dummy), s_st, dh.contiguous(),
+        wx, r, rh_st, *_split_hr(hr_st, wx, dummy), s_st, dh.contiguous(),
         dlast.float().contiguous(), dummy if dall is None else dall.float().contiguous(),
         _or(lengths, dummy), _or(var, dummy), _or(_u8(zone), dummy), _or(_u8(reset), dummy),
         dwx, drh, dhr, ds0,
         B, T, NH, DH,
         CELL=tcell.bwd, G=G, S=S, BB=plan.BB, DHP=plan.padded_head_dim,
-        PREC=_precision(wx.dtype), num_warps=_bwd_warps(plan), num_stages=plan.num_stages,
-        **{k: v for k, v in flags.items()})
+        PREC=_precision(wx.dtype), WIDE=needs_wide_offsets(wx, r, S),
+        **extras_launch(plan, cell.name, backward=True),
+        **flags)
     return dwx, drh, dhr, ds0
+
+
+def _hr_numel(wx) -> int:
+    # the norm's saved values: LN(h @ r) [B,T,G,NH,DH] then its 1/std [B,T,NH], one buffer
+    B, T, G, NH, DH = wx.shape
+    return B * T * NH * (G * DH + 1)
+
+
+def _split_hr(hr_st, wx, dummy):
+    """(HR_ST, RSTD_ST) kernel arguments: views of the one saved buffer, or dummies."""
+    if hr_st.numel() == 0:
+        return dummy, dummy
+    n = wx.numel()
+    return hr_st[:n], hr_st[n:]
 
 
 def _or(t, dummy):
@@ -131,6 +184,28 @@ def _or(t, dummy):
 
 def _or_empty(t, dummy):
     return dummy if t.numel() == 0 else t
+
+
+def norm_gates_backward(wx, d_norm, lengths=None):
+    """d wx [B,T,G,NH,DH] fp32 from d LN(wx) (fp32, same layout): the backward of the gate norm
+    (per row, step and head over its G*DH pre-activations, unit gain, eps as
+    ``triton_layernorm.EPS``), ``dx = rstd * (dy - mean(dy) - y * mean(dy * y))``; 0 past a
+    row's length (``lengths`` [B] or None), where wx is never read."""
+    from .triton_layernorm import EPS
+    x = wx.float()
+    if lengths is not None:
+        T = wx.shape[1]
+        valid = (torch.arange(T, device=wx.device) < lengths[:, None])[:, :, None, None, None]
+        x = torch.where(valid, x, 0.0)
+    x = x.transpose(2, 3)  # [B,T,NH,G,DH]: a row's G*DH values together
+    dy = d_norm.transpose(2, 3)
+    dims = (-2, -1)
+    mean = x.mean(dim=dims, keepdim=True)
+    rstd = torch.rsqrt(((x - mean) ** 2).mean(dim=dims, keepdim=True) + EPS.value)
+    y = (x - mean) * rstd
+    dx = rstd * (dy - dy.mean(dim=dims, keepdim=True) - y * (dy * y).mean(dim=dims, keepdim=True))
+    dx = dx.transpose(2, 3)
+    return dx if lengths is None else torch.where(valid, dx, 0.0)
 
 
 def recurrent_inputs(s_st, wx, var, reset):
@@ -165,7 +240,7 @@ def _fwd_fake(wx, r, b, states, lengths, var, zone, reset, cell, all_states, sav
     return (wx.new_empty(B, T, NH, DH), wx.new_empty(S, B, NH, DH),
             wx.new_empty((T, S, B, NH, DH) if all_states else (0,)),
             wx.new_empty(gates if save else (0,), dtype=torch.float32),
-            wx.new_empty(gates if save and norm else (0,), dtype=torch.float32),
+            wx.new_empty(_hr_numel(wx) if save and norm else 0, dtype=torch.float32),
             wx.new_empty((T + 1, S, B, NH, DH) if save else (0,), dtype=torch.float32))
 
 
@@ -179,6 +254,8 @@ def _bwd_op(dh: torch.Tensor, dlast: torch.Tensor, dall: Optional[torch.Tensor],
     dwx, drh, dhr, ds0 = fused_rnn_bwd_extras(dh, dlast, dall, wx, r, rh_st, hr_st, s_st,
                                               _dense(lengths), _dense(var), zone, reset,
                                               get_cell(cell))
+    if cell in NORM_CELLS:
+        dwx = norm_gates_backward(wx, dwx, _dense(lengths))
     h_in = recurrent_inputs(s_st, wx, var, reset)
     dr = torch.einsum("tbnk,btgnj->gnkj", h_in, dhr)
     db = drh.sum(dim=(0, 1))

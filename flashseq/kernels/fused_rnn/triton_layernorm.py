@@ -99,25 +99,26 @@ def norm_units_bwd(y, dy, rstd, m_d, count):
 
 
 @triton.jit
-def ln_lstm_fwd(a0, a1, a2, a3, rh0, rh1, rh2, rh3, c_prev, m_d, count):
-    """(h, c) of the LayerNorm LSTM from a = LN(wx), rh = LN(h_prev @ r) + b and c_prev."""
-    i = tl.sigmoid(a0 + rh0)
-    f = tl.sigmoid(a1 + rh1)
-    g = tanh(a2 + rh2)
-    o = tl.sigmoid(a3 + rh3)
+def ln_lstm_fwd(z0, z1, z2, z3, c_prev, m_d, count):
+    """(h, c) of the LayerNorm LSTM from the pre-activations z = LN(wx) + LN(h_prev @ r) + b
+    and c_prev."""
+    i = tl.sigmoid(z0)
+    f = tl.sigmoid(z1)
+    g = tanh(z2)
+    o = tl.sigmoid(z3)
     c = f * c_prev + i * g
     cn, _ = norm_units(c, m_d, count)
     return o * tanh(cn), c
 
 
 @triton.jit
-def ln_lstm_bwd(a0, a1, a2, a3, rh0, rh1, rh2, rh3, c_prev, d_h, d_c, m_d, count):
-    """(d pre_i, d pre_f, d pre_g, d pre_o, d c_prev) from the gradients of the new (h, c);
-    pre = a + rh, so d a = d rh = d pre."""
-    i = tl.sigmoid(a0 + rh0)
-    f = tl.sigmoid(a1 + rh1)
-    g = tanh(a2 + rh2)
-    o = tl.sigmoid(a3 + rh3)
+def ln_lstm_bwd(z0, z1, z2, z3, c_prev, d_h, d_c, m_d, count):
+    """(d z_i, d z_f, d z_g, d z_o, d c_prev) from the pre-activations z and the gradients of
+    the new (h, c); z = LN(wx) + rh, so d LN(wx) = d rh = d z."""
+    i = tl.sigmoid(z0)
+    f = tl.sigmoid(z1)
+    g = tanh(z2)
+    o = tl.sigmoid(z3)
     c = f * c_prev + i * g
     cn, rstd = norm_units(c, m_d, count)
     tc = tanh(cn)

@@ -277,9 +277,41 @@ def _jit_build():
     return load_extension(cpu_extension_spec())
 
 
+BUFFER_CACHE_ENV = "FLASHSEQ_CPU_BUFFER_CACHE_MB"
+DEFAULT_BUFFER_CACHE_MB = 256
+
+
+def buffer_cache_limit_bytes() -> int:
+    """The most bytes of freed buffers the CPU loop keeps for its next call (csrc/cpu/big_alloc.h):
+    $FLASHSEQ_CPU_BUFFER_CACHE_MB megabytes (a whole number >= 0; 0 keeps none), default 256.
+    Any other value warns (RuntimeWarning) and gives the default."""
+    import warnings
+
+    raw = os.environ.get(BUFFER_CACHE_ENV, "").strip()
+    if not raw:
+        return DEFAULT_BUFFER_CACHE_MB << 20
+    try:
+        mb = int(raw, 10)
+    except ValueError:
+        mb = -1
+    if mb < 0:
+        warnings.warn(f"flashseq: {BUFFER_CACHE_ENV}={raw!r} is not a whole number of megabytes "
+                      f">= 0 (0 keeps no buffers); using the default, "
+                      f"{DEFAULT_BUFFER_CACHE_MB} MB", RuntimeWarning, stacklevel=2)
+        mb = DEFAULT_BUFFER_CACHE_MB
+    return min(mb, (2**63 - 1) >> 20) << 20
+
+
+def _configured(module, buffer_cache_limit: int):
+    """The loaded extension with this process's settings applied, before its first call."""
+    module._set_buffer_cache_limit(buffer_cache_limit)
+    return module
+
+
 @functools.lru_cache(maxsize=None)
 def _load():
     """(module, None) on success, (None, error message) otherwise; tried once per process."""
+    buffer_cache_limit = buffer_cache_limit_bytes()  # read (and warned about) once, here
     try:
         from flashseq import _C  # built by setup.py
     except ImportError as err:
@@ -288,10 +320,10 @@ def _load():
         # Trust it when it was built from these sources with this torch, or when the sources are
         # not shipped (nothing to compare with, nothing to rebuild from).
         if not _sources()[0] or getattr(_C, "source_key", "") == build_key():
-            return _C, None
+            return _configured(_C, buffer_cache_limit), None
         install_error = "it was built from other sources or another torch (stale)"
     try:
-        return _jit_build(), None
+        return _configured(_jit_build(), buffer_cache_limit), None
     except Exception as err:  # any build failure makes the backend unavailable, never a crash
         lines = str(err).strip().splitlines() or [type(err).__name__]
         first = next((ln for ln in lines if "error:" in ln), lines[0]).strip()
@@ -302,6 +334,13 @@ def _load():
 def extension_error() -> str | None:
     """Why the CPU extension cannot be loaded (one line), or None when it can."""
     return _load()[1]
+
+
+def loaded_extension():
+    """The CPU extension if this process has loaded it already, else None (never builds it)."""
+    if _load.cache_info().currsize == 0:
+        return None
+    return _load()[0]
 
 
 def extension():

@@ -4,6 +4,7 @@
 #include <ATen/EmptyTensor.h>
 #include <c10/core/CPUAllocator.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -18,18 +19,13 @@ namespace flashseq {
 namespace cpu {
 namespace {
 
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kMinBytes = size_t(256) << 10;  // smaller ones: the default allocator
-constexpr size_t kHugeMinBytes = size_t(4) << 20;  // from here on 2 MB-aligned, MADV_HUGEPAGE
-constexpr size_t kPage = size_t(4) << 10;
-// Freed blocks kept for the next call, at most this many bytes and blocks in all. Why: even on
-// huge pages a fresh block is zeroed by the kernel on first touch; the buffers of one call are
-// the same sizes as the last call's, so reusing them skips the faults and the zeroing (LSTM
-// I=64 H=256 B=32 T=200 L=2 forward: 640 page faults and 1.5-3 ms of system time per call).
-// From 256 KB on: the packed weight panels and a short sequence's h (0.5-1 MB at H=200-256) were
-// fresh pages on every call too. The cost: up to kMaxCachedBytes stay allocated between calls.
-constexpr size_t kMaxCachedBytes = size_t(256) << 20;
+// Freed blocks kept for the next call, at most the limit's bytes (set_buffer_cache_limit,
+// default kDefaultBufferCacheLimit) and kMaxCachedBlocks blocks in all. Why: even on huge pages
+// a fresh block is zeroed by the kernel on first touch; the buffers of one call are the same
+// sizes as the last call's, so reusing them skips the faults and the zeroing (LSTM I=64 H=256
+// B=32 T=200 L=2 forward: 640 page faults and 1.5-3 ms of system time per call). From 256 KB
+// on: the packed weight panels and a short sequence's h (0.5-1 MB at H=200-256) were fresh
+// pages on every call too. The cost: up to the limit stays allocated between calls.
 constexpr size_t kMaxCachedBlocks = 32;
 
 struct Block {
@@ -41,12 +37,35 @@ struct BlockCache {
   std::mutex mu;
   std::deque<Block> blocks;  // oldest first
   size_t bytes = 0;
+  size_t limit = static_cast<size_t>(kDefaultBufferCacheLimit);
 };
 
 BlockCache& cache() {
   static BlockCache* c = new BlockCache();  // never destroyed: deleters may run at exit
   return *c;
 }
+
+// Moves the oldest blocks into `to_free` until `incoming` more bytes and `incoming_blocks` more
+// blocks fit; the caller holds c.mu and frees them after unlocking.
+void evict_locked(BlockCache& c, size_t incoming, size_t incoming_blocks,
+                  std::vector<void*>& to_free) {
+  while (!c.blocks.empty() && (c.bytes + incoming > c.limit ||
+                               c.blocks.size() + incoming_blocks > kMaxCachedBlocks)) {
+    to_free.push_back(c.blocks.front().p);
+    c.bytes -= c.blocks.front().bytes;
+    c.blocks.pop_front();
+  }
+}
+
+void free_all(const std::vector<void*>& blocks) {
+  for (void* p : blocks) std::free(p);
+}
+
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+constexpr size_t kHugePage = size_t(2) << 20;
+constexpr size_t kMinBytes = size_t(256) << 10;  // smaller ones: the default allocator
+constexpr size_t kHugeMinBytes = size_t(4) << 20;  // from here on 2 MB-aligned, MADV_HUGEPAGE
+constexpr size_t kPage = size_t(4) << 10;
 
 // A cached block of at least `bytes` and at most a quarter more (the closest), or {null, 0}.
 Block take_cached(size_t bytes) {
@@ -72,20 +91,15 @@ void release_block(void* ctx) {
   {
     BlockCache& c = cache();
     std::lock_guard<std::mutex> lock(c.mu);
-    if (block->bytes > kMaxCachedBytes) {
+    if (block->bytes > c.limit) {
       to_free.push_back(block->p);
     } else {
-      while (!c.blocks.empty() &&
-             (c.bytes + block->bytes > kMaxCachedBytes || c.blocks.size() >= kMaxCachedBlocks)) {
-        to_free.push_back(c.blocks.front().p);
-        c.bytes -= c.blocks.front().bytes;
-        c.blocks.pop_front();
-      }
+      evict_locked(c, block->bytes, 1, to_free);
       c.blocks.push_back(*block);
       c.bytes += block->bytes;
     }
   }
-  for (void* p : to_free) std::free(p);
+  free_all(to_free);
   delete block;
 }
 
@@ -130,6 +144,38 @@ at::Tensor empty_big(at::IntArrayRef sizes, const at::TensorOptions& options) {
   }
 #endif
   return at::empty(sizes, options);
+}
+
+int64_t set_buffer_cache_limit(int64_t bytes) {
+  BlockCache& c = cache();
+  std::vector<void*> to_free;
+  int64_t old;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    old = static_cast<int64_t>(c.limit);
+    c.limit = static_cast<size_t>(std::max<int64_t>(bytes, 0));
+    evict_locked(c, 0, 0, to_free);
+  }
+  free_all(to_free);
+  return old;
+}
+
+int64_t buffer_cache_bytes() {
+  BlockCache& c = cache();
+  std::lock_guard<std::mutex> lock(c.mu);
+  return static_cast<int64_t>(c.bytes);
+}
+
+void empty_buffer_cache() {
+  BlockCache& c = cache();
+  std::vector<void*> to_free;
+  {
+    std::lock_guard<std::mutex> lock(c.mu);
+    for (const Block& block : c.blocks) to_free.push_back(block.p);
+    c.blocks.clear();
+    c.bytes = 0;
+  }
+  free_all(to_free);
 }
 
 }  // namespace cpu

@@ -3,6 +3,7 @@
 // flashseq/kernels/fused_rnn/cpu.py and call these functions.
 #include <torch/extension.h>
 
+#include "big_alloc.h"
 #include "fused_rnn_cpu.h"
 #include "fused_rnn_extras.h"
 #include "step_gemm.h"
@@ -77,6 +78,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("allowed"));
   m.def("_uses_avx512_tile", &flashseq::cpu::use_avx512_tile,
         "whether float32 step GEMMs run the AVX-512 tile on this CPU now");
+  m.def("_set_buffer_cache_limit", &flashseq::cpu::set_buffer_cache_limit,
+        "most bytes of freed big buffers kept for the next call (0: none); frees kept blocks "
+        "past it; returns the previous limit (flashseq/_jit.py sets it from "
+        "FLASHSEQ_CPU_BUFFER_CACHE_MB on load)",
+        py::arg("bytes"));
+  m.def("_buffer_cache_bytes", &flashseq::cpu::buffer_cache_bytes,
+        "bytes of freed big buffers kept now (flashseq.ops.cpu_buffer_cache_bytes)");
+  m.def("_empty_buffer_cache", &flashseq::cpu::empty_buffer_cache,
+        "frees every kept buffer (flashseq.ops.empty_cpu_buffer_cache)");
   m.def("_lanes_tanh", &lanes_tanh, "for tests: tanh as the compiled pointwise loops compute it",
         py::arg("x"));
   m.def("linear_weight_grad", &flashseq::cpu::linear_weight_grad,

@@ -1,19 +1,27 @@
 """``backend="cpu"``: the compiled C++ loop of csrc/cpu/ (float32 and float64, any NH and DH).
 
 The whole time loop runs in C++: per step one GEMM ``h_prev @ r`` per head and one fused
-pointwise pass from the cell's header in csrc/cells/, on 8-wide AVX2 vectors when the machine that
-built the extension has AVX2 (flashseq/_jit.py chooses the flags), parallel over (head, batch)
-rows. The backward is hand-written (reversed time, one GEMM per step for d(h_prev), then d(r) and
-d(b) over all steps at once).
+pointwise pass from the cell's header in csrc/cells/, parallel over (head, batch) rows. The
+pointwise pass runs on AVX2 vectors when the machine that built the extension has AVX2
+(flashseq/_jit.py chooses the flags); for float32 LSTM and GRU on a CPU with AVX-512F it runs 32
+units at a time as two independent 16-lane vectors, so two dependency chains overlap
+(csrc/cpu/pointwise_avx512.cpp). The backward is hand-written (reversed time, one GEMM per step
+for d(h_prev), then d(r) and d(b) over all steps at once).
 
 The per-step GEMM is csrc/cpu/step_gemm.h up to a live batch of 128 rows, at::mm (MKL) above:
-the recurrent weight is packed once per call into contiguous column panels and each step runs
-6x16 register tiles over them, where at::mm would re-pack the weight on every step. Measured on
-the shared 2-core dev box (Zen 3), 1 thread, LSTM T=64, C++ forward: H=128 B=1 0.79 ms vs 1.18
-(MKL), B=16 5.1 vs 6.9; H=512 B=4 15.7 vs 36.7, B=16 45 vs 87; H=1024 B=16 366 vs 748; at
-H=128 B=128 they tie (39 ms). Noisy machine: these set the threshold, not a claim. The
-crossover, the AVX-512/AVX2 tile and the thread count are per-call knobs (cpu_config.py) that
+the recurrent weight is packed once per call into contiguous column panels that every step
+streams through a register tile (8 rows x 48 columns on AVX-512 for float32, 6 x 2 vectors on
+AVX2), where at::mm would re-pack the weight on every step. While a row computes step t, the
+forward prefetches that row's wx (and its h output) of step t + 1 into L2. The crossover, the
+AVX-512/AVX2 tile and the thread count are per-call knobs (cpu_config.py) that
 ``flashseq-tune --device cpu`` tunes per shape bucket; dispatch applies the cached choice.
+
+Buffers of 256 KB and more (outputs, saved tensors, packed panels) come from
+csrc/cpu/big_alloc.cpp: on Linux, when freed they are kept (256 MB at most by default) and
+handed to the next call of about the same size, which then pays no page faults (sizes and
+timings in csrc/cpu/big_alloc.h). ``FLASHSEQ_CPU_BUFFER_CACHE_MB`` (read once, when the
+extension is loaded) sets that bound, 0 keeps nothing; ``cpu_buffer_cache_bytes`` and
+``empty_cpu_buffer_cache`` below (exported by flashseq.ops) show and free what is kept.
 
 What the forward keeps for the backward (only when a gradient is needed):
 ``saved_gates [T, NH, B, K, DH]``, K values per unit chosen by the cell header (LSTM and GRU
@@ -184,6 +192,30 @@ def fused_rnn(wx, r, b, states, *, cell, lengths, extras=None):
     # the tuning cache's config for this problem (flashseq-tune), else the defaults
     config = cpu_config.for_call(cell.name, wx)
     return FusedRnnCpuFunction.apply(wx, r, b, states, lengths, cell.name, save, config)
+
+
+def cpu_buffer_cache_bytes() -> int:
+    """Bytes of freed CPU-loop buffers kept now for the next call (0 when the extension is not
+    loaded in this process; it is not built or loaded to answer).
+
+    On Linux the compiled CPU loop keeps freed buffers of 256 KB and more (such as h, the
+    tensors saved for the backward, d(wx) and the packed recurrent weight; elsewhere none) so
+    that the next call of about the same size reuses them instead of page-faulting and zeroing
+    fresh memory, which cost more than the computation at tens of MB per call (numbers in
+    csrc/cpu/big_alloc.h). At most $FLASHSEQ_CPU_BUFFER_CACHE_MB megabytes (default 256; 0
+    keeps none) and 32 buffers are kept; past that the longest-kept ones are freed. Buffers
+    still held by tensors are not counted."""
+    module = _jit.loaded_extension()
+    return 0 if module is None else int(module._buffer_cache_bytes())
+
+
+def empty_cpu_buffer_cache() -> None:
+    """Return every kept CPU-loop buffer (``cpu_buffer_cache_bytes``) to the system. Buffers in
+    use by live tensors are kept again when those are freed; the next call allocates fresh
+    memory. Does nothing when the extension is not loaded in this process (never builds it)."""
+    module = _jit.loaded_extension()
+    if module is not None:
+        module._empty_buffer_cache()
 
 
 def workspace_bytes(problem):

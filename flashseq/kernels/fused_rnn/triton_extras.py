@@ -50,10 +50,15 @@ def split_reason(plan) -> Optional[str]:
 # Capping the registers at 255 (maxnreg) makes ptxas use them where it otherwise settles at 128
 # and spills (GRU fp16 DH 16 forward: 8 B at 128, none at 164; sLSTM fp32 DH 32 backward: 16 B,
 # none at 182), but moves its choices elsewhere (sLSTM DH 64 forward 16 B, LSTM DH 64 backward
-# 8 B), so only the launches measured to need it take it: (cell, padded DH, dtype, backward).
+# 8 B), so only the launches measured to need it take it; likewise 3 stages for the sLSTM DH 16
+# backward (8 B at 1, none at 3). Keys: (cell, padded DH, dtype, backward).
 EXTRAS_WARPS = 8
-EXTRAS_MAX_REGISTERS = 255
-_CAPPED_LAUNCHES = {("gru", 16, "float16", False), ("slstm", 32, "float32", True)}
+_LAUNCH_OVERRIDES = {
+    ("gru", 16, "float16", False): dict(maxnreg=255),
+    ("slstm", 32, "float32", True): dict(maxnreg=255),
+    ("slstm", 16, "bfloat16", True): dict(num_stages=3),
+    ("slstm", 16, "float16", True): dict(num_stages=3),
+}
 # Software pipelining (num_stages > 1) keeps the next step's loads in registers: the extras
 # backward spills with it (bf16 DH 64 sm_90: LSTM 32 B at 3 stages, 0 at 1) and the step's
 # products have no loaded operand to pipeline.
@@ -67,8 +72,8 @@ def extras_launch(plan, cell_name: str, backward: bool = False) -> dict:
     wide_head = plan.padded_head_dim >= 64
     warps = 2 * EXTRAS_WARPS if light and wide_head and not backward else EXTRAS_WARPS
     launch = dict(num_warps=warps, num_stages=EXTRAS_STAGES)
-    if (cell_name, plan.padded_head_dim, plan.dtype, backward) in _CAPPED_LAUNCHES:
-        launch["maxnreg"] = EXTRAS_MAX_REGISTERS
+    launch.update(_LAUNCH_OVERRIDES.get((cell_name, plan.padded_head_dim, plan.dtype, backward),
+                                        {}))
     return launch
 
 

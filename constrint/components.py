@@ -130,11 +130,13 @@ def _simplified(prop, lo, hi):
         rhs = prop.rhs - sum(a * lo[i] for i, a in terms if lo[i] == hi[i])
         idx, coefs = [i for i, _ in rest], [a for _, a in rest]
         return P.LinearLe(idx, coefs, rhs) if kind is P.LinearLe else linear_eq(idx, coefs, rhs)
-    if kind is P.ProductNonneg or kind is P.ProductNonneg2:
+    if kind is P.ProductNonneg or kind is P.ProductNonneg2 or kind is P.ProductNonneg3:
         if kind is P.ProductNonneg:
             out, c, factors = prop.out, prop.coef, prop.factors
-        else:
+        elif kind is P.ProductNonneg2:
             out, c, factors = prop.out, prop.coef, (prop.x, prop.y)
+        else:
+            out, c, factors = prop.out, prop.coef, (prop.x, prop.y, prop.z)
         rest = []
         for i in factors:
             if lo[i] == hi[i]:
@@ -149,6 +151,8 @@ def _simplified(prop, lo, hi):
             return prop
         if len(rest) == 2:
             return P.ProductNonneg2(out, rest[0], rest[1], c)
+        if len(rest) == 3:
+            return P.ProductNonneg3(out, rest[0], rest[1], rest[2], c)
         return P.ProductNonneg(out, rest, c)
     if kind is P.CeilDiv and sum(lo[i] != hi[i] for i in prop.watch) <= 1:
         return None

@@ -149,9 +149,17 @@ class Model:
         returned with status "feasible" ("unknown" when there is none yet). The clock is read at
         every search node and every few hundred propagator runs, the root's propagation included.
         """
-        deadline = _deadline(time_limit)
-        with _cyclic_gc_paused():
+        deadline = _deadline(time_limit) if time_limit is not None else None
+        # the cyclic collector paused for the solve (_cyclic_gc_paused says why), written out
+        # here: the context manager's calls were ~2% of a cold first point (contextlib's code
+        # is out of the caches after another library's solve)
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
             return self._solve(deadline)
+        finally:
+            if enabled:
+                gc.enable()
 
     def _solve(self, deadline):
         start = time.perf_counter()

@@ -28,6 +28,9 @@ def _feasible(kind, params, point):
     if kind == "product_nonneg2":
         coef, = params
         return point[0] == coef * point[1] * point[2]
+    if kind == "product_nonneg3":
+        coef, = params
+        return point[0] == coef * point[1] * point[2] * point[3]
     if kind == "cdiv":
         out, num, den = point
         return out == -(-num // den)
@@ -63,6 +66,10 @@ def _random_case(rng, kind):
     if kind == "product_nonneg2":
         coef = rng.choice((1, 1, 2, 3, 8))
         return P.ProductNonneg2(0, 1, 2, coef), [dom(0, 60), dom(0, 5), dom(0, 5)], (coef,)
+    if kind == "product_nonneg3":
+        coef = rng.choice((1, 1, 2, 3))
+        return (P.ProductNonneg3(0, 1, 2, 3, coef), [dom(0, 80), dom(0, 5), dom(0, 4), dom(0, 4)],
+                (coef,))
     if kind == "cdiv":
         return P.CeilDiv(0, 1, 2), [dom(-6, 8), dom(-15, 20), dom(1, 6)], None
     if kind == "divides":
@@ -70,7 +77,8 @@ def _random_case(rng, kind):
     raise AssertionError(kind)
 
 
-KINDS = ["le", "eq", "eq2", "ne", "product", "product_nonneg", "product_nonneg2", "cdiv", "divides"]
+KINDS = ["le", "eq", "eq2", "ne", "product", "product_nonneg", "product_nonneg2", "product_nonneg3",
+         "cdiv", "divides"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

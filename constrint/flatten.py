@@ -214,13 +214,13 @@ class Flat:
         cached = self._poly_cache.get(key)
         if cached is not None:
             return cached[1]
-        if isinstance(expr, Sum):
+        if kind is Sum:
             out = {(): expr.const} if expr.const else {}
             for coef, sub in expr.items:
                 for mono, c in self._poly(sub).items():
                     out[mono] = out.get(mono, 0) + coef * c
             out = {m: c for m, c in out.items() if c}
-        elif isinstance(expr, Product):
+        elif kind is Product:
             factors = expr.factors
             out = self._monomial(factors)
             if out is not None:
@@ -231,7 +231,7 @@ class Flat:
                 out = self._multiply({(): 1}, out)
             for factor in factors[1:]:
                 out = self._multiply(out, self._poly(factor))
-        elif isinstance(expr, CDiv):
+        elif kind is CDiv:
             out = {(self._cdiv_atom(expr),): 1}
         else:
             raise TypeError(f"not a constrint expression: {expr!r}")
@@ -376,9 +376,13 @@ class Flat:
             if (type(side) is not Var or self.lo[side.index] == self.hi[side.index]
                     or side.index in self._product_outs):
                 continue
-            if type(other) is CDiv:
+            kind = type(other)
+            if kind is CDiv:
                 return self._cdiv_as_var(side.index, other)
-            poly = self._poly(other)
+            # a product of variables and constants (the common case) straight to its monomial
+            poly = self._monomial(other.factors) if kind is Product else None
+            if poly is None:
+                poly = self._poly(other)
             if len(poly) != 1:
                 return False
             (mono, coef), = poly.items()

@@ -296,7 +296,8 @@ class Search:
                     stack.pop()
                     continue
                 frame[3] = pos + 1
-                st.undo(mark)
+                if pos:  # the first alternative starts at the mark just taken: nothing to undo
+                    st.undo(mark)
                 if self._apply(i, alts[pos]):
                     break
             else:

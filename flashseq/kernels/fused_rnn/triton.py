@@ -92,12 +92,17 @@ def workspace_bytes(problem):
     when a gradient is needed, the saved rh [B, T, G, NH, DH] and the state sequence
     [T+1, S, B, NH, DH] in float32. (Kernel offsets are int64: memory is the only limit.)
     With return_all_states also every step's states [T, S, B, NH, DH] in wx's dtype; with a
-    LayerNorm cell and a gradient also the raw products h @ r [B, T, G, NH, DH] in float32."""
+    LayerNorm cell and a gradient also LN(h @ r) [B, T, G, NH, DH] and its 1/std [B, T, NH]
+    in float32 (the extras kernels' offsets are int32 unless a tensor reaches 2**31 elements,
+    where they switch to int64)."""
     B, T, NH, DH = problem.batch, problem.steps, problem.heads, problem.head_dim
     G, S = problem.cell.num_gates, problem.cell.num_states
     outputs = T + S + (T * S if "return_all_states" in problem.extras else 0)
     need = outputs * B * NH * DH * problem.dtype.itemsize
     if problem.needs_grad:
-        saved_gates = 2 * G if problem.cell.name.startswith("layernorm_") else G
+        norm = problem.cell.name.startswith("layernorm_")
+        saved_gates = 2 * G if norm else G
         need += (T * saved_gates + (T + 1) * S) * B * NH * DH * 4
+        if norm:
+            need += B * T * NH * 4  # 1/std of LN(h @ r)
     return need

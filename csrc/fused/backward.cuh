@@ -11,7 +11,9 @@
 //      kernel) and puts d(rh_t) into shared memory;
 //   2. each warp multiplies its rows k of the weights by its slice of d(rh_t) with mma.sync,
 //      fp32 accumulators: the block's partial d(h_{t-1})[b, k] over its own gate columns, for
-//      every k of the head, into shared memory (double-buffered by step parity);
+//      every k of the head, into shared memory (double-buffered by step parity); on sm_90a
+//      (kWgmma) each warpgroup does it with wgmma on 64-row tiles of k, d(rh_t) read by the
+//      tensor core from shared memory through a matrix descriptor (layout_bwd.h "wgmma");
 //   3. the P blocks of a head sum their partials for the units each one owns: after a barrier
 //      (P == 1: the block's own; sm_90a cluster: distributed shared memory of the peers; else:
 //      an fp32 global buffer behind the head's flag barrier), read at the next step's step 1.
@@ -32,16 +34,18 @@
 namespace flashseq {
 namespace fused {
 
-template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster>
+template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false>
 struct BwdTraits {
   static constexpr int kGates = Cell::kNumGates;
   static constexpr int kStates = Cell::kNumStates;
   static constexpr int kSaved = Cell::kNumSaved > 0 ? Cell::kNumSaved : 1;
-  static constexpr BwdTiling kTiling = BwdTiling::of(Tiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, 16, 2});
+  static constexpr BwdTiling kTiling =
+      BwdTiling::of(Tiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, 16, 2, kWgmma ? 1 : 0});
   static constexpr bool kClusterExchange = kCluster;
+  static constexpr bool kGmma = kWgmma;  // the product through wgmma (sm_90a), see layout_bwd.h
   static constexpr int kThreads = kTiling.threads();
-  // shared memory: d(rh) [BB][dg_stride] (16-bit, rounded up to 16 bytes) + the partial sums
-  // [2][WKB][BB][part_stride] fp32
+  // shared memory: d(rh) [BB][dg_stride] (16-bit, rounded up to 16 bytes; core matrices with
+  // wgmma) + the partial sums [2][k_slices][BB][part_stride] fp32
   static constexpr int kDgBytes = (kTiling.dg_elems() * 2 + 15) / 16 * 16;
   static constexpr int kSmemBytes = kDgBytes + 2 * kTiling.part_buffer_elems() * 4;
   static_assert(kTiling.invalid() == nullptr, "tiling rejected by layout_bwd.h (BwdTiling::invalid)");
@@ -65,7 +69,7 @@ __device__ __forceinline__ float cluster_load_f32(uint32_t addr) {
 #endif
 
 // d(h_prev)[b, k] for the block's own unit k: the P blocks' partials (each the sum of its WKB
-// warps' partials) in the fixed order peer 0..P-1, wk 0..WKB-1.
+// warps' or warpgroups' partials) in the fixed order peer 0..P-1, wk 0..k_slices-1.
 template <class Traits>
 __device__ __forceinline__ float gather_dh(const BwdParams& p, const float* sPart, int parity,
                                            int b, int k, int head, int bg, int padded_b) {
@@ -74,13 +78,13 @@ __device__ __forceinline__ float gather_dh(const BwdParams& p, const float* sPar
   float sum = 0.f;
   if constexpr (P == 1) {
 #pragma unroll
-    for (int wk = 0; wk < kB.WKB(); ++wk) sum += sPart[kB.part_offset(parity, wk, b, k)];
+    for (int wk = 0; wk < kB.k_slices(); ++wk) sum += sPart[kB.part_offset(parity, wk, b, k)];
   } else if constexpr (Traits::kClusterExchange) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #pragma unroll 1
     for (int peer = 0; peer < P; ++peer)
 #pragma unroll
-      for (int wk = 0; wk < kB.WKB(); ++wk)
+      for (int wk = 0; wk < kB.k_slices(); ++wk)
         sum += cluster_load_f32(cluster_map(sPart + kB.part_offset(parity, wk, b, k), peer));
 #endif
   } else {
@@ -106,7 +110,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
   constexpr int MT = kB.m_tiles(), KT = kB.k_tiles(), NT = kB.n_tiles();
   constexpr int EL = kT.elems_per_thread(), P = kT.P;
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];
   T* sDg = reinterpret_cast<T*>(smem);                                 // [BB][dg_stride]
   float* sPart = reinterpret_cast<float*>(smem + Traits::kDgBytes);    // [2][WKB][BB][stride]
 
@@ -119,10 +123,40 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
   // slice, the warp's rows, the lane's row and unit) + per-register offsets that are compile-time
   // constants when WKB == 1 (layout_bwd.h: a_pair_row8, a_pair_col8) --------------------------
   const int gate_stride = p.heads * kT.DHP * kT.DHP;
+  // A fragments (wgmma: the warpgroup's 64-row tiles and k steps of its column slice)
+  constexpr int AM = Traits::kGmma ? kB.g_wg_m_tiles() : MT, AK = Traits::kGmma ? kB.g_k_steps() : KT;
+  uint32_t rA[AM][AK][4];  // [m tile][k tile][register]: units (e, e+1) of one gate, row k
+  if constexpr (Traits::kGmma) {
+    // rows past DHP (the last 64-row tile's padding) load row 0 and keep zeros; a plan whose
+    // DHP is a multiple of 64 has none, and no select
+    constexpr bool kPadRows = kB.g_m_tiles() * 64 != kT.DHP;
+    // per-thread base at the warp's first row; per-register offsets are compile-time constants
+    // when GWK == 1 (one run-time address per load made ptxas keep them all and spill)
+    const int row0 = kB.g_row16(warp, 0);
+    const T* rBase = static_cast<const T*>(p.r) +
+                     kB.r_offset(p.heads, head, slice, 0, row0 + (lane >> 2), 2 * (lane & 3));
+    // m tiles outermost (one tile's registers complete before the next: with k steps outermost
+    // ptxas materialised one address per load and spilled at the plan's cap)
+#pragma unroll
+    for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+      for (int kt = 0; kt < AK; ++kt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const GateUnit gu = kB.col_gate_unit(kB.g_a_pair_col8(warp, kt, 2 * half));
+          const T* gBase = rBase + gu.gate * gate_stride + gu.unit;
+#pragma unroll
+          for (int reg = 2 * half; reg < 2 * half + 2; ++reg) {
+            const int row8 = kB.g_a_pair_row8(warp, mt, reg);
+            const bool live = !kPadRows || row8 < kT.DHP;
+            const uint32_t w = load_weight_pair(gBase + (live ? row8 - row0 : -row0) * kT.DHP);
+            rA[mt][kt][reg] = live ? w : 0u;
+          }
+        }
+  } else {
   const T* rBase = static_cast<const T*>(p.r) +
                    kB.r_offset(p.heads, head, slice, 0, kB.warp_m(warp) * kB.rows_per_warp() + (lane >> 2),
                                2 * (lane & 3));
-  uint32_t rA[MT][KT][4];  // [m tile][k tile][register]: units (e, e+1) of one gate, row k
   // k tiles outermost: one gate's base address is live at a time (gate-major columns), else
   // ptxas keeps all G of them and spills in this prologue
 #pragma unroll
@@ -139,6 +173,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
           rA[mt][kt][reg] = load_weight_pair(gBase + row * kT.DHP);
         }
     }
+  }
 
   // -- the thread's (batch, unit) elements: carried state gradients (d(h) in [0]), lengths -----
   float dst[EL][S];
@@ -222,10 +257,47 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
         sDg[kB.dg_offset(e.b, g * kT.BH + e.unit)] = E::from_float(drh[g]);
       }
     }
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // this thread's d(rh) stores, visible to the wgmma (async proxy) after the barrier
+    if constexpr (Traits::kGmma) fence_smem_for_wgmma();
+#endif
     __syncthreads();
 
-    // 2. partial d(h_{t-1}) of this warp's rows k over its gate columns: [MT x 16] x [NT x 8]
     const int parity = i & 1;
+    if constexpr (Traits::kGmma) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    // 2'. wgmma: this warpgroup's 64-row tiles of k over its column slice, B = d(rh)^T from sDg
+    // through the descriptor; one commit group, waited for before the partials are stored
+    constexpr int N = kT.BB;
+    float gacc[AM][N / 2];
+#pragma unroll
+    for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+      for (int c = 0; c < N / 2; ++c) {
+        gacc[mt][c] = 0.f;
+        pin_register(gacc[mt][c]);
+      }
+    const unsigned buf = static_cast<unsigned>(__cvta_generic_to_shared(sDg));
+    const int gwk = kB.g_wk(warp_s);
+    wgmma_fence();
+#pragma unroll
+    for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+      for (int kt = 0; kt < AK; ++kt)
+        Wgmma<E>::template run<N>(gacc[mt], rA[mt][kt], kB.g_desc_b(buf, gwk, kt));
+    wgmma_commit();
+    wgmma_wait();
+#pragma unroll
+    for (int mt = 0; mt < AM; ++mt)
+#pragma unroll
+      for (int c = 0; c < N / 2; ++c) {
+        pin_register(gacc[mt][c]);
+        if (kB.g_c_elem(warp_s, mt, lane_s, c).row < kT.DHP)
+          sPart[kB.g_c_smem_offset(parity, warp_s, mt, lane_s, c)] = gacc[mt][c];
+      }
+#endif
+    } else {
+    // 2. partial d(h_{t-1}) of this warp's rows k over its gate columns: [MT x 16] x [NT x 8]
     float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -250,6 +322,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
 #pragma unroll
         for (int c = 0; c < 4; ++c)
           sPart[kB.c_smem_offset(parity, warp_s, mt, nt, lane_s, c)] = acc[mt][nt][c];
+    }
 
     // 3. the partials where the next step's gather finds them
     if constexpr (P == 1) {
@@ -268,7 +341,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
         const int b = idx / kT.DHP, k = idx % kT.DHP;
         float sum = 0.f;
 #pragma unroll
-        for (int wk = 0; wk < kB.WKB(); ++wk) sum += sPart[kB.part_offset(parity, wk, b, k)];
+        for (int wk = 0; wk < kB.k_slices(); ++wk) sum += sPart[kB.part_offset(parity, wk, b, k)];
         p.xpart[kB.xpart_offset(parity, p.heads, padded_b, head_s, slice_s, kT.batch_row(tile_s, b), k)] = sum;
       }
       group_barrier(p.barrier + kT.barrier_group(blockIdx.x, tile_s, p.heads),

@@ -1,6 +1,7 @@
 // One instantiation of the persistent backward kernel and its launcher, chosen by the same -D
 // flags as the forward's (csrc/fused/fused_rnn_fwd.cu): FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM,
-// _WK, _DHP, _CLUSTER, optional _MAX_REGS.
+// _WK, _DHP, _CLUSTER, optional _MAX_REGS and _GMMA (1: the step's product through wgmma;
+// sm_90a, 16-bit only; default 0).
 #include <cuda_runtime.h>
 
 #include "backward.cuh"
@@ -11,6 +12,12 @@
     !defined(FLASHSEQ_DHP) || !defined(FLASHSEQ_CLUSTER)
 #error "fused_rnn_bwd.cu needs FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM, _WK, _DHP and _CLUSTER"
 #endif
+#if !defined(FLASHSEQ_GMMA)
+#define FLASHSEQ_GMMA 0
+#endif
+#if FLASHSEQ_GMMA && defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#error "FLASHSEQ_GMMA=1 needs sm_90a (wgmma)"
+#endif
 
 namespace flashseq {
 namespace fused {
@@ -18,7 +25,7 @@ namespace fused {
 using BwdCell = cells::FLASHSEQ_CELL;
 using BwdElem = FLASHSEQ_ELEM;
 using BTraits = BwdTraits<BwdCell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
-                          FLASHSEQ_CLUSTER != 0>;
+                          FLASHSEQ_CLUSTER != 0, FLASHSEQ_GMMA != 0>;
 
 FwdLaunch bwd_launch_shape(int batch, int heads) {
   constexpr Tiling kT = BTraits::kTiling.f;

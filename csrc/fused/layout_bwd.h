@@ -16,7 +16,8 @@
 // of 16 by the forward's own rule), so every forward plan serves, BH = 8 included.
 // The block's W = WM*WK warps are regrouped as WMB x WKB: WMB = gcd(W, DHP/16) warps over the
 // rows k, WKB = W / WMB warps splitting the G*BH reduction (their partials meet in shared
-// memory). Warp w = (wmb, wkb): wmb = w % WMB, wkb = w / WMB.
+// memory). Warp w = (wmb, wkb): wmb = w % WMB, wkb = w / WMB. On sm_90a with wgmma (f.gmma)
+// the warpgroups take the product instead ("wgmma" below).
 #pragma once
 
 #include "layout.h"
@@ -38,9 +39,11 @@ struct BwdTiling {
   Tiling f;  // the forward's tiling (same plan, same blocks)
   int wmb;   // WMB, stored: a data member of a constexpr tiling folds to a constant in the
              // kernel, where a (recursive) gcd call would be evaluated at run time
+  int gwm;   // wgmma (f.gmma): warpgroups over the 64-row tiles of k (GWM, stored like wmb)
 
   FLASHSEQ_LAYOUT_FN static BwdTiling of(const Tiling& fwd) {
-    return {fwd, gcd_int(fwd.warps(), fwd.DHP / 16)};
+    return {fwd, gcd_int(fwd.warps(), fwd.DHP / 16),
+            fwd.gmma ? gcd_int(fwd.warpgroups(), (fwd.DHP + 63) / 64) : 1};
   }
   FLASHSEQ_LAYOUT_FN int warps() const { return f.warps(); }
   FLASHSEQ_LAYOUT_FN int threads() const { return f.threads(); }
@@ -58,9 +61,13 @@ struct BwdTiling {
   FLASHSEQ_LAYOUT_FN const char* invalid() const {
     return f.invalid()                         ? f.invalid()
            : (f.K != 16) ? "the backward kernel serves 16-bit operands (mma K = 16) only"
-           : (cols() % (WKB() * f.K) != 0) ? "G*BH must split into WKB warps of whole K tiles"
+           : (!f.gmma && cols() % (WKB() * f.K) != 0) ? "G*BH must split into WKB warps of whole K tiles"
+           : (f.gmma && cols() % (GWK() * 16) != 0)
+               ? "wgmma backward: G*BH must split into GWK warpgroups of whole k steps of 16"
            : nullptr;
   }
+  // slabs of partial sums per block: one per reduction slice (WKB warps, or GWK warpgroups)
+  FLASHSEQ_LAYOUT_FN int k_slices() const { return f.gmma ? GWK() : WKB(); }
 
   FLASHSEQ_LAYOUT_FN int warp_m(int warp) const { return warp % WMB(); }
   FLASHSEQ_LAYOUT_FN int warp_k(int warp) const { return warp / WMB(); }
@@ -92,9 +99,12 @@ struct BwdTiling {
 
   // -- B fragments: the block's gate gradients dg in shared memory, [BB][dg_stride()] 16-bit
   // elements, row b holding (g, e) gate-major; 16 bytes of padding as in the forward's h buffer
+  // With wgmma the buffer is in the canonical K-major core-matrix layout instead (g_dg_offset).
   FLASHSEQ_LAYOUT_FN int dg_stride() const { return cols() + 16 / f.elem_bytes; }
-  FLASHSEQ_LAYOUT_FN int dg_elems() const { return f.BB * dg_stride(); }
-  FLASHSEQ_LAYOUT_FN int dg_offset(int b, int col) const { return b * dg_stride() + col; }
+  FLASHSEQ_LAYOUT_FN int dg_elems() const { return f.gmma ? f.BB * cols() : f.BB * dg_stride(); }
+  FLASHSEQ_LAYOUT_FN int dg_offset(int b, int col) const {
+    return f.gmma ? g_dg_offset(b, col) : b * dg_stride() + col;
+  }
   FLASHSEQ_LAYOUT_FN RowCol b_elem(int warp, int nt, int kt, int lane, int i) const {
     const RowCol kn = MmaShape<16>::b(lane, i);
     return {warp_k(warp) * k_per_warp() + 16 * kt + kn.row, 8 * nt + kn.col};
@@ -111,9 +121,9 @@ struct BwdTiling {
   // partial sums in shared memory, double-buffered by step parity (peers of a cluster read the
   // previous step's buffer while this block fills the other): [2][WKB][BB][part_stride()] fp32
   FLASHSEQ_LAYOUT_FN int part_stride() const { return f.DHP + ((4 - f.DHP) % 32 + 32) % 32; }
-  FLASHSEQ_LAYOUT_FN int part_buffer_elems() const { return WKB() * f.BB * part_stride(); }
+  FLASHSEQ_LAYOUT_FN int part_buffer_elems() const { return k_slices() * f.BB * part_stride(); }
   FLASHSEQ_LAYOUT_FN int part_offset(int parity, int wk, int b, int k) const {
-    return ((parity * WKB() + wk) * f.BB + b) * part_stride() + k;
+    return ((parity * k_slices() + wk) * f.BB + b) * part_stride() + k;
   }
   FLASHSEQ_LAYOUT_FN int c_smem_offset(int parity, int warp, int mt, int nt, int lane, int i) const {
     return part_offset(parity, warp_k(warp), c_elem(warp, mt, nt, lane, i).col,
@@ -123,7 +133,7 @@ struct BwdTiling {
   // -- the P blocks' partials of one head meet (P > 1) ------------------------------------------
   // Block `slice` needs d(h_prev)[b, k] only for its own units k = slice*BH + unit (the units
   // whose pointwise backward it runs next step): it sums, in the fixed order peer = 0..P-1 and
-  // wk = 0..WKB-1 (deterministic), the peers' partials at row k.
+  // wk = 0..k_slices()-1 (deterministic), the peers' partials at row k.
   // Cluster (sm_90a): the peers' shared partial buffers, at part_offset(parity, wk, b, k).
   // Global memory: each block publishes its WKB-summed partial [BB][DHP] to an fp32 buffer
   // [2][NH][P][tiles_b*BB][DHP]; after the head's flag barrier the readers sum the P slices.
@@ -137,6 +147,72 @@ struct BwdTiling {
   }
   // row k of the partials that block `slice` reads for its unit `unit`
   FLASHSEQ_LAYOUT_FN int own_row(int slice, int unit) const { return f.head_unit(slice, unit); }
+
+  // -- wgmma (sm_90a, f.gmma == 1) ----------------------------------------------------------------
+  // The same product D[k, b] = A[k, (g, e)] * Bop[(g, e), b] as warpgroup-wide
+  // wgmma.mma_async.m64nNk16 (N = BB): M = the rows k in 64-row tiles (rows past DHP: zero
+  // weights, their sums dropped), K = the block's G*BH gate columns in steps of 16. The
+  // warpgroups() warpgroups are GWM over the m tiles (gcd(warpgroups, m tiles), each a run of
+  // consecutive tiles) times GWK splitting the columns; warpgroup wg = (gwm, gwk): gwm = wg % GWM,
+  // gwk = wg / GWM. Inside one, warp w (= warp % 4) holds rows 16w..16w+15 of each 64-row tile,
+  // the m16n8k16 A fragment (PTX ISA, wgmma .m64nNk16 register fragments). A = the weights in
+  // registers, B = d(rh)^T read from shared memory through a matrix descriptor.
+  FLASHSEQ_LAYOUT_FN int g_m_tiles() const { return (f.DHP + 63) / 64; }
+  FLASHSEQ_LAYOUT_FN int GWM() const { return gwm; }
+  FLASHSEQ_LAYOUT_FN int GWK() const { return f.warpgroups() / GWM(); }
+  FLASHSEQ_LAYOUT_FN int g_wg_m_tiles() const { return g_m_tiles() / GWM(); }  // per warpgroup
+  FLASHSEQ_LAYOUT_FN int g_cols_per_wg() const { return cols() / GWK(); }
+  FLASHSEQ_LAYOUT_FN int g_k_steps() const { return g_cols_per_wg() / 16; }
+  FLASHSEQ_LAYOUT_FN int g_a_regs() const { return g_wg_m_tiles() * g_k_steps() * 4; }
+  FLASHSEQ_LAYOUT_FN int g_c_elems() const { return f.BB / 2; }  // fp32 D per thread and m tile
+  // (0 spelled out for a single slice: the compiler cannot know warp < warps(), and a constant
+  // keeps the kernel's weight addresses compile-time offsets of one base)
+  FLASHSEQ_LAYOUT_FN int g_wm(int warp) const { return GWM() == 1 ? 0 : (warp / 4) % GWM(); }
+  FLASHSEQ_LAYOUT_FN int g_wk(int warp) const { return GWK() == 1 ? 0 : (warp / 4) / GWM(); }
+  // first row k of the warp's 16 rows in its warpgroup's m tile mt (0 .. g_wg_m_tiles()-1)
+  FLASHSEQ_LAYOUT_FN int g_row16(int warp, int mt) const {
+    return 64 * (g_wm(warp) * g_wg_m_tiles() + mt) + 16 * (warp % 4);
+  }
+  FLASHSEQ_LAYOUT_FN RowCol g_a_elem(int warp, int mt, int kt, int lane, int i) const {
+    const RowCol rc = MmaShape<16>::a(lane, i);
+    return {g_row16(warp, mt) + rc.row, g_wk(warp) * g_cols_per_wg() + 16 * kt + rc.col};
+  }
+  // Register `reg` (elements 2reg, 2reg+1): row row8 + lane/4, columns col8 + 2*(lane%4) + 0/1,
+  // two adjacent units of one gate (col8 and BH are multiples of 8), one 32-bit load from r.
+  FLASHSEQ_LAYOUT_FN int g_a_pair_row8(int warp, int mt, int reg) const {
+    return g_row16(warp, mt) + 8 * (reg & 1);
+  }
+  FLASHSEQ_LAYOUT_FN int g_a_pair_col8(int warp, int kt, int reg) const {
+    return g_wk(warp) * g_cols_per_wg() + 16 * kt + 8 * (reg >> 1);
+  }
+  // D element i of lane `lane` in m tile mt: (row k, batch row b); per 8 batch columns the
+  // m16n8 C layout, rows offset by 16 * (warp % 4)
+  FLASHSEQ_LAYOUT_FN RowCol g_c_elem(int warp, int mt, int lane, int i) const {
+    return {g_row16(warp, mt) + (lane >> 2) + 8 * ((i >> 1) & 1), 8 * (i >> 2) + 2 * (lane & 3) + (i & 1)};
+  }
+  FLASHSEQ_LAYOUT_FN int g_c_smem_offset(int parity, int warp, int mt, int lane, int i) const {
+    return part_offset(parity, g_wk(warp), g_c_elem(warp, mt, lane, i).col, g_c_elem(warp, mt, lane, i).row);
+  }
+  // B = d(rh)^T (K = gate columns x N = batch, columns contiguous per batch row: K-major, no
+  // transpose) in the canonical layout without swizzling: 8x8 core matrices (8 batch rows x 8
+  // consecutive columns, 16 bytes per row, 128 contiguous bytes); core matrices along the
+  // columns g_lbo_bytes() apart, along the batch g_sbo_bytes() apart.
+  FLASHSEQ_LAYOUT_FN int g_dg_offset(int b, int col) const {
+    return ((b / 8) * (cols() / 8) + col / 8) * 64 + (b % 8) * 8 + col % 8;
+  }
+  FLASHSEQ_LAYOUT_FN int g_lbo_bytes() const { return 128; }
+  FLASHSEQ_LAYOUT_FN int g_sbo_bytes() const { return (cols() / 8) * 128; }
+  // The 64-bit matrix descriptor of B for k step kt of column slice gwk, the d(rh) buffer at
+  // shared-memory byte address `buffer` (16-byte aligned); fields as layout.h's g_desc_b (PTX
+  // ISA "Matrix Descriptor Format": start >> 4 in bits 0-13, leading byte offset >> 4 in 16-29,
+  // stride byte offset >> 4 in 32-45, base offset 0, no swizzle).
+  FLASHSEQ_LAYOUT_FN unsigned long long g_desc_b(unsigned buffer, int gwk, int kt) const {
+    const unsigned col = static_cast<unsigned>(gwk * g_cols_per_wg() + 16 * kt);
+    const unsigned start = buffer + 2u * static_cast<unsigned>(g_dg_offset(0, static_cast<int>(col)));
+    return static_cast<unsigned long long>((start & 0x3FFFFu) >> 4) |
+           (static_cast<unsigned long long>((g_lbo_bytes() >> 4) & 0x3FFF) << 16) |
+           (static_cast<unsigned long long>((g_sbo_bytes() >> 4) & 0x3FFF) << 32);
+  }
 };
 
 }  // namespace fused

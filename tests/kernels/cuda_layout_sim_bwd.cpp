@@ -6,13 +6,20 @@
 // partial sums into the parity buffers, and the meeting of the P blocks' partials (a cluster's
 // distributed shared memory, or the fp32 global buffer). The tensor-core instruction itself is
 // emulated from lane tables the Python test transcribes from the PTX documentation.
+// With gmma = 1 (the sm_90a wgmma path) the product is one warpgroup-wide m64nNk16 per (m tile
+// of 64 rows k, k step of 16 gate columns): A from the lanes' registers as the kernel loads
+// them, B = d(rh)^T read from the shared d(rh) buffer at the addresses the PTX ISA's matrix
+// descriptor rules give for the descriptor layout_bwd.h encodes (decoded here by
+// wgmma_b_address, written from the ISA, not from layout_bwd.h), D scattered to the threads by
+// the Python tables.
 // Output: dh[b, n, k] = sum_{g, e} dg[b, g, n, e] * r[g, n, k, e] as the kernel would form it;
 // a nonzero exit code and a message when an element is written twice or never.
 //
 // Usage: cuda_layout_sim_bwd <input file> <output file>. Input (little-endian):
 //   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode (bit 0: cluster exchange, else global;
-//   bit 1: the step's parity, which double buffer the partial sums use)
-//   int32 a_tab[32][8][2], b_tab[32][4][2], c_tab[32][4][2]   (row, col) per lane and element
+//   bit 1: the step's parity, which double buffer the partial sums use) gmma
+//   gmma == 0: int32 a_tab[32][8][2], b_tab[32][4][2], c_tab[32][4][2]  (row, col) per lane
+//   gmma == 1: int32 a_tab[128][8][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
 //   float64 r[G][NH][DH][DH], dg[B][G][NH][DH]
 // Output: float64 dh[B][NH][DH].
 #include <cstdio>
@@ -48,25 +55,50 @@ void read(FILE* f, T* dst, size_t n) {
   }
 }
 
+// wgmma's B operand (K x N, K-major, 16-bit elements) as the tensor core reads it from shared
+// memory (PTX ISA, "Matrix Descriptor Format", canonical K-major layout without swizzling):
+// start address >> 4 in bits 0-13, leading dimension byte offset >> 4 in 16-29 (between core
+// matrices adjacent in K), stride dimension byte offset >> 4 in 32-45 (adjacent in N), base
+// offset in 49-51, swizzle mode in 62-63. A core matrix: 8 rows (n) of 16 contiguous bytes (8
+// k). Byte address of element (k, n); -1 for a descriptor this model does not cover.
+long long wgmma_b_address(unsigned long long desc, int k, int n) {
+  if (((desc >> 49) & 7) != 0 || (desc >> 62) != 0) return -1;
+  const long long start = static_cast<long long>(desc & 0x3FFF) * 16;
+  const long long lead = static_cast<long long>((desc >> 16) & 0x3FFF) * 16;
+  const long long stride = static_cast<long long>((desc >> 32) & 0x3FFF) * 16;
+  return start + (k / 8) * lead + (n / 8) * stride + (n % 8) * 16 + (k % 8) * 2;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 3) return 2;
   FILE* in = std::fopen(argv[1], "rb");
   if (!in) return 2;
-  int hdr[13];
-  read(in, hdr, 13);
-  const Tiling ft{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8]};
+  int hdr[14];
+  read(in, hdr, 14);
+  const Tiling ft{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8], hdr[13]};
   const BwdTiling t = BwdTiling::of(ft);
   const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12] & 1;
   if (const char* why = t.invalid()) {
     std::fprintf(stderr, "invalid tiling: %s\n", why);
     return 3;
   }
-  std::vector<int> a_tab(32 * 8 * 2), b_tab(32 * 4 * 2), c_tab(32 * 4 * 2);
-  read(in, a_tab.data(), a_tab.size());
-  read(in, b_tab.data(), b_tab.size());
-  read(in, c_tab.data(), c_tab.size());
+  const int kD = ft.BB / 2;  // wgmma D elements per thread and m tile
+  std::vector<int> a_tab, b_tab, c_tab, ga_tab, gd_tab;
+  if (ft.gmma) {
+    ga_tab.resize(128 * 8 * 2);
+    gd_tab.resize(128 * kD * 2);
+    read(in, ga_tab.data(), ga_tab.size());
+    read(in, gd_tab.data(), gd_tab.size());
+  } else {
+    a_tab.resize(32 * 8 * 2);
+    b_tab.resize(32 * 4 * 2);
+    c_tab.resize(32 * 4 * 2);
+    read(in, a_tab.data(), a_tab.size());
+    read(in, b_tab.data(), b_tab.size());
+    read(in, c_tab.data(), c_tab.size());
+  }
   const int G = ft.G, DHP = ft.DHP, BB = ft.BB, BH = ft.BH, P = ft.P;
   std::vector<double> r(static_cast<size_t>(G) * NH * DH * DH), dg(static_cast<size_t>(B) * G * NH * DH);
   read(in, r.data(), r.size());
@@ -117,7 +149,76 @@ int main(int argc, char** argv) {
       // 2. each warp's fragments and its emulated mma
       std::vector<double>& sPart = part[static_cast<size_t>(by) * n_blocks_x + bx];
       std::vector<int>& pcount = part_count[static_cast<size_t>(by) * n_blocks_x + bx];
-      for (int warp = 0; warp < W; ++warp)
+      if (ft.gmma) {
+        // 2'. wgmma: the d(rh) buffer at a nonzero shared-memory address, so that the
+        // descriptor's start field counts; every weight register loaded exactly once
+        const unsigned base = 2048;
+        std::vector<int> a_count(static_cast<size_t>(t.g_m_tiles()) * 64 * t.cols(), 0);
+        for (int wg = 0; wg < ft.warpgroups(); ++wg)
+          for (int mt = 0; mt < t.g_wg_m_tiles(); ++mt) {
+            std::vector<double> D(64 * BB, 0.0);
+            for (int kt = 0; kt < t.g_k_steps(); ++kt) {
+              double A[64][16] = {};
+              int a_seen[64][16] = {};
+              for (int th = 0; th < 128; ++th) {
+                const int warp = 4 * wg + th / 32, lane = th % 32;
+                for (int reg = 0; reg < 4; ++reg) {
+                  // as backward.cuh loads it: one 32-bit pair at row row8 + lane/4, columns
+                  // col8 + 2*(lane%4) + 0/1 (one gate, adjacent units); rows past DHP zero
+                  const int row8 = t.g_a_pair_row8(warp, mt, reg), row = row8 + (lane >> 2);
+                  const int col8 = t.g_a_pair_col8(warp, kt, reg);
+                  const GateUnit gu = t.col_gate_unit(col8);
+                  if (row8 % 8 != 0 || col8 % 8 != 0 || gu.unit + 8 > BH)
+                    fail("wgmma A register (row8, col8 in one gate)", reg, 0);
+                  const bool live = row8 < DHP;
+                  const long long off =
+                      t.r_offset(NH, head, slice, gu.gate, live ? row : 0, gu.unit + 2 * (lane & 3));
+                  for (int h = 0; h < 2; ++h) {
+                    const int i = 2 * reg + h;
+                    const RowCol rc = t.g_a_elem(warp, mt, kt, lane, i);
+                    if (rc.row != row || rc.col != col8 + 2 * (lane & 3) + h)
+                      fail("wgmma A element vs its register's address", i, 0);
+                    if (live) a_count[static_cast<size_t>(rc.row) * t.cols() + rc.col]++;
+                    const int tr = ga_tab[(th * 8 + i) * 2], tc = ga_tab[(th * 8 + i) * 2 + 1];
+                    A[tr][tc] = live ? rp[off + h] : 0.0;
+                    a_seen[tr][tc]++;
+                  }
+                }
+              }
+              for (int x = 0; x < 64; ++x)
+                for (int y = 0; y < 16; ++y)
+                  if (a_seen[x][y] != 1) fail("wgmma A tile", x * 16 + y, a_seen[x][y]);
+              const unsigned long long desc = t.g_desc_b(base, t.g_wk(4 * wg), kt);
+              for (int k = 0; k < 16; ++k)
+                for (int n = 0; n < BB; ++n) {
+                  const long long addr = wgmma_b_address(desc, k, n) - base;
+                  if (addr < 0 || addr % 2 != 0 || addr / 2 >= t.dg_elems()) {
+                    fail("wgmma B address outside the d(rh) buffer", addr, 0);
+                    continue;
+                  }
+                  for (int row = 0; row < 64; ++row) D[row * BB + n] += A[row][k] * sDg[addr / 2];
+                }
+            }
+            for (int th = 0; th < 128; ++th) {
+              const int warp = 4 * wg + th / 32, lane = th % 32;
+              for (int i = 0; i < kD; ++i) {
+                const double v = D[gd_tab[(th * kD + i) * 2] * BB + gd_tab[(th * kD + i) * 2 + 1]];
+                if (t.g_c_elem(warp, mt, lane, i).row >= DHP) continue;  // padding rows
+                const int off = t.g_c_smem_offset(parity, warp, mt, lane, i);
+                if (off / t.part_buffer_elems() != parity)
+                  fail("partial sums outside the parity's buffer", off, 0);
+                sPart[off] = v;
+                pcount[off]++;
+              }
+            }
+          }
+        for (int k = 0; k < DHP; ++k)
+          for (int col = 0; col < t.cols(); ++col)
+            if (a_count[static_cast<size_t>(k) * t.cols() + col] != 1)
+              fail("wgmma weight loaded", static_cast<long long>(k) * t.cols() + col,
+                   a_count[static_cast<size_t>(k) * t.cols() + col]);
+      }
+      for (int warp = 0; warp < (ft.gmma ? 0 : W); ++warp)
         for (int mt = 0; mt < MT; ++mt)
           for (int nt = 0; nt < NT; ++nt) {
             double acc[32][4] = {};
@@ -170,7 +271,7 @@ int main(int argc, char** argv) {
                 pcount[off]++;
               }
           }
-      for (int wk = 0; wk < t.WKB(); ++wk)
+      for (int wk = 0; wk < t.k_slices(); ++wk)
         for (int b = 0; b < BB; ++b)
           for (int k = 0; k < DHP; ++k) {
             const int off = t.part_offset(parity, wk, b, k);
@@ -188,7 +289,7 @@ int main(int argc, char** argv) {
         for (int idx = 0; idx < BB * DHP; ++idx) {
           const int b = idx / DHP, k = idx % DHP;
           double s = 0.0;
-          for (int wk = 0; wk < t.WKB(); ++wk) s += sPart[t.part_offset(parity, wk, b, k)];
+          for (int wk = 0; wk < t.k_slices(); ++wk) s += sPart[t.part_offset(parity, wk, b, k)];
           const long long off = t.xpart_offset(parity, NH, padded_b, ft.block_head(bx), ft.block_slice(bx),
                                                ft.batch_row(by, b), k);
           if (off / (t.xpart_elems(NH, padded_b) / 2) != parity) fail("exchange outside the parity's half", off, 0);
@@ -213,12 +314,12 @@ int main(int argc, char** argv) {
           double s = 0.0;
           if (P == 1) {
             const std::vector<double>& sPart = part[static_cast<size_t>(by) * n_blocks_x + bx];
-            for (int wk = 0; wk < t.WKB(); ++wk) s += sPart[t.part_offset(parity, wk, e.b, k)];
+            for (int wk = 0; wk < t.k_slices(); ++wk) s += sPart[t.part_offset(parity, wk, e.b, k)];
           } else if (cluster) {
             for (int peer = 0; peer < P; ++peer) {
               // the peer of rank `peer` in this head's cluster: block head*P + peer of this tile
               const std::vector<double>& pp = part[static_cast<size_t>(by) * n_blocks_x + head * P + peer];
-              for (int wk = 0; wk < t.WKB(); ++wk) s += pp[t.part_offset(parity, wk, e.b, k)];
+              for (int wk = 0; wk < t.k_slices(); ++wk) s += pp[t.part_offset(parity, wk, e.b, k)];
             }
           } else {
             for (int peer = 0; peer < P; ++peer) {

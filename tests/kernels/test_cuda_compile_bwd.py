@@ -6,8 +6,10 @@ plan for sm_80, H100 plan for sm_90a, whose split heads meet inside a cluster) i
 csrc/fused/fused_rnn_bwd.cu with nvcc -Xptxas -v, capped at
 ``plan.backward_cuda_registers(plan)``. Asserted: registers <= that prediction, 0 spill bytes and
 no stack frame (ptxas); in the SASS (cuobjdump) the loop around the tensor-core instructions
-holds HMMA, no load of the recurrent weights (tagged loads, csrc/fused/device.cuh) and no local
-memory, and every tagged load is in the prologue (one per fragment register). Cubins are cached
+holds HMMA (sm_80; sm_90a where wgmma does not serve) or HGMMA and no HMMA (sm_90a where the
+plan's warps form whole warpgroups, ``cuda_compile.uses_wgmma``, with no wgmma serialised by
+ptxas: warning C7512), no load of the recurrent weights (tagged loads, csrc/fused/device.cuh)
+and no local memory, and every tagged load is in the prologue (one per fragment register). Cubins are cached
 under $FLASHSEQ_CACHE_DIR keyed by the sources and flags. ``pytest -s`` prints the numbers.
 """
 import os
@@ -54,7 +56,8 @@ def reports():
         print(f"{case[3]:6s} {case[0]:5s} {case[1]:8s} DH={case[2]:3d} BB={plan.BB} BH={plan.BH} "
               f"W={plan.warps_m}x{plan.warps_n} P={plan.programs_per_head} cluster={rep.defines['FLASHSEQ_CLUSTER']} "
               f"| regs {rep.registers} (plan {backward_cuda_registers(plan)}) spills "
-              f"{rep.spill_store_bytes}/{rep.spill_load_bytes} | loop {rep.tensor_ops_in_loop} "
+              f"{rep.spill_store_bytes}/{rep.spill_load_bytes} | gmma {rep.defines['FLASHSEQ_GMMA']} "
+              f"loop {rep.tensor_ops_in_loop} "
               f"weight loads {rep.weight_loads_total} (in loop {rep.weight_loads_in_loop})")
         out[case] = (plan, rep)
     return out
@@ -67,10 +70,17 @@ _PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[1]}-DH{c[2]}-{c[3]}") for c in _cases
 def test_backward_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
     plan, rep = reports[(cell, dtype, DH, arch)]
     assert 0 < rep.registers <= backward_cuda_registers(plan), rep
-    assert rep.tensor_ops_in_loop["HMMA"] > 0, f"no HMMA in the step loop: {rep}"
+    if cuda_compile.uses_wgmma(arch, plan):
+        assert rep.defines["FLASHSEQ_GMMA"] == "1", rep
+        assert rep.tensor_ops_in_loop["HGMMA"] > 0, f"no HGMMA in the step loop: {rep}"
+        assert rep.tensor_ops_in_loop["HMMA"] == 0, f"mma.sync left in the wgmma step loop: {rep}"
+        assert not rep.wgmma_serialized, f"ptxas serialised the wgmmas (C7512): {rep}"
+    else:
+        assert rep.defines["FLASHSEQ_GMMA"] == "0", rep
+        assert rep.tensor_ops_in_loop["HMMA"] > 0, f"no HMMA in the step loop: {rep}"
     assert rep.weight_loads_in_loop == 0, f"recurrent weights loaded inside the step loop: {rep}"
     assert rep.local_memory_ops_in_loop == 0, f"local memory inside the step loop: {rep}"
-    assert rep.weight_loads_total == cuda_compile.expected_weight_loads(plan), rep
+    assert rep.weight_loads_total == cuda_compile.expected_backward_weight_loads(plan, arch), rep
     assert rep.defines["FLASHSEQ_CLUSTER"] == str(int(arch == "sm_90a" and plan.cluster_size > 1))
 
 
@@ -81,12 +91,19 @@ def test_backward_no_spills_at_its_register_budget(reports, cell, dtype, DH, arc
     assert rep.local_memory_ops == 0, rep
 
 
+def test_backward_wgmma_serves_every_h100_plan():
+    """Not vacuous: every sm_90a plan of the list (16-bit) takes the wgmma path."""
+    assert all(cuda_compile.uses_wgmma(arch, _plan(*c[:3], arch)) for c in _cases()
+               for arch in (c[3],) if arch == "sm_90a")
+
+
 def test_backward_register_model_is_at_least_the_weight_fragments():
     """The prediction is a budget a kernel can miss: it never exceeds the hardware's 255 and
     never drops below the weight fragments plus the base registers."""
     for case in _cases():
         plan = _plan(*case)
-        assert cuda_compile.expected_weight_loads(plan) + 24 <= backward_cuda_registers(plan) <= 255
+        assert cuda_compile.expected_backward_weight_loads(plan, case[3]) + 24 <= \
+            backward_cuda_registers(plan) <= 255
 
 
 def test_backward_defines_are_the_forward_tiles():

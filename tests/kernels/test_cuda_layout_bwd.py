@@ -7,6 +7,11 @@ transposed weight fragments loaded as 32-bit pairs from the padded r, the d(rh) 
 partial sums of each block and of its split reduction, and the sum of the P blocks' partials
 for each block's own units (a cluster's distributed shared memory, or the fp32 global buffer).
 The tensor core is emulated from the PTX lane tables of tests/kernels/test_cuda_layout.py. The
+H100 tilings are also simulated on the wgmma path (sm_90a): warpgroup-wide m64nNk16 products
+over 64-row tiles of k (the last tile's rows past DHP zero), A from the lanes' registers as the
+kernel loads them, B = d(rh)^T read from the shared d(rh) buffer at the addresses the PTX ISA
+gives for the matrix descriptor layout_bwd.h encodes (the simulation decodes it: start address,
+leading and stride byte offsets, canonical K-major layout without swizzling). The
 result must equal d(h_prev)[b, n, k] = sum_{g, e} d(rh)[b, g, n, e] * r[g, n, k, e] exactly
 (small integer inputs), with either parity of the double-buffered partials; the simulation
 fails on any element written twice or never, or outside its parity's buffer.
@@ -19,7 +24,7 @@ import pytest
 import torch
 
 from flashseq.kernels.fused_rnn import cuda_build
-from tests.kernels.test_cuda_layout import ROOT, _plans, _ptx_tables
+from tests.kernels.test_cuda_layout import ROOT, _plans, _ptx_tables, _wgmma_tables
 
 SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim_bwd.cpp",
                ROOT / "csrc" / "fused" / "layout_bwd.h", ROOT / "csrc" / "fused" / "layout.h")
@@ -45,10 +50,12 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
     ``dg`` [B, G, NH, DH] and ``r`` [G, NH, DH, DH]."""
     NH, DH = r.shape[1], r.shape[2]
     B = dg.shape[0]
-    tables = tables or _ptx_tables(16)
+    gmma = tiling.get("gmma", 0)
+    tables = tables or (_wgmma_tables(tiling["BB"]) if gmma else _ptx_tables(16))
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
-    ints = torch.tensor(header + [B, NH, DH, int(cluster) | (parity << 1)], dtype=torch.int32)
-    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in ("a", "b", "c")]
+    ints = torch.tensor(header + [B, NH, DH, int(cluster) | (parity << 1), gmma], dtype=torch.int32)
+    names = ("a", "d") if gmma else ("a", "b", "c")
+    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in names]
     inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
     with open(inp, "wb") as f:
         for part in (ints, *tabs):
@@ -68,7 +75,8 @@ def _bwd_plans():
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _bwd_plans())
 def test_backward_fragments_reassemble_dh_prev(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
     """Every distinct bf16 CUDA tiling the solver picks (4 cells, H100/A100, DH 64, 256, 768 and
-    40), both exchanges and both step parities, batch 13 (a partial batch tile), two heads (one at DH 768)."""
+    40; the H100 ones on mma.sync and on wgmma), both exchanges and both step parities, batch 13
+    (a partial batch tile), two heads (one at DH 768)."""
     gen = torch.Generator().manual_seed(head_dim * 104729 + tiling["BH"] * 37 + tiling["WK"])
     heads = 1 if head_dim == 768 else 2
     G, B = tiling["G"], 13
@@ -86,6 +94,62 @@ def test_backward_plans_cover_the_head_dims():
     """The parametrisation is not empty: DH 64, 256 and 768 each have backward tilings."""
     dims = {p.values[0] for p in _bwd_plans()}
     assert {64, 256, 768} <= dims
+
+
+def test_backward_plans_cover_wgmma():
+    """Every H100 bf16 plan of DH 64, 256 and 768 is simulated on the wgmma path (sm_90a)."""
+    from flashseq.cells import CELLS
+    from flashseq.kernels.fused_rnn import cuda_compile
+    from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+    from tests.kernels.test_cuda_layout import _tiling
+
+    simulated = {(p.values[0], tuple(sorted(p.values[1].items()))) for p in _bwd_plans()
+                 if p.values[1].get("gmma")}
+    for cell in sorted(CELLS):
+        for dh in (64, 256, 768):
+            plan = plan_fused_rnn(cell, 16, 1, dh, "bfloat16", "h100", backend="cuda")
+            assert cuda_compile.wgmma_serves(plan), plan
+            assert (dh, tuple(sorted(_tiling(plan, gmma=1).items()))) in simulated, (cell, dh)
+
+
+@pytest.mark.parametrize("tiling", [
+    # DHP 48: one 64-row tile of k whose last 16 rows are padding; N = BB = 16
+    dict(G=4, BB=16, BH=16, WM=4, WK=1, DHP=48, P=3, K=16, elem_bytes=2, gmma=1),
+    # two warpgroups, one m tile: the warpgroups split the gate columns (GWK = 2)
+    dict(G=4, BB=8, BH=16, WM=2, WK=4, DHP=64, P=4, K=16, elem_bytes=2, gmma=1),
+    # two warpgroups over two m tiles (GWM = 2), three gates
+    dict(G=3, BB=8, BH=16, WM=1, WK=8, DHP=128, P=8, K=16, elem_bytes=2, gmma=1),
+], ids=["padded-rows-N16", "split-columns", "split-rows"])
+def test_backward_wgmma_beyond_the_plans(sim_binary, tmp_path, tiling):
+    """Tilings the DH list's plans do not reach but the wgmma path serves: padding rows past
+    DHP, N = 16, warpgroups splitting the columns (their partials summed), or the rows."""
+    DH = tiling["DHP"] - 3
+    gen = torch.Generator().manual_seed(tiling["DHP"] + tiling["WM"])
+    r = torch.randint(-3, 4, (tiling["G"], 2, DH, DH), generator=gen).double()
+    dg = torch.randint(-3, 4, (19, tiling["G"], 2, DH), generator=gen).double()
+    want = torch.einsum("bgne,gnke->bnk", dg, r)
+    for cluster, parity in ((False, 1), (True, 0)):
+        got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster, parity=parity)
+        assert torch.equal(got, want), f"cluster={cluster}: {int((got != want).sum())} elements differ"
+
+
+@pytest.mark.parametrize("fault", ["a_warps", "d_halves"])
+def test_backward_wgmma_simulation_catches_a_fault(sim_binary, tmp_path, fault):
+    """The wgmma check can fail: the A table with two warps' row blocks exchanged, or the D
+    table with its two 8-row halves exchanged, makes the simulated d(h_prev) differ."""
+    tiling = dict(G=4, BB=8, BH=32, WM=1, WK=4, DHP=256, P=8, K=16, elem_bytes=2, gmma=1)
+    gen = torch.Generator().manual_seed(3)
+    r = torch.randint(-3, 4, (4, 1, 256, 256), generator=gen).double()
+    dg = torch.randint(-3, 4, (8, 4, 1, 256), generator=gen).double()
+    want = torch.einsum("bgne,gnke->bnk", dg, r)
+    assert torch.equal(_simulate(sim_binary, tmp_path, tiling, r, dg, cluster=True), want)
+    t = _wgmma_tables(8)
+    if fault == "a_warps":
+        t["a"] = t["a"][32:64] + t["a"][:32] + t["a"][64:]
+    else:
+        t["d"] = [[((row + 8) % 16 + 16 * (row // 16), col) for row, col in th] for th in t["d"]]
+    got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster=True, tables=t)
+    assert not torch.equal(got, want)
 
 
 def test_backward_simulation_catches_a_wrong_table(sim_binary, tmp_path):

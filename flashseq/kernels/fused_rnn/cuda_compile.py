@@ -76,13 +76,14 @@ def backward_sources() -> list[pathlib.Path]:
         FUSED_DIR / "fused_rnn_bwd.cu"] + sorted((_jit.CSRC_DIR / "cells").glob("*.h"))
 
 
-def backward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True
-                     ) -> dict[str, str]:
+def backward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True,
+                     gmma: bool = False) -> dict[str, str]:
     """-D values of the backward kernel for a CUDA plan: the forward's tiles (same blocks), the
-    register cap at ``plan.backward_cuda_registers(plan)``."""
+    register cap at ``plan.backward_cuda_registers(plan)``; ``gmma``: the product through wgmma
+    (sm_90a, ``uses_wgmma``; csrc/fused/layout_bwd.h)."""
     from .plan import backward_cuda_registers
 
-    defines = forward_defines(plan, cluster=cluster, cap_registers=False)
+    defines = forward_defines(plan, cluster=cluster, cap_registers=False, gmma=gmma)
     if cap_registers:
         defines["FLASHSEQ_MAX_REGS"] = str(backward_cuda_registers(plan))
     return defines
@@ -161,8 +162,10 @@ def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registe
 def compile_backward(plan, arch: str, *, cluster: bool | None = None, cap_registers: bool = True,
                      extra_flags: tuple[str, ...] = ()) -> CubinReport:
     """Compile the backward kernel (csrc/fused/fused_rnn_bwd.cu) of ``plan`` for ``arch``;
-    cached. Capped at ``backward_registers(plan)``; ``cluster`` as in ``forward_defines``."""
-    defines = backward_defines(plan, cluster=cluster, cap_registers=cap_registers)
+    cached. Capped at ``backward_registers(plan)``; ``cluster`` as in ``forward_defines``; the
+    product on wgmma where ``uses_wgmma(arch, plan)``."""
+    defines = backward_defines(plan, cluster=cluster, cap_registers=cap_registers,
+                               gmma=uses_wgmma(arch, plan))
     return _compile("fused_rnn_bwd", backward_sources(), defines, arch, extra_flags)
 
 
@@ -254,8 +257,8 @@ def wgmma_serves(plan) -> bool:
 
 
 def uses_wgmma(arch: str, plan=None) -> bool:
-    """The forward kernel's product runs on wgmma (HGMMA) for this target: sm_90a, when the
-    plan's tiling fits (``wgmma_serves``; otherwise mma.sync, as on sm_80)."""
+    """The kernels' product (forward and backward) runs on wgmma (HGMMA) for this target:
+    sm_90a, when the plan's tiling fits (``wgmma_serves``; otherwise mma.sync, as on sm_80)."""
     return arch == "sm_90a" and (plan is None or wgmma_serves(plan))
 
 
@@ -271,3 +274,21 @@ def expected_weight_loads(plan, arch: str = "sm_80") -> int:
     rows_per_warp = G * plan.BH // plan.warps_m
     k = 16 if plan.dtype in SIXTEEN_BIT else 8
     return (rows_per_warp // 16) * (plan.padded_head_dim // (k * plan.warps_n)) * 4
+
+
+def expected_backward_weight_loads(plan, arch: str = "sm_80") -> int:
+    """32-bit weight loads per thread in the backward kernel's prologue (csrc/fused/layout_bwd.h):
+    mma.sync: (DHP/WMB/16) row tiles x (G*BH/WKB/16) column tiles x 4, WMB = gcd(warps, DHP/16);
+    wgmma (``uses_wgmma``): the warpgroup's 64-row tiles of k (the last one padded past DHP),
+    cdiv(DHP, 64)/GWM of them, GWM = gcd(warpgroups, cdiv(DHP, 64)), x its k steps of 16 over
+    G*BH/GWK gate columns x 4."""
+    import math
+
+    cols = get_cell(plan.cell).num_gates * plan.BH
+    warps, dhp = plan.warps_m * plan.warps_n, plan.padded_head_dim
+    if uses_wgmma(arch, plan):
+        m_tiles = -(-dhp // 64)
+        gwm = math.gcd(warps // 4, m_tiles)
+        return (m_tiles // gwm) * (cols // (warps // 4 // gwm) // 16) * 4
+    wmb = math.gcd(warps, dhp // 16)
+    return (dhp // wmb // 16) * (cols // (warps // wmb) // 16) * 4

@@ -22,9 +22,10 @@ from . import cuda
 
 def backward_extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
     """The extension of one plan's backward instantiation for ``arch`` ("sm_80", "sm_90a")."""
-    from .cuda_compile import backward_defines, backward_sources
+    from .cuda_compile import backward_defines, backward_sources, uses_wgmma
 
-    defines = backward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a")
+    defines = backward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a",
+                               gmma=uses_wgmma(arch, plan))
     gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
                else f"-gencode=arch=compute_{arch[3:]},code={arch}")
     sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda_bwd.cpp"),

@@ -44,6 +44,7 @@ class Flat:
         self.defs = []
         self.infeasible = False
         self._products = {}
+        self._factors_of = {}  # product output atom -> its factors (atoms)
         self._cdivs = {}
         self._consts = {}
         self._poly_cache = {}
@@ -142,6 +143,7 @@ class Flat:
             phi *= hi[i]
         else:
             atom = self._products[mono] = self._new_atom(plo, phi)
+            self._factors_of[atom] = mono
             self.props.append(P.product_nonneg(atom, mono, lo, hi))
             self.defs.append(("product", atom, mono))
             return atom
@@ -149,6 +151,7 @@ class Flat:
         for i in mono:
             plo, phi = P._mul_interval(plo, phi, lo[i], hi[i])
         atom = self._products[mono] = self._new_atom(plo, phi)
+        self._factors_of[atom] = mono
         self.props.append(P.Product(atom, mono))
         self.defs.append(("product", atom, mono))
         return atom
@@ -362,7 +365,16 @@ class Flat:
             if self.lo[divisor] <= 0:
                 raise ValueError(f"divides divisor {constraint.divisor} may be {self.lo[divisor]} "
                                  "(its domain admits values <= 0); divisors must be positive")
+            # a product with the divisor among its factors is a multiple of it by construction
+            # (`divides(frag, block)` with `block == frag * warps * loop`): no propagator, whose
+            # runs were a tenth of a FlashRNN-class first point's and narrowed little
+            factors = self._factors_of.get(dividend)
+            if factors is not None and divisor in factors:
+                return
             if self.lo[divisor] == self.hi[divisor]:
+                if self.lo[dividend] == self.hi[dividend]:  # two constants: a check, here
+                    self.infeasible |= self.lo[dividend] % self.lo[divisor] != 0
+                    return
                 self._check_residue(self.lo[divisor], self._poly(constraint.dividend))
             self.props.append(P.Divides(divisor, dividend))
 
@@ -399,6 +411,7 @@ class Flat:
                 # a, b through it (Flat.value_preference)
                 mono = mono + (self._const_atom(coef),)
             self._product_outs.add(x)
+            self._factors_of[x] = mono
             lo = self.lo
             for i in mono:
                 if lo[i] < 0:

@@ -342,8 +342,8 @@ def test_auto_on_cpu_falls_back_to_reference_with_one_warning(monkeypatch):
     # as above: the cpu back end serves the extras; a back end that does not is simulated
     monkeypatch.setattr(backends.load("cpu"), "SERVES_EXTRAS", False)
     wx, r, b, states = _inputs("lstm")
-    kwargs = dict(dropconnect=0.2, generator=torch.Generator().manual_seed(1))
-    with pytest.warns(RuntimeWarning, match="dropconnect") as record:
+    kwargs = dict(variational_dropout=0.2, generator=torch.Generator().manual_seed(1))
+    with pytest.warns(RuntimeWarning, match="variational_dropout") as record:
         auto = fused_rnn(wx, r, b, states, cell="lstm", **kwargs)
         fused_rnn(wx, r, b, states, cell="lstm", **kwargs)
     assert len([w for w in record if "falling back" in str(w.message)]) == 1
@@ -367,3 +367,29 @@ def test_named_fast_back_end_refuses_the_extras(backend, kwargs, match, monkeypa
     wx, r, b, states = _inputs(kwargs["cell"])
     with pytest.raises(NotImplementedError, match=match):
         fused_rnn(wx.float(), r.float(), b.float(), states.float(), backend=backend, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_dropconnect_alone_runs_the_plain_path_with_masked_weights(backend, monkeypatch):
+    """dropconnect alone is the plain recurrence with r * mask: a back end serves it through its
+    plain path (so one that serves no extras still does), with the reference's results and d(r)
+    masked."""
+    monkeypatch.setattr(backends.load(backend), "SERVES_EXTRAS", False)
+    wx, r, b, states = (t.float().requires_grad_() for t in _inputs("lstm"))
+    out = fused_rnn(wx, r, b, states, cell="lstm", backend=backend, dropconnect=0.4,
+                    generator=torch.Generator().manual_seed(3))
+    ref_in = [t.detach().double().requires_grad_() for t in (wx, r, b, states)]
+    ref = fused_rnn(*ref_in, cell="lstm", backend="reference", dropconnect=0.4,
+                    generator=torch.Generator().manual_seed(3))
+    mask = torch.rand(r.shape, generator=torch.Generator().manual_seed(3)) >= 0.4
+    plain = fused_rnn(*(t.detach().double() for t in (wx,)), (r.detach().double() * mask) / 0.6,
+                      b.detach().double(), states.detach().double(), cell="lstm",
+                      backend="reference")
+    assert torch.allclose(ref[0], plain[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(out[0].double(), ref[0], rtol=1e-5, atol=1e-5)
+    (out[0].sum() + out[1][1].sum()).backward()
+    (ref[0].sum() + ref[1][1].sum()).backward()
+    for ours, theirs in zip((wx, r, b, states), ref_in):
+        assert torch.isfinite(ours.grad).all()
+        torch.testing.assert_close(ours.grad.double(), theirs.grad, rtol=1e-4, atol=1e-5)
+    assert (r.grad[~mask] == 0).all()

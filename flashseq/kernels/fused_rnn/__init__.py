@@ -103,6 +103,12 @@ def fused_rnn(wx, r, b, states=None, *, cell, lengths=None, backend="auto", drop
         zoneout=zoneout, generator=generator, reset=reset, return_all_states=return_all_states)
     if problem.cell.name in REFERENCE_CELLS:
         names = (f"cell={problem.cell.name!r}", *names)
+    if names == ("dropconnect",):
+        # One mask on r for the whole sequence is the plain recurrence with r * mask: every
+        # back end's plain (fastest) path serves it, and autograd gives d(r) the mask.
+        extras = draw_extras(wx, r, problem.cell, p_dc, 0.0, (0.0, 0.0), generator, None, False)
+        return fused_rnn(wx, r * extras.dropconnect, b, states, cell=cell, lengths=lengths,
+                         backend=backend)
     if names:
         problem = dataclasses.replace(problem, extras=names)
     module = backends.choose(backend, problem)

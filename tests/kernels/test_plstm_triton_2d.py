@@ -62,9 +62,9 @@ GRAD_CASES = [(5, 7, (2, 4), "p", 4, 20), (5, 7, (4, 2), "dL", 3, 6), (6, 5, (4,
 @needs_triton
 @pytest.mark.parametrize("X,Y,tile,mode,K,V", GRAD_CASES, ids=str)
 def test_forward_and_gradients_equal_dag(X, Y, tile, mode, K, V, nan_poison_empty):
-    """Forward kernel and backward kernel (plstm2d_bwd_kernel + the coefficient gradients)
-    against plstm_dag's autograd in float64, every input's gradient; every buffer the kernels
-    allocate starts as NaN."""
+    """Forward kernel and backward kernels (triton_2d_bwd's five launches + the coefficient
+    gradients) against plstm_dag's autograd in float64, every input's gradient; every buffer
+    the kernels allocate starts as NaN."""
     p64 = _problem(1, X, Y, 2, K, V, mode, seed=X * Y)
     p32 = {n: t.detach().float().to(DEVICE).requires_grad_() for n, t in p64.items()}
     out = plstm_2d(*(p32[n] for n in NAMES), tile=tile, backend="triton")
@@ -77,26 +77,35 @@ def test_forward_and_gradients_equal_dag(X, Y, tile, mode, K, V, nan_poison_empt
 
 @needs_triton
 def test_backward_runs_the_triton_kernel(monkeypatch):
-    """The gradients come from the backward kernel, not a PyTorch recompute of the outputs."""
+    """The gradients come from the backward kernels (coefficients, adjoint walk, the tiles' own
+    terms, their mark reads, their leaving edges), not a PyTorch recompute of the outputs; the
+    tile kernels run one program per (tile, V block, batch row x head)."""
     from flashseq.kernels.plstm import parallel, triton_2d_bwd
+    names = ("plstm2d_coef_kernel", "plstm2d_bwd_walk_kernel", "plstm2d_bwd_kernel",
+             "plstm2d_bwd_mark_kernel", "plstm2d_bwd_leaving_kernel")
     launches = []
-    kernel = triton_2d_bwd.plstm2d_bwd_kernel
 
     class Spy:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(triton_2d_bwd, name)
+
         def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
+            launches.append((self.name, tuple(grid)))
+            return self.kernel[grid]
 
     def no_tiled_form(*args, **kwargs):
         raise AssertionError("the Triton backward recomputed the PyTorch tiled form")
 
-    monkeypatch.setattr(triton_2d_bwd, "plstm2d_bwd_kernel", Spy())
+    for name in names:
+        monkeypatch.setattr(triton_2d_bwd, name, Spy(name))
     monkeypatch.setattr(parallel, "plstm_2d_tiled", no_tiled_form)
+    # 3 x 3 grid, tile 2 x 2: 2 x 2 tiles; V = 20: two V blocks of 16
     p = {n: t.detach().float().to(DEVICE).requires_grad_()
-         for n, t in _problem(1, 3, 3, 1, 2, 3, "p", seed=1).items()}
+         for n, t in _problem(1, 3, 3, 1, 2, 20, "p", seed=1).items()}
     out = plstm_2d(*(p[n] for n in NAMES), tile=(2, 2), backend="triton")
     out.sum().backward()
-    assert launches == [(1, 1)]
+    assert launches == [(names[0], (4, 1)), (names[1], (2, 1)), (names[2], (4, 2, 1)),
+                        (names[3], (4, 2, 1)), (names[4], (4, 2, 1))]
     assert all(p[n].grad is not None and torch.isfinite(p[n].grad).all() for n in NAMES)
 
 

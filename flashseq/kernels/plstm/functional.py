@@ -23,8 +23,8 @@ def _compute(q, *tensors):
 
 
 # The plstm_2d kernels (forward and backward) have not run on a GPU yet (only the interpreter
-# and cubin compile checks; the backward still spills), so "auto" keeps the PyTorch form for it;
-# backend="triton" asks for them.
+# and cubin compile checks, no spills at the planned tile), so "auto" keeps the PyTorch form for
+# it; backend="triton" asks for them.
 AUTO_TRITON_OPS = ("plstm_1d",)
 
 

@@ -2,13 +2,13 @@
 ``plstm_1d`` ones) for a GPU target without a GPU, and report their resources.
 
 ``python -m flashseq.kernels.plstm.triton_compile --dim 64 --arch 90`` prints one JSON line per
-compiled kernel, the forward then the backward (K = V = dim, q/k/v/o of ``--dtype``, default
-bfloat16, fp32 gates and scratch, the tile ``plan_plstm_2d_triton`` picks for that dtype on a
-64 x 64 grid with B * H = 64 on CUDA, its BV and warps; the forward as trained, keeping its
-states for the backward): registers per thread (and the plan's prediction, forward only), stack
-and local memory (spills) and shared memory of the cubin ptxas produced. Must run with
-TRITON_INTERPRET unset (the interpreter compiles nothing); the tests call it in a subprocess for
-that reason.
+compiled kernel, the forward then the five backward launches (K = V = dim, q/k/v/o of
+``--dtype``, default bfloat16, fp32 gates and scratch, the tile ``plan_plstm_2d_triton`` picks
+for that dtype on a 64 x 64 grid with B * H = 64 on CUDA, its BV and warps, the backward's own
+warps; the forward as trained, keeping its states for the backward): registers per thread
+(and the plan's prediction, forward only), stack and local memory (spills) and shared memory of
+the cubin ptxas produced. Must run with TRITON_INTERPRET unset (the interpreter compiles
+nothing); the tests call it in a subprocess for that reason.
 
 ``--family 1d``: the sequential forward and the backward (triton_1d.py), the tree forward's
 summary, scan round and output kernels (triton_1d_tree.py), with the chunk, BV and warps
@@ -31,21 +31,29 @@ BATCH_HEADS = 64    # B * H of the planned call (16 x 4, the benchmark's)
 
 def kernel_specs(dim: int, dtype: torch.dtype):
     """[(kernel, signature, constexprs, num_warps, the plan's predicted registers or None)] of
-    the 2D forward and backward at K = V = dim (the plan models the forward only)."""
+    the 2D forward and the five backward launches (coefficients, adjoint walk, the tiles'
+    gradients within the tile, their mark reads, their leaving edges) at K = V = dim (the plan
+    models the forward only)."""
     from .plan import plan_plstm_2d_triton
     from .triton_2d import kernel_meta, plstm2d_fwd_kernel
-    from .triton_2d_bwd import plstm2d_bwd_kernel
+    from .triton_2d_bwd import (bwd_meta, bwd_num_warps, plstm2d_bwd_kernel,
+                                plstm2d_bwd_leaving_kernel, plstm2d_bwd_mark_kernel,
+                                plstm2d_bwd_walk_kernel, plstm2d_coef_kernel)
     plan = plan_plstm_2d_triton(GRID, GRID, dim, dim, BATCH_HEADS, "cuda", dtype_name(dtype))
     meta = kernel_meta((plan.BX, plan.BY), dim, dim, BV=plan.BV, dtype=dtype)
     dt = TRITON_TYPES[dtype]
     fwd = dict(H=4, DK=dim, DV=dim, STORE_STATES=True, **meta)
-    bwd = dict(H=4, DK=dim, DV=dim, **meta)
     sig_fwd = signature(plstm2d_fwd_kernel, fwd, SCALARS,
                         lambda name: "fp32" if name in FP32_PTRS else dt)
-    sig_bwd = signature(plstm2d_bwd_kernel, bwd, SCALARS,
+    specs = [(plstm2d_fwd_kernel, sig_fwd, fwd, plan.num_warps, plan.registers_per_thread)]
+    for kernel in (plstm2d_coef_kernel, plstm2d_bwd_walk_kernel, plstm2d_bwd_kernel,
+                   plstm2d_bwd_mark_kernel, plstm2d_bwd_leaving_kernel):
+        constexprs = {k: v for k, v in dict(H=4, DK=dim, DV=dim, **bwd_meta(meta)).items()
+                      if k in kernel.arg_names}
+        sig = signature(kernel, constexprs, SCALARS,
                         lambda name: dt if name in ("Q", "K_", "V_", "DO") else "fp32")
-    return [(plstm2d_fwd_kernel, sig_fwd, fwd, plan.num_warps, plan.registers_per_thread),
-            (plstm2d_bwd_kernel, sig_bwd, bwd, plan.num_warps, None)]
+        specs.append((kernel, sig, constexprs, bwd_num_warps(kernel.__name__, dtype), None))
+    return specs
 
 
 SCALARS_1D = {"T": "i32", "NC": "i32", "scale": "fp32", "shift": "i32"}

@@ -54,9 +54,11 @@ def _dag_ref(p64):
 
 
 # (X, Y, tile, mode, K, V): V = 20 runs two V blocks of 16 (dq, dk and the gate gradients are
-# summed over them); K = 3 and 5 are not powers of two
+# summed over them); K = 3 and 5 are not powers of two; K = 20 takes two steps of the backward's
+# 16 K columns, the second partial
 GRAD_CASES = [(5, 7, (2, 4), "p", 4, 20), (5, 7, (4, 2), "dL", 3, 6), (6, 5, (4, 4), "dR", 4, 5),
-              (3, 9, (2, 8), "free", 5, 4), (5, 6, (4, 2), "zero", 4, 6)]
+              (3, 9, (2, 8), "free", 5, 4), (5, 6, (4, 2), "zero", 4, 6),
+              (3, 5, (2, 4), "p", 20, 20)]
 
 
 @needs_triton

@@ -23,9 +23,12 @@ the same load; "ratio" is the median of the per-pair ratios, the times the media
 They are timed twice, by the wall clock and by this process's CPU time ("cpu_ms",
 "cpu_pair_ratio": on a shared machine the other processes' load inflates the first only), with
 the targets set for constrint ("target_ms": 1.3 ms to a first point, 15 ms to an optimum).
-"cpu_alone_ms" is constrint's CPU time per solve back to back (paired with a no-op instead of
-CP-SAT): alternating with CP-SAT leaves the interpreter's caches cold at every constrint call,
-which adds ~0.3-0.6 ms to a ~1 ms first point; the two columns bracket what a caller sees.
+Before its timed pairs each case gets its own untimed warm-up (alternating pairs of both solvers
+on its model for WARM_UP_SECONDS). "cpu_alone_ms" is constrint's CPU time per solve back to back
+(paired with a no-op instead of CP-SAT): alternating with CP-SAT leaves the interpreter's caches
+cold at every constrint call, which adds ~0.3-0.6 ms to a ~1 ms first point (mostly in the
+flattening and the search's set-up, the first code a solve runs); the two columns bracket what
+a caller sees.
 """
 from __future__ import annotations
 

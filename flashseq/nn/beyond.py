@@ -14,6 +14,17 @@ sets the states back to their initial value (``hx``, else zeros) before step t, 
 direction, which meets the steps in the opposite order, before step t - 1. A module given a
 reset at step k therefore returns what two separate calls on the steps before and from k would
 (each starting from ``hx``), in every layer and both directions.
+
+``return_all_states=True`` (forward, per call) also returns every step's states of every layer
+and direction, in hx's structure (LSTM: ``(h_all, c_all)``; GRU/RNN: ``h_all``), each
+[num_layers * num_directions, T, B, H] ([.., B, T, H] with batch_first; [.., T, H] unbatched):
+entry t is the state after the step at time position t, for the reverse direction too (which
+reaches position t after T - 1, ..., t + 1), so the forward direction's last entry and the
+reverse direction's first one are h_n / c_n. Each comes from fused_rnn's ``all_states`` and
+keeps its gradient. Past a row's length (PackedSequence) fused_rnn carries each direction's
+last states on, so those positions hold that row's final states (h_n, c_n of the layer and
+direction), not zeros; a PackedSequence's rows come back in its original (unsorted) order,
+padded to its longest length, laid out as for a padded input (batch_first or not).
 """
 from __future__ import annotations
 
@@ -147,3 +158,32 @@ def fused_kwargs(regs: tuple, reset, generator) -> dict:
     if kwargs and generator is not None:
         kwargs["generator"] = generator
     return kwargs
+
+
+def direction_all_states(every: torch.Tensor, reverse_index, reverse: bool) -> torch.Tensor:
+    """fused_rnn's ``all_states`` [T, S, B, NH, DH] of one layer and direction as [S, B, T, H]
+    indexed by time position: the reverse direction's steps (run on each row's valid steps
+    reversed by ``reverse_index``, see ``sequences.reversal_index``) are put back in place."""
+    T, S, B = every.shape[:3]
+    rows = every.permute(2, 0, 1, 3, 4).reshape(B, T, -1)  # [B, T, S * H]
+    if reverse:
+        rows = sequences.reverse_time(rows, reverse_index)
+    return rows.view(B, T, S, -1).permute(2, 0, 1, 3)
+
+
+def all_states_layout(per_direction: list, batch_first: bool, batched: bool,
+                      unsorted_indices=None) -> list:
+    """The S tensors a module returns for ``return_all_states=True``.
+
+    per_direction: [S, B, T, H] per layer and direction (layer 0 forward, layer 0 reverse, ...),
+    rows in the kernels' order; ``unsorted_indices`` (a PackedSequence's) puts them back in the
+    caller's order. Returns S tensors [L*D, T, B, H] ([L*D, B, T, H] with batch_first,
+    [L*D, T, H] unbatched)."""
+    every = torch.stack(per_direction, dim=1)  # [S, L*D, B, T, H]
+    if unsorted_indices is not None:
+        every = every.index_select(2, unsorted_indices.to(every.device))
+    if not batched:
+        every = every.squeeze(2)
+    elif not batch_first:
+        every = every.transpose(2, 3)
+    return [s.contiguous() for s in every.unbind(0)]

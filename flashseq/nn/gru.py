@@ -25,7 +25,9 @@ class GRU(FusedRNNBase, nn.GRU):
 
     Keyword-only ``dropconnect=0.0``, ``variational_dropout=0.0``, ``zoneout=(0.0, 0.0)`` (p_c
     must be 0: no cell state): the recurrent regularisers of ``flashseq.LSTM``, training mode
-    only; forward's keyword-only ``reset`` and ``generator`` as there.
+    only; forward's keyword-only ``reset``, ``generator`` and ``return_all_states`` as there
+    (True: a third result h_all [num_layers * D, T, B, H], every step's h of every layer and
+    direction; needs the fused recurrence, ValueError otherwise).
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,

@@ -109,7 +109,7 @@ class _LayerNormRNNBase(nn.Module):
         return ", ".join(parts)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input, hx=None, *, reset=None, generator=None):
+    def forward(self, input, hx=None, *, reset=None, generator=None, return_all_states=False):
         """Run the sequence.
 
         Args:
@@ -125,6 +125,8 @@ class _LayerNormRNNBase(nn.Module):
                 step t - 1), in every layer. Default: None.
             generator (keyword-only): torch.Generator on the input's device the masks are
                 drawn from in training mode, or None (torch's default generator).
+            return_all_states (keyword-only): bool; when True also return every step's
+                states. Default: False.
 
         Returns:
             output: [T, B, D * hidden_size] ([B, T, ...] with batch_first, [T, D * hidden_size]
@@ -132,6 +134,13 @@ class _LayerNormRNNBase(nn.Module):
                 the last layer's h at every step.
             final states in hx's layout: (h_n, c_n) for LayerNormLSTM, h_n for LayerNormGRU
                 (each row's states after its last step for packed input).
+            all_states (only with return_all_states=True): hx's structure ((h_all, c_all) for
+                LayerNormLSTM, h_all for LayerNormGRU), each [num_layers * D, T, B,
+                hidden_size] ([.., B, T, ..] with batch_first, [.., T, ..] unbatched; for a
+                PackedSequence padded to its longest length, rows in its original order): the
+                states after the step at each time position of every layer and direction
+                (reverse direction: after it processed position t); past a row's length that
+                row's final states (flashseq/nn/beyond.py). Differentiable.
 
         In training mode the dropconnect, variational and zoneout masks are drawn from
         ``generator`` (torch's default one when None: ``torch.manual_seed`` then makes them
@@ -159,6 +168,7 @@ class _LayerNormRNNBase(nn.Module):
         regs = beyond.regularisers(self)
         if reset is not None or regs != beyond.OFF:
             beyond.check_generator(kind, generator, x.device)
+        all_states = checks.check_bool("return_all_states", return_all_states)
         reverse_index = None
         if self.bidirectional and lengths is not None:
             lengths = lengths.to(x.device)
@@ -167,32 +177,40 @@ class _LayerNormRNNBase(nn.Module):
         if self.bidirectional:
             back = None if reset is None else beyond.reverse_reset(reset, lengths, reverse_index)
             kwargs.append(beyond.fused_kwargs(regs, back, generator))
+        if all_states:
+            kwargs = [dict(k, return_all_states=True) for k in kwargs]
 
-        finals = []
+        finals, every = [], []
         for layer in range(self.num_layers):
             outs = []
             for direction in range(self.num_directions):
                 k = layer * self.num_directions + direction
                 init = None if states is None else torch.stack([s[k] for s in states])
                 layer_in = sequences.reverse_time(x, reverse_index) if direction else x
-                out, last = self._run_direction(layer_in, layer, direction, init, lengths,
-                                                kwargs[direction])
+                out, last, *steps = self._run_direction(layer_in, layer, direction, init,
+                                                        lengths, kwargs[direction])
                 outs.append(sequences.reverse_time(out, reverse_index) if direction else out)
                 finals.append(last)
+                if all_states:
+                    every.append(beyond.direction_all_states(steps[0], reverse_index, direction == 1))
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
             if self.training and self.dropout > 0 and layer + 1 < self.num_layers:
                 x = F.dropout(x, self.dropout, training=True)
         finals = [torch.stack(per_state) for per_state in zip(*finals)]  # S x [L*D, B, H]
+        extra = ()
+        if all_states:
+            extra = (self._join_hx(beyond.all_states_layout(
+                every, self.batch_first, batched, input.unsorted_indices if packed else None)),)
         if packed:
             if input.unsorted_indices is not None:
                 finals = [s.index_select(1, input.unsorted_indices) for s in finals]
             data = sequences.padded_to_packed(x, row_index)
-            return sequences.repack(data, input), self._join_hx(finals)
+            return (sequences.repack(data, input), self._join_hx(finals)) + extra
         out = x if self.batch_first else x.transpose(0, 1)
         if not batched:
             out = out.squeeze(0 if self.batch_first else 1)
             finals = [s.squeeze(1) for s in finals]
-        return out.contiguous(), self._join_hx(finals)
+        return (out.contiguous(), self._join_hx(finals)) + extra
 
     def _packed_input(self, input: PackedSequence):
         """A PackedSequence's rows checked and padded: (x [B, T, F] in sorted row order,
@@ -211,7 +229,8 @@ class _LayerNormRNNBase(nn.Module):
     def _run_direction(self, x, layer, direction, init, lengths=None, extras=None):
         """x [B, T, F] (time-reversed for direction 1), init [S, B, H] or None, lengths [B] or
         None, extras: fused_rnn's keyword arguments beyond torch.nn (``beyond.fused_kwargs``).
-        Returns out [B, T, H] and the list of S final states [B, H]."""
+        Returns out [B, T, H], the list of S final states [B, H] and, when extras holds
+        ``return_all_states=True``, fused_rnn's all_states [T, S, B, 1, H] third."""
         suffix = "_reverse" if direction else ""
         w_ih = getattr(self, f"weight_ih_l{layer}{suffix}")
         w_hh = getattr(self, f"weight_hh_l{layer}{suffix}")
@@ -223,9 +242,9 @@ class _LayerNormRNNBase(nn.Module):
         r = w_hh.view(G, H, H).transpose(1, 2).unsqueeze(1)  # [G, 1, H, H], r[g, 0] = W_g^T
         b = b_hh.view(G, 1, H) if b_hh is not None else wx.new_zeros(G, 1, H)
         states = None if init is None else init.view(self._num_states, B, 1, H)
-        h, last = fused_rnn(wx, r, b, states, cell=self._cell, lengths=lengths,
-                            backend=self.backend, **(extras or {}))
-        return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]
+        h, last, *every = fused_rnn(wx, r, b, states, cell=self._cell, lengths=lengths,
+                                    backend=self.backend, **(extras or {}))
+        return (h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)], *every)
 
     def _check_hx(self, hx, B, batched, x) -> list:
         kind = type(self).__name__
@@ -262,7 +281,8 @@ class LayerNormLSTM(_LayerNormRNNBase):
     h_{t-1} entering the recurrence) and ``zoneout=(p_h, p_c)`` (per step and unit, keep the
     previous h / c) act in training mode only; semantics as ``flashseq.ops.fused_rnn``.
 
-    forward(input, hx=None, *, reset=None, generator=None) -> (output, (h_n, c_n)): input
+    forward(input, hx=None, *, reset=None, generator=None, return_all_states=False) ->
+    (output, (h_n, c_n)) (and ``(h_all, c_all)`` third with return_all_states=True): input
     [T, B, input_size] ([B, T, ...] with batch_first, unbatched [T, input_size], or a
     PackedSequence); h0, c0, h_n, c_n [num_layers * D, B, hidden_size] (no B axis unbatched);
     output [T, B, D * hidden_size] (a PackedSequence for packed input), D = 2 if bidirectional
@@ -300,7 +320,8 @@ class LayerNormGRU(_LayerNormRNNBase):
     ``z = sigmoid(a_z + u_z)``, ``n = tanh(a_n + r * u_n)``, ``h = (1 - z) n + z h_prev``;
     unit gain, zero bias, eps 1e-5. The regularisers act in training mode only.
 
-    forward(input, hx=None, *, reset=None, generator=None) -> (output, h_n): input
+    forward(input, hx=None, *, reset=None, generator=None, return_all_states=False) ->
+    (output, h_n) (and ``h_all`` third with return_all_states=True): input
     [T, B, input_size] ([B, T, ...] with batch_first, unbatched [T, input_size], or a
     PackedSequence); h0, h_n [num_layers * D, B, hidden_size] (no B axis unbatched); output
     [T, B, D * hidden_size] (a PackedSequence for packed input), D = 2 if bidirectional else 1;

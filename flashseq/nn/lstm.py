@@ -42,9 +42,11 @@ class LSTM(FusedRNNBase, nn.LSTM):
             Need the fused recurrence (not proj_size > 0 nor parallel_in_time; ValueError).
             Defaults 0.0, 0.0, (0.0, 0.0): none, exactly torch.nn.LSTM.
 
-    forward(input, hx=None, *, reset=None, generator=None): torch's two arguments, plus
-    ``reset`` [B, T] bool (a new sequence starts where True) and the ``generator`` of the masks;
-    see ``FusedRNNBase.forward``.
+    forward(input, hx=None, *, reset=None, generator=None, return_all_states=False): torch's
+    two arguments, plus ``reset`` [B, T] bool (a new sequence starts where True), the
+    ``generator`` of the masks and ``return_all_states`` (True: a third result ``(h_all, c_all)``,
+    every step's states of every layer and direction, each [num_layers * D, T, B, H]; needs
+    proj_size=0 and parallel_in_time=False); see ``FusedRNNBase.forward``.
 
     Parameters are initialised U(-1/sqrt(hidden_size), 1/sqrt(hidden_size)) as torch's.
     ``proj_size > 0`` has no fused cell (the projected h feeds back): it runs a per-step PyTorch

@@ -177,7 +177,7 @@ class FusedRNNBase(nn.RNNBase):
         return ["hx"]
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input, hx=None, *, reset=None, generator=None):
+    def forward(self, input, hx=None, *, reset=None, generator=None, return_all_states=False):
         """Run the recurrence; same inputs and outputs as the torch twin.
 
         Args:
@@ -195,27 +195,47 @@ class FusedRNNBase(nn.RNNBase):
             generator (keyword-only): torch.Generator on the input's device the dropconnect,
                 variational and zoneout masks are drawn from (training mode), or None for
                 torch's default generator. Default: None.
+            return_all_states (keyword-only): bool. When True also return every step's states
+                (layout in flashseq/nn/beyond.py); needs the fused recurrence (not proj_size > 0,
+                nonlinearity='relu' nor parallel_in_time; ValueError). Default: False.
 
         Returns:
             output: [T, B, D * out] ([B, T, ...] with batch_first; a PackedSequence for packed
                 input), out = proj_size or hidden_size, D = 2 if bidirectional else 1.
             final states: same layout as hx (LSTM: a tuple (h_n, c_n)).
+            all_states (only with return_all_states=True): hx's structure (LSTM: a tuple
+                (h_all, c_all)), each [L * D, T, B, H] ([L * D, B, T, H] with batch_first,
+                [L * D, T, H] unbatched; for a PackedSequence padded to its longest length,
+                rows in its original order): the states after the step at each time position,
+                of every layer and direction (reverse direction: after it processed position
+                t); past a row's length that row's final states. Differentiable.
 
         Under ``torch.jit.trace`` or ONNX export a module with num_heads=1 runs torch.nn's forward
-        (see the module docstring); there ``reset`` and the regularisers in training mode raise
-        ValueError (a trace would keep one draw of the masks as constants).
+        (see the module docstring); there ``reset``, ``return_all_states=True`` and the
+        regularisers in training mode raise ValueError (a trace would keep one draw of the masks
+        as constants; torch.nn's forward has no per-step states).
         """
         regs = beyond.regularisers(self)
         extras_used = reset is not None or regs != beyond.OFF
+        all_states = checks.check_bool("return_all_states", return_all_states)
         if self.num_heads == 1 and _exporting():
             if extras_used:
                 raise ValueError(f"{type(self).__name__}: reset and the dropconnect / "
                                  "variational_dropout / zoneout masks cannot be traced or "
                                  "exported; call .eval() and pass reset=None")
+            if all_states:
+                raise ValueError(f"{type(self).__name__}: return_all_states=True cannot be "
+                                 "traced or exported (the trace runs torch.nn's forward, which "
+                                 "returns no per-step states); pass return_all_states=False")
             return super().forward(input, hx)
         if extras_used:
             self._check_extras_servable()
             beyond.check_generator(type(self).__name__, generator, self.weight_ih_l0.device)
+        if all_states:
+            reason = self._not_fused_reason()
+            if reason:
+                raise ValueError(f"{type(self).__name__}: return_all_states=True needs the "
+                                 f"fused_rnn recurrence; this module runs {reason}")
         packed = isinstance(input, PackedSequence)
         weight = self.weight_ih_l0
         if packed:
@@ -243,19 +263,23 @@ class FusedRNNBase(nn.RNNBase):
         extras = (regs, reset, generator) if extras_used else None
 
         # Packed input: every layer projects only the N packed rows (not B*T padded positions).
-        out, finals = self._run_layers(x, states, lengths, (input.data, row_index) if packed else None,
-                                       extras)
+        out, finals, every = self._run_layers(
+            x, states, lengths, (input.data, row_index) if packed else None, extras, all_states)
+        if all_states:
+            every = self._join_hx(beyond.all_states_layout(
+                every, self.batch_first, batched, input.unsorted_indices if packed else None))
 
         if packed:
             if input.unsorted_indices is not None:
                 finals = [s.index_select(1, input.unsorted_indices) for s in finals]
-            return sequences.repack(sequences.padded_to_packed(out, row_index), input), self._join_hx(finals)
+            output = sequences.repack(sequences.padded_to_packed(out, row_index), input)
+            return (output, self._join_hx(finals)) + ((every,) if all_states else ())
         if not self.batch_first:
             out = out.transpose(0, 1)
         if not batched:
             out = out.squeeze(batch_dim)
             finals = [s.squeeze(1) for s in finals]
-        return out.contiguous(), self._join_hx(finals)
+        return (out.contiguous(), self._join_hx(finals)) + ((every,) if all_states else ())
 
     def _check_input(self, x, ndim, doc, weight):
         if not isinstance(x, torch.Tensor):
@@ -300,14 +324,17 @@ class FusedRNNBase(nn.RNNBase):
         get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)  # noqa: E731
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh"), get("weight_hr")
 
-    def _run_layers(self, x, states, lengths, packed_rows=None, extras=None):
+    def _run_layers(self, x, states, lengths, packed_rows=None, extras=None, all_states=False):
         """x [B, T, F]; states: list of S tensors [L*D, B, size] or None; lengths [B] or None;
         packed_rows: (PackedSequence.data [N, F], its row index from packed_to_padded) or None;
-        extras: None, or (regularisers, reset [B, T] or None, generator) of beyond.py.
-        Returns output [B, T, D*out] and the list of S final-state tensors [L*D, B, size]."""
+        extras: None, or (regularisers, reset [B, T] or None, generator) of beyond.py;
+        all_states: whether to collect every step's states.
+        Returns output [B, T, D*out], the list of S final-state tensors [L*D, B, size] and, with
+        all_states, the list of [S, B, T, H] per layer and direction
+        (``beyond.direction_all_states``), else None."""
         B, T = x.shape[:2]
         if B == 0:  # fused_rnn needs B >= 1
-            return self._empty_batch(x, states)
+            return self._empty_batch(x, states, all_states)
         if lengths is not None:
             lengths = lengths.to(x.device)
         reverse_index = sequences.reversal_index(lengths, B, T, x.device) if self.bidirectional else None
@@ -318,7 +345,9 @@ class FusedRNNBase(nn.RNNBase):
             if self.bidirectional:
                 back = None if reset is None else beyond.reverse_reset(reset, lengths, reverse_index)
                 kwargs[1] = beyond.fused_kwargs(regs, back, generator)
-        finals = []
+        if all_states:
+            kwargs = [dict(k, return_all_states=True) for k in kwargs]
+        finals, every = [], ([] if all_states else None)
         for layer in range(self.num_layers):
             outs = []
             if packed_rows is not None:  # the N live rows of this layer's input, packed order
@@ -334,20 +363,23 @@ class FusedRNNBase(nn.RNNBase):
                     layer_in = None
                 else:
                     layer_in = sequences.reverse_time(x, reverse_index) if direction else x
-                out, last = self._run_direction(layer_in, layer, direction, init, lengths, wx,
-                                                kwargs[direction])
+                out, last, *steps = self._run_direction(layer_in, layer, direction, init, lengths,
+                                                        wx, kwargs[direction])
                 outs.append(sequences.reverse_time(out, reverse_index) if direction else out)
                 finals.append(last)
+                if all_states:
+                    every.append(beyond.direction_all_states(steps[0], reverse_index, direction == 1))
             x = outs[0] if len(outs) == 1 else torch.cat(outs, dim=-1)
             if self.training and self.dropout > 0 and layer + 1 < self.num_layers:
                 x = F.dropout(x, self.dropout, training=True)
-        return x, [torch.stack(per_state) for per_state in zip(*finals)]
+        return x, [torch.stack(per_state) for per_state in zip(*finals)], every
 
-    def _empty_batch(self, x, states):
+    def _empty_batch(self, x, states, all_states=False):
         """_run_layers for B == 0: output [0, T, D*out] and final states [L*D, 0, size] (the
-        given ones, else zeros), as torch returns. Every parameter and x enter the results
-        through a zero-valued term, so backward gives each its zero (or empty) gradient as
-        torch.nn does, instead of leaving them out of the graph."""
+        given ones, else zeros), as torch returns, and with all_states L*D empty [S, 0, T, H].
+        Every parameter and x enter the results through a zero-valued term, so backward gives
+        each its zero (or empty) gradient as torch.nn does, instead of leaving them out of the
+        graph."""
         link = x.sum() * 0
         for name in self._flat_weights_names:
             link = link + getattr(self, name).sum() * 0
@@ -355,7 +387,11 @@ class FusedRNNBase(nn.RNNBase):
         LD = self.num_layers * self.num_directions
         if states is None:
             states = [x.new_zeros(LD, 0, size) for size in self._state_sizes()]
-        return out + link, [s + link for s in states]
+        every = None
+        if all_states:
+            S, T = len(self._state_sizes()), x.shape[1]
+            every = [x.new_zeros(S, 0, T, self.hidden_size) + link for _ in range(LD)]
+        return out + link, [s + link for s in states], every
 
     def _packed_projection(self, data, row_index, batch, steps, layer, direction):
         """x @ w_ih^T + b_ih on the packed rows data [N, F] only, scattered to [B, T, G*H] in
@@ -376,7 +412,8 @@ class FusedRNNBase(nn.RNNBase):
         its precomputed input projection wx [B, T, G*H] (then x is None).
         init: list of S tensors [B, size] or None; extras: fused_rnn keyword arguments beyond
         torch.nn (``beyond.fused_kwargs``; empty or None for the plain call).
-        Returns out [B, T, out], list of S [B, size]."""
+        Returns out [B, T, out], list of S [B, size] and, when extras holds
+        ``return_all_states=True``, fused_rnn's all_states [T, S, B, NH, DH] third."""
         _, w_hh, _, b_hh, _ = self._layer_weights(layer, direction)
         wx = self._input_projection(x, wx, layer, direction)  # [B, T, G*H]
         B, T = wx.shape[:2]
@@ -392,9 +429,9 @@ class FusedRNNBase(nn.RNNBase):
             r, b = r.to(wx.dtype), b.to(wx.dtype)
         if states is not None and states.dtype != wx.dtype:
             states = states.to(wx.dtype)
-        h, last = fused_rnn(wx.view(B, T, G, NH, DH), r, b, states, cell=self.cell,
-                            lengths=lengths, backend=self.backend, **(extras or {}))
-        return h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)]
+        h, last, *every = fused_rnn(wx.view(B, T, G, NH, DH), r, b, states, cell=self.cell,
+                                    lengths=lengths, backend=self.backend, **(extras or {}))
+        return (h.reshape(B, T, H), [s.reshape(B, H) for s in last.unbind(0)], *every)
 
     def _not_fused_reason(self) -> str | None:
         """Why this module's recurrence does not run in fused_rnn (then it cannot apply the

@@ -93,6 +93,7 @@ class LinearEq(Propagator):
             return False
         for _ in range(_MAX_PASSES):
             mark = len(trail)
+            widest = 0  # the largest |a| * (hi - lo) of the terms after their narrowing
             for i, a in terms:
                 # `up` and `down` follow every narrowing, so later terms see the room left (a
                 # room below zero makes the next narrowing empty a domain: infeasible)
@@ -107,6 +108,8 @@ class LinearEq(Propagator):
                         if not st.set_lo(i, h - down // a):
                             return False
                         up -= a * (lo[i] - l)
+                        l = lo[i]
+                    span = (h - l) * a
                 else:
                     b = -a
                     if (h - l) * b > up:
@@ -118,7 +121,13 @@ class LinearEq(Propagator):
                         if not st.set_hi(i, l + down // b):
                             return False
                         up -= b * (h - hi[i])
-            if len(trail) == mark:
+                        h = hi[i]
+                    span = (h - l) * b
+                if span > widest:
+                    widest = span
+            # no term wider than the room left either way: a further pass would narrow nothing
+            # (it was a pass of its own on most runs that narrowed)
+            if len(trail) == mark or (widest <= up and widest <= down):
                 return True
         # still narrowing: on a wide range that is often a creep of one step a pass, which
         # happens when the unfixed terms cannot reach the rest of rhs at all (2x - 2y == 1 - z

@@ -34,19 +34,22 @@
 namespace flashseq {
 namespace fused {
 
-template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false>
+// kElemBytes: 2 (bf16/fp16, mma K 16, or wgmma) or 4 (fp32 on tf32 mma.sync m16n8k8).
+template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false,
+          int kElemBytes = 2>
 struct BwdTraits {
   static constexpr int kGates = Cell::kNumGates;
   static constexpr int kStates = Cell::kNumStates;
   static constexpr int kSaved = Cell::kNumSaved > 0 ? Cell::kNumSaved : 1;
   static constexpr BwdTiling kTiling =
-      BwdTiling::of(Tiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, 16, 2, kWgmma ? 1 : 0});
+      BwdTiling::of(Tiling{kGates, BB, BH, WM, WK, DHP, DHP / BH, kElemBytes == 4 ? 8 : 16, kElemBytes,
+                           kWgmma ? 1 : 0});
   static constexpr bool kClusterExchange = kCluster;
   static constexpr bool kGmma = kWgmma;  // the product through wgmma (sm_90a), see layout_bwd.h
   static constexpr int kThreads = kTiling.threads();
-  // shared memory: d(rh) [BB][dg_stride] (16-bit, rounded up to 16 bytes; core matrices with
-  // wgmma) + the partial sums [2][k_slices][BB][part_stride] fp32
-  static constexpr int kDgBytes = (kTiling.dg_elems() * 2 + 15) / 16 * 16;
+  // shared memory: d(rh) [BB][dg_stride] (elements, tf32-rounded fp32 for Fp32, rounded up to
+  // 16 bytes; core matrices with wgmma) + the partial sums [2][k_slices][BB][part_stride] fp32
+  static constexpr int kDgBytes = (kTiling.dg_elems() * kElemBytes + 15) / 16 * 16;
   static constexpr int kSmemBytes = kDgBytes + 2 * kTiling.part_buffer_elems() * 4;
   static_assert(kTiling.invalid() == nullptr, "tiling rejected by layout_bwd.h (BwdTiling::invalid)");
   static_assert(DHP % BH == 0, "BH must divide DHP");
@@ -144,7 +147,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const GateUnit gu = kB.col_gate_unit(kB.g_a_pair_col8(warp, kt, 2 * half));
-          const T* gBase = rBase + gu.gate * gate_stride + gu.unit;
+          const T* gBase = (rBase + gu.gate * gate_stride) + gu.unit;  // unit: a constant offset
 #pragma unroll
           for (int reg = 2 * half; reg < 2 * half + 2; ++reg) {
             const int row8 = kB.g_a_pair_row8(warp, mt, reg);
@@ -154,9 +157,10 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
           }
         }
   } else {
+  static_assert(E::kMmaK == kT.K, "the element type's mma shape must match the tiling's K");
   const T* rBase = static_cast<const T*>(p.r) +
                    kB.r_offset(p.heads, head, slice, 0, kB.warp_m(warp) * kB.rows_per_warp() + (lane >> 2),
-                               2 * (lane & 3));
+                               kB.a_lane_col(lane));
   // k tiles outermost: one gate's base address is live at a time (gate-major columns), else
   // ptxas keeps all G of them and spills in this prologue
 #pragma unroll
@@ -164,13 +168,13 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const GateUnit gu = kB.col_gate_unit(kB.a_pair_col8(warp, kt, 2 * half));
-      const T* gBase = rBase + gu.gate * gate_stride + gu.unit;
+      const T* gBase = (rBase + gu.gate * gate_stride) + gu.unit;  // unit: a constant offset
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int reg = 2 * half; reg < 2 * half + 2; ++reg) {
           const int row = kB.a_pair_row8(warp, mt, reg) - kB.warp_m(warp) * kB.rows_per_warp();
-          rA[mt][kt][reg] = load_weight_pair(gBase + row * kT.DHP);
+          rA[mt][kt][reg] = E::weight_operand(load_weight_pair(gBase + row * kT.DHP));
         }
     }
   }
@@ -254,7 +258,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
           p.drh[bg * p.drh_stride[0] + t * p.drh_stride[1] + g * p.drh_stride[2] +
                 head_s * p.drh_stride[3] + unit * p.drh_stride[4]] = drh[g];
         // padded units and rows hold 0, so they add nothing to the product
-        sDg[kB.dg_offset(e.b, g * kT.BH + e.unit)] = E::from_float(drh[g]);
+        sDg[kB.dg_offset(e.b, g * kT.BH + e.unit)] = E::operand(E::from_float(drh[g]));
       }
     }
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -309,9 +313,12 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
     for (int kt = 0; kt < KT; ++kt)
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
-        // B fragment: elements (0,1) and (2,3) are adjacent gate columns of one batch row
+        // B fragment: 16-bit, elements (0,1) and (2,3) are adjacent gate columns of one batch
+        // row (one 32-bit word each); tf32, elements 0 and 1
+        constexpr int kB1 = kB.b_regs_step();
         const uint32_t b0 = *reinterpret_cast<const uint32_t*>(sDg + kB.b_smem_offset(warp_s, nt, kt, lane_s, 0));
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(sDg + kB.b_smem_offset(warp_s, nt, kt, lane_s, 2));
+        const uint32_t b1 =
+            *reinterpret_cast<const uint32_t*>(sDg + kB.b_smem_offset(warp_s, nt, kt, lane_s, kB1));
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) E::mma(acc[mt][nt], rA[mt][kt], b0, b1);
       }

@@ -25,7 +25,7 @@ namespace fused {
 using BwdCell = cells::FLASHSEQ_CELL;
 using BwdElem = FLASHSEQ_ELEM;
 using BTraits = BwdTraits<BwdCell, FLASHSEQ_BB, FLASHSEQ_BH, FLASHSEQ_WM, FLASHSEQ_WK, FLASHSEQ_DHP,
-                          FLASHSEQ_CLUSTER != 0, FLASHSEQ_GMMA != 0>;
+                          FLASHSEQ_CLUSTER != 0, FLASHSEQ_GMMA != 0, sizeof(BwdElem::T)>;
 
 FwdLaunch bwd_launch_shape(int batch, int heads) {
   constexpr Tiling kT = BTraits::kTiling.f;

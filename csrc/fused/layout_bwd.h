@@ -60,7 +60,7 @@ struct BwdTiling {
 
   FLASHSEQ_LAYOUT_FN const char* invalid() const {
     return f.invalid()                         ? f.invalid()
-           : (f.K != 16) ? "the backward kernel serves 16-bit operands (mma K = 16) only"
+           : ((f.K == 16) != (f.elem_bytes == 2)) ? "mma K = 16 takes 16-bit operands, K = 8 tf32 (4 bytes)"
            : (!f.gmma && cols() % (WKB() * f.K) != 0) ? "G*BH must split into WKB warps of whole K tiles"
            : (f.gmma && cols() % (GWK() * 16) != 0)
                ? "wgmma backward: G*BH must split into GWK warpgroups of whole k steps of 16"
@@ -69,29 +69,40 @@ struct BwdTiling {
   // slabs of partial sums per block: one per reduction slice (WKB warps, or GWK warpgroups)
   FLASHSEQ_LAYOUT_FN int k_slices() const { return f.gmma ? GWK() : WKB(); }
 
-  FLASHSEQ_LAYOUT_FN int warp_m(int warp) const { return warp % WMB(); }
-  FLASHSEQ_LAYOUT_FN int warp_k(int warp) const { return warp / WMB(); }
+  // (spelled out for WKB == 1: the compiler cannot know warp < warps(), and a constant warp_k
+  // keeps the weights' gate and unit of each register compile-time, one base address per gate)
+  FLASHSEQ_LAYOUT_FN int warp_m(int warp) const { return WKB() == 1 ? warp : warp % WMB(); }
+  FLASHSEQ_LAYOUT_FN int warp_k(int warp) const { return WKB() == 1 ? 0 : warp / WMB(); }
 
   // gate columns: gate-major, col = gate * BH + unit (the forward's gate-row order)
   FLASHSEQ_LAYOUT_FN GateUnit col_gate_unit(int col) const { return {col / f.BH, col % f.BH}; }
 
+  // the mma.sync shape's lane tables: m16n8k16 (16-bit) or m16n8k8 (tf32, f.K == 8)
+  FLASHSEQ_LAYOUT_FN RowCol mma_a(int lane, int i) const {
+    return f.K == 16 ? MmaShape<16>::a(lane, i) : MmaShape<8>::a(lane, i);
+  }
+  FLASHSEQ_LAYOUT_FN RowCol mma_b(int lane, int i) const {
+    return f.K == 16 ? MmaShape<16>::b(lane, i) : MmaShape<8>::b(lane, i);
+  }
   // -- A fragments (weights, transposed view): element i of lane `lane` in fragment (mt, kt) of
   // warp `warp` is A[row k, col (g, e)] = r[g, head, k, slice*BH + e] ------------------------------
   FLASHSEQ_LAYOUT_FN RowCol a_elem(int warp, int mt, int kt, int lane, int i) const {
-    const RowCol rc = MmaShape<16>::a(lane, i);
+    const RowCol rc = mma_a(lane, i);
     return {warp_m(warp) * rows_per_warp() + 16 * mt + rc.row,
-            warp_k(warp) * k_per_warp() + 16 * kt + rc.col};
+            warp_k(warp) * k_per_warp() + f.K * kt + rc.col};
   }
-  // The kernel loads A register `reg` (elements 2reg, 2reg+1: columns col8 + 2*(lane%4) + 0/1,
-  // row row8 + lane/4) with one 32-bit load from the zero-padded r [G, NH, DHP, DHP] (not
-  // transposed: units e are contiguous). col8 is a multiple of 8 and so is BH: the 8 columns of
-  // a group share one gate, and the two elements of a register are adjacent units of it.
+  // The kernel loads A register `reg` with one 32-bit load from the zero-padded r
+  // [G, NH, DHP, DHP] (not transposed: units e are contiguous): row row8 + lane/4, columns
+  // col8 + a_lane_col(lane) (16-bit: elements 2reg, 2reg+1, two adjacent units; tf32: element
+  // reg, one unit). col8 is a multiple of 4 (8 for 16-bit) and BH of 8: the columns of a
+  // register's group share one gate.
   FLASHSEQ_LAYOUT_FN int a_pair_row8(int warp, int mt, int reg) const {
     return warp_m(warp) * rows_per_warp() + 16 * mt + 8 * (reg & 1);
   }
   FLASHSEQ_LAYOUT_FN int a_pair_col8(int warp, int kt, int reg) const {
-    return warp_k(warp) * k_per_warp() + 16 * kt + 8 * (reg >> 1);
+    return warp_k(warp) * k_per_warp() + f.K * kt + (f.K / 2) * (reg >> 1);
   }
+  FLASHSEQ_LAYOUT_FN int a_lane_col(int lane) const { return f.a_lane_k(lane); }
   // element offset of r[g, head, k, slice*BH + unit] in the padded r
   FLASHSEQ_LAYOUT_FN long long r_offset(int heads, int head, int slice, int gate, int k, int unit) const {
     return ((static_cast<long long>(gate) * heads + head) * f.DHP + k) * f.DHP + f.head_unit(slice, unit);
@@ -105,9 +116,11 @@ struct BwdTiling {
   FLASHSEQ_LAYOUT_FN int dg_offset(int b, int col) const {
     return f.gmma ? g_dg_offset(b, col) : b * dg_stride() + col;
   }
+  // (16-bit: elements (0,1) and (2,3) are 32-bit pairs of adjacent columns; tf32: 0 and 1)
+  FLASHSEQ_LAYOUT_FN int b_regs_step() const { return f.K == 16 ? 2 : 1; }
   FLASHSEQ_LAYOUT_FN RowCol b_elem(int warp, int nt, int kt, int lane, int i) const {
-    const RowCol kn = MmaShape<16>::b(lane, i);
-    return {warp_k(warp) * k_per_warp() + 16 * kt + kn.row, 8 * nt + kn.col};
+    const RowCol kn = mma_b(lane, i);
+    return {warp_k(warp) * k_per_warp() + f.K * kt + kn.row, 8 * nt + kn.col};
   }
   FLASHSEQ_LAYOUT_FN int b_smem_offset(int warp, int nt, int kt, int lane, int i) const {
     return dg_offset(b_elem(warp, nt, kt, lane, i).col, b_elem(warp, nt, kt, lane, i).row);

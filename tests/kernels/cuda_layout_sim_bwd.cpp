@@ -18,7 +18,8 @@
 // Usage: cuda_layout_sim_bwd <input file> <output file>. Input (little-endian):
 //   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode (bit 0: cluster exchange, else global;
 //   bit 1: the step's parity, which double buffer the partial sums use) gmma
-//   gmma == 0: int32 a_tab[32][8][2], b_tab[32][4][2], c_tab[32][4][2]  (row, col) per lane
+//   gmma == 0: int32 a_tab[32][K/2][2], b_tab[32][K/4][2], c_tab[32][4][2]  (row, col) per lane
+//   (K = 16: m16n8k16; K = 8: tf32 m16n8k8)
 //   gmma == 1: int32 a_tab[128][8][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
 //   float64 r[G][NH][DH][DH], dg[B][G][NH][DH]
 // Output: float64 dh[B][NH][DH].
@@ -92,8 +93,8 @@ int main(int argc, char** argv) {
     read(in, ga_tab.data(), ga_tab.size());
     read(in, gd_tab.data(), gd_tab.size());
   } else {
-    a_tab.resize(32 * 8 * 2);
-    b_tab.resize(32 * 4 * 2);
+    a_tab.resize(32 * (ft.K / 2) * 2);
+    b_tab.resize(32 * (ft.K / 4) * 2);
     c_tab.resize(32 * 4 * 2);
     read(in, a_tab.data(), a_tab.size());
     read(in, b_tab.data(), b_tab.size());
@@ -223,43 +224,46 @@ int main(int argc, char** argv) {
           for (int nt = 0; nt < NT; ++nt) {
             double acc[32][4] = {};
             for (int kt = 0; kt < KT; ++kt) {
-              // A registers as the kernel loads them: pair (2reg, 2reg+1) at one address
+              // A registers as the kernel loads them: one 32-bit word per register, 16-bit: the
+              // pair (2reg, 2reg+1) of adjacent units; tf32: element reg
+              const int K = ft.K, epr = K / 8, nA = K / 2, nB = K / 4;
               double Atile[16][16], Btile[16][8];
               int a_seen[16][16] = {}, b_seen[16][8] = {};
               for (int lane = 0; lane < 32; ++lane) {
                 for (int reg = 0; reg < 4; ++reg) {
                   const int row = t.a_pair_row8(warp, mt, reg) + (lane >> 2);
                   const GateUnit gu = t.col_gate_unit(t.a_pair_col8(warp, kt, reg));
-                  const long long off = t.r_offset(NH, head, slice, gu.gate, row, gu.unit + 2 * (lane & 3));
-                  for (int h = 0; h < 2; ++h) {
-                    const int i = 2 * reg + h;
-                    const int tr = a_tab[(lane * 8 + i) * 2], tc = a_tab[(lane * 8 + i) * 2 + 1];
+                  const long long off =
+                      t.r_offset(NH, head, slice, gu.gate, row, gu.unit + t.a_lane_col(lane));
+                  for (int h = 0; h < epr; ++h) {
+                    const int i = epr * reg + h;
+                    const int tr = a_tab[(lane * nA + i) * 2], tc = a_tab[(lane * nA + i) * 2 + 1];
                     Atile[tr][tc] = rp[off + h];
                     a_seen[tr][tc]++;
                   }
                 }
-                // B: 32-bit pairs at elements 0 and 2
+                // B: 16-bit, 32-bit pairs at elements 0 and 2; tf32, elements 0 and 1
                 for (int pr = 0; pr < 2; ++pr) {
-                  const int off = t.b_smem_offset(warp, nt, kt, lane, 2 * pr);
-                  for (int h = 0; h < 2; ++h) {
-                    const int i = 2 * pr + h;
-                    const int tk = b_tab[(lane * 4 + i) * 2], tn = b_tab[(lane * 4 + i) * 2 + 1];
+                  const int off = t.b_smem_offset(warp, nt, kt, lane, pr * t.b_regs_step());
+                  for (int h = 0; h < epr; ++h) {
+                    const int i = epr * pr + h;
+                    const int tk = b_tab[(lane * nB + i) * 2], tn = b_tab[(lane * nB + i) * 2 + 1];
                     Btile[tk][tn] = sDg[off + h];
                     b_seen[tk][tn]++;
                   }
                 }
               }
               for (int x = 0; x < 16; ++x)
-                for (int y = 0; y < 16; ++y)
+                for (int y = 0; y < K; ++y)
                   if (a_seen[x][y] != 1) fail("A tile", x * 16 + y, a_seen[x][y]);
-              for (int x = 0; x < 16; ++x)
+              for (int x = 0; x < K; ++x)
                 for (int y = 0; y < 8; ++y)
                   if (b_seen[x][y] != 1) fail("B tile", x * 8 + y, b_seen[x][y]);
               for (int lane = 0; lane < 32; ++lane)
                 for (int i = 0; i < 4; ++i) {
                   const int cr = c_tab[(lane * 4 + i) * 2], cc = c_tab[(lane * 4 + i) * 2 + 1];
                   double s = 0.0;
-                  for (int kk = 0; kk < 16; ++kk) s += Atile[cr][kk] * Btile[kk][cc];
+                  for (int kk = 0; kk < K; ++kk) s += Atile[cr][kk] * Btile[kk][cc];
                   acc[lane][i] += s;
                 }
             }

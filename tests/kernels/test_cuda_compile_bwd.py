@@ -1,7 +1,8 @@
 """The CUDA persistent BACKWARD kernel compiles for sm_80 and sm_90a at the solver's plans, inside
 its predicted register budget, with tensor cores in the reversed step loop and the weights on chip.
 
-For every cell x dtype (bf16, fp16) x DH in (64, 256, 768), the plan for batch 16, one head (A100
+For every cell x dtype (bf16, fp16, fp32 on tf32 mma.sync m16n8k8, its plan the "tf32" one) x DH
+in (64, 256, 768), the plan for batch 16, one head (A100
 plan for sm_80, H100 plan for sm_90a, whose split heads meet inside a cluster) is compiled from
 csrc/fused/fused_rnn_bwd.cu with nvcc -Xptxas -v, capped at
 ``plan.backward_cuda_registers(plan)``. Asserted: registers <= that prediction, 0 spill bytes and
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.nvcc,
                                  reason="needs cuobjdump (CUDA toolkit or Triton's copy)")]
 
 HEAD_DIMS = (64, 256, 768)
-DTYPES = ("bfloat16", "float16")
+DTYPES = ("bfloat16", "float16", "float32")
 TARGETS = {"sm_80": "a100", "sm_90a": "h100"}
 
 
@@ -37,7 +38,7 @@ def _cases():
 
 
 def _plan(cell, dtype, dh, arch):
-    return plan_fused_rnn(cell, 16, 1, dh, dtype, TARGETS[arch], backend="cuda")
+    return plan_fused_rnn(cell, 16, 1, dh, cuda_compile.plan_dtype(dtype), TARGETS[arch], backend="cuda")
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,8 @@ _PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[1]}-DH{c[2]}-{c[3]}") for c in _cases
 def test_backward_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
     plan, rep = reports[(cell, dtype, DH, arch)]
     assert 0 < rep.registers <= backward_cuda_registers(plan), rep
+    assert rep.defines["FLASHSEQ_ELEM"] == {"bfloat16": "Bf16", "float16": "Fp16",
+                                            "float32": "Fp32"}[dtype]
     if cuda_compile.uses_wgmma(arch, plan):
         assert rep.defines["FLASHSEQ_GMMA"] == "1", rep
         assert rep.tensor_ops_in_loop["HGMMA"] > 0, f"no HGMMA in the step loop: {rep}"
@@ -92,9 +95,11 @@ def test_backward_no_spills_at_its_register_budget(reports, cell, dtype, DH, arc
 
 
 def test_backward_wgmma_serves_every_h100_plan():
-    """Not vacuous: every sm_90a plan of the list (16-bit) takes the wgmma path."""
-    assert all(cuda_compile.uses_wgmma(arch, _plan(*c[:3], arch)) for c in _cases()
-               for arch in (c[3],) if arch == "sm_90a")
+    """Not vacuous: every 16-bit sm_90a plan of the list takes the wgmma path (fp32 stays on
+    tf32 mma.sync, as in the forward)."""
+    for cell, dtype, dh, arch in _cases():
+        if arch == "sm_90a":
+            assert cuda_compile.uses_wgmma(arch, _plan(cell, dtype, dh, arch)) == (dtype != "float32")
 
 
 def test_backward_register_model_is_at_least_the_weight_fragments():

@@ -51,7 +51,7 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
     NH, DH = r.shape[1], r.shape[2]
     B = dg.shape[0]
     gmma = tiling.get("gmma", 0)
-    tables = tables or (_wgmma_tables(tiling["BB"]) if gmma else _ptx_tables(16))
+    tables = tables or (_wgmma_tables(tiling["BB"]) if gmma else _ptx_tables(tiling["K"]))
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
     ints = torch.tensor(header + [B, NH, DH, int(cluster) | (parity << 1), gmma], dtype=torch.int32)
     names = ("a", "d") if gmma else ("a", "b", "c")
@@ -68,14 +68,15 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
 
 
 def _bwd_plans():
-    # the backward serves 16-bit operands: the forward's bf16 tilings (tf32 ones are skipped)
-    return [p for p in _plans() if p.values[1]["K"] == 16]
+    # every tiling of the forward's list: bf16 (mma.sync m16n8k16, and wgmma on H100) and tf32
+    # (mma.sync m16n8k8, fp32 elements)
+    return _plans()
 
 
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _bwd_plans())
 def test_backward_fragments_reassemble_dh_prev(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
-    """Every distinct bf16 CUDA tiling the solver picks (4 cells, H100/A100, DH 64, 256, 768 and
-    40; the H100 ones on mma.sync and on wgmma), both exchanges and both step parities, batch 13
+    """Every distinct bf16 and tf32 CUDA tiling the solver picks (4 cells, H100/A100, DH 64, 256,
+    768 and 40; the bf16 H100 ones on mma.sync and on wgmma), both exchanges and both step parities, batch 13
     (a partial batch tile), two heads (one at DH 768)."""
     gen = torch.Generator().manual_seed(head_dim * 104729 + tiling["BH"] * 37 + tiling["WK"])
     heads = 1 if head_dim == 768 else 2
@@ -91,9 +92,11 @@ def test_backward_fragments_reassemble_dh_prev(sim_binary, tmp_path, head_dim, t
 
 
 def test_backward_plans_cover_the_head_dims():
-    """The parametrisation is not empty: DH 64, 256 and 768 each have backward tilings."""
-    dims = {p.values[0] for p in _bwd_plans()}
-    assert {64, 256, 768} <= dims
+    """The parametrisation is not empty: DH 64, 256 and 768 each have backward tilings, in
+    16-bit and in tf32."""
+    for k in (16, 8):
+        dims = {p.values[0] for p in _bwd_plans() if p.values[1]["K"] == k}
+        assert {64, 256, 768} <= dims, k
 
 
 def test_backward_plans_cover_wgmma():
@@ -152,25 +155,28 @@ def test_backward_wgmma_simulation_catches_a_fault(sim_binary, tmp_path, fault):
     assert not torch.equal(got, want)
 
 
-def test_backward_simulation_catches_a_wrong_table(sim_binary, tmp_path):
+@pytest.mark.parametrize("k", [16, 8])
+def test_backward_simulation_catches_a_wrong_table(sim_binary, tmp_path, k):
     """The check can fail: the A table with its two column halves swapped (a plausible
-    transposition slip) gives a different d(h_prev)."""
-    tiling = dict(G=4, BB=8, BH=16, WM=1, WK=4, DHP=64, P=4, K=16, elem_bytes=2)
+    transposition slip) gives a different d(h_prev), for m16n8k16 and tf32 m16n8k8."""
+    tiling = dict(G=4, BB=8, BH=16, WM=1, WK=4, DHP=64, P=4, K=k, elem_bytes=32 // k)
     gen = torch.Generator().manual_seed(1)
     r = torch.randint(-3, 4, (4, 1, 64, 64), generator=gen).double()
     dg = torch.randint(-3, 4, (8, 4, 1, 64), generator=gen).double()
-    bad = _ptx_tables(16)
-    bad["a"] = [[(row, col ^ 8) for row, col in lane] for lane in bad["a"]]
+    want = torch.einsum("bgne,gnke->bnk", dg, r)
+    assert torch.equal(_simulate(sim_binary, tmp_path, tiling, r, dg, cluster=False), want)
+    bad = _ptx_tables(k)
+    bad["a"] = [[(row, col ^ (k // 2)) for row, col in lane] for lane in bad["a"]]
     got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster=False, tables=bad)
-    assert not torch.equal(got, torch.einsum("bgne,gnke->bnk", dg, r))
+    assert not torch.equal(got, want)
 
 
 def test_backward_rejects_a_tiling_it_cannot_split(sim_binary, tmp_path):
-    """BwdTiling::invalid: 16-bit operands only (K = 16); the simulation refuses tf32."""
-    tiling = dict(G=1, BB=8, BH=16, WM=1, WK=4, DHP=64, P=4, K=8, elem_bytes=4)
+    """BwdTiling::invalid: the mma shape must match the element size (K = 8 is tf32, 4 bytes)."""
+    tiling = dict(G=1, BB=8, BH=16, WM=1, WK=4, DHP=64, P=4, K=8, elem_bytes=2)
     r = torch.zeros(1, 1, 64, 64, dtype=torch.float64)
     dg = torch.zeros(8, 1, 1, 64, dtype=torch.float64)
-    with pytest.raises(AssertionError, match="K = 16"):
+    with pytest.raises(AssertionError, match="K = 16 takes 16-bit"):
         _simulate(sim_binary, tmp_path, tiling, r, dg, cluster=False)
 
 

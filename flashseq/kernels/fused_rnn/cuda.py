@@ -8,10 +8,10 @@ load). A build that fails makes this back end refuse the call with the compiler'
 so ``backend="auto"`` falls back to Triton with one warning.
 
 Opt-in for now: only with FLASHSEQ_CUDA_KERNELS=1 (the kernels are compile-checked, not yet
-run on a GPU). Serves today: bfloat16 / float16, forward and backward (the persistent backward
-kernel, flashseq/kernels/fused_rnn/cuda_function.py); float32, forward only, its product on tf32
-tensor cores (inputs rounded to tf32, fp32 accumulation and states: tf32 accuracy, about 5e-4
-relative), so only where torch allows tf32 in float32 matrix products
+run on a GPU). Serves today: bfloat16 / float16 and float32, forward and backward (the
+persistent backward kernel, flashseq/kernels/fused_rnn/cuda_function.py); float32 with its
+products on tf32 tensor cores (inputs rounded to tf32, fp32 accumulation and states: tf32
+accuracy, about 5e-4 relative), so only where torch allows tf32 in float32 matrix products
 (``torch.backends.cuda.matmul.allow_tf32 = True``; otherwise refused, and "auto" takes the
 Triton kernels, which compute float32 in IEEE fp32); compute capability 8.0 or newer, plans on
 the fused or split path. Everything else is refused with the reason, never run wrongly.
@@ -26,7 +26,8 @@ import torch
 from flashseq import _jit
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-GRAD_DTYPES = (torch.float16, torch.bfloat16)  # the backward kernel's (csrc/fused/backward.cuh)
+# the backward kernel's (csrc/fused/backward.cuh; float32 on tf32 mma.sync, like the forward)
+GRAD_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
 
 
@@ -62,7 +63,7 @@ def unsupported_reason(problem):
                 "allows only with torch.backends.cuda.matmul.allow_tf32 = True; it is False")
     if problem.needs_grad and problem.dtype not in GRAD_DTYPES:
         return (f"gradients in {problem.dtype} are not served yet: the backward kernel takes "
-                "float16/bfloat16 (a float32 forward without gradient runs, on tf32 tensor cores)")
+                "float16/bfloat16/float32")
     plan = _plan(problem.cell.name, problem.batch, problem.heads, problem.head_dim,
                  problem.dtype, problem.device)
     if plan.path not in ("fused", "split"):

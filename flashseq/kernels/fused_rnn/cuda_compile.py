@@ -278,7 +278,8 @@ def expected_weight_loads(plan, arch: str = "sm_80") -> int:
 
 def expected_backward_weight_loads(plan, arch: str = "sm_80") -> int:
     """32-bit weight loads per thread in the backward kernel's prologue (csrc/fused/layout_bwd.h):
-    mma.sync: (DHP/WMB/16) row tiles x (G*BH/WKB/16) column tiles x 4, WMB = gcd(warps, DHP/16);
+    mma.sync: (DHP/WMB/16) row tiles x (G*BH/WKB/K) column tiles x 4, WMB = gcd(warps, DHP/16),
+    K = 16 (16-bit) or 8 (fp32 on tf32: one weight per register);
     wgmma (``uses_wgmma``): the warpgroup's 64-row tiles of k (the last one padded past DHP),
     cdiv(DHP, 64)/GWM of them, GWM = gcd(warpgroups, cdiv(DHP, 64)), x its k steps of 16 over
     G*BH/GWK gate columns x 4."""
@@ -291,4 +292,5 @@ def expected_backward_weight_loads(plan, arch: str = "sm_80") -> int:
         gwm = math.gcd(warps // 4, m_tiles)
         return (m_tiles // gwm) * (cols // (warps // 4 // gwm) // 16) * 4
     wmb = math.gcd(warps, dhp // 16)
-    return (dhp // wmb // 16) * (cols // (warps // wmb) // 16) * 4
+    k = 16 if plan.dtype in SIXTEEN_BIT else 8
+    return (dhp // wmb // 16) * (cols // (warps // wmb) // k) * 4

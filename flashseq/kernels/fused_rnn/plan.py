@@ -542,9 +542,12 @@ def backward_cuda_registers(plan: FusedRNNPlan) -> int:
     wmb = math.gcd(warps, DHP // 16)
     wkb = warps // wmb
     m_tiles, n_tiles = DHP // wmb // 16, plan.BB // 8
-    weights = m_tiles * _cdiv_int(G * plan.BH // wkb, 16) * 4
+    # column tiles of 16 (16-bit) or 8 (tf32 m16n8k8: one fp32 weight per register)
+    k = 16 if ELEMENT_BYTES.get(plan.dtype, 2) == 2 else 8
+    weights = m_tiles * _cdiv_int(G * plan.BH // wkb, k) * 4
     acc = m_tiles * n_tiles * 4
     elems = _cdiv_int(plan.BB * plan.BH, 32 * warps)
     pointwise = 3 * G + 2 * S + 20 + 8 * (elems - 1)
     total = weights + elems * (S + 1) + max(acc + 2 * n_tiles, pointwise) + BASE_REGISTERS
-    return REGISTER_GRANULE * _cdiv_int(total, REGISTER_GRANULE)
+    # (at most the hardware's 255: the tf32 plans of DH 768 reach it)
+    return min(255, REGISTER_GRANULE * _cdiv_int(total, REGISTER_GRANULE))

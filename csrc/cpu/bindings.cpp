@@ -6,6 +6,7 @@
 #include "big_alloc.h"
 #include "fused_rnn_cpu.h"
 #include "fused_rnn_extras.h"
+#include "pointwise_avx512.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 #include "weight_grad.h"
@@ -75,6 +76,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "for tests and benchmarks: allow (True, the default) or forbid the AVX-512 float32 step "
         "GEMM tile; returns the previous setting (always False where it is not built)",
+        py::arg("allowed"));
+  m.def("_set_fused_lstm",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::fused_lstm_allowed();
+          flashseq::cpu::fused_lstm_allowed() = allowed;
+          return old;
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid the no_grad LSTM forward "
+        "that fuses each step's GEMM and cell update; returns the previous setting",
         py::arg("allowed"));
   m.def("_uses_avx512_tile", &flashseq::cpu::use_avx512_tile,
         "whether float32 step GEMMs run the AVX-512 tile on this CPU now");

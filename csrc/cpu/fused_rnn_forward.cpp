@@ -1,7 +1,10 @@
 // Forward of the compiled CPU loop: per step one GEMM h_prev @ W, then one fused pointwise pass
-// over (head, batch, unit) applying the cell header. Layouts: fused_rnn_cpu.h.
+// over (head, batch, unit) applying the cell header. Layouts: fused_rnn_cpu.h. The float32 LSTM
+// with nothing saved (no_grad), no lengths and small enough panels instead runs GEMM and cell
+// update together per block of 16 units (fused_lstm_loop).
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <type_traits>
 
 #include "big_alloc.h"
@@ -41,6 +44,13 @@ int64_t& step_gemm_max_batch() {
   // larger batches.
   static int64_t max_batch = 128;
   return max_batch;
+}
+
+bool& fused_lstm_allowed() {
+  // Switch for tests and benchmarks (default true): false keeps the no_grad LSTM on the
+  // separate GEMM and pointwise passes.
+  static bool allowed = true;
+  return allowed;
 }
 
 std::vector<int64_t> live_rows(const int64_t* len, int64_t B, int64_t T) {
@@ -86,6 +96,100 @@ inline void prefetch_l2(const scalar_t* p, int64_t count, bool for_write = false
   }
 }
 
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+// r [4, NH, DH, DH] (r[g][n][d][e]: input unit d, output unit e) packed for
+// lstm_fused_block_avx512: [NH, blocks, DH, 64], block j's column g * 16 + u holding gate g of
+// unit 16 j + u, zero past DH.
+at::Tensor pack_lstm_gate_panels(const at::Tensor& r) {
+  const int64_t NH = r.size(1), DH = r.size(2), U = kLstmGatePanelUnits, P = kLstmGatePanelCols;
+  const int64_t blocks = (DH + U - 1) / U;
+  at::Tensor packed = empty_big({NH, blocks, DH, P}, r.options());
+  const float* src = r.data_ptr<float>();
+  float* out = packed.data_ptr<float>();
+  const int64_t sg = r.stride(0), sn = r.stride(1), sd = r.stride(2), se = r.stride(3);
+  at::parallel_for(0, NH * blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / blocks, u0 = (i % blocks) * U, units = std::min(U, DH - u0);
+      float* dst = out + i * DH * P;
+      for (int64_t col = 0; col < P; ++col) {
+        const int64_t g = col / U, u = col % U;
+        if (u >= units) {
+          for (int64_t d = 0; d < DH; ++d) dst[d * P + col] = 0.0f;
+          continue;
+        }
+        // d is the dense axis of r when it is a transposed view of weight_hh
+        const float* from = src + g * sg + n * sn + (u0 + u) * se;
+        for (int64_t d = 0; d < DH; ++d) dst[d * P + col] = from[d * sd];
+      }
+    }
+  });
+  return packed;
+}
+
+// Where the fused loop was measured faster (paired with the separate passes, 1 thread, Zen 5,
+// CPU time): a block's [DH, 64] panel must stay in L1 (48 KB) while every row tile of the step
+// reads it (H=128 B=16 T=512: 0.95; H=256 B=32: 0.98, at the edge), or the step be one row tile,
+// the panel read once (H=256 B=1: 0.92). Larger panels re-read from L2 per row tile lost to the
+// 8x48 tile (H=512 B=16: 1.07; H=1024 B=8: 1.16).
+bool fused_lstm_pays(int64_t B, int64_t DH) {
+  return B <= 6 || DH * kLstmGatePanelCols * static_cast<int64_t>(sizeof(float)) <= 40 * 1024;
+}
+
+// The no_grad LSTM forward with each step's GEMM and cell update fused per block of 16 units
+// (lstm_fused_block_avx512): one pass over the step instead of a GEMM writing [B, 4 DH] gates and
+// a pointwise pass reading them back, and one parallel region per step instead of two. Each step's
+// GEMM reads h_prev from the previous step's output h, so a block can write its new h while other
+// blocks still read the old one; c is updated in place (each block owns its units).
+void fused_lstm_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& bias,
+                     at::Tensor& carry, at::Tensor& h) {
+  const int64_t B = wx.size(0), T = wx.size(1), NH = wx.size(3), DH = wx.size(4);
+  const int64_t U = kLstmGatePanelUnits, blocks = (DH + U - 1) / U, state_stride = NH * B * DH;
+  const at::Tensor panels = pack_lstm_gate_panels(r);
+  const float* panel_p = panels.data_ptr<float>();
+  const float* wx_p = wx.data_ptr<float>();
+  const float* bias_p = bias.data_ptr<float>();  // [NH, 4*DH]
+  float* carry_p = carry.data_ptr<float>();      // [2, NH, B, DH]
+  float* h_p = h.data_ptr<float>();
+  const int64_t wx_sb = wx.stride(0), wx_st = wx.stride(1), h_sb = h.stride(0), h_st = h.stride(1);
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, B * DH * kLstmGatePanelCols));
+  for (int64_t t = 0; t < T; ++t) {
+    at::parallel_for(0, NH * blocks, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t n = i / blocks, u0 = (i % blocks) * U;
+        LstmFusedBlock a;
+        a.M = B;
+        a.K = DH;
+        a.units = std::min(U, DH - u0);
+        if (t == 0) {
+          a.A = carry_p + n * B * DH;
+          a.lda = DH;
+        } else {
+          a.A = h_p + (t - 1) * h_st + n * DH;
+          a.lda = h_sb;
+        }
+        a.panel = panel_p + i * DH * kLstmGatePanelCols;
+        a.wx = wx_p + t * wx_st + n * DH + u0;
+        a.wx_gate = NH * DH;
+        a.wx_row = wx_sb;
+        a.wx_next = t + 1 < T ? wx_st : 0;
+        a.bias = bias_p + n * 4 * DH + u0;
+        a.bias_gate = DH;
+        a.c = carry_p + state_stride + n * B * DH + u0;
+        a.c_row = DH;
+        a.h = h_p + t * h_st + n * DH + u0;
+        a.h_row = h_sb;
+        lstm_fused_block_avx512(a);
+      }
+    });
+  }
+  if (T > 0) {  // the last h into the carried states
+    for (int64_t n = 0; n < NH; ++n)
+      for (int64_t b = 0; b < B; ++b)
+        std::copy_n(h_p + b * h_sb + (T - 1) * h_st + n * DH, DH, carry_p + (n * B + b) * DH);
+  }
+}
+#endif
+
 template <typename Cell, typename scalar_t>
 void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& bias,
                   at::Tensor& carry, at::Tensor& rh, const int64_t* len, at::Tensor& h,
@@ -113,6 +217,15 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
   const int64_t grain = pointwise_grain(GDH);
   const std::vector<int64_t> live = live_rows(len, B, T);
   const bool avx512_rows = kHasAvx512Row<Cell, scalar_t> && use_avx512_tile();
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  if constexpr (std::is_same_v<Cell, cells::LstmCell> && std::is_same_v<scalar_t, float>) {
+    if (avx512_rows && fused_lstm_allowed() && !save && len == nullptr && use_step_gemm(B) &&
+        fused_lstm_pays(B, DH)) {
+      fused_lstm_loop(wx, r, bias, carry, h);
+      return;
+    }
+  }
+#endif
   // W [NH, DH, G*DH], W[n][d][g*DH + e] = r[g][n][d][e], in the form each GEMM wants, made on
   // the first step that needs it: panels for step_gemm, a dense copy for at::mm.
   at::Tensor W_panels, W;

@@ -220,12 +220,125 @@ void backward_row(const BackwardRow& a) {
   if (e < DH) backward_chunk<Cell>(a, e, Chunk1(DH - e));
 }
 
+// The cell update of rows r0 (and r0 + 1 when V is a pair) from their accumulated gates.
+template <typename V>
+struct FusedRows;
+template <>
+struct FusedRows<F16> {
+  static F16 load(const float* p, int64_t, __mmask16 m) { return F16(_mm512_maskz_loadu_ps(m, p)); }
+  static F16 pick(const __m512* acc, int) { return F16(acc[0]); }
+  static void store(float* p, int64_t, __mmask16 m, F16 v) { _mm512_mask_storeu_ps(p, m, v.v); }
+};
+template <>
+struct FusedRows<F16x2> {
+  // two rows `row` elements apart
+  static F16x2 load(const float* p, int64_t row, __mmask16 m) {
+    return {F16(_mm512_maskz_loadu_ps(m, p)), F16(_mm512_maskz_loadu_ps(m, p + row))};
+  }
+  static F16x2 pick(const __m512* acc, int g) { return {F16(acc[g]), F16(acc[4 + g])}; }
+  static void store(float* p, int64_t row, __mmask16 m, F16x2 v) {
+    _mm512_mask_storeu_ps(p, m, v.a.v);
+    _mm512_mask_storeu_ps(p + row, m, v.b.v);
+  }
+};
+
+// acc: the gates of the rows, [row][gate] (4 per row, the pair's second row 4 further).
+template <typename V>
+inline void fused_update(const LstmFusedBlock& a, int64_t m, const __m512* acc, __mmask16 mask) {
+  using R = FusedRows<V>;
+  V wx[4], rh[4], prev[2], next[2], saved[4];
+  const float* wx_m = a.wx + m * a.wx_row;
+  for (int g = 0; g < 4; ++g) {
+    if constexpr (std::is_same_v<V, F16>) {
+      rh[g] = F16(acc[g]);
+    } else {
+      rh[g] = F16x2(F16(acc[g]), F16(acc[4 + g]));
+    }
+    rh[g] = rh[g] + V(R::load(a.bias + g * a.bias_gate, 0, mask));
+    wx[g] = R::load(wx_m + g * a.wx_gate, a.wx_row, mask);
+    if (a.wx_next != 0) {  // this row's input of the next step, into L2 only
+      _mm_prefetch(reinterpret_cast<const char*>(wx_m + g * a.wx_gate + a.wx_next), _MM_HINT_T1);
+      if constexpr (!std::is_same_v<V, F16>) {
+        _mm_prefetch(reinterpret_cast<const char*>(wx_m + a.wx_row + g * a.wx_gate + a.wx_next),
+                     _MM_HINT_T1);
+      }
+    }
+  }
+  prev[0] = V(0.0f);  // h_prev enters only through the GEMM
+  prev[1] = R::load(a.c + m * a.c_row, a.c_row, mask);
+  cells::LstmCell::forward(wx, rh, prev, next, saved);
+  R::store(a.c + m * a.c_row, a.c_row, mask, next[1]);
+  R::store(a.h + m * a.h_row, a.h_row, mask, next[0]);
+}
+
+// kRows rows x 64 columns (the 4 gates of 16 units) in 4 kRows accumulators; 6 rows use 24 of
+// the 32 zmm registers, plus 4 panel vectors and a broadcast. Fewer rows spread consecutive k
+// over more accumulator sets to keep enough independent FMA chains.
+template <int kRows>
+inline void fused_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
+  constexpr int kSets = kRows == 1 ? 3 : (kRows == 2 ? 2 : 1);
+  constexpr int64_t P = kLstmGatePanelCols;
+  const int64_t K = a.K;
+  const float* A = a.A + m0 * a.lda;
+  __m512 acc[kSets][kRows][4];
+  for (int q = 0; q < kSets; ++q)
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < 4; ++v) acc[q][r][v] = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + kSets <= K; k += kSets) {
+    for (int q = 0; q < kSets; ++q) {
+      const float* row = a.panel + (k + q) * P;
+      __m512 b[4];
+      for (int v = 0; v < 4; ++v) b[v] = _mm512_loadu_ps(row + v * 16);
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 x = _mm512_set1_ps(A[r * a.lda + k + q]);
+        for (int v = 0; v < 4; ++v) acc[q][r][v] = _mm512_fmadd_ps(x, b[v], acc[q][r][v]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const float* row = a.panel + k * P;
+    __m512 b[4];
+    for (int v = 0; v < 4; ++v) b[v] = _mm512_loadu_ps(row + v * 16);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 x = _mm512_set1_ps(A[r * a.lda + k]);
+      for (int v = 0; v < 4; ++v) acc[0][r][v] = _mm512_fmadd_ps(x, b[v], acc[0][r][v]);
+    }
+  }
+  for (int q = 1; q < kSets; ++q)
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < 4; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[q][r][v]);
+  int r = 0;
+  for (; r + 2 <= kRows; r += 2) fused_update<F16x2>(a, m0 + r, &acc[0][r][0], mask);
+  if (r < kRows) fused_update<F16>(a, m0 + r, &acc[0][r][0], mask);
+}
+
 }  // namespace
 
 void lstm_backward_row_avx512(const BackwardRow& row) { backward_row<cells::LstmCell>(row); }
 void gru_backward_row_avx512(const BackwardRow& row) { backward_row<cells::GruCell>(row); }
 
 void lstm_forward_row_avx512(const PointwiseRow& row) { forward_row<cells::LstmCell>(row); }
+
+void lstm_fused_block_avx512(const LstmFusedBlock& a) {
+  const __mmask16 mask = lanes_below(a.units);
+  // Rows spread evenly over the fewest tiles of at most 6 (8 = 4 + 4, not 6 + 2): a tile of few
+  // rows loads 4 panel vectors per k for few FMAs.
+  const int64_t tiles = (a.M + 5) / 6;
+  int64_t m = 0;
+  for (int64_t j = 0; j < tiles; ++j) {
+    const int64_t rows = a.M / tiles + (j < a.M % tiles ? 1 : 0);
+    switch (rows) {
+      case 6: fused_tile<6>(a, m, mask); break;
+      case 5: fused_tile<5>(a, m, mask); break;
+      case 4: fused_tile<4>(a, m, mask); break;
+      case 3: fused_tile<3>(a, m, mask); break;
+      case 2: fused_tile<2>(a, m, mask); break;
+      default: fused_tile<1>(a, m, mask); break;
+    }
+    m += rows;
+  }
+}
 void gru_forward_row_avx512(const PointwiseRow& row) { forward_row<cells::GruCell>(row); }
 
 }  // namespace cpu

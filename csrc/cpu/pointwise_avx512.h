@@ -40,7 +40,36 @@ struct BackwardRow {
   float* drh;                  // gate g at drh + g * DH; null: d(rh) is d(wx), stored once
 };
 
+// One LSTM step of one head and one block of up to 16 units u0.., for all M live rows, with the
+// step's GEMM and the cell update fused (no [B, 4 DH] gate buffer written and read back): used by
+// the forward when nothing is saved (no_grad), float32, no lengths. The gate-interleaved panel
+// (pack_lstm_gate_panels) holds columns [i, f, g, o] x 16 units, so a register tile of a row is
+// exactly the four gates of its 16 units.
+// Switch for tests and benchmarks (default true; fused_rnn_forward.cpp).
+bool& fused_lstm_allowed();
+constexpr int64_t kLstmGatePanelUnits = 16;
+constexpr int64_t kLstmGatePanelCols = 4 * kLstmGatePanelUnits;
+
+struct LstmFusedBlock {
+  int64_t M;                // live rows (batch rows of the step)
+  int64_t K;                // DH: the length of h_prev
+  int64_t units;            // valid units of the block (<= 16)
+  const float* A;           // h_prev of row 0 of the head; row m at A + m * lda
+  int64_t lda;
+  const float* panel;       // [K, 64] gate-interleaved, zero past `units`
+  const float* wx;          // row 0, gate 0, unit u0 of the step; gate g + wx_gate, row m + wx_row
+  int64_t wx_gate, wx_row;
+  int64_t wx_next;          // offset of the next step's wx (prefetched into L2), 0: last step
+  const float* bias;        // gate g at bias + g * bias_gate
+  int64_t bias_gate;
+  float* c;                 // the running c of row m at c + m * c_row (in/out)
+  int64_t c_row;
+  float* h;                 // the step's output h of row m at h + m * h_row
+  int64_t h_row;
+};
+
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
+void lstm_fused_block_avx512(const LstmFusedBlock& block);
 void lstm_forward_row_avx512(const PointwiseRow& row);
 void gru_forward_row_avx512(const PointwiseRow& row);
 void lstm_backward_row_avx512(const BackwardRow& row);

@@ -103,8 +103,8 @@ def test_flashrnn_sized_model_work_stays_bounded():
 # equality-chain work the optimum took 297-1230 nodes and 18.7k-52.9k runs, a first point
 # 390-548 runs; before the bit-set queue (lowest propagator index first, not first in first out)
 # a first point took 265-421 runs; before divisibility by a product's own factor was settled when
-# flattened, 250-406 runs to a first point and 2,153-4,601 to an optimum. The bounds leave ~15% (a few nodes) of room: past them the
-# search got weaker.
+# flattened, 250-406 runs to a first point and 2,153-4,601 to an optimum. The bounds leave ~15%
+# (a few nodes) of room: past them the search got weaker.
 FLASHRNN_CLASS_WORK = {
     "B16-D768-H1": (dict(), 244736, (17, 358), (37, 3468)),
     "B64-D256-H3": (dict(batch=64, head_dim=256, heads=3), 243712, (16, 309), (46, 3449)),

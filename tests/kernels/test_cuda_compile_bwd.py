@@ -122,29 +122,36 @@ def test_backward_defines_are_the_forward_tiles():
 
 
 # ---- the forward's save mode (FLASHSEQ_FWD_SAVE=1, the training build) ----------------------
+SAVE_DTYPES = ("bfloat16", "float32")  # fp16 differs from bf16 only in the mma type
+
+
+def _save_cases():
+    return [(cell, dtype, dh, arch) for arch in TARGETS for cell in sorted(CELLS)
+            for dtype in SAVE_DTYPES for dh in HEAD_DIMS]
+
+
 def _save_params():
-    return [pytest.param(cell, dh, arch, id=f"{cell}-DH{dh}-{arch}")
-            for arch in TARGETS for cell in sorted(CELLS) for dh in HEAD_DIMS]
+    return [pytest.param(*c, id=f"{c[0]}-{c[1]}-DH{c[2]}-{c[3]}") for c in _save_cases()]
 
 
 @pytest.fixture(scope="module")
 def save_reports():
     def one(case):
-        cell, dh, arch = case
-        plan = _plan(cell, "bfloat16", dh, arch)
+        cell, dtype, dh, arch = case
+        plan = _plan(cell, dtype, dh, arch)
         return case, plan, cuda_compile.compile_forward(plan, arch, save=True)
 
-    cases = [(cell, dh, arch) for arch in TARGETS for cell in sorted(CELLS) for dh in HEAD_DIMS]
+    cases = _save_cases()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         return {case: (plan, rep) for case, plan, rep in pool.map(one, cases)}
 
 
-@pytest.mark.parametrize("cell, DH, arch", _save_params())
-def test_save_mode_forward_fits_the_forward_plan(save_reports, cell, DH, arch):
-    """The forward that also writes what the backward reads (bf16; fp16 differs only in the mma
-    type) keeps the inference build's budget: registers <= the plan, no spills, tensor cores and
-    no weight load in the step loop."""
-    plan, rep = save_reports[(cell, DH, arch)]
+@pytest.mark.parametrize("cell, dtype, DH, arch", _save_params())
+def test_save_mode_forward_fits_the_forward_plan(save_reports, cell, dtype, DH, arch):
+    """The forward that also writes what the backward reads (bf16, fp16 differing only in the
+    mma type, and fp32 on tf32) keeps the inference build's budget: registers <= the plan, no
+    spills, tensor cores and no weight load in the step loop."""
+    plan, rep = save_reports[(cell, dtype, DH, arch)]
     assert rep.defines["FLASHSEQ_FWD_SAVE"] == "1"
     assert 0 < rep.registers <= plan.registers_per_thread, rep
     assert sum(rep.tensor_ops_in_loop.values()) > 0 and rep.weight_loads_in_loop == 0, rep

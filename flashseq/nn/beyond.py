@@ -28,43 +28,14 @@ padded to its longest length, laid out as for a padded input (batch_first or not
 """
 from __future__ import annotations
 
-import numbers
-
 import torch
+
+from flashseq.kernels.fused_rnn.extras import check_regularisers  # noqa: F401 (the modules' check)
 
 from . import sequences
 from .errors import RNNInputError
 
 OFF = (0.0, 0.0, (0.0, 0.0))  # (dropconnect, variational_dropout, zoneout) that change nothing
-
-
-def check_probability(name: str, p, upper_closed: bool) -> float:
-    """``p`` as a float in [0, 1] (``upper_closed``) or [0, 1); TypeError / ValueError naming
-    ``name`` otherwise."""
-    if isinstance(p, bool) or not isinstance(p, numbers.Real):
-        raise TypeError(f"{name} must be a float probability; got {type(p).__name__} {p!r}")
-    p = float(p)
-    if not (0.0 <= p <= 1.0 if upper_closed else 0.0 <= p < 1.0):
-        allowed = "[0, 1]" if upper_closed else "[0, 1) (p = 1 would drop everything)"
-        raise ValueError(f"{name} must lie in {allowed}; got {p!r}")
-    return p
-
-
-def check_regularisers(kind: str, dropconnect, variational_dropout, zoneout, num_states: int):
-    """The constructor's three regularisers checked: ``(dropconnect, variational_dropout,
-    (p_h, p_c))`` as floats. ``num_states`` is the cell's state count (1: h only, so p_c must
-    be 0)."""
-    p_dc = check_probability("dropconnect", dropconnect, upper_closed=False)
-    p_var = check_probability("variational_dropout", variational_dropout, upper_closed=False)
-    if not isinstance(zoneout, (tuple, list)) or len(zoneout) != 2:
-        raise TypeError(f"zoneout must be a pair (p_h, p_c) of probabilities in [0, 1]; got "
-                        f"{type(zoneout).__name__} {zoneout!r}")
-    p_h = check_probability("zoneout[0] (p_h)", zoneout[0], upper_closed=True)
-    p_c = check_probability("zoneout[1] (p_c)", zoneout[1], upper_closed=True)
-    if p_c > 0 and num_states == 1:
-        raise ValueError(f"zoneout[1] (p_c) = {p_c} but {kind} has no cell state; use "
-                         "zoneout=(p_h, 0.0)")
-    return p_dc, p_var, (p_h, p_c)
 
 
 def regularisers(module) -> tuple:

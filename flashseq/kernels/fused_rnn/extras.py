@@ -43,15 +43,34 @@ class Extras:
     return_all_states: bool = False
 
 
-def _probability(name: str, p, upper_closed: bool) -> float:
+def check_probability(name: str, p, upper_closed: bool) -> float:
+    """``p`` as a float in [0, 1] (``upper_closed``) or [0, 1); TypeError / ValueError naming
+    ``name`` otherwise."""
     if isinstance(p, bool) or not isinstance(p, numbers.Real):
         raise TypeError(f"{name} must be a float probability; got {type(p).__name__} {p!r}")
     p = float(p)
-    ok = 0.0 <= p <= 1.0 if upper_closed else 0.0 <= p < 1.0
-    if not ok:
+    if not (0.0 <= p <= 1.0 if upper_closed else 0.0 <= p < 1.0):
         allowed = "[0, 1]" if upper_closed else "[0, 1) (p = 1 would drop everything)"
         raise ValueError(f"{name} must lie in {allowed}; got {p!r}")
     return p
+
+
+def check_regularisers(owner: str, dropconnect, variational_dropout, zoneout, num_states: int):
+    """The three regularisers checked: ``(dropconnect, variational_dropout, (p_h, p_c))`` as
+    floats. ``num_states`` is the cell's state count (1: h only, so p_c must be 0); ``owner``
+    names the cell or module in that error. Shared by ``fused_rnn`` and the nn modules'
+    constructors so both accept and reject the same values."""
+    p_dc = check_probability("dropconnect", dropconnect, upper_closed=False)
+    p_var = check_probability("variational_dropout", variational_dropout, upper_closed=False)
+    if not isinstance(zoneout, (tuple, list)) or len(zoneout) != 2:
+        raise TypeError(f"zoneout must be a pair (p_h, p_c) of probabilities in [0, 1]; got "
+                        f"{type(zoneout).__name__} {zoneout!r}")
+    p_h = check_probability("zoneout[0] (p_h)", zoneout[0], upper_closed=True)
+    p_c = check_probability("zoneout[1] (p_c)", zoneout[1], upper_closed=True)
+    if p_c > 0 and num_states == 1:
+        raise ValueError(f"zoneout[1] (p_c) = {p_c} but {owner} has no state besides h; use "
+                         "zoneout=(p_h, 0.0)")
+    return p_dc, p_var, (p_h, p_c)
 
 
 def validate_extras(wx, cell, *, dropconnect, variational_dropout, zoneout, generator, reset,
@@ -63,16 +82,9 @@ def validate_extras(wx, cell, *, dropconnect, variational_dropout, zoneout, gene
     ``TypeError``/``ValueError`` naming the argument.
     """
     B, T = wx.shape[:2]
-    p_dc = _probability("dropconnect", dropconnect, upper_closed=False)
-    p_var = _probability("variational_dropout", variational_dropout, upper_closed=False)
-    if not isinstance(zoneout, (tuple, list)) or len(zoneout) != 2:
-        raise TypeError(f"zoneout must be a pair (p_h, p_c) of probabilities in [0, 1]; got "
-                        f"{type(zoneout).__name__} {zoneout!r}")
-    p_zh = _probability("zoneout[0] (p_h)", zoneout[0], upper_closed=True)
-    p_zc = _probability("zoneout[1] (p_c)", zoneout[1], upper_closed=True)
-    if p_zc > 0 and cell.num_states == 1:
-        raise ValueError(f"zoneout[1] (p_c) = {p_zc} but cell {cell.name!r} has no state besides "
-                         f"h (states {cell.state_names}); use zoneout=(p_h, 0.0)")
+    p_dc, p_var, (p_zh, p_zc) = check_regularisers(
+        f"cell {cell.name!r} (states {cell.state_names})", dropconnect, variational_dropout,
+        zoneout, cell.num_states)
     if generator is not None:
         if not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None; got "

@@ -61,11 +61,8 @@ def compile_cubin(kernel, sig: dict, constexprs: dict, arch: int, num_warps: int
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
 
 
-def resource_usage(cubin: bytes) -> dict:
-    """n_regs (registers per thread), local_bytes (spills land there) and stack_bytes of a
-    cubin."""
-    # read with the cuobjdump triton ships; triton's own metadata has no register count until
-    # the kernel is loaded on a device
+def _cuobjdump(cubin: bytes, flag: str) -> str:
+    """stdout of the cuobjdump Triton ships, run with ``flag`` on ``cubin`` (via a temp file)."""
     import triton
 
     cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
@@ -74,8 +71,15 @@ def resource_usage(cubin: bytes) -> dict:
         path = os.path.join(tmp, "k.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
-        out = subprocess.run([cuobjdump, "--dump-resource-usage", path], capture_output=True,
-                             text=True, check=True).stdout
+        return subprocess.run([cuobjdump, flag, path], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """n_regs (registers per thread), local_bytes (spills land there) and stack_bytes of a
+    cubin."""
+    # triton's own metadata has no register count until the kernel is loaded on a device
+    out = _cuobjdump(cubin, "--dump-resource-usage")
     fields = dict(re.findall(r"(REG|STACK|LOCAL|SHARED):(\d+)", out))
     return {"n_regs": int(fields["REG"]), "local_bytes": int(fields["LOCAL"]),
             "stack_bytes": int(fields["STACK"])}
@@ -145,16 +149,7 @@ def sass_step_loop(sass: str) -> dict:
 
 def cubin_sass(cubin: bytes) -> str:
     """``cuobjdump -sass`` of a cubin, with the cuobjdump Triton ships."""
-    import triton
-
-    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
-                             "cuobjdump")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "k.cubin")
-        with open(path, "wb") as f:
-            f.write(cubin)
-        return subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True,
-                              check=True).stdout
+    return _cuobjdump(cubin, "-sass")
 
 
 _PTX_REG = re.compile(r"%[A-Za-z_][\w.]*")

@@ -15,6 +15,19 @@ from tests.kernels.plstm_cases import grid_problem, line_problem
 NAMES = ("q", "k", "v", "source", "transition", "mark", "direct")
 
 
+def _check_merges_agree(form, p, seed, **kw):
+    """``form`` (plstm_1d_chunked or plstm_2d_tiled) on problem ``p`` gives the same output and
+    gradients (output gradient drawn from ``seed``) with merge="tree" as with "sequential"."""
+    args = [p[n] for n in NAMES]
+    tree = form(*args, scale=0.4, merge="tree", **kw)
+    seq = form(*args, scale=0.4, merge="sequential", **kw)
+    assert_close("o", tree, seq, 1e-10)
+    do = torch.randn(seq.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    for name, a, b in zip(NAMES, torch.autograd.grad(tree, args, do),
+                          torch.autograd.grad(seq, args, do)):
+        assert_close(f"d{name}", a, b, 1e-10)
+
+
 @pytest.mark.parametrize("NC", [1, 2, 3, 5, 13, 16], ids=lambda n: f"NC{n}")
 def test_tree_scan_equals_sequential(NC):
     g = torch.Generator().manual_seed(NC)
@@ -33,15 +46,7 @@ def test_tree_scan_equals_sequential(NC):
 @pytest.mark.parametrize("T,chunk", [(1, 4), (37, 4), (77, 16), (63, 8)], ids=str)
 def test_chunked_tree_merge_equals_sequential_merge(T, chunk):
     p = line_problem(2, T, 2, 5, 3, seed=T)
-    args = [p[n] for n in NAMES]
-    tree = plstm_1d_chunked(*args, scale=0.4, chunk=chunk, merge="tree")
-    seq = plstm_1d_chunked(*args, scale=0.4, chunk=chunk, merge="sequential")
-    assert_close("o", tree, seq, 1e-10)
-    do = torch.randn(seq.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    g_tree = torch.autograd.grad(tree, args, do)
-    g_seq = torch.autograd.grad(seq, args, do)
-    for name, a, b in zip(NAMES, g_tree, g_seq):
-        assert_close(f"d{name}", a, b, 1e-10)
+    _check_merges_agree(plstm_1d_chunked, p, seed=1, chunk=chunk)
 
 
 def test_plstm_1d_torch_form_merges_with_the_tree(monkeypatch):
@@ -73,14 +78,7 @@ def test_tile_chain_tree_equals_sequential(n):
 @pytest.mark.parametrize("X,Y,tile", [(5, 7, (2, 2)), (3, 11, (2, 2)), (6, 9, (4, 2))], ids=str)
 def test_tiled_tree_merge_equals_sequential_merge(X, Y, tile):
     p = grid_problem(1, X, Y, 2, 3, 4, seed=X * Y)
-    args = [p[n] for n in NAMES]
-    tree = plstm_2d_tiled(*args, scale=0.4, tile=tile, merge="tree")
-    seq = plstm_2d_tiled(*args, scale=0.4, tile=tile, merge="sequential")
-    assert_close("o", tree, seq, 1e-10)
-    do = torch.randn(seq.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    for name, a, b in zip(NAMES, torch.autograd.grad(tree, args, do),
-                          torch.autograd.grad(seq, args, do)):
-        assert_close(f"d{name}", a, b, 1e-10)
+    _check_merges_agree(plstm_2d_tiled, p, seed=2, tile=tile)
 
 
 def test_plstm_2d_torch_form_merges_tile_rows_with_the_tree(monkeypatch):

@@ -36,12 +36,9 @@ def _problem(T, seed, zero_at=None):
     return p
 
 
-@needs_triton
-@pytest.mark.parametrize("T,chunk,zero_at", [(37, 16, None), (64, 32, None), (9, 16, None),
-                                             (37, 16, 5),
-                                             (9, 16, 3)], ids=str)
-def test_triton_forward_and_gradients_equal_dag(T, chunk, zero_at):
-    p64 = _problem(T, seed=T, zero_at=zero_at)
+def _check_triton_equals_dag(p64, chunk):
+    """The Triton plstm_1d on float32 copies of ``p64`` against float64 DAG propagation:
+    output and every input's gradient within 1e-5."""
     p32 = {n: t.detach().float().to(DEVICE).requires_grad_() for n, t in p64.items()}
     out = plstm_1d(*(p32[n] for n in NAMES), chunk=chunk, backend="triton")
     args, kw = line_as_dag(p64)
@@ -53,20 +50,22 @@ def test_triton_forward_and_gradients_equal_dag(T, chunk, zero_at):
 
 
 @needs_triton
+@pytest.mark.parametrize("T,chunk,zero_at", [(37, 16, None), (64, 32, None), (9, 16, None),
+                                             (37, 16, 5),
+                                             (9, 16, 3)], ids=str)
+def test_triton_forward_and_gradients_equal_dag(T, chunk, zero_at):
+    p64 = _problem(T, seed=T, zero_at=zero_at)
+    _check_triton_equals_dag(p64, chunk)
+
+
+@needs_triton
 def test_triton_several_key_and_value_blocks():
     # K = 40, V = 36: the backward walks K in 16-row steps and both kernels split V into blocks
     # of 16 (the last ones partial), whose partial dq, dk and gate gradients the host sums
     p64 = line_problem(1, 37, 2, 40, 36, seed=4)
     with torch.no_grad():
         p64["transition"].copy_(torch.tanh(2 * p64["transition"]))
-    p32 = {n: t.detach().float().to(DEVICE).requires_grad_() for n, t in p64.items()}
-    out = plstm_1d(*(p32[n] for n in NAMES), chunk=16, backend="triton")
-    args, kw = line_as_dag(p64)
-    ref = plstm_dag(*args, **kw)
-    assert_close("o", out, ref, 1e-5)
-    grads = _grads(out, [p32[n] for n in NAMES])
-    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
-        assert_close(f"d{name}", g, g_ref, 1e-5)
+    _check_triton_equals_dag(p64, 16)
 
 
 @needs_triton

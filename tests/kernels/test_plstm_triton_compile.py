@@ -29,17 +29,23 @@ DTYPES = ("bfloat16", "float32")
 pytest.importorskip("triton")
 
 
-@pytest.fixture(scope="module")
-def reports():
-    args = []
+def _compile_all(args):
+    """triton_compile's reports for ``args`` at every DIMS, ARCHS and DTYPES (one subprocess per
+    dtype)."""
     for dim in DIMS:
-        args += ["--dim", str(dim)]
+        args = args + ["--dim", str(dim)]
     for arch in ARCHS:
-        args += ["--arch", str(arch)]
+        args = args + ["--arch", str(arch)]
     reps = []
     for dtype in DTYPES:
         reps += compile_reports("flashseq.kernels.plstm.triton_compile", args + ["--dtype", dtype],
                                 timeout=1800)
+    return reps
+
+
+@pytest.fixture(scope="module")
+def reports():
+    reps = _compile_all([])
     for rep in reps:
         print(f"{rep['kernel']} K=V={rep['dim']} sm_{rep['arch']} BX={rep['BX']} BY={rep['BY']} "
               f"BV={rep.get('BV')} warps={rep['num_warps']} {rep['PREC']} | regs {rep['n_regs']} "
@@ -123,15 +129,7 @@ def _print_1d(reps):
 
 @pytest.fixture(scope="module")
 def reports_1d():
-    args = ["--family", "1d"]
-    for dim in DIMS:
-        args += ["--dim", str(dim)]
-    for arch in ARCHS:
-        args += ["--arch", str(arch)]
-    reps = []
-    for dtype in DTYPES:
-        reps += compile_reports("flashseq.kernels.plstm.triton_compile", args + ["--dtype", dtype],
-                                timeout=1800)
+    reps = _compile_all(["--family", "1d"])
     _print_1d(reps)
     return {(rep["kernel"], rep["dim"], rep["arch"], rep["dtype"]): rep for rep in reps}
 

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from flashseq.kernels.plstm import grid_dag, grid_gates_to_dag, line_dag, line_gates_to_dag
+from flashseq.kernels.plstm import (grid_dag, grid_gates_to_dag, line_dag, line_gates_to_dag,
+                                    plstm_1d, plstm_dag)
+from tests.helpers import assert_close
+
+NAMES = ("q", "k", "v", "source", "transition", "mark", "direct")
 
 
 def line_problem(B, T, H, K, V, dtype=torch.float64, seed=0):
@@ -49,3 +53,24 @@ def grid_as_dag(p):
 
     return ((flat(p["q"]), flat(p["k"]), flat(p["v"]), src, tr, mrk, flat(p["direct"])),
             dict(edges=edges, transition_edges=pairs))
+
+
+def check_1d_float32_against_dag(p64, grad_seed, device="cpu", **kw):
+    """``plstm_1d(..., **kw)`` on float32 copies of ``p64`` (``line_problem``, float64) on
+    ``device`` against float64 DAG propagation: the output and every input's gradient (output
+    gradient drawn from ``grad_seed``) within 1e-5."""
+    p32 = {n: t.detach().float().to(device).requires_grad_() for n, t in p64.items()}
+    out = plstm_1d(*(p32[n] for n in NAMES), **kw)
+    args, dag_kw = line_as_dag(p64)
+    ref = plstm_dag(*args, **dag_kw)
+    assert_close("o", out, ref, 1e-5)
+
+    def grads(o, inputs):
+        do = torch.randn(o.shape, generator=torch.Generator().manual_seed(grad_seed),
+                         dtype=torch.float64)
+        return torch.autograd.grad(o, inputs, do.to(o.device, o.dtype), allow_unused=True,
+                                   materialize_grads=True)
+
+    for name, g, g_ref in zip(NAMES, grads(out, [p32[n] for n in NAMES]),
+                              grads(ref, [p64[n] for n in NAMES])):
+        assert_close(f"d{name}", g, g_ref, 1e-5)

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 import flashseq
 from flashseq.kernels.plstm import d_mode_2d, p_mode_2d, plstm_1d, plstm_2d, plstm_dag
 from tests.helpers import assert_close
-from tests.kernels.plstm_cases import grid_as_dag, grid_problem, line_as_dag, line_problem
+from tests.kernels.plstm_cases import (check_1d_float32_against_dag, grid_as_dag, grid_problem,
+                                      line_as_dag, line_problem)
 
 NAMES = ("q", "k", "v", "source", "transition", "mark", "direct")
 
@@ -36,15 +37,7 @@ def test_1d_equals_dag_float64(T, chunk):
 
 
 def test_1d_float32_vs_float64_dag():
-    p64 = line_problem(2, 29, 2, 8, 8)
-    p32 = {n: t.detach().float().requires_grad_() for n, t in p64.items()}
-    out = plstm_1d(*(p32[n] for n in NAMES), chunk=8)
-    args, kw = line_as_dag(p64)
-    ref = plstm_dag(*args, **kw)
-    assert_close("o", out, ref, 1e-5)
-    grads = _grads(out, [p32[n] for n in NAMES])
-    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
-        assert_close(f"d{name}", g, g_ref, 1e-5)
+    check_1d_float32_against_dag(line_problem(2, 29, 2, 8, 8), 1, chunk=8)
 
 
 @pytest.mark.parametrize("X,Y,tile", [(5, 7, (4, 4)), (5, 7, (2, 4)), (6, 4, None), (1, 5, (2, 2)),

@@ -10,21 +10,15 @@ import torch
 import torch.nn.functional as F
 
 import flashseq
-from flashseq.kernels.plstm import plstm_1d, plstm_dag
+from flashseq.kernels.plstm import plstm_1d
 from tests.helpers import assert_close
-from tests.kernels.plstm_cases import line_as_dag, line_problem
+from tests.kernels.plstm_cases import check_1d_float32_against_dag, line_problem
 
 NAMES = ("q", "k", "v", "source", "transition", "mark", "direct")
 needs_triton = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
     reason="needs CUDA or TRITON_INTERPRET=1 (tests/conftest.py sets it without CUDA)")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _grads(out, inputs):
-    do = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
-    return torch.autograd.grad(out, inputs, do.to(out.device, out.dtype), allow_unused=True,
-                               materialize_grads=True)
 
 
 def _problem(T, seed, zero_at=None):
@@ -36,26 +30,13 @@ def _problem(T, seed, zero_at=None):
     return p
 
 
-def _check_triton_equals_dag(p64, chunk):
-    """The Triton plstm_1d on float32 copies of ``p64`` against float64 DAG propagation:
-    output and every input's gradient within 1e-5."""
-    p32 = {n: t.detach().float().to(DEVICE).requires_grad_() for n, t in p64.items()}
-    out = plstm_1d(*(p32[n] for n in NAMES), chunk=chunk, backend="triton")
-    args, kw = line_as_dag(p64)
-    ref = plstm_dag(*args, **kw)
-    assert_close("o", out, ref, 1e-5)
-    grads = _grads(out, [p32[n] for n in NAMES])
-    for name, g, g_ref in zip(NAMES, grads, _grads(ref, [p64[n] for n in NAMES])):
-        assert_close(f"d{name}", g, g_ref, 1e-5)
-
-
 @needs_triton
 @pytest.mark.parametrize("T,chunk,zero_at", [(37, 16, None), (64, 32, None), (9, 16, None),
                                              (37, 16, 5),
                                              (9, 16, 3)], ids=str)
 def test_triton_forward_and_gradients_equal_dag(T, chunk, zero_at):
     p64 = _problem(T, seed=T, zero_at=zero_at)
-    _check_triton_equals_dag(p64, chunk)
+    check_1d_float32_against_dag(p64, 9, DEVICE, chunk=chunk, backend="triton")
 
 
 @needs_triton
@@ -65,7 +46,7 @@ def test_triton_several_key_and_value_blocks():
     p64 = line_problem(1, 37, 2, 40, 36, seed=4)
     with torch.no_grad():
         p64["transition"].copy_(torch.tanh(2 * p64["transition"]))
-    _check_triton_equals_dag(p64, 16)
+    check_1d_float32_against_dag(p64, 9, DEVICE, chunk=16, backend="triton")
 
 
 @needs_triton

@@ -99,6 +99,14 @@ def _plan(cell, batch, heads, head_dim, dtype, device):
     return plan_fused_rnn(cell, batch, heads, head_dim, dtype, hardware.detect(device), backend="cuda")
 
 
+def gencode_flag(arch: str) -> str:
+    """nvcc's -gencode flag for ``arch`` ("sm_80", "sm_90a", ...); sm_90a needs its own
+    compute_90a virtual arch for wgmma and cluster instructions."""
+    if arch == "sm_90a":
+        return "-gencode=arch=compute_90a,code=sm_90a"
+    return f"-gencode=arch=compute_{arch[3:]},code={arch}"
+
+
 def extension_spec(plan, arch: str, kind: str = "forward") -> _jit.ExtensionSpec:
     """The extension of one plan's instantiation for ``arch`` ("sm_80", "sm_90a", ...): kind
     "forward" (inference), "forward_save" (the forward that saves what the backward reads) or
@@ -112,8 +120,7 @@ def extension_spec(plan, arch: str, kind: str = "forward") -> _jit.ExtensionSpec
         raise ValueError(f"kind must be 'forward', 'forward_save' or 'backward'; got {kind!r}")
     defines = forward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a",
                               gmma=uses_wgmma(arch, plan), save=kind == "forward_save")
-    gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
-               else f"-gencode=arch=compute_{arch[3:]},code={arch}")
+    gencode = gencode_flag(arch)
     sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda.cpp"),
                str(_jit.CSRC_DIR / "fused" / "fused_rnn_fwd.cu"))
     depends = tuple(str(p) for p in forward_sources() if str(p) not in sources)

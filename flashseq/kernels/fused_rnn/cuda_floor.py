@@ -27,8 +27,7 @@ def floor_extension_spec(arch: str, cluster: bool) -> _jit.ExtensionSpec:
 
     if cluster and arch < "sm_90":
         raise ValueError(f"a cluster barrier needs sm_90 or newer; got arch {arch!r}")
-    gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
-               else f"-gencode=arch=compute_{arch[3:]},code={arch}")
+    gencode = cuda.gencode_flag(arch)
     sources = (str(_jit.CSRC_DIR / "bindings" / "barrier_floor_cuda.cpp"),
                str(_jit.CSRC_DIR / "fused" / "barrier_floor.cu"))
     depends = tuple(str(p) for p in floor_sources() if str(p) not in sources)

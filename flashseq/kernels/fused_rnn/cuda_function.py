@@ -26,8 +26,7 @@ def backward_extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
 
     defines = backward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a",
                                gmma=uses_wgmma(arch, plan))
-    gencode = ("-gencode=arch=compute_90a,code=sm_90a" if arch == "sm_90a"
-               else f"-gencode=arch=compute_{arch[3:]},code={arch}")
+    gencode = cuda.gencode_flag(arch)
     sources = (str(_jit.CSRC_DIR / "bindings" / "fused_rnn_cuda_bwd.cpp"),
                str(_jit.CSRC_DIR / "fused" / "fused_rnn_bwd.cu"))
     depends = tuple(str(p) for p in backward_sources() if str(p) not in sources)

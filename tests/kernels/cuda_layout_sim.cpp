@@ -22,47 +22,10 @@
 #include <vector>
 
 #include "../../csrc/fused/layout.h"
+#include "cuda_layout_sim_common.h"
 
 using flashseq::fused::RowCol;
 using flashseq::fused::Tiling;
-
-namespace {
-
-int failures = 0;
-
-void fail(const char* what, long long index, int count) {
-  if (failures++ < 10) std::fprintf(stderr, "%s: element %lld written %d times\n", what, index, count);
-}
-
-void expect_once(const char* what, const std::vector<int>& counts) {
-  for (size_t i = 0; i < counts.size(); ++i)
-    if (counts[i] != 1) fail(what, static_cast<long long>(i), counts[i]);
-}
-
-template <typename T>
-void read(FILE* f, T* dst, size_t n) {
-  if (std::fread(dst, sizeof(T), n, f) != n) {
-    std::fprintf(stderr, "short input\n");
-    std::exit(2);
-  }
-}
-
-// wgmma's B operand (K x N, K-major, 16-bit elements) as the tensor core reads it from shared
-// memory (PTX ISA, "Matrix Descriptor Format" and the canonical K-major layout without
-// swizzling): the descriptor holds start address >> 4 (bits 0-13), the leading dimension byte
-// offset >> 4 (16-29: between core matrices adjacent in K), the stride dimension byte offset >> 4
-// (32-45: between core matrices adjacent in N), base offset (49-51) and swizzle mode (62-63).
-// A core matrix is 8 rows (n) of 16 contiguous bytes (8 k), the rows 16 bytes apart.
-// Returns the byte address of element (k, n), or -1 for a descriptor this model does not cover.
-long long wgmma_b_address(unsigned long long desc, int k, int n) {
-  const long long start = static_cast<long long>(desc & 0x3FFF) << 4;
-  const long long lbo = static_cast<long long>((desc >> 16) & 0x3FFF) << 4;
-  const long long sbo = static_cast<long long>((desc >> 32) & 0x3FFF) << 4;
-  if (((desc >> 49) & 7) != 0 || (desc >> 62) != 0) return -1;  // base offset, swizzling
-  return start + (n / 8) * sbo + (k / 8) * lbo + (n % 8) * 16 + (k % 8) * 2;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 3) return 2;

@@ -28,49 +28,13 @@
 #include <vector>
 
 #include "../../csrc/fused/layout_bwd.h"
+#include "cuda_layout_sim_common.h"
 
 using flashseq::fused::BatchUnit;
 using flashseq::fused::BwdTiling;
 using flashseq::fused::GateUnit;
 using flashseq::fused::RowCol;
 using flashseq::fused::Tiling;
-
-namespace {
-
-int failures = 0;
-
-void fail(const char* what, long long index, int count) {
-  if (failures++ < 10) std::fprintf(stderr, "%s: element %lld written %d times\n", what, index, count);
-}
-
-void expect_once(const char* what, const std::vector<int>& counts) {
-  for (size_t i = 0; i < counts.size(); ++i)
-    if (counts[i] != 1) fail(what, static_cast<long long>(i), counts[i]);
-}
-
-template <typename T>
-void read(FILE* f, T* dst, size_t n) {
-  if (std::fread(dst, sizeof(T), n, f) != n) {
-    std::fprintf(stderr, "short input\n");
-    std::exit(2);
-  }
-}
-
-// wgmma's B operand (K x N, K-major, 16-bit elements) as the tensor core reads it from shared
-// memory (PTX ISA, "Matrix Descriptor Format", canonical K-major layout without swizzling):
-// start address >> 4 in bits 0-13, leading dimension byte offset >> 4 in 16-29 (between core
-// matrices adjacent in K), stride dimension byte offset >> 4 in 32-45 (adjacent in N), base
-// offset in 49-51, swizzle mode in 62-63. A core matrix: 8 rows (n) of 16 contiguous bytes (8
-// k). Byte address of element (k, n); -1 for a descriptor this model does not cover.
-long long wgmma_b_address(unsigned long long desc, int k, int n) {
-  if (((desc >> 49) & 7) != 0 || (desc >> 62) != 0) return -1;
-  const long long start = static_cast<long long>(desc & 0x3FFF) * 16;
-  const long long lead = static_cast<long long>((desc >> 16) & 0x3FFF) * 16;
-  const long long stride = static_cast<long long>((desc >> 32) & 0x3FFF) * 16;
-  return start + (k / 8) * lead + (n / 8) * stride + (n % 8) * 16 + (k % 8) * 2;
-}
-
-}  // namespace
 
 int main(int argc, char** argv) {
   if (argc != 3) return 2;

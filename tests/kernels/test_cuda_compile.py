@@ -22,27 +22,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from flashseq.cells import CELLS
 from flashseq.kernels.fused_rnn import cuda_build, cuda_compile
 from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+from tests.kernels.cuda_test_helpers import TARGETS, compile_cases
 
 pytestmark = [pytest.mark.nvcc,
               pytest.mark.skipif(cuda_build.find_tool("cuobjdump") is None,
                                  reason="needs cuobjdump (CUDA toolkit or Triton's copy)")]
 
-HEAD_DIMS = (64, 256, 768)
-DTYPES = ("bfloat16", "float16", "float32")
-TARGETS = {"sm_80": "a100", "sm_90a": "h100"}
-
-
-def _cases():
-    return [(cell, dtype, dh, arch) for arch in TARGETS for cell in sorted(CELLS)
-            for dtype in DTYPES for dh in HEAD_DIMS]
-
-
 def _params():
     return [pytest.param(cell, dtype, dh, arch, id=f"{cell}-{dtype}-DH{dh}-{arch}")
-            for cell, dtype, dh, arch in _cases()]
+            for cell, dtype, dh, arch in compile_cases()]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +46,7 @@ def reports():
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        done = list(pool.map(one, _cases()))
+        done = list(pool.map(one, compile_cases()))
     print(f"\ncompiled {len(done)} kernels in {time.monotonic() - start:.1f} s (cached cubins "
           "compile nothing)")
     out = {}

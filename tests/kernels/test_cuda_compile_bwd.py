@@ -22,20 +22,11 @@ import pytest
 from flashseq.cells import CELLS
 from flashseq.kernels.fused_rnn import cuda_build, cuda_compile
 from flashseq.kernels.fused_rnn.plan import backward_cuda_registers, plan_fused_rnn
+from tests.kernels.cuda_test_helpers import HEAD_DIMS, TARGETS, compile_cases
 
 pytestmark = [pytest.mark.nvcc,
               pytest.mark.skipif(cuda_build.find_tool("cuobjdump") is None,
                                  reason="needs cuobjdump (CUDA toolkit or Triton's copy)")]
-
-HEAD_DIMS = (64, 256, 768)
-DTYPES = ("bfloat16", "float16", "float32")
-TARGETS = {"sm_80": "a100", "sm_90a": "h100"}
-
-
-def _cases():
-    return [(cell, dtype, dh, arch) for arch in TARGETS for cell in sorted(CELLS)
-            for dtype in DTYPES for dh in HEAD_DIMS]
-
 
 def _plan(cell, dtype, dh, arch):
     return plan_fused_rnn(cell, 16, 1, dh, cuda_compile.plan_dtype(dtype), TARGETS[arch], backend="cuda")
@@ -50,7 +41,7 @@ def reports():
 
     start = time.monotonic()
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        done = list(pool.map(one, _cases()))
+        done = list(pool.map(one, compile_cases()))
     print(f"\ncompiled {len(done)} backward kernels in {time.monotonic() - start:.1f} s")
     out = {}
     for case, plan, rep in done:
@@ -64,7 +55,7 @@ def reports():
     return out
 
 
-_PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[1]}-DH{c[2]}-{c[3]}") for c in _cases()]
+_PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[1]}-DH{c[2]}-{c[3]}") for c in compile_cases()]
 
 
 @pytest.mark.parametrize("cell, dtype, DH, arch", _PARAMS)
@@ -97,7 +88,7 @@ def test_backward_no_spills_at_its_register_budget(reports, cell, dtype, DH, arc
 def test_backward_wgmma_serves_every_h100_plan():
     """Not vacuous: every 16-bit sm_90a plan of the list takes the wgmma path (fp32 stays on
     tf32 mma.sync, as in the forward)."""
-    for cell, dtype, dh, arch in _cases():
+    for cell, dtype, dh, arch in compile_cases():
         if arch == "sm_90a":
             assert cuda_compile.uses_wgmma(arch, _plan(cell, dtype, dh, arch)) == (dtype != "float32")
 
@@ -105,7 +96,7 @@ def test_backward_wgmma_serves_every_h100_plan():
 def test_backward_register_model_is_at_least_the_weight_fragments():
     """The prediction is a budget a kernel can miss: it never exceeds the hardware's 255 and
     never drops below the weight fragments plus the base registers."""
-    for case in _cases():
+    for case in compile_cases():
         plan = _plan(*case)
         assert cuda_compile.expected_backward_weight_loads(plan, case[3]) + 24 <= \
             backward_cuda_registers(plan) <= 255

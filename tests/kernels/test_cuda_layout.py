@@ -15,7 +15,6 @@ addresses the PTX ISA gives for the matrix descriptor layout.h encodes (the simu
 it: start address, leading and stride byte offsets, canonical K-major layout without
 swizzling), D spread over the warpgroup's threads by the ISA's table below.
 """
-import pathlib
 import shutil
 import subprocess
 import sys
@@ -24,11 +23,12 @@ import pytest
 import torch
 
 from flashseq.cells import CELLS
-from flashseq.kernels.fused_rnn import cuda_build, cuda_compile
+from flashseq.kernels.fused_rnn import cuda_compile
 from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+from tests.kernels.cuda_test_helpers import ROOT, build_layout_sim
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
-SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim.cpp", ROOT / "csrc" / "fused" / "layout.h")
+SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim.cpp",
+               ROOT / "tests" / "kernels" / "cuda_layout_sim_common.h", ROOT / "csrc" / "fused" / "layout.h")
 HEAD_DIMS = (64, 256, 768)
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the host simulation")
@@ -94,15 +94,7 @@ def test_ptx_tables_cover_each_operand_once():
 
 @pytest.fixture(scope="module")
 def sim_binary():
-    gxx = cuda_build.find_tool("g++")
-
-    def build(dst):
-        cuda_build.run_tool([gxx, "-O2", "-std=c++17", "-Wall", "-Werror", "-o", str(dst),
-                             str(SIM_SOURCES[0])])
-        return {}
-
-    path, _ = cuda_build.cached_build("cuda_layout_sim", SIM_SOURCES, ["g++ -O2"], build, "")
-    return path
+    return build_layout_sim("cuda_layout_sim", SIM_SOURCES)
 
 
 def _tiling(plan, gmma=0):

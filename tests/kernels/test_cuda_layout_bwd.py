@@ -23,10 +23,11 @@ import sys
 import pytest
 import torch
 
-from flashseq.kernels.fused_rnn import cuda_build
-from tests.kernels.test_cuda_layout import ROOT, _plans, _ptx_tables, _wgmma_tables
+from tests.kernels.cuda_test_helpers import ROOT, build_layout_sim
+from tests.kernels.test_cuda_layout import _plans, _ptx_tables, _wgmma_tables
 
 SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim_bwd.cpp",
+               ROOT / "tests" / "kernels" / "cuda_layout_sim_common.h",
                ROOT / "csrc" / "fused" / "layout_bwd.h", ROOT / "csrc" / "fused" / "layout.h")
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ to build the host simulation")
@@ -34,15 +35,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="needs g++ t
 
 @pytest.fixture(scope="module")
 def sim_binary():
-    gxx = cuda_build.find_tool("g++")
-
-    def build(dst):
-        cuda_build.run_tool([gxx, "-O2", "-std=c++17", "-Wall", "-Werror", "-o", str(dst),
-                             str(SIM_SOURCES[0])])
-        return {}
-
-    path, _ = cuda_build.cached_build("cuda_layout_sim_bwd", SIM_SOURCES, ["g++ -O2"], build, "")
-    return path
+    return build_layout_sim("cuda_layout_sim_bwd", SIM_SOURCES)
 
 
 def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):

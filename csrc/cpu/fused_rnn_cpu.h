@@ -50,16 +50,23 @@ inline int64_t pointwise_grain(int64_t values_per_row) {
 // a third of the pointwise pass's samples on its first wx load). The loops prefetch the next
 // row of the same step while they compute the current one; prefetching a step ahead did not
 // help, the step GEMM's weight stream evicted the lines before their use.
-template <typename scalar_t>
-inline void prefetch_span(const scalar_t* p, int64_t count, bool for_write = false) {
+// kLocality is __builtin_prefetch's (3: into L1; 2: towards L2), a template argument because
+// the builtin takes only a constant.
+template <int kLocality, typename scalar_t>
+inline void prefetch_lines(const scalar_t* p, int64_t count, bool for_write) {
   constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
   for (int64_t i = 0; i < count; i += kLine) {
     if (for_write) {
-      __builtin_prefetch(p + i, 1, 3);
+      __builtin_prefetch(p + i, 1, kLocality);
     } else {
-      __builtin_prefetch(p + i, 0, 3);
+      __builtin_prefetch(p + i, 0, kLocality);
     }
   }
+}
+
+template <typename scalar_t>
+inline void prefetch_span(const scalar_t* p, int64_t count, bool for_write = false) {
+  prefetch_lines<3>(p, count, for_write);
 }
 
 // live[t] for every step t: rows 0 .. live[t]-1 of the batch include every row still running at

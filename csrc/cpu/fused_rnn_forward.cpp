@@ -86,14 +86,7 @@ namespace {
 // than T=32 (whose wx stays cached).
 template <typename scalar_t>
 inline void prefetch_l2(const scalar_t* p, int64_t count, bool for_write = false) {
-  constexpr int64_t kLine = 64 / static_cast<int64_t>(sizeof(scalar_t));
-  for (int64_t i = 0; i < count; i += kLine) {
-    if (for_write) {
-      __builtin_prefetch(p + i, 1, 2);
-    } else {
-      __builtin_prefetch(p + i, 0, 2);
-    }
-  }
+  prefetch_lines<2>(p, count, for_write);
 }
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)

@@ -12,6 +12,7 @@
 
 #include "device.cuh"
 #include "launch_floor.h"
+#include "launch_common.h"
 
 #if !defined(FLASHSEQ_CLUSTER)
 #error "barrier_floor.cu needs FLASHSEQ_CLUSTER"
@@ -45,37 +46,10 @@ __global__ void __launch_bounds__(1024) barrier_floor_kernel(unsigned* counters,
 }
 
 cudaError_t launch_barrier_floor(const FloorLaunch& s, cudaStream_t stream) {
-  auto kernel = barrier_floor_kernel;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         s.smem_bytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(s.grid_x, s.grid_y), block(s.threads);
-  unsigned* counters = s.counters;
-  int steps = s.steps, per_head = s.blocks_per_head, heads = s.heads;
-  if (FLASHSEQ_CLUSTER && per_head > 1) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err != cudaSuccess) return err;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = s.smem_bytes;
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = per_head;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, counters, steps, per_head, heads);
-  }
-  if (per_head > 1) {  // the flag barrier needs the head's blocks resident, as the forward
-    void* args[] = {&counters, &steps, &per_head, &heads};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args,
-                                       s.smem_bytes, stream);
-  }
-  kernel<<<grid, block, s.smem_bytes, stream>>>(counters, steps, per_head, heads);
-  return cudaGetLastError();
+  const int per_head = s.blocks_per_head;
+  return launch_persistent(barrier_floor_kernel, dim3(s.grid_x, s.grid_y), dim3(s.threads),
+                           s.smem_bytes, FLASHSEQ_CLUSTER && per_head > 1 ? per_head : 0,
+                           per_head > 1, stream, s.counters, s.steps, per_head, s.heads);
 }
 
 }  // namespace fused

@@ -6,6 +6,7 @@
 
 #include "backward.cuh"
 #include "launch_bwd.h"
+#include "launch_common.h"
 
 #if !defined(FLASHSEQ_CELL) || !defined(FLASHSEQ_ELEM) || !defined(FLASHSEQ_BB) ||         \
     !defined(FLASHSEQ_BH) || !defined(FLASHSEQ_WM) || !defined(FLASHSEQ_WK) ||             \
@@ -36,37 +37,11 @@ FwdLaunch bwd_launch_shape(int batch, int heads) {
 // As the forward: a cluster launch on sm_90a, a cooperative launch when a head's blocks meet
 // through global memory (they must all be resident), a plain launch otherwise.
 cudaError_t launch_fused_rnn_bwd(const BwdParams& params, cudaStream_t stream) {
-  auto kernel = fused_rnn_bwd_kernel<BwdCell, BwdElem, BTraits>;
   const FwdLaunch shape = bwd_launch_shape(params.batch, params.heads);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         shape.smem_bytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(shape.grid_x, shape.grid_y), block(shape.threads);
-  if (BTraits::kClusterExchange) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err != cudaSuccess) return err;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = shape.smem_bytes;
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = shape.blocks_per_head;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, params);
-  }
-  if (shape.blocks_per_head > 1) {
-    BwdParams copy = params;
-    void* args[] = {&copy};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args,
-                                       shape.smem_bytes, stream);
-  }
-  kernel<<<grid, block, shape.smem_bytes, stream>>>(params);
-  return cudaGetLastError();
+  return launch_persistent(fused_rnn_bwd_kernel<BwdCell, BwdElem, BTraits>,
+                           dim3(shape.grid_x, shape.grid_y), dim3(shape.threads), shape.smem_bytes,
+                           BTraits::kClusterExchange ? shape.blocks_per_head : 0,
+                           shape.blocks_per_head > 1, stream, params);
 }
 
 }  // namespace fused

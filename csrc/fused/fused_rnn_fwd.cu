@@ -8,6 +8,7 @@
 
 #include "forward.cuh"
 #include "launch.h"
+#include "launch_common.h"
 
 #if !defined(FLASHSEQ_CELL) || !defined(FLASHSEQ_ELEM) || !defined(FLASHSEQ_BB) ||         \
     !defined(FLASHSEQ_BH) || !defined(FLASHSEQ_WM) || !defined(FLASHSEQ_WK) ||             \
@@ -39,37 +40,11 @@ FwdLaunch fwd_launch_shape(int batch, int heads) {
 // Blocks of a head that exchange h through global memory must all be resident: a cooperative
 // launch guarantees it or fails (cudaErrorCooperativeLaunchTooLarge).
 cudaError_t launch_fused_rnn_fwd(const FwdParams& params, cudaStream_t stream) {
-  auto kernel = fused_rnn_fwd_kernel<Cell, Elem, Traits>;
   const FwdLaunch shape = fwd_launch_shape(params.batch, params.heads);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         shape.smem_bytes);
-  if (err != cudaSuccess) return err;
-  const dim3 grid(shape.grid_x, shape.grid_y), block(shape.threads);
-  if (Traits::kClusterExchange) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
-    if (err != cudaSuccess) return err;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = grid;
-    config.blockDim = block;
-    config.dynamicSmemBytes = shape.smem_bytes;
-    config.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = shape.blocks_per_head;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    config.attrs = attr;
-    config.numAttrs = 1;
-    return cudaLaunchKernelEx(&config, kernel, params);
-  }
-  if (shape.blocks_per_head > 1) {
-    FwdParams copy = params;
-    void* args[] = {&copy};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), grid, block, args,
-                                       shape.smem_bytes, stream);
-  }
-  kernel<<<grid, block, shape.smem_bytes, stream>>>(params);
-  return cudaGetLastError();
+  return launch_persistent(fused_rnn_fwd_kernel<Cell, Elem, Traits>, dim3(shape.grid_x, shape.grid_y),
+                           dim3(shape.threads), shape.smem_bytes,
+                           Traits::kClusterExchange ? shape.blocks_per_head : 0,
+                           shape.blocks_per_head > 1, stream, params);
 }
 
 }  // namespace fused

@@ -217,7 +217,8 @@ def _compile(name: str, sources, defines: dict, arch: str, extra_flags) -> Cubin
 
 def floor_sources() -> list[pathlib.Path]:
     """Every file the barrier-floor kernel's compile reads (its cache key)."""
-    return [FUSED_DIR / "barrier_floor.cu", FUSED_DIR / "device.cuh", FUSED_DIR / "launch_floor.h"]
+    return [FUSED_DIR / "barrier_floor.cu", FUSED_DIR / "device.cuh", FUSED_DIR / "launch_floor.h",
+            FUSED_DIR / "launch_common.h"]
 
 
 # the synchronisation instructions of the step barriers, by kind

@@ -34,3 +34,23 @@ def build_layout_sim(name: str, sources) -> pathlib.Path:
 
     path, _ = cuda_build.cached_build(name, sources, ["g++ -O2"], build, "")
     return path
+
+
+def run_layout_sim(binary, tmp_path, header, tables, names, tensors, out_shape, what: str):
+    """Runs a layout simulation on its binary input (int32 ``header``, then the int32 lane tables
+    ``tables[n]`` for ``n`` in ``names``, then the float64 ``tensors``) and returns its float64
+    output viewed as ``out_shape``; a non-zero exit fails the test with the simulation's stderr."""
+    import subprocess
+
+    import torch
+
+    parts = [torch.tensor(header, dtype=torch.int32)]
+    parts += [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in names]
+    parts += [t.contiguous() for t in tensors]
+    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
+    with open(inp, "wb") as f:
+        for part in parts:
+            f.write(part.numpy().tobytes())
+    done = subprocess.run([str(binary), str(inp), str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{what} failed:\n{done.stderr}"
+    return torch.frombuffer(bytearray(out.read_bytes()), dtype=torch.float64).view(*out_shape)

@@ -16,7 +16,6 @@ it: start address, leading and stride byte offsets, canonical K-major layout wit
 swizzling), D spread over the warpgroup's threads by the ISA's table below.
 """
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -25,7 +24,7 @@ import torch
 from flashseq.cells import CELLS
 from flashseq.kernels.fused_rnn import cuda_compile
 from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
-from tests.kernels.cuda_test_helpers import ROOT, build_layout_sim
+from tests.kernels.cuda_test_helpers import ROOT, build_layout_sim, run_layout_sim
 
 SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim.cpp",
                ROOT / "tests" / "kernels" / "cuda_layout_sim_common.h", ROOT / "csrc" / "fused" / "layout.h")
@@ -109,21 +108,12 @@ def _simulate(binary, tmp_path, tiling, r, h, cluster):
     G, NH, DH = r.shape[0], r.shape[1], r.shape[2]
     B = h.shape[0]
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
-    ints = torch.tensor(header + [B, NH, DH, int(cluster), tiling.get("gmma", 0)], dtype=torch.int32)
     if tiling.get("gmma", 0):
         tables, names = _wgmma_tables(tiling["BB"]), ("a", "d")
     else:
         tables, names = _ptx_tables(tiling["K"]), ("a", "b", "c")
-    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in names]
-    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
-    with open(inp, "wb") as f:
-        for part in (ints, *tabs):
-            f.write(part.numpy().tobytes())
-        f.write(r.contiguous().numpy().tobytes())
-        f.write(h.contiguous().numpy().tobytes())
-    done = subprocess.run([str(binary), str(inp), str(out)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"layout simulation failed for {tiling}:\n{done.stderr}"
-    return torch.frombuffer(bytearray(out.read_bytes()), dtype=torch.float64).view(B, G, NH, DH)
+    return run_layout_sim(binary, tmp_path, header + [B, NH, DH, int(cluster), tiling.get("gmma", 0)],
+                          tables, names, (r, h), (B, G, NH, DH), f"layout simulation for {tiling}")
 
 
 def _plans():

@@ -17,13 +17,12 @@ result must equal d(h_prev)[b, n, k] = sum_{g, e} d(rh)[b, g, n, e] * r[g, n, k,
 fails on any element written twice or never, or outside its parity's buffer.
 """
 import shutil
-import subprocess
 import sys
 
 import pytest
 import torch
 
-from tests.kernels.cuda_test_helpers import ROOT, build_layout_sim
+from tests.kernels.cuda_test_helpers import ROOT, build_layout_sim, run_layout_sim
 from tests.kernels.test_cuda_layout import _plans, _ptx_tables, _wgmma_tables
 
 SIM_SOURCES = (ROOT / "tests" / "kernels" / "cuda_layout_sim_bwd.cpp",
@@ -46,18 +45,9 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
     gmma = tiling.get("gmma", 0)
     tables = tables or (_wgmma_tables(tiling["BB"]) if gmma else _ptx_tables(tiling["K"]))
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
-    ints = torch.tensor(header + [B, NH, DH, int(cluster) | (parity << 1), gmma], dtype=torch.int32)
     names = ("a", "d") if gmma else ("a", "b", "c")
-    tabs = [torch.tensor(tables[n], dtype=torch.int32).flatten() for n in names]
-    inp, out = tmp_path / "in.bin", tmp_path / "out.bin"
-    with open(inp, "wb") as f:
-        for part in (ints, *tabs):
-            f.write(part.numpy().tobytes())
-        f.write(r.contiguous().numpy().tobytes())
-        f.write(dg.contiguous().numpy().tobytes())
-    done = subprocess.run([str(binary), str(inp), str(out)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"backward layout simulation failed for {tiling}:\n{done.stderr}"
-    return torch.frombuffer(bytearray(out.read_bytes()), dtype=torch.float64).view(B, NH, DH)
+    return run_layout_sim(binary, tmp_path, header + [B, NH, DH, int(cluster) | (parity << 1), gmma],
+                          tables, names, (r, dg), (B, NH, DH), f"backward layout simulation for {tiling}")
 
 
 def _bwd_plans():

@@ -53,17 +53,32 @@ def _opt_in(monkeypatch):
     monkeypatch.setenv(cuda.OPT_IN, "1")
 
 
-def test_refuses_dtypes_it_cannot_serve(monkeypatch):
+@pytest.fixture
+def set_tf32():
+    """Sets torch.backends.cuda.matmul.allow_tf32 for one test and restores it after.
+    (pytest's monkeypatch cannot: the module intercepts the attribute in __setattr__, and
+    pytest >= 9.2 would delete it from the instance on undo.)"""
+    matmul = torch.backends.cuda.matmul
+    before = matmul.allow_tf32
+
+    def set_(allowed: bool):
+        matmul.allow_tf32 = allowed
+
+    yield set_
+    matmul.allow_tf32 = before
+
+
+def test_refuses_dtypes_it_cannot_serve(set_tf32):
     """float64 never; float32 (forward and backward on tf32 tensor cores) only where torch
     allows tf32 (torch.backends.cuda.matmul.allow_tf32, off by default: "auto" then keeps
     Triton's IEEE float32), with or without a gradient."""
     assert "float64" in cuda.unsupported_reason(_problem(dtype=torch.float64))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    set_tf32(False)
     assert "allow_tf32" in cuda.unsupported_reason(_problem(dtype=torch.float32))
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    set_tf32(True)
     assert cuda.tf32_allowed()
     assert torch.float32 in cuda.SUPPORTED_DTYPES and torch.float32 in cuda.GRAD_DTYPES
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    set_tf32(False)
     assert "allow_tf32" in cuda.unsupported_reason(_problem(dtype=torch.float32, needs_grad=True))
 
 
@@ -153,9 +168,9 @@ def _rel(out, ref):
 @pytest.mark.parametrize("cell, B, T, NH, DH, dtype, lengths", _cases(),
                          ids=[f"{c}-B{b}T{t}NH{n}DH{d}-{str(dt)[6:]}-{'len' if ln else 'full'}"
                               for c, b, t, n, d, dt, ln in _cases()])
-def test_forward_matches_float64_reference(built, nan_poison_empty, monkeypatch, cell, B, T, NH,
+def test_forward_matches_float64_reference(built, nan_poison_empty, set_tf32, cell, B, T, NH,
                                            DH, dtype, lengths):
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # float32 runs on tf32
+    set_tf32(True)  # float32 runs on tf32
     gen = torch.Generator().manual_seed(B * 1000 + DH + T)
     (wx, r, b, states), lens = _inputs(cell, B, T, NH, DH, dtype, lengths, gen)
     h_ref, last_ref = fused_rnn_reference(wx.double(), r.double(), b.double(), states.double(),
@@ -174,11 +189,11 @@ def test_forward_matches_float64_reference(built, nan_poison_empty, monkeypatch,
 @pytest.mark.parametrize("cell, B, T, NH, DH, dtype, lengths", _cases(grad=True),
                          ids=[f"{c}-B{b}T{t}NH{n}DH{d}-{str(dt)[6:]}-{'len' if ln else 'full'}"
                               for c, b, t, n, d, dt, ln in _cases(grad=True)])
-def test_gradients_match_float64_reference(built, nan_poison_empty, monkeypatch, cell, B, T, NH,
+def test_gradients_match_float64_reference(built, nan_poison_empty, set_tf32, cell, B, T, NH,
                                            DH, dtype, lengths):
     """d(wx), d(r), d(b), d(states) of a random linear loss of h and the last states (float32:
     tf32 tensor cores in both kernels and in the d(r) product, <= 5e-4)."""
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    set_tf32(True)
     gen = torch.Generator().manual_seed(B * 1000 + DH + T + 1)
     (wx, r, b, states), lens = _inputs(cell, B, T, NH, DH, dtype, lengths, gen)
     lens = None if lens is None else lens.cuda()

@@ -2,11 +2,11 @@
 its predicted register budget, with tensor cores in the reversed step loop and the weights on chip.
 
 For every cell x dtype (bf16, fp16, fp32 on tf32 mma.sync m16n8k8, its plan the "tf32" one) x DH
-in (64, 256, 768), the plan for batch 16, one head (A100
-plan for sm_80, H100 plan for sm_90a, whose split heads meet inside a cluster) is compiled from
-csrc/fused/fused_rnn_bwd.cu with nvcc -Xptxas -v, capped at
-``plan.backward_cuda_registers(plan)``. Asserted: registers <= that prediction, 0 spill bytes and
-no stack frame (ptxas); in the SASS (cuobjdump) the loop around the tensor-core instructions
+in (64, 256, 768), the backward's own plan (``plan_fused_rnn_backward``: the solver's tiles for the
+backward) for batch 16, one head (A100 plan for sm_80, H100 plan for sm_90a, whose split heads
+meet inside a cluster) is compiled from csrc/fused/fused_rnn_bwd.cu with nvcc -Xptxas -v, capped
+at the plan's predicted ``registers_per_thread``. Asserted: registers <= that prediction, 0 spill
+bytes and no stack frame (ptxas); in the SASS (cuobjdump) the loop around the tensor-core instructions
 holds HMMA (sm_80; sm_90a where wgmma does not serve) or HGMMA and no HMMA (sm_90a where the
 plan's warps form whole warpgroups, ``cuda_compile.uses_wgmma``, with no wgmma serialised by
 ptxas: warning C7512), no load of the recurrent weights (tagged loads, csrc/fused/device.cuh)
@@ -21,7 +21,8 @@ import pytest
 
 from flashseq.cells import CELLS
 from flashseq.kernels.fused_rnn import cuda_build, cuda_compile
-from flashseq.kernels.fused_rnn.plan import backward_cuda_registers, plan_fused_rnn
+from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+from flashseq.kernels.fused_rnn.plan_bwd import plan_fused_rnn_backward
 from tests.kernels.cuda_test_helpers import HEAD_DIMS, TARGETS, compile_cases
 
 pytestmark = [pytest.mark.nvcc,
@@ -32,11 +33,16 @@ def _plan(cell, dtype, dh, arch):
     return plan_fused_rnn(cell, 16, 1, dh, cuda_compile.plan_dtype(dtype), TARGETS[arch], backend="cuda")
 
 
+def _bplan(cell, dtype, dh, arch):
+    """The backward kernel's plan (the solver's, flashseq/kernels/fused_rnn/plan_bwd.py)."""
+    return plan_fused_rnn_backward(cell, 16, 1, dh, cuda_compile.plan_dtype(dtype), TARGETS[arch])
+
+
 @pytest.fixture(scope="module")
 def reports():
     """{(cell, dtype, DH, arch): (plan, CubinReport)}, compiled by a small pool in parallel."""
     def one(case):
-        plan = _plan(*case)
+        plan = _bplan(*case)
         return case, plan, cuda_compile.compile_backward(plan, case[3])
 
     start = time.monotonic()
@@ -47,7 +53,7 @@ def reports():
     for case, plan, rep in done:
         print(f"{case[3]:6s} {case[0]:5s} {case[1]:8s} DH={case[2]:3d} BB={plan.BB} BH={plan.BH} "
               f"W={plan.warps_m}x{plan.warps_n} P={plan.programs_per_head} cluster={rep.defines['FLASHSEQ_CLUSTER']} "
-              f"| regs {rep.registers} (plan {backward_cuda_registers(plan)}) spills "
+              f"| regs {rep.registers} (plan {plan.registers_per_thread}) spills "
               f"{rep.spill_store_bytes}/{rep.spill_load_bytes} | gmma {rep.defines['FLASHSEQ_GMMA']} "
               f"loop {rep.tensor_ops_in_loop} "
               f"weight loads {rep.weight_loads_total} (in loop {rep.weight_loads_in_loop})")
@@ -61,7 +67,8 @@ _PARAMS = [pytest.param(*c, id=f"{c[0]}-{c[1]}-DH{c[2]}-{c[3]}") for c in compil
 @pytest.mark.parametrize("cell, dtype, DH, arch", _PARAMS)
 def test_backward_weights_stay_on_chip_in_the_step_loop(reports, cell, dtype, DH, arch):
     plan, rep = reports[(cell, dtype, DH, arch)]
-    assert 0 < rep.registers <= backward_cuda_registers(plan), rep
+    assert rep.defines["FLASHSEQ_MAX_REGS"] == str(plan.registers_per_thread), rep
+    assert 0 < rep.registers <= plan.registers_per_thread, rep
     assert rep.defines["FLASHSEQ_ELEM"] == {"bfloat16": "Bf16", "float16": "Fp16",
                                             "float32": "Fp32"}[dtype]
     if cuda_compile.uses_wgmma(arch, plan):
@@ -86,30 +93,33 @@ def test_backward_no_spills_at_its_register_budget(reports, cell, dtype, DH, arc
 
 
 def test_backward_wgmma_serves_every_h100_plan():
-    """Not vacuous: every 16-bit sm_90a plan of the list takes the wgmma path (fp32 stays on
-    tf32 mma.sync, as in the forward)."""
+    """Not vacuous: every 16-bit sm_90a backward plan of the list takes the wgmma path, and
+    each plan says which product its build takes."""
     for cell, dtype, dh, arch in compile_cases():
-        if arch == "sm_90a":
-            assert cuda_compile.uses_wgmma(arch, _plan(cell, dtype, dh, arch)) == (dtype != "float32")
+        plan = _bplan(cell, dtype, dh, arch)
+        assert cuda_compile.uses_wgmma(arch, plan) == plan.wgmma == (
+            arch == "sm_90a" and cuda_compile.wgmma_serves(plan))
+        if arch == "sm_90a" and dtype != "float32":
+            assert plan.wgmma
 
 
 def test_backward_register_model_is_at_least_the_weight_fragments():
     """The prediction is a budget a kernel can miss: it never exceeds the hardware's 255 and
     never drops below the weight fragments plus the base registers."""
     for case in compile_cases():
-        plan = _plan(*case)
+        plan = _bplan(*case)
         assert cuda_compile.expected_backward_weight_loads(plan, case[3]) + 24 <= \
-            backward_cuda_registers(plan) <= 255
+            plan.registers_per_thread <= 255
 
 
-def test_backward_defines_are_the_forward_tiles():
-    """Same blocks as the forward (the kernels share a plan); only the register cap differs."""
-    plan = _plan("lstm", "bfloat16", 256, "sm_90a")
-    fwd = cuda_compile.forward_defines(plan)
-    bwd = cuda_compile.backward_defines(plan)
-    assert {k: v for k, v in fwd.items() if k != "FLASHSEQ_MAX_REGS"} == \
-        {k: v for k, v in bwd.items() if k != "FLASHSEQ_MAX_REGS"}
-    assert bwd["FLASHSEQ_MAX_REGS"] == str(backward_cuda_registers(plan))
+def test_backward_defines_are_the_backward_plans_tiles():
+    """The backward is built at its own plan's tiles and register cap; a forward plan stands for
+    the backward plan of its configuration."""
+    bplan = _bplan("lstm", "bfloat16", 256, "sm_90a")
+    bwd = cuda_compile.backward_defines(bplan)
+    assert bwd == cuda_compile.forward_defines(bplan)  # the same -D names, the backward's values
+    assert bwd["FLASHSEQ_MAX_REGS"] == str(bplan.registers_per_thread)
+    assert cuda_compile.backward_defines(_plan("lstm", "bfloat16", 256, "sm_90a")) == bwd
 
 
 # ---- the forward's save mode (FLASHSEQ_FWD_SAVE=1, the training build) ----------------------

@@ -70,9 +70,17 @@ def unsupported_reason(problem):
         return f"the plan takes the {plan.path} path, which has no CUDA kernel ({plan.reason})"
     arch = _arch(problem.device)
     # with a gradient: the forward in save mode and the backward kernel (csrc/fused/backward.cuh)
-    kinds = ("forward_save", "backward") if problem.needs_grad else ("forward",)
-    for kind in kinds:
-        _, error = _extension(_spec_key(plan, arch, kind))
+    # at the backward's own plan, known before anything is built or launched
+    builds = [(plan, "forward_save" if problem.needs_grad else "forward")]
+    if problem.needs_grad:
+        try:
+            builds.append((_plan_backward(problem.cell.name, problem.batch, problem.heads,
+                                          problem.head_dim, problem.dtype, problem.device),
+                           "backward"))
+        except ValueError as err:
+            return f"the forward has a plan but the backward kernel does not fit: {err}"
+    for each, kind in builds:
+        _, error = _extension(_spec_key(each, arch, kind))
         if error:
             return error
     return None
@@ -99,6 +107,17 @@ def _plan(cell, batch, heads, head_dim, dtype, device):
     return plan_fused_rnn(cell, batch, heads, head_dim, dtype, hardware.detect(device), backend="cuda")
 
 
+@functools.lru_cache(maxsize=256)
+def _plan_backward(cell, batch, heads, head_dim, dtype, device):
+    """The backward kernel's plan (plan_bwd.py) for the GPU of ``device``; ValueError naming the
+    sizes when no backward tiling fits it."""
+    from flashseq import hardware
+
+    from .plan_bwd import plan_fused_rnn_backward
+    dtype = "tf32" if dtype == torch.float32 else dtype
+    return plan_fused_rnn_backward(cell, batch, heads, head_dim, dtype, hardware.detect(device))
+
+
 def gencode_flag(arch: str) -> str:
     """nvcc's -gencode flag for ``arch`` ("sm_80", "sm_90a", ...); sm_90a needs its own
     compute_90a virtual arch for wgmma and cluster instructions."""
@@ -110,7 +129,8 @@ def gencode_flag(arch: str) -> str:
 def extension_spec(plan, arch: str, kind: str = "forward") -> _jit.ExtensionSpec:
     """The extension of one plan's instantiation for ``arch`` ("sm_80", "sm_90a", ...): kind
     "forward" (inference), "forward_save" (the forward that saves what the backward reads) or
-    "backward" (csrc/fused/fused_rnn_bwd.cu with its binding)."""
+    "backward" (csrc/fused/fused_rnn_bwd.cu with its binding, at ``plan``'s backward plan:
+    a ``plan_bwd.FusedRNNBackwardPlan``, or the one of a forward plan's configuration)."""
     from .cuda_compile import forward_defines, forward_sources, uses_wgmma
 
     if kind == "backward":

@@ -76,17 +76,22 @@ def backward_sources() -> list[pathlib.Path]:
         FUSED_DIR / "fused_rnn_bwd.cu"] + sorted((_jit.CSRC_DIR / "cells").glob("*.h"))
 
 
+def backward_plan(plan):
+    """The backward kernel's own plan (plan_bwd.py ``FusedRNNBackwardPlan``, solved for the
+    backward: its tiles, registers, shared memory); a forward CUDA ``FusedRNNPlan`` stands for
+    the backward plan of its configuration (``plan_bwd.backward_plan_for``)."""
+    from .plan_bwd import FusedRNNBackwardPlan, backward_plan_for
+
+    return plan if isinstance(plan, FusedRNNBackwardPlan) else backward_plan_for(plan)
+
+
 def backward_defines(plan, *, cluster: bool | None = None, cap_registers: bool = True,
                      gmma: bool = False) -> dict[str, str]:
-    """-D values of the backward kernel for a CUDA plan: the forward's tiles (same blocks), the
-    register cap at ``plan.backward_cuda_registers(plan)``; ``gmma``: the product through wgmma
-    (sm_90a, ``uses_wgmma``; csrc/fused/layout_bwd.h)."""
-    from .plan import backward_cuda_registers
-
-    defines = forward_defines(plan, cluster=cluster, cap_registers=False, gmma=gmma)
-    if cap_registers:
-        defines["FLASHSEQ_MAX_REGS"] = str(backward_cuda_registers(plan))
-    return defines
+    """-D values of the backward kernel for ``backward_plan(plan)``: the backward plan's tiles,
+    the register cap at its prediction (``registers_per_thread``); ``gmma``: the product
+    through wgmma (sm_90a, ``uses_wgmma``; csrc/fused/layout_bwd.h)."""
+    return forward_defines(backward_plan(plan), cluster=cluster, cap_registers=cap_registers,
+                           gmma=gmma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,9 +166,10 @@ def compile_forward(plan, arch: str, *, cluster: bool | None = None, cap_registe
 
 def compile_backward(plan, arch: str, *, cluster: bool | None = None, cap_registers: bool = True,
                      extra_flags: tuple[str, ...] = ()) -> CubinReport:
-    """Compile the backward kernel (csrc/fused/fused_rnn_bwd.cu) of ``plan`` for ``arch``;
-    cached. Capped at ``backward_registers(plan)``; ``cluster`` as in ``forward_defines``; the
-    product on wgmma where ``uses_wgmma(arch, plan)``."""
+    """Compile the backward kernel (csrc/fused/fused_rnn_bwd.cu) of ``backward_plan(plan)`` for
+    ``arch``; cached. Capped at that plan's ``registers_per_thread``; ``cluster`` as in
+    ``forward_defines``; the product on wgmma where ``uses_wgmma(arch, plan)``."""
+    plan = backward_plan(plan)
     defines = backward_defines(plan, cluster=cluster, cap_registers=cap_registers,
                                gmma=uses_wgmma(arch, plan))
     return _compile("fused_rnn_bwd", backward_sources(), defines, arch, extra_flags)

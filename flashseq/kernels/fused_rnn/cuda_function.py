@@ -3,9 +3,10 @@ d(r), d(b) as one product over all steps.
 
 The forward runs the save-mode build of the forward kernel (``FLASHSEQ_FWD_SAVE=1``), which also
 writes, in fp32, the cell's saved values per step ``[T, kNumSaved, B, NH, DH]`` and the states
-after each step ``[T, S, B, NH, DH]``. The backward kernel (csrc/fused/backward.cuh, same plan and
-blocks as the forward) walks the steps in reverse with the recurrent weights on chip and returns
-d(wx), d(initial states) and d(rh) per step (fp32). The weight gradients need no recurrence:
+after each step ``[T, S, B, NH, DH]``. The backward kernel (csrc/fused/backward.cuh, at its own
+plan: flashseq/kernels/fused_rnn/plan_bwd.py) walks the steps in reverse with the recurrent
+weights on chip and returns d(wx), d(initial states) and d(rh) per step (fp32). The weight
+gradients need no recurrence:
     d(r)[g, n, k, e] = sum_{b, t} h_{t-1}[b, n, k] * d(rh_t)[b, g, n, e],
     d(b)[g, n, e]    = sum_{b, t} d(rh_t)[b, g, n, e],
 one GEMM and one sum here, with h_{t-1} from the saved fp32 states (h_{-1} = the initial h).
@@ -17,13 +18,15 @@ import torch
 
 from flashseq import _jit
 
-from . import cuda
+from . import cuda, plan_bwd
 
 
 def backward_extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
-    """The extension of one plan's backward instantiation for ``arch`` ("sm_80", "sm_90a")."""
-    from .cuda_compile import backward_defines, backward_sources, uses_wgmma
+    """The extension of the backward instantiation for ``arch`` ("sm_80", "sm_90a") at a
+    backward plan (plan_bwd.py; a forward plan stands for its configuration's backward plan)."""
+    from .cuda_compile import backward_defines, backward_plan, backward_sources, uses_wgmma
 
+    plan = backward_plan(plan)
     defines = backward_defines(plan, cluster=plan.cluster_size > 1 and arch == "sm_90a",
                                gmma=uses_wgmma(arch, plan))
     gencode = cuda.gencode_flag(arch)
@@ -37,7 +40,7 @@ def backward_extension_spec(plan, arch: str) -> _jit.ExtensionSpec:
 
 
 # values the forward saves per step for the backward (csrc/cells: kNumSaved)
-SAVED_PER_STEP = {"lstm": 4, "gru": 4, "slstm": 4, "elman": 0}
+SAVED_PER_STEP = plan_bwd.SAVED_PER_STEP
 
 
 class FusedRNNCudaFunction(torch.autograd.Function):
@@ -68,7 +71,9 @@ class FusedRNNCudaFunction(torch.autograd.Function):
         dtype, device = r.dtype, r.device
         dh = torch.zeros(B, T, NH, DH, dtype=dtype, device=device) if dh is None else dh.to(dtype)
         dlast = torch.zeros(S, B, NH, DH, dtype=dtype, device=device) if dlast is None else dlast.to(dtype)
-        plan = cuda._plan(cell.name, B, NH, DH, dtype, device)
+        # the backward's own tiles (plan_bwd.py), not the forward's: the saved values it reads
+        # are in a tile-free layout
+        plan = cuda._plan_backward(cell.name, B, NH, DH, dtype, device)
         ext = cuda.extension(plan, cuda._arch(device), "backward")
         _, grid_b, _, _, blocks_per_head, BB, DHP, cluster = ext.launch_shape(B, NH)
         # r zero-padded, not transposed: a fragment register holds two adjacent units e

@@ -521,33 +521,3 @@ def plan_fused_rnn(cell, batch, heads, head_dim, dtype, gpu, backend="triton",
 __all__ = ["FusedRNNPlan", "plan_fused_rnn", "build_model", "build_stepwise_model", "resources",
            "stepwise_resources", "padded_head_dim"]
 
-
-def backward_cuda_registers(plan: FusedRNNPlan) -> int:
-    """Predicted registers per thread of the CUDA backward kernel (csrc/fused/backward.cuh) at a
-    CUDA plan's tiles: the same blocks and weight registers as the forward, but each warp owns
-    DHP/WMB rows of the transposed weights (WMB = gcd(warps, DHP/16)), so its fp32 accumulators
-    cover [DHP/WMB, BB] instead of [G*BH/WM, BB]; per owned (batch, unit) element the carried
-    state gradients and the length; while the weights are live, the larger of the mma's
-    accumulators and the pointwise backward's values (gates, states, gradients, the addresses of
-    its six streams; more when the unrolled elements overlap); the base of the forward model.
-    Calibrated on ptxas (nvcc 13.0, sm_80/sm_90a): the smallest cap without spills, rounded."""
-    import math
-
-    if plan.backend != "cuda" or plan.path not in ("fused", "split"):
-        raise ValueError(f"a CUDA plan on the fused/split path is needed; got backend="
-                         f"{plan.backend!r} path={plan.path!r}")
-    cell = _check_cell(plan.cell)
-    G, S, DHP = cell.num_gates, cell.num_states, plan.padded_head_dim
-    warps = plan.warps_m * plan.warps_n
-    wmb = math.gcd(warps, DHP // 16)
-    wkb = warps // wmb
-    m_tiles, n_tiles = DHP // wmb // 16, plan.BB // 8
-    # column tiles of 16 (16-bit) or 8 (tf32 m16n8k8: one fp32 weight per register)
-    k = 16 if ELEMENT_BYTES.get(plan.dtype, 2) == 2 else 8
-    weights = m_tiles * _cdiv_int(G * plan.BH // wkb, k) * 4
-    acc = m_tiles * n_tiles * 4
-    elems = _cdiv_int(plan.BB * plan.BH, 32 * warps)
-    pointwise = 3 * G + 2 * S + 20 + 8 * (elems - 1)
-    total = weights + elems * (S + 1) + max(acc + 2 * n_tiles, pointwise) + BASE_REGISTERS
-    # (at most the hardware's 255: the tf32 plans of DH 768 reach it)
-    return min(255, REGISTER_GRANULE * _cdiv_int(total, REGISTER_GRANULE))

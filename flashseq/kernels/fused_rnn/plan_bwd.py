@@ -1,0 +1,374 @@
+"""Tile sizes of the CUDA ``fused_rnn`` BACKWARD kernel (csrc/fused/backward.cuh), chosen by
+their own constrint model per (cell, shape, dtype, GPU), beside the forward's (plan.py).
+
+The backward walks the steps in reverse with the head's recurrent weights on chip, like the
+forward, but its product is the transposed one: per block and step
+    D[k, b] = sum_{(g, e) of the block} r[g, head, k, e] * d(rh)[b, g, e],   k over all DHP rows,
+so a block keeps the same weight slice (G x DHP x BH: its BH units, all gates, all k) as the
+mma A operand with rows k and the block's G*BH gate columns as the reduction; the P = DHP / BH
+blocks of a head each hold a partial d(h_prev) of all DHP rows, and each block sums the P
+partials of its own units (csrc/fused/layout_bwd.h). Nothing of the forward's tiling is reused:
+the saved values it reads are in a tile-free global layout, so the solver picks the backward's
+blocks for the backward.
+
+The model (``build_backward_model``). Variables: BB (batch tile), BH (units per block), the
+forward-style warp grid WM x WK (the kernel's template arguments; only W = WM * WK matters to
+the backward, which regroups the warps), 0/1 flags ``split`` (P > 1) and ``cluster``, and the
+regrouping the kernel derives from W (layout_bwd.h BwdTiling):
+  mma.sync: WMB = gcd(W, DHP/16) warps over the rows k x WKB = W / WMB over the gate columns;
+  wgmma (sm_90a):   GWM = gcd(W/4, cdiv(DHP, 64)) warpgroups over the 64-row tiles of k
+            x GWK over the gate columns.
+W and the tiles are powers of two, so gcd(W, n) is min(W, the largest power of two dividing n):
+the model states it as WMB * R = that power and (WKB - 1) * (R - 1) = 0 (one of the two is 1).
+Constraints (``backward_resources`` gives every term, used by the model and, with plain
+integers, to re-check a plan):
+- registers per thread: the weight fragments (G*DHP*BH elements over the block's threads;
+  wgmma: whole 64-row tiles, the padding rows included), per owned (batch, unit) element the
+  carried state gradients and the length, the larger of the product's fp32 accumulators
+  (DHP*BB/WMB/32 per lane; wgmma cdiv(DHP,64)/GWM x BB/2) and the pointwise backward's live
+  values, the base registers; in units of 8, <= 255 and x threads <= the block's register file;
+  calibrated on ptxas (nvcc 13.0, sm_80 / sm_90a) as the smallest cap without spills;
+- shared memory: d(rh) [BB][G*BH] (+16 B per row of padding for mma.sync) + the partial sums
+  double-buffered by step parity, 2 x slices x BB x (DHP + pad) fp32, <= the opt-in limit;
+- fragments: G*BH splits into WKB warps of whole K tiles (K = 16, tf32 8), or GWK warpgroups of
+  k steps of 16; the forward-style grid the kernel checks (16-row tiles per WM warp, K tiles
+  per WK warp); wgmma needs whole warpgroups, BB of 8 or 16 and DHP in k steps per warpgroup;
+- exchange: a split head meets inside a cluster (sm_90: P <= the cluster limit, partials read
+  through distributed shared memory) or through global memory behind a flag barrier, which
+  needs the whole grid co-resident (registers, threads, shared memory, blocks per SM).
+The objective is the predicted time of one reversed step (picoseconds, the forward's cost
+constants): tensor time, the mma chain over the block's gate columns, shared-memory traffic of
+d(rh) and the partials, the exchange, the per-step HBM streams (saved values, states, d(h)
+in; d(wx), d(rh) out), the pointwise backward, one HBM latency and the barriers.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from flashseq.hardware import GPUSpec
+
+from .plan import (BASE_REGISTERS, CLUSTER_BARRIER_PS, CTA_BARRIER_PS, GRID_BARRIER_PS,
+                   HBM_LATENCY_PS, MMA_LATENCY_CLOCKS, POINTWISE_INSTRUCTIONS, REGISTER_GRANULE,
+                   FusedRNNPlan, _binding, _cdiv_int, _check_args, _Consts, _consts, _next_pow2)
+
+# fp32 values the save-mode forward writes per step and element for the backward (csrc/cells:
+# kNumSaved), which the backward streams back in
+SAVED_PER_STEP = {"lstm": 4, "gru": 4, "slstm": 4, "elman": 0}
+# (the pointwise backward's live values: gates, states, gradients and the addresses of its six
+# streams, and 8 more per extra unrolled element: the calibration of the register model)
+POINTWISE_BASE_REGISTERS = 20
+POINTWISE_REGISTERS_PER_EXTRA_ELEMENT = 8
+
+
+@dataclass(frozen=True)
+class FusedRNNBackwardPlan:
+    """Tile sizes and predictions of the CUDA backward kernel for one configuration.
+
+    The fields the kernel's -D flags read carry the forward plan's names (BB, BH, warps_m,
+    warps_n, padded_head_dim, cluster_size, registers_per_thread), so
+    ``cuda_compile.backward_defines`` instantiates it like a forward plan.
+    grid is (heads * programs_per_head, cdiv(batch, BB)).
+    """
+
+    backend: str                   # "cuda"
+    path: str                      # "fused" (P == 1) | "split"
+    cell: str
+    dtype: str
+    gpu: str
+    batch: int
+    heads: int
+    head_dim: int
+    padded_head_dim: int           # DHP, a multiple of 16
+    BB: int
+    BH: int
+    num_warps: int
+    warps_m: int                   # the kernel's template WM (forward-style grid)
+    warps_n: int                   # the kernel's template WK
+    wgmma: bool                    # the product on wgmma (sm_90a build), else mma.sync
+    row_groups: int                # WMB warps (wgmma: GWM warpgroups) over the DHP rows k
+    column_groups: int             # WKB warps (wgmma: GWK warpgroups) over the G*BH columns
+    programs_per_head: int
+    cluster_size: int              # P when a split head meets in a cluster, else 1
+    grid: tuple[int, int]
+    registers_per_thread: int      # predicted, allocation granularity included
+    shared_memory_bytes: int       # predicted: d(rh) + double-buffered partial sums
+    onchip_weight_bytes: int       # register bytes of one block's weight fragments
+    exchange_bytes: int            # global fp32 partial buffer (split without cluster), else 0
+    predicted_step_ns: float
+    binding: str                   # the limit closest to its cap
+    reason: str
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.num_warps
+
+
+def _pow2_part(n: int) -> int:
+    """The largest power of two dividing n (n >= 1)."""
+    return n & -n
+
+
+def _pow2s(limit: int) -> list[int]:
+    return [1 << i for i in range(limit.bit_length()) if 1 << i <= limit]
+
+
+def backward_resources(v, c: _Consts, cdiv, saved: int, wgmma: bool):
+    """Predicted resource use and reversed-step time of a backward tiling, as model expressions
+    or plain ints (``cdiv``: constrint's, or integer ceiling division); ``saved``: the cell's
+    saved values per step and element (``SAVED_PER_STEP``).
+
+    ``v`` maps BB, BH, WM, WN, split, cluster, WMB, WKB (mma.sync regrouping) and, with
+    ``wgmma`` (an sm_90 plan), GWM, GWK to variables or ints. An sm_90 plan's tiling serves
+    both products (wgmma where csrc/fused takes it, mma.sync otherwise), so its registers and
+    shared memory are the larger of the two. Returns a dict: regs_terms (the registers before
+    rounding are their sum plus ``live``, the largest of ``live_terms``), live_terms, threads,
+    smem_terms (shared memory is their max), weights (register bytes of the weight
+    fragments), P, grid, waves, time_ps.
+    """
+    BB, BH, WM, WN = v["BB"], v["BH"], v["WM"], v["WN"]
+    split, clus = v["split"], v["cluster"]
+    G, S, DHP, eb = c.G, c.S, c.DHP, c.eb
+    k = 16 if eb == 2 else 8                          # mma K: 16-bit, or tf32
+    W = WM * WN
+    threads = 32 * W
+    P = cdiv(DHP, BH)
+    grid = c.NH * P * cdiv(c.B, BB)
+    elems = cdiv(BB * BH, threads)
+    n_tiles = cdiv(BB, 8)
+    part_stride = DHP + ((4 - DHP) % 32 + 32) % 32   # layout_bwd.h part_stride
+    # mma.sync: fragments of G*DHP*BH weights, WMB warps over the rows, d(rh) rows padded 16 B
+    weights = G * DHP * BH * eb
+    acc = [cdiv(DHP * BB, 32 * v["WMB"])]
+    slices = v["WKB"]
+    chain_ps = cdiv(G * BH, k * v["WKB"]) * MMA_LATENCY_CLOCKS * c.clock_ps
+    smem_terms = [G * BB * BH * eb + 16 * BB + 2 * v["WKB"] * BB * part_stride * 4]
+    if wgmma:
+        # wgmma: whole 64-row tiles of k (padding rows hold zeros), GWM warpgroups over them
+        m64 = cdiv(DHP, 64)
+        weights = 64 * m64 * G * BH * eb
+        acc.append(cdiv(m64 * BB, 2 * v["GWM"]))
+        slices = v["GWK"]
+        chain_ps = cdiv(G * BH, k * v["GWK"]) * MMA_LATENCY_CLOCKS * c.clock_ps
+        smem_terms.append(G * BB * BH * eb + 2 * v["GWK"] * BB * part_stride * 4)
+    w_regs = cdiv(weights, 4 * threads)
+    pointwise = (3 * G + 2 * S + POINTWISE_BASE_REGISTERS
+                 + POINTWISE_REGISTERS_PER_EXTRA_ELEMENT * (elems - 1))
+    live_terms = [a + 2 * n_tiles for a in acc] + [pointwise]
+    regs_terms = [w_regs, elems * (S + 1), BASE_REGISTERS]
+
+    mma_ps = cdiv(W, 4) * cdiv(G * BB * BH * DHP, 2048 * W) * c.mma_ps
+    # d(rh) written and read, the partials written; the gather of the own rows
+    smem_ps = (2 * G * BB * BH * eb + slices * BB * DHP * 4 + slices * BB * BH * 4) * c.smem_ps
+    # the P blocks' partials of the own rows: from the peers' shared memory (cluster) or
+    # published to and read back from L2 (global)
+    xchg_ps = (clus * slices * BB * DHP * 4 * c.dsmem_ps
+               + (split - clus) * 2 * BB * DHP * 4 * c.l2_ps)
+    hbm_ps = BB * BH * ((saved + S + 1) * 4 + eb + G * (eb + 4)) * c.hbm_ps
+    pointwise_ps = cdiv(W, 4) * elems * 2 * POINTWISE_INSTRUCTIONS * c.clock_ps
+    sync_ps = 2 * CTA_BARRIER_PS + clus * CLUSTER_BARRIER_PS + (split - clus) * GRID_BARRIER_PS
+    program_ps = (mma_ps + chain_ps + smem_ps + xchg_ps + hbm_ps + pointwise_ps + HBM_LATENCY_PS
+                  + sync_ps)
+    waves = cdiv(grid, c.sms)
+    return dict(regs_terms=regs_terms, live_terms=live_terms, threads=threads,
+                smem_terms=smem_terms, weights=weights, P=P, grid=grid, waves=waves,
+                time_ps=waves * program_ps)
+
+
+def has_wgmma(gpu: GPUSpec) -> bool:
+    """The backward's product may run on wgmma: sm_90 (the kernels' sm_90a build)."""
+    return tuple(gpu.compute_capability) == (9, 0)
+
+
+def _registers(r, cdiv=_cdiv_int) -> int:
+    """Allocated registers per thread of plain-int ``backward_resources``."""
+    total = sum(r["regs_terms"]) + max(r["live_terms"])
+    return REGISTER_GRANULE * cdiv(total, REGISTER_GRANULE)
+
+
+def _domains(c: _Consts, gpu: GPUSpec):
+    k = 16 if c.eb == 2 else 8
+    bb = [t for t in (8, 16, 32, 64) if t <= max(8, _next_pow2(c.B))]
+    if has_wgmma(gpu):
+        bb = [t for t in bb if t <= 16]               # wgmma N = BB: 8 or 16
+    a = min(32, _pow2_part(c.DHP // 16))
+    d = dict(BB=bb, BH=[b for b in range(8, c.DHP + 1, 8) if c.DHP % b == 0],
+             WM=[1, 2, 4, 8, 16], WN=[w for w in (1, 2, 4, 8) if c.DHP % (k * w) == 0],
+             split=[0, 1], cluster=[0, 1] if gpu.supports_clusters else [0],
+             WMB=_pow2s(a), WKB=_pow2s(32), R=_pow2s(a))
+    if has_wgmma(gpu):
+        a2 = min(8, _pow2_part(_cdiv_int(c.DHP, 64)))
+        d.update(NWG=[n for n in (1, 2, 4, 8) if c.DHP % (k * n) == 0],
+                 GWM=_pow2s(a2), GWK=_pow2s(8), R2=_pow2s(a2))
+    return d
+
+
+def build_backward_model(cell, batch, heads, head_dim, dtype, gpu):
+    """The constrint model of the CUDA backward's tiling for one configuration (arguments as
+    ``plan_fused_rnn_backward``). Returns ``(model, variables)``: a ``constrint.Model``
+    minimising the predicted reversed-step time in picoseconds, and {name: variable}."""
+    import constrint as ci
+
+    cell, gpu, dtype, _ = _check_args(cell, batch, heads, head_dim, dtype, gpu, "cuda", None)
+    c = _consts(cell, batch, heads, head_dim, dtype, gpu, "cuda")
+    m = ci.Model()
+    v = {name: m.int_var(name, values=dom) for name, dom in _domains(c, gpu).items()}
+    BH, WM, WN, split, clus = v["BH"], v["WM"], v["WN"], v["split"], v["cluster"]
+    W = WM * WN
+    # the kernel's regrouping of the W warps: WMB = gcd(W, DHP/16) (powers of two: the smaller
+    # of W and the power-of-two part a of DHP/16): WMB * WKB = W, WMB * R = a, WKB = 1 or R = 1
+    a = min(32, _pow2_part(c.DHP // 16))
+    m.add(v["WMB"] * v["WKB"] == W)
+    m.add(v["WMB"] * v["R"] == a)
+    m.add(v["WKB"] * v["R"] == v["WKB"] + v["R"] - 1)
+    k = 16 if c.eb == 2 else 8
+    m.add(ci.divides(k * v["WKB"], c.G * BH))         # whole K tiles per warp
+    wgmma = has_wgmma(gpu)
+    if wgmma:
+        # a tiling wgmma serves (layout.h gmma_invalid; its regrouping, layout_bwd.h):
+        # whole warpgroups, GWM = gcd(W/4, cdiv(DHP, 64)) as WMB above, whole k steps of K
+        a2 = min(8, _pow2_part(_cdiv_int(c.DHP, 64)))
+        m.add(W == 4 * v["NWG"])
+        m.add(v["GWM"] * v["GWK"] == v["NWG"])
+        m.add(v["GWM"] * v["R2"] == a2)
+        m.add(v["GWK"] * v["R2"] == v["GWK"] + v["R2"] - 1)
+        m.add(ci.divides(k * v["GWK"], c.G * BH))
+    m.add(ci.divides(16 * WM, c.G * BH))              # the kernel's forward-style grid check
+    r = backward_resources(v, c, ci.cdiv, SAVED_PER_STEP[cell.name], wgmma)
+    live = m.int_var("live", 0, gpu.max_registers_per_thread)
+    for term in r["live_terms"]:
+        m.add(live >= term)
+    regs = REGISTER_GRANULE * ci.cdiv(sum(r["regs_terms"]) + live, REGISTER_GRANULE)
+    m.add(r["P"] <= 1 + split * c.DHP)
+    m.add(r["P"] >= 1 + split)
+    m.add(clus <= split)
+    m.add(r["P"] <= gpu.max_cluster_size + (1 - clus) * c.DHP)
+    m.add(r["threads"] <= gpu.max_threads_per_block)
+    m.add(regs <= gpu.max_registers_per_thread)
+    m.add(regs * r["threads"] <= gpu.registers_per_block)
+    for term in r["smem_terms"]:
+        m.add(term <= gpu.shared_mem_per_block_optin)
+    # a split head meeting through global memory needs the whole grid co-resident
+    glob = split - clus
+    per_sm = r["waves"]
+    m.add(glob * per_sm * regs * r["threads"] <= gpu.registers_per_sm)
+    m.add(glob * per_sm * r["threads"] <= gpu.max_threads_per_sm)
+    m.add(glob * per_sm <= gpu.max_blocks_per_sm)
+    for term in r["smem_terms"]:
+        m.add(glob * per_sm * term <= gpu.shared_mem_per_sm)
+    m.minimize(r["time_ps"])
+    return m, v
+
+
+def _explain_no_backward(cell, c: _Consts, head_dim, dtype, gpu: GPUSpec) -> str:
+    """Why no backward tiling fits, with the sizes: the smallest tiling's shared memory, or the
+    head's weights against the registers a block / cluster / co-resident grid can hold."""
+    part_stride = c.DHP + ((4 - c.DHP) % 32 + 32) % 32
+    smallest_smem = c.G * 8 * 8 * c.eb + 16 * 8 + 2 * 8 * part_stride * 4
+    text = (f"the CUDA backward of {cell.name} DH={head_dim} ({dtype}, padded to {c.DHP}) has no "
+            f"tiling on {gpu.name}")
+    if smallest_smem > gpu.shared_mem_per_block_optin:
+        return (text + f": even BB=8, BH=8 needs {smallest_smem} B of shared memory (d(rh) and "
+                f"the double-buffered fp32 partial sums of all {c.DHP} rows) over the "
+                f"{gpu.shared_mem_per_block_optin} B per block")
+    head_kb = c.G * c.DHP * c.DHP * c.eb / 1024
+    capacity = gpu.max_cluster_size if gpu.supports_clusters else 1
+    return (text + f": the head's {head_kb:.0f} KB of recurrent weights, with the accumulators "
+            f"and state gradients, fit neither one block's "
+            f"{gpu.registers_per_block * 4 // 1024} KB "
+            f"of registers (<= {gpu.max_registers_per_thread} per thread)"
+            + (f", nor a cluster of {capacity}" if capacity > 1 else "")
+            + f", nor {c.NH * _cdiv_int(c.B, 8)} head x batch tiles split over blocks co-resident "
+            f"on {gpu.sm_count} SMs")
+
+
+def plan_fused_rnn_backward(cell, batch, heads, head_dim, dtype, gpu,
+                            time_limit=None) -> FusedRNNBackwardPlan:
+    """Choose the tiles of the CUDA backward kernel for one configuration.
+
+    Args:
+        cell: a cell name ("lstm", "gru", "slstm", "elman") or a ``flashseq.cells.Cell``.
+        batch, heads, head_dim: B, NH, DH of the ``fused_rnn`` layouts (ints >= 1).
+        dtype: torch.float16, torch.bfloat16 or "tf32" (float32 inputs on tf32 tensor cores;
+            "float32" plans the same tiles).
+        gpu: a ``GPUSpec`` or a name for ``GPUSpec.from_name``.
+        time_limit: seconds for the solve. Default: None, solve to optimality.
+
+    Returns:
+        A ``FusedRNNBackwardPlan`` (path "fused" or "split"; the backward has no stepwise path).
+
+    Raises:
+        ValueError naming the sizes and the limit when no tiling fits the GPU (the forward may
+        still have a plan: the CUDA back end then refuses gradients and "auto" falls back).
+    """
+    cell, gpu, dtype, _ = _check_args(cell, batch, heads, head_dim, dtype, gpu, "cuda", None)
+    c = _consts(cell, batch, heads, head_dim, dtype, gpu, "cuda")
+    model, v = build_backward_model(cell, batch, heads, head_dim, dtype, gpu)
+    sol = model.solve(time_limit=time_limit)
+    if not sol:
+        if sol.status == "unknown":
+            raise ValueError(f"the solver found no CUDA backward tiling for {cell.name} "
+                             f"DH={head_dim} within time_limit={time_limit} s")
+        raise ValueError(_explain_no_backward(cell, c, head_dim, dtype, gpu))
+    vals = {k: sol[x] for k, x in v.items()}
+    from .cuda_compile import wgmma_serves
+
+    wg = has_wgmma(gpu)
+    r = backward_resources(vals, c, _cdiv_int, SAVED_PER_STEP[cell.name], wg)
+    regs = _registers(r)
+    smem = max(r["smem_terms"])
+    path = "split" if vals["split"] else "fused"
+    ratios = {"registers/thread": (regs, gpu.max_registers_per_thread),
+              "registers/block": (regs * r["threads"], gpu.registers_per_block),
+              "shared memory/block": (smem, gpu.shared_mem_per_block_optin)}
+    glob = vals["split"] and not vals["cluster"]
+    if glob:
+        ratios["co-resident programs"] = (r["grid"], gpu.sm_count * gpu.max_blocks_per_sm)
+    padded_b = _cdiv_int(batch, vals["BB"]) * vals["BB"]
+    how = {"fused": "each block keeps a whole head's weights on chip",
+           "split": (f"a head's weights are split over {r['P']} blocks whose partial d(h) meet "
+                     + ("in a thread-block cluster" if vals["cluster"] else
+                        "through global memory"))}[path]
+    plan = FusedRNNBackwardPlan(
+        backend="cuda", path=path, cell=cell.name, dtype=dtype, gpu=gpu.name, batch=batch,
+        heads=heads, head_dim=head_dim, padded_head_dim=c.DHP, BB=vals["BB"], BH=vals["BH"],
+        num_warps=vals["WM"] * vals["WN"], warps_m=vals["WM"], warps_n=vals["WN"], wgmma=False,
+        row_groups=vals["WMB"], column_groups=vals["WKB"],
+        programs_per_head=r["P"], cluster_size=r["P"] if vals["cluster"] else 1,
+        grid=(heads * r["P"], _cdiv_int(batch, vals["BB"])), registers_per_thread=regs,
+        shared_memory_bytes=smem, onchip_weight_bytes=r["weights"],
+        exchange_bytes=2 * heads * r["P"] * padded_b * c.DHP * 4 if glob else 0,
+        predicted_step_ns=r["time_ps"] / 1000, binding=_binding(ratios),
+        reason=f"{how} (solver: {sol.status})")
+    # (the model kept an sm_90 tiling valid for both products; which one the build takes is
+    # csrc/fused's choice, cuda_compile.wgmma_serves)
+    if wg and wgmma_serves(plan):
+        plan = dataclasses.replace(plan, wgmma=True, row_groups=vals["GWM"],
+                                   column_groups=vals["GWK"])
+    return plan
+
+
+def backward_plan_for(plan: FusedRNNPlan, gpu=None) -> FusedRNNBackwardPlan:
+    """The backward plan of a CUDA forward plan's configuration (same cell, sizes and dtype);
+    ``gpu`` defaults to the table's GPU of that name (``flashseq.hardware.GPUS``); pass the
+    ``GPUSpec`` the forward was planned for when it is not a table entry."""
+    from flashseq.hardware import GPUS
+
+    if plan.backend != "cuda":
+        raise ValueError(f"the backward plan is for the CUDA back end; got "
+                         f"backend={plan.backend!r}")
+    if gpu is None:
+        gpu = next((spec for spec in GPUS.values() if spec.name == plan.gpu), None)
+        if gpu is None:
+            raise ValueError(f"plan.gpu={plan.gpu!r} is not in the GPU table: pass gpu=<the "
+                             "GPUSpec it was planned for>")
+    return plan_fused_rnn_backward(plan.cell, plan.batch, plan.heads, plan.head_dim, plan.dtype,
+                                   gpu)
+
+
+__all__ = ["FusedRNNBackwardPlan", "plan_fused_rnn_backward", "build_backward_model",
+           "backward_resources", "backward_plan_for"]

@@ -34,7 +34,7 @@
 namespace flashseq {
 namespace fused {
 
-// kElemBytes: 2 (bf16/fp16, mma K 16, or wgmma) or 4 (fp32 on tf32 mma.sync m16n8k8).
+// kElemBytes: 2 (bf16/fp16, mma K 16) or 4 (fp32 on tf32: mma.sync m16n8k8 or wgmma m64nNk8).
 template <class Cell, int BB, int BH, int WM, int WK, int DHP, bool kCluster, bool kWgmma = false,
           int kElemBytes = 2>
 struct BwdTraits {
@@ -137,7 +137,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
     // when GWK == 1 (one run-time address per load made ptxas keep them all and spill)
     const int row0 = kB.g_row16(warp, 0);
     const T* rBase = static_cast<const T*>(p.r) +
-                     kB.r_offset(p.heads, head, slice, 0, row0 + (lane >> 2), 2 * (lane & 3));
+                     kB.r_offset(p.heads, head, slice, 0, row0 + (lane >> 2), kB.a_lane_col(lane));
     // m tiles outermost (one tile's registers complete before the next: with k steps outermost
     // ptxas materialised one address per load and spilled at the plan's cap)
 #pragma unroll
@@ -153,7 +153,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
             const int row8 = kB.g_a_pair_row8(warp, mt, reg);
             const bool live = !kPadRows || row8 < kT.DHP;
             const uint32_t w = load_weight_pair(gBase + (live ? row8 - row0 : -row0) * kT.DHP);
-            rA[mt][kt][reg] = live ? w : 0u;
+            rA[mt][kt][reg] = live ? E::weight_operand(w) : 0u;  // tf32: rounded once, here
           }
         }
   } else {

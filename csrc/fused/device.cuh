@@ -47,10 +47,10 @@ struct Fp16 {
   }
 };
 
-// fp32 inputs, outputs and states; the product on tf32 tensor cores (mma.sync m16n8k8, on
-// sm_80 and sm_90a alike: wgmma is kept to 16-bit operands), fp32 accumulation. Operands are
-// rounded to tf32 (nearest, ties away) once: the weights when loaded, h when stored for the
-// next product; the tensor core would otherwise truncate the low mantissa bits.
+// fp32 inputs, outputs and states; the product on tf32 tensor cores (mma.sync m16n8k8, or on
+// sm_90a wgmma m64nNk8 .tf32 with the same per-warp A fragment), fp32 accumulation. Operands
+// are rounded to tf32 (nearest, ties away) once: the weights when loaded, h when stored for the
+// next product (both paths); the tensor core would otherwise truncate the low mantissa bits.
 struct Fp32 {
   using T = float;
   static constexpr int kMmaK = 8;
@@ -167,7 +167,7 @@ __device__ __forceinline__ void cluster_barrier() {
 #endif
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// ---- wgmma (sm_90a only): warpgroup MMA, D[64 x N] (+)= A[64 x 16] (registers) * B[16 x N]
+// ---- wgmma (sm_90a only): warpgroup MMA, D[64 x N] (+)= A[64 x K] (registers) * B[K x N]
 // (shared memory, descriptor from layout.h's Tiling::g_desc_b), fp32 D. Asynchronous: issue
 // after wgmma_fence(), then wgmma_commit() and wgmma_wait() before D is read.
 
@@ -192,28 +192,33 @@ __device__ __forceinline__ void fence_smem_for_wgmma() {
   asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
 }
 
-// D += A * B, scale-d = 1 (the accumulators start at zero), no negation, B not transposed.
-#define FLASHSEQ_WGMMA_N8(NAME, TYPES)                                                          \
+// D += A * B, scale-d = 1 (the accumulators start at zero), no negation; 16-bit: B not
+// transposed (imm-trans-b 0). tf32 (K = 8) takes no transpose operand: the ISA allows it only
+// K-major, as B = h^T / d(rh)^T is here. A: four 32-bit registers per thread in both shapes
+// (two 16-bit values each, or one tf32).
+#define FLASHSEQ_WGMMA_N8(NAME, SHAPE_TYPES, TAIL)                                              \
   __device__ __forceinline__ void NAME(float (&d)[4], const uint32_t (&a)[4], uint64_t desc) {  \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                    \
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32" TYPES " {%0,%1,%2,%3}, "           \
-                 "{%4,%5,%6,%7}, %8, p, 1, 1, 0;\n}"                                             \
+                 "wgmma.mma_async.sync.aligned." SHAPE_TYPES " {%0,%1,%2,%3}, "                 \
+                 "{%4,%5,%6,%7}, %8, p, 1, 1" TAIL ";\n}"                                        \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                               \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                      \
   }
-#define FLASHSEQ_WGMMA_N16(NAME, TYPES)                                                         \
+#define FLASHSEQ_WGMMA_N16(NAME, SHAPE_TYPES, TAIL)                                             \
   __device__ __forceinline__ void NAME(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {  \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"                                    \
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32" TYPES " {%0,%1,%2,%3,%4,%5,%6,%7}, " \
-                 "{%8,%9,%10,%11}, %12, p, 1, 1, 0;\n}"                                          \
+                 "wgmma.mma_async.sync.aligned." SHAPE_TYPES " {%0,%1,%2,%3,%4,%5,%6,%7}, "     \
+                 "{%8,%9,%10,%11}, %12, p, 1, 1" TAIL ";\n}"                                     \
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]),      \
                    "+f"(d[6]), "+f"(d[7])                                                       \
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc));                      \
   }
-FLASHSEQ_WGMMA_N8(wgmma_bf16, ".bf16.bf16")
-FLASHSEQ_WGMMA_N16(wgmma_bf16, ".bf16.bf16")
-FLASHSEQ_WGMMA_N8(wgmma_f16, ".f16.f16")
-FLASHSEQ_WGMMA_N16(wgmma_f16, ".f16.f16")
+FLASHSEQ_WGMMA_N8(wgmma_bf16, "m64n8k16.f32.bf16.bf16", ", 0")
+FLASHSEQ_WGMMA_N16(wgmma_bf16, "m64n16k16.f32.bf16.bf16", ", 0")
+FLASHSEQ_WGMMA_N8(wgmma_f16, "m64n8k16.f32.f16.f16", ", 0")
+FLASHSEQ_WGMMA_N16(wgmma_f16, "m64n16k16.f32.f16.f16", ", 0")
+FLASHSEQ_WGMMA_N8(wgmma_tf32, "m64n8k8.f32.tf32.tf32", "")
+FLASHSEQ_WGMMA_N16(wgmma_tf32, "m64n16k8.f32.tf32.tf32", "")
 #undef FLASHSEQ_WGMMA_N8
 #undef FLASHSEQ_WGMMA_N16
 
@@ -231,6 +236,14 @@ struct Wgmma<Fp16> {
   template <int N>
   static __device__ __forceinline__ void run(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
     wgmma_f16(d, a, desc);
+  }
+};
+// tf32: A already rounded (Fp32::weight_operand), B = h stored rounded (Fp32::operand)
+template <>
+struct Wgmma<Fp32> {
+  template <int N>
+  static __device__ __forceinline__ void run(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc) {
+    wgmma_tf32(d, a, desc);
   }
 };
 #endif

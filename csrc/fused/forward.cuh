@@ -106,13 +106,13 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
   const T* rtBase = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP +
                     (kT.head_unit(slice, 0) + (lane >> 2)) * kT.DHP + kT.a_lane_k(lane) +
                     (kWarpWholeGates ? kT.warp_m(warp) * (kT.rows_per_warp() / kT.BH) * gate_stride : 0);
-  // A fragments: [m tile][k tile][register], weights (k, k+1) each (wgmma: 64-row m tiles, the
-  // warpgroup's k steps; rows past G*BH are zero)
+  // A fragments: [m tile][k tile][register], weights (k, k+1) each, or one tf32 weight (wgmma:
+  // 64-row m tiles, the warpgroup's k steps of 16 or 8; rows past G*BH are zero)
   constexpr int AM = Traits::kGmma ? kT.g_m_tiles() : MT, AK = Traits::kGmma ? kT.g_k_steps() : KT;
   uint32_t rA[AM][AK][4];
   if constexpr (Traits::kGmma) {
     const T* rtHead = static_cast<const T*>(p.rt) + static_cast<long long>(head) * kT.DHP * kT.DHP +
-                      kT.head_unit(slice, 0) * kT.DHP + 2 * (lane & 3);
+                      kT.head_unit(slice, 0) * kT.DHP + kT.a_lane_k(lane);
     // one run-time row base per (m tile, row half), then its k steps at compile-time offsets:
     // a single pointer is live at a time (ptxas spilled the prologue when all were)
 #pragma unroll
@@ -132,7 +132,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
           for (int reg = half; reg < 4; reg += 2) {
             const uint32_t w = load_weight_pair(rowp + (kT.g_a_pair_k(warp, kt, reg) -
                                                         kT.g_a_pair_k(warp, 0, half)));
-            rA[mt][kt][reg] = live ? w : 0u;
+            rA[mt][kt][reg] = live ? E::weight_operand(w) : 0u;  // tf32: rounded once, here
           }
       }
   } else {

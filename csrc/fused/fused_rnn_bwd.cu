@@ -1,7 +1,7 @@
 // One instantiation of the persistent backward kernel and its launcher, chosen by the same -D
 // flags as the forward's (csrc/fused/fused_rnn_fwd.cu): FLASHSEQ_CELL, _ELEM, _BB, _BH, _WM,
 // _WK, _DHP, _CLUSTER, optional _MAX_REGS and _GMMA (1: the step's product through wgmma;
-// sm_90a, 16-bit only; default 0).
+// sm_90a; default 0).
 #include <cuda_runtime.h>
 
 #include "backward.cuh"

@@ -3,7 +3,7 @@
 //   -DFLASHSEQ_CELL=LstmCell|GruCell|SlstmCell|ElmanCell  -DFLASHSEQ_ELEM=Bf16|Fp16|Fp32
 //   -DFLASHSEQ_BB= -DFLASHSEQ_BH= -DFLASHSEQ_WM= -DFLASHSEQ_WK= -DFLASHSEQ_DHP=
 //   -DFLASHSEQ_CLUSTER=0|1   (1: h exchanged inside a thread-block cluster; sm_90a only)
-//   -DFLASHSEQ_GMMA=0|1      (1: the step's product through wgmma; sm_90a, 16-bit only; default 0)
+//   -DFLASHSEQ_GMMA=0|1      (1: the step's product through wgmma; sm_90a; default 0)
 #include <cuda_runtime.h>
 
 #include "forward.cuh"

@@ -236,37 +236,41 @@ struct Tiling {
   FLASHSEQ_LAYOUT_FN int piece_owner(int k) const { return k / BH; }
 
   // -- wgmma (sm_90a, gmma == 1) ----------------------------------------------------------------
-  // wgmma.mma_async.m64nNk16 runs on a warpgroup (4 consecutive warps): D[64 x N] += A[64 x 16] *
-  // B[16 x N], A (the weights) from registers, B (h^T, N = BB) from shared memory through a
-  // matrix descriptor, D fp32 in registers. The warps() / 4 warpgroups split the reduction over
+  // wgmma.mma_async.m64nNkK runs on a warpgroup (4 consecutive warps): D[64 x N] += A[64 x K] *
+  // B[K x N], A (the weights) from registers, B (h^T, N = BB) from shared memory through a
+  // matrix descriptor, D fp32 in registers. K = 16 for bf16/fp16, K = 8 for tf32 (fp32 elements;
+  // the ISA allows tf32 only with both operands K-major, as here: A's rows are k-contiguous
+  // registers, B = h^T has k contiguous in shared memory). The warps() / 4 warpgroups split the reduction over
   // DHP (warpgroup wg owns k in [wg*KG, (wg+1)*KG), KG = DHP / warpgroups()); inside one, warp w
   // (= warp % 4) owns rows 16w..16w+15 of every 64-row tile of the gate rows. Rows past G*BH
   // (the last tile's padding) hold zero weights and their sums are dropped.
   FLASHSEQ_LAYOUT_FN int warpgroups() const { return warps() / 4; }
   FLASHSEQ_LAYOUT_FN int g_m_tiles() const { return (rows() + 63) / 64; }
   FLASHSEQ_LAYOUT_FN int g_k_per_wg() const { return DHP / warpgroups(); }
-  FLASHSEQ_LAYOUT_FN int g_k_steps() const { return g_k_per_wg() / 16; }
+  FLASHSEQ_LAYOUT_FN int g_k_steps() const { return g_k_per_wg() / K; }
   FLASHSEQ_LAYOUT_FN int g_a_regs() const { return g_m_tiles() * g_k_steps() * 4; }
   FLASHSEQ_LAYOUT_FN int g_c_elems() const { return BB / 2; }  // fp32 D per thread and m tile
   FLASHSEQ_LAYOUT_FN const char* gmma_invalid() const {
-    return (K != 16 || elem_bytes != 2) ? "wgmma path: 16-bit operands only"
+    return ((K == 16) != (elem_bytes == 2)) ? "wgmma path: K = 16 takes 16-bit operands, K = 8 tf32"
            : (warps() % 4 != 0) ? "wgmma path: the block's warps must form whole warpgroups"
-           : (DHP % (16 * warpgroups()) != 0) ? "wgmma path: DHP must split into the warpgroups' K steps"
+           : (DHP % (K * warpgroups()) != 0) ? "wgmma path: DHP must split into the warpgroups' K steps"
            : (BB != 8 && BB != 16) ? "wgmma path: N = BB must be 8 or 16 (the kernels' instructions)"
            : nullptr;
   }
-  // A: per warp the same 16x16 fragment as mma.m16n8k16 (PTX ISA, "Register fragments" of
-  // wgmma .m64nNk16: warp w of the warpgroup holds rows 16w..16w+15).
+  // A: per warp the same fragment as mma.sync of the same K (PTX ISA, "Register fragments" of
+  // wgmma .m64nNk16, 16x16 per warp like m16n8k16, and .m64nNk8 tf32, 16x8 per warp like
+  // m16n8k8: warp w of the warpgroup holds rows 16w..16w+15).
   FLASHSEQ_LAYOUT_FN RowCol g_a_elem(int warp, int mt, int kt, int lane, int i) const {
-    const RowCol rc = MmaShape<16>::a(lane, i);
-    return {64 * mt + 16 * (warp % 4) + rc.row, (warp / 4) * g_k_per_wg() + 16 * kt + rc.col};
+    const RowCol rc = K == 16 ? MmaShape<16>::a(lane, i) : MmaShape<8>::a(lane, i);
+    return {64 * mt + 16 * (warp % 4) + rc.row, (warp / 4) * g_k_per_wg() + K * kt + rc.col};
   }
-  // Register `reg` (elements 2reg, 2reg+1) of every lane: row row8 + lane/4, k k + 2*(lane%4).
+  // Register `reg` of every lane (K == 16: elements 2reg, 2reg+1; K == 8: element reg): row
+  // row8 + lane/4, k g_a_pair_k + a_lane_k(lane), as the mma.sync registers.
   FLASHSEQ_LAYOUT_FN int g_a_pair_row8(int warp, int mt, int reg) const {
     return 64 * mt + 16 * (warp % 4) + 8 * (reg & 1);
   }
   FLASHSEQ_LAYOUT_FN int g_a_pair_k(int warp, int kt, int reg) const {
-    return (warp / 4) * g_k_per_wg() + 16 * kt + 8 * (reg >> 1);
+    return (warp / 4) * g_k_per_wg() + K * kt + (K / 2) * (reg >> 1);
   }
   // D element i of lane `lane` (warp `warp`) in m tile mt: (gate row, batch row). Per 8 columns
   // the m16n8 C layout, rows offset by 16 * (warp % 4).
@@ -279,21 +283,23 @@ struct Tiling {
   }
 
   // B = h^T (K x N, k contiguous: "K-major", no transpose) in the canonical layout without
-  // swizzling: 8x8 "core matrices" (8 batch rows x 8 consecutive k, 16 bytes per row, 128
-  // contiguous bytes); core matrices along k are g_lbo_bytes() apart, along the batch
-  // g_sbo_bytes() apart. 16-byte pieces of 8 consecutive k of one row stay contiguous, so the
-  // exchange copies work unchanged.
+  // swizzling: "core matrices" of 8 batch rows x 16 bytes (8 consecutive k of 16 bits, or 4 of
+  // tf32: piece_elems()), 128 contiguous bytes; core matrices along k are g_lbo_bytes() apart,
+  // along the batch g_sbo_bytes() apart. A core-matrix row is one 16-byte piece of one batch
+  // row, so the exchange copies work unchanged.
   FLASHSEQ_LAYOUT_FN int g_h_offset(int b, int k) const {
-    return ((b / 8) * (DHP / 8) + k / 8) * 64 + (b % 8) * 8 + k % 8;
+    return ((b / 8) * (DHP / piece_elems()) + k / piece_elems()) * (8 * piece_elems()) +
+           (b % 8) * piece_elems() + k % piece_elems();
   }
   FLASHSEQ_LAYOUT_FN int g_lbo_bytes() const { return 128; }
-  FLASHSEQ_LAYOUT_FN int g_sbo_bytes() const { return (DHP / 8) * 128; }
+  FLASHSEQ_LAYOUT_FN int g_sbo_bytes() const { return (DHP / piece_elems()) * 128; }
   // The 64-bit shared-memory matrix descriptor of B for k step kt of warpgroup wg, the h buffer
   // at shared-memory byte address `buffer` (16-byte aligned). PTX ISA "Matrix Descriptor
   // Format": bits 0-13 start address >> 4, 16-29 leading dimension byte offset >> 4, 32-45
   // stride dimension byte offset >> 4, 49-51 base offset (0), 62-63 swizzle mode (0: none).
   FLASHSEQ_LAYOUT_FN unsigned long long g_desc_b(unsigned buffer, int wg, int kt) const {
-    const unsigned start = buffer + 2u * static_cast<unsigned>(g_h_offset(0, wg * g_k_per_wg() + 16 * kt));
+    const unsigned start =
+        buffer + static_cast<unsigned>(elem_bytes * g_h_offset(0, wg * g_k_per_wg() + K * kt));
     return static_cast<unsigned long long>((start & 0x3FFFFu) >> 4) |
            (static_cast<unsigned long long>((g_lbo_bytes() >> 4) & 0x3FFF) << 16) |
            (static_cast<unsigned long long>((g_sbo_bytes() >> 4) & 0x3FFF) << 32);

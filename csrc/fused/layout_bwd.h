@@ -62,8 +62,8 @@ struct BwdTiling {
     return f.invalid()                         ? f.invalid()
            : ((f.K == 16) != (f.elem_bytes == 2)) ? "mma K = 16 takes 16-bit operands, K = 8 tf32 (4 bytes)"
            : (!f.gmma && cols() % (WKB() * f.K) != 0) ? "G*BH must split into WKB warps of whole K tiles"
-           : (f.gmma && cols() % (GWK() * 16) != 0)
-               ? "wgmma backward: G*BH must split into GWK warpgroups of whole k steps of 16"
+           : (f.gmma && cols() % (GWK() * f.K) != 0)
+               ? "wgmma backward: G*BH must split into GWK warpgroups of whole k steps"
            : nullptr;
   }
   // slabs of partial sums per block: one per reduction slice (WKB warps, or GWK warpgroups)
@@ -163,19 +163,21 @@ struct BwdTiling {
 
   // -- wgmma (sm_90a, f.gmma == 1) ----------------------------------------------------------------
   // The same product D[k, b] = A[k, (g, e)] * Bop[(g, e), b] as warpgroup-wide
-  // wgmma.mma_async.m64nNk16 (N = BB): M = the rows k in 64-row tiles (rows past DHP: zero
-  // weights, their sums dropped), K = the block's G*BH gate columns in steps of 16. The
+  // wgmma.mma_async.m64nNkK (N = BB; K = 16 for 16-bit, 8 for tf32): M = the rows k in 64-row
+  // tiles (rows past DHP: zero weights, their sums dropped), K = the block's G*BH gate columns
+  // in steps of f.K. The
   // warpgroups() warpgroups are GWM over the m tiles (gcd(warpgroups, m tiles), each a run of
   // consecutive tiles) times GWK splitting the columns; warpgroup wg = (gwm, gwk): gwm = wg % GWM,
   // gwk = wg / GWM. Inside one, warp w (= warp % 4) holds rows 16w..16w+15 of each 64-row tile,
-  // the m16n8k16 A fragment (PTX ISA, wgmma .m64nNk16 register fragments). A = the weights in
+  // the mma.sync A fragment of the same K (PTX ISA, wgmma .m64nNk16 / .m64nNk8 register
+  // fragments: m16n8k16's / tf32 m16n8k8's). A = the weights in
   // registers, B = d(rh)^T read from shared memory through a matrix descriptor.
   FLASHSEQ_LAYOUT_FN int g_m_tiles() const { return (f.DHP + 63) / 64; }
   FLASHSEQ_LAYOUT_FN int GWM() const { return gwm; }
   FLASHSEQ_LAYOUT_FN int GWK() const { return f.warpgroups() / GWM(); }
   FLASHSEQ_LAYOUT_FN int g_wg_m_tiles() const { return g_m_tiles() / GWM(); }  // per warpgroup
   FLASHSEQ_LAYOUT_FN int g_cols_per_wg() const { return cols() / GWK(); }
-  FLASHSEQ_LAYOUT_FN int g_k_steps() const { return g_cols_per_wg() / 16; }
+  FLASHSEQ_LAYOUT_FN int g_k_steps() const { return g_cols_per_wg() / f.K; }
   FLASHSEQ_LAYOUT_FN int g_a_regs() const { return g_wg_m_tiles() * g_k_steps() * 4; }
   FLASHSEQ_LAYOUT_FN int g_c_elems() const { return f.BB / 2; }  // fp32 D per thread and m tile
   // (0 spelled out for a single slice: the compiler cannot know warp < warps(), and a constant
@@ -187,16 +189,17 @@ struct BwdTiling {
     return 64 * (g_wm(warp) * g_wg_m_tiles() + mt) + 16 * (warp % 4);
   }
   FLASHSEQ_LAYOUT_FN RowCol g_a_elem(int warp, int mt, int kt, int lane, int i) const {
-    const RowCol rc = MmaShape<16>::a(lane, i);
-    return {g_row16(warp, mt) + rc.row, g_wk(warp) * g_cols_per_wg() + 16 * kt + rc.col};
+    const RowCol rc = mma_a(lane, i);
+    return {g_row16(warp, mt) + rc.row, g_wk(warp) * g_cols_per_wg() + f.K * kt + rc.col};
   }
-  // Register `reg` (elements 2reg, 2reg+1): row row8 + lane/4, columns col8 + 2*(lane%4) + 0/1,
-  // two adjacent units of one gate (col8 and BH are multiples of 8), one 32-bit load from r.
+  // Register `reg`: row row8 + lane/4, columns col8 + a_lane_col(lane) (16-bit: elements 2reg,
+  // 2reg+1, two adjacent units; tf32 m64nNk8: element reg, one unit) of one gate (col8 a
+  // multiple of K/2, BH of 8), one 32-bit load from r.
   FLASHSEQ_LAYOUT_FN int g_a_pair_row8(int warp, int mt, int reg) const {
     return g_row16(warp, mt) + 8 * (reg & 1);
   }
   FLASHSEQ_LAYOUT_FN int g_a_pair_col8(int warp, int kt, int reg) const {
-    return g_wk(warp) * g_cols_per_wg() + 16 * kt + 8 * (reg >> 1);
+    return g_wk(warp) * g_cols_per_wg() + f.K * kt + (f.K / 2) * (reg >> 1);
   }
   // D element i of lane `lane` in m tile mt: (row k, batch row b); per 8 batch columns the
   // m16n8 C layout, rows offset by 16 * (warp % 4)
@@ -207,21 +210,23 @@ struct BwdTiling {
     return part_offset(parity, g_wk(warp), g_c_elem(warp, mt, lane, i).col, g_c_elem(warp, mt, lane, i).row);
   }
   // B = d(rh)^T (K = gate columns x N = batch, columns contiguous per batch row: K-major, no
-  // transpose) in the canonical layout without swizzling: 8x8 core matrices (8 batch rows x 8
-  // consecutive columns, 16 bytes per row, 128 contiguous bytes); core matrices along the
-  // columns g_lbo_bytes() apart, along the batch g_sbo_bytes() apart.
+  // transpose, which tf32 requires) in the canonical layout without swizzling: core matrices of
+  // 8 batch rows x 16 bytes (8 consecutive 16-bit columns, or 4 tf32: f.piece_elems()), 128
+  // contiguous bytes; core matrices along the columns g_lbo_bytes() apart, along the batch
+  // g_sbo_bytes() apart.
   FLASHSEQ_LAYOUT_FN int g_dg_offset(int b, int col) const {
-    return ((b / 8) * (cols() / 8) + col / 8) * 64 + (b % 8) * 8 + col % 8;
+    const int pe = f.piece_elems();
+    return ((b / 8) * (cols() / pe) + col / pe) * (8 * pe) + (b % 8) * pe + col % pe;
   }
   FLASHSEQ_LAYOUT_FN int g_lbo_bytes() const { return 128; }
-  FLASHSEQ_LAYOUT_FN int g_sbo_bytes() const { return (cols() / 8) * 128; }
+  FLASHSEQ_LAYOUT_FN int g_sbo_bytes() const { return (cols() / f.piece_elems()) * 128; }
   // The 64-bit matrix descriptor of B for k step kt of column slice gwk, the d(rh) buffer at
   // shared-memory byte address `buffer` (16-byte aligned); fields as layout.h's g_desc_b (PTX
   // ISA "Matrix Descriptor Format": start >> 4 in bits 0-13, leading byte offset >> 4 in 16-29,
   // stride byte offset >> 4 in 32-45, base offset 0, no swizzle).
   FLASHSEQ_LAYOUT_FN unsigned long long g_desc_b(unsigned buffer, int gwk, int kt) const {
-    const unsigned col = static_cast<unsigned>(gwk * g_cols_per_wg() + 16 * kt);
-    const unsigned start = buffer + 2u * static_cast<unsigned>(g_dg_offset(0, static_cast<int>(col)));
+    const int col = gwk * g_cols_per_wg() + f.K * kt;
+    const unsigned start = buffer + static_cast<unsigned>(f.elem_bytes * g_dg_offset(0, col));
     return static_cast<unsigned long long>((start & 0x3FFFFu) >> 4) |
            (static_cast<unsigned long long>((g_lbo_bytes() >> 4) & 0x3FFF) << 16) |
            (static_cast<unsigned long long>((g_sbo_bytes() >> 4) & 0x3FFF) << 32);

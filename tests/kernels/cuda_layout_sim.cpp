@@ -6,15 +6,16 @@
 // documentation. Output: rh[b, g, n, e] = sum_k h[b, n, k] * r[g, n, k, e] as the kernel would
 // see it, plus a nonzero exit code and a message when an element is written twice or never.
 //
-// With gmma = 1 (the sm_90a wgmma path) the product is one warpgroup-wide m64nNk16 per (m tile,
-// k step): A from the lanes' registers (layout.h), B read from the shared h buffer through the
+// With gmma = 1 (the sm_90a wgmma path) the product is one warpgroup-wide m64nNkK per (m tile,
+// k step; K = 16 for 16-bit, K = 8 for tf32): A from the lanes' registers (layout.h), B read from the shared h buffer through the
 // matrix descriptor layout.h encodes, decoded here by the PTX ISA's rules (wgmma_read_b below,
 // written from the ISA, not from layout.h), D scattered to the threads by the Python tables.
 //
 // Usage: cuda_layout_sim <input file> <output file>. Input (little-endian):
 //   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode(0: global exchange, 1: cluster) gmma
 //   gmma == 0: int32 a_tab[32][A][2], b_tab[32][Bn][2], c_tab[32][4][2]  (row, col) per lane
-//   gmma == 1: int32 a_tab[128][8][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
+//   gmma == 1: int32 a_tab[128][K/2][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
+//   (K = 16: m64nNk16; K = 8: tf32 m64nNk8)
 //   float64 r[G][NH][DH][DH], h[B][NH][DH]
 // Output: float64 rh[B][G][NH][DH].
 #include <cstdio>
@@ -43,7 +44,7 @@ int main(int argc, char** argv) {
   const int kD = t.BB / 2;  // wgmma D elements per thread and m tile
   std::vector<int> a_tab, b_tab, c_tab, ga_tab, gd_tab;
   if (t.gmma) {
-    ga_tab.resize(128 * 8 * 2);
+    ga_tab.resize(128 * kA * 2);  // 64 x K elements over 128 threads: K / 2 each
     gd_tab.resize(128 * kD * 2);
     read(in, ga_tab.data(), ga_tab.size());
     read(in, gd_tab.data(), gd_tab.size());
@@ -159,29 +160,33 @@ int main(int argc, char** argv) {
               double A[64][16] = {};
               for (int th = 0; th < 128; ++th) {
                 const int warp = 4 * wg + th / 32, lane = th % 32;
-                for (int i = 0; i < 8; ++i) {
+                for (int i = 0; i < kA; ++i) {
                   const RowCol rk = t.g_a_elem(warp, mt, kt, lane, i);
                   if (rk.row < t.rows()) a_count[static_cast<size_t>(rk.row) * t.DHP + rk.col]++;
-                  // the kernel loads (2r, 2r+1) as one word at row row8 + lane/4, k + 2*(lane%4)
-                  const RowCol first = t.g_a_elem(warp, mt, kt, lane, i & ~1);
-                  const int row8 = t.g_a_pair_row8(warp, mt, i / 2);
-                  if (rk.row != first.row || rk.col != first.col + (i & 1) ||
+                  // the kernel loads register reg as one word at row row8 + lane/4 and k
+                  // g_a_pair_k + 2*(lane%4) (16-bit: elements 2reg, 2reg+1) or + lane%4 (tf32:
+                  // element reg)
+                  const int per = t.K == 16 ? 2 : 1, reg = i / per;
+                  const RowCol first = t.g_a_elem(warp, mt, kt, lane, reg * per);
+                  const int row8 = t.g_a_pair_row8(warp, mt, reg);
+                  if (rk.row != first.row || rk.col != first.col + i % per ||
                       first.row != row8 + lane / 4 ||
-                      first.col != t.g_a_pair_k(warp, kt, i / 2) + 2 * (lane % 4) || row8 % 8 != 0 ||
+                      first.col != t.g_a_pair_k(warp, kt, reg) + per * (lane % 4) || row8 % 8 != 0 ||
                       (row8 < t.rows() && row8 % t.BH + 8 > t.BH))
-                    fail("wgmma A register (row8 + group, k + 2 * thread in group)", i, 0);
-                  A[ga_tab[(th * 8 + i) * 2]][ga_tab[(th * 8 + i) * 2 + 1]] = weight(rk.row, rk.col);
+                    fail("wgmma A register (row8 + group, k + per * thread in group)", i, 0);
+                  A[ga_tab[(th * kA + i) * 2]][ga_tab[(th * kA + i) * 2 + 1]] = weight(rk.row, rk.col);
                 }
               }
               const unsigned long long desc = t.g_desc_b(base, wg, kt);
-              for (int k = 0; k < 16; ++k)
+              const int eb = t.elem_bytes;
+              for (int k = 0; k < t.K; ++k)
                 for (int col = 0; col < t.BB; ++col) {
-                  const long long addr = wgmma_b_address(desc, k, col) - base;
-                  if (addr < 0 || addr % 2 != 0 || addr / 2 >= t.h_buffer_elems()) {
+                  const long long addr = wgmma_b_address(desc, k, col, eb) - base;
+                  if (addr < 0 || addr % eb != 0 || addr / eb >= t.h_buffer_elems()) {
                     fail("wgmma B address outside the h buffer", addr, 0);
                     continue;
                   }
-                  for (int row = 0; row < 64; ++row) D[row * t.BB + col] += A[row][k] * sh[addr / 2];
+                  for (int row = 0; row < 64; ++row) D[row * t.BB + col] += A[row][k] * sh[addr / eb];
                 }
             }
             for (int th = 0; th < 128; ++th) {

@@ -6,8 +6,8 @@
 // partial sums into the parity buffers, and the meeting of the P blocks' partials (a cluster's
 // distributed shared memory, or the fp32 global buffer). The tensor-core instruction itself is
 // emulated from lane tables the Python test transcribes from the PTX documentation.
-// With gmma = 1 (the sm_90a wgmma path) the product is one warpgroup-wide m64nNk16 per (m tile
-// of 64 rows k, k step of 16 gate columns): A from the lanes' registers as the kernel loads
+// With gmma = 1 (the sm_90a wgmma path) the product is one warpgroup-wide m64nNkK per (m tile
+// of 64 rows k, k step of K gate columns; K = 16 for 16-bit, 8 for tf32): A from the lanes' registers as the kernel loads
 // them, B = d(rh)^T read from the shared d(rh) buffer at the addresses the PTX ISA's matrix
 // descriptor rules give for the descriptor layout_bwd.h encodes (decoded here by
 // wgmma_b_address, written from the ISA, not from layout_bwd.h), D scattered to the threads by
@@ -20,7 +20,8 @@
 //   bit 1: the step's parity, which double buffer the partial sums use) gmma
 //   gmma == 0: int32 a_tab[32][K/2][2], b_tab[32][K/4][2], c_tab[32][4][2]  (row, col) per lane
 //   (K = 16: m16n8k16; K = 8: tf32 m16n8k8)
-//   gmma == 1: int32 a_tab[128][8][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
+//   gmma == 1: int32 a_tab[128][K/2][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
+//   (K = 16: m64nNk16; K = 8: tf32 m64nNk8)
 //   float64 r[G][NH][DH][DH], dg[B][G][NH][DH]
 // Output: float64 dh[B][NH][DH].
 #include <cstdio>
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   const int kD = ft.BB / 2;  // wgmma D elements per thread and m tile
   std::vector<int> a_tab, b_tab, c_tab, ga_tab, gd_tab;
   if (ft.gmma) {
-    ga_tab.resize(128 * 8 * 2);
+    ga_tab.resize(128 * (ft.K / 2) * 2);  // 64 x K elements over 128 threads
     gd_tab.resize(128 * kD * 2);
     read(in, ga_tab.data(), ga_tab.size());
     read(in, gd_tab.data(), gd_tab.size());
@@ -125,43 +126,46 @@ int main(int argc, char** argv) {
             for (int kt = 0; kt < t.g_k_steps(); ++kt) {
               double A[64][16] = {};
               int a_seen[64][16] = {};
+              // elements per 32-bit register: 2 (16-bit), 1 (tf32); per thread: K / 2
+              const int per = ft.K == 16 ? 2 : 1, kGA = ft.K / 2;
               for (int th = 0; th < 128; ++th) {
                 const int warp = 4 * wg + th / 32, lane = th % 32;
                 for (int reg = 0; reg < 4; ++reg) {
-                  // as backward.cuh loads it: one 32-bit pair at row row8 + lane/4, columns
-                  // col8 + 2*(lane%4) + 0/1 (one gate, adjacent units); rows past DHP zero
+                  // as backward.cuh loads it: one 32-bit word at row row8 + lane/4, columns
+                  // col8 + per*(lane%4) (+ 0/1: adjacent units of one gate); rows past DHP zero
                   const int row8 = t.g_a_pair_row8(warp, mt, reg), row = row8 + (lane >> 2);
                   const int col8 = t.g_a_pair_col8(warp, kt, reg);
                   const GateUnit gu = t.col_gate_unit(col8);
-                  if (row8 % 8 != 0 || col8 % 8 != 0 || gu.unit + 8 > BH)
+                  if (row8 % 8 != 0 || col8 % (4 * per) != 0 || gu.unit + 4 * per > BH)
                     fail("wgmma A register (row8, col8 in one gate)", reg, 0);
                   const bool live = row8 < DHP;
                   const long long off =
-                      t.r_offset(NH, head, slice, gu.gate, live ? row : 0, gu.unit + 2 * (lane & 3));
-                  for (int h = 0; h < 2; ++h) {
-                    const int i = 2 * reg + h;
+                      t.r_offset(NH, head, slice, gu.gate, live ? row : 0, gu.unit + per * (lane & 3));
+                  for (int h = 0; h < per; ++h) {
+                    const int i = per * reg + h;
                     const RowCol rc = t.g_a_elem(warp, mt, kt, lane, i);
-                    if (rc.row != row || rc.col != col8 + 2 * (lane & 3) + h)
+                    if (rc.row != row || rc.col != col8 + per * (lane & 3) + h)
                       fail("wgmma A element vs its register's address", i, 0);
                     if (live) a_count[static_cast<size_t>(rc.row) * t.cols() + rc.col]++;
-                    const int tr = ga_tab[(th * 8 + i) * 2], tc = ga_tab[(th * 8 + i) * 2 + 1];
+                    const int tr = ga_tab[(th * kGA + i) * 2], tc = ga_tab[(th * kGA + i) * 2 + 1];
                     A[tr][tc] = live ? rp[off + h] : 0.0;
                     a_seen[tr][tc]++;
                   }
                 }
               }
               for (int x = 0; x < 64; ++x)
-                for (int y = 0; y < 16; ++y)
+                for (int y = 0; y < ft.K; ++y)
                   if (a_seen[x][y] != 1) fail("wgmma A tile", x * 16 + y, a_seen[x][y]);
               const unsigned long long desc = t.g_desc_b(base, t.g_wk(4 * wg), kt);
-              for (int k = 0; k < 16; ++k)
+              const int eb = ft.elem_bytes;
+              for (int k = 0; k < ft.K; ++k)
                 for (int n = 0; n < BB; ++n) {
-                  const long long addr = wgmma_b_address(desc, k, n) - base;
-                  if (addr < 0 || addr % 2 != 0 || addr / 2 >= t.dg_elems()) {
+                  const long long addr = wgmma_b_address(desc, k, n, eb) - base;
+                  if (addr < 0 || addr % eb != 0 || addr / eb >= t.dg_elems()) {
                     fail("wgmma B address outside the d(rh) buffer", addr, 0);
                     continue;
                   }
-                  for (int row = 0; row < 64; ++row) D[row * BB + n] += A[row][k] * sDg[addr / 2];
+                  for (int row = 0; row < 64; ++row) D[row * BB + n] += A[row][k] * sDg[addr / eb];
                 }
             }
             for (int th = 0; th < 128; ++th) {

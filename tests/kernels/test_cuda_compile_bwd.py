@@ -1,7 +1,8 @@
 """The CUDA persistent BACKWARD kernel compiles for sm_80 and sm_90a at the solver's plans, inside
 its predicted register budget, with tensor cores in the reversed step loop and the weights on chip.
 
-For every cell x dtype (bf16, fp16, fp32 on tf32 mma.sync m16n8k8, its plan the "tf32" one) x DH
+For every cell x dtype (bf16, fp16, fp32 on tf32: mma.sync m16n8k8, or wgmma m64nNk8 on sm_90a;
+its plan the "tf32" one) x DH
 in (64, 256, 768), the backward's own plan (``plan_fused_rnn_backward``: the solver's tiles for the
 backward) for batch 16, one head (A100 plan for sm_80, H100 plan for sm_90a, whose split heads
 meet inside a cluster) is compiled from csrc/fused/fused_rnn_bwd.cu with nvcc -Xptxas -v, capped
@@ -93,14 +94,14 @@ def test_backward_no_spills_at_its_register_budget(reports, cell, dtype, DH, arc
 
 
 def test_backward_wgmma_serves_every_h100_plan():
-    """Not vacuous: every 16-bit sm_90a backward plan of the list takes the wgmma path, and
-    each plan says which product its build takes."""
+    """Not vacuous: every sm_90a backward plan of the list takes the wgmma path (bf16, fp16 and
+    float32 on tf32 wgmma m64nNk8), and each plan says which product its build takes."""
     for cell, dtype, dh, arch in compile_cases():
         plan = _bplan(cell, dtype, dh, arch)
         assert cuda_compile.uses_wgmma(arch, plan) == plan.wgmma == (
             arch == "sm_90a" and cuda_compile.wgmma_serves(plan))
-        if arch == "sm_90a" and dtype != "float32":
-            assert plan.wgmma
+        if arch == "sm_90a":
+            assert plan.wgmma, (cell, dtype, dh)
 
 
 def test_backward_register_model_is_at_least_the_weight_fragments():
@@ -151,10 +152,15 @@ def save_reports():
 def test_save_mode_forward_fits_the_forward_plan(save_reports, cell, dtype, DH, arch):
     """The forward that also writes what the backward reads (bf16, fp16 differing only in the
     mma type, and fp32 on tf32) keeps the inference build's budget: registers <= the plan, no
-    spills, tensor cores and no weight load in the step loop."""
+    spills, tensor cores (sm_90a: HGMMA only, not serialised) and no weight load in the step
+    loop, every weight load in the prologue."""
     plan, rep = save_reports[(cell, dtype, DH, arch)]
     assert rep.defines["FLASHSEQ_FWD_SAVE"] == "1"
     assert 0 < rep.registers <= plan.registers_per_thread, rep
     assert sum(rep.tensor_ops_in_loop.values()) > 0 and rep.weight_loads_in_loop == 0, rep
+    if arch == "sm_90a":
+        assert rep.defines["FLASHSEQ_GMMA"] == "1" and rep.tensor_ops_in_loop["HMMA"] == 0, rep
+        assert rep.tensor_ops_in_loop["HGMMA"] > 0 and not rep.wgmma_serialized, rep
+    assert rep.weight_loads_total == cuda_compile.expected_weight_loads(plan, arch), rep
     assert rep.local_memory_ops_in_loop == 0, rep
     assert rep.spill_store_bytes == 0 and rep.spill_load_bytes == 0 and rep.stack_bytes == 0, rep

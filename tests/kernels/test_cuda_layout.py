@@ -9,8 +9,8 @@ tensor-core instruction is emulated from the lane tables below, transcribed from
 fragment figures independently of layout.h. The result must equal h @ r exactly (small integer
 inputs), and the simulation fails on any element written twice or never.
 
-The sm_90a path (wgmma) is simulated the same way for every H100 plan: warpgroup-wide
-m64nNk16 products, A from the lanes' registers, B = h^T read from the shared h buffer at the
+The sm_90a path (wgmma) is simulated the same way for every H100 plan, 16-bit and tf32:
+warpgroup-wide m64nNk16 (m64nNk8 for tf32) products, A from the lanes' registers, B = h^T read from the shared h buffer at the
 addresses the PTX ISA gives for the matrix descriptor layout.h encodes (the simulation decodes
 it: start address, leading and stride byte offsets, canonical K-major layout without
 swizzling), D spread over the warpgroup's threads by the ISA's table below.
@@ -53,18 +53,24 @@ def _ptx_tables(k: int):
     return {"a": a, "b": b, "c": c}
 
 
-def _wgmma_tables(n: int):
-    """{'a': [128][8] (row, col) of A (64 x 16), 'd': [128][n/2] (row, col) of D (64 x n)} for
-    wgmma.m64nNk16 with 16-bit A in registers (PTX ISA, "Register fragments" of wgmma
-    .m64nNk16): thread = 32 * warp + 4 * groupID + tig, warp = 0..3 of the warpgroup."""
+def _wgmma_tables(n: int, k: int = 16):
+    """{'a': [128][k/2] (row, col) of A (64 x k), 'd': [128][n/2] (row, col) of D (64 x n)} for
+    wgmma.m64nNk16 with 16-bit A in registers (k=16), or wgmma.m64nNk8 with tf32 A in registers
+    (k=8) (PTX ISA, "Register fragments" of wgmma .m64nNk16 / .m64nNk8): thread = 32 * warp +
+    4 * groupID + tig, warp = 0..3 of the warpgroup."""
     a, d = [], []
     for thread in range(128):
         warp, lane = divmod(thread, 32)
         group, tig = divmod(lane, 4)
         top = 16 * warp + group
-        # A: a0 a1 (row top, cols 2t, 2t+1), a2 a3 (top+8), a4 a5 (top, cols +8), a6 a7 (top+8, +8)
-        rows = [top, top, top + 8, top + 8] * 2
-        cols = [2 * tig, 2 * tig + 1] * 2 + [2 * tig + 8, 2 * tig + 9] * 2
+        if k == 16:
+            # a0 a1 (row top, cols 2t, 2t+1), a2 a3 (top+8), a4 a5 (top, cols +8), a6 a7 (top+8, +8)
+            rows = [top, top, top + 8, top + 8] * 2
+            cols = [2 * tig, 2 * tig + 1] * 2 + [2 * tig + 8, 2 * tig + 9] * 2
+        else:
+            # tf32: a0 (row top, col t), a1 (top+8, t), a2 (top, t+4), a3 (top+8, t+4)
+            rows = [top, top + 8, top, top + 8]
+            cols = [tig, tig, tig + 4, tig + 4]
         a.append(list(zip(rows, cols)))
         # D: per 8 columns, d(4j) d(4j+1) at row top, d(4j+2) d(4j+3) at top+8; cols 8j + 2t (+1)
         d.append([(top + 8 * ((i // 2) % 2), 8 * (i // 4) + 2 * tig + i % 2) for i in range(n // 2)])
@@ -81,14 +87,14 @@ def test_ptx_tables_cover_each_operand_once():
                 for row, col in lane:
                     seen[row, col] += 1
             assert bool((seen == 1).all()), (k, name)
-    for n in (8, 16):
-        t = _wgmma_tables(n)
-        for name, shape in (("a", (64, 16)), ("d", (64, n))):
+    for n, k in ((8, 16), (16, 16), (8, 8), (16, 8)):
+        t = _wgmma_tables(n, k)
+        for name, shape in (("a", (64, k)), ("d", (64, n))):
             seen = torch.zeros(shape, dtype=torch.int64)
             for thread in t[name]:
                 for row, col in thread:
                     seen[row, col] += 1
-            assert bool((seen == 1).all()), (n, name)
+            assert bool((seen == 1).all()), (n, k, name)
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +115,7 @@ def _simulate(binary, tmp_path, tiling, r, h, cluster):
     B = h.shape[0]
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
     if tiling.get("gmma", 0):
-        tables, names = _wgmma_tables(tiling["BB"]), ("a", "d")
+        tables, names = _wgmma_tables(tiling["BB"], tiling["K"]), ("a", "d")
     else:
         tables, names = _ptx_tables(tiling["K"]), ("a", "b", "c")
     return run_layout_sim(binary, tmp_path, header + [B, NH, DH, int(cluster), tiling.get("gmma", 0)],
@@ -171,20 +177,25 @@ def test_simulation_catches_a_wrong_table(sim_binary, tmp_path, monkeypatch):
     assert not torch.equal(got, torch.einsum("bnk,gnke->bgne", h, r))
 
 
-@pytest.mark.parametrize("fault", ["a_rows", "d_rows"])
-def test_simulation_catches_a_wrong_wgmma_table(sim_binary, tmp_path, monkeypatch, fault):
-    """The wgmma check can fail: exchanging the row blocks of two warps in the A table, or the
-    two 8-row halves of the D table, makes the simulated product differ from h @ r."""
-    tiling = dict(G=4, BB=8, BH=32, WM=1, WK=4, DHP=256, P=8, K=16, elem_bytes=2, gmma=1)
+@pytest.mark.parametrize("k", [16, 8], ids=["16bit", "tf32"])
+@pytest.mark.parametrize("fault", ["a_rows", "a_cols", "d_rows"])
+def test_simulation_catches_a_wrong_wgmma_table(sim_binary, tmp_path, monkeypatch, fault, k):
+    """The wgmma check can fail, for m64nNk16 (16-bit) and m64nNk8 (tf32): exchanging the row
+    blocks of two warps in the A table, its two column halves (for tf32: a2/a3 taken for a1/a2,
+    the m16n8k16 habit), or the two 8-row halves of the D table, makes the simulated product
+    differ from h @ r."""
+    tiling = dict(G=4, BB=8, BH=32, WM=1, WK=4, DHP=256, P=8, K=k, elem_bytes=32 // k, gmma=1)
     gen = torch.Generator().manual_seed(1)
     r = torch.randint(-3, 4, (4, 1, 256, 256), generator=gen).double()
     h = torch.randint(-3, 4, (8, 1, 256), generator=gen).double()
     good = _wgmma_tables
 
-    def bad(n):
-        t = good(n)
+    def bad(n, kk):
+        t = good(n, kk)
         if fault == "a_rows":
             t["a"] = [[(row ^ 16, col) for row, col in th] for th in t["a"]]
+        elif fault == "a_cols":
+            t["a"] = [[(row, col ^ (kk // 2)) for row, col in th] for th in t["a"]]
         else:
             t["d"] = [[(row ^ 8, col) for row, col in th] for th in t["d"]]
         return t

@@ -8,7 +8,7 @@ partial sums of each block and of its split reduction, and the sum of the P bloc
 for each block's own units (a cluster's distributed shared memory, or the fp32 global buffer).
 The tensor core is emulated from the PTX lane tables of tests/kernels/test_cuda_layout.py. The
 H100 tilings are also simulated on the wgmma path (sm_90a): warpgroup-wide m64nNk16 products
-over 64-row tiles of k (the last tile's rows past DHP zero), A from the lanes' registers as the
+(m64nNk8 for tf32) over 64-row tiles of k (the last tile's rows past DHP zero), A from the lanes' registers as the
 kernel loads them, B = d(rh)^T read from the shared d(rh) buffer at the addresses the PTX ISA
 gives for the matrix descriptor layout_bwd.h encodes (the simulation decodes it: start address,
 leading and stride byte offsets, canonical K-major layout without swizzling). The
@@ -43,7 +43,7 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
     NH, DH = r.shape[1], r.shape[2]
     B = dg.shape[0]
     gmma = tiling.get("gmma", 0)
-    tables = tables or (_wgmma_tables(tiling["BB"]) if gmma else _ptx_tables(tiling["K"]))
+    tables = tables or (_wgmma_tables(tiling["BB"], tiling["K"]) if gmma else _ptx_tables(tiling["K"]))
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
     names = ("a", "d") if gmma else ("a", "b", "c")
     return run_layout_sim(binary, tmp_path, header + [B, NH, DH, int(cluster) | (parity << 1), gmma],
@@ -51,15 +51,15 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
 
 
 def _bwd_plans():
-    # every tiling of the forward's list: bf16 (mma.sync m16n8k16, and wgmma on H100) and tf32
-    # (mma.sync m16n8k8, fp32 elements)
+    # every tiling of the forward's list: bf16 (mma.sync m16n8k16, and wgmma m64nNk16 on H100)
+    # and tf32 (mma.sync m16n8k8, and wgmma m64nNk8 on H100; fp32 elements)
     return _plans()
 
 
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _bwd_plans())
 def test_backward_fragments_reassemble_dh_prev(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
     """Every distinct bf16 and tf32 CUDA tiling the solver picks (4 cells, H100/A100, DH 64, 256,
-    768 and 40; the bf16 H100 ones on mma.sync and on wgmma), both exchanges and both step parities, batch 13
+    768 and 40; the H100 ones on mma.sync and on wgmma), both exchanges and both step parities, batch 13
     (a partial batch tile), two heads (one at DH 768)."""
     gen = torch.Generator().manual_seed(head_dim * 104729 + tiling["BH"] * 37 + tiling["WK"])
     heads = 1 if head_dim == 768 else 2
@@ -82,8 +82,10 @@ def test_backward_plans_cover_the_head_dims():
         assert {64, 256, 768} <= dims, k
 
 
-def test_backward_plans_cover_wgmma():
-    """Every H100 bf16 plan of DH 64, 256 and 768 is simulated on the wgmma path (sm_90a)."""
+@pytest.mark.parametrize("dtype", ["bfloat16", "tf32"])
+def test_backward_plans_cover_wgmma(dtype):
+    """Every H100 plan of DH 64, 256 and 768, bf16 and tf32 (float32 inputs), is simulated on
+    the wgmma path (sm_90a)."""
     from flashseq.cells import CELLS
     from flashseq.kernels.fused_rnn import cuda_compile
     from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
@@ -93,7 +95,7 @@ def test_backward_plans_cover_wgmma():
                  if p.values[1].get("gmma")}
     for cell in sorted(CELLS):
         for dh in (64, 256, 768):
-            plan = plan_fused_rnn(cell, 16, 1, dh, "bfloat16", "h100", backend="cuda")
+            plan = plan_fused_rnn(cell, 16, 1, dh, dtype, "h100", backend="cuda")
             assert cuda_compile.wgmma_serves(plan), plan
             assert (dh, tuple(sorted(_tiling(plan, gmma=1).items()))) in simulated, (cell, dh)
 
@@ -105,7 +107,12 @@ def test_backward_plans_cover_wgmma():
     dict(G=4, BB=8, BH=16, WM=2, WK=4, DHP=64, P=4, K=16, elem_bytes=2, gmma=1),
     # two warpgroups over two m tiles (GWM = 2), three gates
     dict(G=3, BB=8, BH=16, WM=1, WK=8, DHP=128, P=8, K=16, elem_bytes=2, gmma=1),
-], ids=["padded-rows-N16", "split-columns", "split-rows"])
+    # the same three on tf32 (m64nNk8, fp32 elements)
+    dict(G=4, BB=16, BH=16, WM=4, WK=1, DHP=48, P=3, K=8, elem_bytes=4, gmma=1),
+    dict(G=4, BB=8, BH=16, WM=2, WK=4, DHP=64, P=4, K=8, elem_bytes=4, gmma=1),
+    dict(G=3, BB=8, BH=16, WM=1, WK=8, DHP=128, P=8, K=8, elem_bytes=4, gmma=1),
+], ids=["padded-rows-N16", "split-columns", "split-rows", "tf32-padded-rows-N16", "tf32-split-columns",
+        "tf32-split-rows"])
 def test_backward_wgmma_beyond_the_plans(sim_binary, tmp_path, tiling):
     """Tilings the DH list's plans do not reach but the wgmma path serves: padding rows past
     DHP, N = 16, warpgroups splitting the columns (their partials summed), or the rows."""
@@ -119,19 +126,23 @@ def test_backward_wgmma_beyond_the_plans(sim_binary, tmp_path, tiling):
         assert torch.equal(got, want), f"cluster={cluster}: {int((got != want).sum())} elements differ"
 
 
-@pytest.mark.parametrize("fault", ["a_warps", "d_halves"])
-def test_backward_wgmma_simulation_catches_a_fault(sim_binary, tmp_path, fault):
-    """The wgmma check can fail: the A table with two warps' row blocks exchanged, or the D
-    table with its two 8-row halves exchanged, makes the simulated d(h_prev) differ."""
-    tiling = dict(G=4, BB=8, BH=32, WM=1, WK=4, DHP=256, P=8, K=16, elem_bytes=2, gmma=1)
+@pytest.mark.parametrize("k", [16, 8], ids=["16bit", "tf32"])
+@pytest.mark.parametrize("fault", ["a_warps", "a_cols", "d_halves"])
+def test_backward_wgmma_simulation_catches_a_fault(sim_binary, tmp_path, fault, k):
+    """The wgmma check can fail (m64nNk16 and tf32 m64nNk8): the A table with two warps' row
+    blocks exchanged, or its two column halves, or the D table with its two 8-row halves
+    exchanged, makes the simulated d(h_prev) differ."""
+    tiling = dict(G=4, BB=8, BH=32, WM=1, WK=4, DHP=256, P=8, K=k, elem_bytes=32 // k, gmma=1)
     gen = torch.Generator().manual_seed(3)
     r = torch.randint(-3, 4, (4, 1, 256, 256), generator=gen).double()
     dg = torch.randint(-3, 4, (8, 4, 1, 256), generator=gen).double()
     want = torch.einsum("bgne,gnke->bnk", dg, r)
     assert torch.equal(_simulate(sim_binary, tmp_path, tiling, r, dg, cluster=True), want)
-    t = _wgmma_tables(8)
+    t = _wgmma_tables(8, k)
     if fault == "a_warps":
         t["a"] = t["a"][32:64] + t["a"][:32] + t["a"][64:]
+    elif fault == "a_cols":
+        t["a"] = [[(row, col ^ (k // 2)) for row, col in th] for th in t["a"]]
     else:
         t["d"] = [[((row + 8) % 16 + 16 * (row // 16), col) for row, col in th] for th in t["d"]]
     got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster=True, tables=t)

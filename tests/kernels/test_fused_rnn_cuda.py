@@ -84,17 +84,24 @@ def test_refuses_dtypes_it_cannot_serve(set_tf32):
 
 def test_float32_plans_are_the_tf32_instantiation():
     """A float32 problem gets the tf32 plan (4-byte elements: twice the weight registers of
-    bf16) and the Fp32 element type (mma.sync m16n8k8 tf32), never wgmma, also on sm_90a."""
+    bf16) and the Fp32 element type: mma.sync m16n8k8 tf32 on sm_80, wgmma m64nNk8 tf32 on
+    sm_90a (the plan's warps form whole warpgroups)."""
     from flashseq.kernels.fused_rnn.cuda_compile import expected_weight_loads
     for gpu, arch in (("a100", "sm_80"), ("h100", "sm_90a")):
         plan = plan_fused_rnn("gru", 16, 1, 64, "tf32", gpu, backend="cuda")
         half = plan_fused_rnn("gru", 16, 1, 64, torch.bfloat16, gpu, backend="cuda")
         spec = cuda.extension_spec(plan, arch)
-        assert "-DFLASHSEQ_ELEM=Fp32" in spec.cuda_cflags and "-DFLASHSEQ_GMMA=0" in spec.cuda_cflags
+        wgmma = arch == "sm_90a"
+        assert "-DFLASHSEQ_ELEM=Fp32" in spec.cuda_cflags
+        assert f"-DFLASHSEQ_GMMA={int(wgmma)}" in spec.cuda_cflags
         assert plan.onchip_weight_bytes == 2 * half.onchip_weight_bytes * plan.BH // half.BH
         assert plan.registers_per_thread > half.registers_per_thread
-        assert expected_weight_loads(plan, arch) == 4 * (3 * plan.BH // plan.warps_m // 16) * (
-            plan.padded_head_dim // (8 * plan.warps_n))
+        if wgmma:  # 64-row tiles of the 3*BH gate rows x the warpgroup's k steps of 8
+            assert expected_weight_loads(plan, arch) == 4 * -(-3 * plan.BH // 64) * (
+                plan.padded_head_dim // (8 * plan.warps_m * plan.warps_n // 4))
+        else:
+            assert expected_weight_loads(plan, arch) == 4 * (3 * plan.BH // plan.warps_m // 16) * (
+                plan.padded_head_dim // (8 * plan.warps_n))
 
 
 def test_gradient_builds_are_the_save_mode_forward_and_the_backward():

@@ -24,8 +24,9 @@ from flashseq.kernels._triton_compile_common import (  # shared with the Triton 
 from . import cuda_build
 
 CELL_TYPES = {"lstm": "LstmCell", "gru": "GruCell", "slstm": "SlstmCell", "elman": "ElmanCell"}
-# float32 inputs run on tf32 tensor cores (mma.sync m16n8k8, fp32 accumulation): their CUDA plan
-# is made for "tf32" (cuda.plan_dtype); a plan made for "float32" has the same tiles and registers
+# float32 inputs run on tf32 tensor cores (mma.sync m16n8k8, or wgmma m64nNk8 on sm_90a; fp32
+# accumulation): their CUDA plan is made for "tf32" (cuda.plan_dtype); a plan made for "float32"
+# has the same tiles and registers
 ELEM_TYPES = {"bfloat16": "Bf16", "float16": "Fp16", "tf32": "Fp32", "float32": "Fp32"}
 SIXTEEN_BIT = ("bfloat16", "float16")
 ARCH_FLAGS = {"sm_80": ["-arch=sm_80"], "sm_90a": ["-gencode=arch=compute_90a,code=sm_90a"]}
@@ -254,13 +255,18 @@ def compile_barrier_floor(arch: str, cluster: bool) -> tuple[CubinReport, dict]:
     return rep, analyse_floor_sass(cuda_build.run_tool([cuobjdump, "-sass", rep.cubin]).stdout)
 
 
+def _mma_k(plan) -> int:
+    """K of one tensor-core instruction: 16 for 16-bit operands, 8 for tf32 (fp32 elements)."""
+    return 16 if plan.dtype in SIXTEEN_BIT else 8
+
+
 def wgmma_serves(plan) -> bool:
-    """The plan's tiling fits the wgmma path (csrc/fused/layout.h ``gmma_invalid``): 16-bit
-    operands, whole warpgroups (warps a multiple of 4) each taking whole k steps of 16, and
-    N = BB of 8 or 16."""
+    """The plan's tiling fits the wgmma path (csrc/fused/layout.h ``gmma_invalid``): whole
+    warpgroups (warps a multiple of 4) each taking whole k steps (16 for bf16/fp16, 8 for tf32,
+    i.e. float32 inputs: ``.tf32`` wgmma, both operands K-major), and N = BB of 8 or 16."""
     warps = plan.warps_m * plan.warps_n
-    return (plan.dtype in SIXTEEN_BIT and warps % 4 == 0 and plan.BB in (8, 16)
-            and plan.padded_head_dim % (16 * (warps // 4)) == 0)
+    return (plan.dtype in ELEM_TYPES and warps % 4 == 0 and plan.BB in (8, 16)
+            and plan.padded_head_dim % (_mma_k(plan) * (warps // 4)) == 0)
 
 
 def uses_wgmma(arch: str, plan=None) -> bool:
@@ -272,14 +278,14 @@ def uses_wgmma(arch: str, plan=None) -> bool:
 def expected_weight_loads(plan, arch: str = "sm_80") -> int:
     """32-bit weight loads per thread in the kernel's prologue: one per A-fragment register
     (wgmma: 64-row tiles over the warpgroup's K slice, csrc/fused/layout.h ``g_a_regs``; fp32
-    elements on tf32: K tiles of 8, so twice the registers of 16-bit ones)."""
+    elements on tf32: K steps of 8, so twice the registers of 16-bit ones, on both paths)."""
     G = get_cell(plan.cell).num_gates
+    k = _mma_k(plan)
     if uses_wgmma(arch, plan):
         warpgroups = plan.warps_m * plan.warps_n // 4
         m_tiles = -(-G * plan.BH // 64)
-        return m_tiles * (plan.padded_head_dim // (16 * warpgroups)) * 4
+        return m_tiles * (plan.padded_head_dim // (k * warpgroups)) * 4
     rows_per_warp = G * plan.BH // plan.warps_m
-    k = 16 if plan.dtype in SIXTEEN_BIT else 8
     return (rows_per_warp // 16) * (plan.padded_head_dim // (k * plan.warps_n)) * 4
 
 
@@ -288,16 +294,16 @@ def expected_backward_weight_loads(plan, arch: str = "sm_80") -> int:
     mma.sync: (DHP/WMB/16) row tiles x (G*BH/WKB/K) column tiles x 4, WMB = gcd(warps, DHP/16),
     K = 16 (16-bit) or 8 (fp32 on tf32: one weight per register);
     wgmma (``uses_wgmma``): the warpgroup's 64-row tiles of k (the last one padded past DHP),
-    cdiv(DHP, 64)/GWM of them, GWM = gcd(warpgroups, cdiv(DHP, 64)), x its k steps of 16 over
-    G*BH/GWK gate columns x 4."""
+    cdiv(DHP, 64)/GWM of them, GWM = gcd(warpgroups, cdiv(DHP, 64)), x its k steps of K (16, or
+    8 for tf32) over G*BH/GWK gate columns x 4."""
     import math
 
     cols = get_cell(plan.cell).num_gates * plan.BH
     warps, dhp = plan.warps_m * plan.warps_n, plan.padded_head_dim
+    k = _mma_k(plan)
     if uses_wgmma(arch, plan):
         m_tiles = -(-dhp // 64)
         gwm = math.gcd(warps // 4, m_tiles)
-        return (m_tiles // gwm) * (cols // (warps // 4 // gwm) // 16) * 4
+        return (m_tiles // gwm) * (cols // (warps // 4 // gwm) // k) * 4
     wmb = math.gcd(warps, dhp // 16)
-    k = 16 if plan.dtype in SIXTEEN_BIT else 8
     return (dhp // wmb // 16) * (cols // (warps // wmb) // k) * 4

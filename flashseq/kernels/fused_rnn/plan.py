@@ -186,7 +186,7 @@ class _Consts:
     l2_ps: int          # ps per byte from/to L2, per SM
     dsmem_ps: int       # ps per byte to another CTA's shared memory
     hbm_ps: int         # ps per byte of one SM's share of the memory bandwidth
-    wgmma: bool = False  # CUDA on sm_90 with 16-bit operands: the product runs on wgmma
+    wgmma: bool = False  # CUDA on sm_90: the product runs on wgmma (16-bit, or tf32 m64nNk8)
 
 
 def _consts(cell, batch, heads, head_dim, dtype, gpu, backend) -> _Consts:
@@ -196,8 +196,7 @@ def _consts(cell, batch, heads, head_dim, dtype, gpu, backend) -> _Consts:
         DHP=padded_head_dim(head_dim, backend), eb=ELEMENT_BYTES[dtype], sms=gpu.sm_count,
         clock_ps=max(1, round(1e12 / gpu.boost_clock_hz)),
         mma_ps=max(1, round(4096 / (peak_per_sm_ps / 4))), **byte_costs(gpu),
-        wgmma=(backend == "cuda" and tuple(gpu.compute_capability) == (9, 0)
-               and ELEMENT_BYTES[dtype] == 2))
+        wgmma=(backend == "cuda" and tuple(gpu.compute_capability) == (9, 0)))
 
 
 def byte_costs(gpu: GPUSpec) -> dict:
@@ -256,9 +255,10 @@ def resources(v, c: _Consts, backend: str, cdiv):
         if c.wgmma:
             # sm_90a (csrc/fused/layout.h, wgmma): the A fragments cover whole 64-row tiles of
             # the G*BH gate rows (the last tile's padding rows hold zeros) over each warpgroup's
-            # K slice: cdiv(G*BH, 64) tiles x DHP/W registers per thread. Never fewer than the
-            # mma.sync count; its smaller accumulators are not credited (ptxas needs the slack).
-            w_regs = cdiv(G * BH, 64) * cdiv(DHP, W)
+            # K slice: cdiv(G*BH, 64) tiles x DHP/W registers per thread (16-bit: two weights
+            # per register; tf32: one, so 2*DHP/W). Never fewer than the mma.sync count; its
+            # smaller accumulators are not credited (ptxas needs the slack).
+            w_regs = cdiv(G * BH, 64) * cdiv(DHP * eb // 2, W)
         acc_regs = cdiv(G * BB * BH, 32 * WM)                  # each K-warp keeps full partials
         h_regs = 2 * cdiv(BB * 16 * eb, 4 * 32)
         smem_terms = (2 * BB * DHP * eb + (WK - 1) * G * BB * BH * 4 + stages * G * BB * BH * eb,)

@@ -150,3 +150,21 @@ def test_sass_reading_finds_weight_loads_in_the_loop():
     assert found["tensor_ops_in_loop"]["HMMA"] == 1
     no_loop = cuda_compile.analyse_sass(_LOOP_WITH_WEIGHT_LOAD.replace("@P0 BRA 0x20", "@P0 BRA 0x60"))
     assert no_loop["weight_loads_in_loop"] == 0 and no_loop["tensor_ops_in_loop"]["HMMA"] == 0
+
+
+# ---- tf32: every operand rounded once (the PTX's cvt.rna.tf32.f32) -----------------------------
+@pytest.mark.parametrize("cell", ["elman", "gru", "lstm", "slstm"])
+@pytest.mark.parametrize("DH, arch", [(768, "sm_90a"), (64, "sm_80")])
+def test_fp32_forward_rounds_each_operand_to_tf32_once(cell, DH, arch):
+    """The float32 forward (wgmma m64nNk8 on sm_90a, mma.sync m16n8k8 on sm_80) rounds each
+    weight once after its load and each h value once when stored to shared memory (the h_0
+    copy's loop, and each of the thread's EL elements per step), nothing else: the PTX holds
+    exactly weight loads + 1 + EL roundings, beside tensor-core instructions of its path."""
+    plan = plan_fused_rnn(cell, 16, 1, DH, "tf32", TARGETS[arch], backend="cuda")
+    wgmma = cuda_compile.uses_wgmma(arch, plan)
+    assert wgmma == (arch == "sm_90a")
+    got = cuda_compile.tf32_roundings("fused_rnn_fwd", cuda_compile.forward_defines(plan, gmma=wgmma), arch)
+    elems = -(-plan.BB * plan.BH // (32 * plan.warps_m * plan.warps_n))
+    assert got["weight_loads"] == cuda_compile.expected_weight_loads(plan, arch), got
+    assert got["round"] == got["weight_loads"] + 1 + elems, got
+    assert got["mma"] > 0, got

@@ -164,3 +164,19 @@ def test_save_mode_forward_fits_the_forward_plan(save_reports, cell, dtype, DH, 
     assert rep.weight_loads_total == cuda_compile.expected_weight_loads(plan, arch), rep
     assert rep.local_memory_ops_in_loop == 0, rep
     assert rep.spill_store_bytes == 0 and rep.spill_load_bytes == 0 and rep.stack_bytes == 0, rep
+
+
+@pytest.mark.parametrize("cell", sorted(CELLS))
+@pytest.mark.parametrize("DH, arch", [(768, "sm_90a"), (64, "sm_80")])
+def test_fp32_backward_rounds_each_operand_to_tf32_once(cell, DH, arch):
+    """The float32 backward (wgmma m64nNk8 on sm_90a, mma.sync m16n8k8 on sm_80) rounds each
+    weight once after its load and each d(rh) value once when stored to shared memory (G per
+    owned element), nothing else: the PTX holds exactly weight loads + G * EL roundings."""
+    plan = _bplan(cell, "float32", DH, arch)
+    assert cuda_compile.uses_wgmma(arch, plan) == (arch == "sm_90a")
+    got = cuda_compile.tf32_roundings(
+        "fused_rnn_bwd", cuda_compile.backward_defines(plan, gmma=cuda_compile.uses_wgmma(arch, plan)), arch)
+    elems = -(-plan.BB * plan.BH // (32 * plan.warps_m * plan.warps_n))
+    assert got["weight_loads"] == cuda_compile.expected_backward_weight_loads(plan, arch), got
+    assert got["round"] == got["weight_loads"] + CELLS[cell].num_gates * elems, got
+    assert got["mma"] > 0, got

@@ -222,6 +222,29 @@ def _compile(name: str, sources, defines: dict, arch: str, extra_flags) -> Cubin
                        wgmma_serialized=tuple(meta.get("wgmma_serialized", ())))
 
 
+def tf32_roundings(kernel: str, defines: dict, arch: str) -> dict:
+    """Counts in the PTX of one instantiation (``kernel``: "fused_rnn_fwd" | "fused_rnn_bwd"; not
+    cached, a few seconds): ``round`` the tf32 roundings (``cvt.rna.tf32.f32``, device.cuh
+    ``Fp32::to_tf32``), ``weight_loads`` the tagged weight loads, ``mma`` the tensor-core
+    instructions (``mma.sync`` and ``wgmma.mma_async``). The fp32 kernels round each operand
+    once: every weight after its load, every value of h (d(rh) in the backward) when it is
+    stored to shared memory."""
+    import tempfile
+
+    nvcc = cuda_build.find_tool("nvcc")
+    if nvcc is None:
+        raise FileNotFoundError("reading the kernels' PTX needs nvcc")
+    flags = ["-std=c++17", "-O3", "-ptx", *ARCH_FLAGS[arch],
+             *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = pathlib.Path(tmp) / "k.ptx"
+        cuda_build.run_tool([nvcc, *flags, str(FUSED_DIR / f"{kernel}.cu"), "-o", str(out)])
+        ptx = out.read_text()
+    return {"round": len(re.findall(r"\bcvt\.rna\.tf32\.f32\b", ptx)),
+            "weight_loads": len(re.findall(r"\bld\.global\.nc\.L1::no_allocate\b", ptx)),
+            "mma": len(re.findall(r"\b(mma\.sync|wgmma\.mma_async)\.", ptx))}
+
+
 def floor_sources() -> list[pathlib.Path]:
     """Every file the barrier-floor kernel's compile reads (its cache key)."""
     return [FUSED_DIR / "barrier_floor.cu", FUSED_DIR / "device.cuh", FUSED_DIR / "launch_floor.h",

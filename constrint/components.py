@@ -10,7 +10,8 @@ work adds up instead: with a separable objective (a sum of terms, each read by o
 part minimises its own terms; a part the objective does not read needs one feasible point.
 """
 from . import propagators as P
-from .flatten import linear_eq, value_preference
+from .definitions import value_preference
+from .flatten import linear_eq
 
 
 def split(flat, lo, hi):

@@ -10,7 +10,7 @@ propagator's output (no auxiliary variable, no equality).
 from math import gcd
 
 from . import propagators as P
-from .definitions import _constant, _defined_variables
+from .definitions import defined_variables, fix_equality_chains, value_preference
 from .expr import CDiv, Compare, Const, Product, Sum, Var
 
 # Past this many monomials a product is not expanded further: the longer factor becomes one
@@ -36,14 +36,13 @@ class Flat:
     """
 
     def __init__(self, model):
-        self.n_model = len(model.variables)
         variables = model.variables
+        self.n_model = len(variables)
         self.lo = [v.lo for v in variables]
         self.hi = [v.hi for v in variables]
         self.vals = [v.values for v in variables]
         self.props = []
         self.defs = []
-        self.infeasible = False
         self._products = {}
         self._factors_of = {}  # product output atom -> its factors (atoms)
         self._cdivs = {}
@@ -51,58 +50,39 @@ class Flat:
         self._poly_cache = {}
         self._linear_aux = {}
         self.linear_defs = {}  # auxiliary atom -> (propagator index, ((atom, coef), ...), const)
-        self._product_outs = set()  # model variables that are the output of a product propagator
-        used = self._fix_equality_chains(model)
-        for constraint in model.constraints:
-            if id(constraint) not in used:
-                self._add_constraint(constraint)
-        self.defined = _defined_variables(model, self.lo, self.hi)
+        # model variables that are the output of a product propagator (a dict, as every set
+        # here: one kind of container less for a solve's first, cache-cold pass)
+        self._product_outs = {}
+        constraints = model.constraints
+        used, self.infeasible = fix_equality_chains(constraints, self.lo, self.hi, self.vals)
+        # one walk of each constraint's trees builds its propagators and, for `x == expr`,
+        # notes what definitions.defined_variables needs (the equality and, where the walk
+        # saw them, the variables its product side reads) instead of a second walk of the trees
+        candidates = []
+        for c in constraints:
+            if type(c) is not Compare:
+                self._add_divides(c)
+                continue
+            op, lhs, rhs = c.op, c.lhs, c.rhs
+            if op == "==":
+                if c in used:
+                    continue
+                if type(lhs) is Product and self._product_equals_constant(lhs, rhs):
+                    continue
+                if type(lhs) is Var or type(rhs) is Var:
+                    done, reads = self._product_as_var(lhs, rhs)
+                    candidates.append((c, reads))
+                    if done:
+                        continue
+            elif op != "!=" and self._bound(lhs, op, rhs):
+                continue
+            self._add_compare(lhs, op, rhs)
+        self.defined = defined_variables(candidates, self.lo, self.hi)
         self.objective = None
         self.objective_const = None
         if model.objective is not None:
             expr, sense = model.objective
             self._set_objective(expr, 1 if sense == "min" else -1)
-
-    # ---- equality chains ------------------------------------------------------------------
-    def _fix_equality_chains(self, model):
-        """Fix every variable that an `x == expr` constraint sets to a constant, transitively
-        (`batch == 16`, then `rows == gates * head_dim` once both are known), before anything
-        is flattened: the constants then fold into every expression that reads them (fewer
-        products, shorter sums) and those constraints become checks on constants. A value
-        outside x's domain makes the model infeasible. Returns the ids of the constraints that
-        fixed a variable (they hold by construction: nothing is left to flatten of them)."""
-        lo, hi = self.lo, self.hi
-        used = set()
-        pending = [c for c in model.constraints if type(c) is Compare and c.op == "=="
-                   and (type(c.lhs) is Var or type(c.rhs) is Var)]
-        while pending:
-            left = []
-            for c in pending:
-                for side, other in ((c.lhs, c.rhs), (c.rhs, c.lhs)):
-                    if type(side) is Var and lo[side.index] != hi[side.index]:
-                        value = _constant(other, lo, hi)
-                        if value is not None:
-                            break
-                else:
-                    # still open while a side is an unfixed variable (a loop, not any(): this
-                    # runs for most constraints of a model, twice)
-                    x, y = c.lhs, c.rhs
-                    if ((type(x) is Var and lo[x.index] != hi[x.index])
-                            or (type(y) is Var and lo[y.index] != hi[y.index])):
-                        left.append(c)
-                    continue
-                i = side.index
-                vals = self.vals[i]
-                if not lo[i] <= value <= hi[i] or (vals is not None and value not in vals):
-                    self.infeasible = True
-                    return used
-                lo[i] = hi[i] = value
-                self.vals[i] = None
-                used.add(id(c))
-            if len(left) == len(pending):
-                break
-            pending = left
-        return used
 
     def _restrict(self, i, lo, hi):
         """Narrow atom i's initial domain to [lo, hi] (empty: the model is infeasible)."""
@@ -135,27 +115,48 @@ class Flat:
         atom = self._products.get(mono)
         if atom is not None:
             return atom
-        lo, hi = self.lo, self.hi
-        plo = phi = 1
-        for i in mono:
-            if lo[i] < 0:
-                break
-            plo *= lo[i]
-            phi *= hi[i]
-        else:
-            atom = self._products[mono] = self._new_atom(plo, phi)
-            self._factors_of[atom] = mono
-            self.props.append(P.product_nonneg(atom, mono, lo, hi))
-            self.defs.append(("product", atom, mono))
-            return atom
-        plo = phi = 1
-        for i in mono:
-            plo, phi = P._mul_interval(plo, phi, lo[i], hi[i])
-        atom = self._products[mono] = self._new_atom(plo, phi)
+        atom = len(self.lo)
+        prop, plo, phi = self._product_prop(atom, mono)
+        self._products[mono] = atom
+        self._new_atom(plo, phi)
         self._factors_of[atom] = mono
-        self.props.append(P.Product(atom, mono))
+        self.props.append(prop)
         self.defs.append(("product", atom, mono))
         return atom
+
+    def _product_prop(self, out, factors):
+        """(the propagator of out == product of `factors`, the product's bounds), from one walk
+        over the factors' bounds: with every factor >= 0 the factors fixed now fold into one
+        constant coefficient and two or three others make a ProductNonneg2 or 3 (as
+        propagators.product_nonneg), else interval arithmetic (Product)."""
+        lo, hi = self.lo, self.hi
+        coef = plo = phi = 1
+        free = []
+        for i in factors:
+            a = lo[i]
+            if a < 0:
+                break
+            b = hi[i]
+            plo *= a
+            phi *= b
+            if a == b:
+                coef *= a
+            else:
+                free.append(i)
+        else:
+            if coef >= 1:
+                n = len(free)
+                if n == 2:
+                    return P.ProductNonneg2(out, free[0], free[1], coef), plo, phi
+                if n == 3:
+                    return P.ProductNonneg3(out, free[0], free[1], free[2], coef), plo, phi
+                if n > 3:
+                    return P.ProductNonneg(out, free, coef), plo, phi
+            return P.ProductNonneg(out, factors), plo, phi
+        plo = phi = 1
+        for i in factors:
+            plo, phi = P._mul_interval(plo, phi, lo[i], hi[i])
+        return P.Product(out, factors), plo, phi
 
     def _atom_of(self, poly):
         """One atom equal to the polynomial (an existing one where possible)."""
@@ -219,15 +220,30 @@ class Flat:
         if cached is not None:
             return cached[1]
         if kind is Sum:
+            # the variables among the items inline, not a dict each
+            lo, hi = self.lo, self.hi
             out = {(): expr.const} if expr.const else {}
+            get = out.get
             for coef, sub in expr.items:
+                if type(sub) is Var:
+                    i = sub.index
+                    value = lo[i]
+                    if value != hi[i]:
+                        mono = (i,)
+                        out[mono] = get(mono, 0) + coef
+                    elif value:
+                        out[()] = get((), 0) + coef * value
+                    continue
                 for mono, c in self._poly(sub).items():
-                    out[mono] = out.get(mono, 0) + coef * c
-            out = {m: c for m, c in out.items() if c}
+                    out[mono] = get(mono, 0) + coef * c
+            if 0 in out.values():
+                out = {m: c for m, c in out.items() if c}
         elif kind is Product:
             factors = expr.factors
-            out = self._monomial(factors)
-            if out is not None:
+            parts = self._monomial(factors)
+            if parts is not None:
+                coef, atoms = parts
+                out = {tuple(atoms): coef} if coef else {}
                 self._poly_cache[key] = (expr, out)
                 return out
             out = self._poly(factors[0])
@@ -243,10 +259,10 @@ class Flat:
         return out
 
     def _monomial(self, factors):
-        """The polynomial of a product of variables and constants only (a tiling model's
-        `count * size`), built directly: the same {sorted atoms: coef} that multiplying the
-        factors' polynomials one by one gives, without a dict per factor and per step. None
-        when a factor is anything else."""
+        """(coef, sorted list of the unfixed variables) of a product of variables, constants and
+        constant multiples of one variable (`2 * warps`) only: a tiling model's `count * size`,
+        the same {tuple(atoms): coef} that multiplying the factors' polynomials one by one
+        gives, without a dict per factor and per step. None when a factor is anything else."""
         lo, hi = self.lo, self.hi
         coef, atoms = 1, []
         for f in factors:
@@ -259,12 +275,18 @@ class Flat:
                     atoms.append(i)
             elif kind is Const:
                 coef *= f.value
+            elif kind is Sum and not f.const and len(f.items) == 1 and type(f.items[0][1]) is Var:
+                c, var = f.items[0]
+                i = var.index
+                if lo[i] == hi[i]:
+                    coef *= c * lo[i]
+                else:
+                    coef *= c
+                    atoms.append(i)
             else:
                 return None
-        if not coef:
-            return {}
         atoms.sort()
-        return {tuple(atoms): coef}
+        return coef, atoms
 
     def _multiply(self, p, q):
         if len(p) == 1 and len(q) == 1:  # monomial times monomial: most products of a model
@@ -277,6 +299,16 @@ class Flat:
                 p = {(self._atom_of(p),): 1}
             elif len(q) > 1:
                 q = {(self._atom_of(q),): 1}
+        # one side a single monomial (`heads * (a + b * c + ...)`): every product is a distinct
+        # monomial with a nonzero coefficient, so no sums and no zeros to drop
+        if len(p) == 1:
+            (m1, c1), = p.items()
+            return {(tuple(sorted(m1 + m2)) if m1 and m2 else m1 or m2): c1 * c2
+                    for m2, c2 in q.items()}
+        if len(q) == 1:
+            (m2, c2), = q.items()
+            return {(tuple(sorted(m1 + m2)) if m1 and m2 else m1 or m2): c1 * c2
+                    for m1, c1 in p.items()}
         out = {}
         for m1, c1 in p.items():
             for m2, c2 in q.items():
@@ -299,130 +331,202 @@ class Flat:
         return terms, const
 
     # ---- constraints and objective ----------------------------------------------------------
-    def _add_constraint(self, constraint):
-        is_compare = type(constraint) is Compare
-        if is_compare and constraint.op == "==" and self._product_as_var(constraint):
-            return
-        if is_compare:
-            op = constraint.op
-            left = self._poly(constraint.lhs)
-            right = self._poly(constraint.rhs)
-            if right and not left.keys().isdisjoint(right):
-                # a monomial on both sides: subtract first (if it cancels, it needs no atom)
-                diff = dict(left)
-                for mono, c in right.items():
-                    diff[mono] = diff.get(mono, 0) - c
-                left, right = {m: c for m, c in diff.items() if c}, {}
-            # constraint: sum(terms) op rhs, with >= and > turned around into <= and <
-            sign = -1 if op == ">=" or op == ">" else 1
-            terms = {}
-            rhs = 0
-            get = terms.get
-            for mono, c in left.items():
-                if mono:
-                    atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
-                    terms[atom] = get(atom, 0) + sign * c
-                else:
-                    rhs -= sign * c
-            for mono, c in right.items():
-                if mono:
-                    atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
-                    terms[atom] = get(atom, 0) - sign * c
-                else:
-                    rhs += sign * c
-            if 0 in terms.values():  # terms that cancelled (a monomial that is a variable)
-                terms = {a: c for a, c in terms.items() if c}
-            if op == "<" or op == ">":
-                rhs -= 1
-            if not terms:
-                ok = (0 == rhs) if op == "==" else (0 != rhs) if op == "!=" else (0 <= rhs)
-                self.infeasible |= not ok
-                return
-            g = gcd(*terms.values())
-            if g > 1:
-                # divide through by the coefficients' gcd: 2x - 2y == 1 has no integer point (bounds
-                # alone would creep one step a pass across the whole range to find that), 2x + 4y
-                # <= 7 is x + 2y <= 3, and 2x != 3 always holds
-                if rhs % g and (op == "==" or op == "!="):
-                    self.infeasible |= op == "=="
-                    return
-                terms = {a: c // g for a, c in terms.items()}
-                rhs //= g
-            if len(terms) == 1 and op != "!=":
-                # one atom: a bound (or a value) of its domain, not a propagator
-                (i, a), = terms.items()
-                if op == "==":
-                    self._restrict(i, rhs * a, rhs * a)  # a is 1 or -1 after the gcd
-                elif a > 0:
-                    self._restrict(i, self.lo[i], rhs // a)
-                else:
-                    self._restrict(i, -(rhs // -a), self.hi[i])
-                return
-            cls = linear_eq if op == "==" else P.LinearNe if op == "!=" else P.LinearLe
-            self.props.append(cls(list(terms), list(terms.values()), rhs))
+    def _add_compare(self, lhs_expr, op, rhs_expr):
+        """Flatten the comparison `lhs_expr op rhs_expr` (one linear propagator over atoms, a
+        bound of one atom's domain, or a check on constants)."""
+        left = self._poly(lhs_expr)
+        right = self._poly(rhs_expr)
+        for mono in right:
+            if mono in left:
+                break
         else:
-            divisor = self._atom_of(self._poly(constraint.divisor))
-            dividend = self._atom_of(self._poly(constraint.dividend))
-            if self.lo[divisor] <= 0:
-                raise ValueError(f"divides divisor {constraint.divisor} may be {self.lo[divisor]} "
-                                 "(its domain admits values <= 0); divisors must be positive")
-            # a product with the divisor among its factors is a multiple of it by construction
-            # (`divides(frag, block)` with `block == frag * warps * loop`): no propagator, whose
-            # runs were a tenth of a FlashRNN-class first point's and narrowed little
-            factors = self._factors_of.get(dividend)
-            if factors is not None and divisor in factors:
+            mono = None
+        if mono is not None:
+            # a monomial on both sides: subtract first (if it cancels, it needs no atom)
+            diff = dict(left)
+            for mono, c in right.items():
+                diff[mono] = diff.get(mono, 0) - c
+            left, right = {m: c for m, c in diff.items() if c}, {}
+        # constraint: sum(terms) op rhs, with >= and > turned around into <= and <
+        sign = -1 if op == ">=" or op == ">" else 1
+        terms = {}
+        rhs = 0
+        get = terms.get
+        for mono, c in left.items():
+            if mono:
+                atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
+                terms[atom] = get(atom, 0) + sign * c
+            else:
+                rhs -= sign * c
+        for mono, c in right.items():
+            if mono:
+                atom = mono[0] if len(mono) == 1 else self._product_atom(mono)
+                terms[atom] = get(atom, 0) - sign * c
+            else:
+                rhs += sign * c
+        if 0 in terms.values():  # terms that cancelled (a monomial that is a variable)
+            terms = {a: c for a, c in terms.items() if c}
+        if op == "<" or op == ">":
+            rhs -= 1
+        if not terms:
+            ok = (0 == rhs) if op == "==" else (0 != rhs) if op == "!=" else (0 <= rhs)
+            self.infeasible |= not ok
+            return
+        # a coefficient +-1 (most constraints have one) makes the gcd 1 without computing it
+        for g in terms.values():
+            if g == 1 or g == -1:
+                g = 1
+                break
+        else:
+            g = gcd(*terms.values())
+        if g > 1:
+            # divide through by the coefficients' gcd: 2x - 2y == 1 has no integer point (bounds
+            # alone would creep one step a pass across the whole range to find that), 2x + 4y
+            # <= 7 is x + 2y <= 3, and 2x != 3 always holds
+            if rhs % g and (op == "==" or op == "!="):
+                self.infeasible |= op == "=="
                 return
-            if self.lo[divisor] == self.hi[divisor]:
-                if self.lo[dividend] == self.hi[dividend]:  # two constants: a check, here
-                    self.infeasible |= self.lo[dividend] % self.lo[divisor] != 0
-                    return
-                self._check_residue(self.lo[divisor], self._poly(constraint.dividend))
-            self.props.append(P.Divides(divisor, dividend))
+            terms = {a: c // g for a, c in terms.items()}
+            rhs //= g
+        if len(terms) == 1 and op != "!=":
+            # one atom: a bound (or a value) of its domain, not a propagator
+            (i, a), = terms.items()
+            if op == "==":
+                self._restrict(i, rhs * a, rhs * a)  # a is 1 or -1 after the gcd
+            elif a > 0:
+                self._restrict(i, self.lo[i], rhs // a)
+            else:
+                self._restrict(i, -(rhs // -a), self.hi[i])
+            return
+        cls = linear_eq if op == "==" else P.LinearNe if op == "!=" else P.LinearLe
+        self.props.append(cls(list(terms), list(terms.values()), rhs))
 
-    def _product_as_var(self, constraint):
+    def _constant_side(self, expr):
+        """The value of `expr` when it is a constant or a fixed variable, else None."""
+        kind = type(expr)
+        if kind is Const:
+            return expr.value
+        if kind is Var and self.lo[expr.index] == self.hi[expr.index]:
+            return self.lo[expr.index]
+        return None
+
+    def _bound(self, lhs, op, rhs):
+        """`a * x + c op r` (op one of <= < >= >) with x an unfixed variable and r a constant: the
+        bound of x's domain that _add_compare sets, without building the two sides'
+        polynomials (a tiling model's caps: `loop <= 4`, `32 * warps <= max_threads`). False
+        (nothing done) for any other shape."""
+        r = self._constant_side(rhs)
+        if r is None:
+            return False
+        kind = type(lhs)
+        if kind is Var:
+            a, i = 1, lhs.index
+        elif kind is Sum and len(lhs.items) == 1 and type(lhs.items[0][1]) is Var:
+            a, var = lhs.items[0]
+            i = var.index
+            r -= lhs.const
+        else:
+            return False
+        lo, hi = self.lo[i], self.hi[i]
+        if lo == hi:
+            return False
+        if op == ">=" or op == ">":
+            a, r = -a, -r
+        if op == "<" or op == ">":
+            r -= 1
+        g = abs(a)  # divided through by the coefficient: a becomes +-1, r rounds down
+        if a > 0:
+            self._restrict(i, lo, r // g)
+        else:
+            self._restrict(i, -(r // g), hi)
+        return True
+
+    def _product_equals_constant(self, lhs, rhs):
+        """`a * b * ... == r` (a product of variables and constants with coefficient 1, two or
+        more unfixed factors; r a constant): its product atom restricted to r, as _add_compare
+        does, without the polynomials. False (nothing done) for any other shape."""
+        r = self._constant_side(rhs)
+        if r is None:
+            return False
+        parts = self._monomial(lhs.factors)
+        if parts is None or parts[0] != 1 or len(parts[1]) < 2:
+            return False
+        atom = self._product_atom(tuple(parts[1]))
+        self._restrict(atom, r, r)
+        return True
+
+    def _add_divides(self, constraint):
+        """Flatten ci.divides(divisor, dividend): a Divides propagator over two atoms, unless
+        the flattening settles it."""
+        divisor = self._atom_of(self._poly(constraint.divisor))
+        dividend = self._atom_of(self._poly(constraint.dividend))
+        if self.lo[divisor] <= 0:
+            raise ValueError(f"divides divisor {constraint.divisor} may be {self.lo[divisor]} "
+                             "(its domain admits values <= 0); divisors must be positive")
+        # a product with the divisor among its factors is a multiple of it by construction
+        # (`divides(frag, block)` with `block == frag * warps * loop`): no propagator, whose
+        # runs were a tenth of a FlashRNN-class first point's and narrowed little
+        factors = self._factors_of.get(dividend)
+        if factors is not None and divisor in factors:
+            return
+        if self.lo[divisor] == self.hi[divisor]:
+            if self.lo[dividend] == self.hi[dividend]:  # two constants: a check, here
+                self.infeasible |= self.lo[dividend] % self.lo[divisor] != 0
+                return
+            self._check_residue(self.lo[divisor], self._poly(constraint.dividend))
+        self.props.append(P.Divides(divisor, dividend))
+
+    def _product_as_var(self, lhs, rhs):
         """`x == a * b * ...` (one monomial, coefficient 1): the product propagator writes x
         itself instead of an auxiliary atom tied to x by an equality, one hop less on every
         propagation path through it. On the 7 FlashRNN-class models (tile = count * size
         chains): propagator runs -18%, CPU time 0.87x to a first point and 0.81x to a proven
-        optimum (median per-model paired ratios); plan models within noise. True when done."""
-        for side, other in ((constraint.lhs, constraint.rhs), (constraint.rhs, constraint.lhs)):
-            if (type(side) is not Var or self.lo[side.index] == self.hi[side.index]
-                    or side.index in self._product_outs):
+        optimum (median per-model paired ratios); plan models within noise.
+
+        Returns (done, reads): done is True when the constraint is flattened; reads is (x, the
+        unfixed variables of the product side) when the walk saw them (a product of variables
+        and constants), else None."""
+        lo = self.lo
+        for side, other in ((lhs, rhs), (rhs, lhs)):
+            if type(side) is not Var:
+                continue
+            x = side.index
+            if lo[x] == self.hi[x] or x in self._product_outs:
                 continue
             kind = type(other)
             if kind is CDiv:
-                return self._cdiv_as_var(side.index, other)
+                return self._cdiv_as_var(x, other), None
             # a product of variables and constants (the common case) straight to its monomial
-            poly = self._monomial(other.factors) if kind is Product else None
-            if poly is None:
+            parts = self._monomial(other.factors) if kind is Product else None
+            if parts is None:
+                reads = None
                 poly = self._poly(other)
-            if len(poly) != 1:
-                return False
-            (mono, coef), = poly.items()
-            if coef < 1 or len(mono) < 2 - (coef > 1) or side.index in mono:
-                return False
-            if coef == 1 and mono in self._products:
-                return False
-            x = side.index
+                if len(poly) != 1:
+                    return False, None
+                (mono, coef), = poly.items()
+            else:
+                coef, atoms = parts
+                reads = (x, atoms)
+                if not coef:
+                    return False, reads
+                mono = tuple(atoms)
+            if coef < 1 or len(mono) < 2 - (coef > 1) or x in mono:
+                return False, reads
             if coef == 1:
+                if mono in self._products:
+                    return False, reads
                 self._products[mono] = x
             else:
                 # x == c * a * b: the constant is one more factor (a single-valued variable folds
                 # into such a coefficient); one propagator, and the objective's direction reaches
                 # a, b through it (Flat.value_preference)
                 mono = mono + (self._const_atom(coef),)
-            self._product_outs.add(x)
+            self._product_outs[x] = True
             self._factors_of[x] = mono
-            lo = self.lo
-            for i in mono:
-                if lo[i] < 0:
-                    self.props.append(P.Product(x, mono))
-                    break
-            else:
-                self.props.append(P.product_nonneg(x, mono, lo, self.hi))
+            self.props.append(self._product_prop(x, mono)[0])
             self.defs.append(("product", x, mono))
-            return True
-        return False
+            return True, reads
+        return False, None
 
     def _cdiv_as_var(self, x, node):
         """`x == cdiv(n, d)`: the CeilDiv propagator writes x (as _product_as_var; on the 5
@@ -436,7 +540,7 @@ class Flat:
         if (num, den) in self._cdivs or x in (num, den):
             return False
         self._cdivs[(num, den)] = x
-        self._product_outs.add(x)
+        self._product_outs[x] = True
         self.props.append(P.CeilDiv(x, num, den))
         self.defs.append(("cdiv", x, (num, den)))
         return True
@@ -468,35 +572,3 @@ class Flat:
         """Per atom: +1 if the objective tends to grow with it (try low values first), -1 if it
         tends to shrink (try high values first), 0 if unknown (see value_preference)."""
         return value_preference(self.defs, self.objective, self.lo if lo is None else lo)
-
-
-def value_preference(defs, objective, lo):
-    """Per atom: +1 if the minimised objective atom tends to grow with it (try low values first),
-    -1 if it tends to shrink (try high values first), 0 if unknown. A heuristic for value order
-    only, read off the definitions (defs, newest last) from the objective atom down.
-
-    lo: the atoms' lower bounds to judge signs by; the search passes the root's propagated ones,
-    where far more products are known non-negative than in the declared domains (on the
-    FlashRNN-class models the register objective then reaches the cached-fragment counts)."""
-    weight = [0] * len(lo)
-    if objective is None:
-        return weight
-    weight[objective[0]] = 1
-    for kind, out, operands in reversed(defs):
-        s = weight[out]
-        if not s:
-            continue
-        if kind == "linear":
-            for atom, coef in operands:
-                weight[atom] += s if coef > 0 else -s
-        elif kind == "product":
-            # with every factor >= 0 the product does not fall as any one factor grows
-            if all(lo[i] >= 0 for i in operands):
-                for atom in operands:
-                    weight[atom] += s
-        else:
-            num, den = operands
-            weight[num] += s
-            if lo[num] >= 0:
-                weight[den] -= s
-    return [(w > 0) - (w < 0) for w in weight]

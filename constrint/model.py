@@ -178,11 +178,14 @@ class Model:
                     _solve_parts(flat, search, parts, deadline, searches, found)
         except TimeUp:
             timed_out = True
-        stats = {"nodes": sum(s.nodes for s in searches), "runs": sum(s.runs for s in searches),
-                 "seconds": time.perf_counter() - start}
+        nodes = runs = 0
+        for s in searches:
+            nodes += s.nodes
+            runs += s.runs
+        stats = {"nodes": nodes, "runs": runs, "seconds": time.perf_counter() - start}
         if not found:
             return Solution("unknown" if timed_out else "infeasible", stats=stats)
-        values = dict(zip([v.name for v in self.variables], found["values"]))
+        values = dict(zip(self._names, found["values"]))  # _names: {name: var}, in index order
         return Solution("feasible" if timed_out else "optimal", values, found["objective"], stats)
 
     def best(self, k, time_limit=None):

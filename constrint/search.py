@@ -48,9 +48,9 @@ class Search:
         # (measured), so a model of thousands of propagators pays more per run than with a deque
         n = len(flat.lo)
         by_var = [0] * n  # propagators waking on both events of each variable
-        read_by = [0] * n  # propagators reading each variable (with `events` or not)
-        by_event = [0] * (2 * n)  # propagators with `events`, per event
-        funcs = []
+        read_by = [0] * n  # propagators with `events` reading each variable
+        wake = [0] * (2 * n)
+        funcs = [prop.propagate for prop in self.props]
         # an idempotent propagator leaves itself at its own fixed point, so its own changes
         # must not wake it again: its bit is masked out of what its run wakes
         keep_mask = []
@@ -62,25 +62,29 @@ class Search:
                     by_var[i] |= bit
             else:
                 for e in events:
-                    by_event[e] |= bit
+                    wake[e] |= bit
                 for i in prop.watch:
                     read_by[i] |= bit
-            funcs.append(prop.propagate)
             keep_mask.append(~bit if prop.idempotent else -1)
             bit <<= 1
-        wake = [0] * (2 * n)
-        wake[0::2] = [b | e for b, e in zip(by_var, by_event[0::2])]
-        wake[1::2] = [b | e for b, e in zip(by_var, by_event[1::2])]
-        # how many propagators read each variable (branching order)
-        self.degree = [(b | r).bit_count() for b, r in zip(by_var, read_by)]
+        # both events of each variable from by_var, and how many propagators read each variable
+        # (branching order), in one loop
+        for i in range(n):
+            b = by_var[i]
+            if b:
+                wake[2 * i] |= b
+                wake[2 * i + 1] |= b
+                read_by[i] |= b
+        self.degree = [b.bit_count() for b in read_by]
         self.st = DomainStore(flat.lo, flat.hi, flat.vals, wake)
         self.funcs = funcs
         self.keep_mask = keep_mask
         self.pending = 0  # bit set of the propagators queued to run
         # the model variables to fix: all of them, or those of one part (components.Part)
         branch = getattr(flat, "branch", range(flat.n_model))
-        self.decision_groups = (tuple(i for i in branch if i not in flat.defined),
-                                tuple(i for i in branch if i in flat.defined))
+        defined = flat.defined
+        self.decision_groups = ([i for i in branch if i not in defined],
+                                [i for i in branch if i in defined])
         self.prefer = [0] * len(flat.lo)  # value order: set from the root's domains (dfs)
         self.objective_atom = flat.objective[0] if flat.objective else None
         self.cutoff = None  # objective atom must stay <= cutoff (set by branch and bound)
@@ -217,7 +221,10 @@ class Search:
             # tile counts of a tiling model are mostly 1 at a first point: fixing the end value
             # takes one node where halving a range of 2**30 takes many
             # a frame of i past its first alternative: inside the rest of an end split of i
-            if not any(frame[1] == i and frame[3] > 1 for frame in self.stack):
+            for frame in self.stack:
+                if frame[1] == i and frame[3] > 1:
+                    break
+            else:
                 if high_first:
                     return [(0, st.hi[i]), (1, st.hi[i] - 1)]
                 return [(0, st.lo[i]), (2, st.lo[i] + 1)]

@@ -141,7 +141,7 @@ def _plans():
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _plans())
 def test_fragments_reassemble_the_product(sim_binary, tmp_path, head_dim, tiling, plan_cluster):
     """Every distinct CUDA tiling the solver picks (4 cells, H100/A100, bf16/tf32, DH 64, 256,
-    768 and 40, which pads to 48; the H100 16-bit plans also on the wgmma path) with both
+    768 and 40, which pads to 48; the H100 plans, bf16 and tf32, also on the wgmma path) with both
     exchanges, batch 13 (a partial batch tile) and two heads (one at DH 768, to keep the inputs
     small)."""
     gen = torch.Generator().manual_seed(head_dim * 7919 + tiling["BH"] * 31 + tiling["WK"])

@@ -50,10 +50,35 @@ def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
                           tables, names, (r, dg), (B, NH, DH), f"backward layout simulation for {tiling}")
 
 
+def _backward_plan_tilings():
+    """The backward kernel's own plans (plan_bwd.py, the tiles it is built at): 4 cells x
+    H100/A100 x bf16/tf32 x DH 64, 256 and 768; the H100 ones that take wgmma on that path."""
+    from flashseq.cells import CELLS
+    from flashseq.kernels.fused_rnn.plan_bwd import plan_fused_rnn_backward
+    from tests.kernels.test_cuda_layout import _tiling
+
+    cases = {}
+    for cell in sorted(CELLS):
+        for gpu in ("h100", "a100"):
+            for dtype in ("bfloat16", "tf32"):
+                for dh in (64, 256, 768):
+                    plan = plan_fused_rnn_backward(cell, 16, 1, dh, dtype, gpu)
+                    tiling = _tiling(plan, gmma=int(plan.wgmma))
+                    key = (dh, tuple(sorted(tiling.items())), plan.cluster_size > 1)
+                    cases.setdefault(key, f"bwdplan-{cell}-{gpu}-{dtype}-DH{dh}" + ("-wgmma" if plan.wgmma else ""))
+    return cases
+
+
 def _bwd_plans():
-    # every tiling of the forward's list: bf16 (mma.sync m16n8k16, and wgmma m64nNk16 on H100)
-    # and tf32 (mma.sync m16n8k8, and wgmma m64nNk8 on H100; fp32 elements)
-    return _plans()
+    # every tiling of the forward's list (bf16: mma.sync m16n8k16, and wgmma m64nNk16 on H100;
+    # tf32: mma.sync m16n8k8, and wgmma m64nNk8 on H100; fp32 elements) and of the backward's
+    # own plans (the tiles the backward kernel is built at)
+    params = _plans()
+    seen = {(p.values[0], tuple(sorted(p.values[1].items())), p.values[2]) for p in params}
+    for (dh, t, clus), name in _backward_plan_tilings().items():
+        if (dh, t, clus) not in seen:
+            params.append(pytest.param(dh, dict(t), clus, id=name))
+    return params
 
 
 @pytest.mark.parametrize("head_dim, tiling, plan_cluster", _bwd_plans())
@@ -84,11 +109,12 @@ def test_backward_plans_cover_the_head_dims():
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "tf32"])
 def test_backward_plans_cover_wgmma(dtype):
-    """Every H100 plan of DH 64, 256 and 768, bf16 and tf32 (float32 inputs), is simulated on
-    the wgmma path (sm_90a)."""
+    """Every H100 plan of DH 64, 256 and 768, bf16 and tf32 (float32 inputs), the forward's and
+    the backward's own (plan_bwd.py), is simulated on the wgmma path (sm_90a)."""
     from flashseq.cells import CELLS
     from flashseq.kernels.fused_rnn import cuda_compile
     from flashseq.kernels.fused_rnn.plan import plan_fused_rnn
+    from flashseq.kernels.fused_rnn.plan_bwd import plan_fused_rnn_backward
     from tests.kernels.test_cuda_layout import _tiling
 
     simulated = {(p.values[0], tuple(sorted(p.values[1].items()))) for p in _bwd_plans()
@@ -98,6 +124,10 @@ def test_backward_plans_cover_wgmma(dtype):
             plan = plan_fused_rnn(cell, 16, 1, dh, dtype, "h100", backend="cuda")
             assert cuda_compile.wgmma_serves(plan), plan
             assert (dh, tuple(sorted(_tiling(plan, gmma=1).items()))) in simulated, (cell, dh)
+            # the tiles the backward kernel is built at (its own plan, plan_bwd.py)
+            bplan = plan_fused_rnn_backward(cell, 16, 1, dh, dtype, "h100")
+            assert bplan.wgmma and cuda_compile.uses_wgmma("sm_90a", bplan), bplan
+            assert (dh, tuple(sorted(_tiling(bplan, gmma=1).items()))) in simulated, (cell, dh)
 
 
 @pytest.mark.parametrize("tiling", [

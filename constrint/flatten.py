@@ -6,6 +6,12 @@ product propagator (shared between all its occurrences), each ceiling division a
 variable defined by a CeilDiv propagator, and each comparison one linear propagator over atoms.
 A constraint `x == a * b * ...` or `x == cdiv(n, d)` with x a model variable makes x itself the
 propagator's output (no auxiliary variable, no equality).
+
+One pass: the equality chains are fixed first (definitions.fix_equality_chains), then each
+constraint's trees are walked once, creating its atoms and propagators as they are met. The
+common shapes of a tiling model (`x <= c`, `a * b == c`, `x == a * b * ...`) skip the
+polynomials altogether, and the variables an `x == a * b * ...` definition reads are noted on
+the way for definitions.defined_variables (no second walk).
 """
 from math import gcd
 
@@ -115,10 +121,13 @@ class Flat:
         atom = self._products.get(mono)
         if atom is not None:
             return atom
-        atom = len(self.lo)
+        lo = self.lo
+        atom = len(lo)
         prop, plo, phi = self._product_prop(atom, mono)
         self._products[mono] = atom
-        self._new_atom(plo, phi)
+        lo.append(plo)  # a new atom (as _new_atom)
+        self.hi.append(phi)
+        self.vals.append(None)
         self._factors_of[atom] = mono
         self.props.append(prop)
         self.defs.append(("product", atom, mono))

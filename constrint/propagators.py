@@ -45,7 +45,7 @@ class LinearLe(Propagator):
         self.watch = tuple(idx)
         # only the least sum matters: lower bounds of positive terms, upper bounds of negative
         # ones (its own narrowing moves the other bounds, so it never wakes itself)
-        self.events = tuple(2 * i if a > 0 else 2 * i + 1 for i, a in self.terms)
+        self.events = tuple([2 * i if a > 0 else 2 * i + 1 for i, a in self.terms])
 
     def propagate(self, st):
         lo, hi = st.lo, st.hi

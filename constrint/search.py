@@ -274,14 +274,16 @@ class Search:
         st = self.st
         if not (self.rooted or self.root()):
             return
-        self.root_lo = list(st.lo)
+        lo, hi = st.lo, st.hi
         if self.objective_atom is not None:
-            self.prefer = self.flat.value_preference(self.root_lo)
+            self.prefer = self.flat.value_preference(lo)  # read at the root's bounds, not kept
         # what the root fixed is never a decision: _choose need not look at it again
-        self.decision_groups = tuple(
-            tuple(sorted((i for i in group if st.lo[i] != st.hi[i]), key=self.degree.__getitem__,
-                         reverse=True))
-            for group in self.decision_groups)
+        groups = []
+        for group in self.decision_groups:
+            free = [i for i in group if lo[i] != hi[i]]
+            free.sort(key=self.degree.__getitem__, reverse=True)  # stable: ties in index order
+            groups.append(free)
+        self.decision_groups = groups
         stack = self.stack = []
         deadline = self.deadline
         while True:

@@ -25,10 +25,14 @@ They are timed twice, by the wall clock and by this process's CPU time ("cpu_ms"
 the targets set for constrint ("target_ms": 1.3 ms to a first point, 15 ms to an optimum).
 Before its timed pairs each case gets its own untimed warm-up (alternating pairs of both solvers
 on its model for WARM_UP_SECONDS). "cpu_alone_ms" is constrint's CPU time per solve back to back
-(paired with a no-op instead of CP-SAT): alternating with CP-SAT leaves the interpreter's caches
-cold at every constrint call, which adds ~0.3-0.6 ms to a ~1 ms first point (mostly in the
-flattening and the search's set-up, the first code a solve runs); the two columns bracket what
-a caller sees.
+(paired with a no-op instead of CP-SAT): alternating with CP-SAT leaves the CPU's caches cold
+at every constrint call, which adds ~0.3-0.4 ms to a ~0.8 ms first point; the two columns
+bracket what a caller sees. The penalty is not CP-SAT's: a 64 MB copy, or a few MB of unrelated
+Python allocations, between two solves costs the same. It is paid where each code path of the
+solve (the interpreter's C code and constrint's bytecode) first runs after the eviction: most in
+the flattening, which runs many different paths a few times each (0.22 ms of its 0.5 ms cold),
+while the search repeats a few propagators hundreds of times; flattening another model first
+takes most of it away.
 """
 from __future__ import annotations
 
@@ -161,7 +165,7 @@ def flashrnn_class_rows(quick: bool, progress, cpsat) -> list[dict]:
         cpu = measure_ratio(model.solve, lambda: cpsat.solve(model), device="cpu",
                             min_run_time=seconds, cpu_time=True)
         # constrint alone, back to back (a no-op in CP-SAT's place): CP-SAT's solve between two
-        # of constrint's evicts the interpreter's caches and adds ~0.4 ms to a 1 ms first point
+        # of constrint's evicts the CPU's caches and adds ~0.3-0.4 ms to a ~0.8 ms first point
         alone = measure_ratio(model.solve, _no_op, device="cpu", min_run_time=seconds,
                               cpu_time=True)
         rows.append({"case": case, "provider": "constrint", "median_ms": paired["fn_ms"],

@@ -8,7 +8,7 @@ safe globals, so a whole model saved with ``torch.save(model)`` loads with ``wei
 import torch
 
 from .convert import convert
-from .errors import RNNInputError
+from .errors import RNNInputError, RNNInputTypeError
 from .gru import GRU
 from .layernorm_rnn import LayerNormGRU, LayerNormLSTM
 from .linear_attention import DeltaNet, GatedLinearAttention, mLSTMLayer
@@ -19,5 +19,6 @@ from .slstm import sLSTM
 
 torch.serialization.add_safe_globals([LSTM, GRU, RNN, sLSTM, LayerNormLSTM, LayerNormGRU])
 
-__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError", "GatedLinearAttention",
+__all__ = ["LSTM", "GRU", "RNN", "sLSTM", "convert", "RNNInputError", "RNNInputTypeError",
+           "GatedLinearAttention",
            "DeltaNet", "mLSTMLayer", "pLSTM1d", "pLSTM2d", "LayerNormLSTM", "LayerNormGRU"]

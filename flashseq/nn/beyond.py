@@ -33,7 +33,7 @@ import torch
 from flashseq.kernels.fused_rnn.extras import check_regularisers  # noqa: F401 (the modules' check)
 
 from . import sequences
-from .errors import RNNInputError
+from .errors import RNNInputError, RNNInputTypeError
 
 OFF = (0.0, 0.0, (0.0, 0.0))  # (dropconnect, variational_dropout, zoneout) that change nothing
 
@@ -61,11 +61,11 @@ def check_generator(kind: str, generator, device) -> None:
     if generator is None:
         return
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"{kind}: generator must be a torch.Generator or None; got "
-                        f"{type(generator).__name__}")
+        raise RNNInputTypeError(f"{kind}: generator must be a torch.Generator or None; got "
+                                f"{type(generator).__name__}")
     if torch.device(generator.device).type != torch.device(device).type:
-        raise ValueError(f"{kind}: generator must be on the input's device {device} (the masks "
-                         f"are drawn there); got a generator on {generator.device}")
+        raise RNNInputError(f"{kind}: generator must be on the input's device {device} (the "
+                            f"masks are drawn there); got a generator on {generator.device}")
 
 
 def check_reset(kind: str, reset, batch: int, steps: int, batched: bool, device):
@@ -73,17 +73,17 @@ def check_reset(kind: str, reset, batch: int, steps: int, batched: bool, device)
 
     Accepted: [B, T] bool for batched input (whatever batch_first says; for a PackedSequence B
     is the batch size and T the longest length, rows in the original, unsorted order), [T] for
-    unbatched input; on the CPU or the input's device. Raises TypeError / RNNInputError (a
-    ValueError) naming ``reset``.
+    unbatched input; on the CPU or the input's device. Raises RNNInputTypeError (wrong type or
+    dtype, also a TypeError) / RNNInputError (a ValueError) naming ``reset``.
     """
     if reset is None:
         return None
     if not isinstance(reset, torch.Tensor):
-        raise TypeError(f"{kind}: reset must be a bool torch.Tensor [B, T] or None; got "
-                        f"{type(reset).__name__}")
+        raise RNNInputTypeError(f"{kind}: reset must be a bool torch.Tensor [B, T] or None; got "
+                                f"{type(reset).__name__}")
     if reset.dtype != torch.bool:
-        raise TypeError(f"{kind}: reset must have dtype torch.bool; got shape "
-                        f"{tuple(reset.shape)}, dtype {reset.dtype}")
+        raise RNNInputTypeError(f"{kind}: reset must have dtype torch.bool; got shape "
+                                f"{tuple(reset.shape)}, dtype {reset.dtype}")
     expected = (batch, steps) if batched else (steps,)
     if tuple(reset.shape) != expected:
         doc = "[B, T]" if batched else "[T] (unbatched input)"

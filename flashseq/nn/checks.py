@@ -8,7 +8,7 @@ import torch
 
 from flashseq.kernels.fused_rnn.backends import BACKEND_NAMES
 
-from .errors import RNNInputError
+from .errors import RNNInputError, RNNInputTypeError
 
 
 def check_int(name: str, value, minimum: int) -> int:
@@ -61,12 +61,12 @@ def sequence_input(kind: str, input, input_size: int, weight: torch.Tensor, batc
 
     ``input`` is [T, B, input_size] ([B, T, input_size] with batch_first) or [T, input_size],
     with ``weight``'s dtype and device, at least one step and one row; anything else raises
-    TypeError (not a tensor) or RNNInputError naming the module ``kind``.
+    RNNInputTypeError (not a tensor; also a TypeError) or RNNInputError naming the module ``kind``.
     """
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{kind}: input must be a torch.Tensor [T, B, input_size] or "
-                        f"[T, input_size] (PackedSequence is not supported); got "
-                        f"{type(input).__name__}")
+        raise RNNInputTypeError(f"{kind}: input must be a torch.Tensor [T, B, input_size] or "
+                                f"[T, input_size] (PackedSequence is not supported); got "
+                                f"{type(input).__name__}")
     if input.dim() not in (2, 3) or input.shape[-1] != input_size:
         raise RNNInputError(f"{kind}: input must be [T, B, input_size] ([B, T, input_size] "
                             f"with batch_first) or [T, input_size] with input_size="

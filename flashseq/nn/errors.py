@@ -8,3 +8,11 @@ class RNNInputError(ValueError, RuntimeError):
     torch.nn.LSTM/GRU/RNN raise for the same mistakes, so code written against torch's modules
     that catches ``RuntimeError`` keeps working after ``flashseq.convert``.
     """
+
+
+class RNNInputTypeError(RNNInputError, TypeError):
+    """A forward argument of the wrong type (input not a tensor, LSTM's hx not a pair, ...).
+
+    A ``TypeError`` as Python's convention asks, and an ``RNNInputError`` like every other bad
+    forward argument, so ``except RNNInputError`` (or ``ValueError``/``RuntimeError``) sees it.
+    """

@@ -33,7 +33,7 @@ from torch.nn.utils.rnn import PackedSequence
 from flashseq.kernels.fused_rnn import fused_rnn
 
 from . import beyond, checks, sequences
-from .errors import RNNInputError
+from .errors import RNNInputError, RNNInputTypeError
 
 
 class _LayerNormRNNBase(nn.Module):
@@ -254,7 +254,8 @@ class _LayerNormRNNBase(nn.Module):
         for i, name in enumerate(self._hx_names()):
             s = states[i]
             if not isinstance(s, torch.Tensor):
-                raise TypeError(f"{kind}: {name} must be a torch.Tensor; got {type(s).__name__}")
+                raise RNNInputTypeError(f"{kind}: {name} must be a torch.Tensor; got "
+                                        f"{type(s).__name__}")
             if tuple(s.shape) != expected:
                 raise RNNInputError(f"{kind}: {name} must have shape [num_layers * num_directions"
                                     f"{', B' if batched else ''}, hidden_size] = {expected}; got "
@@ -296,7 +297,8 @@ class LayerNormLSTM(_LayerNormRNNBase):
 
     def _split_hx(self, hx) -> list:
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LayerNormLSTM: hx must be a tuple (h0, c0); got {type(hx).__name__}")
+            raise RNNInputTypeError("LayerNormLSTM: hx must be a tuple (h0, c0); got "
+                                    f"{type(hx).__name__}")
         return list(hx)
 
     def _join_hx(self, states):

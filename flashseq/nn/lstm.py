@@ -5,6 +5,7 @@ from torch import nn
 
 from . import parallel_in_time as pit
 from . import stepped
+from .errors import RNNInputTypeError
 from .rnn_base import FusedRNNBase
 
 
@@ -75,8 +76,9 @@ class LSTM(FusedRNNBase, nn.LSTM):
 
     def _split_hx(self, hx):
         if not isinstance(hx, (tuple, list)) or len(hx) != 2:
-            raise TypeError(f"LSTM: hx must be a tuple (h0, c0) of two tensors; got {type(hx).__name__}"
-                            + (f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""))
+            length = f" of length {len(hx)}" if isinstance(hx, (tuple, list)) else ""
+            raise RNNInputTypeError("LSTM: hx must be a tuple (h0, c0) of two tensors; got "
+                                    f"{type(hx).__name__}{length}")
         return list(hx)
 
     def _join_hx(self, states):

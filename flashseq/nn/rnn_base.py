@@ -46,7 +46,7 @@ from flashseq.kernels.fused_rnn import fused_rnn
 from flashseq.kernels.fused_rnn import cpu_linear
 
 from . import beyond, checks, sequences
-from .errors import RNNInputError
+from .errors import RNNInputError, RNNInputTypeError
 
 # mode -> (fused_rnn cell or None when no fused cell exists, gate count)
 MODES = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "RNN_TANH": ("elman", 1), "RNN_RELU": (None, 1)}
@@ -283,8 +283,8 @@ class FusedRNNBase(nn.RNNBase):
 
     def _check_input(self, x, ndim, doc, weight):
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}: input must be a torch.Tensor or a PackedSequence; "
-                            f"got {type(x).__name__}")
+            raise RNNInputTypeError(f"{type(self).__name__}: input must be a torch.Tensor or a "
+                                    f"PackedSequence; got {type(x).__name__}")
         if (ndim is not None and x.dim() != ndim) or (ndim is None and x.dim() not in (2, 3)):
             raise RNNInputError(f"{type(self).__name__}: {doc} expected; got {checks.describe(x)}")
         if x.shape[-1] != self.input_size:
@@ -304,8 +304,8 @@ class FusedRNNBase(nn.RNNBase):
         for i, (name, size) in enumerate(zip(self._hx_names(), self._state_sizes())):
             s = states[i]
             if not isinstance(s, torch.Tensor):
-                raise TypeError(f"{type(self).__name__}: {name} must be a torch.Tensor; "
-                                f"got {type(s).__name__}")
+                raise RNNInputTypeError(f"{type(self).__name__}: {name} must be a torch.Tensor; "
+                                        f"got {type(s).__name__}")
             expected = (LD, B, size) if batched else (LD, size)
             doc = "[num_layers * num_directions, B, size]" if batched else \
                 "[num_layers * num_directions, size] (unbatched input)"

@@ -10,7 +10,7 @@ from torch import nn
 from flashseq.kernels.fused_rnn import fused_rnn
 
 from . import checks
-from .errors import RNNInputError
+from .errors import RNNInputError, RNNInputTypeError
 
 NUM_STATES = 4  # h, c, n, m: fused_rnn's "slstm" state order
 
@@ -105,8 +105,8 @@ class sLSTM(nn.Module):  # noqa: N801 (the model's published name)
         if states is not None:
             expected = (self.num_layers, NUM_STATES, B, H) if batched else (self.num_layers, NUM_STATES, H)
             if not isinstance(states, torch.Tensor):
-                raise TypeError(f"sLSTM: states must be a torch.Tensor {expected} or None; "
-                                f"got {type(states).__name__}")
+                raise RNNInputTypeError(f"sLSTM: states must be a torch.Tensor {expected} or None; "
+                                        f"got {type(states).__name__}")
             if tuple(states.shape) != expected:
                 raise RNNInputError(f"sLSTM: states must have shape [num_layers, 4 (h, c, n, m), "
                                     f"B, H] = {expected}; got {tuple(states.shape)}")

@@ -86,6 +86,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for tests and benchmarks: allow (True, the default) or forbid the no_grad LSTM forward "
         "that fuses each step's GEMM and cell update; returns the previous setting",
         py::arg("allowed"));
+  m.def("_set_lstm_fast_update",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::lstm_fast_update_allowed();
+          flashseq::cpu::lstm_fast_update_allowed() = allowed;
+          return old;
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid the no_grad float32 LSTM "
+        "forward's forced-inline cell update (false: the shared cell header); returns the "
+        "previous setting",
+        py::arg("allowed"));
+  m.def("_lstm_nograd_path_counts", &flashseq::cpu::lstm_nograd_path_counts,
+        "for tests: (fused-tile calls, fast-update calls) of the no_grad float32 LSTM forward "
+        "so far; reset=True zeroes them",
+        py::arg("reset") = false);
   m.def("_uses_avx512_tile", &flashseq::cpu::use_avx512_tile,
         "whether float32 step GEMMs run the AVX-512 tile on this CPU now");
   m.def("_set_buffer_cache_limit", &flashseq::cpu::set_buffer_cache_limit,

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <type_traits>
 
 #include "big_alloc.h"
@@ -51,6 +53,22 @@ bool& fused_lstm_allowed() {
   // separate GEMM and pointwise passes.
   static bool allowed = true;
   return allowed;
+}
+
+bool& lstm_fast_update_allowed() {
+  static bool allowed = true;
+  return allowed;
+}
+
+namespace {
+std::array<std::atomic<int64_t>, 2> lstm_nograd_paths{};
+}  // namespace
+
+std::array<int64_t, 2> lstm_nograd_path_counts(bool reset) {
+  std::array<int64_t, 2> counts{};
+  for (size_t i = 0; i < counts.size(); ++i)
+    counts[i] = reset ? lstm_nograd_paths[i].exchange(0) : lstm_nograd_paths[i].load();
+  return counts;
 }
 
 std::vector<int64_t> live_rows(const int64_t* len, int64_t B, int64_t T) {
@@ -212,8 +230,10 @@ void forward_loop(const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b
   const bool avx512_rows = kHasAvx512Row<Cell, scalar_t> && use_avx512_tile();
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
   if constexpr (std::is_same_v<Cell, cells::LstmCell> && std::is_same_v<scalar_t, float>) {
+    if (avx512_rows && !save && lstm_fast_update_allowed()) ++lstm_nograd_paths[1];
     if (avx512_rows && fused_lstm_allowed() && !save && len == nullptr && use_step_gemm(B) &&
         fused_lstm_pays(B, DH)) {
+      ++lstm_nograd_paths[0];
       fused_lstm_loop(wx, r, bias, carry, h);
       return;
     }

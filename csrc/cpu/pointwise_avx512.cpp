@@ -31,6 +31,14 @@ namespace flashseq {
 namespace cpu {
 namespace {
 
+// Forced inline: see lstm_update16.
+#define FLASHSEQ_FORCE_INLINE inline __attribute__((always_inline))
+
+inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
+                 : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
+}
+
 // 16 float lanes with the arithmetic the cell headers use.
 struct F16 {
   __m512 v;
@@ -54,7 +62,7 @@ inline F16 operator-(F16 a) {  // flip the sign bit (an AVX-512F integer xor; xo
       _mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(static_cast<int>(0x80000000u)))));
 }
 
-inline F16 exp16(F16 x) {
+FLASHSEQ_FORCE_INLINE F16 exp16(F16 x) {
   // Clamp first (NaN passes: min/max return their second operand, x, when either is NaN).
   // Below -104 the result is 0; above 88 it stays exp(88) ~ 1.7e38 instead of overflowing, so
   // 1 + exp(..) stays finite for operator/ (sigmoid and tanh are exactly 0 / +-1 there anyway).
@@ -74,7 +82,7 @@ inline F16 exp16(F16 x) {
   return F16(_mm512_scalef_ps(p, n));
 }
 
-inline F16 tanh16(F16 x) {
+FLASHSEQ_FORCE_INLINE F16 tanh16(F16 x) {
   const F16 one(1.0f), two(2.0f);
   const F16 from_exp = one - two / (one + exp16(x + x));
   const F16 x2 = x * x;
@@ -82,6 +90,28 @@ inline F16 tanh16(F16 x) {
                                                                                    + x2 * F16(62.0f / 2835)))));
   const __mmask16 small = _mm512_cmp_ps_mask(_mm512_abs_ps(x.v), _mm512_set1_ps(0.25f), _CMP_LT_OQ);
   return F16(_mm512_mask_blend_ps(small, from_exp.v, series.v));
+}
+
+// The no_grad LSTM update of 16 units, written out and forced inline. Why: through the shared
+// cell header (LstmCell::forward) GCC kept the cell an out-of-line call taking its gates and
+// states through memory, and the chunk around it loaded every operand under a mask: perf and
+// objdump counted ~235 instructions per 16 units, ~130 cycles, against ~140 for the arithmetic
+// itself; that pass was a fifth of an LSTM step at H=256 B=32 next to the 8x48 GEMM tile. Same
+// formulas as the header (sigmoid = 1/(1+exp(-x)), tanh16, c = f c + i g, h = o tanh(c)), so the
+// results agree with it to float32 rounding; the training forward keeps the header (it saves the
+// gates for the backward).
+FLASHSEQ_FORCE_INLINE F16 sigmoid16(F16 x) {
+  const __m512 b = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(-x).v);
+  const __m512 x0 = _mm512_rcp14_ps(b);  // 1/b: 14 bits, then one Newton step (as operator/)
+  return F16(_mm512_mul_ps(x0, _mm512_fnmadd_ps(b, x0, _mm512_set1_ps(2.0f))));
+}
+
+// pre: the four pre-activations (i, f, g, o) of 16 units; c in and out; returns h.
+FLASHSEQ_FORCE_INLINE F16 lstm_update16(const F16* pre, F16& c) {
+  const F16 i = sigmoid16(pre[0]), f = sigmoid16(pre[1]), g = tanh16(pre[2]);
+  const F16 o = sigmoid16(pre[3]);
+  c = F16(_mm512_fmadd_ps(f.v, c.v, _mm512_mul_ps(i.v, g.v)));
+  return o * tanh16(c);
 }
 
 // Two independent 16-lane vectors (32 units) as one value. Why: one 16-unit LSTM chunk is a
@@ -136,11 +166,6 @@ struct MathOps<cpu::F16> {
 namespace cpu {
 namespace {
 
-inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
-                 : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
-}
-
 // Masked loads and stores of one value at p (16 lanes) or of a pair at p and p + 16.
 struct Chunk1 {
   using V = F16;
@@ -181,6 +206,44 @@ inline void forward_chunk(const PointwiseRow& a, int64_t e, const C& c) {
     for (int k = 0; k < K; ++k) c.store(a.gates + k * DH + e, saved[k]);
     for (int s = 1; s < S; ++s) c.store(a.saved_states + (s - 1) * a.saved_state_stride + e, next[s]);
   }
+}
+
+// Units e .. e + 15 of a no_grad LSTM row (fewer under the mask m when not kFull), through
+// lstm_update16.
+template <bool kFull>
+FLASHSEQ_FORCE_INLINE void lstm_nograd_chunk(const PointwiseRow& a, int64_t e, __mmask16 m) {
+  const auto load = [m](const float* p) {
+    return kFull ? F16(_mm512_loadu_ps(p)) : F16(_mm512_maskz_loadu_ps(m, p));
+  };
+  const auto store = [m](float* p, F16 v) {
+    if (kFull) {
+      _mm512_storeu_ps(p, v.v);
+    } else {
+      _mm512_mask_storeu_ps(p, m, v.v);
+    }
+  };
+  F16 pre[4];
+  for (int g = 0; g < 4; ++g)
+    pre[g] = load(a.wx + g * a.wx_gate_stride + e) + load(a.rh + g * a.DH + e) +
+             load(a.bias + g * a.DH + e);
+  F16 c = load(a.carry + a.state_stride + e);
+  const F16 h = lstm_update16(pre, c);
+  store(a.carry + a.state_stride + e, c);
+  store(a.carry + e, h);
+  store(a.h_out + e, h);
+}
+
+// A no_grad LSTM row: whole 16-unit chunks two at a time (two independent chains, as F16x2),
+// then the masked tail.
+void lstm_nograd_row(const PointwiseRow& a) {
+  const int64_t DH = a.DH;
+  int64_t e = 0;
+  for (; e + 32 <= DH; e += 32) {
+    lstm_nograd_chunk<true>(a, e, 0xFFFF);
+    lstm_nograd_chunk<true>(a, e + 16, 0xFFFF);
+  }
+  for (; e + 16 <= DH; e += 16) lstm_nograd_chunk<true>(a, e, 0xFFFF);
+  if (e < DH) lstm_nograd_chunk<false>(a, e, lanes_below(DH - e));
 }
 
 template <typename Cell>
@@ -271,6 +334,24 @@ inline void fused_update(const LstmFusedBlock& a, int64_t m, const __m512* acc, 
   R::store(a.h + m * a.h_row, a.h_row, mask, next[0]);
 }
 
+// The cell update of row m of a fused tile from its accumulated gates acc[0..3] (i, f, g, o).
+FLASHSEQ_FORCE_INLINE void fused_update_fast(const LstmFusedBlock& a, int64_t m, const __m512* acc,
+                                             __mmask16 mask) {
+  const float* wx_m = a.wx + m * a.wx_row;
+  F16 pre[4];
+  for (int g = 0; g < 4; ++g) {
+    const __m512 bias = _mm512_maskz_loadu_ps(mask, a.bias + g * a.bias_gate);
+    pre[g] = F16(_mm512_add_ps(_mm512_add_ps(acc[g], bias),
+                               _mm512_maskz_loadu_ps(mask, wx_m + g * a.wx_gate)));
+    if (a.wx_next != 0)  // this row's input of the next step, into L2 only
+      _mm_prefetch(reinterpret_cast<const char*>(wx_m + g * a.wx_gate + a.wx_next), _MM_HINT_T1);
+  }
+  F16 c(_mm512_maskz_loadu_ps(mask, a.c + m * a.c_row));
+  const F16 h = lstm_update16(pre, c);
+  _mm512_mask_storeu_ps(a.c + m * a.c_row, mask, c.v);
+  _mm512_mask_storeu_ps(a.h + m * a.h_row, mask, h.v);
+}
+
 // kRows rows x 64 columns (the 4 gates of 16 units) in 4 kRows accumulators; 6 rows use 24 of
 // the 32 zmm registers, plus 4 panel vectors and a broadcast. Fewer rows spread consecutive k
 // over more accumulator sets to keep enough independent FMA chains.
@@ -308,6 +389,10 @@ inline void fused_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
   for (int q = 1; q < kSets; ++q)
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < 4; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[q][r][v]);
+  if (lstm_fast_update_allowed()) {
+    for (int r = 0; r < kRows; ++r) fused_update_fast(a, m0 + r, &acc[0][r][0], mask);
+    return;
+  }
   int r = 0;
   for (; r + 2 <= kRows; r += 2) fused_update<F16x2>(a, m0 + r, &acc[0][r][0], mask);
   if (r < kRows) fused_update<F16>(a, m0 + r, &acc[0][r][0], mask);
@@ -318,7 +403,13 @@ inline void fused_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
 void lstm_backward_row_avx512(const BackwardRow& row) { backward_row<cells::LstmCell>(row); }
 void gru_backward_row_avx512(const BackwardRow& row) { backward_row<cells::GruCell>(row); }
 
-void lstm_forward_row_avx512(const PointwiseRow& row) { forward_row<cells::LstmCell>(row); }
+void lstm_forward_row_avx512(const PointwiseRow& row) {
+  if (row.gates == nullptr && lstm_fast_update_allowed()) {
+    lstm_nograd_row(row);
+  } else {
+    forward_row<cells::LstmCell>(row);
+  }
+}
 
 void lstm_fused_block_avx512(const LstmFusedBlock& a) {
   const __mmask16 mask = lanes_below(a.units);

@@ -3,6 +3,7 @@
 // dispatch templates only (no cell header: that file compiles them for AVX-512).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <type_traits>
 
@@ -47,6 +48,13 @@ struct BackwardRow {
 // exactly the four gates of its 16 units.
 // Switch for tests and benchmarks (default true; fused_rnn_forward.cpp).
 bool& fused_lstm_allowed();
+// Switch for tests and benchmarks (default true; fused_rnn_forward.cpp): the no_grad float32 LSTM
+// forward (fused tile and separate pointwise pass) updates its cells through the forced-inline
+// lstm_update16 of pointwise_avx512.cpp; false keeps the shared cell header there.
+bool& lstm_fast_update_allowed();
+// For tests: no_grad float32 LSTM forward calls so far that ran the fused tile ([0]) and that
+// updated their cells through lstm_update16 ([1], either loop); reset(true) zeroes them.
+std::array<int64_t, 2> lstm_nograd_path_counts(bool reset);
 constexpr int64_t kLstmGatePanelUnits = 16;
 constexpr int64_t kLstmGatePanelCols = 4 * kLstmGatePanelUnits;
 

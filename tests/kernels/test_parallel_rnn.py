@@ -206,7 +206,7 @@ def _bad(**overrides):
     (dict(tol=0.0), ValueError, "tol must be > 0"),
     (dict(structure="dense"), ValueError, "structure must be one of"),
     (dict(structure=None), ValueError, "structure must be one of"),
-    (dict(cell="slstm", wx=torch.randn(2, 6, 4, 2, 4)), ValueError, "no analytic Jacobian"),
+    (dict(cell="layernorm_lstm"), ValueError, "no analytic Jacobian"),
     (dict(b=torch.randn(4, 2, 4, dtype=torch.float64)), TypeError, "b must have wx's dtype"),
     (dict(r=torch.randn(4, 2, 5)), ValueError, r"r must have shape"),
     (dict(wx=torch.randn(2, 6, 3, 2, 4)), ValueError, "gate axis"),
@@ -216,8 +216,8 @@ def _bad(**overrides):
     (dict(backend="cuda"), ValueError, "backend must be one of"),
     (dict(stats={}), TypeError, "stats must be"),
 ], ids=["dense-r-diag", "diag-r-block", "block-dh17", "max-iters-0", "max-iters-neg",
-        "max-iters-float", "tol-0", "structure-unknown", "structure-none", "slstm", "b-dtype",
-        "r-shape", "wx-gates", "wx-int", "states-shape", "lengths-range", "backend", "stats"])
+        "max-iters-float", "tol-0", "structure-unknown", "structure-none", "layernorm-lstm",
+        "b-dtype", "r-shape", "wx-gates", "wx-int", "states-shape", "lengths-range", "backend", "stats"])
 def test_bad_arguments_raise(overrides, error, match):
     with pytest.raises(error, match=match):
         parallel_rnn(**_bad(**overrides))

@@ -54,8 +54,8 @@ def parallel_rnn(wx, r, b, states=None, *, cell, structure, lengths=None, max_it
         r: ``structure="diag"``: [G, NH, DH], unit e of head n receives ``h_prev[:, n, e] *
             r[g, n, e]`` (``fused_rnn`` with ``torch.diag_embed(r)``); ``structure="block"``:
             [G, NH, DH, DH] with DH <= 16, exactly ``fused_rnn``'s ``r``.
-        b: [G, NH, DH]. states: [S, B, NH, DH] or None (zeros). cell: "lstm", "gru" or "elman"
-            (sLSTM has no analytic Jacobian here yet). lengths: [B] or None, as ``fused_rnn``.
+        b: [G, NH, DH]. states: [S, B, NH, DH] or None (zeros). cell: "lstm", "gru", "slstm"
+            or "elman" (the LayerNorm cells: not yet). lengths: [B] or None, as ``fused_rnn``.
         structure: "diag" or "block" (required).
         max_iters: Newton iterations allowed, >= 1. Default: None, min(T, 64).
         tol: stop when max |Newton correction| <= tol. Default: None, 1e-9 in float64 and 1e-5

@@ -30,7 +30,7 @@ def validate(wx, r, b, states, cell, structure, lengths, max_iters, tol, backend
     cell = get_cell(cell)
     if cell.partials is None:
         raise ValueError(f"cell={cell.name!r} has no analytic Jacobian for parallel_rnn; allowed: "
-                         "'lstm', 'gru', 'elman' (use fused_rnn for it)")
+                         "'lstm', 'gru', 'slstm', 'elman' (use fused_rnn for it)")
     G, S = cell.num_gates, cell.num_states
     _tensor("wx", wx, 5, "[B, T, G, NH, DH]")
     check_float_dtype("wx", wx)

@@ -72,12 +72,36 @@ def _not_opted_in(name: str) -> bool:
     return opt_in is not None and os.environ.get(opt_in) != "1"
 
 
+def _as_device(device) -> torch.device:
+    """``available_backends``' ``device`` argument as a torch.device; TypeError / ValueError
+    naming it otherwise."""
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(device, bool) or not isinstance(device, (str, int)):
+        raise TypeError("device must be None, a torch.device, a str such as 'cpu' or 'cuda:0', "
+                        f"or a CUDA device index; got {type(device).__name__} {device!r}")
+    try:
+        return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(f"device={device!r} is not a device torch knows ({err})") from None
+
+
+def _device_exists(device: torch.device) -> bool:
+    if device.type != "cuda":
+        return True
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return count > 0 if device.index is None else device.index < count
+
+
 def available_backends(device=None) -> list[str]:
-    """Names of the back ends that can run on ``device`` (default: the current CUDA device if
-    there is one, else the CPU), in ``"auto"``'s order of preference."""
+    """Names of the back ends that can run on ``device`` (a torch.device, a str such as "cpu" or
+    "cuda:0", a CUDA device index; default: the current CUDA device if there is one, else the
+    CPU), in ``"auto"``'s order of preference. Empty for a CUDA device this machine lacks."""
     if device is None:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
+    device = _as_device(device)
+    if not _device_exists(device):
+        return []
     names = AUTO_ORDER.get(device.type, ("reference",))
     extra = [n for n in BACKEND_MODULES if n not in names]
     return [n for n in (*names, *extra) if unavailable_reason(n, device) is None]

@@ -9,7 +9,7 @@
 #    torch` picks on Linux (several GB of nvidia-* packages): first from the sources pip is
 #    configured with, else from PyTorch's CPU wheel index.
 # 3. flashseq itself with the "dev" extras (pytest, triton for the interpreter tests, ortools,
-#    onnx...), built against that torch (--no-build-isolation). The CPU extension flashseq._C
+#    onnx, matplotlib for the benchmarks' --png...), built against that torch (--no-build-isolation). The CPU extension flashseq._C
 #    is compiled on first use into $FLASHSEQ_CACHE_DIR (default ~/.cache/flashseq), once per
 #    torch version and source change.
 #

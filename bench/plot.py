@@ -1,5 +1,6 @@
-"""Optional PNG of a result: one bar per (case, provider) median. Needs matplotlib, which is not
-a dependency of flashseq; without it the PNG is skipped with a message."""
+"""Optional PNG of a result: one bar per (case, provider) median. Needs matplotlib, one of the
+``dev`` extras (install.sh installs them), not a dependency of flashseq itself; without it the
+PNG is skipped with a message."""
 from __future__ import annotations
 
 from pathlib import Path

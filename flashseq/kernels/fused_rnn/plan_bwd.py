@@ -36,6 +36,18 @@ integers, to re-check a plan):
 - exchange: a split head meets inside a cluster (sm_90: P <= the cluster limit, partials read
   through distributed shared memory) or through global memory behind a flag barrier, which
   needs the whole grid co-resident (registers, threads, shared memory, blocks per SM).
+Coverage. The backward kernel takes r zero-padded to its own DHP (any multiple of 16 >= DH;
+units past DH are masked), so the plan may pad wider than the forward where the forward's
+padding has no tiling (``padding_candidates``: DH rounded up to 16, then 32, 64, ..., 1024; a
+DHP with more factors of two lets more warps share the rows k and their accumulators). On sm_90
+each padding is tried first on the tilings the sm_90a build runs on wgmma
+(``cuda_compile.wgmma_serves``), then, where none fits (e.g. Elman DH 40: 48 gate columns allow
+one warp of 16-row tiles, no warpgroup), on mma.sync at exactly the tilings wgmma does not
+serve, as the forward does, so the plan's product and the build's agree. The one remaining
+refusal where the forward has a plan: a forward split through global memory whose whole grid
+is co-resident, where the backward's blocks, holding accumulators and partial sums of all DHP
+rows, cannot be (the message says so with the sizes).
+
 The objective is the predicted time of one reversed step (picoseconds, the forward's cost
 constants): tensor time, the mma chain over the block's gate columns, shared-memory traffic of
 d(rh) and the partials, the exchange, the per-step HBM streams (saved values, states, d(h)
@@ -123,9 +135,10 @@ def backward_resources(v, c: _Consts, cdiv, saved: int, wgmma: bool):
     saved values per step and element (``SAVED_PER_STEP``).
 
     ``v`` maps BB, BH, WM, WN, split, cluster, WMB, WKB (mma.sync regrouping) and, with
-    ``wgmma`` (an sm_90 plan), GWM, GWK to variables or ints. An sm_90 plan's tiling serves
-    both products (wgmma where csrc/fused takes it, mma.sync otherwise), so its registers and
-    shared memory are the larger of the two. Returns a dict: regs_terms (the registers before
+    ``wgmma`` (an sm_90 plan at a tiling the sm_90a build runs on wgmma), GWM, GWK to
+    variables or ints. Such a plan's tiling serves both products (wgmma on sm_90a, mma.sync in
+    an sm_80 build of it), so its registers and shared memory are the larger of the two;
+    without ``wgmma`` the mma.sync terms alone. Returns a dict: regs_terms (the registers before
     rounding are their sum plus ``live``, the largest of ``live_terms``), live_terms, threads,
     smem_terms (shared memory is their max), weights (register bytes of the weight
     fragments), P, grid, waves, time_ps.
@@ -190,33 +203,71 @@ def _registers(r, cdiv=_cdiv_int) -> int:
     return REGISTER_GRANULE * cdiv(total, REGISTER_GRANULE)
 
 
-def _domains(c: _Consts, gpu: GPUSpec):
+def _domains(c: _Consts, gpu: GPUSpec, wgmma: bool, fallback: bool):
     k = 16 if c.eb == 2 else 8
     bb = [t for t in (8, 16, 32, 64) if t <= max(8, _next_pow2(c.B))]
-    if has_wgmma(gpu):
+    if wgmma:
         bb = [t for t in bb if t <= 16]               # wgmma N = BB: 8 or 16
     a = min(32, _pow2_part(c.DHP // 16))
     d = dict(BB=bb, BH=[b for b in range(8, c.DHP + 1, 8) if c.DHP % b == 0],
              WM=[1, 2, 4, 8, 16], WN=[w for w in (1, 2, 4, 8) if c.DHP % (k * w) == 0],
              split=[0, 1], cluster=[0, 1] if gpu.supports_clusters else [0],
              WMB=_pow2s(a), WKB=_pow2s(32), R=_pow2s(a))
-    if has_wgmma(gpu):
+    if fallback:
+        d.update(lo=[0, 1], hi=[0, 1], wide=[0, 1])
+    if wgmma:
         a2 = min(8, _pow2_part(_cdiv_int(c.DHP, 64)))
         d.update(NWG=[n for n in (1, 2, 4, 8) if c.DHP % (k * n) == 0],
                  GWM=_pow2s(a2), GWK=_pow2s(8), R2=_pow2s(a2))
     return d
 
 
-def build_backward_model(cell, batch, heads, head_dim, dtype, gpu):
+def _backward_consts(cell, batch, heads, head_dim, dtype, gpu, padded) -> _Consts:
+    c = _consts(cell, batch, heads, head_dim, dtype, gpu, "cuda")
+    if padded is None:
+        return c
+    if padded % 16 or padded < c.DHP:
+        raise ValueError(f"padded_head_dim must be a multiple of 16 >= {c.DHP} (head_dim="
+                         f"{head_dim} padded to 16); got {padded}")
+    return dataclasses.replace(c, DHP=padded)
+
+
+def padding_candidates(head_dim: int) -> list[int]:
+    """The DHP values the backward may run at, in the order tried: the forward's padding (the
+    next multiple of 16), then DH rounded up to multiples of 32, 64, ..., 1024. The backward
+    kernel takes any multiple of 16 >= DH (its weights are zero-padded to its own DHP, units
+    past DH masked); a DHP with more factors of two lets more warps split the rows k
+    (WMB = gcd(W, DHP/16)) and whole warpgroups take the 64-row tiles."""
+    out = []
+    for m in (16, 32, 64, 128, 256, 512, 1024):
+        d = _cdiv_int(head_dim, m) * m
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def build_backward_model(cell, batch, heads, head_dim, dtype, gpu, *, padded_head_dim=None,
+                         wgmma=None):
     """The constrint model of the CUDA backward's tiling for one configuration (arguments as
     ``plan_fused_rnn_backward``). Returns ``(model, variables)``: a ``constrint.Model``
-    minimising the predicted reversed-step time in picoseconds, and {name: variable}."""
+    minimising the predicted reversed-step time in picoseconds, and {name: variable}.
+
+    padded_head_dim: the DHP to tile (a multiple of 16 >= DH; default: the forward's, the next
+        multiple of 16; ``padding_candidates``).
+    wgmma: on sm_90 (``has_wgmma``), True (default) models the tilings the sm_90a build runs on
+        wgmma (``cuda_compile.wgmma_serves``); False the mma.sync fallback, i.e. exactly the
+        tilings wgmma does not serve (fewer than 4 warps, warpgroups whose k steps do not
+        divide DHP, or BB > 16), so the build's choice and the plan agree. Ignored elsewhere.
+    """
     import constrint as ci
 
     cell, gpu, dtype, _ = _check_args(cell, batch, heads, head_dim, dtype, gpu, "cuda", None)
-    c = _consts(cell, batch, heads, head_dim, dtype, gpu, "cuda")
+    c = _backward_consts(cell, batch, heads, head_dim, dtype, gpu, padded_head_dim)
+    wgmma = has_wgmma(gpu) and wgmma is not False
+    fallback = has_wgmma(gpu) and not wgmma
     m = ci.Model()
-    v = {name: m.int_var(name, values=dom) for name, dom in _domains(c, gpu).items()}
+    v = {name: m.int_var(name, values=dom)
+         for name, dom in _domains(c, gpu, wgmma, fallback).items()}
     BH, WM, WN, split, clus = v["BH"], v["WM"], v["WN"], v["split"], v["cluster"]
     W = WM * WN
     # the kernel's regrouping of the W warps: WMB = gcd(W, DHP/16) (powers of two: the smaller
@@ -227,7 +278,14 @@ def build_backward_model(cell, batch, heads, head_dim, dtype, gpu):
     m.add(v["WKB"] * v["R"] == v["WKB"] + v["R"] - 1)
     k = 16 if c.eb == 2 else 8
     m.add(ci.divides(k * v["WKB"], c.G * BH))         # whole K tiles per warp
-    wgmma = has_wgmma(gpu)
+    if fallback:
+        # a tiling wgmma does not serve (cuda_compile.wgmma_serves, powers of two): W <= 2,
+        # or W/4 warpgroups of k steps that do not divide DHP (W >= 8 * nmax), or BB >= 32
+        nmax = _pow2_part(c.DHP) // k
+        m.add(v["lo"] + v["hi"] + v["wide"] >= 1)
+        m.add(W <= 2 + (1 - v["lo"]) * 1024)
+        m.add(W >= 8 * nmax * v["hi"])
+        m.add(v["BB"] >= 32 * v["wide"])
     if wgmma:
         # a tiling wgmma serves (layout.h gmma_invalid; its regrouping, layout_bwd.h):
         # whole warpgroups, GWM = gcd(W/4, cdiv(DHP, 64)) as WMB above, whole k steps of K
@@ -266,24 +324,38 @@ def build_backward_model(cell, batch, heads, head_dim, dtype, gpu):
 
 def _explain_no_backward(cell, c: _Consts, head_dim, dtype, gpu: GPUSpec) -> str:
     """Why no backward tiling fits, with the sizes: the smallest tiling's shared memory, or the
-    head's weights against the registers a block / cluster / co-resident grid can hold."""
+    head's weights against the registers a block / cluster can hold and, for a head split over
+    blocks meeting through global memory, what the whole co-resident grid needs besides the
+    weights (the backward's fp32 accumulators and partial sums of all DHP rows per block)."""
     part_stride = c.DHP + ((4 - c.DHP) % 32 + 32) % 32
     smallest_smem = c.G * 8 * 8 * c.eb + 16 * 8 + 2 * 8 * part_stride * 4
-    text = (f"the CUDA backward of {cell.name} DH={head_dim} ({dtype}, padded to {c.DHP}) has no "
-            f"tiling on {gpu.name}")
+    tried = [d for d in padding_candidates(head_dim) if d != c.DHP]
+    text = (f"the CUDA backward of {cell.name} DH={head_dim} ({dtype}, padded to {c.DHP}"
+            + (f"; also tried {', '.join(map(str, tried))}" if tried else "")
+            + f") has no tiling on {gpu.name}")
     if smallest_smem > gpu.shared_mem_per_block_optin:
         return (text + f": even BB=8, BH=8 needs {smallest_smem} B of shared memory (d(rh) and "
                 f"the double-buffered fp32 partial sums of all {c.DHP} rows) over the "
                 f"{gpu.shared_mem_per_block_optin} B per block")
     head_kb = c.G * c.DHP * c.DHP * c.eb / 1024
     capacity = gpu.max_cluster_size if gpu.supports_clusters else 1
+    tiles = c.NH * _cdiv_int(c.B, 8)
+    # per lane: the accumulators of all DHP rows of a batch tile of 8, over the most warps the
+    # rows split into (gcd(W, DHP/16) <= 32)
+    acc = _cdiv_int(c.DHP * 8, 32 * min(32, _pow2_part(c.DHP // 16)))
     return (text + f": the head's {head_kb:.0f} KB of recurrent weights, with the accumulators "
             f"and state gradients, fit neither one block's "
             f"{gpu.registers_per_block * 4 // 1024} KB "
             f"of registers (<= {gpu.max_registers_per_thread} per thread)"
             + (f", nor a cluster of {capacity}" if capacity > 1 else "")
-            + f", nor {c.NH * _cdiv_int(c.B, 8)} head x batch tiles split over blocks co-resident "
-            f"on {gpu.sm_count} SMs")
+            + f"; split over blocks that meet through global memory, all blocks must be "
+            f"co-resident: {tiles} head x batch tiles (BB=8) of {head_kb:.0f} KB of weights, "
+            f"each block also holding fp32 accumulators of all {c.DHP} rows of d(h_prev) (at "
+            f"least {acc} registers per thread at BB=8) and double-buffered fp32 partial sums "
+            f"of all rows in shared memory, do not fit the {gpu.sm_count} SMs' "
+            f"{gpu.sm_count * gpu.registers_per_sm * 4 // 1024 // 1024} MB of registers and "
+            f"{gpu.shared_mem_per_sm // 1024} KB of shared memory each (the forward's blocks "
+            f"hold only their own units' {c.G} x BB x BH accumulators, so its split may fit)")
 
 
 def plan_fused_rnn_backward(cell, batch, heads, head_dim, dtype, gpu,
@@ -299,26 +371,42 @@ def plan_fused_rnn_backward(cell, batch, heads, head_dim, dtype, gpu,
         time_limit: seconds for the solve. Default: None, solve to optimality.
 
     Returns:
-        A ``FusedRNNBackwardPlan`` (path "fused" or "split"; the backward has no stepwise path).
+        A ``FusedRNNBackwardPlan`` (path "fused" or "split"; the backward has no stepwise path;
+        ``padded_head_dim`` may exceed the forward's, see ``padding_candidates``; ``wgmma``
+        False on sm_90 where no tiling wgmma serves fits, and the build then takes mma.sync).
 
     Raises:
         ValueError naming the sizes and the limit when no tiling fits the GPU (the forward may
         still have a plan: the CUDA back end then refuses gradients and "auto" falls back).
     """
     cell, gpu, dtype, _ = _check_args(cell, batch, heads, head_dim, dtype, gpu, "cuda", None)
+    # the forward's padding first, then wider ones (padding_candidates); on sm_90 per padding
+    # the wgmma tilings, then mma.sync at the tilings wgmma does not serve (as the forward
+    # does): the first that fits is solved to its optimum
+    products = (True, False) if has_wgmma(gpu) else (None,)
+    unknown = False
+    for padded in padding_candidates(head_dim):
+        for wgmma in products:
+            model, v = build_backward_model(cell, batch, heads, head_dim, dtype, gpu,
+                                            padded_head_dim=padded, wgmma=wgmma)
+            sol = model.solve(time_limit=time_limit)
+            if sol:
+                c = _backward_consts(cell, batch, heads, head_dim, dtype, gpu, padded)
+                return _make_plan(cell, batch, heads, head_dim, dtype, gpu, c,
+                                  {k: sol[x] for k, x in v.items()}, wgmma is True,
+                                  sol.status)
+            unknown |= sol.status == "unknown"
+    if unknown:
+        raise ValueError(f"the solver found no CUDA backward tiling for {cell.name} "
+                         f"DH={head_dim} within time_limit={time_limit} s")
     c = _consts(cell, batch, heads, head_dim, dtype, gpu, "cuda")
-    model, v = build_backward_model(cell, batch, heads, head_dim, dtype, gpu)
-    sol = model.solve(time_limit=time_limit)
-    if not sol:
-        if sol.status == "unknown":
-            raise ValueError(f"the solver found no CUDA backward tiling for {cell.name} "
-                             f"DH={head_dim} within time_limit={time_limit} s")
-        raise ValueError(_explain_no_backward(cell, c, head_dim, dtype, gpu))
-    vals = {k: sol[x] for k, x in v.items()}
+    raise ValueError(_explain_no_backward(cell, c, head_dim, dtype, gpu))
+
+
+def _make_plan(cell, batch, heads, head_dim, dtype, gpu, c, vals, wgmma, status):
     from .cuda_compile import wgmma_serves
 
-    wg = has_wgmma(gpu)
-    r = backward_resources(vals, c, _cdiv_int, SAVED_PER_STEP[cell.name], wg)
+    r = backward_resources(vals, c, _cdiv_int, SAVED_PER_STEP[cell.name], wgmma)
     regs = _registers(r)
     smem = max(r["smem_terms"])
     path = "split" if vals["split"] else "fused"
@@ -333,22 +421,28 @@ def plan_fused_rnn_backward(cell, batch, heads, head_dim, dtype, gpu,
            "split": (f"a head's weights are split over {r['P']} blocks whose partial d(h) meet "
                      + ("in a thread-block cluster" if vals["cluster"] else
                         "through global memory"))}[path]
+    natural = 16 * _cdiv_int(head_dim, 16)
+    notes = []
+    if c.DHP != natural:
+        notes.append(f"DH padded to {c.DHP}, not {natural}: no tiling of {natural} fits")
+    if has_wgmma(gpu) and not wgmma:
+        notes.append("mma.sync on sm_90a: no tiling wgmma serves fits")
     plan = FusedRNNBackwardPlan(
         backend="cuda", path=path, cell=cell.name, dtype=dtype, gpu=gpu.name, batch=batch,
         heads=heads, head_dim=head_dim, padded_head_dim=c.DHP, BB=vals["BB"], BH=vals["BH"],
-        num_warps=vals["WM"] * vals["WN"], warps_m=vals["WM"], warps_n=vals["WN"], wgmma=False,
-        row_groups=vals["WMB"], column_groups=vals["WKB"],
+        num_warps=vals["WM"] * vals["WN"], warps_m=vals["WM"], warps_n=vals["WN"],
+        wgmma=wgmma, row_groups=vals["GWM"] if wgmma else vals["WMB"],
+        column_groups=vals["GWK"] if wgmma else vals["WKB"],
         programs_per_head=r["P"], cluster_size=r["P"] if vals["cluster"] else 1,
         grid=(heads * r["P"], _cdiv_int(batch, vals["BB"])), registers_per_thread=regs,
         shared_memory_bytes=smem, onchip_weight_bytes=r["weights"],
         exchange_bytes=2 * heads * r["P"] * padded_b * c.DHP * 4 if glob else 0,
         predicted_step_ns=r["time_ps"] / 1000, binding=_binding(ratios),
-        reason=f"{how} (solver: {sol.status})")
-    # (the model kept an sm_90 tiling valid for both products; which one the build takes is
-    # csrc/fused's choice, cuda_compile.wgmma_serves)
-    if wg and wgmma_serves(plan):
-        plan = dataclasses.replace(plan, wgmma=True, row_groups=vals["GWM"],
-                                   column_groups=vals["GWK"])
+        reason=f"{how}" + "".join(f"; {n}" for n in notes) + f" (solver: {status})")
+    # the product the sm_90a build takes (csrc/fused's choice, cuda_compile.wgmma_serves) is
+    # the one the model tiled for: its wgmma and fallback models split the tilings exactly
+    if has_wgmma(gpu) and wgmma_serves(plan) != wgmma:
+        raise RuntimeError(f"backward plan and build disagree on wgmma: {plan}")
     return plan
 
 
@@ -371,4 +465,4 @@ def backward_plan_for(plan: FusedRNNPlan, gpu=None) -> FusedRNNBackwardPlan:
 
 
 __all__ = ["FusedRNNBackwardPlan", "plan_fused_rnn_backward", "build_backward_model",
-           "backward_resources", "backward_plan_for"]
+           "backward_resources", "backward_plan_for", "padding_candidates"]

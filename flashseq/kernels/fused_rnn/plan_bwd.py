@@ -368,7 +368,8 @@ def plan_fused_rnn_backward(cell, batch, heads, head_dim, dtype, gpu,
         dtype: torch.float16, torch.bfloat16 or "tf32" (float32 inputs on tf32 tensor cores;
             "float32" plans the same tiles).
         gpu: a ``GPUSpec`` or a name for ``GPUSpec.from_name``.
-        time_limit: seconds for the solve. Default: None, solve to optimality.
+        time_limit: seconds for each solve (one per padding and product tried). Default: None,
+            solve to optimality.
 
     Returns:
         A ``FusedRNNBackwardPlan`` (path "fused" or "split"; the backward has no stepwise path;

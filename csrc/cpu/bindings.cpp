@@ -100,6 +100,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for tests: (fused-tile calls, fast-update calls) of the no_grad float32 LSTM forward "
         "so far; reset=True zeroes them",
         py::arg("reset") = false);
+  m.def("_transposed_packs",
+        [](bool reset) {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+          return flashseq::cpu::transposed_packs(reset);
+#else
+          (void)reset;
+          return int64_t{0};
+#endif
+        },
+        "for tests: weight packings so far that transposed 16 x 16 blocks in AVX-512 registers "
+        "(r with its input-unit axis dense, as the modules pass it); reset=True zeroes the count",
+        py::arg("reset") = false);
   m.def("_uses_avx512_tile", &flashseq::cpu::use_avx512_tile,
         "whether float32 step GEMMs run the AVX-512 tile on this CPU now");
   m.def("_set_buffer_cache_limit", &flashseq::cpu::set_buffer_cache_limit,

@@ -118,10 +118,20 @@ at::Tensor pack_lstm_gate_panels(const at::Tensor& r) {
   const float* src = r.data_ptr<float>();
   float* out = packed.data_ptr<float>();
   const int64_t sg = r.stride(0), sn = r.stride(1), sd = r.stride(2), se = r.stride(3);
+  if (sd == 1) count_transposed_pack();
   at::parallel_for(0, NH * blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t n = i / blocks, u0 = (i % blocks) * U, units = std::min(U, DH - u0);
       float* dst = out + i * DH * P;
+      if (sd == 1) {  // d dense (the modules' r): each gate's 16 columns transposed in registers
+        for (int64_t g = 0; g < 4; ++g) {
+          const float* col[16];
+          for (int64_t u = 0; u < U; ++u)
+            col[u] = u < units ? src + g * sg + n * sn + (u0 + u) * se : nullptr;
+          transpose_columns16_avx512(col, units, DH, dst + g * U, P);
+        }
+        continue;
+      }
       for (int64_t col = 0; col < P; ++col) {
         const int64_t g = col / U, u = col % U;
         if (u >= units) {

@@ -13,6 +13,7 @@
 // Only raw pointers cross into this file: no ATen or standard-library inline code is compiled
 // under the AVX-512 target, so no AVX-512 copy of a shared inline function can be picked by the
 // linker for code that runs on other CPUs.
+#include <atomic>
 #include <cstdint>
 
 #include "step_gemm_avx512.h"
@@ -31,6 +32,16 @@ bool cpu_has_avx512() {
 bool& avx512_tile_allowed() {
   static bool allowed = true;
   return allowed;
+}
+
+namespace {
+std::atomic<int64_t> transposed_pack_calls{0};
+}  // namespace
+
+void count_transposed_pack() { ++transposed_pack_calls; }
+
+int64_t transposed_packs(bool reset) {
+  return reset ? transposed_pack_calls.exchange(0) : transposed_pack_calls.load();
 }
 
 }  // namespace cpu
@@ -104,6 +115,42 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* panel, flo
 }
 
 }  // namespace
+
+void transpose_columns16_avx512(const float* const* col, int64_t ncols, int64_t K, float* dst,
+                                int64_t ldd) {
+  for (int64_t k0 = 0; k0 < K; k0 += kWidth) {
+    const int64_t kn = K - k0 < kWidth ? K - k0 : kWidth;
+    const __mmask16 m = lanes_below(kn);
+    __m512 r[16], t[16];
+    for (int c = 0; c < 16; ++c)
+      r[c] = c < ncols ? _mm512_maskz_loadu_ps(m, col[c] + k0) : _mm512_setzero_ps();
+    // 16 x 16 transpose: pairs of rows interleaved, then pairs of pairs (as doubles), then the
+    // four 128-bit lanes gathered in two rounds of shuffle_f32x4
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {  // r[4 i + q], lane j: column 4 j + q of rows 4 i .. 4 i + 3
+      const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+      const __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+      r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+      r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+      r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+      r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+    }
+    for (int q = 0; q < 4; ++q) {
+      const __m512 w0 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
+      const __m512 w1 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xDD);
+      const __m512 w2 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+      const __m512 w3 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xDD);
+      t[q] = _mm512_shuffle_f32x4(w0, w2, 0x88);       // column q
+      t[4 + q] = _mm512_shuffle_f32x4(w1, w3, 0x88);   // column 4 + q
+      t[8 + q] = _mm512_shuffle_f32x4(w0, w2, 0xDD);   // column 8 + q
+      t[12 + q] = _mm512_shuffle_f32x4(w1, w3, 0xDD);  // column 12 + q
+    }
+    for (int64_t k = 0; k < kn; ++k) _mm512_storeu_ps(dst + (k0 + k) * ldd, t[k]);
+  }
+}
 
 void panel_rows_avx512(int64_t M, int64_t K, const float* A, int64_t lda, const float* panel,
                        float* C, int64_t ldc, int64_t cols, bool accumulate) {

@@ -24,6 +24,15 @@ bool& avx512_tile_allowed();
 // `cols` (<= kAvx512PanelCols); A rows lda apart, C rows ldc apart.
 void panel_rows_avx512(int64_t M, int64_t K, const float* A, int64_t lda, const float* panel,
                        float* C, int64_t ldc, int64_t cols, bool accumulate);
+// dst[k * ldd + c] = col[c][k] for k < K and c < ncols (<= 16), 0 for ncols <= c < 16: sixteen
+// columns each dense along k, written as K rows of 16 (the weight packers' transpose; 16 x 16
+// blocks in registers where a scalar loop stored one float per cache line).
+// For tests: weight packings (one per pack_panels / pack_lstm_gate_panels call) that went
+// through transpose_columns16_avx512; reset(true) zeroes the count.
+void count_transposed_pack();
+int64_t transposed_packs(bool reset);
+void transpose_columns16_avx512(const float* const* col, int64_t ncols, int64_t K, float* dst,
+                                int64_t ldd);
 inline bool use_avx512_tile() { return avx512_tile_allowed() && cpu_has_avx512(); }
 #else
 inline bool use_avx512_tile() { return false; }

@@ -5,13 +5,16 @@ pointwise pass from the cell's header in csrc/cells/, parallel over (head, batch
 pointwise pass runs on AVX2 vectors when the machine that built the extension has AVX2
 (flashseq/_jit.py chooses the flags); for float32 LSTM and GRU on a CPU with AVX-512F it runs 32
 units at a time as two independent 16-lane vectors, so two dependency chains overlap
-(csrc/cpu/pointwise_avx512.cpp). The backward is hand-written (reversed time, one GEMM per step
+(csrc/cpu/pointwise_avx512.cpp); the float32 LSTM forward without gradients updates its cells
+through a forced-inline copy of the cell's formulas there (lstm_update16: the shared cell header
+compiled to an out-of-line call). The backward is hand-written (reversed time, one GEMM per step
 for d(h_prev), then d(r) and d(b) over all steps at once).
 
 The per-step GEMM is csrc/cpu/step_gemm.h up to a live batch of 128 rows, at::mm (MKL) above:
 the recurrent weight is packed once per call into contiguous column panels that every step
 streams through a register tile (8 rows x 48 columns on AVX-512 for float32, 6 x 2 vectors on
-AVX2), where at::mm would re-pack the weight on every step. While a row computes step t, the
+AVX2), where at::mm would re-pack the weight on every step (the modules' r, a transposed view
+of weight_hh, is packed 16 x 16 blocks at a time in AVX-512 registers). While a row computes step t, the
 forward prefetches that row's wx (and its h output) of step t + 1 into L2. The crossover, the
 AVX-512/AVX2 tile and the thread count are per-call knobs (cpu_config.py) that
 ``flashseq-tune --device cpu`` tunes per shape bucket; dispatch applies the cached choice.

@@ -43,10 +43,11 @@ DHP with more factors of two lets more warps share the rows k and their accumula
 each padding is tried first on the tilings the sm_90a build runs on wgmma
 (``cuda_compile.wgmma_serves``), then, where none fits (e.g. Elman DH 40: 48 gate columns allow
 one warp of 16-row tiles, no warpgroup), on mma.sync at exactly the tilings wgmma does not
-serve, as the forward does, so the plan's product and the build's agree. The one remaining
-refusal where the forward has a plan: a forward split through global memory whose whole grid
-is co-resident, where the backward's blocks, holding accumulators and partial sums of all DHP
-rows, cannot be (the message says so with the sizes).
+serve, as the forward does, so the plan's product and the build's agree. Where the forward
+has a plan and the backward still has none, the forward splits its heads over many blocks
+(through global memory with the whole grid co-resident, which the backward's blocks, holding
+accumulators and partial sums of all DHP rows, cannot be; rarely a full cluster at nearly 255
+registers per thread): the message says which limits with the sizes.
 
 The objective is the predicted time of one reversed step (picoseconds, the forward's cost
 constants): tensor time, the mma chain over the block's gate columns, shared-memory traffic of

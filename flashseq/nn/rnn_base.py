@@ -12,6 +12,10 @@ Forward of one layer and direction:
 3. the reverse direction runs the same kernel on each row's valid steps reversed by an index
    gather, and its output is gathered back.
 
+A plain eager CPU call (no PackedSequence, no options beyond torch.nn, ...) takes the shorter
+route of fast_path.py to the same kernels, skipping the general checks and dispatch of
+``fused_rnn``; everything below describes the general path.
+
 Internally every sequence is batch-major [B, T, F]; ragged batches (PackedSequence) are padded
 once and described by ``lengths``, which fused_rnn honours, so no Python loop runs over rows.
 Each layer's input projection then runs on the N live rows only (gathered by flat row index),
@@ -45,7 +49,7 @@ from torch.nn.utils.rnn import PackedSequence
 from flashseq.kernels.fused_rnn import fused_rnn
 from flashseq.kernels.fused_rnn import cpu_linear
 
-from . import beyond, checks, sequences
+from . import beyond, checks, fast_path, sequences
 from .errors import RNNInputError, RNNInputTypeError
 
 # mode -> (fused_rnn cell or None when no fused cell exists, gate count)
@@ -215,6 +219,9 @@ class FusedRNNBase(nn.RNNBase):
         regularisers in training mode raise ValueError (a trace would keep one draw of the masks
         as constants; torch.nn's forward has no per-step states).
         """
+        fast = fast_path.run(self, input, hx, reset, generator, return_all_states)
+        if fast is not None:  # a plain eager CPU call (fast_path.py), already computed
+            return fast
         regs = beyond.regularisers(self)
         extras_used = reset is not None or regs != beyond.OFF
         all_states = checks.check_bool("return_all_states", return_all_states)

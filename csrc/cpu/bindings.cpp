@@ -7,6 +7,7 @@
 #include "fused_rnn_cpu.h"
 #include "fused_rnn_extras.h"
 #include "pointwise_avx512.h"
+#include "row_gemv_avx512.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 #include "weight_grad.h"
@@ -86,6 +87,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for tests and benchmarks: allow (True, the default) or forbid the no_grad LSTM forward "
         "that fuses each step's GEMM and cell update; returns the previous setting",
         py::arg("allowed"));
+  m.def("_set_row_gemv",
+        [](int mode) {
+          const int old = flashseq::cpu::row_gemv_mode();
+          flashseq::cpu::row_gemv_mode() = mode;
+          return old;
+        },
+        "for tests and benchmarks: the backward's one-row steps stream weight_hh's rows in "
+        "alternating directions (2, the default), ascending (1), or run the panel GEMM (0); "
+        "returns the previous setting",
+        py::arg("mode"));
   m.def("_set_lstm_fast_update",
         [](bool allowed) {
           const bool old = flashseq::cpu::lstm_fast_update_allowed();

@@ -18,11 +18,18 @@
 #include "onednn_gemm.h"
 #include "weight_grad.h"
 #include "pointwise_avx512.h"
+#include "row_gemv_avx512.h"
 #include "step_gemm.h"
 #include "vec_lanes.h"
 
 namespace flashseq {
 namespace cpu {
+
+int& row_gemv_mode() {
+  static int mode = 2;
+  return mode;
+}
+
 namespace {
 
 // Cells whose d(rh) equals their d(wx) gate for gate (their header writes drh[k] = dwx[k]: the
@@ -65,6 +72,19 @@ void backward_loop(const scalar_t* dh_p, int64_t dh_sb, int64_t dh_st, at::Tenso
   const bool avx512_rows = kHasAvx512Row<Cell, scalar_t> && use_avx512_tile();
   // Wt, made from r on the first step that needs it: panels for step_gemm, dense for at::mm.
   at::Tensor Wt_panels, Wt;
+  // A step with one live row streams Wt's rows in place (row_gemv_avx512.h) when they are dense
+  // in r, i.e. r's d axis is: the modules' r, a transposed view of weight_hh, whose rows these are.
+  // Measured (LSTM B=1 T=256, 1 thread, CPU time, paired against the panels): H=256 (1 MB of
+  // weight per head) 0.94, and alternating directions 0.97 of ascending; H=128 (256 KB, stays in
+  // L2 either way) 1.04-1.11, so only weights of 512 KB and more take it.
+  std::vector<int64_t> wt_rows;
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  if (std::is_same_v<scalar_t, float> && use_avx512_tile() && (DH == 1 || r.stride(2) == 1) &&
+      GDH * DH * static_cast<int64_t>(sizeof(float)) >= 512 * 1024) {
+    wt_rows.resize(GDH);
+    for (int64_t k = 0; k < GDH; ++k) wt_rows[k] = (k / DH) * r.stride(0) + (k % DH) * r.stride(3);
+  }
+#endif
   for (int64_t t = T - 1; t >= 0; --t) {
     at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
@@ -140,6 +160,18 @@ void backward_loop(const scalar_t* dh_p, int64_t dh_sb, int64_t dh_st, at::Tenso
     // length have d(rh_t) = 0 and keep their dh, so skipping the finished ones changes nothing.
     const int64_t M = live[t];
     if (M == 0) continue;
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (M == 1 && !wt_rows.empty() && use_step_gemm(M) && row_gemv_mode() > 0) {
+        // each step reads the rows in the other order (why: row_gemv_avx512.h)
+        for (int64_t n = 0; n < NH; ++n)
+          row_gemv_avx512(GDH, DH, drh_p + n * drh_sn + t * drh_st,
+                          r.data_ptr<float>() + n * r.stride(1), wt_rows.data(),
+                          dcarry_p + n * B * DH, row_gemv_mode() == 2 && (t & 1) != 0);
+        continue;
+      }
+    }
+#endif
     if (use_step_gemm(M)) {
       if (!Wt_panels.defined()) {  // row g*DH + e, column d
         std::vector<int64_t> row_offset(GDH), col_offset(DH);

@@ -57,6 +57,33 @@ void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd
 }
 #endif
 
+namespace {
+
+// dst [cols, rows] = src [rows, cols]^T, both dense, through a 32 x 32 block on the stack: the
+// block's rows are read and written whole. Why: reading a column of src directly touches rows
+// cols floats apart, which at a power-of-two width (1024: 4 KB) all share one L1 set, and
+// ATen's .t().contiguous() of a [256, 1024] float32 weight gradient took 170-200 us per MB on
+// the dev box (1 thread), a fifth of that GEMM.
+void transpose_blocked(const float* src, int64_t rows, int64_t cols, float* dst) {
+  constexpr int64_t kBlock = 32;
+  at::parallel_for(0, (rows + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
+    float block[kBlock][kBlock];  // [column j - j0][row i - i0]
+    for (int64_t i0 = begin * kBlock; i0 < std::min(rows, end * kBlock); i0 += kBlock) {
+      const int64_t ni = std::min(kBlock, rows - i0);
+      for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
+        const int64_t nj = std::min(kBlock, cols - j0);
+        for (int64_t i = 0; i < ni; ++i) {
+          const float* row = src + (i0 + i) * cols + j0;
+          for (int64_t j = 0; j < nj; ++j) block[j][i] = row[j];
+        }
+        for (int64_t j = 0; j < nj; ++j) std::copy_n(block[j], ni, dst + (j0 + j) * rows + i0);
+      }
+    }
+  });
+}
+
+}  // namespace
+
 bool linear_weight_grad_fast() {
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
   return use_avx512_tile();
@@ -84,7 +111,9 @@ std::tuple<at::Tensor, at::Tensor> linear_weight_grad(const at::Tensor& x_in, co
   blocked_grad_gemm(xT.data_ptr<float>(), M, dy.data_ptr<float>(), N, K, N, {{0, M}},
                     dwT.data_ptr<float>(), db.data_ptr<float>());
 #endif
-  return {dwT.t().contiguous(), db};
+  at::Tensor dw = at::empty({N, K}, dy.options());
+  transpose_blocked(dwT.data_ptr<float>(), K, N, dw.data_ptr<float>());
+  return {dw, db};
 }
 
 }  // namespace cpu

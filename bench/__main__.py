@@ -80,6 +80,10 @@ def run_suite(args) -> int:
     except ImportError as err:
         print(f"bench: suite {args.suite!r} is registered but does not import: {err}", file=sys.stderr)
         return 1
+    if args.headline and not getattr(module, "HEADLINE", False):
+        print(f"bench: --headline needs a suite with headline workloads (fused_rnn); "
+              f"{args.suite!r} has none", file=sys.stderr)
+        return 2
     if args.runs > 1 and not hasattr(module, "merge_runs"):
         print(f"bench: --runs needs a suite that merges runs (microbench); {args.suite!r} does "
               "not", file=sys.stderr)
@@ -128,7 +132,9 @@ def _run_and_report(module, device, args) -> int:
     try:
         for i in range(args.runs):
             label = args.suite if args.runs == 1 else f"{args.suite} {i + 1}/{args.runs}"
-            runs.append(module.run(device, args.tiny, make_progress(not args.no_progress, label)))
+            extra = {"headline": True} if args.headline else {}
+            runs.append(module.run(device, args.tiny, make_progress(not args.no_progress, label),
+                                   **extra))
     except CorrectnessError as err:
         print(f"bench: suite {args.suite!r} refused to time: {err}", file=sys.stderr)
         return 1
@@ -198,6 +204,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", help="cpu or cuda[:N] (default: cuda when present, else cpu)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes and short timings: checks the suite runs, numbers mean little")
+    parser.add_argument("--headline", action="store_true",
+                        help="only the workloads the README quotes (fused_rnn; a GPU session's "
+                             "first benchmark)")
     parser.add_argument("--threads", type=_positive_int, default=None,
                         help="torch threads on CPU (default: 1 for the quick suite, torch's "
                              "default for the others)")

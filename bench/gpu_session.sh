@@ -1,48 +1,87 @@
 #!/usr/bin/env bash
-# The one GPU entry point: runs every GPU check that exists and writes the results under
-# bench/results/<gpu-slug>/ (slug from nvidia-smi's GPU name, e.g. nvidia-h100-80gb-hbm3).
+# The one GPU entry point: runs the GPU checks in order of value, each under its own time limit
+# when a budget is given, and writes the results under bench/results/<gpu-slug>/ (slug from
+# nvidia-smi's GPU name, e.g. nvidia-h200) after every step.
 #
-#   bash bench/gpu_session.sh [--tiny] [--dry-run] [--out DIR] [--suites "A B"] [--no-tune]
-#     --tiny     tiny benchmark sizes: checks the pipeline end to end, the numbers mean little
-#     --dry-run  print the steps without running anything (works without a GPU)
-#     --out DIR  results folder instead of bench/results/<gpu-slug>
-#     --suites   only these benchmark suites (default: every one `python -m bench` lists)
-#     --no-tune  skip the flashseq-tune step (the suites then run the untuned plans)
+# A GPU session that is lent one machine for ~15 minutes (one command of at most 600 s) runs
+# exactly this first, and gets SUMMARY.md and gpu_results.tgz (every result and log) back:
 #
-# Steps: record the machine; install peer wheels, if any, offline; pytest -m gpu (slow ones
-# included); the compute-sanitizer cases (tests marked "sanitizer", under memcheck and
-# racecheck; none = a no-op with a message); flashseq-tune --gpu auto over the fused_rnn
-# suite's shapes (tune.json, tune.md, tune_cache.json); every `python -m bench` suite, each
-# writing <suite>.json, .md and .png, with dispatch reading that tuning cache; the README's
-# table (README_table.md, python -m bench.readme_table). Every step runs even when an earlier
-# one failed; SUMMARY.md lists them with exit codes, and the script exits 1 if any failed.
+#   bash bench/gpu_session.sh --budget 540 --pack "$OUT"        # with the run's timeout_s 600
+#
+#   bash bench/gpu_session.sh [--budget S] [--pack DIR] [--out DIR] [--tiny] [--dry-run]
+#                             [--suites "A B"] [--no-tune] [--limit STEP=S ...]
+#     --budget S   finish within S seconds: each step runs under `timeout` with the smaller of
+#                  its own cap and what is left (less a reserve for the summary); a step whose
+#                  minimum no longer fits is skipped, and SUMMARY.md says so. Without it no
+#                  step has a limit (the old full run).
+#     --pack DIR   after every step, copy SUMMARY.md to DIR and pack the results folder into
+#                  DIR/gpu_results.tgz (two files: fits a size-limited return folder such as $OUT)
+#     --out DIR    results folder instead of bench/results/<gpu-slug>
+#     --tiny       tiny benchmark sizes: checks the pipeline end to end, the numbers mean little
+#     --dry-run    print the plan (steps, commands, per-step limits) without running anything
+#     --suites     only these benchmark suites in the last tier (default: every suite)
+#     --no-tune    skip the flashseq-tune step (the suites then run the untuned plans)
+#     --limit S=N  cap step S at N seconds (repeatable; e.g. a quicker smoke)
+#
+# Steps, most valuable first (cap / minimum seconds under --budget):
+#   peers 40/10 (only with wheels)   environment 30/10
+#   smoke 180/30            python -m bench.gpu_smoke --strict: triton and cuda back ends
+#                           (FLASHSEQ_CUDA_KERNELS=1), no_grad forward, forward + gradients vs
+#                           float64, one small case per cell and dtype, then the sanitizer's and
+#                           the headline's shapes; cases in parallel processes, so the builds
+#                           overlap and are cached for the later steps (smoke.json/.md per case)
+#   sanitizer 90/30         compute-sanitizer memcheck over python -m bench.gpu_sanitize: CUDA
+#                           forward, backward, barrier floor, Triton fused
+#   headline-fused_rnn 150/45  python -m bench fused_rnn --headline (LSTM H=768 NH=1 vs cuDNN,
+#                           NH=12 x 64 vs FlashRNN, GRU vs cuDNN), cuda and triton
+#   pytest-gpu-quick 120/45 pytest -m "gpu and not slow", the LSTM cases of the fused_rnn kernel
+#                           tests, bench and hardware tests
+#   sanitizer-racecheck 60/30, sanitizer-tests 90/30 (tests marked "sanitizer" under memcheck)
+#   pytest-gpu 600/90       pytest -m gpu --runslow, everything
+#   tune 210/60             flashseq-tune --gpu auto over the fused_rnn shapes (its own
+#                           --budget fits the step's limit; exit 3 = budget reached = done)
+#   bench-<suite> 150/45    every `python -m bench` suite (microbench 240/60, three runs)
+#   readme-table 20/5       python -m bench.readme_table
+# Every step runs even when an earlier one failed; a step cut by its limit is "TIMED OUT" in
+# SUMMARY.md. Exit status: 0 every step that ran passed, 1 a step failed or timed out, 2 usage.
 #
 # Caches: FLASHSEQ_CACHE_DIR is the session's own folder ($FLASHSEQ_SESSION_CACHE, default
-# $TMPDIR/flashseq-gpu-session) for every step, so first-use builds are shared by the tests and
-# the suites and dispatch in the suites reads exactly the tuning this session recorded.
-#
+# $TMPDIR/flashseq-gpu-session), so first-use builds are shared by every step and dispatch in
+# the suites reads exactly the tuning this session recorded.
 # Peers (flashrnn, flash-linear-attention, ...) travel as wheels in .whl/ (or the folder in
-# $FLASHSEQ_PEER_WHEELS): they are installed with --no-index --no-deps into a private folder
-# that goes first on PYTHONPATH, so nothing is downloaded and the machine's torch stays.
-# On a machine whose files come back through a size-limited folder, pack the results after:
-#   bash bench/gpu_session.sh; tar -czf "$OUT/gpu_results.tgz" bench/results
+# $FLASHSEQ_PEER_WHEELS): installed with --no-index --no-deps into a private folder first on
+# PYTHONPATH, so nothing is downloaded and the machine's torch stays.
 set -uo pipefail
 
 cd "$(dirname "$0")/.." || exit 2
+usage="allowed: --budget S --pack DIR --out DIR --tiny --dry-run --suites LIST --no-tune --limit STEP=S"
 quick=""
 dry=0
 out=""
+pack=""
 only_suites=""
 tune=1
+budget=0
+declare -A cap_override=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --tiny) quick="--tiny" ;;
         --dry-run) dry=1 ;;
         --out) shift; out="${1:?--out needs a folder}" ;;
+        --pack) shift; pack="${1:?--pack needs a folder}" ;;
         --suites) shift; only_suites="${1:?--suites needs suite names}" ;;
         --no-tune) tune=0 ;;
-        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
-        *) echo "gpu_session: unknown argument '$1' (allowed: --tiny --dry-run --out DIR --suites LIST --no-tune)" >&2; exit 2 ;;
+        --budget)
+            shift; budget="${1:-}"
+            [[ "$budget" =~ ^[0-9]+$ ]] && [ "$budget" -ge 60 ] || {
+                echo "gpu_session: --budget needs whole seconds >= 60; got '$budget'" >&2; exit 2; } ;;
+        --limit)
+            shift
+            [[ "${1:-}" =~ ^([a-z0-9_-]+)=([0-9]+)$ ]] || {
+                echo "gpu_session: --limit needs STEP=SECONDS; got '${1:-}'" >&2; exit 2; }
+            cap_override[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]} ;;
+        -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
+        *) echo "gpu_session: unknown argument '$1' ($usage)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -50,8 +89,10 @@ done
 py="${PYTHON:-python3}"
 # Timings under the Triton interpreter would be meaningless; it is for CPU-only test runs.
 unset TRITON_INTERPRET
-# The session's cache root (see the header): builds, and the tuning cache the suites read.
+export PYTHONUNBUFFERED=1
 export FLASHSEQ_CACHE_DIR="${FLASHSEQ_SESSION_CACHE:-${TMPDIR:-/tmp}/flashseq-gpu-session}"
+RESERVE=15  # seconds kept for the summary and the pack after the last step
+t0=$(date +%s)
 
 if [ "$dry" = 1 ]; then
     gpu_name="(dry run: no GPU queried)"
@@ -67,93 +108,177 @@ fi
 out="${out:-bench/results/$slug}"
 logs="$out/logs"
 [ "$dry" = 1 ] || mkdir -p "$logs"
+[ "$dry" = 1 ] || [ -z "$pack" ] || mkdir -p "$pack"
 
 steps_table=""
 failed=0
+timed_out=0
+dry_used=0      # dry run: the seconds the plan has handed out so far
+dry_steps=0
 
-# run_step NAME CMD...: run CMD, its output both on the console and in logs/NAME.log.
-# allow_rc="3" run_step ...: exit codes besides 0 that count as done (with the code noted).
+# left_s: seconds of the budget still free for steps (a large number without a budget)
+left_s() {
+    if [ "$budget" = 0 ]; then echo 999999; return; fi
+    local used
+    if [ "$dry" = 1 ]; then used=$dry_used; else used=$(( $(date +%s) - t0 )); fi
+    echo $(( budget - RESERVE - used ))
+}
+
+write_summary() {
+    [ "$dry" = 1 ] && return 0
+    local commit dirty
+    commit="$(git rev-parse HEAD 2>/dev/null || echo "${FLASHSEQ_COMMIT:-unknown (no git here)}")"
+    dirty="$(git status --porcelain --untracked-files=no 2>/dev/null | head -n 1)"
+    {
+        echo "# GPU session: $gpu_name"
+        echo
+        echo "- commit: $commit${dirty:+ (dirty tree)}"
+        echo "- GPU: $gpu_name, driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
+        echo "- time (UTC): $(date -u +%Y-%m-%dT%H:%M:%SZ), $(( $(date +%s) - t0 )) s since the start"
+        echo "- command: bash bench/gpu_session.sh $cmdline"
+        echo "- budget: $([ "$budget" = 0 ] && echo none || echo "$budget s (steps get at most $((budget - RESERVE)) s)")"
+        echo
+        echo '```'
+        cat "$logs/environment.log" 2>/dev/null
+        echo '```'
+        echo
+        echo "| step | command | exit | result | seconds | limit |"
+        echo "|---|---|---|---|---|---|"
+        printf '%s' "$steps_table"
+        echo
+        echo "$failed step(s) failed, $timed_out timed out. Logs: $logs/"
+        [ -n "${1:-}" ] && echo "$1"
+    } > "$out/SUMMARY.md.tmp" && mv "$out/SUMMARY.md.tmp" "$out/SUMMARY.md"
+    if [ -n "$pack" ]; then
+        cp "$out/SUMMARY.md" "$pack/SUMMARY.md.tmp" && mv "$pack/SUMMARY.md.tmp" "$pack/SUMMARY.md"
+        tar -czf "$pack/gpu_results.tgz.tmp" -C "$(dirname "$out")" "$(basename "$out")" 2>/dev/null \
+            && mv "$pack/gpu_results.tgz.tmp" "$pack/gpu_results.tgz"
+    fi
+}
+
+# note_step NAME TEXT: a step that did not run, with the reason (in SUMMARY.md too).
+note_step() {
+    echo "=== $1: $2"
+    steps_table+="| $1 | - | - | $2 | - | - |"$'\n'
+    write_summary
+}
+
+# run_step NAME CAP MIN CMD...: run CMD (output on the console and in logs/NAME.log) under
+# `timeout` with the smaller of CAP (or --limit NAME=N) and the budget left; skipped with a
+# note when less than MIN is left. allow_rc="3" run_step ...: exit codes that count as done.
 run_step() {
-    local name="$1"; shift
-    if [ "$dry" = 1 ]; then
-        echo "[dry-run] $name: $*"
+    local name="$1" cap="$2" min="$3"; shift 3
+    cap="${cap_override[$name]:-$cap}"
+    local left lim
+    left=$(left_s)
+    if [ "$budget" != 0 ] && [ "$left" -lt "$min" ]; then
+        local why="skipped: budget: ${left} s left < ${min} s this step needs"
+        [ "$dry" = 1 ] && why="$why (runs if the steps before end early)"
+        note_step "$name" "$why"
         return 0
     fi
-    echo "=== $name: $*"
-    local start end rc
+    lim=$(( left < cap ? left : cap ))
+    if [ "$dry" = 1 ]; then
+        if [ "$budget" = 0 ]; then
+            echo "[dry-run] $name: $*  [no limit]"
+        else
+            dry_used=$(( dry_used + lim )); dry_steps=$((dry_steps + 1))
+            echo "[dry-run] $name: $*  [limit ${lim} s, ends by ${dry_used} s]"
+        fi
+        return 0
+    fi
+    local -a guard=()
+    [ "$budget" = 0 ] || guard=(timeout -k 10 "$lim")
+    echo "=== $name: $*${guard:+ (limit $lim s)}"
+    local start end rc verdict="ok"
     start=$(date +%s)
-    "$@" 2>&1 | tee "$logs/$name.log"
+    "${guard[@]}" "$@" 2>&1 | tee "$logs/$name.log"
     rc=${PIPESTATUS[0]}
     end=$(date +%s)
-    local verdict="ok"
-    if [ "$rc" != 0 ] && [[ " ${allow_rc:-} " == *" $rc "* ]]; then
+    if [ "$budget" != 0 ] && { [ "$rc" = 124 ] || [ "$rc" = 137 ]; }; then
+        verdict="TIMED OUT at its ${lim} s limit"
+        timed_out=$((timed_out + 1))
+    elif [ "$rc" != 0 ] && [[ " ${allow_rc:-} " == *" $rc "* ]]; then
         verdict="ok (exit $rc allowed)"
     elif [ "$rc" != 0 ]; then
         verdict="FAILED"
         failed=$((failed + 1))
     fi
     echo "=== $name: exit $rc ($verdict) after $((end - start)) s"
-    steps_table+="| $name | \`$*\` | $rc | $verdict | $((end - start)) |"$'\n'
+    steps_table+="| $name | \`$*\` | $rc | $verdict | $((end - start)) | $([ "$budget" = 0 ] && echo - || echo "$lim") |"$'\n'
+    write_summary
 }
 
-# note_step NAME TEXT: a step that did not need to run, with the reason.
-note_step() {
-    echo "=== $1: $2"
-    steps_table+="| $1 | - | - | $2 | - |"$'\n'
-}
+cmdline="$quick"
+[ "$budget" = 0 ] || cmdline+=" --budget $budget"
+[ -z "$pack" ] || cmdline+=" --pack $pack"
+[ -z "$only_suites" ] || cmdline+=" --suites \"$only_suites\""
+[ "$tune" = 1 ] || cmdline+=" --no-tune"
+opt_in=(env FLASHSEQ_CUDA_KERNELS=1)
 
-# 1. peers, offline
+# 0. peers, offline
 wheels="${FLASHSEQ_PEER_WHEELS:-.whl}"
 peer_dir="${TMPDIR:-/tmp}/flashseq-peers"
 if compgen -G "$wheels/*.whl" > /dev/null; then
-    run_step peers "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+    run_step peers 40 10 "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
         --upgrade --target "$peer_dir" "$wheels"/*.whl
     export PYTHONPATH="$peer_dir${PYTHONPATH:+:$PYTHONPATH}"
 else
     note_step peers "no wheels in $wheels/; peers that are not installed show as skipped rows"
 fi
+run_step environment 30 10 "$py" -m bench --machine
 
-# 2. the machine and versions, for the summary
-run_step environment "$py" -m bench --machine
-
-# 3. GPU tests
-run_step pytest-gpu "$py" -m pytest -q -m gpu --runslow -p no:cacheprovider
-
-# 4. compute-sanitizer cases: tests marked "sanitizer"
-if [ "$dry" = 1 ]; then
-    echo "[dry-run] sanitizer: compute-sanitizer --tool memcheck $py -m pytest -q -m sanitizer (if any test is marked sanitizer)"
-    echo "[dry-run] sanitizer-racecheck: compute-sanitizer --tool racecheck $py -m pytest -q -m sanitizer"
+# 1. correctness of every back end first: nothing else is worth reading if these fail
+run_step smoke 180 30 "${opt_in[@]}" "$py" -m bench.gpu_smoke --strict \
+    --json "$out/smoke.json" --md "$out/smoke.md"
+have_sanitizer=1
+if [ "$dry" = 0 ] && ! command -v compute-sanitizer > /dev/null; then
+    have_sanitizer=0
+    failed=$((failed + 1))
+    note_step sanitizer "FAILED: compute-sanitizer is not on PATH"
 else
-    n_cases=$("$py" -m pytest -q -m sanitizer --collect-only -p no:cacheprovider 2>/dev/null | grep -c '::' || true)
-    if [ "${n_cases:-0}" = 0 ]; then
-        note_step sanitizer "no compute-sanitizer cases (no test is marked 'sanitizer'); nothing to run"
-    elif ! command -v compute-sanitizer > /dev/null; then
-        failed=$((failed + 1))
-        note_step sanitizer "FAILED: $n_cases case(s) but compute-sanitizer is not on PATH"
-    else
-        run_step sanitizer compute-sanitizer --tool memcheck --error-exitcode 86 \
-            --target-processes all "$py" -m pytest -q -m sanitizer -p no:cacheprovider
-        # shared-memory races (the persistent CUDA kernels' h buffers and partial sums)
-        run_step sanitizer-racecheck compute-sanitizer --tool racecheck --error-exitcode 86 \
-            --target-processes all "$py" -m pytest -q -m sanitizer -p no:cacheprovider
-    fi
+    run_step sanitizer 90 30 "${opt_in[@]}" compute-sanitizer --tool memcheck --error-exitcode 86 \
+        --target-processes all "$py" -m bench.gpu_sanitize
 fi
 
-# 5. tune the Triton back end over the fused_rnn suite's shapes (LSTM, bfloat16), so the suites
-# below run the tuned tiles; --budget keeps the whole session near 10 minutes of GPU time
-# (exit 3 = budget reached: the finished workloads are recorded, so it counts as done)
+# 2. the numbers the README quotes
+run_step headline-fused_rnn 150 45 "${opt_in[@]}" "$py" -m bench fused_rnn --headline $quick \
+    --no-progress --json "$out/fused_rnn_headline.json" --md "$out/fused_rnn_headline.md"
+
+# 3. GPU tests, a reduced selection first
+run_step pytest-gpu-quick 120 45 "$py" -m pytest -v -m "gpu and not slow" -k "lstm or bench or hardware" \
+    -p no:cacheprovider \
+    tests/kernels/test_fused_rnn_cuda.py tests/kernels/test_fused_rnn_triton.py tests/bench \
+    tests/test_hardware.py
+
+# 4. the rest of the sanitizer cases: shared-memory races of the CUDA kernels, the tests marked
+# "sanitizer" under memcheck
+if [ "$have_sanitizer" = 1 ]; then
+    run_step sanitizer-racecheck 60 30 "${opt_in[@]}" compute-sanitizer --tool racecheck \
+        --error-exitcode 86 --target-processes all "$py" -m bench.gpu_sanitize --only cuda
+    run_step sanitizer-tests 90 30 compute-sanitizer --tool memcheck --error-exitcode 86 \
+        --target-processes all "$py" -m pytest -q -m sanitizer -p no:cacheprovider
+fi
+
+# 5. every GPU test
+run_step pytest-gpu 600 90 "$py" -m pytest -q -m gpu --runslow -p no:cacheprovider
+
+# 6. tune the Triton back end over the fused_rnn suite's shapes (LSTM, bfloat16), so the suites
+# below run the tuned tiles (exit 3 = its own budget reached: what finished is recorded)
 tune_cache="$FLASHSEQ_CACHE_DIR/tune"
 if [ "$tune" = 0 ]; then
     note_step tune "skipped (--no-tune): the suites run the plans' own tiles"
 else
+    tune_cap="${cap_override[tune]:-210}"
+    tune_left=$(left_s)
+    [ "$tune_left" -lt "$tune_cap" ] && tune_cap=$tune_left
     if [ -n "$quick" ]; then
-        tune_args=(--shapes fused_rnn-tiny -k 2 --budget 45)
+        tune_args=(--shapes fused_rnn-tiny -k 2 --budget $(( tune_cap > 75 ? 45 : tune_cap - 30 > 10 ? tune_cap - 30 : 10 )))
     else
-        tune_args=(--shapes fused_rnn -k 4 --budget 180)
+        tune_args=(--shapes fused_rnn -k 4 --budget $(( tune_cap > 210 ? 180 : tune_cap - 30 > 10 ? tune_cap - 30 : 10 )))
     fi
-    allow_rc="3" run_step tune "$py" -m autotune.cli --gpu auto --ops lstm "${tune_args[@]}" \
+    allow_rc="3" run_step tune 210 60 "$py" -m autotune.cli --gpu auto --ops lstm "${tune_args[@]}" \
         --no-progress --cache "$tune_cache" --json "$out/tune.json" --md "$out/tune.md"
-    # the cache file itself (one per device; the newest if an earlier run left others)
     if [ "$dry" = 1 ]; then
         echo "[dry-run] tune-cache: copy the newest $tune_cache/cuda-*.json to $out/tune_cache.json"
     else
@@ -166,7 +291,7 @@ else
     fi
 fi
 
-# 6. every benchmark suite, peers included, dispatch reading the tuning cache of step 5
+# 7. every benchmark suite, peers included, dispatch reading the tuning cache of step 6
 if [ -n "$only_suites" ]; then
     suites="$only_suites"
 elif [ "$dry" = 1 ]; then
@@ -177,37 +302,20 @@ fi
 for suite in $suites; do
     # microbench: three runs, so the result carries per-case margins and can serve as this
     # GPU's --compare baseline
-    runs=""
-    [ "$suite" = microbench ] && runs="--runs 3"
-    run_step "bench-$suite" "$py" -m bench "$suite" $quick $runs --no-progress \
+    runs="" cap=150 min=45
+    [ "$suite" = microbench ] && runs="--runs 3" cap=240 min=60
+    run_step "bench-$suite" $cap $min "$py" -m bench "$suite" $quick $runs --no-progress \
         --json "$out/$suite.json" --md "$out/$suite.md" --png "$out/$suite.png"
 done
 
-# 7. the README's table from this folder's tune.json and fused_rnn.json
-run_step readme-table "$py" -m bench.readme_table "$out" --out "$out/README_table.md"
+# 8. the README's table from this folder's tune.json and fused_rnn.json
+run_step readme-table 20 5 "$py" -m bench.readme_table "$out" --out "$out/README_table.md"
 
-[ "$dry" = 1 ] && exit 0
-
-# 8. summary
-commit="$(git rev-parse HEAD 2>/dev/null || echo "${FLASHSEQ_COMMIT:-unknown (no git here)}")"
-dirty="$(git status --porcelain --untracked-files=no 2>/dev/null | head -n 1)"
-{
-    echo "# GPU session: $gpu_name"
-    echo
-    echo "- commit: $commit${dirty:+ (dirty tree)}"
-    echo "- GPU: $gpu_name, driver $(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)"
-    echo "- time (UTC): $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-    echo "- command: bash bench/gpu_session.sh $quick${only_suites:+ --suites \"$only_suites\"}"
-    echo
-    echo '```'
-    cat "$logs/environment.log" 2>/dev/null
-    echo '```'
-    echo
-    echo "| step | command | exit | result | seconds |"
-    echo "|---|---|---|---|---|"
-    printf '%s' "$steps_table"
-    echo
-    echo "$failed step(s) failed. Logs: $logs/"
-} > "$out/SUMMARY.md"
-echo "=== summary: $out/SUMMARY.md ($failed step(s) failed)"
-[ "$failed" = 0 ]
+if [ "$dry" = 1 ]; then
+    [ "$budget" = 0 ] || echo "[dry-run] plan: $dry_steps step(s) within the budget, limits sum to" \
+        "$dry_used s of $budget s ($RESERVE s kept for the summary)"
+    exit 0
+fi
+write_summary "Finished in $(( $(date +%s) - t0 )) s."
+echo "=== summary: $out/SUMMARY.md ($failed step(s) failed, $timed_out timed out)${pack:+; packed into $pack}"
+[ "$failed" = 0 ] && [ "$timed_out" = 0 ]

@@ -17,6 +17,12 @@ step loop with its barriers and no work (csrc/fused/barrier_floor.cu, same plan 
 shape, no projection GEMM): ``ratio_floor`` is each row's median over it, and ``step_us`` every
 timed row's median per step (median / T), so the cuda forward's step stands beside its floor.
 It is skipped wherever the cuda provider is (not opted in, no GPU).
+``--headline`` (``python -m bench fused_rnn --headline``, run early by bench/gpu_session.sh)
+keeps only the workloads the README quotes: on CUDA the LSTM at NH=1 (vs cuDNN) and NH=12 x
+DH=64 (head-wise, vs FlashRNN), and a GRU at NH=1 vs torch.nn.GRU (cuDNN; its weights are the
+GRU module's, the recurrence flashseq's "gru" cell, so the two do the same work, not the same
+arithmetic), forward and forward+backward, without the untuned twin; on a CPU the largest grid
+point (B=16, T=512, H=512).
 The full CPU run is estimated at 3-5 minutes on a quiet 2-core machine (48 measurements, each
 >= 1 s and >= 5 runs, capped near 30 s by bench.timing); not yet timed on a quiet machine.
 """
@@ -27,8 +33,8 @@ import itertools
 import torch
 
 from bench import peers, runner, smoke, timing
-from bench.rnn_workloads import (MODES, LSTMWorkload, flashseq_module_call, fused_rnn_call,
-                                 make_tensors, torch_lstm_call)
+from bench.rnn_workloads import (MODES, LSTMTensors, LSTMWorkload, _timed, flashseq_module_call,
+                                 fused_rnn_call, make_tensors, torch_lstm_call)
 from bench.suites import CorrectnessError
 from flashseq.kernels.fused_rnn import backends
 
@@ -41,7 +47,11 @@ CPU_QUICK_GRID = {"B": (2,), "T": (8,), "H": (16,)}
 GPU_B, GPU_T, GPU_H = 16, 1024, 768
 GPU_HEAD_DIMS = (16, 32, 64, 128, 256, 384, 768)
 GPU_QUICK = {"T": 64, "head_dims": (64, 768)}
+HEADLINE_HEAD_DIMS = (768, 64)  # NH=1 against cuDNN, NH=12 head-wise against FlashRNN
+CPU_HEADLINE_GRID = {"B": (16,), "T": (512,), "H": (512,)}
 BASELINE = "torch.nn.LSTM"
+GRU_BASELINE = "torch.nn.GRU"
+HEADLINE = True  # python -m bench accepts --headline for this suite
 
 
 def backend_status(name: str, device, dtype, **shape) -> str | None:
@@ -93,9 +103,9 @@ def cpu_providers(device, dtype, quick: bool) -> list[runner.Provider]:
     return out
 
 
-def _run_cpu(device, quick, progress) -> list[dict]:
+def _run_cpu(device, quick, progress, headline: bool = False) -> list[dict]:
     dtype = torch.float32
-    grid = CPU_QUICK_GRID if quick else CPU_GRID
+    grid = CPU_QUICK_GRID if quick else CPU_HEADLINE_GRID if headline else CPU_GRID
     providers = cpu_providers(device, dtype, quick)
     cases = [LSTMWorkload(B=B, T=T, I=H, H=H, NH=1, mode=mode, dtype=dtype, device=device)
              for B, T, H, mode in itertools.product(grid["B"], grid["T"], grid["H"], MODES)]
@@ -145,13 +155,15 @@ def add_step_times(rows: list[dict], steps: int) -> list[dict]:
     return rows
 
 
-def gpu_providers(device, dtype) -> list[runner.Provider]:
+def gpu_providers(device, dtype, untuned: bool = True) -> list[runner.Provider]:
     triton_status = backend_status("triton", device, dtype)
     cuda_status = backend_status("cuda", device, dtype)
     out = [runner.Provider("flashseq:triton", _fused("triton"), status=triton_status),
            runner.Provider(UNTUNED, _untuned("triton"), status=triton_status),
            runner.Provider("flashseq:cuda", _fused("cuda"), status=cuda_status),
            runner.Provider(FLOOR, _barrier_floor, status=cuda_status)]
+    if not untuned:
+        out = [p for p in out if p.name != UNTUNED]
     flashrnn_reason = peers.flashrnn_reason(device)
     for fb in peers.FLASHRNN_BACKENDS:
         out.append(runner.Provider(f"flashrnn:{fb}",
@@ -180,11 +192,18 @@ def paired_untuned(rows: list[dict], providers, data, device, min_run_time: floa
     tuned["ratio_untuned_paired"], tuned["paired_iqr"] = pair["ratio"], pair["ratio_iqr"]
 
 
-def _run_gpu(device, quick, progress) -> list[dict]:
+def gpu_head_dims(quick: bool, headline: bool) -> tuple[int, ...]:
+    """The LSTM head dims the CUDA run times (NH = 768 / DH)."""
+    if headline:
+        return HEADLINE_HEAD_DIMS
+    return GPU_QUICK["head_dims"] if quick else GPU_HEAD_DIMS
+
+
+def _run_gpu(device, quick, progress, headline: bool = False) -> list[dict]:
     dtype = torch.bfloat16
     T = GPU_QUICK["T"] if quick else GPU_T
-    head_dims = GPU_QUICK["head_dims"] if quick else GPU_HEAD_DIMS
-    providers = gpu_providers(device, dtype)
+    head_dims = gpu_head_dims(quick, headline)
+    providers = gpu_providers(device, dtype, untuned=not headline)
     cudnn = runner.Provider(BASELINE, lambda data: torch_lstm_call(*data), peer=True)
     cases = [LSTMWorkload(B=GPU_B, T=T, I=GPU_H, H=GPU_H, NH=GPU_H // DH, mode=mode, dtype=dtype,
                           device=device)
@@ -201,19 +220,70 @@ def _run_gpu(device, quick, progress) -> list[dict]:
                                      extra={"mode": w.mode, "NH": w.NH, "DH": w.DH})
         paired_untuned(case_rows, case_providers, data, device, 0.05 if quick else 0.5)
         rows += case_rows
-    runner.add_ratios(rows, BASELINE)
+    rows = _ratio_columns(rows, BASELINE, T)
+    if headline:
+        rows += _run_gru(device, dtype, T, progress, 0.05 if quick else 0.5)
+    return rows
+
+
+def _ratio_columns(rows: list[dict], baseline: str, steps: int) -> list[dict]:
+    runner.add_ratios(rows, baseline)
     runner.add_ratios(rows, UNTUNED, column="ratio_untuned")
     runner.add_ratios(rows, FLOOR, column="ratio_floor")
-    add_step_times(rows, T)
+    add_step_times(rows, steps)
     return runner.add_ratios(rows, "flashrnn:cuda_fused", column="ratio_flashrnn")
 
 
-def run(device, quick: bool, progress) -> list[dict]:
-    """Rows for every (case, provider); see the module docstring for the workloads."""
+def _gru_tensors(B: int, T: int, H: int, mode: str, device, dtype) -> LSTMTensors:
+    """x [B, T, H], dy and a torch.nn.GRU(H, H) (cuDNN's weights for both sides)."""
+    torch.manual_seed(0)
+    module = torch.nn.GRU(H, H, batch_first=True, device=device, dtype=dtype)
+    x = torch.randn(B, T, H, device=device, dtype=dtype, requires_grad=mode == "fwd+bwd")
+    dy = torch.randn(B, T, H, device=device, dtype=dtype)
+    return LSTMTensors(x, dy, [x, *module.parameters()], lambda: (), module)
+
+
+def _fused_gru(backend: str):
+    """The projection GEMM, then fused_rnn's "gru" cell on the module's recurrent weights
+    (W_hh [3H, H] viewed as r [3, 1, H, H]) with backend ``backend``."""
+    from flashseq.ops import fused_rnn
+
+    def build(data):
+        B, T, H, mode, t = data
+        m = t.module
+
+        def forward():
+            wx = torch.nn.functional.linear(t.x, m.weight_ih_l0, m.bias_ih_l0).view(B, T, 3, 1, H)
+            r = m.weight_hh_l0.view(3, H, H).transpose(1, 2).unsqueeze(1)
+            h = fused_rnn(wx, r, m.bias_hh_l0.view(3, 1, H), None, cell="gru", backend=backend)[0]
+            return h.reshape(B, T, H)
+        return _timed(forward, t, mode)
+    return build
+
+
+def _run_gru(device, dtype, T: int, progress, min_run_time: float) -> list[dict]:
+    """The headline GRU rows: flashseq cuda/triton against torch.nn.GRU at B=16, H=768, NH=1."""
+    providers = [runner.Provider(f"flashseq:{n}", _fused_gru(n),
+                                 status=backend_status(n, device, dtype, cell="gru"))
+                 for n in ("triton", "cuda")]
+    providers.append(runner.Provider(GRU_BASELINE, lambda data: _timed(
+        lambda: data[4].module(data[4].x)[0], data[4], data[3]), peer=True))
+    rows = []
+    for mode in progress(MODES):
+        data = (GPU_B, T, GPU_H, mode, _gru_tensors(GPU_B, T, GPU_H, mode, device, dtype))
+        rows += runner.time_case(f"gru B={GPU_B} T={T} H={GPU_H} bfloat16 {mode}", data,
+                                 providers, device=device, min_run_time=min_run_time,
+                                 extra={"mode": mode, "NH": 1, "DH": GPU_H})
+    return _ratio_columns(rows, GRU_BASELINE, T)
+
+
+def run(device, quick: bool, progress, headline: bool = False) -> list[dict]:
+    """Rows for every (case, provider); see the module docstring for the workloads
+    (``headline``: only the README's headline workloads)."""
     wrong = smoke.check_lstm_mapping()
     if wrong:
         raise CorrectnessError(f"the benchmark's LSTM set-up is not torch.nn.LSTM: {wrong}")
     device = torch.device(device)
     if device.type == "cuda":
-        return _run_gpu(device, quick, progress)
-    return _run_cpu(device, quick, progress)
+        return _run_gpu(device, quick, progress, headline)
+    return _run_cpu(device, quick, progress, headline)

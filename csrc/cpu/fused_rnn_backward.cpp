@@ -74,9 +74,10 @@ void backward_loop(const scalar_t* dh_p, int64_t dh_sb, int64_t dh_st, at::Tenso
   at::Tensor Wt_panels, Wt;
   // A step with one live row streams Wt's rows in place (row_gemv_avx512.h) when they are dense
   // in r, i.e. r's d axis is: the modules' r, a transposed view of weight_hh, whose rows these are.
-  // Measured (LSTM B=1 T=256, 1 thread, CPU time, paired against the panels): H=256 (1 MB of
-  // weight per head) 0.94, and alternating directions 0.97 of ascending; H=128 (256 KB, stays in
-  // L2 either way) 1.04-1.11, so only weights of 512 KB and more take it.
+  // Measured (LSTM B=1 T=256, raw backward, 1 thread, CPU time, paired against the panels on the
+  // shared dev box): H=256 (1 MB of weight per head) 0.93-0.94 in two of three runs (1.0 in the
+  // noisiest); alternating directions 0.955-1.0 of ascending in four runs (kept: it costs
+  // nothing); H=128 (256 KB, in L2 either way) 1.04-1.11, so only weights of 512 KB and more.
   std::vector<int64_t> wt_rows;
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
   if (std::is_same_v<scalar_t, float> && use_avx512_tile() && (DH == 1 || r.stride(2) == 1) &&

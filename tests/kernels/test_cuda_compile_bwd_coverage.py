@@ -1,7 +1,9 @@
 """The CUDA backward compiles at the plans of sizes the backward's solver newly covers
 (flashseq/kernels/fused_rnn/plan_bwd.py): small and odd padded heads on sm_90a where no tiling
 wgmma serves fits (the mma.sync fallback, as the forward's), and heads the backward pads wider
-than the forward (DHP with more factors of two, so more warps split the rows k).
+than the forward (DHP with more factors of two, so more warps split the rows k); and plans
+whose registers the model once under-counted (several owned elements per thread), with a
+sample of others (cluster and global exchange, wgmma, BB 8/16/32, odd padded heads).
 
 Each case is compiled from csrc/fused/fused_rnn_bwd.cu with nvcc -Xptxas -v at its GPU's
 backward plan (H100 plan for sm_90a, A100 plan for sm_80), capped at the plan's predicted
@@ -27,6 +29,17 @@ CASES = [
     ("gru", "tf32", 16, 1, 1, "sm_90a", False, 16),          # tf32 on mma.sync m16n8k8, sm_90a
     ("lstm", "tf32", 208, 64, 4, "sm_90a", True, 224),       # padded wider, wgmma, cluster
     ("lstm", "tf32", 176, 64, 4, "sm_80", False, 192),       # padded wider
+    # plans the register model missed before it counted each owned element's offsets and
+    # masks (past the first) through the whole step: uncapped ptxas wanted more than predicted
+    ("lstm", "bfloat16", 288, 64, 4, "sm_80", False, 288),   # BB16 BH48 8 warps: 230 > 224, spilled
+    ("lstm", "bfloat16", 272, 64, 4, "sm_80", False, 288),   # pads to the same plan
+    ("gru", "bfloat16", 336, 64, 4, "sm_80", False, 384),    # BB16 BH64: 238 > 232 uncapped
+    ("lstm", "tf32", 112, 64, 4, "sm_80", False, 112),       # BB32: 217 > 216, spilled
+    ("lstm", "bfloat16", 200, 64, 4, "sm_90a", False, 208),  # BB16 BH16: spilled even at 255
+    # a sample of other shapes, within their plans before and after
+    ("slstm", "tf32", 208, 64, 4, "sm_90a", True, 224),      # wgmma, cluster of 7
+    ("lstm", "bfloat16", 464, 16, 1, "sm_90a", True, 480),   # wgmma, 60 blocks via global memory
+    ("elman", "bfloat16", 368, 64, 4, "sm_80", False, 384),  # padded wider, global exchange
 ]
 
 

@@ -24,7 +24,8 @@ Constraints (``backward_resources`` gives every term, used by the model and, wit
 integers, to re-check a plan):
 - registers per thread: the weight fragments (G*DHP*BH elements over the block's threads;
   wgmma: whole 64-row tiles, the padding rows included), per owned (batch, unit) element the
-  carried state gradients and the length, the larger of the product's fp32 accumulators
+  carried state gradients and the length (and, past the first element, the further registers
+  ptxas holds per element through the whole step, fitted: STEP_REGISTERS_PER_EXTRA_ELEMENT), the larger of the product's fp32 accumulators
   (DHP*BB/WMB/32 per lane; wgmma cdiv(DHP,64)/GWM x BB/2) and the pointwise backward's live
   values, the base registers; in units of 8, <= 255 and x threads <= the block's register file;
   calibrated on ptxas (nvcc 13.0, sm_80 / sm_90a) as the smallest cap without spills;
@@ -72,6 +73,11 @@ SAVED_PER_STEP = {"lstm": 4, "gru": 4, "slstm": 4, "elman": 0}
 # streams, and 8 more per extra unrolled element: the calibration of the register model)
 POINTWISE_BASE_REGISTERS = 20
 POINTWISE_REGISTERS_PER_EXTRA_ELEMENT = 8
+# (per owned element past the first, besides its carried gradients and length, the registers
+# ptxas keeps through the whole reversed step, product included: measured, not itemised (most
+# likely the element's offsets and masks); fitted on uncapped ptxas at 2-4 elements per thread,
+# e.g. bf16 LSTM DH 288, BB 16, BH 48, 8 warps on sm_80: 230 registers, 224 predicted without)
+STEP_REGISTERS_PER_EXTRA_ELEMENT = 7
 
 
 @dataclass(frozen=True)
@@ -173,7 +179,8 @@ def backward_resources(v, c: _Consts, cdiv, saved: int, wgmma: bool):
     pointwise = (3 * G + 2 * S + POINTWISE_BASE_REGISTERS
                  + POINTWISE_REGISTERS_PER_EXTRA_ELEMENT * (elems - 1))
     live_terms = [a + 2 * n_tiles for a in acc] + [pointwise]
-    regs_terms = [w_regs, elems * (S + 1), BASE_REGISTERS]
+    regs_terms = [w_regs, elems * (S + 1) + STEP_REGISTERS_PER_EXTRA_ELEMENT * (elems - 1),
+                  BASE_REGISTERS]
 
     mma_ps = cdiv(W, 4) * cdiv(G * BB * BH * DHP, 2048 * W) * c.mma_ps
     # d(rh) written and read, the partials written; the gather of the own rows

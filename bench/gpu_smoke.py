@@ -9,7 +9,8 @@ Each case checks the inference call (under ``torch.no_grad()``: h [B, T, NH, DH]
 states) and then ``bench.smoke.check_fused_rnn`` (h, last states and the gradients of wx, r, b
 and the initial states under random upstream gradients), relative error within the project's
 bound per dtype. Cases start in value order, bfloat16 LSTM first, the back
-ends interleaved; on a GPU the bfloat16 round is followed by ``EXTRA_SHAPES``: the split head
+ends interleaved; on a GPU the bfloat16 round is followed by one run of the CUDA barrier floor
+kernel (back end "cuda-floor", nothing to compare) and ``EXTRA_SHAPES``: the split head
 bench.gpu_sanitize runs and the shapes ``python -m bench fused_rnn --headline`` times (B=16,
 H=768 as NH=1 and 12 x 64; T=3, since the kernels' plans do not depend on T), which checks them
 and leaves their builds in the session's cache for those steps; then float16 and float32.
@@ -39,6 +40,7 @@ CELLS = ("lstm", "gru", "slstm", "elman")
 GPU_DTYPES = ("bfloat16", "float16", "float32")
 CPU_DTYPES = ("float32",)
 BACKENDS = ("cuda", "triton")
+FLOOR = "cuda-floor"  # a case that runs the CUDA barrier floor kernel once (it has no output)
 # one small case per (back end, cell, dtype): several heads, a head dim the kernels tile
 GPU_SHAPE = {"B": 3, "T": 9, "NH": 2, "DH": 64}
 CPU_SHAPE = {"B": 2, "T": 3, "NH": 1, "DH": 8}
@@ -53,12 +55,15 @@ EXTRA_SHAPES = (("lstm", {"B": 3, "T": 5, "NH": 2, "DH": 256}),
 
 def plan_cases(backends, cells, dtypes, shape: dict, extra: bool = False) -> list[dict]:
     """The cases in the order they start: the first dtype's cells (bfloat16 LSTM first), each
-    cell on every back end; then, with ``extra``, EXTRA_SHAPES in bfloat16 for the cells asked
-    for; then the other dtypes."""
+    cell on every back end; then, with ``extra``, one run of the CUDA barrier floor kernel
+    (back end FLOOR) and EXTRA_SHAPES in bfloat16 for the cells asked for; then the other
+    dtypes."""
     def round_of(dt):
         return [{"backend": be, "cell": cell, "dtype": dt, "shape": shape}
                 for cell in cells for be in backends]
     out = round_of(dtypes[0])
+    if extra and "cuda" in backends:  # the barrier floor kernel (benchmark and sanitizer)
+        out.append({"backend": FLOOR, "cell": "lstm", "dtype": "bfloat16", "shape": shape})
     if extra:
         out += [{"backend": be, "cell": cell, "dtype": "bfloat16", "shape": es}
                 for cell, es in EXTRA_SHAPES if cell in cells for be in backends]
@@ -100,9 +105,12 @@ def run_case(backend: str, cell: str, dtype_name: str, device, shape: dict) -> d
     dtype = getattr(torch, dtype_name)
     start = time.perf_counter()
     row = {"backend": backend, "cell": cell, "dtype": dtype_name, **shape}
-    reason = backends.unavailable_reason(backend, torch.device(device))
+    reason = backends.unavailable_reason("cuda" if backend == FLOOR else backend,
+                                         torch.device(device))
     if reason:
         status = f"skipped: {reason}"
+    elif backend == FLOOR:
+        status = _run_floor(cell, dtype, device, shape)
     else:
         try:
             wrong = (check_inference(backend, device, dtype, cell=cell, **shape)
@@ -115,6 +123,22 @@ def run_case(backend: str, cell: str, dtype_name: str, device, shape: dict) -> d
     row["seconds"] = round(time.perf_counter() - start, 2)
     row["status"] = status
     return row
+
+
+def _run_floor(cell: str, dtype, device, shape: dict) -> str:
+    """Run the barrier floor kernel once at the forward's launch shape: "ok" when it returns."""
+    import torch
+
+    from flashseq.kernels.fused_rnn.cuda_floor import barrier_floor_call
+
+    try:
+        barrier_floor_call(cell, shape["B"], shape["T"], shape["NH"], shape["DH"], dtype, device)()
+        torch.cuda.synchronize(device)
+    except NotImplementedError as err:
+        return f"skipped: {err}"
+    except Exception as err:  # a launch or kernel error
+        return f"failed: raised {type(err).__name__}: {str(err)[:300]}"
+    return "ok"
 
 
 def write_outputs(rows: list[dict], meta: dict, json_path: str | None, md_path: str | None) -> None:

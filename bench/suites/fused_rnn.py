@@ -52,6 +52,7 @@ CPU_HEADLINE_GRID = {"B": (16,), "T": (512,), "H": (512,)}
 BASELINE = "torch.nn.LSTM"
 GRU_BASELINE = "torch.nn.GRU"
 HEADLINE = True  # python -m bench accepts --headline for this suite
+HEADLINE_CHECK = {"B": GPU_B, "T": 3, "NH": 1, "DH": GPU_H}  # the smoke check's shape there
 
 
 def backend_status(name: str, device, dtype, **shape) -> str | None:
@@ -155,9 +156,12 @@ def add_step_times(rows: list[dict], steps: int) -> list[dict]:
     return rows
 
 
-def gpu_providers(device, dtype, untuned: bool = True) -> list[runner.Provider]:
-    triton_status = backend_status("triton", device, dtype)
-    cuda_status = backend_status("cuda", device, dtype)
+def gpu_providers(device, dtype, untuned: bool = True, check: dict | None = None
+                  ) -> list[runner.Provider]:
+    """The CUDA run's providers; ``check``: the shape of the smoke check (B, T, NH, DH; default
+    bench.smoke's small one)."""
+    triton_status = backend_status("triton", device, dtype, **(check or {}))
+    cuda_status = backend_status("cuda", device, dtype, **(check or {}))
     out = [runner.Provider("flashseq:triton", _fused("triton"), status=triton_status),
            runner.Provider(UNTUNED, _untuned("triton"), status=triton_status),
            runner.Provider("flashseq:cuda", _fused("cuda"), status=cuda_status),
@@ -203,7 +207,10 @@ def _run_gpu(device, quick, progress, headline: bool = False) -> list[dict]:
     dtype = torch.bfloat16
     T = GPU_QUICK["T"] if quick else GPU_T
     head_dims = gpu_head_dims(quick, headline)
-    providers = gpu_providers(device, dtype, untuned=not headline)
+    # --headline checks at the timed plan (T does not change a plan), which bench.gpu_smoke
+    # has built already in a GPU session, instead of building one more small plan
+    providers = gpu_providers(device, dtype, untuned=not headline,
+                              check=HEADLINE_CHECK if headline else None)
     cudnn = runner.Provider(BASELINE, lambda data: torch_lstm_call(*data), peer=True)
     cases = [LSTMWorkload(B=GPU_B, T=T, I=GPU_H, H=GPU_H, NH=GPU_H // DH, mode=mode, dtype=dtype,
                           device=device)
@@ -264,7 +271,8 @@ def _fused_gru(backend: str):
 def _run_gru(device, dtype, T: int, progress, min_run_time: float) -> list[dict]:
     """The headline GRU rows: flashseq cuda/triton against torch.nn.GRU at B=16, H=768, NH=1."""
     providers = [runner.Provider(f"flashseq:{n}", _fused_gru(n),
-                                 status=backend_status(n, device, dtype, cell="gru"))
+                                 status=backend_status(n, device, dtype, cell="gru",
+                                                       **HEADLINE_CHECK))
                  for n in ("triton", "cuda")]
     providers.append(runner.Provider(GRU_BASELINE, lambda data: _timed(
         lambda: data[4].module(data[4].x)[0], data[4], data[3]), peer=True))

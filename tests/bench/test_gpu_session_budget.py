@@ -69,12 +69,14 @@ def test_bad_budget_arguments_exit_2(args, message):
 def test_slow_step_is_cut_by_its_limit_and_later_steps_still_run(tmp_path):
     """Stand-ins for nvidia-smi, compute-sanitizer and python; the smoke step sleeps 60 s, is
     capped at 3 s (--limit), is recorded as timed out, and every later step still runs; the
-    summary and the pack are written."""
+    summary and the pack are written. The sanitizer answers as on a sandbox without support
+    ('Device not supported'): recorded as such, and the other sanitizer steps are skipped."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "calls.log"
     (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'NVIDIA Fake GPU'\n")
-    (bin_dir / "compute-sanitizer").write_text("#!/usr/bin/env bash\nexit 0\n")
+    (bin_dir / "compute-sanitizer").write_text(
+        "#!/usr/bin/env bash\necho '========= Error: Device not supported'\nexit 1\n")
     (bin_dir / "fake-python").write_text(f"""#!/usr/bin/env bash
 echo "$*" >> {calls}
 if [ "$2" = bench.gpu_smoke ]; then sleep 60; fi
@@ -95,7 +97,10 @@ exit 0
     for later in ("headline-fused_rnn", "pytest-gpu-quick", "pytest-gpu", "bench-quick",
                   "readme-table"):
         assert re.search(rf"\| {later} \| `.*` \| 0 \| ok \|", summary), later
-    assert "0 step(s) failed, 1 timed out" in summary
+    assert "1 step(s) failed, 1 timed out" in summary
+    assert re.search(r"\| sanitizer \| .* \| 1 \| FAILED \|", summary)
+    assert "| sanitizer-note | - | - | compute-sanitizer refused this device" in summary
+    assert "sanitizer-racecheck" not in summary and "sanitizer-tests" not in summary
     lines = calls.read_text().splitlines()
     assert [i for i, line in enumerate(lines) if line.startswith("-m bench fused_rnn --headline")]
     assert (pack / "SUMMARY.md").read_text() == summary
@@ -141,15 +146,20 @@ def test_gpu_smoke_plan_puts_bf16_first_then_the_later_steps_shapes():
 
     cases = gpu_smoke.plan_cases(["cuda", "triton"], list(gpu_smoke.CELLS),
                                  list(gpu_smoke.GPU_DTYPES), gpu_smoke.GPU_SHAPE, extra=True)
-    assert len(cases) == 2 * 4 * 3 + 2 * 4
+    assert len(cases) == 2 * 4 * 3 + 1 + 2 * 4
     first = [(c["backend"], c["cell"], c["dtype"]) for c in cases[:2]]
     assert first == [("cuda", "lstm", "bfloat16"), ("triton", "lstm", "bfloat16")]
-    assert {c["dtype"] for c in cases[:16]} == {"bfloat16"}
-    extra = [(c["cell"], c["shape"]["B"], c["shape"]["NH"], c["shape"]["DH"]) for c in cases[8:16]]
-    # the headline benchmark's plans (B=16, H=768) ...
+    assert {c["dtype"] for c in cases[:17]} == {"bfloat16"}
+    assert cases[8]["backend"] == gpu_smoke.FLOOR
+    extra = [(c["cell"], c["shape"]["B"], c["shape"]["NH"], c["shape"]["DH"]) for c in cases[9:17]]
+    # the headline benchmark's plans (B=16, H=768), its smoke checks' shape among them ...
     for NH, DH in zip((1, 768 // 64), (768, 64)):
         assert ("lstm", fused_rnn.GPU_B, NH, DH) in extra and fused_rnn.GPU_H == NH * DH
-    assert ("gru", fused_rnn.GPU_B, 1, 768) in extra
+    hc = fused_rnn.HEADLINE_CHECK
+    assert {("lstm", hc["B"], hc["NH"], hc["DH"]), ("gru", hc["B"], hc["NH"], hc["DH"])} <= set(extra)
+    # on a CPU (no extra cases) nothing but the cells asked for
+    plain = gpu_smoke.plan_cases(["cuda"], ["lstm"], ["float32"], gpu_smoke.CPU_SHAPE)
+    assert [c["backend"] for c in plain] == ["cuda"]
     # ... and every CUDA plan the sanitizer runs are built by the smoke first
     for _, backend, _, B, _, NH, DH in gpu_sanitize.CASES:
         assert any(c["backend"] == backend and c["cell"] == "lstm" and c["dtype"] == "bfloat16"
@@ -202,13 +212,20 @@ def test_fused_rnn_headline_gru_call_computes_the_gru_cell():
     assert len(grads) == 5 and all(torch.isfinite(g).all() for g in grads)
 
 
-def test_headline_flag_runs_fused_rnn_on_cpu_and_is_refused_elsewhere(tmp_path, capsys):
+def test_headline_flag_reaches_fused_rnn_and_is_refused_elsewhere(tmp_path, capsys, monkeypatch):
     from bench.__main__ import main
 
     assert main(["quick", "--headline", "--tiny", "--no-progress"]) == 2
     assert "--headline needs a suite with headline workloads" in capsys.readouterr().err
+    seen = []
+
+    def fake_run(device, quick, progress, headline=False):
+        seen.append(headline)
+        return [{"case": "c", "provider": "p", "median_ms": 1.0, "min_ms": 1.0, "iqr_ms": 0.0}]
+
+    monkeypatch.setattr(fused_rnn, "run", fake_run)
     js = tmp_path / "h.json"
-    assert main(["fused_rnn", "--headline", "--tiny", "--no-progress", "--device", "cpu",
-                 "--json", str(js)]) == 0
-    rows = json.loads(js.read_text())["rows"]
-    assert {r["provider"] for r in rows} >= {"flashseq:cpu", "torch.nn.LSTM"}
+    for args in (["--headline"], []):
+        assert main(["fused_rnn", *args, "--no-progress", "--device", "cpu", "--json", str(js)]) == 0
+    assert seen == [True, False]
+    assert json.loads(js.read_text())["rows"][0]["provider"] == "p"

@@ -164,11 +164,23 @@ void backward_loop(const scalar_t* dh_p, int64_t dh_sb, int64_t dh_st, at::Tenso
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
     if constexpr (std::is_same_v<scalar_t, float>) {
       if (M == 1 && !wt_rows.empty() && use_step_gemm(M) && row_gemv_mode() > 0) {
-        // each step reads the rows in the other order (why: row_gemv_avx512.h)
-        for (int64_t n = 0; n < NH; ++n)
-          row_gemv_avx512(GDH, DH, drh_p + n * drh_sn + t * drh_st,
-                          r.data_ptr<float>() + n * r.stride(1), wt_rows.data(),
-                          dcarry_p + n * B * DH, row_gemv_mode() == 2 && (t & 1) != 0);
+        // each step reads the rows in the other order (why: row_gemv_avx512.h); with several
+        // threads each takes a range of 16-column vectors of every row (its own part of the
+        // weight's bytes), one range per thread and head
+        const bool descending = row_gemv_mode() == 2 && (t & 1) != 0;
+        const int64_t vecs = (DH + 15) / 16;
+        const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), vecs));
+        const float* r_p = r.data_ptr<float>();
+        at::parallel_for(0, NH * parts, 1, [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t n = i / parts, part = i % parts;
+            const int64_t c0 = vecs * part / parts * 16;
+            const int64_t c1 = std::min(DH, vecs * (part + 1) / parts * 16);
+            row_gemv_avx512(GDH, c1 - c0, drh_p + n * drh_sn + t * drh_st,
+                            r_p + n * r.stride(1) + c0, wt_rows.data(),
+                            dcarry_p + n * B * DH + c0, descending);
+          }
+        });
         continue;
       }
     }

@@ -56,7 +56,18 @@ def _gradients(cell_name, inputs, upstream, lengths, mode=None):
 @pytest.mark.parametrize("B,NH,lengths", [(1, 1, None), (3, 1, [6, 2, 1]), (1, 2, None)],
                          ids=["B1", "ragged-one-live-row", "B1-two-heads"])
 @pytest.mark.parametrize("r_layout", ["transposed", "dense"])
-def test_one_row_step_matches_reference_and_panels(cell_name, B, NH, lengths, r_layout):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_one_row_step_matches_reference_and_panels(cell_name, B, NH, lengths, r_layout, threads):
+    # two threads split every row's columns between them (uneven: 15 vectors)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _check_one_row_step(cell_name, B, NH, lengths, r_layout)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _check_one_row_step(cell_name, B, NH, lengths, r_layout):
     # DH = 232: 15 vectors of 16 columns (the last half masked), one pass over each row; the
     # weight, 4 (or 3) x 232 x 232 floats per head, is over the step's 512 KB floor
     cell, T, DH = CELLS[cell_name], 6, 232

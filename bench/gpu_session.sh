@@ -8,6 +8,8 @@
 #
 #   bash bench/gpu_session.sh --budget 540 --pack "$OUT"        # with the run's timeout_s 600
 #
+# (FLASHSEQ_COMMIT=<sha> in front names the commit in SUMMARY.md where .git does not travel.)
+#
 #   bash bench/gpu_session.sh [--budget S] [--pack DIR] [--out DIR] [--tiny] [--dry-run]
 #                             [--suites "A B"] [--no-tune] [--limit STEP=S ...]
 #     --budget S   finish within S seconds: each step runs under `timeout` with the smaller of
@@ -81,7 +83,7 @@ while [ $# -gt 0 ]; do
             [[ "${1:-}" =~ ^([a-z0-9_-]+)=([0-9]+)$ ]] || {
                 echo "gpu_session: --limit needs STEP=SECONDS; got '${1:-}'" >&2; exit 2; }
             cap_override[${BASH_REMATCH[1]}]=${BASH_REMATCH[2]} ;;
-        -h|--help) sed -n '2,50p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,56p' "$0"; exit 0 ;;
         *) echo "gpu_session: unknown argument '$1' ($usage)" >&2; exit 2 ;;
     esac
     shift

@@ -23,8 +23,8 @@ rewritten after every case, so a run killed at a time limit still leaves every f
 On a CPU (CI) the Triton back end runs under the interpreter (``TRITON_INTERPRET=1`` is set here
 when the device is cpu, before triton is imported) at tiny shapes in float32; the CUDA back end
 is then a skipped row. Exit status: 0 no case failed, 1 a case failed (or, with ``--strict``,
-a back end asked for was skipped: on a GPU session that means a kernel went unchecked), 2 bad
-usage.
+a back end asked for cannot run here at all, e.g. no nvcc: on a GPU session that means its
+kernels went unchecked; a shape a back end does not serve is a plain skip), 2 bad usage.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ GPU_DTYPES = ("bfloat16", "float16", "float32")
 CPU_DTYPES = ("float32",)
 BACKENDS = ("cuda", "triton")
 FLOOR = "cuda-floor"  # a case that runs the CUDA barrier floor kernel once (it has no output)
+# the status of a case whose back end cannot run here at all (not one shape it does not serve)
+UNAVAILABLE = "skipped (back end unavailable)"
 # one small case per (back end, cell, dtype): several heads, a head dim the kernels tile
 GPU_SHAPE = {"B": 3, "T": 9, "NH": 2, "DH": 64}
 CPU_SHAPE = {"B": 2, "T": 3, "NH": 1, "DH": 8}
@@ -108,7 +110,7 @@ def run_case(backend: str, cell: str, dtype_name: str, device, shape: dict) -> d
     reason = backends.unavailable_reason("cuda" if backend == FLOOR else backend,
                                          torch.device(device))
     if reason:
-        status = f"skipped: {reason}"
+        status = f"{UNAVAILABLE}: {reason}"
     elif backend == FLOOR:
         status = _run_floor(cell, dtype, device, shape)
     else:
@@ -198,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--case-timeout", type=float, default=240.0,
                    help="seconds one case may take with --jobs > 1 (default 240)")
     p.add_argument("--strict", action="store_true",
-                   help="a skipped case fails the run (exit 1): every back end asked for must run")
+                   help="a back end that cannot run here at all fails the run (exit 1); a shape "
+                        "one does not serve stays a plain skip")
     p.add_argument("--json", help="write the rows here (rewritten after every case)")
     p.add_argument("--md", help="write a Markdown table here (rewritten after every case)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: one case (JSON), row on stdout
@@ -258,7 +261,8 @@ def main(argv=None) -> int:
     skipped = [r for r in rows if r["status"].startswith("skipped")]
     print(f"gpu_smoke: {len(rows) - len(failed) - len(skipped)} ok, {len(failed)} failed, "
           f"{len(skipped)} skipped of {len(rows)}")
-    return 1 if failed or (args.strict and skipped) else 0
+    unavailable = [r for r in rows if r["status"].startswith(UNAVAILABLE)]
+    return 1 if failed or (args.strict and unavailable) else 0
 
 
 if __name__ == "__main__":

@@ -110,7 +110,9 @@ exit 0
 
 def test_gpu_smoke_runs_on_cpu_under_the_interpreter(tmp_path):
     """The smoke entry point on CPU: Triton (interpreter) passes on tiny shapes, CUDA is a
-    skipped row, the JSON holds every case; --strict turns the skipped rows into exit 1."""
+    skipped row, the JSON holds every case; --strict turns an unavailable back end into exit 1."""
+    from bench import gpu_smoke
+
     js = tmp_path / "smoke.json"
     cmd = [sys.executable, "-m", "bench.gpu_smoke", "--device", "cpu", "--cells", "lstm", "gru",
            "--json", str(js), "--md", str(tmp_path / "smoke.md")]
@@ -128,8 +130,8 @@ def test_gpu_smoke_runs_on_cpu_under_the_interpreter(tmp_path):
                             text=True, timeout=300)
     assert strict.returncode == 1 and "1 ok, 0 failed, 1 skipped of 2" in strict.stdout, strict
     rows = json.loads(js.read_text())["rows"]
-    assert {(r["backend"], r["status"].split(":")[0]) for r in rows} == {("triton", "ok"),
-                                                                          ("cuda", "skipped")}
+    assert {(r["backend"], r["status"].split(":")[0]) for r in rows} == {
+        ("triton", "ok"), ("cuda", gpu_smoke.UNAVAILABLE)}
 
 
 def test_gpu_smoke_case_past_its_timeout_is_a_failed_row():
@@ -229,3 +231,17 @@ def test_headline_flag_reaches_fused_rnn_and_is_refused_elsewhere(tmp_path, caps
         assert main(["fused_rnn", *args, "--no-progress", "--device", "cpu", "--json", str(js)]) == 0
     assert seen == [True, False]
     assert json.loads(js.read_text())["rows"][0]["provider"] == "p"
+
+
+def test_gpu_smoke_strict_ignores_a_shape_a_back_end_does_not_serve(monkeypatch, tmp_path):
+    """--strict fails on a back end that cannot run at all, not on one unsupported shape."""
+    from bench import gpu_smoke
+
+    def fake_case(backend, cell, dtype, device, shape):
+        status = "skipped: no plan for this shape" if cell == "gru" else "ok"
+        return {"backend": backend, "cell": cell, "dtype": dtype, **shape, "seconds": 0.0,
+                "status": status}
+
+    monkeypatch.setattr(gpu_smoke, "run_case", fake_case)
+    args = ["--device", "cpu", "--backends", "triton", "--cells", "lstm", "gru", "--strict"]
+    assert gpu_smoke.main(args) == 0

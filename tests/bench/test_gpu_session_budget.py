@@ -245,3 +245,30 @@ def test_gpu_smoke_strict_ignores_a_shape_a_back_end_does_not_serve(monkeypatch,
     monkeypatch.setattr(gpu_smoke, "run_case", fake_case)
     args = ["--device", "cpu", "--backends", "triton", "--cells", "lstm", "gru", "--strict"]
     assert gpu_smoke.main(args) == 0
+
+
+def test_headline_gpu_path_runs_its_cases_at_tiny_sizes_on_cpu(monkeypatch):
+    """The CUDA run's --headline code path, on CPU at tiny sizes: the LSTM at NH=1 (with the
+    torch.nn.LSTM row) and head-wise, then the GRU against torch.nn.GRU; no untuned twin. The
+    flashseq rows are skipped here (no CUDA), the torch rows are timed."""
+    import torch
+
+    monkeypatch.setattr(fused_rnn, "GPU_B", 2)
+    monkeypatch.setattr(fused_rnn, "GPU_H", 16)
+    monkeypatch.setattr(fused_rnn, "GPU_QUICK", {"T": 4, "head_dims": (16,)})
+    monkeypatch.setattr(fused_rnn, "HEADLINE_HEAD_DIMS", (16, 8))
+    monkeypatch.setattr(fused_rnn, "HEADLINE_CHECK", {"B": 2, "T": 3, "NH": 1, "DH": 16})
+    rows = fused_rnn._run_gpu(torch.device("cpu"), True, lambda xs: xs, headline=True)
+    cases = list(dict.fromkeys(r["case"] for r in rows))
+    assert cases == ["lstm B=2 T=4 H=16 bfloat16 fwd", "lstm B=2 T=4 H=16 bfloat16 fwd+bwd",
+                     "lstm B=2 T=4 H=16 NH=2 DH=8 bfloat16 fwd",
+                     "lstm B=2 T=4 H=16 NH=2 DH=8 bfloat16 fwd+bwd",
+                     "gru B=2 T=4 H=16 bfloat16 fwd", "gru B=2 T=4 H=16 bfloat16 fwd+bwd"]
+    providers = {r["provider"] for r in rows}
+    assert fused_rnn.UNTUNED not in providers and "flashseq:cuda" in providers
+    gru = [r for r in rows if r["case"].startswith("gru")]
+    assert {r["provider"] for r in gru} == {"flashseq:triton", "flashseq:cuda", "torch.nn.GRU"}
+    base = [r for r in gru if r["provider"] == "torch.nn.GRU"]
+    assert all(r["median_ms"] and r["ratio"] == 1 for r in base)
+    assert all(r["status"].startswith("skipped") for r in gru if r["provider"] != "torch.nn.GRU")
+    assert all(r["median_ms"] for r in rows if r["provider"] == "torch.nn.LSTM")

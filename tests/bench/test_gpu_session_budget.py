@@ -80,6 +80,8 @@ def test_slow_step_is_cut_by_its_limit_and_later_steps_still_run(tmp_path):
     (bin_dir / "fake-python").write_text(f"""#!/usr/bin/env bash
 echo "$*" >> {calls}
 if [ "$2" = bench.gpu_smoke ]; then sleep 60; fi
+# what a kill at this moment would leave: the summary as written after the steps before
+if [ "$2" = pytest ] && [ ! -e {tmp_path}/mid.md ]; then cp {tmp_path}/pack/SUMMARY.md {tmp_path}/mid.md; fi
 exit 0
 """)
     for f in bin_dir.iterdir():
@@ -98,6 +100,10 @@ exit 0
                   "readme-table"):
         assert re.search(rf"\| {later} \| `.*` \| 0 \| ok \|", summary), later
     assert "1 step(s) failed, 1 timed out" in summary
+    # written after every step, not only at the end
+    mid = (tmp_path / "mid.md").read_text()
+    assert "TIMED OUT at its 3 s limit" in mid and "| headline-fused_rnn | `" in mid
+    assert "pytest-gpu" not in mid and "Finished in" not in mid and "Finished in" in summary
     assert re.search(r"\| sanitizer \| .* \| 1 \| FAILED \|", summary)
     assert "| sanitizer-note | - | - | compute-sanitizer refused this device" in summary
     assert "sanitizer-racecheck" not in summary and "sanitizer-tests" not in summary

@@ -323,7 +323,11 @@ for suite in $suites; do
 done
 
 # 8. the README's table from this folder's tune.json and fused_rnn.json
-run_step readme-table 20 5 "$py" -m bench.readme_table "$out" --out "$out/README_table.md"
+if [ "$dry" = 0 ] && [ ! -e "$out/fused_rnn.json" ] && [ ! -e "$out/tune.json" ]; then
+    note_step readme-table "skipped: neither fused_rnn.json nor tune.json was written"
+else
+    run_step readme-table 20 5 "$py" -m bench.readme_table "$out" --out "$out/README_table.md"
+fi
 
 if [ "$dry" = 1 ]; then
     [ "$budget" = 0 ] || echo "[dry-run] plan: $dry_steps step(s) within the budget, limits sum to" \

@@ -88,6 +88,7 @@ def test_gpu_session_tunes_into_the_cache_the_suites_read(tmp_path):
     calls = tmp_path / "calls.log"
     (bin_dir / "fake-python").write_text(f"""#!/usr/bin/env bash
 echo "$* | FLASHSEQ_CACHE_DIR=$FLASHSEQ_CACHE_DIR" >> {calls}
+for ((i = 1; i < $#; i++)); do [ "${{!i}}" = --json ] && j=$((i + 1)) && touch "${{!j}}"; done
 if [ "$1 $2" = "-m autotune.cli" ]; then
     while [ $# -gt 0 ]; do
         if [ "$1" = --cache ]; then mkdir -p "$2"; echo '{{"layout": 1}}' > "$2/cuda-0123.json"; fi

@@ -84,8 +84,21 @@ ELEMENT_BYTES = {"float16": 2, "bfloat16": 2, "tf32": 4, "float32": 4}
 POW2_TILES = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
+class LaunchShape:
+    """What a plan's grid and warps give: blocks launched and threads per block (both plan
+    classes, forward and backward, have ``grid`` and ``num_warps``)."""
+
+    @property
+    def grid_size(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.num_warps
+
+
 @dataclass(frozen=True)
-class FusedRNNPlan:
+class FusedRNNPlan(LaunchShape):
     """Tile sizes and predictions for one ``fused_rnn`` configuration. See the module docstring.
 
     grid is (programs over heads = heads * programs_per_head, batch tiles = cdiv(batch, BB)).
@@ -116,14 +129,6 @@ class FusedRNNPlan:
     predicted_step_ns: float
     binding: str                   # the limit closest to its cap
     reason: str                    # why this path (and, for stepwise, why nothing on chip fits)
-
-    @property
-    def grid_size(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def threads(self) -> int:
-        return 32 * self.num_warps
 
 
 def _cdiv_int(a, b):

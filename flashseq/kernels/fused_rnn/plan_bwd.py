@@ -64,7 +64,8 @@ from flashseq.hardware import GPUSpec
 
 from .plan import (BASE_REGISTERS, CLUSTER_BARRIER_PS, CTA_BARRIER_PS, GRID_BARRIER_PS,
                    HBM_LATENCY_PS, MMA_LATENCY_CLOCKS, POINTWISE_INSTRUCTIONS, REGISTER_GRANULE,
-                   FusedRNNPlan, _binding, _cdiv_int, _check_args, _Consts, _consts, _next_pow2)
+                   FusedRNNPlan, LaunchShape, _binding, _cdiv_int, _check_args, _Consts, _consts,
+                   _next_pow2)
 
 # fp32 values the save-mode forward writes per step and element for the backward (csrc/cells:
 # kNumSaved), which the backward streams back in
@@ -81,7 +82,7 @@ STEP_REGISTERS_PER_EXTRA_ELEMENT = 7
 
 
 @dataclass(frozen=True)
-class FusedRNNBackwardPlan:
+class FusedRNNBackwardPlan(LaunchShape):
     """Tile sizes and predictions of the CUDA backward kernel for one configuration.
 
     The fields the kernel's -D flags read carry the forward plan's names (BB, BH, warps_m,
@@ -117,14 +118,6 @@ class FusedRNNBackwardPlan:
     predicted_step_ns: float
     binding: str                   # the limit closest to its cap
     reason: str
-
-    @property
-    def grid_size(self) -> int:
-        return self.grid[0] * self.grid[1]
-
-    @property
-    def threads(self) -> int:
-        return 32 * self.num_warps
 
 
 def _pow2_part(n: int) -> int:

@@ -16,8 +16,14 @@
 // a nonzero exit code and a message when an element is written twice or never.
 //
 // Usage: cuda_layout_sim_bwd <input file> <output file>. Input (little-endian):
-//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode (bit 0: cluster exchange, else global;
-//   bit 1: the step's parity, which double buffer the partial sums use) gmma
+//   int32 G BB BH WM WK DHP P K elem_bytes B NH DH mode gmma RDHP
+//   mode bit 0: cluster exchange, else global; bit 1: the step's parity, which double buffer the
+//   partial sums use; bit 2: r's padding (rows k and units e past DH) holds nonzero garbage
+//   instead of zeros (the kernel must not depend on it: d(rh) of the units past DH is zero and
+//   their rows of d(h_prev) are never gathered); bit 3: fault injection, the pointwise threads'
+//   d(rh) of the units past DH not masked (nonzero). RDHP: the padding of the r the host
+//   builds (cuda_function pads to the backward's DHP; a smaller one is a fault, the reads
+//   are bounds-checked)
 //   gmma == 0: int32 a_tab[32][K/2][2], b_tab[32][K/4][2], c_tab[32][4][2]  (row, col) per lane
 //   (K = 16: m16n8k16; K = 8: tf32 m16n8k8)
 //   gmma == 1: int32 a_tab[128][K/2][2], d_tab[128][BB/2][2]  (row, col) per warpgroup thread
@@ -41,8 +47,8 @@ int main(int argc, char** argv) {
   if (argc != 3) return 2;
   FILE* in = std::fopen(argv[1], "rb");
   if (!in) return 2;
-  int hdr[14];
-  read(in, hdr, 14);
+  int hdr[15];
+  read(in, hdr, 15);
   const Tiling ft{hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5], hdr[6], hdr[7], hdr[8], hdr[13]};
   const BwdTiling t = BwdTiling::of(ft);
   const int B = hdr[9], NH = hdr[10], DH = hdr[11], cluster = hdr[12] & 1;
@@ -71,14 +77,25 @@ int main(int argc, char** argv) {
   read(in, dg.data(), dg.size());
   std::fclose(in);
 
-  // the zero-padded r [G][NH][DHP][DHP] the Python side builds (not transposed)
-  std::vector<double> rp(static_cast<size_t>(G) * NH * DHP * DHP, 0.0);
+  // the padded r [G][NH][RD][RD] cuda_function builds (not transposed; RD = the backward's DHP
+  // there): zeros past DH, or garbage (mode bit 2) that the masks must keep out of the result
+  const int RD = hdr[14], poison = (hdr[12] >> 2) & 1, unmasked = (hdr[12] >> 3) & 1;
+  if (RD < DH) return 2;
+  std::vector<double> rp(static_cast<size_t>(G) * NH * RD * RD, 0.0);
   for (int g = 0; g < G; ++g)
     for (int n = 0; n < NH; ++n)
-      for (int k = 0; k < DH; ++k)
-        for (int e = 0; e < DH; ++e)
-          rp[((static_cast<size_t>(g) * NH + n) * DHP + k) * DHP + e] =
-              r[((static_cast<size_t>(g) * NH + n) * DH + k) * DH + e];
+      for (int k = 0; k < RD; ++k)
+        for (int e = 0; e < RD; ++e)
+          rp[((static_cast<size_t>(g) * NH + n) * RD + k) * RD + e] =
+              k < DH && e < DH ? r[((static_cast<size_t>(g) * NH + n) * DH + k) * DH + e]
+                               : poison ? 5.0 + (k * 7 + e * 3 + g) % 5 : 0.0;
+  auto r_at = [&rp](long long off) {
+    if (off < 0 || off >= static_cast<long long>(rp.size())) {
+      fail("weight load outside the padded r", off, 0);
+      return 0.0;
+    }
+    return rp[off];
+  };
 
   const int tiles_b = (B + BB - 1) / BB, padded_b = tiles_b * BB;
   const int parity = (hdr[12] >> 1) & 1;  // the step's (i & 1); the gather reads the same buffer
@@ -104,7 +121,8 @@ int main(int argc, char** argv) {
           const bool live = bg < B && unit < DH;
           for (int g = 0; g < G; ++g) {
             const int off = t.dg_offset(e.b, g * BH + e.unit);
-            sDg[off] = live ? dg[((static_cast<size_t>(bg) * G + g) * NH + head) * DH + unit] : 0.0;
+            sDg[off] = live ? dg[((static_cast<size_t>(bg) * G + g) * NH + head) * DH + unit]
+                       : unmasked && bg < B ? 1.0 : 0.0;
             dg_count[off]++;
           }
         }
@@ -148,7 +166,7 @@ int main(int argc, char** argv) {
                       fail("wgmma A element vs its register's address", i, 0);
                     if (live) a_count[static_cast<size_t>(rc.row) * t.cols() + rc.col]++;
                     const int tr = ga_tab[(th * kGA + i) * 2], tc = ga_tab[(th * kGA + i) * 2 + 1];
-                    A[tr][tc] = live ? rp[off + h] : 0.0;
+                    A[tr][tc] = live ? r_at(off + h) : 0.0;
                     a_seen[tr][tc]++;
                   }
                 }
@@ -206,7 +224,7 @@ int main(int argc, char** argv) {
                   for (int h = 0; h < epr; ++h) {
                     const int i = epr * reg + h;
                     const int tr = a_tab[(lane * nA + i) * 2], tc = a_tab[(lane * nA + i) * 2 + 1];
-                    Atile[tr][tc] = rp[off + h];
+                    Atile[tr][tc] = r_at(off + h);
                     a_seen[tr][tc]++;
                   }
                 }

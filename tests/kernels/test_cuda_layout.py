@@ -158,6 +158,41 @@ def test_fragments_reassemble_the_product(sim_binary, tmp_path, head_dim, tiling
     assert int((want != 0).sum()) > want.numel() // 2
 
 
+# Sizes whose forward plans are of kinds the DH list above does not reach: DHP 16 (one tile),
+# BB 32 and 64, and 11 or 13 blocks per head over a DHP that is not a power of two (the sizes
+# of the backward's mma.sync-fallback and wider-padding plans, test_cuda_layout_bwd.py)
+FORWARD_EXTRA_SIZES = [
+    ("gru", 16, 1, 16, "bfloat16", "h100"), ("elman", 16, 1, 16, "tf32", "h100"),
+    ("gru", 16, 1, 8, "tf32", "h100"), ("lstm", 64, 4, 200, "bfloat16", "h100"),
+    ("lstm", 64, 4, 176, "tf32", "a100"), ("lstm", 64, 4, 208, "tf32", "h100"),
+    ("lstm", 256, 2, 176, "bfloat16", "a100"), ("lstm", 64, 4, 99, "bfloat16", "a100"),
+]
+
+
+@pytest.mark.parametrize("size", FORWARD_EXTRA_SIZES, ids=lambda s: "-".join(map(str, s)))
+def test_fragments_reassemble_the_product_beyond_the_dh_list(sim_binary, tmp_path, size):
+    """The forward plans at those sizes (on wgmma too where the sm_90a build serves them): each
+    a tiling the DH list does not have, simulated with both exchanges, a partial last batch tile
+    and two heads."""
+    plan = plan_fused_rnn(*size, backend="cuda")
+    assert plan.path in ("fused", "split"), plan
+    listed = {(p.values[0], tuple(sorted(p.values[1].items()))) for p in _plans()}
+    dh = size[3]
+    tilings = [_tiling(plan)] + ([_tiling(plan, gmma=1)] if cuda_compile.wgmma_serves(plan) else [])
+    assert (dh, tuple(sorted(tilings[0].items()))) not in listed, "already covered: pick another size"
+    gen = torch.Generator().manual_seed(dh * 13 + plan.BB)
+    B = 2 * plan.BB - 3
+    r = torch.randint(-3, 4, (tilings[0]["G"], 2, dh, dh), generator=gen).double()
+    h = torch.randint(-3, 4, (B, 2, dh), generator=gen).double()
+    want = torch.einsum("bnk,gnke->bgne", h, r)
+    for tiling in tilings:
+        for cluster in (False, True):
+            got = _simulate(sim_binary, tmp_path, tiling, r, h, cluster)
+            assert torch.equal(got, want), (f"{tiling} cluster={cluster}: "
+                                            f"{int((got != want).sum())} elements differ")
+    assert int((want != 0).sum()) > want.numel() // 2
+
+
 def test_simulation_catches_a_wrong_table(sim_binary, tmp_path, monkeypatch):
     """The check can fail: swapping the two row halves of the PTX A table (a plausible
     transcription error) makes the simulated product differ from h @ r."""

@@ -15,6 +15,12 @@ leading and stride byte offsets, canonical K-major layout without swizzling). Th
 result must equal d(h_prev)[b, n, k] = sum_{g, e} d(rh)[b, g, n, e] * r[g, n, k, e] exactly
 (small integer inputs), with either parity of the double-buffered partials; the simulation
 fails on any element written twice or never, or outside its parity's buffer.
+
+Beyond the DH list: the backward's own plans at sizes where it runs mma.sync on sm_90a (no
+wgmma tiling fits) or pads wider than the forward (units past DH masked, r padded to the
+backward's DHP), also with r's padding nonzero (the masks alone must keep it out), and faults
+in that padding (an unmasked d(rh) past DH, r padded to the forward's DHP) that the simulation
+catches.
 """
 import shutil
 import sys
@@ -37,16 +43,21 @@ def sim_binary():
     return build_layout_sim("cuda_layout_sim_bwd", SIM_SOURCES)
 
 
-def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1):
+def _simulate(binary, tmp_path, tiling, r, dg, cluster, tables=None, parity=1, poison=False,
+              unmasked=False, r_padding=None):
     """d(h_prev) [B, NH, DH] (float64) as the simulated backward step forms it from d(rh)
-    ``dg`` [B, G, NH, DH] and ``r`` [G, NH, DH, DH]."""
+    ``dg`` [B, G, NH, DH] and ``r`` [G, NH, DH, DH]. ``poison``: r's padding past DH holds
+    nonzero values instead of zeros; ``unmasked``: fault injection, the units past DH carry a
+    nonzero d(rh); ``r_padding``: the DHP the host pads r to (default the tiling's, as
+    cuda_function does)."""
     NH, DH = r.shape[1], r.shape[2]
     B = dg.shape[0]
     gmma = tiling.get("gmma", 0)
     tables = tables or (_wgmma_tables(tiling["BB"], tiling["K"]) if gmma else _ptx_tables(tiling["K"]))
     header = [tiling[n] for n in ("G", "BB", "BH", "WM", "WK", "DHP", "P", "K", "elem_bytes")]
     names = ("a", "d") if gmma else ("a", "b", "c")
-    return run_layout_sim(binary, tmp_path, header + [B, NH, DH, int(cluster) | (parity << 1), gmma],
+    mode = int(cluster) | (parity << 1) | (int(poison) << 2) | (int(unmasked) << 3)
+    return run_layout_sim(binary, tmp_path, header + [B, NH, DH, mode, gmma, r_padding or tiling["DHP"]],
                           tables, names, (r, dg), (B, NH, DH), f"backward layout simulation for {tiling}")
 
 
@@ -128,6 +139,121 @@ def test_backward_plans_cover_wgmma(dtype):
             bplan = plan_fused_rnn_backward(cell, 16, 1, dh, dtype, "h100")
             assert bplan.wgmma and cuda_compile.uses_wgmma("sm_90a", bplan), bplan
             assert (dh, tuple(sorted(_tiling(bplan, gmma=1).items()))) in simulated, (cell, dh)
+
+
+# Backward plans of the two kinds the DH list above does not reach (plan_fused_rnn_backward at
+# these sizes; test_backward_extension_plans_are_of_their_kind keeps them so): "fallback", an
+# H100 plan on mma.sync because no wgmma tiling fits (the sm_90a build then runs mma.sync), and
+# "wide", a backward padded wider than the forward (padding_candidates: DHP past DH rounded up
+# to 16, the units past DH masked, r zero-padded to the backward's DHP by cuda_function).
+EXTENSION_SIZES = [
+    # (cell, batch, heads, DH, dtype, gpu, kind)
+    ("elman", 16, 1, 40, "bfloat16", "h100", "fallback"),   # 48 gate columns: one warp, a cluster of 3
+    ("gru", 16, 1, 16, "bfloat16", "h100", "fallback"),     # DH <= 16: every H100 GRU/Elman head
+    ("elman", 16, 1, 16, "tf32", "h100", "fallback"),
+    ("gru", 16, 1, 8, "tf32", "h100", "fallback"),          # DH 8 in a 16-row tile: 8 masked units
+    ("gru", 32, 2, 99, "tf32", "h100", "fallback"),         # odd DH, mma.sync in a cluster of 7
+    ("elman", 256, 2, 99, "tf32", "h100", "fallback"),      # BB 32
+    ("lstm", 64, 4, 200, "bfloat16", "h100", "fallback"),   # global exchange, 13 blocks per head
+    ("lstm", 64, 4, 176, "tf32", "a100", "wide"),           # 176 -> 192, global exchange
+    ("lstm", 64, 4, 208, "tf32", "h100", "wide"),           # 208 -> 224, wgmma in a cluster of 7
+    ("lstm", 256, 2, 176, "bfloat16", "a100", "wide"),      # 176 -> 192, BB 16
+    ("lstm", 256, 2, 176, "tf32", "a100", "wide"),          # BB 32
+    ("gru", 64, 4, 240, "bfloat16", "h100", "wide"),        # 240 -> 256, wgmma
+    ("slstm", 64, 4, 208, "tf32", "a100", "wide"),          # 208 -> 256, BB 64
+    ("lstm", 64, 4, 99, "bfloat16", "a100", "odd"),         # BB 32, DH 99 -> 112
+]
+
+
+def _extension_plan(cell, batch, heads, dh, dtype, gpu):
+    from flashseq.kernels.fused_rnn.plan_bwd import plan_fused_rnn_backward
+    from tests.kernels.test_cuda_layout import _tiling
+
+    plan = plan_fused_rnn_backward(cell, batch, heads, dh, dtype, gpu)
+    return plan, _tiling(plan, gmma=int(plan.wgmma))
+
+
+def _size_id(size):
+    cell, batch, heads, dh, dtype, gpu, kind = size
+    return f"{kind}-{cell}-{gpu}-{dtype}-DH{dh}-B{batch}x{heads}"
+
+
+@pytest.mark.parametrize("size", EXTENSION_SIZES, ids=_size_id)
+def test_backward_extension_plans_are_of_their_kind(size):
+    """Each size still plans the kind it stands for (else its simulation covers something else)."""
+    cell, batch, heads, dh, dtype, gpu, kind = size
+    plan, _ = _extension_plan(cell, batch, heads, dh, dtype, gpu)
+    rounded = -(-dh // 16) * 16
+    if kind == "fallback":
+        assert gpu == "h100" and not plan.wgmma, plan
+    elif kind == "wide":
+        assert plan.padded_head_dim > rounded, plan
+    else:
+        assert plan.padded_head_dim == rounded and plan.BB >= 32, plan
+
+
+def test_backward_extension_sizes_span_the_sweep():
+    """Both GPUs, bf16 and tf32, odd DH, BB 16 and 32, both exchanges, wgmma and mma.sync."""
+    plans = [(s, *_extension_plan(*s[:6])) for s in EXTENSION_SIZES]
+    assert {s[5] for s, _, _ in plans} == {"a100", "h100"}
+    assert {s[4] for s, _, _ in plans} == {"bfloat16", "tf32"}
+    assert any(s[3] % 2 for s, _, _ in plans)
+    assert {16, 32} <= {p.BB for _, p, _ in plans}
+    assert {p.cluster_size > 1 for _, p, _ in plans} == {True, False}
+    assert any(p.wgmma for s, p, _ in plans if s[6] == "wide")
+    assert any(p.programs_per_head > 1 and p.cluster_size == 1 for s, p, _ in plans if s[6] == "fallback")
+
+
+@pytest.mark.parametrize("size", EXTENSION_SIZES, ids=_size_id)
+def test_backward_extension_plans_reassemble_dh_prev(sim_binary, tmp_path, size):
+    """The fallback, wide and odd plans above: every block, warp and lane of the plan's own tiling
+    (its wgmma or mma.sync product, both exchanges, both parities), a partial last batch tile and
+    two heads; d(h_prev) must equal the float64 product exactly, also when r's padding past DH
+    holds nonzero values (the units past DH add nothing: their d(rh) is zero and their rows are
+    never gathered; the simulation fails on a masked unit's output written, as d(h_prev) has no
+    slot for it, or on any weight read outside the padded r)."""
+    cell, batch, heads, dh, dtype, gpu, kind = size
+    plan, tiling = _extension_plan(cell, batch, heads, dh, dtype, gpu)
+    gen = torch.Generator().manual_seed(dh * 7 + tiling["BB"] + tiling["G"])
+    G, B, NH = tiling["G"], 2 * tiling["BB"] - 3, 2
+    r = torch.randint(-3, 4, (G, NH, dh, dh), generator=gen).double()
+    dg = torch.randint(-3, 4, (B, G, NH, dh), generator=gen).double()
+    want = torch.einsum("bgne,gnke->bnk", dg, r)
+    plan_cluster = plan.cluster_size > 1
+    for cluster, parity, poison in ((plan_cluster, 0, False), (plan_cluster, 1, True),
+                                    (not plan_cluster, 1, False), (not plan_cluster, 0, True)):
+        got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster, parity=parity, poison=poison)
+        assert torch.equal(got, want), (f"cluster={cluster} parity={parity} poison={poison}: "
+                                        f"{int((got != want).sum())} of {want.numel()} elements differ")
+    assert int((want != 0).sum()) > want.numel() // 2
+
+
+@pytest.mark.parametrize("size", [s for s in EXTENSION_SIZES if s[6] == "wide"][:2] +
+                         [EXTENSION_SIZES[3]], ids=_size_id)
+def test_backward_padding_faults_are_caught(sim_binary, tmp_path, size):
+    """The new coverage can fail: with r's padding nonzero, units past DH whose d(rh) is not
+    masked change d(h_prev); and r padded to the forward's DHP (DH rounded up to 16) instead of
+    the backward's wider one puts the weights at the wrong strides (wide plans)."""
+    cell, batch, heads, dh, dtype, gpu, kind = size
+    plan, tiling = _extension_plan(cell, batch, heads, dh, dtype, gpu)
+    gen = torch.Generator().manual_seed(11)
+    G, B = tiling["G"], tiling["BB"] + 1
+    r = torch.randint(-3, 4, (G, 1, dh, dh), generator=gen).double()
+    dg = torch.randint(-3, 4, (B, G, 1, dh), generator=gen).double()
+    want = torch.einsum("bgne,gnke->bnk", dg, r)
+    cluster = plan.cluster_size > 1
+    assert torch.equal(_simulate(sim_binary, tmp_path, tiling, r, dg, cluster, poison=True), want)
+    got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster, poison=True, unmasked=True)
+    assert not torch.equal(got, want)
+    if kind == "wide":
+        # either a weight read falls outside the smaller r (the simulation exits with that
+        # message) or the misplaced weights change the product
+        try:
+            got = _simulate(sim_binary, tmp_path, tiling, r, dg, cluster, r_padding=-(-dh // 16) * 16)
+            caught = not torch.equal(got, want)
+        except AssertionError as e:
+            caught = "weight load outside the padded r" in str(e)
+        assert caught, "r padded to the forward's DHP went unnoticed"
 
 
 @pytest.mark.parametrize("tiling", [

@@ -7,10 +7,10 @@ call still goes through two autograd Functions. Measured (1 thread, process CPU 
 LSTM I=H=200 B=20 2 layers, no_grad): T=1 took 720 us a call against 360 us of kernels.
 
 ``run`` serves the calls that need none of that: a plain CPU tensor (not packed, no functorch
-transform, no tracing, compiling or autocast), float32 or float64, ``num_heads == 1``, no
-projection, a cell fused_rnn has (LSTM, GRU, tanh RNN), the "auto" or "cpu" back end with the
-extension loaded, nothing beyond torch.nn (no reset, regularisers, all_states), B and T >= 1
-and outputs small enough that the memory check cannot refuse them. It computes exactly what the
+transform or forward-mode AD, no tracing, compiling or autocast), float32 or float64,
+``num_heads == 1``, no projection, a cell fused_rnn has (LSTM, GRU, tanh RNN), the "auto" or
+"cpu" back end with the extension loaded, nothing beyond torch.nn (no reset, regularisers,
+all_states), B and T >= 1 and outputs small enough that the memory check cannot refuse them. It computes exactly what the
 general path does (same kernels, same argument order, same tuned knobs): without a gradient it
 calls the compiled loop and the projection directly; with one, the same autograd Functions
 (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py), so backward, double backward
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from flashseq import _jit
-from flashseq.kernels.fused_rnn import cpu, cpu_config
+from flashseq.kernels.fused_rnn import cpu, cpu_config, cpu_linear
 
 # The general path checks the memory a call needs first (problem.check_size); calls whose
 # outputs and saved tensors stay below this many elements (1 GB of float32) cannot fail it.
@@ -52,8 +52,9 @@ def _plain_cpu_call(module, input, reset, generator, return_all_states) -> bool:
             or input.numel() == 0):
         return False
     if (torch._C._are_functorch_transforms_active() or torch.compiler.is_compiling()
-            or torch.jit.is_tracing() or torch.is_autocast_enabled("cpu")):
-        return False
+            or torch.jit.is_tracing() or torch.is_autocast_enabled("cpu")
+            or cpu_linear._forward_ad_active()):
+        return False  # forward AD: the compiled loop would drop tangents; the general path raises
     return _jit.extension_error() is None
 
 

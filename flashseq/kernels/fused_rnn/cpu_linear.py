@@ -14,6 +14,7 @@ backward that builds a graph (``create_graph=True``), runs the F.linear / matmul
 from __future__ import annotations
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 
 from flashseq import _jit
@@ -41,8 +42,15 @@ def _tracing() -> bool:
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
+def _forward_ad_active() -> bool:
+    """Whether tangents can be flowing: a forward_ad dual level is open or a functorch transform
+    (torch.func.jvp, vmap, grad) runs. Why: the oneDNN op has no forward derivative, so a dual x
+    would come back with its tangent silently dropped; F.linear has one."""
+    return fwAD._current_level >= 0 or torch._C._are_functorch_transforms_active()
+
+
 def _fast_path_ok(x, weight, bias) -> bool:
-    if _LINEAR_POINTWISE is None or _tracing():
+    if _LINEAR_POINTWISE is None or _tracing() or _forward_ad_active():
         return False
     tensors = (x, weight) if bias is None else (x, weight, bias)
     return (all(type(t) in _PLAIN and t.device.type == "cpu" and t.dtype == torch.float32

@@ -10,9 +10,9 @@ LSTM I=H=200 B=20 2 layers, no_grad): T=1 took 720 us a call against 360 us of k
 transform or forward-mode AD, no tracing, compiling or autocast), float32 or float64,
 ``num_heads == 1``, no projection, a cell fused_rnn has (LSTM, GRU, tanh RNN), the "auto" or
 "cpu" back end with the extension loaded, nothing beyond torch.nn (no reset, regularisers,
-all_states), B and T >= 1 and outputs small enough that the memory check cannot refuse them. It computes exactly what the
-general path does (same kernels, same argument order, same tuned knobs): without a gradient it
-calls the compiled loop and the projection directly; with one, the same autograd Functions
+all_states), B and T >= 1 and outputs small enough that the memory check cannot refuse them.
+It computes exactly what the general path does (same kernels, same argument order, same tuned
+knobs): without a gradient it calls the compiled loop and the projection directly; with one, the same autograd Functions
 (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py), so backward, double backward
 and DDP are unchanged. Anything else returns None and the caller takes the general path.
 

@@ -14,7 +14,8 @@ all_states), B and T >= 1 and outputs small enough that the memory check cannot 
 It computes exactly what the general path does (same kernels, same argument order, same tuned
 knobs): without a gradient it calls the compiled loop and the projection directly; with one,
 the same autograd Functions (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py),
-so backward, double backward and DDP are unchanged. Anything else returns None and the caller takes the general path.
+so backward, double backward and DDP are unchanged. Anything else returns None and the caller
+takes the general path.
 
 Nothing is cached between calls: every call reads the Parameters as they are (an optimizer's
 in-place step, load_state_dict, ``.to()``, ``torch.func.functional_call``'s substitutes). A

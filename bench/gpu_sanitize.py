@@ -56,6 +56,7 @@ def run_case(backend: str, what: str, B: int, T: int, NH: int, DH: int, device) 
 
 
 def main(argv=None) -> int:
+    """The command line (``python -m bench.gpu_sanitize --help``); returns its exit status."""
     p = argparse.ArgumentParser(prog="python -m bench.gpu_sanitize",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--only", nargs="+", choices=sorted({c[1] for c in CASES}),

@@ -209,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The command line (``python -m bench.gpu_smoke --help``); returns the exit status above."""
     args = _parser().parse_args(argv)
     device_name = args.device
     if device_name is None:

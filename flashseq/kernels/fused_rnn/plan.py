@@ -90,10 +90,12 @@ class LaunchShape:
 
     @property
     def grid_size(self) -> int:
+        """Blocks launched: the product of the 2-D grid (x, y)."""
         return self.grid[0] * self.grid[1]
 
     @property
     def threads(self) -> int:
+        """Threads per block: 32 per warp."""
         return 32 * self.num_warps
 
 
@@ -155,6 +157,7 @@ def check_dtype(dtype) -> str:
 
 
 def check_positive(name, value) -> int:
+    """``value`` when it is an int >= 1 (not a bool); else TypeError / ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int >= 1; got {type(value).__name__} {value!r}")
     if value < 1:
@@ -163,6 +166,7 @@ def check_positive(name, value) -> int:
 
 
 def check_gpu(gpu) -> GPUSpec:
+    """The GPUSpec of ``gpu`` (a GPUSpec, or a name such as 'h100'); TypeError for anything else."""
     if isinstance(gpu, GPUSpec):
         return gpu
     if isinstance(gpu, str):

@@ -292,6 +292,10 @@ class FusedRNNBase(nn.RNNBase):
         if not isinstance(x, torch.Tensor):
             raise RNNInputTypeError(f"{type(self).__name__}: input must be a torch.Tensor or a "
                                     f"PackedSequence; got {type(x).__name__}")
+        if x.layout != torch.strided:  # sparse / mkldnn: the kernels and views need dense memory
+            raise RNNInputTypeError(f"{type(self).__name__}: input must be a dense tensor "
+                                    f"(layout torch.strided); got layout {x.layout}, "
+                                    f"{checks.describe(x)}")
         if (ndim is not None and x.dim() != ndim) or (ndim is None and x.dim() not in (2, 3)):
             raise RNNInputError(f"{type(self).__name__}: {doc} expected; got {checks.describe(x)}")
         if x.shape[-1] != self.input_size:
@@ -313,6 +317,10 @@ class FusedRNNBase(nn.RNNBase):
             if not isinstance(s, torch.Tensor):
                 raise RNNInputTypeError(f"{type(self).__name__}: {name} must be a torch.Tensor; "
                                         f"got {type(s).__name__}")
+            if s.layout != torch.strided:
+                raise RNNInputTypeError(f"{type(self).__name__}: {name} must be a dense tensor "
+                                        f"(layout torch.strided); got layout {s.layout}, "
+                                        f"{checks.describe(s)}")
             expected = (LD, B, size) if batched else (LD, size)
             doc = "[num_layers * num_directions, B, size]" if batched else \
                 "[num_layers * num_directions, size] (unbatched input)"

@@ -57,14 +57,12 @@ void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd
 }
 #endif
 
-namespace {
-
-// dst [cols, rows] = src [rows, cols]^T, both dense, through a 32 x 32 block on the stack: the
-// block's rows are read and written whole. Why: reading a column of src directly touches rows
-// cols floats apart, which at a power-of-two width (1024: 4 KB) all share one L1 set, and
-// ATen's .t().contiguous() of a [256, 1024] float32 weight gradient took 170-200 us per MB on
-// the dev box (1 thread), a fifth of that GEMM.
-void transpose_blocked(const float* src, int64_t rows, int64_t cols, float* dst) {
+// Through a 32 x 32 block on the stack: the block's rows are read and written whole. Why: reading
+// a column of src directly touches rows lds floats apart, which at a power-of-two width (1024:
+// 4 KB) all share one L1 set, and ATen's strided copy of a transposed view took 170-200 us per
+// MB on the dev box (1 thread), a fifth of a [256, 1024] weight gradient's GEMM.
+void transpose_blocked(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst,
+                       int64_t ldd) {
   constexpr int64_t kBlock = 32;
   at::parallel_for(0, (rows + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
     float block[kBlock][kBlock];  // [column j - j0][row i - i0]
@@ -73,16 +71,14 @@ void transpose_blocked(const float* src, int64_t rows, int64_t cols, float* dst)
       for (int64_t j0 = 0; j0 < cols; j0 += kBlock) {
         const int64_t nj = std::min(kBlock, cols - j0);
         for (int64_t i = 0; i < ni; ++i) {
-          const float* row = src + (i0 + i) * cols + j0;
+          const float* row = src + (i0 + i) * lds + j0;
           for (int64_t j = 0; j < nj; ++j) block[j][i] = row[j];
         }
-        for (int64_t j = 0; j < nj; ++j) std::copy_n(block[j], ni, dst + (j0 + j) * rows + i0);
+        for (int64_t j = 0; j < nj; ++j) std::copy_n(block[j], ni, dst + (j0 + j) * ldd + i0);
       }
     }
   });
 }
-
-}  // namespace
 
 bool linear_weight_grad_fast() {
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
@@ -112,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor> linear_weight_grad(const at::Tensor& x_in, co
                     dwT.data_ptr<float>(), db.data_ptr<float>());
 #endif
   at::Tensor dw = at::empty({N, K}, dy.options());
-  transpose_blocked(dwT.data_ptr<float>(), K, N, dw.data_ptr<float>());
+  transpose_blocked(dwT.data_ptr<float>(), K, N, N, dw.data_ptr<float>(), K);
   return {dw, db};
 }
 

@@ -30,6 +30,11 @@ void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd
                        float* C, float* colsum);
 #endif
 
+// dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols (float32): a transpose with
+// row strides on both sides (ldd >= rows, lds >= cols).
+void transpose_blocked(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst,
+                       int64_t ldd);
+
 // float32 CPU x [M, K], dy [M, N] -> (dy^T @ x [N, K], dy.sum(0) [N]), the weight and bias
 // gradients of a linear layer, through blocked_grad_gemm (dy is never transposed in memory).
 std::tuple<at::Tensor, at::Tensor> linear_weight_grad(const at::Tensor& x, const at::Tensor& dy);

@@ -59,3 +59,17 @@ def random_lengths(B, T, seed=None):
     if B > 2:
         lengths[1] = 0
     return lengths
+
+
+def cpu_has_avx512_tile() -> bool:
+    """The cpu back end can run its AVX-512 step-GEMM tile here (CPU and build both allow it);
+    the switch is turned on to ask and then restored."""
+    from flashseq.kernels.fused_rnn import cpu as cpu_backend
+
+    if cpu_backend.unavailable_reason(torch.device("cpu")) is not None:
+        return False
+    ext = cpu_backend._jit.extension()
+    old = ext._set_avx512_tile(True)
+    has = bool(ext._uses_avx512_tile())
+    ext._set_avx512_tile(old)
+    return has

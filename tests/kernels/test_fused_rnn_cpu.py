@@ -8,7 +8,8 @@ from flashseq.cells import CELLS
 from flashseq.kernels.fused_rnn import backends
 from flashseq.kernels.fused_rnn import cpu as cpu_backend
 from flashseq.kernels.fused_rnn.reference import fused_rnn_reference
-from tests.helpers import TOLERANCE, assert_close, make_rnn_inputs, random_lengths
+from tests.helpers import (TOLERANCE, assert_close, cpu_has_avx512_tile, make_rnn_inputs,
+                           random_lengths)
 
 CELL_NAMES = sorted(CELLS)
 
@@ -338,18 +339,10 @@ def test_cpu_backend_traces_as_one_graph():
         assert_close(name, g, g_ref, 1e-12)
 
 
-def _cpu_has_avx512_tile() -> bool:
-    ext = cpu_backend._jit.extension()
-    old = ext._set_avx512_tile(True)
-    has = ext._uses_avx512_tile()
-    ext._set_avx512_tile(old)
-    return has
-
-
 @pytest.fixture(params=[
     pytest.param("avx512_tile", marks=pytest.mark.skipif(
         cpu_backend.unavailable_reason(torch.device("cpu")) is not None
-        or not _cpu_has_avx512_tile(), reason="this CPU or build has no AVX-512 step GEMM tile")),
+        or not cpu_has_avx512_tile(), reason="this CPU or build has no AVX-512 step GEMM tile")),
     "avx2_tile"])
 def float_tile(request):
     """Runs the test with float32 step GEMMs on the AVX-512 tile and on the AVX2 one."""

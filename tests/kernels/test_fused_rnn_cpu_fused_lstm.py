@@ -12,20 +12,10 @@ import flashseq
 from flashseq.cells import CELLS
 from flashseq.kernels.fused_rnn import cpu as cpu_backend
 from flashseq.kernels.fused_rnn.reference import fused_rnn_reference
-from tests.helpers import TOLERANCE, assert_close, make_rnn_inputs
+from tests.helpers import TOLERANCE, assert_close, cpu_has_avx512_tile, make_rnn_inputs
 
 
-def _has_avx512_tile() -> bool:
-    if cpu_backend.unavailable_reason(torch.device("cpu")) is not None:
-        return False
-    ext = cpu_backend._jit.extension()
-    old = ext._set_avx512_tile(True)
-    has = ext._uses_avx512_tile()
-    ext._set_avx512_tile(old)
-    return has
-
-
-pytestmark = pytest.mark.skipif(not _has_avx512_tile(),
+pytestmark = pytest.mark.skipif(not cpu_has_avx512_tile(),
                                 reason="the fused LSTM step needs the AVX-512 tile (CPU or build)")
 
 

@@ -274,13 +274,7 @@ __global__ void FLASHSEQ_BWD_BOUNDS fused_rnn_bwd_kernel(const BwdParams p) {
     // through the descriptor; one commit group, waited for before the partials are stored
     constexpr int N = kT.BB;
     float gacc[AM][N / 2];
-#pragma unroll
-    for (int mt = 0; mt < AM; ++mt)
-#pragma unroll
-      for (int c = 0; c < N / 2; ++c) {
-        gacc[mt][c] = 0.f;
-        pin_register(gacc[mt][c]);
-      }
+    zero_pinned_accumulators(gacc);
     const unsigned buf = static_cast<unsigned>(__cvta_generic_to_shared(sDg));
     const int gwk = kB.g_wk(warp_s);
     wgmma_fence();

@@ -185,6 +185,18 @@ __device__ __forceinline__ void wgmma_wait() {
 // The compiler must neither read an accumulator before wgmma_wait() nor move its writes past
 // wgmma_fence(): an empty asm that "modifies" it pins it between the two.
 __device__ __forceinline__ void pin_register(float& v) { asm volatile("" : "+f"(v)::"memory"); }
+// The wgmma accumulators of M 64-row tiles (C floats per thread each) zeroed and pinned, before
+// the wgmma_fence() of a step's product (forward and backward alike).
+template <int M, int C>
+__device__ __forceinline__ void zero_pinned_accumulators(float (&acc)[M][C]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      acc[m][c] = 0.f;
+      pin_register(acc[m][c]);
+    }
+}
 
 // Generic-proxy stores to shared memory (h) made visible to the async proxy (wgmma's operand
 // reads); each writing thread runs it after its stores and before the barrier.

@@ -206,13 +206,7 @@ __global__ void FLASHSEQ_FWD_BOUNDS fused_rnn_fwd_kernel(const FwdParams p) {
       // descriptor; one commit group, waited for before the partial sums are stored
       constexpr int N = kT.BB;
       float gacc[AM][N / 2];
-#pragma unroll
-      for (int mt = 0; mt < AM; ++mt)
-#pragma unroll
-        for (int i = 0; i < N / 2; ++i) {
-          gacc[mt][i] = 0.f;
-          pin_register(gacc[mt][i]);
-        }
+      zero_pinned_accumulators(gacc);
       const unsigned buf = static_cast<unsigned>(__cvta_generic_to_shared(sCur));
       const int wg = warp_s >> 2;
       wgmma_fence();

@@ -21,7 +21,9 @@ padded call, timed in alternation (target <= 1.1: ragged rows cost no per-step P
 Columns: "ratio" flashseq / torch (paired median; < 1: flashseq faster), "paired_iqr" the
 inter-quartile range of the per-pair ratios, "pairs" how many, "median_ms" and "torch_ms" the
 median ms per call of each side over the pairs, "load1" the 1-minute load average when the case
-started (others' work on a shared machine).
+started (others' work on a shared machine), "faults" and "torch_faults" each side's minor page
+faults per call after the pairs (``minor_faults_per_call``: thousands on torch's side mark a
+process where oneDNN's buffers are faulted back in on every call, torch's slow mode).
 """
 from __future__ import annotations
 
@@ -212,6 +214,24 @@ def load_average() -> float | None:
         return None
 
 
+def minor_faults_per_call(fn, calls: int = 3) -> float | None:
+    """This process's minor page faults per call of ``fn`` (median of ``calls`` calls; None
+    where the OS does not count them). Why: torch.nn.LSTM's CPU time is bimodal from one process
+    to the next: in about half of them every call page-faults oneDNN's freed buffers back in
+    (~3,700 faults, +30% time at I=H=200 B=20 T=35 L=2 fwd+bwd), which moves the ratio by up to
+    0.3; the column says which mode the baseline ran in."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    counts = []
+    for _ in range(calls):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        fn()
+        counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    return float(sorted(counts)[len(counts) // 2])
+
+
 def paired_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:
     """One row: flashseq over torch at ``case``, timed in alternation at ``threads`` threads."""
     ref, ours = make_modules(case)
@@ -220,13 +240,14 @@ def paired_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:
            "layout": case.layout, "load1": load_average(),
            "clock": "cpu" if cpu_clock(threads) else "wall"}
     try:
-        r = timing.measure_ratio(timed_call(ours, case), timed_call(ref, case),
-                                 device=case.device, min_run_time=min_run_time,
+        fn, baseline = timed_call(ours, case), timed_call(ref, case)
+        r = timing.measure_ratio(fn, baseline, device=case.device, min_run_time=min_run_time,
                                  cpu_time=cpu_clock(threads))
+        faults = {"faults": minor_faults_per_call(fn), "torch_faults": minor_faults_per_call(baseline)}
     except Exception as err:  # one failing case is reported in its row, the others still run
         return {**row, "median_ms": None, "status": f"failed: {type(err).__name__}: {err}"}
     return {**row, "median_ms": r["fn_ms"], "torch_ms": r["baseline_ms"], "ratio": r["ratio"],
-            "paired_iqr": r["ratio_iqr"], "pairs": r["pairs"], "status": "ok"}
+            "paired_iqr": r["ratio_iqr"], "pairs": r["pairs"], **faults, "status": "ok"}
 
 
 def packed_row(case: ModuleCase, threads: int, min_run_time: float) -> dict:

@@ -56,6 +56,15 @@ def test_paired_row_is_a_paired_ratio_against_torch(monkeypatch):
     assert row["median_ms"] == 4.0 and row["torch_ms"] == 5.0 and row["status"] == "ok"
     assert row["provider"] == "flashseq.LSTM @1T" and row["threads"] == 1
     assert "I=5 H=8 B=4 T=6 L=2 padded" in row["case"]
+    assert row["faults"] >= 0 and row["torch_faults"] >= 0  # counted on real calls, after pairs
+
+
+def test_minor_faults_count_a_fresh_mapping():
+    # 64 MB through mmap (above glibc's threshold), touched page by page: thousands of faults
+    def touch():
+        torch.ones(16 << 20)
+    assert modules.minor_faults_per_call(touch) > 1000
+    assert modules.minor_faults_per_call(lambda: None) < 100
 
 
 @pytest.mark.parametrize("layout", modules.LAYOUTS)

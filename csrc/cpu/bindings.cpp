@@ -50,6 +50,27 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(h, last_states, saved_gates, saved_states)",
         py::arg("wx"), py::arg("r"), py::arg("b"), py::arg("states"), py::arg("lengths"),
         py::arg("cell"), py::arg("save"));
+  m.def("lstm_projected_forward", &flashseq::cpu::lstm_projected_forward,
+        "no_grad float32 LSTM layer with the input projection folded into the recurrence: "
+        "(x [T, B, I], w_ih [4H, I], w_hh [4H, H], bias [4H] or None, h0 [B, H], c0 [B, H]) -> "
+        "(h [T, B, H], h_T, c_T); needs the AVX-512 tile",
+        py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"),
+        py::arg("c0"));
+  m.def("lstm_projected_pays", &flashseq::cpu::lstm_projected_pays,
+        "whether lstm_projected_forward serves (B, I, H) faster than the projection and loop",
+        py::arg("B"), py::arg("I"), py::arg("H"));
+  m.def("_set_projected_lstm",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::projected_lstm_allowed();
+          flashseq::cpu::projected_lstm_allowed() = allowed;
+          return old;
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid lstm_projected_forward "
+        "in the modules' no_grad float32 LSTM; returns the previous setting",
+        py::arg("allowed"));
+  m.def("_lstm_projected_calls", &flashseq::cpu::lstm_projected_calls,
+        "for tests: lstm_projected_forward calls so far; reset=True zeroes the count",
+        py::arg("reset") = false);
   m.def("fused_rnn_backward", &flashseq::cpu::fused_rnn_backward,
         "fused_rnn backward: (dh, d_last_states, h, states, r, saved_gates, saved_states, "
         "lengths, cell) -> (d_wx, d_r, d_b, d_states)",

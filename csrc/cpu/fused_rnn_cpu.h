@@ -94,6 +94,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
     const c10::optional<at::Tensor>& lengths, const std::string& cell);
 
 // (kNumGates, kNumStates, kNumSaved) of a cell, for the shape functions in Python.
+// The no_grad float32 LSTM layer with the input projection folded into each step
+// (lstm_projected_forward.cpp): x [T, B, I], w_ih [4H, I], w_hh [4H, H] (torch.nn's layouts),
+// bias [4H] (b_ih + b_hh) or none, h0 and c0 [B, H] -> (h [T, B, H], h_T, c_T [B, H]). Needs the
+// AVX-512 tile (use_avx512_tile()).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_projected_forward(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& h0, const at::Tensor& c0);
+// Whether lstm_projected_forward is measured faster than the projection + loop for these sizes
+// (and allowed, and the AVX-512 tile runs); the switch is for tests and benchmarks.
+bool lstm_projected_pays(int64_t B, int64_t I, int64_t H);
+bool& projected_lstm_allowed();
+// For tests: lstm_projected_forward calls so far; reset(true) zeroes the count.
+int64_t lstm_projected_calls(bool reset);
+
 std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell);
 
 // Shared argument checks; each message names the tensor.

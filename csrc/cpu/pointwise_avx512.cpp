@@ -26,6 +26,7 @@
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
+#include "lstm_update_avx512.h"
 
 namespace flashseq {
 namespace cpu {
@@ -90,90 +91,6 @@ FLASHSEQ_FORCE_INLINE F16 tanh16(F16 x) {
                                                                                    + x2 * F16(62.0f / 2835)))));
   const __mmask16 small = _mm512_cmp_ps_mask(_mm512_abs_ps(x.v), _mm512_set1_ps(0.25f), _CMP_LT_OQ);
   return F16(_mm512_mask_blend_ps(small, from_exp.v, series.v));
-}
-
-// The exp polynomial of the no_grad LSTM update: e^r ~ 1 + r + r^2 P(r) on |r| <= ln2 / 2 with P of
-// degree 4, not exp16's 5 (Cephes'): fitted for relative error (near-minimax, reweighted least
-// squares in float64), 3.8e-9 at most with these float32 coefficients, against float32's 6e-8
-// spacing, so the sixth coefficient only cost an FMA per exp (five per 16 units). Paired against
-// degree 5, same module case as lstm_update16: 0.994-0.996 of its time (three runs).
-//
-// e^(-x) for x clamped to [lo, hi], without negating x: n = round(-x log2 e), s = x + n ln2 (two
-// parts) so the reduced argument is r = -s, and P is evaluated at -s (fnmadd in place of
-// fmadd): e^r = 1 - s + s^2 P(-s).
-template <int kLo, int kHi>
-FLASHSEQ_FORCE_INLINE __m512 exp_neg16(__m512 x) {
-  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(static_cast<float>(kLo)),
-                                  _mm512_min_ps(_mm512_set1_ps(static_cast<float>(kHi)), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(-1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 s = _mm512_fmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  s = _mm512_fmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), s);
-  __m512 p = _mm512_set1_ps(1.3814602280e-3f);
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(8.3687175065e-3f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(4.1668388993e-2f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.6666521132e-1f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(4.9999994040e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(s, s), _mm512_sub_ps(_mm512_set1_ps(1.0f), s));
-  return _mm512_scalef_ps(p, n);
-}
-
-// e^(2x) - 1 for x clamped to [-9, 9] (tanh(x) is +-1 in float32 beyond), for tanh(x) = t / (t + 2).
-// Why: 1 - 2 / (1 + e^(2x)) cancels for small |x|, so tanh16 computes a series there as well and
-// blends; expm1 keeps its relative accuracy down to 0 (exp16's reduction: e^a - 1 = 2^n (1 + q) - 1
-// with q = e^r - 1 from the polynomial above without its leading 1, and 2^n q + (2^n - 1) is exact
-// at n = 0), so one exp-sized chain serves every x.
-FLASHSEQ_FORCE_INLINE __m512 expm1_2x16(__m512 x) {
-  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-9.0f), _mm512_min_ps(_mm512_set1_ps(9.0f), x));
-  const __m512 a = _mm512_add_ps(xc, xc);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), a);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.3814602280e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3687175065e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1668388993e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666521132e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999994040e-1f));
-  const __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);  // e^r - 1
-  const __m512 s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);    // 2^n
-  return _mm512_fmadd_ps(s, q, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));
-}
-
-// num / den: vrcp14ps and one Newton step, as operator/.
-FLASHSEQ_FORCE_INLINE __m512 div16(__m512 num, __m512 den) {
-  const __m512 x0 = _mm512_rcp14_ps(den);
-  return _mm512_mul_ps(num, _mm512_mul_ps(x0, _mm512_fnmadd_ps(den, x0, _mm512_set1_ps(2.0f))));
-}
-
-// The no_grad LSTM update of 16 units, written out and forced inline. Why: through the shared
-// cell header (LstmCell::forward) GCC kept the cell an out-of-line call taking its gates and
-// states through memory, and the chunk around it loaded every operand under a mask: perf and
-// objdump counted ~235 instructions per 16 units, ~130 cycles, against ~140 for the arithmetic
-// itself; that pass was a fifth of an LSTM step at H=256 B=32 next to the 8x48 GEMM tile. The
-// training forward keeps the header (it saves the gates for the backward).
-//
-// Fewer operations than the header's formulas, same float32 accuracy (~2e-7 relative against
-// float64 over a 2-layer H=256 T=200 run, as before): each tanh from one expm1 without the
-// small-|x| series and blend (expm1_2x16), e^-x without the negation (exp_neg16), and
-// sigmoid(a) tanh(b) = t / ((1 + e^-a)(t + 2)) with t = e^(2b) - 1, one division for i g and one
-// for o tanh(c). e^-a is capped at e^60 there so the product stays finite (t + 2 <= e^18 + 2);
-// sigmoid(a) below a = -60 is then e^-60 instead of smaller, an absolute change under 1e-26.
-// Measured against the same update with the header's formulas (1 / (1 + e^-x), tanh16), 1 thread,
-// CPU time, paired, AMD EPYC Zen 5, module no_grad forward I=64 H=256 B=32 T=200 2 layers: 0.978
-// of its time (one run of 29 pairs, interval 0.90-1.00; the update is ~15% of a step there).
-//
-// pre: the four pre-activations (i, f, g, o) of 16 units; c in and out; returns h.
-FLASHSEQ_FORCE_INLINE F16 lstm_update16(const F16* pre, F16& c) {
-  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-  const __m512 f = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[1].v)));
-  const __m512 ei = exp_neg16<-60, 104>(pre[0].v);
-  const __m512 tg = expm1_2x16(pre[2].v);
-  const __m512 ig = div16(tg, _mm512_mul_ps(_mm512_add_ps(one, ei), _mm512_add_ps(tg, two)));
-  c = F16(_mm512_fmadd_ps(f, c.v, ig));
-  const __m512 eo = exp_neg16<-60, 104>(pre[3].v);
-  const __m512 tc = expm1_2x16(c.v);
-  return F16(div16(tc, _mm512_mul_ps(_mm512_add_ps(one, eo), _mm512_add_ps(tc, two))));
 }
 
 // Two independent 16-lane vectors (32 units) as one value. Why: one 16-unit LSTM chunk is a
@@ -288,9 +205,10 @@ FLASHSEQ_FORCE_INLINE void lstm_nograd_chunk(const PointwiseRow& a, int64_t e, _
   for (int g = 0; g < 4; ++g)
     pre[g] = load(a.wx + g * a.wx_gate_stride + e) + load(a.rh + g * a.DH + e) +
              load(a.bias + g * a.DH + e);
-  F16 c = load(a.carry + a.state_stride + e);
-  const F16 h = lstm_update16(pre, c);
-  store(a.carry + a.state_stride + e, c);
+  __m512 c = load(a.carry + a.state_stride + e).v;
+  const __m512 raw[4] = {pre[0].v, pre[1].v, pre[2].v, pre[3].v};
+  const F16 h(lstm_update16(raw, c));
+  store(a.carry + a.state_stride + e, F16(c));
   store(a.carry + e, h);
   store(a.h_out + e, h);
 }
@@ -394,24 +312,6 @@ inline void fused_update(const LstmFusedBlock& a, int64_t m, const __m512* acc, 
   cells::LstmCell::forward(wx, rh, prev, next, saved);
   R::store(a.c + m * a.c_row, a.c_row, mask, next[1]);
   R::store(a.h + m * a.h_row, a.h_row, mask, next[0]);
-}
-
-// The cell update of row m of a fused tile from its accumulated gates acc[0..3] (i, f, g, o).
-FLASHSEQ_FORCE_INLINE void fused_update_fast(const LstmFusedBlock& a, int64_t m, const __m512* acc,
-                                             __mmask16 mask) {
-  const float* wx_m = a.wx + m * a.wx_row;
-  F16 pre[4];
-  for (int g = 0; g < 4; ++g) {
-    const __m512 bias = _mm512_maskz_loadu_ps(mask, a.bias + g * a.bias_gate);
-    pre[g] = F16(_mm512_add_ps(_mm512_add_ps(acc[g], bias),
-                               _mm512_maskz_loadu_ps(mask, wx_m + g * a.wx_gate)));
-    if (a.wx_next != 0)  // this row's input of the next step, into L2 only
-      _mm_prefetch(reinterpret_cast<const char*>(wx_m + g * a.wx_gate + a.wx_next), _MM_HINT_T1);
-  }
-  F16 c(_mm512_maskz_loadu_ps(mask, a.c + m * a.c_row));
-  const F16 h = lstm_update16(pre, c);
-  _mm512_mask_storeu_ps(a.c + m * a.c_row, mask, c.v);
-  _mm512_mask_storeu_ps(a.h + m * a.h_row, mask, h.v);
 }
 
 // kRows rows x 64 columns (the 4 gates of 16 units) in 4 kRows accumulators; 6 rows use 24 of

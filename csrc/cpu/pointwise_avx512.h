@@ -74,10 +74,16 @@ struct LstmFusedBlock {
   int64_t c_row;
   float* h;                 // the step's output h of row m at h + m * h_row
   int64_t h_row;
+  // lstm_fused_block_x_avx512 only: the step's input x of row m at X + m * ldx, KX values, whose
+  // panel rows come first (panel [KX + K, 64]); wx may then be null (x is projected here)
+  const float* X = nullptr;
+  int64_t ldx = 0;
+  int64_t KX = 0;
 };
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
 void lstm_fused_block_avx512(const LstmFusedBlock& block);
+void lstm_fused_block_x_avx512(const LstmFusedBlock& block);
 void lstm_forward_row_avx512(const PointwiseRow& row);
 void gru_forward_row_avx512(const PointwiseRow& row);
 void lstm_backward_row_avx512(const BackwardRow& row);

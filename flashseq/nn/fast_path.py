@@ -92,6 +92,14 @@ def run(module, input, hx, reset=None, generator=None, return_all_states=False):
             k = layer * D + direction
             w_ih, w_hh, *biases = params[k * per:(k + 1) * per]
             b_ih, b_hh = biases if biases else (None, None)
+            needs_grad = grad_mode and any(t is not None and t.requires_grad
+                                           for t in (x, w_ih, w_hh, *biases, states))
+            if not needs_grad and _projected_lstm(ext, cell, x, B, H):
+                h, last = _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh,
+                                           states[:, k] if states is not None else None)
+                outs.append(h.flip(1) if direction else h)
+                lasts.append(last)
+                continue
             layer_in = x.flip(1) if direction else x
             wx = _projection(layer_in, w_ih, b_ih)                   # [B, T, G*H]
             wx = wx.view(B, T, G, 1, H)
@@ -118,6 +126,28 @@ def run(module, input, hx, reset=None, generator=None, return_all_states=False):
         out = out.squeeze(batch_dim)
         finals = [s.squeeze(1) for s in finals]
     return out.contiguous(), module._join_hx(list(finals))
+
+
+def _projected_lstm(ext, cell, x, B, H) -> bool:
+    """Whether this no_grad layer runs ``lstm_projected_forward`` (the input projection folded
+    into the recurrence; the extension decides by sizes where that measured faster)."""
+    return (cell == "lstm" and x.dtype == torch.float32
+            and ext.lstm_projected_pays(B, x.shape[-1], H))
+
+
+def _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh, init):
+    """One direction of one LSTM layer through ``lstm_projected_forward``: x [B, T, F] (a view,
+    possibly of a time-major buffer), init [2, B, H] or None -> (h [B, T, H] in x's step order,
+    last [2, B, 1, H] as fused_rnn_forward returns it)."""
+    xt = x.transpose(0, 1)  # [T, B, F]
+    xt = xt.flip(0) if direction else xt.contiguous()
+    bias = b_ih + b_hh if b_ih is not None else None
+    if init is None:
+        h0 = c0 = xt.new_zeros(xt.shape[1], w_hh.shape[1])
+    else:
+        h0, c0 = init[0], init[1]
+    h, h_last, c_last = ext.lstm_projected_forward(xt, w_ih, w_hh, bias, h0, c0)
+    return h.transpose(0, 1), torch.stack((h_last, c_last)).unsqueeze(2)
 
 
 def _projection(x, weight, bias):

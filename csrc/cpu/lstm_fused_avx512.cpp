@@ -1,0 +1,110 @@
+// The fused no_grad LSTM step with the input projection folded in (lstm_fused_block_x_avx512):
+// per block of 16 units, the gates of each row tile are x_t @ W_ih^T + h_prev @ W_hh^T summed in
+// the same registers over one [I + H, 64] gate-interleaved panel, then the cell update runs from
+// those registers. No [T, B, 4H] projection is written and read back (lstm_projected_forward.cpp
+// says where and why this pays).
+#include <cstdint>
+
+#include "pointwise_avx512.h"
+
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+
+#include "lstm_update_avx512.h"
+
+namespace flashseq {
+namespace cpu {
+namespace {
+
+inline __mmask16 lanes_below16(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
+  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
+                 : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
+}
+
+// acc[q][r][0..3] += A[r][0..K) @ panel[0..K), consecutive k spread over kSets accumulator sets
+// (few rows give few independent FMA chains otherwise).
+template <int kRows, int kSets>
+FLASHSEQ_FORCE_INLINE void accumulate(__m512 (&acc)[kSets][kRows][4], const float* A, int64_t lda,
+                                      const float* panel, int64_t K) {
+  constexpr int64_t P = kLstmGatePanelCols;
+  int64_t k = 0;
+  for (; k + kSets <= K; k += kSets) {
+    for (int q = 0; q < kSets; ++q) {
+      const float* row = panel + (k + q) * P;
+      __m512 b[4];
+      for (int v = 0; v < 4; ++v) b[v] = _mm512_loadu_ps(row + v * 16);
+      for (int r = 0; r < kRows; ++r) {
+        const __m512 x = _mm512_set1_ps(A[r * lda + k + q]);
+        for (int v = 0; v < 4; ++v) acc[q][r][v] = _mm512_fmadd_ps(x, b[v], acc[q][r][v]);
+      }
+    }
+  }
+  for (; k < K; ++k) {
+    const float* row = panel + k * P;
+    __m512 b[4];
+    for (int v = 0; v < 4; ++v) b[v] = _mm512_loadu_ps(row + v * 16);
+    for (int r = 0; r < kRows; ++r) {
+      const __m512 x = _mm512_set1_ps(A[r * lda + k]);
+      for (int v = 0; v < 4; ++v) acc[0][r][v] = _mm512_fmadd_ps(x, b[v], acc[0][r][v]);
+    }
+  }
+}
+
+// Rows m0 .. m0 + kRows - 1 of the block: x part, h part, cell update.
+template <int kRows>
+inline void x_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
+  constexpr int kSets = kRows == 1 ? 3 : (kRows == 2 ? 2 : 1);
+  __m512 acc[kSets][kRows][4];
+  for (int q = 0; q < kSets; ++q)
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < 4; ++v) acc[q][r][v] = _mm512_setzero_ps();
+  accumulate<kRows, kSets>(acc, a.X + m0 * a.ldx, a.ldx, a.panel, a.KX);
+  accumulate<kRows, kSets>(acc, a.A + m0 * a.lda, a.lda, a.panel + a.KX * kLstmGatePanelCols, a.K);
+  for (int q = 1; q < kSets; ++q)
+    for (int r = 0; r < kRows; ++r)
+      for (int v = 0; v < 4; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[q][r][v]);
+  for (int r = 0; r < kRows; ++r) {
+    const int64_t m = m0 + r;
+    __m512 pre[4];
+    for (int g = 0; g < 4; ++g) {
+      pre[g] = _mm512_add_ps(acc[0][r][g], _mm512_maskz_loadu_ps(mask, a.bias + g * a.bias_gate));
+      if (a.wx != nullptr)
+        pre[g] = _mm512_add_ps(pre[g], _mm512_maskz_loadu_ps(mask, a.wx + m * a.wx_row + g * a.wx_gate));
+    }
+    __m512 c = _mm512_maskz_loadu_ps(mask, a.c + m * a.c_row);
+    const __m512 h = lstm_update16(pre, c);
+    _mm512_mask_storeu_ps(a.c + m * a.c_row, mask, c);
+    _mm512_mask_storeu_ps(a.h + m * a.h_row, mask, h);
+  }
+}
+
+}  // namespace
+
+void lstm_fused_block_x_avx512(const LstmFusedBlock& a) {
+  const __mmask16 mask = lanes_below16(a.units);
+  // Rows spread evenly over the fewest tiles of at most 6, as lstm_fused_block_avx512.
+  const int64_t tiles = (a.M + 5) / 6;
+  int64_t m = 0;
+  for (int64_t j = 0; j < tiles; ++j) {
+    const int64_t rows = a.M / tiles + (j < a.M % tiles ? 1 : 0);
+    switch (rows) {
+      case 6: x_tile<6>(a, m, mask); break;
+      case 5: x_tile<5>(a, m, mask); break;
+      case 4: x_tile<4>(a, m, mask); break;
+      case 3: x_tile<3>(a, m, mask); break;
+      case 2: x_tile<2>(a, m, mask); break;
+      default: x_tile<1>(a, m, mask); break;
+    }
+    m += rows;
+  }
+}
+
+}  // namespace cpu
+}  // namespace flashseq
+
+#pragma GCC pop_options
+
+#endif  // FLASHSEQ_HAVE_AVX512_TILE

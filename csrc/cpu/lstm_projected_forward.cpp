@@ -37,14 +37,16 @@ int64_t lstm_projected_calls(bool reset) {
 
 // Where the folded projection measured faster than oneDNN's projection followed by the
 // recurrence (module no_grad forward, paired, 1 thread, CPU time, Zen 5; ratio new/old):
-// weights of 0.5-8 MB at B >= 8: 0.86-0.94 (H=200 B=20 2 layers 0.86; H=256 B=32 0.90; H=128
-// B=16 T=512 0.92; I=1024 H=256 B=16 0.89; H=512 B=16 0.935, B=8 0.986). Larger weights stream
-// from L3 or memory every step: H=768 (19 MB) B=16 1.02, H=1024 (34 MB) B=32 1.09, B=8 1.63. Few
-// rows read the weights for little work: B=4 0.93 at 0.5 MB, 0.98 at 2 MB; B=1 (H=256) 1.7.
+// weights of 0.5-8 MB at B >= 6: 0.86-0.99 (H=200 B=20 2 layers 0.86; H=256 B=32 0.90, B=256
+// 0.985; H=128 B=16 T=512 0.92; I=1024 H=256 B=16 0.89; H=512 B=16 0.935, B=8 0.986, B=6 0.89,
+// B=64 0.999). Larger weights stream from L3 or memory every step: H=640 (13 MB) B=32 0.99,
+// H=768 (19 MB) B=16 1.02, H=1024 (34 MB) B=32 1.09, B=8 1.63, B=6 1.53. Few rows read all the
+// weights for little work: B=4 0.93 at 0.5 MB, 0.98 at 2 MB, 1.00 at 8 MB; B=3 1.00 and B=2
+// 1.04 at 0.1-0.5 MB; B=1 (H=256) 1.7.
 bool lstm_projected_pays(int64_t B, int64_t I, int64_t H) {
   const int64_t weight_bytes = (I + H) * 4 * H * static_cast<int64_t>(sizeof(float));
   return projected_lstm_allowed() && use_avx512_tile() &&
-         ((B >= 8 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= (2 << 20)));
+         ((B >= 6 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= (2 << 20)));
 }
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)

@@ -99,8 +99,9 @@ def test_op_rejects_mismatched_weights():
 def test_pays_only_where_measured():
     ext = _ext()
     assert ext.lstm_projected_pays(32, 64, 256) and ext.lstm_projected_pays(16, 512, 512)
-    assert ext.lstm_projected_pays(4, 128, 128)
+    assert ext.lstm_projected_pays(4, 128, 128) and ext.lstm_projected_pays(6, 512, 512)
     assert not ext.lstm_projected_pays(1, 256, 256)       # one row: the projection GEMM wins
+    assert not ext.lstm_projected_pays(4, 512, 512)       # few rows for 8 MB of weights a step
     assert not ext.lstm_projected_pays(8, 1024, 1024)     # 32 MB of weights per step
     old = ext._set_projected_lstm(False)
     try:

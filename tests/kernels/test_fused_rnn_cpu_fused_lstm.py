@@ -106,9 +106,18 @@ def test_module_no_grad_forward_matches_torch(batch_first):
     ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
     x = torch.randn((5, 9, 24) if batch_first else (9, 5, 24), dtype=torch.float64)
     h0, c0 = torch.randn(2, 5, 40, dtype=torch.float64), torch.randn(2, 5, 40, dtype=torch.float64)
-    with torch.no_grad():
-        y, (h, c) = ours(x.float(), (h0.float(), c0.float()))
-        y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
+    ext = cpu_backend._jit.extension()
+    # B=5 would take the projection folded into the step (test_lstm_projected_cpu.py); this
+    # checks the fused loop under the module
+    old = ext._set_projected_lstm(False)
+    try:
+        ext._lstm_nograd_path_counts(reset=True)
+        with torch.no_grad():
+            y, (h, c) = ours(x.float(), (h0.float(), c0.float()))
+            y_ref, (h_ref, c_ref) = ref(x, (h0, c0))
+    finally:
+        ext._set_projected_lstm(old)
+    assert ext._lstm_nograd_path_counts(reset=True)[0] == 2  # both layers ran the fused tile
     tol = TOLERANCE[torch.float32]
     assert_close("y", y.double(), y_ref, tol)
     assert_close("h_n", h.double(), h_ref, tol)

@@ -71,8 +71,10 @@ inline void x_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
     __m512 pre[4];
     for (int g = 0; g < 4; ++g) {
       pre[g] = _mm512_add_ps(acc[0][r][g], _mm512_maskz_loadu_ps(mask, a.bias + g * a.bias_gate));
-      if (a.wx != nullptr)
-        pre[g] = _mm512_add_ps(pre[g], _mm512_maskz_loadu_ps(mask, a.wx + m * a.wx_row + g * a.wx_gate));
+      if (a.wx != nullptr) {
+        pre[g] = _mm512_add_ps(
+            pre[g], _mm512_maskz_loadu_ps(mask, a.wx + m * a.wx_row + g * a.wx_gate));
+      }
     }
     __m512 c = _mm512_maskz_loadu_ps(mask, a.c + m * a.c_row);
     const __m512 h = lstm_update16(pre, c);

@@ -101,12 +101,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_projected_forward(
   check(h0_in, {B, H}, "h0");
   check(c0_in, {B, H}, "c0");
   if (bias_in.has_value()) check(*bias_in, {4 * H}, "bias");
-  TORCH_CHECK(T > 0 && B > 0 && I > 0 && H > 0, "lstm_projected_forward: empty input ", x_in.sizes());
+  TORCH_CHECK(T > 0 && B > 0 && I > 0 && H > 0, "lstm_projected_forward: empty input ",
+              x_in.sizes());
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
   TORCH_CHECK(use_avx512_tile(), "lstm_projected_forward: needs the AVX-512 tile");
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor h0 = h0_in.contiguous();
-  const at::Tensor bias = bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * H}, x.options());
+  const at::Tensor bias =
+      bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * H}, x.options());
   at::Tensor c = c0_in.clone(at::MemoryFormat::Contiguous);  // updated in place
   at::Tensor h = empty_big({T, B, H}, x.options());
   const at::Tensor panels = pack_projected_panels(w_ih, w_hh);

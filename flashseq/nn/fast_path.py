@@ -11,9 +11,11 @@ transform or forward-mode AD, no tracing, compiling or autocast), float32 or flo
 ``num_heads == 1``, no projection, a cell fused_rnn has (LSTM, GRU, tanh RNN), the "auto" or
 "cpu" back end with the extension loaded, nothing beyond torch.nn (no reset, regularisers,
 all_states), B and T >= 1 and outputs small enough that the memory check cannot refuse them.
-It computes exactly what the general path does (same kernels, same argument order, same tuned
-knobs): without a gradient it calls the compiled loop and the projection directly; with one,
-the same autograd Functions (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py),
+It computes what the general path does (same kernels, same argument order, same tuned knobs):
+without a gradient it calls the compiled loop and the projection directly (the float32 LSTM, at
+the sizes where ``lstm_projected_pays`` measured it faster, runs both in one compiled loop,
+lstm_projected_forward: the same arithmetic, float32 sums in another order); with one, the same
+autograd Functions (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py),
 so backward, double backward and DDP are unchanged. Anything else returns None and the caller
 takes the general path.
 
@@ -137,8 +139,9 @@ def _projected_lstm(ext, cell, x, B, H) -> bool:
 
 def _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh, init):
     """One direction of one LSTM layer through ``lstm_projected_forward``: x [B, T, F] (a view,
-    possibly of a time-major buffer), init [2, B, H] or None -> (h [B, T, H] in x's step order,
-    last [2, B, 1, H] as fused_rnn_forward returns it)."""
+    possibly of a time-major buffer), init [2, B, H] or None -> (h [B, T, H] in the order the
+    layer ran (reversed for direction 1, as the old path's h), last [2, B, 1, H] as
+    fused_rnn_forward returns it)."""
     xt = x.transpose(0, 1)  # [T, B, F]
     xt = xt.flip(0) if direction else xt.contiguous()
     bias = b_ih + b_hh if b_ih is not None else None

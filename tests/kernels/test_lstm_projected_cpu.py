@@ -11,8 +11,8 @@ import flashseq
 from flashseq.kernels.fused_rnn import cpu as cpu_backend
 from tests.helpers import TOLERANCE, assert_close, cpu_has_avx512_tile
 
-pytestmark = pytest.mark.skipif(not cpu_has_avx512_tile(),
-                                reason="the projected LSTM step needs the AVX-512 tile (CPU or build)")
+pytestmark = pytest.mark.skipif(
+    not cpu_has_avx512_tile(), reason="the projected LSTM step needs the AVX-512 tile (CPU, build)")
 
 TOL = TOLERANCE[torch.float32]
 

@@ -107,6 +107,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "forward's forced-inline cell update (false: the shared cell header); returns the "
         "previous setting",
         py::arg("allowed"));
+  m.def("_set_lstm_fast_train",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::lstm_fast_train_allowed();
+          flashseq::cpu::lstm_fast_train_allowed() = allowed;
+          return old;
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid the forced-inline cell "
+        "update of the float32 LSTM forward that saves its gates and of its backward's pointwise "
+        "pass (false: the shared cell header); returns the previous setting",
+        py::arg("allowed"));
   m.def("_lstm_nograd_path_counts", &flashseq::cpu::lstm_nograd_path_counts,
         "for tests: (fused-tile calls, fast-update calls) of the no_grad float32 LSTM forward "
         "so far; reset=True zeroes them",

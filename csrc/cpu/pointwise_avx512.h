@@ -52,6 +52,11 @@ bool& fused_lstm_allowed();
 // forward (fused tile and separate pointwise pass) updates its cells through the forced-inline
 // lstm_update16 of pointwise_avx512.cpp; false keeps the shared cell header there.
 bool& lstm_fast_update_allowed();
+// Switch for tests and benchmarks (default true; fused_rnn_forward.cpp): the float32 LSTM forward
+// that saves its gates for the backward, and the backward's pointwise pass, run the forced-inline
+// lstm_train_chunk / lstm_backward_chunk of pointwise_avx512.cpp; false keeps the shared cell
+// header in both.
+bool& lstm_fast_train_allowed();
 // For tests: no_grad float32 LSTM forward calls so far that ran the fused tile ([0]) and that
 // updated their cells through lstm_update16 ([1], either loop); reset(true) zeroes them.
 std::array<int64_t, 2> lstm_nograd_path_counts(bool reset);

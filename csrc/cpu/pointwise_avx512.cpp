@@ -26,6 +26,7 @@
 
 #include "cells/gru.h"
 #include "cells/lstm.h"
+#include "lstm_math_avx512.h"
 
 namespace flashseq {
 namespace cpu {
@@ -92,66 +93,12 @@ FLASHSEQ_FORCE_INLINE F16 tanh16(F16 x) {
   return F16(_mm512_mask_blend_ps(small, from_exp.v, series.v));
 }
 
-// The exp polynomial of the no_grad LSTM update: e^r ~ 1 + r + r^2 P(r) on |r| <= ln2 / 2 with P of
-// degree 4, not exp16's 5 (Cephes'): fitted for relative error (near-minimax, reweighted least
-// squares in float64), 3.8e-9 at most with these float32 coefficients, against float32's 6e-8
-// spacing, so the sixth coefficient only cost an FMA per exp (five per 16 units). Paired against
-// degree 5, same module case as lstm_update16: 0.994-0.996 of its time (three runs).
-//
-// e^(-x) for x clamped to [lo, hi], without negating x: n = round(-x log2 e), s = x + n ln2 (two
-// parts) so the reduced argument is r = -s, and P is evaluated at -s (fnmadd in place of
-// fmadd): e^r = 1 - s + s^2 P(-s).
-template <int kLo, int kHi>
-FLASHSEQ_FORCE_INLINE __m512 exp_neg16(__m512 x) {
-  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(static_cast<float>(kLo)),
-                                  _mm512_min_ps(_mm512_set1_ps(static_cast<float>(kHi)), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(-1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 s = _mm512_fmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-  s = _mm512_fmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), s);
-  __m512 p = _mm512_set1_ps(1.3814602280e-3f);
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(8.3687175065e-3f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(4.1668388993e-2f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(1.6666521132e-1f));
-  p = _mm512_fnmadd_ps(p, s, _mm512_set1_ps(4.9999994040e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(s, s), _mm512_sub_ps(_mm512_set1_ps(1.0f), s));
-  return _mm512_scalef_ps(p, n);
-}
-
-// e^(2x) - 1 for x clamped to [-9, 9] (tanh(x) is +-1 in float32 beyond), for tanh(x) = t / (t + 2).
-// Why: 1 - 2 / (1 + e^(2x)) cancels for small |x|, so tanh16 computes a series there as well and
-// blends; expm1 keeps its relative accuracy down to 0 (exp16's reduction: e^a - 1 = 2^n (1 + q) - 1
-// with q = e^r - 1 from the polynomial above without its leading 1, and 2^n q + (2^n - 1) is exact
-// at n = 0), so one exp-sized chain serves every x.
-FLASHSEQ_FORCE_INLINE __m512 expm1_2x16(__m512 x) {
-  const __m512 xc = _mm512_max_ps(_mm512_set1_ps(-9.0f), _mm512_min_ps(_mm512_set1_ps(9.0f), x));
-  const __m512 a = _mm512_add_ps(xc, xc);
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), a);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.3814602280e-3f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3687175065e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1668388993e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666521132e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.9999994040e-1f));
-  const __m512 q = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);  // e^r - 1
-  const __m512 s = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);    // 2^n
-  return _mm512_fmadd_ps(s, q, _mm512_sub_ps(s, _mm512_set1_ps(1.0f)));
-}
-
-// num / den: vrcp14ps and one Newton step, as operator/.
-FLASHSEQ_FORCE_INLINE __m512 div16(__m512 num, __m512 den) {
-  const __m512 x0 = _mm512_rcp14_ps(den);
-  return _mm512_mul_ps(num, _mm512_mul_ps(x0, _mm512_fnmadd_ps(den, x0, _mm512_set1_ps(2.0f))));
-}
-
 // The no_grad LSTM update of 16 units, written out and forced inline. Why: through the shared
 // cell header (LstmCell::forward) GCC kept the cell an out-of-line call taking its gates and
 // states through memory, and the chunk around it loaded every operand under a mask: perf and
 // objdump counted ~235 instructions per 16 units, ~130 cycles, against ~140 for the arithmetic
 // itself; that pass was a fifth of an LSTM step at H=256 B=32 next to the 8x48 GEMM tile. The
-// training forward has its own copy (lstm_train_chunk: it saves each activation).
+// training forward has its own copy (lstm_train_avx512.cpp: it saves each activation).
 //
 // Fewer operations than the header's formulas, same float32 accuracy (~2e-7 relative against
 // float64 over a 2-layer H=256 T=200 run, as before): each tanh from one expm1 without the
@@ -308,64 +255,6 @@ void lstm_nograd_row(const PointwiseRow& a) {
   if (e < DH) lstm_nograd_chunk<false>(a, e, lanes_below(DH - e));
 }
 
-// Units e .. e + 15 of an LSTM row whose gates are saved for the backward (fewer under the mask m
-// when not kFull): lstm_update16's exp and expm1 chains, forced inline, but each activation on its
-// own (the backward reads i, f, g, o), so five divisions instead of two. Why: through the shared
-// header the training forward kept the cell an out-of-line call taking its operands through memory
-// (perf, module LSTM I=H=200 B=20 T=35: LstmCell::forward<F16x2> a third of the pass's samples),
-// and the pass stalled worst when the caches came cold from other work, as in training. Paired,
-// 1 thread, CPU time, AMD EPYC Zen 5, raw forward with saving at H=200 B=20 T=35: 0.92 of the
-// header's time, 0.74 with 32 MB streamed through the caches between calls; with
-// lstm_backward_chunk, module LSTM fwd+bwd (malloc pinned) 0.93 at I=H=200 B=20 T=35 2 layers,
-// 0.88 at I=H=128 B=16 T=512, 0.93 at I=64 H=256 B=32 T=200 2 layers, 0.98 at H=256 B=1 T=256.
-// Accuracy as the header's (~1e-7 relative per activation against float64).
-template <bool kFull>
-FLASHSEQ_FORCE_INLINE void lstm_train_chunk(const PointwiseRow& a, int64_t e, __mmask16 m) {
-  const auto load = [m](const float* p) {
-    return kFull ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
-  };
-  const auto store = [m](float* p, __m512 v) {
-    if (kFull) {
-      _mm512_storeu_ps(p, v);
-    } else {
-      _mm512_mask_storeu_ps(p, m, v);
-    }
-  };
-  __m512 pre[4];
-  for (int g = 0; g < 4; ++g)
-    pre[g] = _mm512_add_ps(_mm512_add_ps(load(a.wx + g * a.wx_gate_stride + e), load(a.rh + g * a.DH + e)),
-                           load(a.bias + g * a.DH + e));
-  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-  const __m512 i = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[0])));
-  const __m512 f = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[1])));
-  const __m512 tg = expm1_2x16(pre[2]);
-  const __m512 g = div16(tg, _mm512_add_ps(tg, two));
-  const __m512 o = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[3])));
-  const __m512 c = _mm512_fmadd_ps(f, load(a.carry + a.state_stride + e), _mm512_mul_ps(i, g));
-  const __m512 tc = expm1_2x16(c);
-  const __m512 h = _mm512_mul_ps(o, div16(tc, _mm512_add_ps(tc, two)));
-  store(a.carry + a.state_stride + e, c);
-  store(a.carry + e, h);
-  store(a.h_out + e, h);
-  store(a.gates + e, i);
-  store(a.gates + a.DH + e, f);
-  store(a.gates + 2 * a.DH + e, g);
-  store(a.gates + 3 * a.DH + e, o);
-  store(a.saved_states + e, c);
-}
-
-// A training LSTM row (gates and c saved): two 16-unit chunks at a time, as lstm_nograd_row.
-void lstm_train_row(const PointwiseRow& a) {
-  const int64_t DH = a.DH;
-  int64_t e = 0;
-  for (; e + 32 <= DH; e += 32) {
-    lstm_train_chunk<true>(a, e, 0xFFFF);
-    lstm_train_chunk<true>(a, e + 16, 0xFFFF);
-  }
-  for (; e + 16 <= DH; e += 16) lstm_train_chunk<true>(a, e, 0xFFFF);
-  if (e < DH) lstm_train_chunk<false>(a, e, lanes_below(DH - e));
-}
-
 template <typename Cell>
 void forward_row(const PointwiseRow& a) {
   const int64_t DH = a.DH;
@@ -393,56 +282,6 @@ inline void backward_chunk(const BackwardRow& a, int64_t e, const C& c) {
     if (a.drh != nullptr) c.store(a.drh + g * DH + e, drh[g]);
   }
   for (int s = 0; s < S; ++s) c.store(a.dcarry + s * a.state_stride + e, dprev[s]);
-}
-
-// Units e .. e + 15 of an LSTM backward row (fewer under the mask m when not kFull): the header's
-// formulas (cells/lstm.h), forced inline, tanh(c) from one expm1 (as lstm_train_chunk). Paired
-// against the header, raw backward H=200 B=20 T=35: 0.975 of its time, 0.89 with cold caches.
-template <bool kFull>
-FLASHSEQ_FORCE_INLINE void lstm_backward_chunk(const BackwardRow& a, int64_t e, __mmask16 m) {
-  const auto load = [m](const float* p) {
-    return kFull ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(m, p);
-  };
-  const auto store = [m](float* p, __m512 v) {
-    if (kFull) {
-      _mm512_storeu_ps(p, v);
-    } else {
-      _mm512_mask_storeu_ps(p, m, v);
-    }
-  };
-  const int64_t DH = a.DH;
-  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
-  const __m512 i = load(a.saved + e), f = load(a.saved + DH + e), g = load(a.saved + 2 * DH + e),
-               o = load(a.saved + 3 * DH + e);
-  const __m512 c_prev = load(a.prev[1] + e);
-  const __m512 tc_m1 = expm1_2x16(_mm512_fmadd_ps(f, c_prev, _mm512_mul_ps(i, g)));
-  const __m512 tc = div16(tc_m1, _mm512_add_ps(tc_m1, two));
-  __m512 dh = load(a.dcarry + e);
-  if (a.dh != nullptr) dh = _mm512_add_ps(dh, load(a.dh + e));
-  const __m512 dho = _mm512_mul_ps(dh, o);
-  const __m512 dc = _mm512_fmadd_ps(dho, _mm512_fnmadd_ps(tc, tc, one), load(a.dcarry + a.state_stride + e));
-  __m512 d[4];
-  d[0] = _mm512_mul_ps(_mm512_mul_ps(dc, g), _mm512_fnmadd_ps(i, i, i));          // i (1 - i)
-  d[1] = _mm512_mul_ps(_mm512_mul_ps(dc, c_prev), _mm512_fnmadd_ps(f, f, f));
-  d[2] = _mm512_mul_ps(_mm512_mul_ps(dc, i), _mm512_fnmadd_ps(g, g, one));
-  d[3] = _mm512_mul_ps(_mm512_mul_ps(dh, tc), _mm512_fnmadd_ps(o, o, o));
-  for (int k = 0; k < 4; ++k) {
-    store(a.dwx + k * a.dwx_gate_stride + e, d[k]);
-    if (a.drh != nullptr) store(a.drh + k * DH + e, d[k]);
-  }
-  store(a.dcarry + e, _mm512_setzero_ps());
-  store(a.dcarry + a.state_stride + e, _mm512_mul_ps(dc, f));
-}
-
-void lstm_backward_fast_row(const BackwardRow& a) {
-  const int64_t DH = a.DH;
-  int64_t e = 0;
-  for (; e + 32 <= DH; e += 32) {
-    lstm_backward_chunk<true>(a, e, 0xFFFF);
-    lstm_backward_chunk<true>(a, e + 16, 0xFFFF);
-  }
-  for (; e + 16 <= DH; e += 16) lstm_backward_chunk<true>(a, e, 0xFFFF);
-  if (e < DH) lstm_backward_chunk<false>(a, e, lanes_below(DH - e));
 }
 
 template <typename Cell>
@@ -572,7 +411,7 @@ inline void fused_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
 
 void lstm_backward_row_avx512(const BackwardRow& row) {
   if (lstm_fast_train_allowed()) {
-    lstm_backward_fast_row(row);
+    lstm_backward_row_fast_avx512(row);
   } else {
     backward_row<cells::LstmCell>(row);
   }
@@ -583,7 +422,7 @@ void lstm_forward_row_avx512(const PointwiseRow& row) {
   if (row.gates == nullptr && lstm_fast_update_allowed()) {
     lstm_nograd_row(row);
   } else if (row.gates != nullptr && lstm_fast_train_allowed()) {
-    lstm_train_row(row);
+    lstm_train_row_avx512(row);
   } else {
     forward_row<cells::LstmCell>(row);
   }

@@ -1,5 +1,5 @@
 """The float32 LSTM training path of the compiled CPU loop: the forward that saves its gates and the
-backward's pointwise pass through the forced-inline AVX-512 cell math (csrc/cpu/pointwise_avx512.cpp,
+backward's pointwise pass through the forced-inline AVX-512 cell math (csrc/cpu/lstm_train_avx512.cpp,
 lstm_train_chunk / lstm_backward_chunk), against the float64 reference, forward and every gradient,
 over unit counts that fill whole 16-unit chunks, pairs, lone chunks and masked tails, one and
 several rows and heads, lengths and initial states; and against the shared cell header the switch

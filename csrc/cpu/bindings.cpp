@@ -149,6 +149,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_weight_grad", &flashseq::cpu::linear_weight_grad,
         "float32 x [M, K], dy [M, N] -> (dy^T @ x [N, K], dy.sum(0) [N]) without transposing dy",
         py::arg("x"), py::arg("dy"));
+  m.def("_grad_gemm_max_rows", &flashseq::cpu::grad_gemm_max_rows,
+        "the most input features (and recurrent DH) served by the blocked weight-gradient kernel");
   m.def("_linear_weight_grad_fast", &flashseq::cpu::linear_weight_grad_fast,
         "whether linear_weight_grad runs its AVX-512 kernel on this CPU now");
   m.def("fused_rnn_extras_forward", &flashseq::cpu::fused_rnn_extras_forward,

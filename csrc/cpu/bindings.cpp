@@ -128,6 +128,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "forward's forced-inline cell update (false: the shared cell header); returns the "
         "previous setting",
         py::arg("allowed"));
+  m.def("_set_lstm_fast_train",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::lstm_fast_train_allowed();
+          flashseq::cpu::lstm_fast_train_allowed() = allowed;
+          return old;
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid the forced-inline cell "
+        "update of the float32 LSTM forward that saves its gates and of its backward's pointwise "
+        "pass (false: the shared cell header); returns the previous setting",
+        py::arg("allowed"));
   m.def("_lstm_nograd_path_counts", &flashseq::cpu::lstm_nograd_path_counts,
         "for tests: (fused-tile calls, fast-update calls) of the no_grad float32 LSTM forward "
         "so far; reset=True zeroes them",
@@ -160,6 +170,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear_weight_grad", &flashseq::cpu::linear_weight_grad,
         "float32 x [M, K], dy [M, N] -> (dy^T @ x [N, K], dy.sum(0) [N]) without transposing dy",
         py::arg("x"), py::arg("dy"));
+  m.def("_grad_gemm_max_rows", &flashseq::cpu::grad_gemm_max_rows,
+        "the most input features (and recurrent DH) served by the blocked weight-gradient kernel");
   m.def("_linear_weight_grad_fast", &flashseq::cpu::linear_weight_grad_fast,
         "whether linear_weight_grad runs its AVX-512 kernel on this CPU now");
   m.def("fused_rnn_extras_forward", &flashseq::cpu::fused_rnn_extras_forward,

@@ -60,6 +60,11 @@ bool& lstm_fast_update_allowed() {
   return allowed;
 }
 
+bool& lstm_fast_train_allowed() {
+  static bool allowed = true;
+  return allowed;
+}
+
 namespace {
 std::array<std::atomic<int64_t>, 2> lstm_nograd_paths{};
 }  // namespace

@@ -362,12 +362,20 @@ inline void fused_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
 
 }  // namespace
 
-void lstm_backward_row_avx512(const BackwardRow& row) { backward_row<cells::LstmCell>(row); }
+void lstm_backward_row_avx512(const BackwardRow& row) {
+  if (lstm_fast_train_allowed()) {
+    lstm_backward_row_fast_avx512(row);
+  } else {
+    backward_row<cells::LstmCell>(row);
+  }
+}
 void gru_backward_row_avx512(const BackwardRow& row) { backward_row<cells::GruCell>(row); }
 
 void lstm_forward_row_avx512(const PointwiseRow& row) {
   if (row.gates == nullptr && lstm_fast_update_allowed()) {
     lstm_nograd_row(row);
+  } else if (row.gates != nullptr && lstm_fast_train_allowed()) {
+    lstm_train_row_avx512(row);
   } else {
     forward_row<cells::LstmCell>(row);
   }

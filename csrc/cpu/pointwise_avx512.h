@@ -52,6 +52,11 @@ bool& fused_lstm_allowed();
 // forward (fused tile and separate pointwise pass) updates its cells through the forced-inline
 // lstm_update16 of pointwise_avx512.cpp; false keeps the shared cell header there.
 bool& lstm_fast_update_allowed();
+// Switch for tests and benchmarks (default true; fused_rnn_forward.cpp): the float32 LSTM forward
+// that saves its gates for the backward, and the backward's pointwise pass, run the forced-inline
+// lstm_train_chunk / lstm_backward_chunk of lstm_train_avx512.cpp; false keeps the shared cell
+// header in both.
+bool& lstm_fast_train_allowed();
 // For tests: no_grad float32 LSTM forward calls so far that ran the fused tile ([0]) and that
 // updated their cells through lstm_update16 ([1], either loop); reset(true) zeroes them.
 std::array<int64_t, 2> lstm_nograd_path_counts(bool reset);
@@ -87,6 +92,10 @@ void lstm_fused_block_x_avx512(const LstmFusedBlock& block);
 void lstm_forward_row_avx512(const PointwiseRow& row);
 void gru_forward_row_avx512(const PointwiseRow& row);
 void lstm_backward_row_avx512(const BackwardRow& row);
+// The training path's forced-inline LSTM rows (lstm_train_avx512.cpp): the forward that saves
+// gates (row.gates and row.saved_states set) and the backward's pointwise pass.
+void lstm_train_row_avx512(const PointwiseRow& row);
+void lstm_backward_row_fast_avx512(const BackwardRow& row);
 void gru_backward_row_avx512(const BackwardRow& row);
 #endif
 

@@ -121,6 +121,38 @@ inline void tile(int64_t K, const float* A, int64_t lda, const float* panel, flo
 
 }  // namespace
 
+namespace {
+
+// t[c] = column c of the 16 x 16 block whose rows are r[0..15] (r is overwritten): pairs of rows
+// interleaved, then pairs of pairs (as doubles), then the four 128-bit lanes gathered in two
+// rounds of shuffle_f32x4.
+inline void transpose16x16(__m512* r, __m512* t) {
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4 i + q], lane j: column 4 j + q of rows 4 i .. 4 i + 3
+    const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
+    const __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
+    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
+    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
+    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
+    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
+  }
+  for (int q = 0; q < 4; ++q) {
+    const __m512 w0 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
+    const __m512 w1 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xDD);
+    const __m512 w2 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
+    const __m512 w3 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xDD);
+    t[q] = _mm512_shuffle_f32x4(w0, w2, 0x88);       // column q
+    t[4 + q] = _mm512_shuffle_f32x4(w1, w3, 0x88);   // column 4 + q
+    t[8 + q] = _mm512_shuffle_f32x4(w0, w2, 0xDD);   // column 8 + q
+    t[12 + q] = _mm512_shuffle_f32x4(w1, w3, 0xDD);  // column 12 + q
+  }
+}
+
+}  // namespace
+
 void transpose_columns16_avx512(const float* const* col, int64_t ncols, int64_t K, float* dst,
                                 int64_t ldd) {
   for (int64_t k0 = 0; k0 < K; k0 += kWidth) {
@@ -129,31 +161,22 @@ void transpose_columns16_avx512(const float* const* col, int64_t ncols, int64_t 
     __m512 r[16], t[16];
     for (int c = 0; c < 16; ++c)
       r[c] = c < ncols ? _mm512_maskz_loadu_ps(m, col[c] + k0) : _mm512_setzero_ps();
-    // 16 x 16 transpose: pairs of rows interleaved, then pairs of pairs (as doubles), then the
-    // four 128-bit lanes gathered in two rounds of shuffle_f32x4
-    for (int i = 0; i < 8; ++i) {
-      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; ++i) {  // r[4 i + q], lane j: column 4 j + q of rows 4 i .. 4 i + 3
-      const __m512d a0 = _mm512_castps_pd(t[4 * i]), a1 = _mm512_castps_pd(t[4 * i + 1]);
-      const __m512d a2 = _mm512_castps_pd(t[4 * i + 2]), a3 = _mm512_castps_pd(t[4 * i + 3]);
-      r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a0, a2));
-      r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a0, a2));
-      r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(a1, a3));
-      r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(a1, a3));
-    }
-    for (int q = 0; q < 4; ++q) {
-      const __m512 w0 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0x88);
-      const __m512 w1 = _mm512_shuffle_f32x4(r[q], r[4 + q], 0xDD);
-      const __m512 w2 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0x88);
-      const __m512 w3 = _mm512_shuffle_f32x4(r[8 + q], r[12 + q], 0xDD);
-      t[q] = _mm512_shuffle_f32x4(w0, w2, 0x88);       // column q
-      t[4 + q] = _mm512_shuffle_f32x4(w1, w3, 0x88);   // column 4 + q
-      t[8 + q] = _mm512_shuffle_f32x4(w0, w2, 0xDD);   // column 8 + q
-      t[12 + q] = _mm512_shuffle_f32x4(w1, w3, 0xDD);  // column 12 + q
-    }
+    transpose16x16(r, t);
     for (int64_t k = 0; k < kn; ++k) _mm512_storeu_ps(dst + (k0 + k) * ldd, t[k]);
+  }
+}
+
+void transpose_rows16_avx512(const float* src, int64_t n, int64_t cols, int64_t lds, float* dst,
+                             int64_t ldd) {
+  const __mmask16 rows = lanes_below(n);
+  for (int64_t j0 = 0; j0 < cols; j0 += kWidth) {
+    const int64_t jn = cols - j0 < kWidth ? cols - j0 : kWidth;
+    const __mmask16 m = lanes_below(jn);
+    __m512 r[16], t[16];
+    for (int c = 0; c < 16; ++c)
+      r[c] = c < n ? _mm512_maskz_loadu_ps(m, src + c * lds + j0) : _mm512_setzero_ps();
+    transpose16x16(r, t);
+    for (int64_t j = 0; j < jn; ++j) _mm512_mask_storeu_ps(dst + (j0 + j) * ldd, rows, t[j]);
   }
 }
 

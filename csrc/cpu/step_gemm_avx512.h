@@ -33,6 +33,10 @@ void count_transposed_pack();
 int64_t transposed_packs(bool reset);
 void transpose_columns16_avx512(const float* const* col, int64_t ncols, int64_t K, float* dst,
                                 int64_t ldd);
+// dst[j * ldd + c] = src[c * lds + j] for c < n (<= 16) and j < cols: n rows transposed 16 x 16
+// in registers, only the n lanes of each dst row stored (transpose_blocked's AVX-512 path).
+void transpose_rows16_avx512(const float* src, int64_t n, int64_t cols, int64_t lds, float* dst,
+                             int64_t ldd);
 inline bool use_avx512_tile() { return avx512_tile_allowed() && cpu_has_avx512(); }
 #else
 inline bool use_avx512_tile() { return false; }

@@ -3,10 +3,39 @@
 
 #include <ATen/Parallel.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+
+#include "big_alloc.h"
 
 namespace flashseq {
 namespace cpu {
+
+int64_t grad_block_floats() {
+  // Half the L2 as Linux reports it (glibc's sysconf), between 256 KB and 1 MB; 256 KB where it
+  // is unknown. Measured (AMD EPYC Zen 5, 2 MB L2, paired, module fwd+bwd, 1 thread CPU time,
+  // malloc pinned) against the fixed 256 KB of before: LSTM I=H=512 B=16 T=128 0.963
+  // (0.934-0.994; with the H=512 rule of grad_gemm_max_rows), GRU same shape 0.963 (0.950-0.985),
+  // LSTM I=H=200 B=20 T=35 2 layers 0.991 (0.987-0.998), I=64 H=256 B=32 T=200 0.997.
+  static const int64_t floats = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    const int64_t half = l2 > 0 ? static_cast<int64_t>(l2) / 2 : int64_t(256) << 10;
+    return std::min<int64_t>(int64_t(1) << 20, std::max<int64_t>(int64_t(256) << 10, half)) /
+           static_cast<int64_t>(sizeof(float));
+  }();
+  return floats;
+}
+
+int64_t grad_gemm_max_rows() {
+  // R whose k-blocks reach 256 rows: 256 at the old 256 KB block (measured ahead of oneDNN up to
+  // H=256), 512 from a 512 KB block on (an L2 of 1 MB and more). Why not larger R: the whole C is
+  // re-read per k-block, and At's block of few k-rows spilled L2 (H=512 at 256 KB: 1.12 of
+  // oneDNN's time for the projection's weight gradient).
+  return grad_block_floats() >= (int64_t(512) << 10) / static_cast<int64_t>(sizeof(float))
+             ? 512
+             : 256;
+}
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
 namespace {
@@ -36,8 +65,9 @@ void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd
                        float* C, float* colsum) {
   constexpr int64_t P = kAvx512PanelCols;
   const int64_t panels = (N + P - 1) / P;
-  // At's block (R x kc floats) within ~256 KB of L2; 64..512 rows
-  const int64_t kc = std::min<int64_t>(512, std::max<int64_t>(64, 65536 / std::max<int64_t>(1, R)));
+  // At's block (R x kc floats) within half the L2 (grad_block_floats); 64..512 rows
+  const int64_t kc =
+      std::min<int64_t>(512, std::max<int64_t>(64, grad_block_floats() / std::max<int64_t>(1, R)));
   std::fill(C, C + R * N, 0.0f);
   std::fill(colsum, colsum + N, 0.0f);
   std::vector<float> pack(static_cast<size_t>(at::get_num_threads()) * kc * P);
@@ -63,6 +93,20 @@ void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd
 // MB on the dev box (1 thread), a fifth of a [256, 1024] weight gradient's GEMM.
 void transpose_blocked(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst,
                        int64_t ldd) {
+#if defined(FLASHSEQ_HAVE_AVX512_TILE)
+  // 16 rows at a time through zmm registers (transpose_rows16_avx512). Paired against the 32 x 32
+  // stack block below, module LSTM fwd+bwd, 1 thread CPU time, malloc pinned: I=H=200 B=20 T=35
+  // 2 layers 0.983 (interval 0.978-0.991; its hT, d(r) and projection weight-gradient transposes),
+  // I=H=128 B=16 T=512 0.996 (0.985-1.002).
+  if (use_avx512_tile()) {
+    at::parallel_for(0, (rows + 15) / 16, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b)
+        transpose_rows16_avx512(src + b * 16 * lds, std::min<int64_t>(16, rows - b * 16), cols, lds,
+                                dst + b * 16, ldd);
+    });
+    return;
+  }
+#endif
   constexpr int64_t kBlock = 32;
   at::parallel_for(0, (rows + kBlock - 1) / kBlock, 1, [&](int64_t begin, int64_t end) {
     float block[kBlock][kBlock];  // [column j - j0][row i - i0]
@@ -99,7 +143,16 @@ std::tuple<at::Tensor, at::Tensor> linear_weight_grad(const at::Tensor& x_in, co
     return {at::mm(dy_in.t(), x_in), dy_in.sum(0)};
   }
   const int64_t M = x_in.size(0), K = x_in.size(1), N = dy_in.size(1);
-  const at::Tensor xT = x_in.t().contiguous();  // [K, M]: M (the contracted axis) contiguous
+  at::Tensor xT;  // [K, M]: M (the contracted axis) contiguous
+  if (x_in.stride(1) == 1) {
+    // transpose_blocked's AVX-512 path, paired against ATen's transposing copy (module LSTM
+    // fwd+bwd as above): I=H=200 0.992, I=H=128 0.991 (0.985-0.997), I=64 H=256 0.995
+    xT = empty_big({x_in.size(1), x_in.size(0)}, x_in.options());
+    transpose_blocked(x_in.data_ptr<float>(), x_in.size(0), x_in.size(1), x_in.stride(0),
+                      xT.data_ptr<float>(), x_in.size(0));
+  } else {
+    xT = x_in.t().contiguous();
+  }
   const at::Tensor dy = dy_in.contiguous();
   at::Tensor dwT = at::empty({K, N}, dy.options());
   at::Tensor db = at::empty({N}, dy.options());

@@ -30,6 +30,13 @@ void blocked_grad_gemm(const float* At, int64_t lda, const float* D, int64_t ldd
                        float* C, float* colsum);
 #endif
 
+// Floats of At's k-block in blocked_grad_gemm: half this CPU's L2 (256 KB to 1 MB).
+int64_t grad_block_floats();
+// The most rows R of At (the recurrent d(W)'s DH, the projection's input features) for which the
+// loop and the modules use blocked_grad_gemm rather than oneDNN: 256, or 512 with an L2 of 1 MB
+// and more.
+int64_t grad_gemm_max_rows();
+
 // dst[j * ldd + i] = src[i * lds + j] for i < rows, j < cols (float32): a transpose with
 // row strides on both sides (ldd >= rows, lds >= cols).
 void transpose_blocked(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst,

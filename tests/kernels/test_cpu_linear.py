@@ -86,3 +86,24 @@ def test_blocked_weight_gradient_matches_float64(bias):
     grads_ref = torch.autograd.grad(y_ref, ref_leaves, dy)
     for name, g_, r_ in zip(("dx", "dw", "db"), grads, grads_ref):
         assert_close(name, g_, r_, 1e-5)
+
+
+@needs_onednn
+@pytest.mark.skipif(not _has_blocked_weight_grad(),
+                    reason="no compiled AVX-512 weight-gradient kernel on this CPU or build")
+def test_blocked_weight_gradient_past_256_features():
+    # 300 input features (> 256) over 640 rows: served by the blocked kernel when the L2 gives
+    # k-blocks of half a MB (the extension's _grad_gemm_max_rows() == 512), else by oneDNN; the
+    # gradients must match float64 either way
+    ext = cpu_linear._jit.extension()
+    x64, w64, b64 = _inputs(5, True, (640, 300), out=100)
+    assert cpu_linear._blocked_pays(640, 300) == (ext._grad_gemm_max_rows() >= 300)
+    x, w = x64.float().requires_grad_(), torch.nn.Parameter(w64.float())
+    b = torch.nn.Parameter(b64.float())
+    y = cpu_linear.linear(x, w, b)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    grads = torch.autograd.grad(y, [x, w, b], dy.float())
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    grads_ref = torch.autograd.grad(F.linear(*ref_leaves), ref_leaves, dy)
+    for name, g_, r_ in zip(("dx", "dw", "db"), grads, grads_ref):
+        assert_close(name, g_, r_, 1e-5)

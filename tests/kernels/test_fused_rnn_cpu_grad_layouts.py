@@ -50,3 +50,31 @@ def test_recurrent_weight_gradient_layouts(cell_name, time_major, r_transposed):
     for name, got, want in zip(("h", "last", "d_wx", "d_r", "d_b", "d_states"), ours, ref):
         assert torch.isfinite(got).all(), name
         assert_close(name, got, want, TOLERANCE[torch.float32])
+
+
+def test_recurrent_weight_gradient_past_256_units():
+    # DH=260 (> 256, not a multiple of 16 or 48) with B*T=640 >= 2*DH rows: on a CPU whose L2
+    # gives k-blocks of half a MB (grad_gemm_max_rows 512) this takes the blocked d(r) kernel in
+    # two k-blocks (512 + 128 rows) instead of oneDNN, with the modules' layouts (time-major h, r a
+    # transposed view of weight_hh)
+    ext = flashseq.kernels.fused_rnn.cpu._jit.extension()
+    if ext._grad_gemm_max_rows() < 260 or not ext._linear_weight_grad_fast():
+        pytest.skip("the blocked weight gradient serves DH=260 only with AVX-512 and an L2 >= 1 MB")
+    cell = CELLS["lstm"]
+    B, T, NH, DH = 4, 160, 1, 260
+    wx, r, b, states = make_rnn_inputs(cell, B, T, NH, DH, seed=43)
+    gen = torch.Generator().manual_seed(44)
+    grad_h = torch.randn(B, T, NH, DH, generator=gen, dtype=torch.float64)
+    grad_last = torch.randn(cell.num_states, B, NH, DH, generator=gen, dtype=torch.float64)
+    leaves = [t.detach().requires_grad_() for t in (wx, r, b, states)]
+    h_ref, last_ref = fused_rnn_reference(*leaves, cell=cell, lengths=None)
+    ref = torch.autograd.grad((h_ref * grad_h).sum() + (last_ref * grad_last).sum(), leaves)
+    leaves32 = [t.detach().float().requires_grad_() for t in (wx, r, b, states)]
+    h, last = flashseq.ops.fused_rnn(_time_major(leaves32[0]), _r_transposed(leaves32[1]),
+                                     *leaves32[2:], cell="lstm", backend="cpu")
+    ours = torch.autograd.grad((h * grad_h.float()).sum() + (last * grad_last.float()).sum(),
+                               leaves32)
+    assert_close("h", h.double(), h_ref, TOLERANCE[torch.float32])
+    for name, got, want in zip(("d_wx", "d_r", "d_b", "d_states"), ours, ref):
+        assert torch.isfinite(got).all(), name
+        assert_close(name, got.double(), want, TOLERANCE[torch.float32])

@@ -7,7 +7,8 @@ pointwise pass runs on AVX2 vectors when the machine that built the extension ha
 units at a time as two independent 16-lane vectors, so two dependency chains overlap
 (csrc/cpu/pointwise_avx512.cpp); the float32 LSTM forward without gradients updates its cells
 through a forced-inline copy of the cell's formulas there (lstm_update16: the shared cell header
-compiled to an out-of-line call). The backward is hand-written (reversed time, one GEMM per step
+compiled to an out-of-line call), and the float32 LSTM training forward (which saves the gates)
+and the backward's pointwise pass through their own (csrc/cpu/lstm_train_avx512.cpp). The backward is hand-written (reversed time, one GEMM per step
 for d(h_prev), then d(r) and d(b) over all steps at once).
 
 The per-step GEMM is csrc/cpu/step_gemm.h up to a live batch of 128 rows, at::mm (MKL) above:

@@ -79,9 +79,12 @@ def _blocked_pays(rows: int, features: int) -> bool:
     """Whether the compiled weight gradient beats oneDNN's for x [rows, features]. Measured
     (1 thread, CPU time, paired, AMD EPYC with AVX-512; the same rule as the recurrent weight
     gradient in csrc/cpu/fused_rnn_backward.cpp): x [700, 200] -> 0.82 of oneDNN's time, but
-    [256, 256] (too few rows: oneDNN's copy of dy is small) 1.2 and [2048, 512] (x's block spills
-    L2) 1.12."""
-    return features <= 256 and rows >= 2 * features
+    [256, 256] (too few rows: oneDNN's copy of dy is small) 1.2; [2048, 512] 1.12 while x's
+    k-blocks were 256 KB (they spilled), served since the blocks take half the L2 (the
+    extension's ``_grad_gemm_max_rows``: 512 features from a 1 MB L2 on)."""
+    if _jit.extension_error() is not None:
+        return False
+    return features <= _jit.extension()._grad_gemm_max_rows() and rows >= 2 * features
 
 
 class _OneDnnLinear(torch.autograd.Function):

@@ -114,6 +114,15 @@ void backward_loop(const scalar_t* dh_p, int64_t dh_sb, int64_t dh_st, at::Tenso
                           /*for_write=*/true);
           if (!drh_is_dwx)
             prefetch_span(drh_p + n1 * drh_sn + b1 * drh_sb + t * drh_st, GDH, /*for_write=*/true);
+          // and its saved gates and previous non-h states. Paired with and without, module LSTM
+          // fwd+bwd, 1 thread CPU time, malloc pinned: I=H=200 B=20 T=35 2 layers 0.979
+          // (0.975-0.985), I=H=128 B=16 T=512 0.982 (0.977-0.986); the same for the forward's
+          // saved-gate stores gained nothing (0.998, 0.997)
+          prefetch_span(gates_p + (t * rows + row + 1) * K * DH, K * DH);
+          if (t > 0) {
+            for (int s = 1; s < S; ++s)
+              prefetch_span(sstates_p + (((t - 1) * (S - 1) + (s - 1)) * rows + row + 1) * DH, DH);
+          }
         }
         const scalar_t* dh_row = dh_p ? dh_p + bi * dh_sb + t * dh_st + n * DH : nullptr;
         // States the step started from: the initial ones at t = 0, else those after step t-1.

@@ -360,8 +360,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
   // Measured (1 thread, LSTM): ahead of oneDNN's linear while the (batch, step) axis is long
   // against DH (H=128 B=16 T=512, H=256 B=32 T=200, and H=512 B=16 T=128 with k-blocks of half
   // a 2 MB L2: grad_gemm_max_rows); behind it at H=1024, where hT's block spills L2 and the
-  // whole d(W) is re-read per k-block, and at B=1 T=256.
-  if (dtype == at::kFloat && use_avx512_tile() && DH <= grad_gemm_max_rows() && B * T >= 2 * DH) {
+  // whole d(W) is re-read per k-block. B*T = DH rows (B=1 T=256 H=256) was behind it with the
+  // scalar transposes and 256 KB blocks, ahead since: module fwd+bwd, paired, 0.982
+  // (0.975-0.990) of the time with oneDNN here.
+  if (dtype == at::kFloat && use_avx512_tile() && DH <= grad_gemm_max_rows() && B * T >= DH) {
     // hT [NH, DH, B*T]: the h each step started from, transposed (initial h, then the output h)
     at::Tensor hT = empty_big({NH, DH, B * T}, h.options());
     // One head: hT and d(r) through transpose_blocked (weight_grad.h) instead of ATen's

@@ -376,9 +376,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(
     if (time_major) {
       const at::Tensor hT4 = hT.view({NH, DH, T, B});
       hT4.select(2, 0).copy_(states.select(0, 0).permute({1, 2, 0}));
-      if (T > 1 && one_head) {  // column block t of hT [DH, T*B] = h[:, t-1]^T
-        for (int64_t t = 1; t < T; ++t)
-          transpose_blocked(h_p + (t - 1) * h.stride(1), B, DH, h.stride(0), hT_p + t * B, T * B);
+      if (T > 1 && one_head) {
+        // columns B .. T*B-1 of hT [DH, T*B] = h[:, 0 .. T-2]^T: time-major with one head, the
+        // rows (t, b) of h lie DH apart, so steps 0 .. T-2 are one [(T-1) B, DH] block (one
+        // transpose of whole 16-row blocks where a call per step left a partial block of B % 16
+        // rows each time; paired against that, module fwd+bwd: 0.992, 1.004, 0.999 at I=H=200,
+        // I=H=128, I=64 H=256, within noise: kept as the simpler call)
+        transpose_blocked(h_p, (T - 1) * B, DH, DH, hT_p + B, T * B);
       } else if (T > 1) {
         hT4.narrow(2, 1, T - 1).copy_(h.narrow(1, 0, T - 1).permute({2, 3, 1, 0}));
       }

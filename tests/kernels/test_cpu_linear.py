@@ -107,3 +107,21 @@ def test_blocked_weight_gradient_past_256_features():
     grads_ref = torch.autograd.grad(F.linear(*ref_leaves), ref_leaves, dy)
     for name, g_, r_ in zip(("dx", "dw", "db"), grads, grads_ref):
         assert_close(name, g_, r_, 1e-5)
+
+
+@needs_onednn
+@pytest.mark.skipif(not _has_blocked_weight_grad(),
+                    reason="no compiled AVX-512 weight-gradient kernel on this CPU or build")
+def test_blocked_weight_gradient_with_as_many_rows_as_features():
+    # x [40, 40]: the blocked kernel serves rows >= features (one k-block, one panel and a tail)
+    x64, w64, b64 = _inputs(7, True, (40, 40), out=60)
+    assert cpu_linear._blocked_pays(40, 40) and not cpu_linear._blocked_pays(39, 40)
+    x, w = x64.float().requires_grad_(), torch.nn.Parameter(w64.float())
+    b = torch.nn.Parameter(b64.float())
+    y = cpu_linear.linear(x, w, b)
+    dy = torch.randn(y.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    grads = torch.autograd.grad(y, [x, w, b], dy.float())
+    ref_leaves = [t.detach().double().requires_grad_() for t in (x, w, b)]
+    grads_ref = torch.autograd.grad(F.linear(*ref_leaves), ref_leaves, dy)
+    for name, g_, r_ in zip(("dx", "dw", "db"), grads, grads_ref):
+        assert_close(name, g_, r_, 1e-5)

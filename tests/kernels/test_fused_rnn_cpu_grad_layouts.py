@@ -52,20 +52,15 @@ def test_recurrent_weight_gradient_layouts(cell_name, time_major, r_transposed):
         assert_close(name, got, want, TOLERANCE[torch.float32])
 
 
-def test_recurrent_weight_gradient_past_256_units():
-    # DH=260 (> 256, not a multiple of 16 or 48) with B*T=640 >= 2*DH rows: on a CPU whose L2
-    # gives k-blocks of half a MB (grad_gemm_max_rows 512) this takes the blocked d(r) kernel in
-    # two k-blocks (512 + 128 rows) instead of oneDNN, with the modules' layouts (time-major h, r a
-    # transposed view of weight_hh)
-    ext = flashseq.kernels.fused_rnn.cpu._jit.extension()
-    if ext._grad_gemm_max_rows() < 260 or not ext._linear_weight_grad_fast():
-        pytest.skip("the blocked weight gradient serves DH=260 only with AVX-512 and an L2 >= 1 MB")
+
+def _check_module_layouts(B, T, DH, seed):
+    """LSTM h, d_wx, d_r, d_b, d_states in the modules' layouts (time-major h, r a transposed view
+    of weight_hh) against the float64 reference."""
     cell = CELLS["lstm"]
-    B, T, NH, DH = 4, 160, 1, 260
-    wx, r, b, states = make_rnn_inputs(cell, B, T, NH, DH, seed=43)
-    gen = torch.Generator().manual_seed(44)
-    grad_h = torch.randn(B, T, NH, DH, generator=gen, dtype=torch.float64)
-    grad_last = torch.randn(cell.num_states, B, NH, DH, generator=gen, dtype=torch.float64)
+    wx, r, b, states = make_rnn_inputs(cell, B, T, 1, DH, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    grad_h = torch.randn(B, T, 1, DH, generator=gen, dtype=torch.float64)
+    grad_last = torch.randn(cell.num_states, B, 1, DH, generator=gen, dtype=torch.float64)
     leaves = [t.detach().requires_grad_() for t in (wx, r, b, states)]
     h_ref, last_ref = fused_rnn_reference(*leaves, cell=cell, lengths=None)
     ref = torch.autograd.grad((h_ref * grad_h).sum() + (last_ref * grad_last).sum(), leaves)
@@ -78,3 +73,21 @@ def test_recurrent_weight_gradient_past_256_units():
     for name, got, want in zip(("d_wx", "d_r", "d_b", "d_states"), ours, ref):
         assert torch.isfinite(got).all(), name
         assert_close(name, got.double(), want, TOLERANCE[torch.float32])
+
+
+def test_recurrent_weight_gradient_past_256_units():
+    # DH=260 (> 256, not a multiple of 16 or 48) with B*T=640 rows: on a CPU whose L2 gives
+    # k-blocks of half a MB (grad_gemm_max_rows 512) this takes the blocked d(r) kernel in two
+    # k-blocks (512 + 128 rows) instead of oneDNN
+    ext = flashseq.kernels.fused_rnn.cpu._jit.extension()
+    if ext._grad_gemm_max_rows() < 260 or not ext._linear_weight_grad_fast():
+        pytest.skip("the blocked weight gradient serves DH=260 only with AVX-512 and an L2 >= 1 MB")
+    _check_module_layouts(B=4, T=160, DH=260, seed=43)
+
+
+@pytest.mark.parametrize("B,T,DH", [(1, 48, 48), (2, 30, 50), (3, 20, 40)],
+                         ids=["rows_eq_DH", "rows_1.2DH", "rows_1.5DH"])
+def test_recurrent_weight_gradient_few_rows(B, T, DH):
+    # B*T from DH to below 2*DH: the blocked d(r) kernel's rows (one k-block), one row (B=1: h
+    # is batch-major, not time-major) or a few
+    _check_module_layouts(B=B, T=T, DH=DH, seed=B * 7 + DH)

@@ -78,13 +78,16 @@ def _blocked_weight_grad():
 def _blocked_pays(rows: int, features: int) -> bool:
     """Whether the compiled weight gradient beats oneDNN's for x [rows, features]. Measured
     (1 thread, CPU time, paired, AMD EPYC with AVX-512; the same rule as the recurrent weight
-    gradient in csrc/cpu/fused_rnn_backward.cpp): x [700, 200] -> 0.82 of oneDNN's time, but
-    [256, 256] (too few rows: oneDNN's copy of dy is small) 1.2; [2048, 512] 1.12 while x's
-    k-blocks were 256 KB (they spilled), served since the blocks take half the L2 (the
-    extension's ``_grad_gemm_max_rows``: 512 features from a 1 MB L2 on)."""
+    gradient in csrc/cpu/fused_rnn_backward.cpp): x [700, 200] -> 0.82 of oneDNN's time. Two
+    shapes lost while the kernel's k-blocks were 256 KB and its transposes scalar, and are served
+    since the blocks take half the L2 (the extension's ``_grad_gemm_max_rows``: 512 features from
+    a 1 MB L2 on) and the transposes run 16 x 16 in zmm registers: [2048, 512] (1.12 then; the
+    module LSTM I=H=512 B=16 T=128 fwd+bwd 0.963 of its time now, with the recurrent one) and
+    [256, 256] (1.2 then; module LSTM I=H=256 B=1 T=256 0.989 now). Fewer rows than features
+    stay with oneDNN (not measured since)."""
     if _jit.extension_error() is not None:
         return False
-    return features <= _jit.extension()._grad_gemm_max_rows() and rows >= 2 * features
+    return features <= _jit.extension()._grad_gemm_max_rows() and rows >= features
 
 
 class _OneDnnLinear(torch.autograd.Function):

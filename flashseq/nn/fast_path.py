@@ -16,7 +16,9 @@ without a gradient it calls the compiled loop and the projection directly (the f
 the sizes where ``lstm_projected_pays`` measured it faster, runs both in one compiled loop,
 lstm_projected_forward: the same arithmetic, float32 sums in another order); with one, the same
 autograd Functions (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py),
-so backward, double backward and DDP are unchanged. Anything else returns None and the caller
+so backward, double backward and DDP are unchanged, except that the float32 LSTM, where
+``lstm_projected_train_pays`` measured it faster, runs its forward folded the same way and saving
+for the same compiled backward (cpu_projected.py). Anything else returns None and the caller
 takes the general path.
 
 Nothing is cached between calls: every call reads the Parameters as they are (an optimizer's

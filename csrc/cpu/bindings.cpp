@@ -71,6 +71,28 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("_lstm_projected_calls", &flashseq::cpu::lstm_projected_calls,
         "for tests: lstm_projected_forward calls so far; reset=True zeroes the count",
         py::arg("reset") = false);
+  m.def("lstm_projected_forward_train", &flashseq::cpu::lstm_projected_forward_train,
+        "float32 LSTM training forward with the input projection folded in: as "
+        "lstm_projected_forward, plus saved_gates [T, 1, B, 4, H] and saved_states "
+        "[T, 1, 1, B, H] for fused_rnn_backward",
+        py::arg("x"), py::arg("w_ih"), py::arg("w_hh"), py::arg("bias"), py::arg("h0"),
+        py::arg("c0"));
+  m.def("lstm_projected_train_pays", &flashseq::cpu::lstm_projected_train_pays,
+        "whether lstm_projected_forward_train serves (B, I, H) faster than projection and loop",
+        py::arg("B"), py::arg("I"), py::arg("H"));
+  m.def("_set_projected_lstm_train",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::projected_lstm_train_allowed();
+          flashseq::cpu::projected_lstm_train_allowed() = allowed;
+          return old;
+        },
+        "for tests and benchmarks: allow (True, the default) or forbid "
+        "lstm_projected_forward_train in the modules' float32 LSTM training forward; returns "
+        "the previous setting",
+        py::arg("allowed"));
+  m.def("_lstm_projected_train_calls", &flashseq::cpu::lstm_projected_train_calls,
+        "for tests: lstm_projected_forward_train calls so far; reset=True zeroes the count",
+        py::arg("reset") = false);
   m.def("fused_rnn_backward", &flashseq::cpu::fused_rnn_backward,
         "fused_rnn backward: (dh, d_last_states, h, states, r, saved_gates, saved_states, "
         "lengths, cell) -> (d_wx, d_r, d_b, d_states)",

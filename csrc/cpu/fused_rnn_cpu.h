@@ -107,6 +107,16 @@ bool lstm_projected_pays(int64_t B, int64_t I, int64_t H);
 bool& projected_lstm_allowed();
 // For tests: lstm_projected_forward calls so far; reset(true) zeroes the count.
 int64_t lstm_projected_calls(bool reset);
+// The training forward of the same layer (lstm_projected_forward.cpp): also returns what
+// fused_rnn_backward reads for NH = 1, saved_gates [T, 1, B, 4, H] (i, f, g, o activated) and
+// saved_states [T, 1, 1, B, H] (c after each step); h [T, B, H] is its time-major h.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_projected_forward_train(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const c10::optional<at::Tensor>& bias, const at::Tensor& h0,
+                             const at::Tensor& c0);
+bool lstm_projected_train_pays(int64_t B, int64_t I, int64_t H);
+bool& projected_lstm_train_allowed();
+int64_t lstm_projected_train_calls(bool reset);
 
 std::tuple<int64_t, int64_t, int64_t> cell_layout(const std::string& cell);
 

@@ -53,8 +53,34 @@ FLASHSEQ_FORCE_INLINE void accumulate(__m512 (&acc)[kSets][kRows][4], const floa
   }
 }
 
-// Rows m0 .. m0 + kRows - 1 of the block: x part, h part, cell update.
-template <int kRows>
+// The training forward's cell update of row m from its pre-activations: each activation on its
+// own, as lstm_train_avx512.cpp's lstm_train_chunk (the backward reads i, f, g, o), stored with
+// the new c into the saved tensors as well as c and h.
+FLASHSEQ_FORCE_INLINE void train_update(const LstmFusedBlock& a, int64_t m, const __m512* pre,
+                                        __mmask16 mask) {
+  const __m512 one = _mm512_set1_ps(1.0f), two = _mm512_set1_ps(2.0f);
+  const __m512 i = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[0])));
+  const __m512 f = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[1])));
+  const __m512 tg = expm1_2x16(pre[2]);
+  const __m512 g = div16(tg, _mm512_add_ps(tg, two));
+  const __m512 o = div16(one, _mm512_add_ps(one, exp_neg16<-88, 104>(pre[3])));
+  const __m512 c = _mm512_fmadd_ps(f, _mm512_maskz_loadu_ps(mask, a.c + m * a.c_row),
+                                   _mm512_mul_ps(i, g));
+  const __m512 tc = expm1_2x16(c);
+  const __m512 h = _mm512_mul_ps(o, div16(tc, _mm512_add_ps(tc, two)));
+  _mm512_mask_storeu_ps(a.c + m * a.c_row, mask, c);
+  _mm512_mask_storeu_ps(a.saved_c + m * a.c_row, mask, c);
+  _mm512_mask_storeu_ps(a.h + m * a.h_row, mask, h);
+  float* gates = a.gates + m * a.gates_row;
+  _mm512_mask_storeu_ps(gates, mask, i);
+  _mm512_mask_storeu_ps(gates + a.gates_gate, mask, f);
+  _mm512_mask_storeu_ps(gates + 2 * a.gates_gate, mask, g);
+  _mm512_mask_storeu_ps(gates + 3 * a.gates_gate, mask, o);
+}
+
+// Rows m0 .. m0 + kRows - 1 of the block: x part, h part, cell update (kSave: the training
+// forward's, train_update).
+template <int kRows, bool kSave>
 inline void x_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
   constexpr int kSets = kRows == 1 ? 3 : (kRows == 2 ? 2 : 1);
   __m512 acc[kSets][kRows][4];
@@ -76,16 +102,19 @@ inline void x_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
             pre[g], _mm512_maskz_loadu_ps(mask, a.wx + m * a.wx_row + g * a.wx_gate));
       }
     }
-    __m512 c = _mm512_maskz_loadu_ps(mask, a.c + m * a.c_row);
-    const __m512 h = lstm_update16(pre, c);
-    _mm512_mask_storeu_ps(a.c + m * a.c_row, mask, c);
-    _mm512_mask_storeu_ps(a.h + m * a.h_row, mask, h);
+    if constexpr (kSave) {
+      train_update(a, m, pre, mask);
+    } else {
+      __m512 c = _mm512_maskz_loadu_ps(mask, a.c + m * a.c_row);
+      const __m512 h = lstm_update16(pre, c);
+      _mm512_mask_storeu_ps(a.c + m * a.c_row, mask, c);
+      _mm512_mask_storeu_ps(a.h + m * a.h_row, mask, h);
+    }
   }
 }
 
-}  // namespace
-
-void lstm_fused_block_x_avx512(const LstmFusedBlock& a) {
+template <bool kSave>
+void x_block(const LstmFusedBlock& a) {
   const __mmask16 mask = lanes_below16(a.units);
   // Rows spread evenly over the fewest tiles of at most 6, as lstm_fused_block_avx512.
   const int64_t tiles = (a.M + 5) / 6;
@@ -93,14 +122,24 @@ void lstm_fused_block_x_avx512(const LstmFusedBlock& a) {
   for (int64_t j = 0; j < tiles; ++j) {
     const int64_t rows = a.M / tiles + (j < a.M % tiles ? 1 : 0);
     switch (rows) {
-      case 6: x_tile<6>(a, m, mask); break;
-      case 5: x_tile<5>(a, m, mask); break;
-      case 4: x_tile<4>(a, m, mask); break;
-      case 3: x_tile<3>(a, m, mask); break;
-      case 2: x_tile<2>(a, m, mask); break;
-      default: x_tile<1>(a, m, mask); break;
+      case 6: x_tile<6, kSave>(a, m, mask); break;
+      case 5: x_tile<5, kSave>(a, m, mask); break;
+      case 4: x_tile<4, kSave>(a, m, mask); break;
+      case 3: x_tile<3, kSave>(a, m, mask); break;
+      case 2: x_tile<2, kSave>(a, m, mask); break;
+      default: x_tile<1, kSave>(a, m, mask); break;
     }
     m += rows;
+  }
+}
+
+}  // namespace
+
+void lstm_fused_block_x_avx512(const LstmFusedBlock& a) {
+  if (a.gates != nullptr) {
+    x_block<true>(a);
+  } else {
+    x_block<false>(a);
   }
 }
 

@@ -24,6 +24,7 @@ namespace cpu {
 
 namespace {
 std::atomic<int64_t> projected_calls{0};
+std::atomic<int64_t> projected_train_calls{0};
 }  // namespace
 
 bool& projected_lstm_allowed() {
@@ -31,8 +32,17 @@ bool& projected_lstm_allowed() {
   return allowed;
 }
 
+bool& projected_lstm_train_allowed() {
+  static bool allowed = true;
+  return allowed;
+}
+
 int64_t lstm_projected_calls(bool reset) {
   return reset ? projected_calls.exchange(0) : projected_calls.load();
+}
+
+int64_t lstm_projected_train_calls(bool reset) {
+  return reset ? projected_train_calls.exchange(0) : projected_train_calls.load();
 }
 
 // Where the folded projection measured faster than oneDNN's projection followed by the
@@ -47,6 +57,19 @@ bool lstm_projected_pays(int64_t B, int64_t I, int64_t H) {
   const int64_t weight_bytes = (I + H) * 4 * H * static_cast<int64_t>(sizeof(float));
   return projected_lstm_allowed() && use_avx512_tile() &&
          ((B >= 6 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= (2 << 20)));
+}
+
+// The training forward (lstm_projected_forward_train, saving for fused_rnn_backward) against
+// oneDNN's projection and the saving loop, module fwd+bwd, paired in one process, 1 thread, CPU
+// time, Zen 5, new/old (plain malloc / pinned, MALLOC_MMAP_THRESHOLD_=32 MB): I=H=200 B=20 T=35
+// 2 layers 0.94 / 0.98; I=64 H=256 B=32 T=200 2 layers 0.89 / 0.99; I=H=128 B=16 T=512 0.99 /
+// 0.99; I=H=256 B=128 0.89 / 0.89, B=6 0.97 / 0.98; I=1024 H=256 B=16 0.98 / 0.975; I=32 H=64 B=8
+// 0.905 / 0.90; I=H=512 (8 MB) B=16 1.00 / 1.00, B=6 0.96 / 1.00; B=4: I=H=128 (0.5 MB) 0.97 /
+// 0.94, I=H=256 (2 MB) 1.006 (left out: at most 1 MB at B = 4, 5).
+bool lstm_projected_train_pays(int64_t B, int64_t I, int64_t H) {
+  const int64_t weight_bytes = (I + H) * 4 * H * static_cast<int64_t>(sizeof(float));
+  return projected_lstm_train_allowed() && use_avx512_tile() &&
+         ((B >= 6 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= (1 << 20)));
 }
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
@@ -84,16 +107,24 @@ at::Tensor pack_projected_panels(const at::Tensor& w_ih, const at::Tensor& w_hh)
 }  // namespace
 #endif
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_projected_forward(
-    const at::Tensor& x_in, const at::Tensor& w_ih_in, const at::Tensor& w_hh_in,
-    const c10::optional<at::Tensor>& bias_in, const at::Tensor& h0_in, const at::Tensor& c0_in) {
+namespace {
+
+struct ProjectedRun {
+  at::Tensor h, c, gates, saved_c;
+};
+
+// Checks the arguments and runs the loop; with save, also fills gates [T, 1, B, 4, H] and
+// saved_c [T, 1, 1, B, H] (fused_rnn_forward's saved_gates and saved_states for NH = 1).
+ProjectedRun projected_loop(const char* name, const at::Tensor& x_in, const at::Tensor& w_ih_in,
+                            const at::Tensor& w_hh_in, const c10::optional<at::Tensor>& bias_in,
+                            const at::Tensor& h0_in, const at::Tensor& c0_in, bool save) {
   TORCH_CHECK(x_in.dim() == 3 && x_in.scalar_type() == at::kFloat && x_in.device().is_cpu(),
-              "lstm_projected_forward: x must be a float32 CPU tensor [T, B, I]; got ",
-              x_in.scalar_type(), " ", x_in.sizes());
+              name, ": x must be a float32 CPU tensor [T, B, I]; got ", x_in.scalar_type(), " ",
+              x_in.sizes());
   const int64_t T = x_in.size(0), B = x_in.size(1), I = x_in.size(2), H = w_hh_in.size(1);
-  const auto check = [&](const at::Tensor& t, at::IntArrayRef sizes, const char* name) {
+  const auto check = [&](const at::Tensor& t, at::IntArrayRef sizes, const char* arg) {
     TORCH_CHECK(t.sizes() == sizes && t.scalar_type() == at::kFloat && t.device().is_cpu(),
-                "lstm_projected_forward: ", name, " must be a float32 CPU tensor ", sizes, "; got ",
+                name, ": ", arg, " must be a float32 CPU tensor ", sizes, "; got ",
                 t.scalar_type(), " ", t.sizes());
   };
   check(w_ih_in, {4 * H, I}, "w_ih");
@@ -101,25 +132,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_projected_forward(
   check(h0_in, {B, H}, "h0");
   check(c0_in, {B, H}, "c0");
   if (bias_in.has_value()) check(*bias_in, {4 * H}, "bias");
-  TORCH_CHECK(T > 0 && B > 0 && I > 0 && H > 0, "lstm_projected_forward: empty input ",
-              x_in.sizes());
+  TORCH_CHECK(T > 0 && B > 0 && I > 0 && H > 0, name, ": empty input ", x_in.sizes());
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
-  TORCH_CHECK(use_avx512_tile(), "lstm_projected_forward: needs the AVX-512 tile");
+  TORCH_CHECK(use_avx512_tile(), name, ": needs the AVX-512 tile");
   const at::Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor h0 = h0_in.contiguous();
   const at::Tensor bias =
       bias_in.has_value() ? bias_in->contiguous() : at::zeros({4 * H}, x.options());
-  at::Tensor c = c0_in.clone(at::MemoryFormat::Contiguous);  // updated in place
-  at::Tensor h = empty_big({T, B, H}, x.options());
+  ProjectedRun out;
+  out.c = c0_in.clone(at::MemoryFormat::Contiguous);  // updated in place
+  out.h = empty_big({T, B, H}, x.options());
+  out.gates = empty_big({save ? T : 0, 1, B, 4, H}, x.options());
+  out.saved_c = empty_big({save ? T : 0, 1, 1, B, H}, x.options());
   const at::Tensor panels = pack_projected_panels(w_ih, w_hh);
-  ++projected_calls;
+  ++(save ? projected_train_calls : projected_calls);
   const int64_t U = kLstmGatePanelUnits, P = kLstmGatePanelCols, blocks = (H + U - 1) / U;
   const float* x_p = x.data_ptr<float>();
   const float* panel_p = panels.data_ptr<float>();
   const float* bias_p = bias.data_ptr<float>();
   const float* h0_p = h0.data_ptr<float>();
-  float* c_p = c.data_ptr<float>();
-  float* h_p = h.data_ptr<float>();
+  float* c_p = out.c.data_ptr<float>();
+  float* h_p = out.h.data_ptr<float>();
+  float* gates_p = save ? out.gates.data_ptr<float>() : nullptr;
+  float* saved_c_p = save ? out.saved_c.data_ptr<float>() : nullptr;
   const int64_t grain = std::max<int64_t>(1, 65536 / (B * (I + H) * P));
   for (int64_t t = 0; t < T; ++t) {
     // each block reads h_{t-1} whole and writes its own units of h_t: no block waits on another
@@ -144,14 +179,40 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_projected_forward(
         a.X = x_p + t * B * I;
         a.ldx = I;
         a.KX = I;
+        if (save) {
+          a.gates = gates_p + t * B * 4 * H + u0;
+          a.gates_row = 4 * H;
+          a.gates_gate = H;
+          a.saved_c = saved_c_p + t * B * H + u0;
+        }
         lstm_fused_block_x_avx512(a);
       }
     });
   }
-  return {h, h.select(0, T - 1).clone(), c};
+  return out;
 #else
-  TORCH_CHECK(false, "lstm_projected_forward: needs the AVX-512 build");
+  TORCH_CHECK(false, name, ": needs the AVX-512 build");
 #endif
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_projected_forward(
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+    const c10::optional<at::Tensor>& bias, const at::Tensor& h0, const at::Tensor& c0) {
+  ProjectedRun run = projected_loop("lstm_projected_forward", x, w_ih, w_hh, bias, h0, c0, false);
+  const int64_t T = run.h.size(0);
+  return {run.h, run.h.select(0, T - 1).clone(), run.c};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_projected_forward_train(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
+                             const c10::optional<at::Tensor>& bias, const at::Tensor& h0,
+                             const at::Tensor& c0) {
+  ProjectedRun run =
+      projected_loop("lstm_projected_forward_train", x, w_ih, w_hh, bias, h0, c0, true);
+  const int64_t T = run.h.size(0);
+  return {run.h, run.h.select(0, T - 1).clone(), run.c, run.gates, run.saved_c};
 }
 
 }  // namespace cpu

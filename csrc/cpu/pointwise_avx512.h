@@ -84,6 +84,12 @@ struct LstmFusedBlock {
   const float* X = nullptr;
   int64_t ldx = 0;
   int64_t KX = 0;
+  // lstm_fused_block_x_avx512 with saving (the training forward): when gates is set, the
+  // activations i, f, g, o of row m go to gates + m * gates_row + g * gates_gate and the new c to
+  // saved_c + m * c_row as well (fused_rnn_backward's saved_gates and saved_states)
+  float* gates = nullptr;
+  int64_t gates_row = 0, gates_gate = 0;
+  float* saved_c = nullptr;
 };
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)

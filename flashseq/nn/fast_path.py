@@ -16,7 +16,9 @@ without a gradient it calls the compiled loop and the projection directly (the f
 the sizes where ``lstm_projected_pays`` measured it faster, runs both in one compiled loop,
 lstm_projected_forward: the same arithmetic, float32 sums in another order); with one, the same
 autograd Functions (``cpu.FusedRnnCpuFunction``, the projection's in cpu_linear.py),
-so backward, double backward and DDP are unchanged. Anything else returns None and the caller
+so backward, double backward and DDP are unchanged, except that the float32 LSTM, where
+``lstm_projected_train_pays`` measured it faster, runs its forward folded the same way and saving
+for the same compiled backward (cpu_projected.py). Anything else returns None and the caller
 takes the general path.
 
 Nothing is cached between calls: every call reads the Parameters as they are (an optimizer's
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from flashseq import _jit
-from flashseq.kernels.fused_rnn import cpu, cpu_config, cpu_linear
+from flashseq.kernels.fused_rnn import cpu, cpu_config, cpu_linear, cpu_projected
 
 # The general path checks the memory a call needs first (problem.check_size); calls whose
 # outputs and saved tensors stay below this many elements (1 GB of float32) cannot fail it.
@@ -96,9 +98,10 @@ def run(module, input, hx, reset=None, generator=None, return_all_states=False):
             b_ih, b_hh = biases if biases else (None, None)
             needs_grad = grad_mode and any(t is not None and t.requires_grad
                                            for t in (x, w_ih, w_hh, *biases, states))
-            if not needs_grad and _projected_lstm(ext, cell, x, B, H):
+            if _projected_lstm(ext, cell, x, B, H, needs_grad):
                 h, last = _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh,
-                                           states[:, k] if states is not None else None)
+                                           states[:, k] if states is not None else None,
+                                           needs_grad)
                 outs.append(h.flip(1) if direction else h)
                 lasts.append(last)
                 continue
@@ -130,26 +133,34 @@ def run(module, input, hx, reset=None, generator=None, return_all_states=False):
     return out.contiguous(), module._join_hx(list(finals))
 
 
-def _projected_lstm(ext, cell, x, B, H) -> bool:
-    """Whether this no_grad layer runs ``lstm_projected_forward`` (the input projection folded
-    into the recurrence; the extension decides by sizes where that measured faster)."""
-    return (cell == "lstm" and x.dtype == torch.float32
-            and ext.lstm_projected_pays(B, x.shape[-1], H))
+def _projected_lstm(ext, cell, x, B, H, needs_grad) -> bool:
+    """Whether this layer runs with the input projection folded into the recurrence:
+    ``lstm_projected_forward`` without a gradient, ``lstm_projected_forward_train`` (through
+    cpu_projected.ProjectedLstmFunction) with one; the extension decides by sizes where that
+    measured faster."""
+    if cell != "lstm" or x.dtype != torch.float32:
+        return False
+    pays = ext.lstm_projected_train_pays if needs_grad else ext.lstm_projected_pays
+    return pays(B, x.shape[-1], H)
 
 
-def _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh, init):
-    """One direction of one LSTM layer through ``lstm_projected_forward``: x [B, T, F] (a view,
-    possibly of a time-major buffer), init [2, B, H] or None -> (h [B, T, H] in the order the
-    layer ran (reversed for direction 1, as the old path's h), last [2, B, 1, H] as
-    fused_rnn_forward returns it)."""
+def _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh, init, needs_grad=False):
+    """One direction of one LSTM layer through ``lstm_projected_forward`` (or, when needs_grad,
+    the differentiable ``cpu_projected.projected_lstm``): x [B, T, F] (a view, possibly of a
+    time-major buffer), init [2, B, H] or None -> (h [B, T, H] in the order the layer ran
+    (reversed for direction 1, as the old path's h), last [2, B, 1, H] as fused_rnn_forward
+    returns it)."""
     xt = x.transpose(0, 1)  # [T, B, F]
     xt = xt.flip(0) if direction else xt.contiguous()
-    bias = b_ih + b_hh if b_ih is not None else None
     if init is None:
         h0 = c0 = xt.new_zeros(xt.shape[1], w_hh.shape[1])
     else:
         h0, c0 = init[0], init[1]
-    h, h_last, c_last = ext.lstm_projected_forward(xt, w_ih, w_hh, bias, h0, c0)
+    if needs_grad:
+        h, h_last, c_last = cpu_projected.projected_lstm(xt, w_ih, w_hh, b_ih, b_hh, h0, c0)
+    else:
+        bias = b_ih + b_hh if b_ih is not None else None
+        h, h_last, c_last = ext.lstm_projected_forward(xt, w_ih, w_hh, bias, h0, c0)
     return h.transpose(0, 1), torch.stack((h_last, c_last)).unsqueeze(2)
 
 

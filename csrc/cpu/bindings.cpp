@@ -3,6 +3,9 @@
 // flashseq/kernels/fused_rnn/cpu.py and call these functions.
 #include <torch/extension.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "big_alloc.h"
 #include "fused_rnn_cpu.h"
 #include "fused_rnn_extras.h"
@@ -38,6 +41,18 @@ at::Tensor lanes_tanh(const at::Tensor& x_in) {
     L::store(flashseq::cells::tanh_of(L::load(src + i, count)), dst + i, count);
   }
   return y;
+}
+
+// How many distinct threads ran the iterations of one at::parallel_for over `iterations` items
+// (grain 1). For the test that the extension's loops really run on torch's threads: compiled
+// without -fopenmp, ATen's OpenMP parallel_for silently runs serially.
+int64_t parallel_for_threads(int64_t iterations) {
+  std::vector<int> ran(static_cast<size_t>(std::max<int64_t>(iterations, 0)), -1);
+  at::parallel_for(0, iterations, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) ran[i] = at::get_thread_num();
+  });
+  std::sort(ran.begin(), ran.end());
+  return std::unique(ran.begin(), ran.end()) - ran.begin();
 }
 
 }  // namespace
@@ -187,6 +202,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "bytes of freed big buffers kept now (flashseq.ops.cpu_buffer_cache_bytes)");
   m.def("_empty_buffer_cache", &flashseq::cpu::empty_buffer_cache,
         "frees every kept buffer (flashseq.ops.empty_cpu_buffer_cache)");
+  m.def("_parallel_for_threads", &parallel_for_threads,
+        "for tests: distinct threads that ran one at::parallel_for over `iterations` items",
+        py::arg("iterations"));
   m.def("_lanes_tanh", &lanes_tanh, "for tests: tanh as the compiled pointwise loops compute it",
         py::arg("x"));
   m.def("linear_weight_grad", &flashseq::cpu::linear_weight_grad,

@@ -122,6 +122,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for benchmarks: use the built-in per-step GEMM up to this batch size (MKL above); "
         "returns the previous value",
         py::arg("max_batch"));
+  m.def("_set_step_gemm_balanced",
+        [](bool balanced) {
+          const bool old = flashseq::cpu::step_gemm_balanced();
+          flashseq::cpu::step_gemm_balanced() = balanced;
+          return old;
+        },
+        "for benchmarks and tests: split the AVX-512 step GEMM's panels across threads by "
+        "columns (True) or in equal counts of panels; returns the previous setting",
+        py::arg("balanced"));
   m.def("_set_avx512_tile",
         [](bool allowed) {
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)

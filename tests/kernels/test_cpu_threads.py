@@ -52,3 +52,37 @@ def test_one_and_two_threads_agree(kind, grad, threads):
         results.append(out)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
+def _rel(a, ref):
+    return ((a.double() - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU"])
+@pytest.mark.parametrize("hidden", [200, 128, 520])
+@pytest.mark.parametrize("balanced", [True, False])
+def test_two_thread_step_gemm_split_matches_float64(kind, hidden, balanced, threads):
+    """The step GEMM's per-thread panel ranges (by columns; H=200: 5 panels the last 8 columns
+    wide, 128: 3 panels, 520: 11 panels of 4H) against torch.nn in float64, forward and every
+    gradient, at 2 threads, with the column-balanced split and with OpenMP's equal counts."""
+    ext = _jit.extension()
+    threads(2)
+    before = ext._set_step_gemm_balanced(balanced)
+    try:
+        torch.manual_seed(0)
+        ref = getattr(torch.nn, kind)(16, hidden).double()
+        m = getattr(flashseq, kind)(16, hidden)
+        m.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+        x = torch.randn(5, 20, 16, dtype=torch.float64)
+        w = torch.randn(5, 20, hidden, dtype=torch.float64)
+        xr = x.clone().requires_grad_()
+        y_ref, _ = ref(xr)
+        g_ref = torch.autograd.grad((y_ref * w).sum(), [xr, *ref.parameters()])
+        xf = x.float().requires_grad_()
+        y, _ = m(xf)
+        g = torch.autograd.grad((y * w.float()).sum(), [xf, *m.parameters()])
+    finally:
+        ext._set_step_gemm_balanced(before)
+    assert _rel(y, y_ref) <= 1e-5
+    for a, b in zip(g, g_ref):
+        assert _rel(a, b) <= 1e-5

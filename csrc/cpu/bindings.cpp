@@ -131,6 +131,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "for benchmarks and tests: split the AVX-512 step GEMM's panels across threads by "
         "columns (True) or in equal counts of panels; returns the previous setting",
         py::arg("balanced"));
+  m.def("_set_backward_row_split",
+        [](bool allowed) {
+          const bool old = flashseq::cpu::backward_row_split();
+          flashseq::cpu::backward_row_split() = allowed;
+          return old;
+        },
+        "for benchmarks and tests: let fused_rnn_backward give each thread its own batch rows "
+        "through all steps; returns the previous setting",
+        py::arg("allowed"));
   m.def("_set_avx512_tile",
         [](bool allowed) {
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)

@@ -85,6 +85,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_forward(
     const at::Tensor& wx, const at::Tensor& r, const at::Tensor& b, const at::Tensor& states,
     const c10::optional<at::Tensor>& lengths, const std::string& cell, bool save);
 
+// Switch for benchmarks and tests (default true): fused_rnn_backward may give each thread its
+// own batch rows through all steps (one head, no lengths, a small weight; fused_rnn_backward.cpp).
+bool& backward_row_split();
+
 // Returns (d_wx, d_r, d_b, d_states). dh [B,T,NH,DH] and d_last [S,B,NH,DH] may be absent
 // (no gradient reached them).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fused_rnn_backward(

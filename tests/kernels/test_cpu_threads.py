@@ -54,6 +54,12 @@ def test_one_and_two_threads_agree(kind, grad, threads):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
 
 
+def _loss(y, last, w):
+    """A weighted sum of h and the last states (h_T, c_T for an LSTM), so each gets a gradient."""
+    states = last if isinstance(last, tuple) else (last,)
+    return (y * w).sum() + sum((s * (i + 2)).sin().sum() for i, s in enumerate(states))
+
+
 def _rel(a, ref):
     return ((a.double() - ref).norm() / ref.norm()).item()
 
@@ -61,13 +67,17 @@ def _rel(a, ref):
 @pytest.mark.parametrize("kind", ["LSTM", "GRU"])
 @pytest.mark.parametrize("hidden", [200, 128, 520])
 @pytest.mark.parametrize("balanced", [True, False])
-def test_two_thread_step_gemm_split_matches_float64(kind, hidden, balanced, threads):
-    """The step GEMM's per-thread panel ranges (by columns; H=200: 5 panels the last 8 columns
-    wide, 128: 3 panels, 520: 11 panels of 4H) against torch.nn in float64, forward and every
-    gradient, at 2 threads, with the column-balanced split and with OpenMP's equal counts."""
+@pytest.mark.parametrize("row_split", [True, False])
+def test_two_thread_step_gemm_split_matches_float64(kind, hidden, balanced, row_split, threads):
+    """At 2 threads against torch.nn in float64, forward and every gradient (through h, h_T and
+    c_T): the step GEMM's per-thread panel ranges (by columns; H=200: 5 panels the last 8
+    columns wide, 128: 3 panels, 520: 11 panels of 4H) or OpenMP's equal counts, and the
+    backward's per-thread batch rows through all steps (B=20: 10 rows each; H=200 and 128 take
+    it, H=520's weight is too large) or its per-step split."""
     ext = _jit.extension()
     threads(2)
     before = ext._set_step_gemm_balanced(balanced)
+    before_rows = ext._set_backward_row_split(row_split)
     try:
         torch.manual_seed(0)
         ref = getattr(torch.nn, kind)(16, hidden).double()
@@ -76,13 +86,14 @@ def test_two_thread_step_gemm_split_matches_float64(kind, hidden, balanced, thre
         x = torch.randn(5, 20, 16, dtype=torch.float64)
         w = torch.randn(5, 20, hidden, dtype=torch.float64)
         xr = x.clone().requires_grad_()
-        y_ref, _ = ref(xr)
-        g_ref = torch.autograd.grad((y_ref * w).sum(), [xr, *ref.parameters()])
+        y_ref, last_ref = ref(xr)
+        g_ref = torch.autograd.grad(_loss(y_ref, last_ref, w), [xr, *ref.parameters()])
         xf = x.float().requires_grad_()
-        y, _ = m(xf)
-        g = torch.autograd.grad((y * w.float()).sum(), [xf, *m.parameters()])
+        y, last = m(xf)
+        g = torch.autograd.grad(_loss(y, last, w.float()), [xf, *m.parameters()])
     finally:
         ext._set_step_gemm_balanced(before)
+        ext._set_backward_row_split(before_rows)
     assert _rel(y, y_ref) <= 1e-5
     for a, b in zip(g, g_ref):
         assert _rel(a, b) <= 1e-5

@@ -10,6 +10,8 @@ import torch
 
 import flashseq
 from flashseq import _jit
+from flashseq.cells import CELLS
+from tests.kernels.test_fused_rnn_cpu import check_against_reference
 
 pytestmark = pytest.mark.skipif(_jit.extension_error() is not None,
                                 reason="the CPU extension does not build here")
@@ -97,3 +99,19 @@ def test_two_thread_step_gemm_split_matches_float64(kind, hidden, balanced, row_
     assert _rel(y, y_ref) <= 1e-5
     for a, b in zip(g, g_ref):
         assert _rel(a, b) <= 1e-5
+
+
+@pytest.mark.parametrize("row_split", [True, False])
+@pytest.mark.parametrize("cell_name", sorted(CELLS))
+def test_two_thread_backward_rows_every_cell(cell_name, row_split, threads):
+    """fused_rnn's compiled backward at 2 threads, one head, B=20 (10 rows a thread when each
+    thread takes its own rows through all steps) against the float64 reference, forward and
+    every gradient, for every cell."""
+    ext = _jit.extension()
+    threads(2)
+    before = ext._set_backward_row_split(row_split)
+    try:
+        check_against_reference(CELLS[cell_name], torch.float32, B=20, T=6, NH=1, DH=24,
+                                with_lengths=False, with_states=True, seed=3)
+    finally:
+        ext._set_backward_row_split(before)

@@ -73,3 +73,15 @@ def cpu_has_avx512_tile() -> bool:
     has = bool(ext._uses_avx512_tile())
     ext._set_avx512_tile(old)
     return has
+
+
+def lstm_module_pair(I: int, H: int, L: int, **kwargs):
+    """(torch.nn.LSTM in float64, flashseq.LSTM in float32 with the same weights), seeded: the
+    float64 twin is the reference of a float32 module test."""
+    import flashseq
+
+    torch.manual_seed(3)
+    ref = torch.nn.LSTM(I, H, L, dtype=torch.float64, **kwargs)
+    ours = flashseq.LSTM(I, H, L, **kwargs)
+    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    return ref, ours

@@ -13,16 +13,13 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 
+#include "avx512_mask.h"
+
 #include "lstm_update_avx512.h"
 
 namespace flashseq {
 namespace cpu {
 namespace {
-
-inline __mmask16 lanes_below16(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
-                 : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
-}
 
 // acc[q][r][0..3] += A[r][0..K) @ panel[0..K), consecutive k spread over kSets accumulator sets
 // (few rows give few independent FMA chains otherwise).
@@ -115,7 +112,7 @@ inline void x_tile(const LstmFusedBlock& a, int64_t m0, __mmask16 mask) {
 
 template <bool kSave>
 void x_block(const LstmFusedBlock& a) {
-  const __mmask16 mask = lanes_below16(a.units);
+  const __mmask16 mask = lanes_below(a.units);
   // Rows spread evenly over the fewest tiles of at most 6, as lstm_fused_block_avx512.
   const int64_t tiles = (a.M + 5) / 6;
   int64_t m = 0;

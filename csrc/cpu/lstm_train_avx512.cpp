@@ -14,16 +14,13 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 
+#include "avx512_mask.h"
+
 #include "lstm_math_avx512.h"
 
 namespace flashseq {
 namespace cpu {
 namespace {
-
-inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
-                 : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
-}
 
 // Loads and stores of 16 units at p, all lanes (kFull) or those under the mask m.
 template <bool kFull>

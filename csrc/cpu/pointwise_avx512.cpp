@@ -24,6 +24,8 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 
+#include "avx512_mask.h"
+
 #include "cells/gru.h"
 #include "cells/lstm.h"
 #include "lstm_update_avx512.h"
@@ -34,11 +36,6 @@ namespace {
 
 // Forced inline: see lstm_update16.
 #define FLASHSEQ_FORCE_INLINE inline __attribute__((always_inline))
-
-inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
-  return n >= 16 ? static_cast<__mmask16>(0xFFFF)
-                 : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
-}
 
 // 16 float lanes with the arithmetic the cell headers use.
 struct F16 {

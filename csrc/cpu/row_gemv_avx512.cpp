@@ -11,17 +11,14 @@
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 
+#include "avx512_mask.h"
+
 namespace flashseq {
 namespace cpu {
 namespace {
 
 constexpr int kWidth = 16;       // floats per zmm
 constexpr int kChunkVecs = 16;   // accumulators: 256 columns per pass over the rows
-
-inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
-  return n >= kWidth ? static_cast<__mmask16>(0xFFFF)
-                     : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
-}
 
 // out[0 .. cols) += sum_k x[k] * (base + row_offset[k])[0 .. cols), kVecs vectors of columns
 // (the last one masked to `cols`) held in registers over all K rows. Up to 8 vectors, two sets

@@ -50,6 +50,8 @@ int64_t transposed_packs(bool reset) {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx2,fma")
 
+#include "avx512_mask.h"
+
 namespace flashseq {
 namespace cpu {
 namespace {
@@ -57,11 +59,6 @@ namespace {
 constexpr int kVecs = 3;      // zmm vectors of C columns per tile (and per packed panel)
 constexpr int kWidth = 16;    // floats per zmm
 static_assert(kVecs * kWidth == kAvx512PanelCols, "panel width must be the tile width");
-
-inline __mmask16 lanes_below(int64_t n) {  // lanes 0 .. n-1 set, n clamped to 0..16
-  return n >= kWidth ? static_cast<__mmask16>(0xFFFF)
-                     : (n <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << n) - 1u));
-}
 
 // kV of the panel's kVecs vectors (the last panel of an N that is not a multiple of 48 needs
 // fewer: at N = 4 H = 1024 it holds 16 columns, and the full-width tile spent 2 of every 66 FMA

@@ -7,9 +7,8 @@ its path counter, next to the calls that must not take it."""
 import pytest
 import torch
 
-import flashseq
 from flashseq.kernels.fused_rnn import cpu as cpu_backend
-from tests.helpers import TOLERANCE, assert_close, cpu_has_avx512_tile
+from tests.helpers import TOLERANCE, assert_close, cpu_has_avx512_tile, lstm_module_pair
 
 pytestmark = pytest.mark.skipif(
     not cpu_has_avx512_tile(), reason="the projected LSTM step needs the AVX-512 tile (CPU, build)")
@@ -110,21 +109,13 @@ def test_pays_only_where_measured():
         ext._set_projected_lstm(old)
 
 
-def _module_pair(I, H, L, **kwargs):
-    torch.manual_seed(3)
-    ref = torch.nn.LSTM(I, H, L, dtype=torch.float64, **kwargs)
-    ours = flashseq.LSTM(I, H, L, **kwargs)
-    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    return ref, ours
-
-
 @pytest.mark.parametrize("options", [dict(), dict(batch_first=True), dict(bidirectional=True),
                                      dict(bias=False)],
                          ids=["time_major", "batch_first", "bidirectional", "no_bias"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["zero_states", "hx"])
 def test_module_no_grad_forward_takes_it_and_matches_torch(options, with_hx):
     I, H, L, B, T = 24, 40, 2, 9, 6
-    ref, ours = _module_pair(I, H, L, **options)
+    ref, ours = lstm_module_pair(I, H, L, **options)
     D = 2 if options.get("bidirectional") else 1
     g = torch.Generator().manual_seed(11)
     shape = (B, T, I) if options.get("batch_first") else (T, B, I)
@@ -142,7 +133,7 @@ def test_module_no_grad_forward_takes_it_and_matches_torch(options, with_hx):
 
 
 def test_module_calls_that_must_not_take_it():
-    ref, ours = _module_pair(24, 40, 1)
+    ref, ours = lstm_module_pair(24, 40, 1)
     x = torch.randn(6, 9, 24)
     ext = _ext()
     ext._lstm_projected_calls(True)

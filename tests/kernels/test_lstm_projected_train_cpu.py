@@ -9,10 +9,9 @@ take it; and a double backward (create_graph) against torch's in float32."""
 import pytest
 import torch
 
-import flashseq
 from flashseq.kernels.fused_rnn import cpu as cpu_backend
 from flashseq.kernels.fused_rnn import cpu_projected
-from tests.helpers import TOLERANCE, assert_close, cpu_has_avx512_tile
+from tests.helpers import TOLERANCE, assert_close, cpu_has_avx512_tile, lstm_module_pair
 
 pytestmark = pytest.mark.skipif(
     not cpu_has_avx512_tile(), reason="the projected LSTM step needs the AVX-512 tile (CPU, build)")
@@ -116,21 +115,13 @@ def test_double_backward_matches_torch_in_float32():
         assert_close("dd" + name, grad.double(), ref, TOL)
 
 
-def _module_pair(I, H, L, **kwargs):
-    torch.manual_seed(3)
-    ref = torch.nn.LSTM(I, H, L, dtype=torch.float64, **kwargs)
-    ours = flashseq.LSTM(I, H, L, **kwargs)
-    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    return ref, ours
-
-
 @pytest.mark.parametrize("options", [dict(), dict(batch_first=True), dict(bidirectional=True),
                                      dict(bias=False)],
                          ids=["time_major", "batch_first", "bidirectional", "no_bias"])
 @pytest.mark.parametrize("with_hx", [False, True], ids=["zero_states", "hx"])
 def test_module_training_takes_it_and_every_gradient_matches_torch(options, with_hx):
     I, H, L, B, T = 24, 40, 2, 9, 6
-    ref, ours = _module_pair(I, H, L, **options)
+    ref, ours = lstm_module_pair(I, H, L, **options)
     D = 2 if options.get("bidirectional") else 1
     g = torch.Generator().manual_seed(11)
     shape = (B, T, I) if options.get("batch_first") else (T, B, I)
@@ -161,7 +152,7 @@ def test_module_training_takes_it_and_every_gradient_matches_torch(options, with
 
 def test_module_dropout_between_layers_trains_through_it():
     # dropout=0.5 in training: the layers still take the folded forward, dropout runs between
-    ref, ours = _module_pair(24, 40, 2, dropout=0.5)
+    ref, ours = lstm_module_pair(24, 40, 2, dropout=0.5)
     x = torch.randn(6, 9, 24, requires_grad=True)
     ext = _ext()
     ext._lstm_projected_train_calls(True)
@@ -173,7 +164,7 @@ def test_module_dropout_between_layers_trains_through_it():
 
 
 def test_module_calls_that_must_not_take_it():
-    ref, ours = _module_pair(24, 40, 1)
+    ref, ours = lstm_module_pair(24, 40, 1)
     ext = _ext()
     ext._lstm_projected_train_calls(True)
     y, _ = ours(torch.randn(6, 1, 24, requires_grad=True))        # B=1: the size rule says no

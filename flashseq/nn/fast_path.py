@@ -160,7 +160,8 @@ def _projected_layer(ext, x, direction, w_ih, w_hh, b_ih, b_hh, init, needs_grad
         h, h_last, c_last = cpu_projected.projected_lstm(xt, w_ih, w_hh, b_ih, b_hh, h0, c0)
     else:
         bias = b_ih + b_hh if b_ih is not None else None
-        h, h_last, c_last = ext.lstm_projected_forward(xt, w_ih, w_hh, bias, h0, c0)
+        with cpu_config.applied(cpu_projected.layer_config(xt, w_hh.shape[1])):  # tuned knobs
+            h, h_last, c_last = ext.lstm_projected_forward(xt, w_ih, w_hh, bias, h0, c0)
     return h.transpose(0, 1), torch.stack((h_last, c_last)).unsqueeze(2)
 
 

@@ -153,3 +153,23 @@ def test_module_calls_that_must_not_take_it():
     assert ext._lstm_projected_calls(True) == 0
     with torch.no_grad():
         assert_close("y (switched off)", y.double(), ref(x.detach().double())[0], TOL)
+
+
+def test_module_no_grad_forward_applies_the_tuned_knobs():
+    # a tuned (here: overridden) one-thread cap reaches the folded no_grad loop too
+    from flashseq.kernels.fused_rnn import cpu_config
+
+    _, ours = lstm_module_pair(24, 40, 1)
+    x = torch.randn(6, 9, 24)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ext = _ext()
+    try:
+        ext._lstm_projected_calls(True)
+        with cpu_config.override(cpu_config.CpuConfig(threads=1)), torch.no_grad():
+            ours(x)
+        run = cpu_config.last_run()
+    finally:
+        torch.set_num_threads(before)
+    assert ext._lstm_projected_calls(True) == 1
+    assert run.source == "override" and run.threads == 1

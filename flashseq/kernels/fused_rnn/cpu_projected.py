@@ -32,7 +32,7 @@ def _gemm(a, b_t):
     return cpu_linear._mm(a, b_t)
 
 
-def _config(x, H):
+def layer_config(x, H):
     """The tuned knobs of the compiled loop for this layer (cpu_config.for_call), from x [T, B, I]:
     a zero-stride stand-in of wx [B, T, 4, 1, H] gives the shape, dtype and device."""
     T, B = x.shape[:2]
@@ -48,7 +48,7 @@ class ProjectedLstmFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh, h0, c0):
         bias = b_ih + b_hh if b_ih is not None else None
-        config = _config(x, w_hh.shape[1])
+        config = layer_config(x, w_hh.shape[1])
         with cpu_config.applied(config):
             h, h_last, c_last, gates, saved_c = _jit.extension().lstm_projected_forward_train(
                 x, w_ih, w_hh, bias, h0, c0)

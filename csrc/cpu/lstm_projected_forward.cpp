@@ -45,6 +45,17 @@ int64_t lstm_projected_train_calls(bool reset) {
   return reset ? projected_train_calls.exchange(0) : projected_train_calls.load();
 }
 
+namespace {
+// The size rule both folded loops share (measured tables above each of them, below): the layer's
+// weights, 4H (I + H) floats, stay cache-resident at up to 8 MB for batches of 6 rows and more,
+// and at fewer rows (4 or 5) the weights are read for little work unless they are at most
+// `small_batch_bytes`.
+bool projected_sizes_pay(int64_t B, int64_t I, int64_t H, int64_t small_batch_bytes) {
+  const int64_t weight_bytes = (I + H) * 4 * H * static_cast<int64_t>(sizeof(float));
+  return (B >= 6 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= small_batch_bytes);
+}
+}  // namespace
+
 // Where the folded projection measured faster than oneDNN's projection followed by the
 // recurrence (module no_grad forward, paired, 1 thread, CPU time, Zen 5; ratio new/old):
 // weights of 0.5-8 MB at B >= 6: 0.86-0.99 (H=200 B=20 2 layers 0.86; H=256 B=32 0.90, B=256
@@ -54,9 +65,7 @@ int64_t lstm_projected_train_calls(bool reset) {
 // weights for little work: B=4 0.93 at 0.5 MB, 0.98 at 2 MB, 1.00 at 8 MB; B=3 1.00 and B=2
 // 1.04 at 0.1-0.5 MB; B=1 (H=256) 1.7.
 bool lstm_projected_pays(int64_t B, int64_t I, int64_t H) {
-  const int64_t weight_bytes = (I + H) * 4 * H * static_cast<int64_t>(sizeof(float));
-  return projected_lstm_allowed() && use_avx512_tile() &&
-         ((B >= 6 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= (2 << 20)));
+  return projected_lstm_allowed() && use_avx512_tile() && projected_sizes_pay(B, I, H, 2 << 20);
 }
 
 // The training forward (lstm_projected_forward_train, saving for fused_rnn_backward) against
@@ -67,9 +76,8 @@ bool lstm_projected_pays(int64_t B, int64_t I, int64_t H) {
 // 0.905 / 0.90; I=H=512 (8 MB) B=16 1.00 / 1.00, B=6 0.96 / 1.00; B=4: I=H=128 (0.5 MB) 0.97 /
 // 0.94, I=H=256 (2 MB) 1.006 (left out: at most 1 MB at B = 4, 5).
 bool lstm_projected_train_pays(int64_t B, int64_t I, int64_t H) {
-  const int64_t weight_bytes = (I + H) * 4 * H * static_cast<int64_t>(sizeof(float));
   return projected_lstm_train_allowed() && use_avx512_tile() &&
-         ((B >= 6 && weight_bytes <= (8 << 20)) || (B >= 4 && weight_bytes <= (1 << 20)));
+         projected_sizes_pay(B, I, H, 1 << 20);
 }
 
 #if defined(FLASHSEQ_HAVE_AVX512_TILE)
